@@ -32,6 +32,8 @@ def cmd_data_generate(a):
     "Write a year of generated Ottawa listings."
     from mlops_nb.data import generate_listings, write_listings, data_fingerprint, TARGET
     if a.rows < 1: raise MlopsNbError(f"--rows {a.rows} is not allowed: use a positive number of rows")
+    if Path(a.out).suffix.lower() not in (".csv", ".parquet"):
+        raise MlopsNbError(f"{a.out}: unsupported file extension '{Path(a.out).suffix}'; use a .csv or .parquet file")
     _say(f"generating {a.rows} listings for {a.year} (seed {a.seed})...")
     df = generate_listings(a.year, a.rows, seed=a.seed)
     write_listings(df, a.out)
@@ -51,11 +53,14 @@ def cmd_data_check(a):
 # %% ../nbs/06_cli.ipynb #06-cli-009
 def cmd_train(a):
     "Run the training notebook in test or full mode."
+    from mlops_nb.params import make_params
     from mlops_nb.runner import LocalRunner, run_training
-    _say(f"training in {a.mode} mode on {a.data or 'generated data'} ...")
+    kw = make_params(mode=a.mode, data_path=a.data, sample_frac=a.sample_frac, epochs=a.epochs, seed=a.seed,
+                     eval_path=a.eval_data).as_dict()  # refuse bad values before anything starts
+    _say(f"training in {kw['mode']} mode ({kw['sample_frac']:g} of the rows, {kw['epochs']} epoch(s)) "
+         f"on {a.data or 'generated data'} ...")
     runner = LocalRunner(a.notebook, progress=not a.quiet, execution_timeout=a.cell_timeout)
-    res = run_training(runner, timeout=a.timeout, mode=a.mode, data_path=a.data, sample_frac=a.sample_frac,
-                       epochs=a.epochs, seed=a.seed, eval_path=a.eval_data)
+    res = run_training(runner, timeout=a.timeout, **kw)
     reg = f"registered as version {res.registered_version}" if res.registered_version else "not registered (test mode)"
     _emit(res.as_dict(), a.json, f"run {res.run_id} ({res.mode}): {_fmt_metrics(res.metrics)}\n"
                                  f"model {reg}\nexecuted notebook: {res.output_notebook}")
@@ -157,7 +162,7 @@ def _parser()->argparse.ArgumentParser:
 
     t = cmd(sub, "train", cmd_train, "Runs the training notebook with papermill and tracks the run. Test mode: seeded 5%% "
             "sample, one epoch, nothing registered (the pull-request check). Full mode: all rows, metrics logged, model registered.")
-    t.add_argument("--mode", choices=["test", "full"], required=True, help="test (PR check) or full (registers a version)")
+    t.add_argument("--mode", required=True, help="test (PR check) or full (registers a version)")  # validated by make_params
     t.add_argument("--data", default="", help="listings file (CSV/Parquet); default: a generated year")
     t.add_argument("--sample-frac", default=None, help="fraction of rows to use (default: 0.05 in test mode, 1 in full)")
     t.add_argument("--epochs", default=None, help="training epochs (default: 1 in test mode, 10 in full)")

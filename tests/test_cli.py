@@ -1,0 +1,102 @@
+"""The `mlops-nb` CLI as a user runs it: help everywhere, one-line errors for bad input, nothing written to the cwd."""
+import os
+import pytest
+from conftest import run_cli, cli_json
+
+COMMANDS = [[], ["data"], ["data", "generate"], ["data", "check"], ["train"], ["models"], ["models", "list"],
+            ["models", "best"], ["models", "promote"], ["config"], ["demo"]]
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "mlops-nb")
+def test_help_everywhere(cmd):
+    p = run_cli(*cmd, "--help")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("usage: mlops-nb"), p.stdout
+    assert len(p.stdout.splitlines()) > 3
+
+
+def test_help_lists_commands():
+    out = run_cli("--help").stdout
+    for c in ("data", "train", "models", "demo", "config"): assert f"    {c}" in out
+
+
+def test_missing_subcommand_says_what_to_do():
+    p = run_cli("models")
+    assert p.returncode == 2 and "choose a subcommand (list|best|promote)" in p.stderr
+
+
+def _bad_files(d):
+    "Files with each kind of bad data, and the words their error must contain."
+    import pandas as pd
+    from mlops_nb.data import generate_listings
+    df = generate_listings(2021, 50, seed=1)
+    df.drop(columns=["sqft"]).to_csv(d/"no_sqft.csv", index=False)
+    wrong = df.astype({"list_price": object}); wrong.loc[3, "list_price"] = "abc"; wrong.to_csv(d/"wrong_type.csv", index=False)
+    (d/"empty.csv").write_text("")
+    (d/"garbage.parquet").write_bytes(b"\x00\x01not parquet at all" * 10)
+    return [("no_sqft.csv", ["sqft", "missing"]), ("wrong_type.csv", ["list_price", "abc"]),
+            ("empty.csv", ["empty"]), ("garbage.parquet", ["garbage.parquet"]), ("does_not_exist.csv", ["does_not_exist.csv"])]
+
+
+def _assert_one_line_error(p, *words):
+    "Exit code 2, one line on stderr starting with `error:`, containing `words`, no traceback, nothing on stdout."
+    lines = [l for l in p.stderr.splitlines() if l.strip()]
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: "), p.stderr
+    assert "Traceback" not in p.stderr and p.stdout == ""
+    for w in words: assert w in lines[0], (w, lines[0])
+
+
+def test_bad_data_one_line_error(tmp_path, state):
+    for name, words in _bad_files(tmp_path):
+        _assert_one_line_error(run_cli("data", "check", tmp_path/name), name, *words)
+
+
+def test_train_refuses_bad_data_before_starting_a_run(tmp_path, state):
+    for name, words in _bad_files(tmp_path):
+        p = run_cli("train", "--mode", "test", "--data", tmp_path/name)
+        assert p.returncode == 2 and name in p.stderr and "Traceback" not in p.stderr, p.stderr
+    from mlops_nb.tracking import client, experiment_id
+    assert client().search_runs([experiment_id()]) == []
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--mode", "tset"], ["mode='tset' is not allowed", "'test'", "'full'"]),
+    (["--mode", "full", "--epochs", "-1"], ["epochs='-1' is not allowed", "whole number >= 1"]),
+    (["--mode", "test", "--sample-frac", "0"], ["sample_frac='0' is not allowed", "greater than 0 and at most 1"]),
+    (["--mode", "test", "--seed", "x"], ["seed='x'"]),
+])
+def test_bad_parameters_one_line_error(args, words, state):
+    _assert_one_line_error(run_cli("train", *args), *words)
+
+
+def test_generate_and_check(tmp_path, state):
+    out = cli_json("data", "generate", "--year", "2022", "--rows", "500", "--seed", "3", "--out", tmp_path/"x.csv")
+    assert out["rows"] == 500 and out["path"].endswith("x.csv") and 0 < out["above_ask_share"] < 1
+    chk = cli_json("data", "check", tmp_path/"x.csv")
+    assert chk["rows"] == 500 and chk["fingerprint"] == out["fingerprint"]
+    again = cli_json("data", "generate", "--year", "2022", "--rows", "500", "--seed", "3", "--out", tmp_path/"y.parquet")
+    assert again["fingerprint"] == out["fingerprint"]  # same seed, same data, whatever the format
+    _assert_one_line_error(run_cli("data", "generate", "--year", "2022", "--rows", "0", "--out", tmp_path/"z.csv"), "--rows 0")
+    _assert_one_line_error(run_cli("data", "generate", "--year", "2022", "--rows", "5", "--out", tmp_path/"z.txt"), "z.txt")
+
+
+def test_config_shows_the_embedded_default(state):
+    out = cli_json("config")
+    assert out["state_dir"] == str(state) and out["tracking_uri"] == f"sqlite:///{state}/mlflow.db"
+    assert out["registry_uri"] == out["tracking_uri"]
+
+
+def test_tracking_uri_is_configuration(tmp_path, state):
+    env = {**os.environ, "MLOPS_NB_TRACKING_URI": f"sqlite:///{tmp_path}/other.db"}
+    assert cli_json("config", env=env)["tracking_uri"] == f"sqlite:///{tmp_path}/other.db"
+    assert cli_json("models", "list", env=env) == []
+    assert (tmp_path/"other.db").exists()
+
+
+def test_default_state_is_project_local_not_cwd(tmp_path):
+    "Without MLOPS_NB_HOME, state goes to <project>/.mlops_nb even when run from a subfolder."
+    from conftest import ROOT
+    env = {k: v for k, v in os.environ.items() if k not in ("MLOPS_NB_HOME", "MLOPS_NB_TRACKING_URI")}
+    out = cli_json("config", env=env, cwd=ROOT/"nbs")
+    assert out["state_dir"] == str(ROOT/".mlops_nb")

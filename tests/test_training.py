@@ -1,0 +1,186 @@
+"""The training notebook through the real runner: papermill, a real kernel, MLflow on SQLite."""
+import json, os, re, signal, subprocess, sys, time
+from pathlib import Path
+import pytest
+from conftest import CLI, ROOT, run_cli, cli_json
+
+
+def _runs(status=None):
+    "Runs of the configured experiment (optionally with `status`)."
+    from mlops_nb.tracking import client, experiment_id
+    runs = client().search_runs([experiment_id()], max_results=1000)
+    return [r for r in runs if status is None or r.info.status == status]
+
+
+@pytest.fixture(scope="module")
+def test_run(state, data_dir):
+    "One test-mode run of the training notebook."
+    return cli_json("train", "--mode", "test", "--data", data_dir/"2021.parquet", "--quiet")
+
+
+@pytest.fixture(scope="module")
+def full_run(state, data_dir):
+    "One full-mode run (3 epochs to keep the suite fast)."
+    return cli_json("train", "--mode", "full", "--epochs", "3", "--data", data_dir/"2021.parquet", "--quiet")
+
+
+def test_test_mode_json_contract(test_run):
+    assert {"run_id", "mode", "metrics", "registered_version"} <= set(test_run)
+    assert test_run["mode"] == "test" and test_run["registered_version"] is None
+    assert set(test_run["metrics"]) == {"accuracy", "roc_auc", "log_loss"}
+    assert 0.5 < test_run["metrics"]["roc_auc"] <= 1
+
+
+def test_test_mode_is_a_seeded_stratified_5pct_sample_and_one_epoch(test_run, data_dir):
+    import pandas as pd
+    from mlops_nb.data import load_listings, data_fingerprint, TARGET
+    from mlops_nb.train import sample_rows, split_rows
+    assert test_run["train_rows"] + test_run["eval_rows"] == 200  # 5% of 4000
+    assert test_run["epochs"] == 1
+    used = sample_rows(load_listings(data_dir/"2021.parquet"), 0.05, 42)
+    tr, ev = split_rows(used, 42)
+    assert test_run["data_fingerprint"] == data_fingerprint(tr)  # the fingerprint of the rows actually used
+    assert test_run["eval_fingerprint"] == data_fingerprint(ev)
+
+
+def test_run_lineage_and_metrics_are_tracked(test_run):
+    from mlops_nb.tracking import client
+    c = client()
+    r = c.get_run(test_run["run_id"])
+    assert r.info.status == "FINISHED"
+    t = r.data.tags
+    assert t["mlops_nb.mode"] == "test" and t["mlops_nb.notebook"] == "nbs/train.ipynb"
+    assert re.fullmatch(r"[0-9a-f]{40}|unknown", t["mlops_nb.git_commit"]) and t["mlops_nb.git_dirty"] in ("true", "false", "unknown")
+    assert t["mlops_nb.data_fingerprint"] == test_run["data_fingerprint"]
+    assert t["mlops_nb.eval_fingerprint"] == test_run["eval_fingerprint"]
+    assert r.data.params["mode"] == "test" and r.data.params["sample_frac"] == "0.05" and r.data.params["epochs"] == "1"
+    assert r.data.params["seed"] == "42" and r.data.params["data_path"].endswith("2021.parquet")
+    for m in ("train_loss", "val_accuracy", "val_roc_auc", "val_log_loss"):
+        assert [h.step for h in c.get_metric_history(r.info.run_id, m)] == [1], m
+    assert r.data.metrics["roc_auc"] == pytest.approx(test_run["metrics"]["roc_auc"])
+
+
+def test_executed_notebook_is_kept_and_logged(test_run):
+    from mlops_nb.tracking import client
+    import nbformat
+    nb = nbformat.read(test_run["output_notebook"], as_version=4)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and 'mode = "test"' in injected[0].source and test_run["run_id"] in injected[0].source
+    assert [a.path for a in client().list_artifacts(test_run["run_id"], "notebook")] == ["notebook/train.ipynb"]
+
+
+def test_model_logged_with_signature_and_pinned_requirements(test_run):
+    import mlflow
+    from mlops_nb.tracking import client, experiment_id
+    from mlops_nb.train import MODEL_INPUTS, MODEL_PACKAGES
+    models = client().search_logged_models([experiment_id()], filter_string=f"source_run_id = '{test_run['run_id']}'")
+    assert len(models) == 1
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=models[0].artifact_location))
+    info = mlflow.models.Model.load(local/"MLmodel")
+    assert [s.name for s in info.signature.inputs.inputs] == MODEL_INPUTS
+    reqs = (local/"requirements.txt").read_text().split()
+    for p in MODEL_PACKAGES: assert any(r.startswith(f"{p}==") for r in reqs), (p, reqs)
+
+
+def test_test_mode_run_cannot_register(test_run):
+    from mlops_nb.core import RegistrationRefused
+    from mlops_nb.tracking import client, experiment_id, register_model, list_versions
+    model = client().search_logged_models([experiment_id()], filter_string=f"source_run_id = '{test_run['run_id']}'")[0]
+    with pytest.raises(RegistrationRefused, match="test-mode run: only full-mode runs register"):
+        register_model(test_run["run_id"], model.model_uri)
+    assert [v.run_id for v in list_versions() if v.run_id == test_run["run_id"]] == []
+
+
+def test_full_mode_registers_a_version(full_run, data_dir):
+    from mlops_nb.tracking import client, list_versions
+    import mlflow
+    assert full_run["mode"] == "full" and isinstance(full_run["registered_version"], int)
+    assert full_run["train_rows"] + full_run["eval_rows"] == 4000 and full_run["epochs"] == 3
+    v = {x.version: x for x in list_versions()}[full_run["registered_version"]]
+    assert v.run_id == full_run["run_id"] and v.eval_fingerprint == full_run["eval_fingerprint"]
+    assert v.metrics["roc_auc"] == pytest.approx(full_run["metrics"]["roc_auc"])
+    assert [h.step for h in client().get_metric_history(full_run["run_id"], "train_loss")] == [1, 2, 3]
+    # the registered model loads and scores what it was evaluated on
+    from mlops_nb.data import load_listings
+    from mlops_nb.train import prepare_features
+    model = mlflow.sklearn.load_model(v.uri)
+    X = prepare_features(load_listings(data_dir/"2021.parquet").head(5))
+    assert model.predict_proba(X).shape == (5, 2)
+
+
+def test_select_and_promote_through_cli(full_run, data_dir):
+    second = cli_json("train", "--mode", "full", "--epochs", "1", "--seed", "42", "--data", data_dir/"2021.parquet", "--quiet")
+    assert second["eval_fingerprint"] == full_run["eval_fingerprint"]  # same data and seed: comparable
+    listed = cli_json("models", "list")
+    assert [x["version"] for x in listed][:2] == [second["registered_version"], full_run["registered_version"]]
+    best = cli_json("models", "best", "--metric", "roc_auc")
+    want = max([full_run, second], key=lambda r: r["metrics"]["roc_auc"])
+    assert best["version"] == want["registered_version"] and best["value"] == pytest.approx(want["metrics"]["roc_auc"])
+    low = cli_json("models", "best", "--metric", "log_loss", "--lower-is-better")
+    assert low["version"] == min([full_run, second], key=lambda r: r["metrics"]["log_loss"])["registered_version"]
+    out = cli_json("models", "promote", best["version"], "--alias", "champion")
+    assert out == {"alias": "champion", "version": best["version"], "previous": None}
+    assert {x["version"]: x["aliases"] for x in cli_json("models", "list")}[best["version"]] == ["champion"]
+    p = run_cli("models", "promote", "999")
+    assert p.returncode == 2 and "has no version 999" in p.stderr
+
+
+def test_versions_on_other_data_are_not_compared(full_run, data_dir):
+    other = cli_json("train", "--mode", "full", "--epochs", "1", "--data", data_dir/"2023.parquet", "--quiet")
+    best = cli_json("models", "best", "--metric", "roc_auc")  # default: the latest version's evaluation data
+    assert best["version"] == other["registered_version"] and best["compared"] == [other["registered_version"]]
+    assert "evaluated on different data" in best["skipped"][str(full_run["registered_version"])]
+    text = run_cli("models", "best", "--metric", "roc_auc", "--eval-fingerprint", full_run["eval_fingerprint"]).stdout
+    assert "not compared" in text and f"v{other['registered_version']} (evaluated on different data" in text
+
+
+def test_two_full_runs_at_once_both_register(state, data_dir):
+    args = [CLI, "train", "--mode", "full", "--epochs", "1", "--data", str(data_dir/"2021.parquet"), "--quiet", "--json"]
+    procs = [subprocess.Popen(args + ["--seed", str(s)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for s in (11, 12)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    res = [json.loads(o[0]) for o in outs]
+    versions = {r["registered_version"] for r in res}
+    assert len(versions) == 2
+    from mlops_nb.tracking import list_versions
+    by_version = {v.version: v.run_id for v in list_versions()}
+    for r in res: assert by_version[r["registered_version"]] == r["run_id"]
+
+
+def test_failing_cell_fails_the_run(tmp_path, state):
+    from mlops_nb.data import generate_listings, write_listings
+    from mlops_nb.tracking import client
+    write_listings(generate_listings(2021, 12, seed=0), tmp_path/"tiny.parquet")  # valid file, too few rows to train
+    before = {r.info.run_id for r in _runs()}
+    p = run_cli("train", "--mode", "full", "--data", tmp_path/"tiny.parquet", "--quiet")
+    assert p.returncode == 1, p.stderr
+    err = [l for l in p.stderr.splitlines() if l.startswith("error:")]
+    assert len(err) == 1 and "code cell 3 (`from mlops_nb.data import load_listings" in err[0] and "too few to train" in err[0]
+    new = [r for r in _runs() if r.info.run_id not in before]
+    assert len(new) == 1 and new[0].info.status == "FAILED"
+    assert "too few to train" in new[0].data.tags["mlops_nb.error"]
+    kept = Path(err[0].split("executed notebook kept at ")[1])
+    assert kept.exists() and kept.parent.name == new[0].info.run_id
+    assert [a.path for a in client().list_artifacts(new[0].info.run_id, "notebook")] == ["notebook/train.ipynb"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupt_marks_the_run_failed(sig, state, data_dir):
+    before = {r.info.run_id for r in _runs()}
+    p = subprocess.Popen([CLI, "train", "--mode", "full", "--epochs", "500", "--data", str(data_dir/"2021.parquet"), "--quiet"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until the notebook is training (its run is RUNNING and its notebook written)
+        new = [r for r in _runs("RUNNING") if r.info.run_id not in before]
+        if new and any((state/"runs"/new[0].info.run_id).glob("*.ipynb")): break
+        time.sleep(0.3)
+    else: pytest.fail("training did not start")
+    time.sleep(3)
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "interrupted: the run was marked FAILED" in err
+    run = [r for r in _runs() if r.info.run_id not in before]
+    assert len(run) == 1 and run[0].info.status == "FAILED" and run[0].data.tags["mlops_nb.error"] == "interrupted"
+    assert (state/"runs"/run[0].info.run_id/"train.ipynb").exists()
