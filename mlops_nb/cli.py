@@ -166,7 +166,7 @@ def _parser()->argparse.ArgumentParser:
     t.add_argument("--data", default="", help="listings file (CSV/Parquet); default: a generated year")
     t.add_argument("--sample-frac", default=None, help="fraction of rows to use (default: 0.05 in test mode, 1 in full)")
     t.add_argument("--epochs", default=None, help="training epochs (default: 1 in test mode, 10 in full)")
-    t.add_argument("--seed", default=None, help="seed for sampling, splitting and the model (default: 42)")
+    t.add_argument("--seed", default=None, help="seed for sampling and the model (default: 42); the evaluation hold-out does not change with it")
     t.add_argument("--eval-data", default="", help="evaluation file (default: a seeded 20%% hold-out)")
     t.add_argument("--notebook", default=None, help="training notebook (default: nbs/train.ipynb of the project)")
     t.add_argument("--timeout", type=float, default=None, help="cancel the run after this many seconds")

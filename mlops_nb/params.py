@@ -26,7 +26,7 @@ class RunParams:
     data_path: str = ""  # listings file (CSV/Parquet); empty: generate a sample in memory
     sample_frac: float = 0.05  # fraction of rows used (stratified by label, seeded)
     epochs: int = 1  # training epochs
-    seed: int = 42  # seed for sampling, splitting and the model
+    seed: int = 42  # seed for sampling and the model (the evaluation hold-out is fixed)
     eval_path: str = ""  # evaluation file; empty: a seeded 20% hold-out of the data
     run_id: str = ""  # tracking run to continue (set by the runner)
     result_path: str = ""  # where the notebook writes its JSON result (set by the runner)
