@@ -12,8 +12,9 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['MLOPS_NB_HOME', 'MLOPS_NB_TRACKING_URI', 'MLOPS_NB_REGISTRY_URI', 'MLOPS_NB_EXPERIMENT', 'MLOPS_NB_MODEL_NAME',
-           'ENV_VARS', 'MlopsNbError', 'DataError', 'ParamError', 'RegistryError', 'RegistrationRefused', 'RunFailed',
-           'EnvVar', 'project_root', 'state_dir', 'tracking_uri', 'registry_uri', 'artifact_root', 'git_info']
+           'MLOPS_NB_TRAIN_THREADS', 'ENV_VARS', 'MlopsNbError', 'DataError', 'ParamError', 'RegistryError',
+           'RegistrationRefused', 'RunFailed', 'EnvVar', 'project_root', 'state_dir', 'tracking_uri', 'registry_uri',
+           'artifact_root', 'git_info']
 
 # %% ../nbs/00_core.ipynb #00-core-005
 class MlopsNbError(Exception):
@@ -55,7 +56,9 @@ MLOPS_NB_TRACKING_URI = EnvVar("MLOPS_NB_TRACKING_URI", None, "MLflow tracking U
 MLOPS_NB_REGISTRY_URI = EnvVar("MLOPS_NB_REGISTRY_URI", None, "MLflow registry URI. Default: the tracking URI.")
 MLOPS_NB_EXPERIMENT = EnvVar("MLOPS_NB_EXPERIMENT", "ottawa-housing", "Experiment that training runs are logged to.")
 MLOPS_NB_MODEL_NAME = EnvVar("MLOPS_NB_MODEL_NAME", "ottawa-housing-classifier", "Registered model name.")
-ENV_VARS = [MLOPS_NB_HOME, MLOPS_NB_TRACKING_URI, MLOPS_NB_REGISTRY_URI, MLOPS_NB_EXPERIMENT, MLOPS_NB_MODEL_NAME]
+MLOPS_NB_TRAIN_THREADS = EnvVar("MLOPS_NB_TRAIN_THREADS", "1", "OpenMP threads for training (0: all cores).")
+ENV_VARS = [MLOPS_NB_HOME, MLOPS_NB_TRACKING_URI, MLOPS_NB_REGISTRY_URI, MLOPS_NB_EXPERIMENT, MLOPS_NB_MODEL_NAME,
+            MLOPS_NB_TRAIN_THREADS]
 
 # %% ../nbs/00_core.ipynb #00-core-012
 def project_root(start:Path|str|None=None # folder to search upwards from (default: the current directory)

@@ -141,10 +141,7 @@ class LocalRunner:
                 "progress": self.progress, "kernel": self.kernel, "execution_timeout": self.execution_timeout}
         cmd = [sys.executable, "-c", "from mlops_nb.runner import _execute_child; _execute_child()", json.dumps(args)]
         # own process group: a terminal's Ctrl-C reaches the runner, which then stops the child cleanly
-        # OpenMP threads that spin while waiting slow boosting down 10-100x when processes share the cores
-        # (two runs at once, a server beside a run); passive waiting costs nothing when the machine is idle
-        env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True)
         return LocalRun(proc, run_id, params, out_nb, result)
 
 # %% ../nbs/05_runner.ipynb #05-runner-015

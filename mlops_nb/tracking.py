@@ -18,7 +18,7 @@ __all__ = ['TAG', 'MODE_TAG', 'DATA_FP_TAG', 'EVAL_FP_TAG', 'GIT_COMMIT_TAG', 'G
            'sqlite_path', 'store_lock', 'client', 'experiment_id', 'lineage_tags', 'create_run', 'end_run',
            'run_status', 'start_notebook_run', 'log_data_lineage', 'ModelVersionInfo', 'register_model',
            'list_versions', 'latest_version', 'Selection', 'best_version', 'promote', 'version_for_alias',
-           'resolve_version', 'best_run']
+           'resolve_version', 'analyze_sqlite', 'best_run']
 
 # %% ../nbs/03_tracking.ipynb #03-tracking-005
 TAG = "mlops_nb."  # prefix of every tag this package writes
@@ -299,12 +299,22 @@ def resolve_version(ref:str="latest", # latest | ALIAS | @ALIAS | VERSION | best
     return vs[v]
 
 # %% ../nbs/03_tracking.ipynb #03-tracking-036
+def analyze_sqlite(db:Path # SQLite database file
+                  ):
+    "Refresh SQLite's query-planner statistics (bounded work), so metric-ordered searches use the indexes."
+    import sqlite3
+    con = sqlite3.connect(str(db), timeout=30)
+    try: con.execute("PRAGMA analysis_limit=1000"); con.execute("ANALYZE"); con.commit()
+    finally: con.close()
+
 def best_run(metric:str, # metric to order by
              higher_is_better:bool=True, # False for losses
              filter_string:str="", # extra MLflow filter, e.g. "tags.`mlops_nb.eval_fingerprint` = 'abc'"
              experiment:str|None=None # experiment name (default: `MLOPS_NB_EXPERIMENT`)
             ):
     "The run of `experiment` with the best `metric` (MLflow `Run`), or None."
+    db = sqlite_path(tracking_uri())
+    if db is not None: analyze_sqlite(db)
     order = f"metrics.`{metric}` {'DESC' if higher_is_better else 'ASC'}"
     flt = " and ".join(f for f in [f"metrics.`{metric}` > -1e308", filter_string] if f)
     runs = client().search_runs([experiment_id(experiment)], filter_string=flt, order_by=[order], max_results=1)

@@ -10,7 +10,7 @@ import json, os
 from importlib.metadata import version as _pkg_version
 from pathlib import Path
 import numpy as np, pandas as pd
-from .core import DataError
+from .core import DataError, MLOPS_NB_TRAIN_THREADS
 from .data import NUMERIC_FEATURES, CATEGORICAL_FEATURES, TARGET
 
 # %% auto #0
@@ -69,7 +69,8 @@ def build_model(seed:int=42, # model seed
     from sklearn.preprocessing import OneHotEncoder
     prep = ColumnTransformer([("num", "passthrough", MODEL_NUMERIC),
                               ("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), MODEL_CATEGORICAL)])
-    clf = HistGradientBoostingClassifier(max_iter=iters_per_epoch, learning_rate=0.1, max_leaf_nodes=31,
+    # max_features < 1 samples features per split, so the seed matters: runs with other seeds are other models
+    clf = HistGradientBoostingClassifier(max_iter=iters_per_epoch, learning_rate=0.1, max_leaf_nodes=31, max_features=0.8,
                                          early_stopping=False, warm_start=True, random_state=seed)
     return Pipeline([("prep", prep), ("clf", clf)])
 
@@ -95,11 +96,14 @@ def train_epochs(model, # `build_model()` pipeline
     per_epoch = clf.max_iter
     Xt, Xv = prep.fit_transform(X_train), prep.transform(X_val)
     y_train, y_val = np.asarray(y_train).astype(int), np.asarray(y_val).astype(int)
+    from threadpoolctl import threadpool_limits
+    threads = int(MLOPS_NB_TRAIN_THREADS.get()) or None
     history = []
     for e in range(1, epochs + 1):
-        clf.set_params(max_iter=per_epoch * e).fit(Xt, y_train)
-        m = {"train_loss": float(log_loss(y_train, clf.predict_proba(Xt)[:, 1], labels=[0, 1]))}
-        m.update({f"val_{k}": v for k, v in evaluate(clf, Xv, y_val).items()})
+        with threadpool_limits(limits=threads, user_api="openmp"):
+            clf.set_params(max_iter=per_epoch * e).fit(Xt, y_train)
+            m = {"train_loss": float(log_loss(y_train, clf.predict_proba(Xt)[:, 1], labels=[0, 1]))}
+            m.update({f"val_{k}": v for k, v in evaluate(clf, Xv, y_val).items()})
         history.append(m)
         if on_epoch: on_epoch(e, m)
     return history
