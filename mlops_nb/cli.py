@@ -12,7 +12,7 @@ from .core import MlopsNbError
 
 # %% auto #0
 __all__ = ['cmd_data_generate', 'cmd_data_check', 'cmd_train', 'cmd_models_list', 'cmd_models_best', 'cmd_models_promote',
-           'cmd_config', 'cmd_demo', 'main']
+           'cmd_config', 'cmd_demo', 'main', 'console']
 
 # %% ../nbs/06_cli.ipynb #06-cli-005
 def _say(*a):
@@ -223,3 +223,11 @@ def main(argv:list|None=None # arguments (default: sys.argv[1:])
         print("interrupted: the run was marked FAILED", file=sys.stderr); return 130
     finally:
         if old is not None: signal.signal(signal.SIGTERM, old)
+
+# %% ../nbs/06_cli.ipynb #06-cli-020
+def console():
+    "The `mlops-nb` executable: run `main`, flush, and exit without interpreter teardown."
+    import logging
+    rc = main()
+    logging.shutdown(); sys.stdout.flush(); sys.stderr.flush()
+    os._exit(rc)

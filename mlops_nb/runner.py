@@ -52,9 +52,11 @@ def default_notebook()->Path:
     return (project_root() or Path.cwd())/"nbs"/"train.ipynb"
 
 def _execute_child():
-    "Child process entry: run papermill with the JSON arguments in argv[1]."
-    import papermill as pm
-    a = json.loads(sys.argv[1])
+    "Child process entry: import papermill, then run it with the JSON arguments read from stdin."
+    import papermill as pm  # imported while the parent validates the data and creates the tracking run
+    line = sys.stdin.readline()
+    if not line.strip(): sys.exit(3)  # the parent gave up before the run started
+    a = json.loads(line)
     try:
         pm.execute_notebook(a["input"], a["output"], parameters=a["parameters"], cwd=a["cwd"],
                             progress_bar=a["progress"], kernel_name=a.get("kernel"),
@@ -131,17 +133,22 @@ class LocalRunner:
         from mlops_nb.tracking import create_run
         nb = self.notebook.resolve()
         if not nb.exists(): raise MlopsNbError(f"training notebook not found at {nb}: pass --notebook PATH")
-        root = project_root(nb.parent) or nb.parent
-        run_id = create_run(params, str(nb.relative_to(root)) if nb.is_relative_to(root) else str(nb))
-        out_dir = state_dir()/"runs"/run_id
-        out_dir.mkdir(parents=True, exist_ok=True)
-        out_nb, result = out_dir/nb.name, out_dir/"result.json"
-        p = {**params.as_dict(), "run_id": run_id, "result_path": str(result)}
-        args = {"input": str(nb), "output": str(out_nb), "parameters": p, "cwd": str(nb.parent),
-                "progress": self.progress, "kernel": self.kernel, "execution_timeout": self.execution_timeout}
-        cmd = [sys.executable, "-c", "from mlops_nb.runner import _execute_child; _execute_child()", json.dumps(args)]
-        # own process group: a terminal's Ctrl-C reaches the runner, which then stops the child cleanly
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True)
+        # start the child first: it imports papermill while we create the run, then reads its arguments from stdin.
+        # Own process group: a terminal's Ctrl-C reaches the runner, which then stops the child cleanly.
+        cmd = [sys.executable, "-c", "from mlops_nb.runner import _execute_child; _execute_child()"]
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            root = project_root(nb.parent) or nb.parent
+            run_id = create_run(params, str(nb.relative_to(root)) if nb.is_relative_to(root) else str(nb))
+            out_dir = state_dir()/"runs"/run_id
+            out_dir.mkdir(parents=True, exist_ok=True)
+            out_nb, result = out_dir/nb.name, out_dir/"result.json"
+            p = {**params.as_dict(), "run_id": run_id, "result_path": str(result)}
+            args = {"input": str(nb), "output": str(out_nb), "parameters": p, "cwd": str(nb.parent),
+                    "progress": self.progress, "kernel": self.kernel, "execution_timeout": self.execution_timeout}
+            proc.stdin.write(json.dumps(args) + "\n"); proc.stdin.close()
+        except BaseException:
+            proc.stdin.close(); proc.wait(); raise
         return LocalRun(proc, run_id, params, out_nb, result)
 
 # %% ../nbs/05_runner.ipynb #05-runner-015
