@@ -15,8 +15,8 @@ from .data import NUMERIC_FEATURES, CATEGORICAL_FEATURES, TARGET
 
 # %% auto #0
 __all__ = ['DERIVED_FEATURES', 'MODEL_NUMERIC', 'MODEL_CATEGORICAL', 'MODEL_INPUTS', 'MODEL_PACKAGES', 'SKOPS_TRUSTED_TYPES',
-           'prepare_features', 'sample_rows', 'split_rows', 'build_model', 'evaluate', 'train_epochs',
-           'pinned_requirements', 'finish_notebook']
+           'prepare_features', 'derive_features', 'sample_rows', 'split_rows', 'build_model', 'evaluate',
+           'train_epochs', 'pinned_requirements', 'finish_notebook']
 
 # %% ../nbs/04_train.ipynb #04-train-005
 DERIVED_FEATURES = ["listing_month", "age", "price_per_sqft"]
@@ -36,6 +36,23 @@ def prepare_features(df:pd.DataFrame # listings with the raw feature columns and
     return out[MODEL_INPUTS].reset_index(drop=True)
 
 # %% ../nbs/04_train.ipynb #04-train-008
+def _year_month(d)->tuple:
+    "Year and month of an ISO date string, a date or a datetime."
+    if isinstance(d, str): return int(d[:4]), int(d[5:7])
+    return d.year, d.month
+
+def derive_features(rec:dict # one listing: the raw feature fields and `listing_date`
+                   )->dict:
+    "One listing's model inputs: numeric features as floats (raw and derived), categoricals as str."
+    year, month = _year_month(rec["listing_date"])
+    out = {c: float(rec[c]) for c in NUMERIC_FEATURES}
+    out["listing_month"] = float(month)
+    out["age"] = float(max(year - rec["year_built"], 0))
+    out["price_per_sqft"] = float(rec["list_price"] / max(rec["sqft"], 1))
+    for c in MODEL_CATEGORICAL: out[c] = str(rec[c])
+    return out
+
+# %% ../nbs/04_train.ipynb #04-train-011
 def sample_rows(df:pd.DataFrame, # listings with the label column
                 frac:float, # fraction of rows to keep, in (0, 1]
                 seed:int # sampling seed
@@ -58,7 +75,7 @@ def split_rows(df:pd.DataFrame, # listings with the label column
     tr, ev = train_test_split(df, test_size=eval_frac, random_state=seed, stratify=y)
     return tr.sort_index().reset_index(drop=True), ev.sort_index().reset_index(drop=True)
 
-# %% ../nbs/04_train.ipynb #04-train-011
+# %% ../nbs/04_train.ipynb #04-train-014
 def build_model(seed:int=42, # model seed
                 iters_per_epoch:int=25 # boosting rounds added per epoch
                ):
@@ -84,7 +101,7 @@ def evaluate(model, # fitted pipeline (or anything with `predict_proba`)
     return {"accuracy": float(accuracy_score(y, p >= 0.5)), "roc_auc": float(roc_auc_score(y, p)),
             "log_loss": float(log_loss(y, p, labels=[0, 1]))}
 
-# %% ../nbs/04_train.ipynb #04-train-012
+# %% ../nbs/04_train.ipynb #04-train-015
 def train_epochs(model, # `build_model()` pipeline
                  X_train, y_train, X_val, y_val, # training and validation data
                  epochs:int, # number of epochs
@@ -108,7 +125,7 @@ def train_epochs(model, # `build_model()` pipeline
         if on_epoch: on_epoch(e, m)
     return history
 
-# %% ../nbs/04_train.ipynb #04-train-015
+# %% ../nbs/04_train.ipynb #04-train-018
 MODEL_PACKAGES = ["scikit-learn", "numpy", "pandas", "scipy", "skops"]
 # skops refuses to load types it does not know; these are the ones our own pipeline uses (we trust what we trained)
 SKOPS_TRUSTED_TYPES = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
@@ -117,7 +134,7 @@ def pinned_requirements()->list:
     "The model's runtime requirements, pinned to the installed versions."
     return [f"{p}=={_pkg_version(p)}" for p in MODEL_PACKAGES]
 
-# %% ../nbs/04_train.ipynb #04-train-018
+# %% ../nbs/04_train.ipynb #04-train-021
 def finish_notebook(params, # the notebook's `RunParams`
                     result:dict, # run_id, mode, metrics, registered_version, ...
                     ns:dict|None=None # the notebook's namespace, to find `dbutils` on Databricks
