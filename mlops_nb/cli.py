@@ -12,7 +12,7 @@ from .core import MlopsNbError
 
 # %% auto #0
 __all__ = ['cmd_data_generate', 'cmd_data_check', 'cmd_train', 'cmd_models_list', 'cmd_models_best', 'cmd_models_promote',
-           'cmd_config', 'cmd_demo', 'main', 'console']
+           'cmd_config', 'cmd_serve', 'cmd_demo', 'main', 'console']
 
 # %% ../nbs/06_cli.ipynb #06-cli-005
 def _say(*a):
@@ -92,12 +92,32 @@ def cmd_models_promote(a):
 # %% ../nbs/06_cli.ipynb #06-cli-013
 def cmd_config(a):
     "Show the resolved configuration."
-    from mlops_nb.core import ENV_VARS, state_dir, tracking_uri, registry_uri
+    from mlops_nb.core import ENV_VARS, SECRET_VARS, state_dir, tracking_uri, registry_uri
     out = {"state_dir": str(state_dir()), "tracking_uri": tracking_uri(), "registry_uri": registry_uri(),
-           **{v.name: v.get() for v in ENV_VARS}}
+           **{v.name: ("***" if v.get() else None) if v.name in SECRET_VARS else v.get() for v in ENV_VARS}}
     _emit(out, a.json, "\n".join(f"{k}: {v}" for k, v in out.items()))
 
 # %% ../nbs/06_cli.ipynb #06-cli-015
+def _free_port(host:str)->int:
+    "A free TCP port on `host`."
+    import socket
+    with socket.socket() as s: s.bind((host, 0)); return s.getsockname()[1]
+
+def cmd_serve(a):
+    "Serve a model over HTTP."
+    from mlops_nb.core import MLOPS_NB_MODEL, MLOPS_NB_API_KEY, MLOPS_NB_ADMIN_TOKEN
+    from mlops_nb.server import serve, load_entry
+    if a.workers < 1: raise MlopsNbError(f"--workers {a.workers} is not allowed: use 1 or more")
+    load_entry(a.entry)  # a missing entry script is a one-line error before the server starts
+    port = a.port or _free_port(a.host)
+    model = a.model or MLOPS_NB_MODEL.get()
+    _say(f"mlops-nb serve: listening on http://{a.host}:{port} (model {model or 'champion'}, {a.workers} worker(s); "
+         f"docs at /docs, readiness at /ready)" + ("; API key required" if MLOPS_NB_API_KEY.get() else "")
+         + ("; /admin/model enabled" if MLOPS_NB_ADMIN_TOKEN.get() else ""))
+    serve(a.host, port, a.workers, model=model, entry=a.entry, api_key=MLOPS_NB_API_KEY.get(),
+          admin_token=MLOPS_NB_ADMIN_TOKEN.get(), watch=a.watch, access_log=a.access_log, max_batch=a.max_batch)
+
+# %% ../nbs/06_cli.ipynb #06-cli-017
 def cmd_demo(a):
     "Run the core loop end to end on generated data."
     from mlops_nb.data import generate_listings, write_listings
@@ -129,7 +149,7 @@ def cmd_demo(a):
     _emit(out, a.json, f"champion is now v{sel.version.version} (roc_auc={sel.version.metrics['roc_auc']:.4f})"
                        + (f", was v{prev}" if prev else ""))
 
-# %% ../nbs/06_cli.ipynb #06-cli-017
+# %% ../nbs/06_cli.ipynb #06-cli-019
 def _parser()->argparse.ArgumentParser:
     "The `mlops-nb` argument parser."
     P = argparse.ArgumentParser
@@ -189,6 +209,19 @@ def _parser()->argparse.ArgumentParser:
     mp.add_argument("--alias", default="champion", help="alias to move (default: champion)")
     name(mp); js(mp)
 
+    sv = cmd(sub, "serve", cmd_serve, "Runs the scoring API (api/score.py's contract) with adaptive micro-batching. "
+             "Secrets from the environment: MLOPS_NB_API_KEY requires a key on /score; MLOPS_NB_ADMIN_TOKEN enables "
+             "POST /admin/model to swap versions without dropping requests.")
+    sv.add_argument("--model", default=None, help="model folder or registry reference: models:/NAME@champion, models:/NAME/3, "
+                    "champion, latest, 3, best:roc_auc (default: MLOPS_NB_MODEL or the champion)")
+    sv.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1; 0.0.0.0 in a container)")
+    sv.add_argument("--port", type=int, default=8080, help="port (default: 8080; 0: any free port)")
+    sv.add_argument("--workers", type=int, default=1, help="worker processes (default: 1; swap them with --watch)")
+    sv.add_argument("--entry", default=None, help="entry script with preprocess/postprocess (default: api/score.py)")
+    sv.add_argument("--watch", type=float, default=0, help="seconds between checks of the registry alias; swap when it moves (default: off)")
+    sv.add_argument("--max-batch", type=int, default=256, help="rows per model call (default: 256)")
+    sv.add_argument("--access-log", action="store_true", help="log every request as a JSON line")
+
     cf = cmd(sub, "config", cmd_config, "Where state lives and which tracking store is used."); js(cf)
 
     dm = cmd(sub, "demo", cmd_demo, "Generate data, test-mode run, two full runs (registered), select the best, promote champion.")
@@ -202,7 +235,7 @@ def _parser()->argparse.ArgumentParser:
     js(dm)
     return p
 
-# %% ../nbs/06_cli.ipynb #06-cli-018
+# %% ../nbs/06_cli.ipynb #06-cli-020
 def _sigterm(signum, frame): raise KeyboardInterrupt
 
 def main(argv:list|None=None # arguments (default: sys.argv[1:])
@@ -224,7 +257,7 @@ def main(argv:list|None=None # arguments (default: sys.argv[1:])
     finally:
         if old is not None: signal.signal(signal.SIGTERM, old)
 
-# %% ../nbs/06_cli.ipynb #06-cli-020
+# %% ../nbs/06_cli.ipynb #06-cli-022
 def console():
     "The `mlops-nb` executable: run `main`, flush, and exit without interpreter teardown."
     import logging

@@ -12,9 +12,10 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['MLOPS_NB_HOME', 'MLOPS_NB_TRACKING_URI', 'MLOPS_NB_REGISTRY_URI', 'MLOPS_NB_EXPERIMENT', 'MLOPS_NB_MODEL_NAME',
-           'MLOPS_NB_TRAIN_THREADS', 'ENV_VARS', 'MlopsNbError', 'DataError', 'ParamError', 'RegistryError',
-           'RegistrationRefused', 'RunFailed', 'EnvVar', 'project_root', 'state_dir', 'tracking_uri', 'registry_uri',
-           'artifact_root', 'git_info']
+           'MLOPS_NB_TRAIN_THREADS', 'MLOPS_NB_MODEL', 'MLOPS_NB_API_KEY', 'MLOPS_NB_ADMIN_TOKEN', 'ENV_VARS',
+           'SECRET_VARS', 'MlopsNbError', 'DataError', 'ParamError', 'RegistryError', 'RegistrationRefused',
+           'RunFailed', 'EnvVar', 'project_root', 'state_dir', 'tracking_uri', 'registry_uri', 'artifact_root',
+           'git_info']
 
 # %% ../nbs/00_core.ipynb #00-core-005
 class MlopsNbError(Exception):
@@ -57,8 +58,12 @@ MLOPS_NB_REGISTRY_URI = EnvVar("MLOPS_NB_REGISTRY_URI", None, "MLflow registry U
 MLOPS_NB_EXPERIMENT = EnvVar("MLOPS_NB_EXPERIMENT", "ottawa-housing", "Experiment that training runs are logged to.")
 MLOPS_NB_MODEL_NAME = EnvVar("MLOPS_NB_MODEL_NAME", "ottawa-housing-classifier", "Registered model name.")
 MLOPS_NB_TRAIN_THREADS = EnvVar("MLOPS_NB_TRAIN_THREADS", "1", "OpenMP threads for training (0: all cores).")
+MLOPS_NB_MODEL = EnvVar("MLOPS_NB_MODEL", None, "Model to serve: a folder or registry reference. Default: the champion.")
+MLOPS_NB_API_KEY = EnvVar("MLOPS_NB_API_KEY", None, "When set, the scoring API requires it (Bearer or X-API-Key). Secret.")
+MLOPS_NB_ADMIN_TOKEN = EnvVar("MLOPS_NB_ADMIN_TOKEN", None, "When set, enables POST /admin/model (model swap). Secret.")
 ENV_VARS = [MLOPS_NB_HOME, MLOPS_NB_TRACKING_URI, MLOPS_NB_REGISTRY_URI, MLOPS_NB_EXPERIMENT, MLOPS_NB_MODEL_NAME,
-            MLOPS_NB_TRAIN_THREADS]
+            MLOPS_NB_TRAIN_THREADS, MLOPS_NB_MODEL, MLOPS_NB_API_KEY, MLOPS_NB_ADMIN_TOKEN]
+SECRET_VARS = {"MLOPS_NB_API_KEY", "MLOPS_NB_ADMIN_TOKEN"}  # never printed or logged
 
 # %% ../nbs/00_core.ipynb #00-core-012
 def project_root(start:Path|str|None=None # folder to search upwards from (default: the current directory)

@@ -50,3 +50,42 @@ def data_dir(tmp_path_factory):
     write_listings(generate_listings(2021, 4000, seed=0), d/"2021.parquet")
     write_listings(generate_listings(2023, 4000, seed=0), d/"2023.parquet")
     return d
+
+
+def save_model(path, year=2021, rows=3000, seed=0, epochs=2):
+    "Train a small model of the example problem and save it as an MLflow model folder at `path`; return the pipeline."
+    import mlflow
+    from mlops_nb.data import generate_listings, TARGET
+    from mlops_nb.train import prepare_features, build_model, train_epochs, pinned_requirements, SKOPS_TRUSTED_TYPES
+    df = generate_listings(year, rows, seed=seed)
+    X, y = prepare_features(df), df[TARGET].astype(int)
+    model = build_model(seed=seed, iters_per_epoch=20)
+    train_epochs(model, X, y, X[:200], y[:200], epochs=epochs)
+    sig = mlflow.models.infer_signature(X.head(20), model.predict_proba(X.head(20))[:, 1])
+    mlflow.sklearn.save_model(model, str(path), signature=sig, input_example=X.head(3), pip_requirements=pinned_requirements(),
+                              skops_trusted_types=SKOPS_TRUSTED_TYPES)
+    return model
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    "A model folder as MLflow saves it (what an image bakes in, what Azure ML mounts)."
+    d = tmp_path_factory.mktemp("models")/"model"
+    save_model(d)
+    return d
+
+
+GOOD = {"list_price": 650000, "bedrooms": 3, "bathrooms": 2.0, "sqft": 1800, "lot_size": 3000, "year_built": 1995,
+        "days_on_market": 12, "neighbourhood": "Glebe", "property_type": "detached", "listing_date": "2024-05-01"}
+
+# (name, body bytes, content type, expected status, words the error must contain): shared by every scoring test
+BAD_REQUESTS = [
+    ("missing field", json.dumps({k: v for k, v in GOOD.items() if k != "sqft"}).encode(), "application/json", 422, ["sqft", "field required"]),
+    ("wrong type", json.dumps({**GOOD, "bedrooms": "three"}).encode(), "application/json", 422, ["bedrooms", "expected a number"]),
+    ("out of range", json.dumps({**GOOD, "sqft": -5}).encode(), "application/json", 422, ["sqft", "must be >= 1"]),
+    ("unknown field", json.dumps({**GOOD, "colour": "red"}).encode(), "application/json", 422, ["colour", "unknown field"]),
+    ("unknown category", json.dumps({**GOOD, "property_type": "castle"}).encode(), "application/json", 422, ["property_type", "castle"]),
+    ("empty list", b"[]", "application/json", 422, ["empty list"]),
+    ("too many rows", json.dumps([GOOD] * 1001).encode(), "application/json", 413, ["at most 1000"]),
+    ("invalid JSON", b'{"list_price": 650000,', "application/json", 400, ["invalid JSON"]),
+]
