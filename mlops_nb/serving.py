@@ -14,9 +14,9 @@ import numpy as np
 from .core import MlopsNbError, MLOPS_NB_MODEL_NAME, state_dir
 
 # %% auto #0
-__all__ = ['AREA_UNITS', 'MAX_ROWS', 'ModelLoadError', 'find_model_dir', 'ModelInfo', 'read_model_dir', 'load_sklearn',
-           'FieldSpec', 'request_fields', 'RequestError', 'validate_payload', 'FastModel', 'Runtime', 'fetch_model',
-           'load_runtime']
+__all__ = ['AREA_UNITS', 'AREA_FIELDS', 'MAX_ROWS', 'ModelLoadError', 'find_model_dir', 'ModelInfo', 'read_model_dir',
+           'load_sklearn', 'FieldSpec', 'request_fields', 'RequestError', 'validate_payload', 'FastModel', 'Runtime',
+           'fetch_model', 'load_runtime']
 
 # %% ../nbs/07_serving.ipynb #07-serving-005
 class ModelLoadError(MlopsNbError):
@@ -92,6 +92,7 @@ class FieldSpec:
 
 # %% ../nbs/07_serving.ipynb #07-serving-009
 AREA_UNITS = {"sqft": 1.0, "sqm": 10.763910416709722}  # square feet per unit
+AREA_FIELDS = ("sqft", "lot_size")  # measured in `area_unit`: decimals allowed
 MAX_ROWS = 1000  # records per request
 
 def request_fields(model, # fitted pipeline
@@ -110,6 +111,7 @@ def request_fields(model, # fitted pipeline
     for c in [c for c in signature_inputs if c not in DERIVED_FEATURES] + ["listing_date"]:
         spec = LISTINGS_SCHEMA.get(c)
         kind = {"int": "integer", "float": "number", "str": "string", "datetime": "date"}.get(spec.kind if spec else "float", "number")
+        if c in AREA_FIELDS: kind = "number"
         fields.append(FieldSpec(c, kind, True, getattr(spec, "min", None), getattr(spec, "max", None), cats.get(c)))
     fields.append(FieldSpec("area_unit", "string", False, enum=list(AREA_UNITS), default="sqft"))
     return fields

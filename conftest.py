@@ -1,9 +1,9 @@
-"""Shared fixtures: an isolated state folder per test module, the real `mlops-nb` CLI, generated data files."""
+"""Shared pytest fixtures (tests/ and api/): an isolated state folder per module, the real CLI, data, model folders."""
 import json, os, subprocess, sys
 from pathlib import Path
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parent
 CLI = str(Path(sys.executable).parent/"mlops-nb")
 
 
@@ -67,12 +67,24 @@ def save_model(path, year=2021, rows=3000, seed=0, epochs=2):
     return model
 
 
+def model_folder(root, name, version, year, seed):
+    "A saved model folder with its registry identity written beside it."
+    d = root/name
+    save_model(d, year=year, seed=seed)
+    (d/"mlops_nb_model.json").write_text(json.dumps({"name": "ottawa-housing-classifier", "version": version, "run_id": f"run-{version}"}))
+    return d
+
+
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory):
-    "A model folder as MLflow saves it (what an image bakes in, what Azure ML mounts)."
-    d = tmp_path_factory.mktemp("models")/"model"
-    save_model(d)
-    return d
+    "A model folder as MLflow saves it (what an image bakes in, what Azure ML mounts): version 1, trained on 2021."
+    return model_folder(tmp_path_factory.mktemp("models"), "model", "1", 2021, 0)
+
+
+@pytest.fixture(scope="session")
+def model_dir_v2(tmp_path_factory):
+    "Another model folder: version 2, trained on 2023."
+    return model_folder(tmp_path_factory.mktemp("models"), "model", "2", 2023, 1)
 
 
 GOOD = {"list_price": 650000, "bedrooms": 3, "bathrooms": 2.0, "sqft": 1800, "lot_size": 3000, "year_built": 1995,

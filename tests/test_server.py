@@ -1,0 +1,190 @@
+"""The scoring server as a real process over HTTP: the same cases as api/test_score.py, the endpoints, auth,
+failures that must not take it down, and a model swap under concurrent load with zero failed requests."""
+import http.client, json, os, signal, socket, subprocess, sys, threading, time
+from pathlib import Path
+import pytest
+from conftest import CLI, ROOT, GOOD, BAD_REQUESTS
+
+ADMIN, KEY = "admin-secret-for-tests", "api-key-for-tests"
+
+
+def free_port():
+    "A free loopback port."
+    with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+
+
+class Server:
+    "`mlops-nb serve` in its own process group, with its log kept."
+    def __init__(self, tmp, *args, env=None):
+        self.port, self.log = free_port(), tmp/f"server-{time.time_ns()}.log"
+        self.proc = subprocess.Popen([CLI, "serve", "--port", str(self.port), *map(str, args)], cwd=ROOT,
+                                     stdout=open(self.log, "w"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                     start_new_session=True)
+        self.t0 = time.time()
+        while time.time() - self.t0 < 60:
+            try:
+                if self.get("/ready")[0] == 200: self.ready_s = time.time() - self.t0; return
+            except OSError: pass
+            if self.proc.poll() is not None: break
+            time.sleep(0.05)
+        raise AssertionError(f"server did not become ready:\n{self.log.read_text()}")
+
+    def request(self, method, path, body=b"", headers=None, conn=None):
+        "(status, parsed JSON or text, headers) of one request."
+        c = conn or http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        c.request(method, path, body=body, headers=headers or {})
+        r = c.getresponse(); data = r.read()
+        if conn is None: c.close()
+        ct = r.getheader("content-type", "")
+        return r.status, (json.loads(data) if ct.startswith("application/json") else data.decode()), dict(r.getheaders())
+
+    def get(self, path, **kw): return self.request("GET", path, **kw)[:2]
+
+    def score(self, payload, headers=None, conn=None):
+        "(status, body) of POST /score with a JSON payload."
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        return self.request("POST", "/score", body, {"content-type": "application/json", **(headers or {})}, conn)[:2]
+
+    def stop(self):
+        "Stop the server; its log is returned."
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try: self.proc.wait(15)
+            except subprocess.TimeoutExpired: os.killpg(self.proc.pid, signal.SIGKILL); self.proc.wait()
+        return self.log.read_text()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, model_dir, state):
+    s = Server(tmp_path_factory.mktemp("srv"), "--model", model_dir, env={"MLOPS_NB_ADMIN_TOKEN": ADMIN})
+    yield s
+    log = s.stop()
+    assert ADMIN not in log  # secrets never logged
+
+
+def test_cold_start_and_probes(server):
+    print(f"cold start to ready: {server.ready_s:.2f} s")
+    assert server.get("/health")[0] == 200
+    assert server.get("/ready") == (200, {"ready": True})
+    st, v = server.get("/version")
+    assert st == 200 and (v["name"], v["version"], v["run_id"]) == ("ottawa-housing-classifier", "1", "run-1") and v["fast_path"]
+
+
+def test_scores_like_score_py(server, model_dir, monkeypatch):
+    "Over HTTP, the same predictions as api/score.py in-process on the same model."
+    import importlib.util
+    monkeypatch.setenv("MLOPS_NB_MODEL", str(model_dir))
+    spec = importlib.util.spec_from_file_location("score_ref", ROOT/"api"/"score.py")
+    ref = importlib.util.module_from_spec(spec); spec.loader.exec_module(ref); ref.init()
+    payloads = [GOOD, [GOOD, {**GOOD, "property_type": "condo", "sqft": 700, "lot_size": 0}], [dict(GOOD, days_on_market=d) for d in range(100)]]
+    for p in payloads:
+        st, body = server.score(p)
+        assert st == 200
+        want = ref.score(p)["predictions"]
+        assert [x["label"] for x in body["predictions"]] == [x["label"] for x in want]
+        assert all(abs(a["probability"] - b["probability"]) <= 1e-6 for a, b in zip(body["predictions"], want))
+
+
+@pytest.mark.parametrize("name,body,ctype,status,words", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
+def test_bad_input_over_http(server, name, body, ctype, status, words):
+    st, out, hdr = server.request("POST", "/score", body, {"content-type": ctype})
+    assert st == status, out
+    text = json.dumps(out)
+    for w in words: assert w in text, (w, text)
+    assert "Traceback" not in text and "File \"" not in text
+    assert hdr.get("x-request-id")
+
+
+def test_protocol_errors(server):
+    st, out, _ = server.request("POST", "/score", b"a=b", {"content-type": "application/x-www-form-urlencoded"})
+    assert st == 415 and "send application/json" in out["error"]
+    st, out, _ = server.request("POST", "/score", json.dumps(GOOD).encode(), {})
+    assert st == 415
+    st, out, _ = server.request("POST", "/score", b"x" * 2_000_000, {"content-type": "application/json"})
+    assert st == 413 and "larger than" in out["error"]
+    assert server.request("GET", "/score")[0] == 405
+    assert server.request("GET", "/nope")[0] == 404
+    st, out, hdr = server.request("POST", "/score", json.dumps(GOOD).encode(), {"content-type": "application/json", "x-request-id": "abc123"})
+    assert st == 200 and hdr["x-request-id"] == "abc123"
+
+
+def test_openapi_and_docs(server):
+    st, spec = server.get("/openapi.json")
+    listing = spec["paths"]["/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]["oneOf"][0]
+    assert st == 200 and set(listing["required"]) == set(GOOD) and listing["properties"]["listing_date"]["format"] == "date"
+    assert "Glebe" in listing["properties"]["neighbourhood"]["enum"] and listing["additionalProperties"] is False
+    st, html = server.get("/docs")
+    assert st == 200 and "openapi.json" in html and "<table" in html
+
+
+def test_metrics(server):
+    server.score(GOOD); server.score([])
+    st, text = server.get("/metrics")
+    assert st == 200
+    assert 'mlops_nb_requests_total{path="/score",status="200"}' in text and 'mlops_nb_errors_total{status="422"}' in text
+    assert 'mlops_nb_score_seconds_bucket{le="+Inf"}' in text
+    assert 'mlops_nb_model_info{name="ottawa-housing-classifier",version="1",run_id="run-1"} 1' in text
+
+
+def test_admin_requires_the_token(server):
+    st, out, _ = server.request("POST", "/admin/model", b'{"model": "x"}', {"authorization": "Bearer wrong"})
+    assert st == 401
+
+
+def test_failed_swap_keeps_the_old_model(server, tmp_path):
+    (tmp_path/"broken").mkdir(); (tmp_path/"broken"/"MLmodel").write_text("flavors: {}\n")
+    st, out, _ = server.request("POST", "/admin/model", json.dumps({"model": str(tmp_path/"broken"), "wait": True}).encode(),
+                                {"authorization": f"Bearer {ADMIN}"})
+    assert st == 409 and "still serving 1" in out["error"] and "no scikit-learn model" in json.dumps(out)
+    assert server.get("/version")[1]["version"] == "1" and server.score(GOOD)[0] == 200
+    assert "no scikit-learn model" in server.get("/version")[1]["last_swap_error"]
+
+
+def test_swap_under_load_drops_nothing(server, model_dir, model_dir_v2):
+    "Eight clients keep scoring while the model is swapped to v2 and back: no request fails, both versions answer."
+    stop, results, lock = threading.Event(), [], threading.Lock()
+    def client():
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        while not stop.is_set():
+            try: st, body = server.score([GOOD, GOOD], conn=conn); v = body["predictions"][0]["version"] if st == 200 else None
+            except Exception as e: st, v = repr(e), None
+            with lock: results.append((st, v))
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads: t.start()
+    time.sleep(1)
+    for target in (model_dir_v2, model_dir, model_dir_v2):
+        st, out, _ = server.request("POST", "/admin/model", json.dumps({"model": str(target), "wait": True}).encode(),
+                                    {"authorization": f"Bearer {ADMIN}"})
+        assert st == 200, out
+        time.sleep(1)
+    stop.set()
+    for t in threads: t.join()
+    failures = [r for r in results if r[0] != 200]
+    versions = [v for _, v in results]
+    print(f"{len(results)} requests during 3 swaps, {len(failures)} failed")
+    assert not failures, failures[:5]
+    assert len(results) > 100 and {"1", "2"} <= set(versions) and versions[-1] == "2"
+    assert server.get("/version")[1]["version"] == "2"
+
+
+def test_api_key_and_scoring_failure(tmp_path, model_dir, state):
+    "With a key configured /score needs it; a failing entry script answers 500 with an error id and keeps serving."
+    entry = tmp_path/"score.py"
+    entry.write_text((ROOT/"api"/"score.py").read_text().replace(
+        "def preprocess(records):\n", "def preprocess(records):\n    if records[0]['days_on_market'] == 999: raise RuntimeError('boom')\n"))
+    s = Server(tmp_path, "--model", model_dir, "--entry", entry, env={"MLOPS_NB_API_KEY": KEY})
+    try:
+        assert s.score(GOOD)[0] == 401
+        assert s.score(GOOD, headers={"authorization": f"Bearer {KEY}"})[0] == 200
+        assert s.score(GOOD, headers={"x-api-key": KEY})[0] == 200
+        assert s.get("/health")[0] == 200 and s.get("/ready")[0] == 200  # probes stay open
+        st, out = s.score({**GOOD, "days_on_market": 999}, headers={"x-api-key": KEY})
+        assert st == 500 and set(out) == {"error", "error_id"} and "boom" not in json.dumps(out)
+        assert s.score(GOOD, headers={"x-api-key": KEY})[0] == 200  # still serving
+    finally: log = s.stop()
+    assert out["error_id"] in log and "RuntimeError: boom" in log and KEY not in log
+
+
+def test_bad_model_reference_fails_the_start(tmp_path, state):
+    p = subprocess.run([CLI, "serve", "--port", str(free_port()), "--model", str(tmp_path/"missing")], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "error: could not load model" in p.stderr
