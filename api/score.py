@@ -55,4 +55,4 @@ def _error(status, errors):
     body = {"error": "invalid request", "detail": errors}
     try: from azureml.contrib.services.aml_response import AMLResponse
     except ImportError: return {**body, "status": status}
-    return AMLResponse(json.dumps(body), status, json_str=True)
+    return AMLResponse(body, status, json_str=True)  # AMLResponse encodes the body itself
