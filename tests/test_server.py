@@ -188,3 +188,36 @@ def test_api_key_and_scoring_failure(tmp_path, model_dir, state):
 def test_bad_model_reference_fails_the_start(tmp_path, state):
     p = subprocess.run([CLI, "serve", "--port", str(free_port()), "--model", str(tmp_path/"missing")], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "error: could not load model" in p.stderr
+
+
+def _register(model_dir, seed):
+    "Log the model folder's pipeline in a full-mode run and register it; return the version."
+    import mlflow, skops.io
+    from mlops_nb.params import make_params
+    from mlops_nb.serving import load_runtime
+    from mlops_nb.tracking import create_run, register_model, end_run
+    from mlops_nb.train import pinned_requirements, SKOPS_TRUSTED_TYPES
+    rt = load_runtime(model_dir)
+    rid = create_run(make_params(mode="full", seed=seed), "nbs/train.ipynb")
+    with mlflow.start_run(run_id=rid):
+        info = mlflow.sklearn.log_model(rt.pipeline, name="model", signature=mlflow.models.Model.load(model_dir/"MLmodel").signature,
+                                        input_example=__import__("pandas").read_json(model_dir/"input_example.json", orient="split"),
+                                        pip_requirements=pinned_requirements(), skops_trusted_types=SKOPS_TRUSTED_TYPES)
+    return register_model(rid, info.model_uri)
+
+
+def test_watching_the_alias_swaps_when_it_moves(tmp_path, model_dir, model_dir_v2, state):
+    from mlops_nb.tracking import promote
+    v1, v2 = _register(model_dir, 1), _register(model_dir_v2, 2)
+    promote(v1, "champion")
+    s = Server(tmp_path, "--model", "models:/ottawa-housing-classifier@champion", "--watch", "0.5")
+    try:
+        assert s.get("/version")[1]["version"] == str(v1)
+        promote(v2, "champion")
+        deadline = time.time() + 30
+        while time.time() < deadline and s.get("/version")[1]["version"] != str(v2): time.sleep(0.2)
+        assert s.get("/version")[1]["version"] == str(v2)
+        st, body = s.score(GOOD)
+        assert st == 200 and body["predictions"][0]["version"] == str(v2)
+    finally: log = s.stop()
+    assert '"event": "alias_moved"' in log
