@@ -12,7 +12,7 @@ from pathlib import Path
 from .core import MlopsNbError, project_root
 
 # %% auto #0
-__all__ = ['BUCKETS', 'DOCS_HTML', 'load_entry', 'Metrics', 'log_event', 'ScoringApp', 'app_from_env', 'serve']
+__all__ = ['BUCKETS', 'DOCS_HTML', 'ROUTES', 'load_entry', 'Metrics', 'log_event', 'ScoringApp', 'app_from_env', 'serve']
 
 # %% ../nbs/08_server.ipynb #08-server-005
 def load_entry(path:str|Path|None=None # entry script (default: `api/score.py` of the project)
@@ -176,12 +176,13 @@ def _headers(scope)->dict:
     "Request headers as a lower-case str dict."
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
 
-async def _send(send, status:int, body, rid:str, ctype:bytes=b"application/json"):
+async def _send(send, status:int, body, rid:str, ctype:bytes=b"application/json", allow:str|None=None):
     "Send a complete response; dicts and lists become JSON."
     data = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY) if isinstance(body, (dict, list)) else body
     if isinstance(data, str): data = data.encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", ctype), (b"content-length", str(len(data)).encode()), (b"x-request-id", rid.encode())]})
+    headers = [(b"content-type", ctype), (b"content-length", str(len(data)).encode()), (b"x-request-id", rid.encode())]
+    if allow: headers.append((b"allow", allow.encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data})
 
 def _err(msg:str, detail=None)->dict:
@@ -204,7 +205,6 @@ async def _read_body(receive, limit:int):
 async def _score(self:ScoringApp, scope, receive, send, h, rid):
     "POST /score: validate, pre-process, batch-score, post-process."
     from mlops_nb.serving import validate_payload, RequestError
-    if scope["method"] != "POST": return 405, _err("use POST with a JSON body")
     ctype = h.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json": return 415, _err(f"content type {ctype or 'missing'!r} is not supported: send application/json")
     if int(h.get("content-length") or 0) > self.max_body: return 413, _err(f"body larger than {self.max_body} bytes")
@@ -229,7 +229,6 @@ async def _admin(self:ScoringApp, scope, receive, send, h, rid):
     "POST /admin/model {\"model\": REF, \"wait\": true}: load another model and swap it in."
     if not self.admin_token: return 404, _err("not found: set an admin token to enable /admin/model")
     if h.get("authorization", "") != f"Bearer {self.admin_token}": return 401, _err("admin token required: Authorization: Bearer TOKEN")
-    if scope["method"] != "POST": return 405, _err("use POST")
     body = await _read_body(receive, 65536)
     try: req = orjson.loads(body or b"{}"); ref = req.get("model")
     except (orjson.JSONDecodeError, AttributeError): return 400, _err('expected {"model": "REF"}')
@@ -258,16 +257,21 @@ document.getElementById('example').textContent=JSON.stringify(ex,null,2);const u
 for(const [p,m] of Object.entries(o.paths)){if(p==='/score')continue;for(const [verb,d] of Object.entries(m)){const li=document.createElement('li');li.textContent=verb.toUpperCase()+' '+p+': '+d.summary;ul.appendChild(li);}}});</script>
 </body></html>"""
 
+ROUTES = {"/score": "POST", "/admin/model": "POST", "/health": "GET, HEAD", "/ready": "GET, HEAD", "/version": "GET, HEAD",
+          "/metrics": "GET, HEAD", "/openapi.json": "GET, HEAD", "/docs": "GET, HEAD"}
+
 async def _call(self:ScoringApp, scope, receive, send):
     "The ASGI entry point."
     if scope["type"] == "lifespan": return await self._lifespan(receive, send)
     if scope["type"] != "http": return
     t0, path, h = time.perf_counter(), scope["path"], _headers(scope)
     rid = h.get("x-request-id") or uuid.uuid4().hex[:16]
-    ctype = b"application/json"
+    ctype, allow = b"application/json", ROUTES.get(path)
     try:
         public = path in ("/health", "/ready", "/openapi.json", "/docs", "/admin/model")
-        if self.api_key and not public and h.get("authorization") != f"Bearer {self.api_key}" and h.get("x-api-key") != self.api_key:
+        if allow and scope["method"] not in allow.split(", "):
+            status, body = 405, _err(f"method {scope['method']} not allowed on {path}: use {allow}")
+        elif self.api_key and not public and h.get("authorization") != f"Bearer {self.api_key}" and h.get("x-api-key") != self.api_key:
             status, body = 401, _err("API key required: Authorization: Bearer KEY or X-API-Key: KEY")
         elif path == "/score": status, body = await self._score(scope, receive, send, h, rid)
         elif path == "/health": status, body = 200, {"status": "ok", "uptime_s": round(time.time() - self.started, 1)}
@@ -284,7 +288,7 @@ async def _call(self:ScoringApp, scope, receive, send):
         eid = uuid.uuid4().hex[:12]
         log_event("error", error_id=eid, request_id=rid, path=path, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
         status, body = 500, {"error": "internal error: the server logged it under this error id", "error_id": eid}
-    await _send(send, status, body, rid, ctype)
+    await _send(send, status, body, rid, ctype, allow if status == 405 else None)
     self.metrics.observe(path if path in ("/score", "/health", "/ready", "/version", "/metrics") else "other", status, time.perf_counter() - t0)
     if self.access_log: log_event("request", request_id=rid, path=path, status=status, ms=round((time.perf_counter() - t0) * 1000, 2))
 

@@ -123,6 +123,8 @@ class RequestError(Exception):
         super().__init__("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors))
         self.errors, self.status = errors, status
 
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?")
+
 def _check(v, f:FieldSpec):
     "The error message for value `v` of field `f`, or None."
     if f.kind in ("number", "integer"):
@@ -132,7 +134,7 @@ def _check(v, f:FieldSpec):
         if f.min is not None and v < f.min: return f"must be >= {f.min:g}, got {v}"
         if f.max is not None and v > f.max: return f"must be <= {f.max:g}, got {v}"
     elif f.kind == "date":
-        if not isinstance(v, str): return "expected a date string YYYY-MM-DD"
+        if not isinstance(v, str) or not _ISO_DATE.fullmatch(v): return f"expected a date YYYY-MM-DD, got {v!r}"
         try: date.fromisoformat(v[:10])
         except ValueError: return f"expected a date YYYY-MM-DD, got {v!r}"
     else:

@@ -102,7 +102,10 @@ def test_protocol_errors(server):
     assert st == 415
     st, out, _ = server.request("POST", "/score", b"x" * 2_000_000, {"content-type": "application/json"})
     assert st == 413 and "larger than" in out["error"]
-    assert server.request("GET", "/score")[0] == 405
+    st, out, hdr = server.request("GET", "/score")
+    assert st == 405 and hdr["allow"] == "POST" and "use POST" in out["error"]
+    st, out, hdr = server.request("DELETE", "/health")
+    assert st == 405 and hdr["allow"] == "GET, HEAD"
     assert server.request("GET", "/nope")[0] == 404
     st, out, hdr = server.request("POST", "/score", json.dumps(GOOD).encode(), {"content-type": "application/json", "x-request-id": "abc123"})
     assert st == 200 and hdr["x-request-id"] == "abc123"
