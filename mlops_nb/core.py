@@ -15,7 +15,7 @@ __all__ = ['MLOPS_NB_HOME', 'MLOPS_NB_TRACKING_URI', 'MLOPS_NB_REGISTRY_URI', 'M
            'MLOPS_NB_TRAIN_THREADS', 'MLOPS_NB_MODEL', 'MLOPS_NB_API_KEY', 'MLOPS_NB_ADMIN_TOKEN', 'ENV_VARS',
            'SECRET_VARS', 'MlopsNbError', 'DataError', 'ParamError', 'RegistryError', 'RegistrationRefused',
            'RunFailed', 'EnvVar', 'project_root', 'state_dir', 'tracking_uri', 'registry_uri', 'artifact_root',
-           'git_info']
+           'lazy_module', 'git_info']
 
 # %% ../nbs/00_core.ipynb #00-core-005
 class MlopsNbError(Exception):
@@ -97,6 +97,21 @@ def artifact_root()->Path:
     return state_dir()/"artifacts"
 
 # %% ../nbs/00_core.ipynb #00-core-018
+import importlib, types
+
+class _LazyModule(types.ModuleType):
+    "A module that imports itself on first attribute access."
+    def __getattr__(self, k):
+        mod = importlib.import_module(self.__name__)
+        self.__dict__.update(mod.__dict__)
+        return getattr(mod, k)
+
+def lazy_module(name:str # module to import on first use
+               )->types.ModuleType:
+    "A stand-in for module `name` that imports it when first used."
+    return _LazyModule(name)
+
+# %% ../nbs/00_core.ipynb #00-core-021
 def git_info(path:Path|str|None=None # a file or folder inside the repository
             )->dict:
     "The git commit of the repository holding `path` and whether its work tree is dirty ('unknown' outside git)."

@@ -9,12 +9,15 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-import numpy as np, pandas as pd
+import numpy as np
+from .core import lazy_module
+pd = lazy_module("pandas")  # loaded on first use: serving images run without pandas
 from .core import DataError, ParamError
 
 # %% auto #0
-__all__ = ['NEIGHBOURHOODS', 'PROPERTY_TYPES', 'TARGET', 'NUMERIC_FEATURES', 'CATEGORICAL_FEATURES', 'LABEL_COLUMNS', 'KINDS',
-           'LISTINGS_SCHEMA', 'generate_listings', 'write_listings', 'ColumnSpec', 'load_listings', 'data_fingerprint']
+__all__ = ['pd', 'NEIGHBOURHOODS', 'PROPERTY_TYPES', 'TARGET', 'NUMERIC_FEATURES', 'CATEGORICAL_FEATURES', 'LABEL_COLUMNS',
+           'KINDS', 'LISTINGS_SCHEMA', 'generate_listings', 'write_listings', 'ColumnSpec', 'load_listings',
+           'data_fingerprint']
 
 # %% ../nbs/01_data.ipynb #01-data-005
 NEIGHBOURHOODS = ["Glebe", "Westboro", "Centretown", "Sandy Hill", "Hintonburg", "Old Ottawa South", "Alta Vista",

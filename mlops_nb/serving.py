@@ -217,10 +217,21 @@ class Runtime:
         "A `FastModel` if it reproduces the pipeline on the input example (and the largest difference), else None."
         rows = self._example()
         try: fast = FastModel(self.pipeline)
-        except (AttributeError, KeyError, ValueError): return None, None
-        if not rows: return None, None
+        except (AttributeError, KeyError, ValueError): fast = None
+        try: import pandas  # the pipeline path and the check need it; a serving image may not have it
+        except ImportError: return self._verified(fast)
+        if fast is None or not rows: return None, None
         diff = float(np.max(np.abs(fast.predict_proba(rows) - self.pipeline_proba(rows))))
         return (fast, diff) if diff <= 1e-9 else (None, diff)
+
+    def _verified(self, fast):
+        "Without pandas: the fast path as verified when the model was packaged, or an error."
+        p = self.model_dir/"mlops_nb_model.json"
+        diff = json.loads(p.read_text()).get("fast_path_max_abs_diff") if p.exists() else None
+        if fast is None or diff is None or diff > 1e-9:
+            raise ModelLoadError(f"model in {self.model_dir}: pandas is not installed and the fast scoring path was not "
+                                 "verified when the model was packaged; install pandas or package it with `mlops-nb package`")
+        return fast, diff
 
     def pipeline_proba(self, rows:list)->np.ndarray:
         "Probabilities through the full pipeline (DataFrame in)."

@@ -9,14 +9,16 @@ from __future__ import annotations
 import json, os
 from importlib.metadata import version as _pkg_version
 from pathlib import Path
-import numpy as np, pandas as pd
+import numpy as np
+from .core import lazy_module
+pd = lazy_module("pandas")  # loaded on first use: serving images run without pandas
 from .core import DataError, MLOPS_NB_TRAIN_THREADS
 from .data import NUMERIC_FEATURES, CATEGORICAL_FEATURES, TARGET
 
 # %% auto #0
-__all__ = ['DERIVED_FEATURES', 'MODEL_NUMERIC', 'MODEL_CATEGORICAL', 'MODEL_INPUTS', 'MODEL_PACKAGES', 'SKOPS_TRUSTED_TYPES',
-           'prepare_features', 'derive_features', 'sample_rows', 'split_rows', 'build_model', 'evaluate',
-           'train_epochs', 'pinned_requirements', 'finish_notebook']
+__all__ = ['pd', 'DERIVED_FEATURES', 'MODEL_NUMERIC', 'MODEL_CATEGORICAL', 'MODEL_INPUTS', 'MODEL_PACKAGES',
+           'SKOPS_TRUSTED_TYPES', 'prepare_features', 'derive_features', 'sample_rows', 'split_rows', 'build_model',
+           'evaluate', 'train_epochs', 'pinned_requirements', 'finish_notebook']
 
 # %% ../nbs/04_train.ipynb #04-train-005
 DERIVED_FEATURES = ["listing_month", "age", "price_per_sqft"]
