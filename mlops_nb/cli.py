@@ -12,7 +12,7 @@ from .core import MlopsNbError
 
 # %% auto #0
 __all__ = ['cmd_data_generate', 'cmd_data_check', 'cmd_train', 'cmd_models_list', 'cmd_models_best', 'cmd_models_promote',
-           'cmd_config', 'cmd_serve', 'cmd_demo', 'main', 'console']
+           'cmd_config', 'cmd_serve', 'cmd_package', 'cmd_demo', 'main', 'console']
 
 # %% ../nbs/06_cli.ipynb #06-cli-005
 def _say(*a):
@@ -118,6 +118,21 @@ def cmd_serve(a):
           admin_token=MLOPS_NB_ADMIN_TOKEN.get(), watch=a.watch, access_log=a.access_log, max_batch=a.max_batch)
 
 # %% ../nbs/06_cli.ipynb #06-cli-017
+def cmd_package(a):
+    "Build (and push) the image of a model version."
+    from mlops_nb.package import write_context, build_image, push_image, engine
+    ctx = write_context(a.model, a.context_only, base_image=a.base_image, registry=a.registry, entry=a.entry, progress=_say)
+    out = {"tag": ctx.tag, "context": str(ctx.path), "labels": ctx.labels, "base_image": ctx.base_image, "image_id": None, "digest": None}
+    if not a.context_only:
+        client = engine()
+        out["image_id"] = build_image(ctx, client, progress=_say)
+        out["size_mb"] = round(client.images.get(ctx.tag).attrs.get("Size", 0) / 1e6, 1)
+        if a.push: out["digest"] = push_image(ctx.tag, client, progress=_say)
+    text = (f"build context: {ctx.path}" if a.context_only else f"image {ctx.tag} ({out['size_mb']} MB)") + \
+           (f"\npushed: {out['digest']}" if out["digest"] else "")
+    _emit(out, a.json, text)
+
+# %% ../nbs/06_cli.ipynb #06-cli-019
 def cmd_demo(a):
     "Run the core loop end to end on generated data."
     from mlops_nb.data import generate_listings, write_listings
@@ -149,7 +164,7 @@ def cmd_demo(a):
     _emit(out, a.json, f"champion is now v{sel.version.version} (roc_auc={sel.version.metrics['roc_auc']:.4f})"
                        + (f", was v{prev}" if prev else ""))
 
-# %% ../nbs/06_cli.ipynb #06-cli-019
+# %% ../nbs/06_cli.ipynb #06-cli-021
 def _parser()->argparse.ArgumentParser:
     "The `mlops-nb` argument parser."
     P = argparse.ArgumentParser
@@ -222,6 +237,17 @@ def _parser()->argparse.ArgumentParser:
     sv.add_argument("--max-batch", type=int, default=256, help="rows per model call (default: 256)")
     sv.add_argument("--access-log", action="store_true", help="log every request as a JSON line")
 
+    pk = cmd(sub, "package", cmd_package, "Builds a container image holding the model, api/score.py and the serving runtime "
+             "(no MLflow, no pandas), through the Docker Engine API (Docker or Podman's service at DOCKER_HOST), tagged "
+             "REGISTRY/NAME:VERSION-GITSHA. Registry credentials come from MLOPS_NB_REGISTRY_USERNAME/PASSWORD.")
+    pk.add_argument("--model", default=None, help="model folder or registry reference (default: the champion)")
+    pk.add_argument("--push", action="store_true", help="push the image to the registry after building it")
+    pk.add_argument("--context-only", default=None, metavar="DIR", help="only write the build context (Dockerfile, wheels, app, model) to DIR")
+    pk.add_argument("--base-image", default=None, help="base image (default: MLOPS_NB_BASE_IMAGE or python:3.11-slim)")
+    pk.add_argument("--registry", default=None, help="registry host[:port] to tag for (default: MLOPS_NB_REGISTRY or 127.0.0.1:5000)")
+    pk.add_argument("--entry", default=None, help="entry script (default: api/score.py)")
+    js(pk)
+
     cf = cmd(sub, "config", cmd_config, "Where state lives and which tracking store is used."); js(cf)
 
     dm = cmd(sub, "demo", cmd_demo, "Generate data, test-mode run, two full runs (registered), select the best, promote champion.")
@@ -235,7 +261,7 @@ def _parser()->argparse.ArgumentParser:
     js(dm)
     return p
 
-# %% ../nbs/06_cli.ipynb #06-cli-020
+# %% ../nbs/06_cli.ipynb #06-cli-022
 def _sigterm(signum, frame): raise KeyboardInterrupt
 
 def main(argv:list|None=None # arguments (default: sys.argv[1:])
@@ -257,7 +283,7 @@ def main(argv:list|None=None # arguments (default: sys.argv[1:])
     finally:
         if old is not None: signal.signal(signal.SIGTERM, old)
 
-# %% ../nbs/06_cli.ipynb #06-cli-022
+# %% ../nbs/06_cli.ipynb #06-cli-024
 def console():
     "The `mlops-nb` executable: run `main`, flush, and exit without interpreter teardown."
     import logging

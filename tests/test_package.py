@@ -1,0 +1,118 @@
+"""Images for real: podman's Docker-compatible service and a registry on loopback (started by scripts/containers),
+the build context, build, run and HTTP-test the container, push, pull back and compare digests."""
+import json, os, shlex, subprocess, time
+from pathlib import Path
+import pytest
+from conftest import ROOT, GOOD, BAD_REQUESTS, cli_json, run_cli
+
+
+@pytest.fixture(scope="module")
+def containers(monkeypatch_module):
+    "Start (or reuse) the engine and registry; skip the module with the script's reason where they cannot run."
+    p = subprocess.run(["bash", str(ROOT/"scripts"/"containers"), "up"], capture_output=True, text=True, timeout=1500)
+    if p.returncode == 3: pytest.skip(f"no container engine here: {p.stderr.strip().splitlines()[-1]}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    env = {}
+    for line in p.stdout.splitlines():
+        if line.startswith("export "):
+            for part in shlex.split(line[7:]):
+                k, _, v = part.partition("="); env[k] = v
+    for k, v in env.items(): monkeypatch_module.setenv(k, v)
+    from mlops_nb.package import engine
+    return engine()
+
+
+def test_context_only_needs_no_engine(tmp_path, model_dir, state):
+    out = cli_json("package", "--model", model_dir, "--context-only", tmp_path/"ctx", "--registry", "reg.example:5000", "--base-image", "python:3.11-slim")
+    ctx = Path(out["context"])
+    assert out["tag"] == "reg.example:5000/ottawa-housing-classifier:1" and out["image_id"] is None
+    df = (ctx/"Dockerfile").read_text()
+    assert "USER 10001:10001" in df and "HEALTHCHECK" in df and "ARG BASE_IMAGE=python:3.11-slim" in df
+    copies = [l for l in df.splitlines() if l.startswith("COPY")]
+    assert copies[-1] == "COPY model/ /model/"  # the model is the last layer
+    reqs = (ctx/"requirements.txt").read_text().split()
+    assert not any(r.startswith(("mlflow", "pandas")) for r in reqs) and any(r.startswith("scikit-learn==") for r in reqs)
+    assert list((ctx/"wheels").glob("mlops_nb-*.whl")) and list((ctx/"wheels").glob("scikit_learn-*.whl"))
+    meta = json.loads((ctx/"model"/"mlops_nb_model.json").read_text())
+    assert meta["version"] == "1" and meta["fast_path_max_abs_diff"] <= 1e-9
+    assert (ctx/"app"/"score.py").read_text() == (ROOT/"api"/"score.py").read_text()
+    assert out["labels"]["io.mlops-nb.model.version"] == "1"
+
+
+@pytest.fixture(scope="module")
+def built(containers, model_dir, state):
+    "The v1 image, built and pushed through the CLI."
+    t0 = time.time()
+    out = cli_json("package", "--model", model_dir, "--push", timeout=1500)
+    out["seconds"] = time.time() - t0
+    print(f"\nbuild+push {out['tag']}: {out['seconds']:.1f} s, {out['size_mb']} MB")
+    return out
+
+
+def test_image_is_labelled_non_root_and_small(built, containers):
+    img = containers.images.get(built["tag"])
+    labels = img.labels
+    assert labels["io.mlops-nb.model.name"] == "ottawa-housing-classifier" and labels["io.mlops-nb.model.version"] == "1"
+    assert labels["io.mlops-nb.model.run-id"] == "run-1" and labels["org.opencontainers.image.version"] == "1"
+    assert img.attrs["Config"]["User"] == "10001:10001"
+    print(f"image size {built['size_mb']} MB (target <= 300 MB)")
+
+
+def test_container_answers_the_http_cases(built, containers, model_dir, monkeypatch):
+    import http.client, importlib.util
+    from mlops_nb.package import run_image
+    monkeypatch.setenv("MLOPS_NB_MODEL", str(model_dir))
+    spec = importlib.util.spec_from_file_location("score_ref", ROOT/"api"/"score.py")
+    ref = importlib.util.module_from_spec(spec); spec.loader.exec_module(ref); ref.init()
+    t0 = time.time()
+    c, url = run_image(built["tag"], containers)
+    print(f"container start to ready: {time.time() - t0:.2f} s")
+    try:
+        host, port = url.split("//")[1].split(":")
+        def post(body, ctype="application/json"):
+            conn = http.client.HTTPConnection(host, int(port), timeout=30)
+            conn.request("POST", "/score", body=body, headers={"content-type": ctype})
+            r = conn.getresponse(); return r.status, json.loads(r.read())
+        st, body = post(json.dumps([GOOD, {**GOOD, "property_type": "condo"}]).encode())
+        want = ref.score([GOOD, {**GOOD, "property_type": "condo"}])["predictions"]
+        assert st == 200 and [round(p["probability"], 9) for p in body["predictions"]] == [round(p["probability"], 9) for p in want]
+        for name, raw, ctype, status, words in BAD_REQUESTS:
+            st, body = post(raw, ctype)
+            assert st == status, (name, body)
+            for w in words: assert w in json.dumps(body), (name, w)
+        assert post(json.dumps(GOOD).encode(), "text/plain")[0] == 415
+        c.reload()
+        assert c.attrs["Config"]["User"] == "10001:10001"
+    finally:
+        logs = c.logs().decode(errors="replace"); c.remove(force=True)
+    assert '"event": "model_loaded"' in logs
+
+
+def test_push_pull_digest(built, containers):
+    assert built["digest"].startswith("sha256:")
+    containers.images.remove(built["tag"], force=True)
+    img = containers.images.pull(built["tag"])
+    assert any(d.endswith(built["digest"]) for d in img.attrs["RepoDigests"]), img.attrs["RepoDigests"]
+
+
+def test_model_only_change_rebuilds_only_the_model_layer(built, containers, model_dir_v2, state):
+    t0 = time.time()
+    out = cli_json("package", "--model", model_dir_v2, timeout=1500)
+    secs = time.time() - t0
+    print(f"model-only rebuild: {secs:.1f} s (target <= 20 s)")
+    l1 = containers.images.get(built["tag"]).attrs["RootFS"]["Layers"]
+    l2 = containers.images.get(out["tag"]).attrs["RootFS"]["Layers"]
+    assert len(l1) == len(l2) and l1[:-1] == l2[:-1] and l1[-1] != l2[-1]  # every layer shared but the model's
+
+
+def test_broken_model_image_never_becomes_ready(tmp_path, containers, model_dir, state):
+    "A version whose init() fails does not get ready; its logs are kept and the container is removed."
+    import shutil
+    from mlops_nb.package import write_context, build_image, run_image, PackageError, BuildContext
+    ctx = write_context(model_dir, tmp_path/"ctx", base_image=os.environ["MLOPS_NB_BASE_IMAGE"])
+    (ctx.path/"model"/"model.skops").write_bytes(b"not a model")
+    ctx.tag = ctx.tag.rsplit(":", 1)[0] + ":broken"
+    build_image(ctx, containers)
+    with pytest.raises(PackageError, match="did not become ready"):
+        run_image(ctx.tag, containers, timeout=20)
+    assert not [c for c in containers.containers.list(all=True) if c.image.tags and c.image.tags[0] == ctx.tag]
