@@ -12,7 +12,7 @@ from .core import MlopsNbError
 
 # %% auto #0
 __all__ = ['cmd_data_generate', 'cmd_data_check', 'cmd_train', 'cmd_models_list', 'cmd_models_best', 'cmd_models_promote',
-           'cmd_config', 'cmd_serve', 'cmd_package', 'cmd_demo', 'main', 'console']
+           'cmd_config', 'cmd_serve', 'cmd_package', 'cmd_deploy', 'cmd_demo', 'main', 'console']
 
 # %% ../nbs/06_cli.ipynb #06-cli-005
 def _say(*a):
@@ -133,6 +133,84 @@ def cmd_package(a):
     _emit(out, a.json, text)
 
 # %% ../nbs/06_cli.ipynb #06-cli-019
+def _kube_client(context:str|None):
+    "An API client from the kubeconfig (KUBECONFIG or ~/.kube/config), or a one-line error."
+    from mlops_nb.kube import KubeError
+    try:
+        from kubernetes import config
+        return config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"), context=context)
+    except ImportError: raise MlopsNbError("the kubernetes client is not installed: pip install 'mlops_nb[kube]'") from None
+    except Exception as e: raise KubeError(f"no usable kubeconfig ({type(e).__name__}: {e}): set KUBECONFIG or pass --context") from None
+
+def _deploy_kubernetes(a):
+    "Render, validate, write and apply the manifests; roll back on failure."
+    from mlops_nb.kube import render_manifests, validate_manifests, write_manifests, dry_run, deploy
+    from mlops_nb.core import state_dir
+    if not a.image: raise MlopsNbError("--target kubernetes needs --image REGISTRY/NAME:TAG (from `mlops-nb package --push`)")
+    ms = render_manifests(a.image, name=a.name, namespace=a.namespace, replicas=a.replicas, hpa=a.hpa,
+                          api_key_secret=a.api_key_secret)
+    validate_manifests(ms)
+    files = write_manifests(ms, a.manifests or state_dir()/"k8s"/a.name)
+    _say(f"manifests validated (strict) and written: {', '.join(str(f) for f in files)}")
+    if a.dry_run:
+        api = _kube_client(a.context) if (a.context or os.environ.get("KUBECONFIG")) else None
+        return _emit({"dry_run": True, "manifests": [str(f) for f in files], "diff": dry_run(ms, api)}, a.json, dry_run(ms, api))
+    _say(f"applying to {a.namespace}/{a.name} and waiting for the rollout (timeout {a.timeout:g} s)")
+    res = deploy(ms, _kube_client(a.context), timeout_s=a.timeout)
+    _emit({**res, "manifests": [str(f) for f in files]}, a.json, f"{a.namespace}/{a.name} now serves {res['image']} (revision {res['revision']})")
+
+# %% ../nbs/06_cli.ipynb #06-cli-020
+def _deploy_local(a):
+    "Run the image locally, or hot-swap / start the local server process."
+    import urllib.request, urllib.error
+    url = f"http://127.0.0.1:{a.port}"
+    if a.dry_run:
+        return _emit({"dry_run": True, "target": "local", "url": url, "image": a.image, "model": a.model}, a.json,
+                     f"would serve {a.image or a.model or 'the champion'} at {url}")
+    if a.image: return _deploy_local_image(a, url)
+    from mlops_nb.core import MLOPS_NB_ADMIN_TOKEN, state_dir
+    from mlops_nb.package import _http_status
+    if _http_status(url + "/health") == 200:  # a server is running there: swap its model without dropping requests
+        token = MLOPS_NB_ADMIN_TOKEN.get()
+        if not token: raise MlopsNbError(f"a server answers at {url}: set MLOPS_NB_ADMIN_TOKEN (as it was started with) to swap its model")
+        req = urllib.request.Request(url + "/admin/model", data=json.dumps({"model": a.model, "wait": True}).encode(),
+                                     headers={"authorization": f"Bearer {token}", "content-type": "application/json"})
+        try: out = json.loads(urllib.request.urlopen(req, timeout=a.timeout).read())
+        except urllib.error.HTTPError as e:
+            raise MlopsNbError(f"swap refused ({e.code}): {json.loads(e.read()).get('error')}") from None
+        return _emit({"target": "local", "url": url, **out}, a.json, f"{url} now serves version {out['serving']['version']} (swapped, no request dropped)")
+    log = state_dir()/"serve.log"
+    exe = Path(sys.executable).parent/"mlops-nb"
+    cmd = [str(exe) if exe.exists() else "mlops-nb", "serve", "--port", str(a.port)] + (["--model", a.model] if a.model else [])
+    import subprocess
+    proc = subprocess.Popen(cmd, stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + a.timeout
+    while time.time() < deadline and proc.poll() is None and _http_status(url + "/ready") != 200: time.sleep(0.2)
+    if _http_status(url + "/ready") != 200:
+        proc.kill(); raise MlopsNbError(f"the server did not become ready at {url}; see {log}")
+    (state_dir()/"serve.pid").write_text(str(proc.pid))
+    _emit({"target": "local", "url": url, "pid": proc.pid, "log": str(log)}, a.json, f"serving at {url} (pid {proc.pid}, log {log})")
+
+def _deploy_local_image(a, url):
+    "Start the image beside the running one, and replace it only once the new one is ready."
+    from mlops_nb.package import engine, run_image
+    c = engine()
+    name = f"mlops-nb-{a.name}"
+    old = next(iter(c.containers.list(all=True, filters={"name": f"^{name}$"})), None)
+    if old is not None:
+        cand, curl = run_image(a.image, c, timeout=a.timeout)  # raises, old untouched, if it never becomes ready
+        cand.remove(force=True)
+        t0 = time.time(); old.remove(force=True)
+    new, _ = run_image(a.image, c, port=a.port, name=name, timeout=a.timeout)
+    gap = f" (port switched in {time.time() - t0:.1f} s)" if old is not None else ""
+    _emit({"target": "local", "url": url, "image": a.image, "container": new.name}, a.json, f"{url} now serves {a.image}{gap}")
+
+def cmd_deploy(a):
+    "Deploy a model image to Kubernetes or locally."
+    if a.target not in ("local", "kubernetes"): raise MlopsNbError(f"--target {a.target!r} is not allowed: use local or kubernetes")
+    return _deploy_kubernetes(a) if a.target == "kubernetes" else _deploy_local(a)
+
+# %% ../nbs/06_cli.ipynb #06-cli-022
 def cmd_demo(a):
     "Run the core loop end to end on generated data."
     from mlops_nb.data import generate_listings, write_listings
@@ -164,7 +242,7 @@ def cmd_demo(a):
     _emit(out, a.json, f"champion is now v{sel.version.version} (roc_auc={sel.version.metrics['roc_auc']:.4f})"
                        + (f", was v{prev}" if prev else ""))
 
-# %% ../nbs/06_cli.ipynb #06-cli-021
+# %% ../nbs/06_cli.ipynb #06-cli-024
 def _parser()->argparse.ArgumentParser:
     "The `mlops-nb` argument parser."
     P = argparse.ArgumentParser
@@ -248,6 +326,25 @@ def _parser()->argparse.ArgumentParser:
     pk.add_argument("--entry", default=None, help="entry script (default: api/score.py)")
     js(pk)
 
+    dp = cmd(sub, "deploy", cmd_deploy, "Kubernetes: render and strictly validate the manifests (Deployment with a rolling update "
+             "that keeps old pods until new ones are ready, probes, limits, non-root read-only pods; a Service whose name "
+             "and port never change; optional HPA), apply them server-side with your kubeconfig, wait, and roll back if "
+             "the new version is not ready. Local: run the image (or hot-swap the local server's model).")
+    dp.add_argument("--target", default="local", help="local or kubernetes (default: local)")
+    dp.add_argument("--image", default=None, help="image REGISTRY/NAME:TAG (from `mlops-nb package --push`)")
+    dp.add_argument("--model", default=None, help="local, without an image: model reference to serve or swap in (default: champion)")
+    dp.add_argument("--dry-run", action="store_true", help="print the manifests / what would change; apply nothing")
+    dp.add_argument("--name", default="ottawa-housing", help="Deployment and Service name (default: ottawa-housing)")
+    dp.add_argument("--namespace", default="default", help="Kubernetes namespace (default: default)")
+    dp.add_argument("--replicas", type=int, default=2, help="replicas (default: 2)")
+    dp.add_argument("--hpa", action="store_true", help="add a HorizontalPodAutoscaler on CPU")
+    dp.add_argument("--api-key-secret", default=None, help="name of a Secret whose key api-key becomes MLOPS_NB_API_KEY")
+    dp.add_argument("--manifests", default=None, help="folder to write the manifests to (default: the state folder's k8s/NAME)")
+    dp.add_argument("--context", default=None, help="kubeconfig context (default: the current one)")
+    dp.add_argument("--port", type=int, default=8080, help="local: loopback port (default: 8080)")
+    dp.add_argument("--timeout", type=float, default=600, help="seconds to wait for readiness / the rollout (default: 600)")
+    js(dp)
+
     cf = cmd(sub, "config", cmd_config, "Where state lives and which tracking store is used."); js(cf)
 
     dm = cmd(sub, "demo", cmd_demo, "Generate data, test-mode run, two full runs (registered), select the best, promote champion.")
@@ -261,7 +358,7 @@ def _parser()->argparse.ArgumentParser:
     js(dm)
     return p
 
-# %% ../nbs/06_cli.ipynb #06-cli-022
+# %% ../nbs/06_cli.ipynb #06-cli-025
 def _sigterm(signum, frame): raise KeyboardInterrupt
 
 def main(argv:list|None=None # arguments (default: sys.argv[1:])
@@ -283,7 +380,7 @@ def main(argv:list|None=None # arguments (default: sys.argv[1:])
     finally:
         if old is not None: signal.signal(signal.SIGTERM, old)
 
-# %% ../nbs/06_cli.ipynb #06-cli-024
+# %% ../nbs/06_cli.ipynb #06-cli-027
 def console():
     "The `mlops-nb` executable: run `main`, flush, and exit without interpreter teardown."
     import logging

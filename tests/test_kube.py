@@ -513,3 +513,35 @@ def test_rollback_api_failure_still_says_new_version_failed(fake, api):
         deploy(manifests(IMG2, 2), api, timeout_s=5, poll_s=0.01)
     msg = str(ei.value)
     assert f"new image {IMG2} failed" in msg and "the rollback failed" in msg and "etcdserver: leader changed" in msg and "\n" not in msg
+
+
+def _kubeconfig(tmp_path, fake):
+    "A kubeconfig whose current context is the fake API server."
+    p = tmp_path/"kubeconfig"
+    p.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{fake.port}"}}],
+        "users": [{"name": "u", "user": {"token": "not-a-secret"}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u", "namespace": "default"}}]}))
+    return p
+
+
+def test_cli_deploy_rolls_out_and_rolls_back(tmp_path, fake, state):
+    "`mlops-nb deploy --target kubernetes` as a real process against the fake API server, with a kubeconfig."
+    import os
+    from conftest import run_cli
+    env = {**os.environ, "KUBECONFIG": str(_kubeconfig(tmp_path, fake))}
+    args = ["deploy", "--target", "kubernetes", "--timeout", "60", "--manifests", tmp_path/"k8s", "--json"]
+    p = run_cli(*args, "--image", IMG1, env=env)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["image"] == IMG1 and (tmp_path/"k8s"/"service.yaml").exists()
+    p = run_cli(*args, "--dry-run", "--image", IMG2, env=env)
+    assert p.returncode == 0 and IMG2 in p.stdout and IMG1 in p.stdout  # the diff names both images
+    fake.bad_images[IMG2] = "deadline"
+    p = run_cli(*args, "--image", IMG2, env=env)
+    assert p.returncode == 1 and "rolled back" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    d = ApiClient(Configuration(host=f"http://127.0.0.1:{fake.port}"))
+    from kubernetes import client
+    dep = client.AppsV1Api(d).read_namespaced_deployment("ottawa-housing", "default")
+    assert dep.spec.template.spec.containers[0].image == IMG1  # the old version serves again
+    p = run_cli("deploy", "--target", "kubernetes", "--image", IMG1, env={**os.environ, "KUBECONFIG": str(tmp_path/"missing")})
+    assert p.returncode == 2 and "no usable kubeconfig" in p.stderr

@@ -224,3 +224,24 @@ def test_watching_the_alias_swaps_when_it_moves(tmp_path, model_dir, model_dir_v
         assert st == 200 and body["predictions"][0]["version"] == str(v2)
     finally: log = s.stop()
     assert '"event": "alias_moved"' in log
+
+
+def test_deploy_local_starts_then_swaps_without_engine(tmp_path, model_dir, model_dir_v2, state):
+    "`deploy --target local --model` starts a server process, then swaps its model; a broken model is refused."
+    from conftest import run_cli
+    port = free_port()
+    env = {**os.environ, "MLOPS_NB_ADMIN_TOKEN": ADMIN}
+    p = run_cli("deploy", "--target", "local", "--model", model_dir, "--port", port, "--timeout", "60", "--json", env=env)
+    assert p.returncode == 0, p.stderr
+    pid = json.loads(p.stdout)["pid"]
+    try:
+        version = lambda: json.loads(__import__("urllib.request").request.urlopen(f"http://127.0.0.1:{port}/version").read())["version"]
+        assert version() == "1"
+        p = run_cli("deploy", "--target", "local", "--model", model_dir_v2, "--port", port, env=env)
+        assert p.returncode == 0 and "now serves version 2" in p.stdout, p.stderr
+        (tmp_path/"broken").mkdir(); (tmp_path/"broken"/"MLmodel").write_text("flavors: {}\n")
+        p = run_cli("deploy", "--target", "local", "--model", tmp_path/"broken", "--port", port, env=env)
+        assert p.returncode == 2 and "swap refused (409)" in p.stderr and version() == "2"
+        p = run_cli("deploy", "--target", "local", "--model", model_dir, "--port", port)  # no token: told what to do
+        assert p.returncode == 2 and "set MLOPS_NB_ADMIN_TOKEN" in p.stderr
+    finally: os.killpg(pid, signal.SIGTERM)
