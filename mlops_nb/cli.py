@@ -12,7 +12,7 @@ from .core import MlopsNbError
 
 # %% auto #0
 __all__ = ['cmd_data_generate', 'cmd_data_check', 'cmd_train', 'cmd_models_list', 'cmd_models_best', 'cmd_models_promote',
-           'cmd_config', 'cmd_serve', 'cmd_package', 'cmd_deploy', 'cmd_demo', 'main', 'console']
+           'cmd_config', 'cmd_serve', 'cmd_package', 'cmd_deploy', 'cmd_pipeline', 'cmd_demo', 'main', 'console']
 
 # %% ../nbs/06_cli.ipynb #06-cli-005
 def _say(*a):
@@ -59,13 +59,40 @@ def cmd_train(a):
                      eval_path=a.eval_data).as_dict()  # refuse bad values before anything starts
     _say(f"training in {kw['mode']} mode ({kw['sample_frac']:g} of the rows, {kw['epochs']} epoch(s)) "
          f"on {a.data or 'generated data'} ...")
-    runner = LocalRunner(a.notebook, progress=not a.quiet, execution_timeout=a.cell_timeout)
-    res = run_training(runner, timeout=a.timeout, **kw)
+    if a.runner == "databricks": res = _train_databricks(a, kw)
+    elif a.runner == "local":
+        runner = LocalRunner(a.notebook, progress=not a.quiet, execution_timeout=a.cell_timeout)
+        res = run_training(runner, timeout=a.timeout, **kw)
+    else: raise MlopsNbError(f"--runner {a.runner!r} is not allowed: use local or databricks")
     reg = f"registered as version {res.registered_version}" if res.registered_version else "not registered (test mode)"
     _emit(res.as_dict(), a.json, f"run {res.run_id} ({res.mode}): {_fmt_metrics(res.metrics)}\n"
                                  f"model {reg}\nexecuted notebook: {res.output_notebook}")
 
 # %% ../nbs/06_cli.ipynb #06-cli-011
+def _git_branch()->str|None:
+    "The branch being built: CI's variables, else the checkout's."
+    for v in ("GITHUB_HEAD_REF", "GITHUB_REF_NAME", "SYSTEM_PULLREQUEST_SOURCEBRANCH", "BUILD_SOURCEBRANCHNAME"):
+        if os.environ.get(v): return os.environ[v].removeprefix("refs/heads/")
+    import subprocess
+    r = subprocess.run(["git", "rev-parse", "--abbrev-ref", "HEAD"], capture_output=True, text=True)
+    return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() != "HEAD" else None
+
+def _train_databricks(a, kw:dict):
+    "Run the training notebook as a Databricks job; return its RunResult."
+    from mlops_nb.databricks import DatabricksRunner
+    from mlops_nb.params import make_params
+    cluster = json.loads(a.cluster) if a.cluster else None
+    if cluster is not None:  # the notebook logs where the profile says (the workspace's MLflow by default)
+        envs = {k: os.environ[k] for k in ("MLOPS_NB_EXPERIMENT", "MLOPS_NB_MODEL_NAME") if os.environ.get(k)}
+        cluster.setdefault("spark_env_vars", {}).update({"MLOPS_NB_TRACKING_URI": "databricks", **envs})
+    runner = DatabricksRunner(a.notebook, folder=a.databricks_folder, branch=a.branch or _git_branch(), cluster=cluster,
+                              existing_cluster_id=a.existing_cluster_id, job_id=a.job_id, libraries=a.library or None,
+                              poll_s=a.poll_s)
+    h = runner.submit(make_params(**kw))
+    _say(f"Databricks run {h.run_id}: {h.run_page_url}")
+    return h.wait(a.timeout)
+
+# %% ../nbs/06_cli.ipynb #06-cli-013
 def cmd_models_list(a):
     "List registered versions."
     from mlops_nb.tracking import list_versions
@@ -89,7 +116,7 @@ def cmd_models_promote(a):
     out = {"alias": a.alias, "version": a.version, "previous": prev}
     _emit(out, a.json, f"{a.alias} -> v{a.version}" + (f" (was v{prev})" if prev else ""))
 
-# %% ../nbs/06_cli.ipynb #06-cli-013
+# %% ../nbs/06_cli.ipynb #06-cli-015
 def cmd_config(a):
     "Show the resolved configuration."
     from mlops_nb.core import ENV_VARS, SECRET_VARS, state_dir, tracking_uri, registry_uri
@@ -97,7 +124,7 @@ def cmd_config(a):
            **{v.name: ("***" if v.get() else None) if v.name in SECRET_VARS else v.get() for v in ENV_VARS}}
     _emit(out, a.json, "\n".join(f"{k}: {v}" for k, v in out.items()))
 
-# %% ../nbs/06_cli.ipynb #06-cli-015
+# %% ../nbs/06_cli.ipynb #06-cli-017
 def _free_port(host:str)->int:
     "A free TCP port on `host`."
     import socket
@@ -117,7 +144,7 @@ def cmd_serve(a):
     serve(a.host, port, a.workers, model=model, entry=a.entry, api_key=MLOPS_NB_API_KEY.get(),
           admin_token=MLOPS_NB_ADMIN_TOKEN.get(), watch=a.watch, access_log=a.access_log, max_batch=a.max_batch)
 
-# %% ../nbs/06_cli.ipynb #06-cli-017
+# %% ../nbs/06_cli.ipynb #06-cli-019
 def cmd_package(a):
     "Build (and push) the image of a model version."
     from mlops_nb.package import write_context, build_image, push_image, engine
@@ -132,7 +159,7 @@ def cmd_package(a):
            (f"\npushed: {out['digest']}" if out["digest"] else "")
     _emit(out, a.json, text)
 
-# %% ../nbs/06_cli.ipynb #06-cli-019
+# %% ../nbs/06_cli.ipynb #06-cli-021
 def _kube_client(context:str|None):
     "An API client from the kubeconfig (KUBECONFIG or ~/.kube/config), or a one-line error."
     from mlops_nb.kube import KubeError
@@ -159,7 +186,7 @@ def _deploy_kubernetes(a):
     res = deploy(ms, _kube_client(a.context), timeout_s=a.timeout)
     _emit({**res, "manifests": [str(f) for f in files]}, a.json, f"{a.namespace}/{a.name} now serves {res['image']} (revision {res['revision']})")
 
-# %% ../nbs/06_cli.ipynb #06-cli-020
+# %% ../nbs/06_cli.ipynb #06-cli-022
 def _deploy_local(a):
     "Run the image locally, or hot-swap / start the local server process."
     import urllib.request, urllib.error
@@ -210,7 +237,17 @@ def cmd_deploy(a):
     if a.target not in ("local", "kubernetes"): raise MlopsNbError(f"--target {a.target!r} is not allowed: use local or kubernetes")
     return _deploy_kubernetes(a) if a.target == "kubernetes" else _deploy_local(a)
 
-# %% ../nbs/06_cli.ipynb #06-cli-022
+# %% ../nbs/06_cli.ipynb #06-cli-024
+def cmd_pipeline(a):
+    "Run a pipeline's steps here, or print and check them."
+    from mlops_nb.pipeline import run_pipeline, PipelineFailed
+    res = run_pipeline(a.name, dry_run=a.dry_run, runner=a.runner, year=a.year, rows=a.rows, epochs=a.epochs,
+                       data=a.data, trigger=a.trigger, say=_say)
+    if res.error and not a.json: raise PipelineFailed(res.error)
+    _emit(res.as_dict(), a.json, res.summary())
+    if res.error: raise PipelineFailed(res.error)
+
+# %% ../nbs/06_cli.ipynb #06-cli-026
 def cmd_demo(a):
     "Run the core loop end to end on generated data."
     from mlops_nb.data import generate_listings, write_listings
@@ -242,7 +279,7 @@ def cmd_demo(a):
     _emit(out, a.json, f"champion is now v{sel.version.version} (roc_auc={sel.version.metrics['roc_auc']:.4f})"
                        + (f", was v{prev}" if prev else ""))
 
-# %% ../nbs/06_cli.ipynb #06-cli-024
+# %% ../nbs/06_cli.ipynb #06-cli-028
 def _parser()->argparse.ArgumentParser:
     "The `mlops-nb` argument parser."
     P = argparse.ArgumentParser
@@ -251,9 +288,13 @@ def _parser()->argparse.ArgumentParser:
           "full mode, track and register models, select and promote versions.",
           epilog="examples:\n  mlops-nb demo\n  mlops-nb data generate --year 2021 --rows 20000 --out data/2021.parquet\n"
                  "  mlops-nb train --mode test --data data/2021.parquet\n  mlops-nb train --mode full --data data/2021.parquet --json\n"
-                 "  mlops-nb models best --metric roc_auc\n  mlops-nb models promote 3 --alias champion\n\n"
+                 "  mlops-nb models best --metric roc_auc\n  mlops-nb models promote 3 --alias champion\n"
+                 "  mlops-nb serve --model champion\n  mlops-nb package --push\n  mlops-nb deploy --target kubernetes --image IMAGE --dry-run\n"
+                 "  mlops-nb pipeline train\n\n"
                  "state (tracking DB, artifacts, executed notebooks) lives in .mlops_nb/ of the project;\n"
                  "MLOPS_NB_HOME moves it, MLOPS_NB_TRACKING_URI points at another MLflow store.")
+    p.add_argument("--profile", default=None, help="profile in profiles/ choosing the tracking backend: local (SQLite, the "
+                   "default), dev (Databricks), prod (Azure ML); default: MLOPS_NB_PROFILE")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
     def cmd(parent, name, fn, help):
         s = parent.add_parser(name, help=help, description=fn.__doc__ + " " + help, formatter_class=fmt)
@@ -285,6 +326,16 @@ def _parser()->argparse.ArgumentParser:
     t.add_argument("--timeout", type=float, default=None, help="cancel the run after this many seconds")
     t.add_argument("--cell-timeout", type=int, default=None, help="fail a cell that runs longer than this many seconds")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--runner", default="local", help="local (papermill here) or databricks (a job in the workspace of "
+                   "DATABRICKS_HOST with DATABRICKS_TOKEN)")
+    t.add_argument("--branch", default=None, help="databricks: branch of this run; PR branches get their own workspace folder (default: from CI or git)")
+    t.add_argument("--databricks-folder", default=None, help="databricks: workspace folder (default: MLOPS_NB_DATABRICKS_FOLDER or /Shared/mlops_nb)")
+    t.add_argument("--cluster", default=None, help='databricks: new job cluster as JSON, e.g. \'{"spark_version": "15.4.x-cpu-ml-scala2.12", '
+                   '"node_type_id": "Standard_DS3_v2", "num_workers": 1}\' (GPU node types allowed)')
+    t.add_argument("--existing-cluster-id", default=None, help="databricks: run on this cluster instead")
+    t.add_argument("--job-id", type=int, default=None, help="databricks: run-now this job (its task must run <folder>/main/train)")
+    t.add_argument("--poll-s", type=float, default=10, help="databricks: seconds between status checks (default: 10)")
+    t.add_argument("--library", action="append", default=None, help="databricks: pip requirement to install on the cluster (repeatable; include mlops_nb)")
     js(t)
 
     m = sub.add_parser("models", help="list, select and promote registered versions",
@@ -345,6 +396,20 @@ def _parser()->argparse.ArgumentParser:
     dp.add_argument("--timeout", type=float, default=600, help="seconds to wait for readiness / the rollout (default: 600)")
     js(dp)
 
+    pl = cmd(sub, "pipeline", cmd_pipeline, "Runs the steps of a pipeline here, on the embedded defaults, as "
+             "pipelines/azure/ and .github/workflows/ run them in the cloud: ci (the training notebook in test mode), train "
+             "(data, full-mode run, best version, promote champion), deploy (API tests and a local deploy test, image build, "
+             "Kubernetes rollout or its dry run). Prints [pipeline/stage/step] lines; stops at the first failing step (exit 1).")
+    pl.add_argument("name", choices=["ci", "train", "deploy"], help="pipeline to run: ci, train or deploy")
+    pl.add_argument("--dry-run", action="store_true", help="print each command and check that it exists; run nothing")
+    pl.add_argument("--runner", default="local", help="where to run (default: local; the cloud runs the YAML pipelines)")
+    pl.add_argument("--year", type=int, default=2021, help="train: market year of the generated data (default: 2021)")
+    pl.add_argument("--rows", type=int, default=20_000, help="train: listings to generate (default: 20000)")
+    pl.add_argument("--epochs", type=int, default=None, help="train: full-run epochs (default: 10)")
+    pl.add_argument("--data", default=None, help="train: train on this listings file instead of generated data")
+    pl.add_argument("--trigger", action="store_true", help="train: run the deploy pipeline after promoting the champion")
+    js(pl)
+
     cf = cmd(sub, "config", cmd_config, "Where state lives and which tracking store is used."); js(cf)
 
     dm = cmd(sub, "demo", cmd_demo, "Generate data, test-mode run, two full runs (registered), select the best, promote champion.")
@@ -358,7 +423,7 @@ def _parser()->argparse.ArgumentParser:
     js(dm)
     return p
 
-# %% ../nbs/06_cli.ipynb #06-cli-025
+# %% ../nbs/06_cli.ipynb #06-cli-029
 def _sigterm(signum, frame): raise KeyboardInterrupt
 
 def main(argv:list|None=None # arguments (default: sys.argv[1:])
@@ -372,7 +437,11 @@ def main(argv:list|None=None # arguments (default: sys.argv[1:])
         p.print_help(); return 0 if a.cmd is None else 2
     in_main = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGTERM, _sigterm) if in_main else None  # SIGTERM stops a run like Ctrl-C
-    try: a.fn(a); return 0
+    try:
+        if a.profile or os.environ.get("MLOPS_NB_PROFILE"):
+            from mlops_nb.backends import activate_profile
+            activate_profile(a.profile)
+        a.fn(a); return 0
     except MlopsNbError as e:
         print(f"error: {e}", file=sys.stderr); return e.exit_code
     except KeyboardInterrupt:
@@ -380,7 +449,7 @@ def main(argv:list|None=None # arguments (default: sys.argv[1:])
     finally:
         if old is not None: signal.signal(signal.SIGTERM, old)
 
-# %% ../nbs/06_cli.ipynb #06-cli-027
+# %% ../nbs/06_cli.ipynb #06-cli-031
 def console():
     "The `mlops-nb` executable: run `main`, flush, and exit without interpreter teardown."
     import logging

@@ -63,7 +63,7 @@ MLOPS_NB_API_KEY = EnvVar("MLOPS_NB_API_KEY", None, "When set, the scoring API r
 MLOPS_NB_ADMIN_TOKEN = EnvVar("MLOPS_NB_ADMIN_TOKEN", None, "When set, enables POST /admin/model (model swap). Secret.")
 ENV_VARS = [MLOPS_NB_HOME, MLOPS_NB_TRACKING_URI, MLOPS_NB_REGISTRY_URI, MLOPS_NB_EXPERIMENT, MLOPS_NB_MODEL_NAME,
             MLOPS_NB_TRAIN_THREADS, MLOPS_NB_MODEL, MLOPS_NB_API_KEY, MLOPS_NB_ADMIN_TOKEN]
-SECRET_VARS = {"MLOPS_NB_API_KEY", "MLOPS_NB_ADMIN_TOKEN"}  # never printed or logged
+SECRET_VARS = {"MLOPS_NB_API_KEY", "MLOPS_NB_ADMIN_TOKEN", "DATABRICKS_TOKEN", "MLOPS_NB_REGISTRY_PASSWORD"}  # never printed or logged
 
 # %% ../nbs/00_core.ipynb #00-core-012
 def project_root(start:Path|str|None=None # folder to search upwards from (default: the current directory)

@@ -1,0 +1,323 @@
+"""mlops_nb.databricks against a fake Databricks workspace, driven by the real databricks-sdk client.
+
+`FakeDatabricks` is an `http.server` on 127.0.0.1 answering what the SDK calls: the host-metadata probe (404), workspace
+mkdirs/import (the decoded notebook is stored per path), jobs runs/submit and run-now, runs/get (PENDING -> RUNNING ->
+TERMINATED with the scenario's result state), runs/get-output (the notebook's exit value, or error and trace) and
+runs/cancel. `fake.scenario` picks the outcome; `fake.busy` queues 429/503 answers for a path. Every request is recorded.
+"""
+import base64, json, threading, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit, parse_qs
+
+import nbformat, pytest
+
+pytest.importorskip("databricks.sdk")
+from databricks.sdk import WorkspaceClient
+from databricks.sdk.config import Config
+from mlops_nb.core import MlopsNbError, RunFailed
+from mlops_nb.params import make_params
+from mlops_nb.runner import RunResult
+from mlops_nb.databricks import DatabricksRunner, DatabricksError
+
+TOKEN = "dapi-SECRET-token-0123456789"
+RESULT = {"run_id": "mlflow-run-1", "mode": "test", "metrics": {"accuracy": 0.81}, "registered_version": None,
+          "data_fingerprint": "abc", "train_rows": 100}
+TRACE = "Traceback (most recent call last):\n  File \"<cell>\", line 3\n" + "    noise\n" * 50 + "ValueError: labels missing"
+
+
+class FakeDatabricks:
+    "An in-process stand-in for a Databricks workspace's REST API."
+    def __init__(self):
+        self.requests, self.notebooks, self.runs, self.busy = [], {}, {}, {}
+        self.scenario, self.next_id, self.lock = "SUCCESS", 100, threading.Lock()
+        fake = self
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a): pass
+            def do_GET(self): fake.handle(self, "GET")
+            def do_POST(self): fake.handle(self, "POST")
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def client(self, retry=15):
+        return WorkspaceClient(config=Config(host=f"http://127.0.0.1:{self.port}", token=TOKEN, retry_timeout_seconds=retry))
+
+    def paths(self, method=None):
+        return [(m, p) for m, p, *_ in self.requests if method in (None, m)]
+
+    def handle(self, h, method):
+        u = urlsplit(h.path)
+        q = {k: v[0] for k, v in parse_qs(u.query).items()}
+        n = int(h.headers.get("Content-Length") or 0)
+        body = json.loads(h.rfile.read(n) or b"{}") if n else {}
+        with self.lock: self.requests.append((method, u.path, q, body, h.headers.get("Authorization")))
+        queue = self.busy.get(u.path)
+        if queue:
+            code = queue.pop(0)
+            err = {"error_code": "REQUEST_LIMIT_EXCEEDED" if code == 429 else "TEMPORARILY_UNAVAILABLE", "message": "slow down"}
+            return self.send(h, code, err, {"Retry-After": "1"} if code == 429 else {})
+        if h.headers.get("Authorization") != f"Bearer {TOKEN}":
+            return self.send(h, 401, {"error_code": "UNAUTHENTICATED", "message": "bad token"})
+        route = getattr(self, (method + u.path).replace("/", "_").replace(".", "_").replace("-", "_"), None)
+        if route is None: return self.send(h, 404, {"error_code": "ENDPOINT_NOT_FOUND", "message": f"no {u.path}"})
+        code, out = route(q, body)
+        self.send(h, code, out)
+
+    def send(self, h, code, obj, headers={}):
+        data = json.dumps(obj).encode()
+        h.send_response(code)
+        h.send_header("Content-Type", "application/json"); h.send_header("Content-Length", str(len(data)))
+        for k, v in headers.items(): h.send_header(k, v)
+        h.end_headers(); h.wfile.write(data)
+
+    # workspace
+    def POST_api_2_0_workspace_mkdirs(self, q, b): return 200, {}
+    def POST_api_2_0_workspace_import(self, q, b):
+        assert b["format"] == "JUPYTER" and b["overwrite"] is True
+        if b["path"] in self.notebooks and not b["overwrite"]: return 400, {"error_code": "RESOURCE_ALREADY_EXISTS", "message": "exists"}
+        self.notebooks[b["path"]] = nbformat.reads(base64.b64decode(b["content"]).decode(), as_version=4)
+        return 200, {}
+
+    # jobs
+    def _new_run(self, kind, body):
+        with self.lock:
+            self.next_id += 2
+            rid = self.next_id
+        self.runs[rid] = {"kind": kind, "body": body, "polls": 0, "scenario": self.scenario, "cancelled": False}
+        return 200, {"run_id": rid, "number_in_job": 1}
+    def POST_api_2_2_jobs_runs_submit(self, q, b): return self._new_run("submit", b)
+    def POST_api_2_2_jobs_run_now(self, q, b): return self._new_run("run-now", b)
+    def POST_api_2_2_jobs_runs_cancel(self, q, b):
+        self.runs[int(b["run_id"])]["cancelled"] = True
+        return 200, {}
+
+    def _state(self, r):
+        if r["cancelled"]: return {"life_cycle_state": "TERMINATED", "result_state": "CANCELED", "state_message": "Run cancelled."}
+        r["polls"] += 1
+        if r["polls"] == 1: return {"life_cycle_state": "PENDING", "state_message": "Waiting for cluster"}
+        if r["polls"] == 2 or r["scenario"] == "NEVER": return {"life_cycle_state": "RUNNING", "state_message": ""}
+        s = r["scenario"]
+        if s == "INTERNAL_ERROR": return {"life_cycle_state": "INTERNAL_ERROR", "state_message": "Cluster failed to start: quota exceeded"}
+        msg = {"SUCCESS": "", "FAILED": "Workload failed, see run output for details", "TIMEDOUT": "Run timed out after 3600 seconds",
+               "CANCELED": "Run cancelled by user"}[s]
+        return {"life_cycle_state": "TERMINATED", "result_state": s, "state_message": msg}
+
+    def GET_api_2_2_jobs_runs_get(self, q, b):
+        rid = int(q["run_id"]); r = self.runs.get(rid)
+        if r is None: return 400, {"error_code": "INVALID_PARAMETER_VALUE", "message": f"Run {rid} does not exist."}
+        url = f"http://127.0.0.1:{self.port}/#job/1/run/{rid}"
+        return 200, {"run_id": rid, "run_page_url": url, "state": self._state(r),
+                     "tasks": [{"run_id": rid + 1, "task_key": "train", "notebook_task": {"notebook_path": "/x"}}]}
+
+    def GET_api_2_2_jobs_runs_get_output(self, q, b):
+        task_rid = int(q["run_id"]); r = self.runs.get(task_rid - 1)
+        if r is None: return 400, {"error_code": "INVALID_PARAMETER_VALUE", "message": "use the task run id"}
+        if r["scenario"] == "SUCCESS": return 200, {"notebook_output": {"result": json.dumps(RESULT), "truncated": False}}
+        if r["scenario"] == "INTERNAL_ERROR": return 200, {"error": "Cluster failed to start"}
+        return 200, {"error": "ValueError: labels missing", "error_trace": TRACE}
+
+
+@pytest.fixture(scope="module")
+def fake():
+    f = FakeDatabricks()
+    yield f
+    f.server.shutdown()
+
+
+@pytest.fixture
+def nb(tmp_path):
+    "A small training notebook with a `parameters` cell, like nbs/train.ipynb."
+    cells = [nbformat.v4.new_code_cell('mode = "test"\ndata_path = ""\nseed = 42\nrun_id = ""\nresult_path = ""'),
+             nbformat.v4.new_code_cell("from mlops_nb.params import read_params\nparams = read_params(globals())")]
+    cells[0].metadata["tags"] = ["parameters"]
+    p = tmp_path/"train.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}), p)
+    return p
+
+
+def runner(fake, nb, **kw):
+    kw = {"folder": "/Shared/t", "cluster": {"spark_version": "15.4.x-gpu-ml-scala2.12", "node_type_id": "g5.xlarge", "num_workers": 0},
+          "poll_s": 0.05, **kw}
+    return DatabricksRunner(nb, client=fake.client(), **kw)
+
+
+def test_success_returns_notebook_result(fake, nb):
+    fake.scenario = "SUCCESS"
+    h = runner(fake, nb, branch="feature/a").submit(make_params(mode="test", seed=7))
+    res = h.wait(30)
+    assert isinstance(res, RunResult)
+    assert (res.run_id, res.mode, res.metrics, res.registered_version) == ("mlflow-run-1", "test", {"accuracy": 0.81}, None)
+    assert res.output_notebook.endswith(f"/run/{h.run_id}")
+    assert res.extra["data_fingerprint"] == "abc" and res.extra["databricks_run_id"] == h.run_id
+    sub = fake.runs[h.run_id]["body"]
+    task = sub["tasks"][0]
+    assert task["notebook_task"]["notebook_path"] == "/Shared/t/integration/feature-a/train"
+    assert task["notebook_task"]["base_parameters"]["seed"] == "7" and task["notebook_task"]["base_parameters"]["run_id"] == ""
+    assert task["new_cluster"] == {"spark_version": "15.4.x-gpu-ml-scala2.12", "node_type_id": "g5.xlarge", "num_workers": 0}
+    # the SDK polled through PENDING and RUNNING, and read the task's output (not the job run's)
+    assert ("GET", "/api/2.2/jobs/runs/get-output") in fake.paths()
+    assert [q["run_id"] for m, p, q, *_ in fake.requests if p.endswith("get-output")][-1] == str(h.run_id + 1)
+
+
+def test_imported_notebook_has_injected_parameters(fake, nb):
+    fake.scenario = "SUCCESS"
+    runner(fake, nb, branch="feature/a").submit(make_params(mode="full", seed=3, epochs=2)).wait(30)
+    imported = fake.notebooks["/Shared/t/integration/feature-a/train"]
+    cell = next(c for c in imported.cells if "injected-parameters" in c.metadata.get("tags", []))
+    assert 'mode = "full"' in cell.source and "seed = 3" in cell.source and "epochs = 2" in cell.source
+    assert 'run_id = ""' in cell.source and 'result_path = ""' in cell.source
+    assert imported.cells.index(cell) == 1  # right after the `parameters` cell
+    mk = [b for m, p, q, b, a in fake.requests if p == "/api/2.0/workspace/mkdirs"]
+    assert {"path": "/Shared/t/integration/feature-a"} in mk
+
+
+def test_branches_import_to_different_paths_and_main_to_main(fake, nb):
+    fake.scenario = "SUCCESS"
+    for b in ("pr/1-x", "pr/2-y", "main", None):
+        runner(fake, nb, branch=b).submit(make_params()).wait(30)
+    assert {"/Shared/t/integration/pr-1-x/train", "/Shared/t/integration/pr-2-y/train", "/Shared/t/main/train"} <= set(fake.notebooks)
+    subs = [r["body"]["tasks"][0]["notebook_task"]["notebook_path"] for r in list(fake.runs.values())[-4:]]
+    assert subs == ["/Shared/t/integration/pr-1-x/train", "/Shared/t/integration/pr-2-y/train", "/Shared/t/main/train", "/Shared/t/main/train"]
+
+
+def test_run_now_with_job_id(fake, nb):
+    fake.scenario = "SUCCESS"
+    h = runner(fake, nb, job_id=42, cluster=None).submit(make_params(seed=5))
+    assert h.wait(30).metrics == {"accuracy": 0.81}
+    body = fake.runs[h.run_id]["body"]
+    assert fake.runs[h.run_id]["kind"] == "run-now" and body["job_id"] == 42 and body["notebook_params"]["seed"] == "5"
+
+
+def test_existing_cluster(fake, nb):
+    fake.scenario = "SUCCESS"
+    h = runner(fake, nb, cluster=None, existing_cluster_id="0101-abc").submit(make_params())
+    h.wait(30)
+    task = fake.runs[h.run_id]["body"]["tasks"][0]
+    assert task["existing_cluster_id"] == "0101-abc" and "new_cluster" not in task
+
+
+@pytest.mark.parametrize("state,msg", [("FAILED", "Workload failed"), ("TIMEDOUT", "Run timed out after 3600 seconds"),
+                                       ("CANCELED", "Run cancelled by user"), ("INTERNAL_ERROR", "Cluster failed to start: quota exceeded")])
+def test_failure_states_raise_run_failed(fake, nb, state, msg):
+    fake.scenario = state
+    h = runner(fake, nb).submit(make_params())
+    with pytest.raises(RunFailed) as ei:
+        h.wait(30)
+    m = str(ei.value)
+    assert "\n" not in m
+    assert f"Databricks run {h.run_id} {state}" in m and msg in m and f"/run/{h.run_id}" in m
+    if state != "INTERNAL_ERROR":
+        assert "error: ValueError: labels missing" in m and "trace:" in m and "noise | noise | ValueError" in m
+        assert len(m) < 1500 and ei.value.error_trace.endswith("ValueError: labels missing")
+    assert ei.value.result_state == (None if state == "INTERNAL_ERROR" else state)
+    assert TOKEN not in m
+
+
+def test_timeout_cancels_run(fake, nb):
+    fake.scenario = "NEVER"
+    h = runner(fake, nb).submit(make_params())
+    t = time.monotonic()
+    with pytest.raises(RunFailed, match=r"timed out after 0.5 s and was cancelled"):
+        h.wait(0.5)
+    assert time.monotonic() - t < 5
+    cancels = [b for m, p, q, b, a in fake.requests if p == "/api/2.2/jobs/runs/cancel"]
+    assert {"run_id": h.run_id} in cancels and fake.runs[h.run_id]["cancelled"]
+
+
+def test_keyboard_interrupt_cancels_and_reraises(fake, nb):
+    fake.scenario = "NEVER"
+    h = runner(fake, nb).submit(make_params())
+    def stop(s): raise KeyboardInterrupt
+    h._sleep = stop
+    with pytest.raises(KeyboardInterrupt):
+        h.wait(30)
+    assert fake.runs[h.run_id]["cancelled"]
+
+
+def test_survives_429_and_503(fake, nb):
+    fake.scenario = "SUCCESS"
+    fake.busy["/api/2.2/jobs/runs/submit"] = [429, 503]
+    fake.busy["/api/2.2/jobs/runs/get"] = [503, 429]
+    n = len(fake.requests)
+    res = runner(fake, nb).submit(make_params()).wait(60)
+    assert res.run_id == "mlflow-run-1"
+    got = [p for m, p, *_ in fake.requests[n:]]
+    assert got.count("/api/2.2/jobs/runs/submit") == 3 and got.count("/api/2.2/jobs/runs/get") >= 5
+    assert not fake.busy["/api/2.2/jobs/runs/submit"] and not fake.busy["/api/2.2/jobs/runs/get"]
+
+
+def test_polling_gives_up_when_retry_budget_spent(fake, nb):
+    "Beyond the SDK's retry budget the handle backs off a few times, then cancels and names the run page."
+    fake.scenario = "SUCCESS"
+    r = DatabricksRunner(nb, client=fake.client(retry=1), folder="/Shared/t", existing_cluster_id="c", poll_s=0.01)
+    h = r.submit(make_params()); h.max_poll_errors = 1
+    fake.busy["/api/2.2/jobs/runs/get"] = [503] * 50
+    with pytest.raises(DatabricksError, match="lost contact with Databricks while following run"):
+        h.wait(60)
+    fake.busy.pop("/api/2.2/jobs/runs/get")
+    assert fake.runs[h.run_id]["cancelled"]
+
+
+def test_missing_host_is_one_line(monkeypatch, nb):
+    monkeypatch.delenv("DATABRICKS_HOST", raising=False); monkeypatch.setenv("DATABRICKS_TOKEN", TOKEN)
+    with pytest.raises(DatabricksError) as ei:
+        DatabricksRunner(nb, cluster={"num_workers": 0})
+    assert str(ei.value).startswith("DATABRICKS_HOST is not set: set it to the workspace URL") and "\n" not in str(ei.value)
+    assert TOKEN not in str(ei.value) and isinstance(ei.value, MlopsNbError)
+
+
+def test_missing_token(monkeypatch, nb):
+    monkeypatch.setenv("DATABRICKS_HOST", "http://127.0.0.1:9"); monkeypatch.delenv("DATABRICKS_TOKEN", raising=False)
+    with pytest.raises(DatabricksError, match="^DATABRICKS_TOKEN is not set"):
+        DatabricksRunner(nb, cluster={"num_workers": 0})
+
+
+def test_env_host_and_token_used_and_token_never_shown(fake, monkeypatch, nb):
+    "Host and token from the environment; a rejected request names the failure, never the token."
+    monkeypatch.setenv("DATABRICKS_HOST", f"http://127.0.0.1:{fake.port}"); monkeypatch.setenv("DATABRICKS_TOKEN", TOKEN)
+    fake.scenario = "FAILED"
+    r = DatabricksRunner(nb, folder="/Shared/t", existing_cluster_id="c", poll_s=0.05, retry_timeout_s=15)
+    assert TOKEN not in repr(r)
+    with pytest.raises(RunFailed) as ei: r.submit(make_params()).wait(30)
+    assert TOKEN not in str(ei.value)
+    assert fake.requests[-1][4] == f"Bearer {TOKEN}"
+    bad = DatabricksRunner(nb, folder="/Shared/t", existing_cluster_id="c", token="wrong-" + TOKEN, retry_timeout_s=15)
+    with pytest.raises(DatabricksError) as ei: bad.submit(make_params())
+    m = str(ei.value)
+    assert m.startswith("Databricks mkdirs failed (UNAUTHENTICATED): bad token") and "\n" not in m
+    assert TOKEN not in m and "wrong-" not in m
+
+
+def test_default_folder_from_env(fake, monkeypatch, nb):
+    monkeypatch.setenv("MLOPS_NB_DATABRICKS_FOLDER", "/Users/me@x.com/mlops")
+    r = DatabricksRunner(nb, client=fake.client(), branch="pr/9", existing_cluster_id="c")
+    assert r.notebook_path == "/Users/me@x.com/mlops/integration/pr-9/train"
+    monkeypatch.delenv("MLOPS_NB_DATABRICKS_FOLDER")
+    assert DatabricksRunner(nb, client=fake.client(), existing_cluster_id="c").notebook_path == "/Shared/mlops_nb/main/train"
+
+
+def test_missing_notebook(fake, tmp_path):
+    r = DatabricksRunner(tmp_path/"nope.ipynb", client=fake.client(), existing_cluster_id="c")
+    with pytest.raises(DatabricksError, match="training notebook not found at .*: pass --notebook PATH"):
+        r.submit(make_params())
+
+
+def test_cli_train_runner_databricks(fake, state):
+    "`mlops-nb train --runner databricks` as a real process against the fake workspace: PR folder, cluster env, result."
+    import os
+    from conftest import run_cli
+    env = {**os.environ, "DATABRICKS_HOST": f"http://127.0.0.1:{fake.port}", "DATABRICKS_TOKEN": TOKEN}
+    args = ["train", "--mode", "test", "--runner", "databricks", "--branch", "feature/new-model", "--poll-s", "0.05",
+            "--cluster", json.dumps({"spark_version": "15.4.x-cpu-ml-scala2.12", "node_type_id": "Standard_DS3_v2", "num_workers": 1})]
+    fake.scenario = "SUCCESS"
+    p = run_cli(*args, "--json", env=env)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["run_id"] == RESULT["run_id"] and out["metrics"] == RESULT["metrics"] and out["output_notebook"].startswith("http://127.0.0.1")
+    assert "/Shared/mlops_nb/integration/feature-new-model/train" in fake.notebooks
+    submit = [body for method, path, q, body, auth in fake.requests if path.endswith("/jobs/runs/submit")][-1]
+    assert submit["tasks"][0]["new_cluster"]["spark_env_vars"]["MLOPS_NB_TRACKING_URI"] == "databricks"
+    assert TOKEN not in p.stderr + p.stdout
+    fake.scenario = "FAILED"
+    p = run_cli(*args, env=env)
+    assert p.returncode == 1 and "FAILED" in p.stderr and "Traceback" not in p.stderr and TOKEN not in p.stderr
