@@ -12,7 +12,8 @@ from .core import MlopsNbError
 
 # %% auto #0
 __all__ = ['cmd_data_generate', 'cmd_data_check', 'cmd_train', 'cmd_models_list', 'cmd_models_best', 'cmd_models_promote',
-           'cmd_config', 'cmd_serve', 'cmd_package', 'cmd_deploy', 'cmd_pipeline', 'cmd_demo', 'main', 'console']
+           'cmd_config', 'cmd_serve', 'cmd_package', 'cmd_deploy', 'RetrainAdvised', 'cmd_monitor', 'cmd_pipeline',
+           'cmd_demo', 'main', 'console']
 
 # %% ../nbs/06_cli.ipynb #06-cli-005
 def _say(*a):
@@ -238,6 +239,39 @@ def cmd_deploy(a):
     return _deploy_kubernetes(a) if a.target == "kubernetes" else _deploy_local(a)
 
 # %% ../nbs/06_cli.ipynb #06-cli-024
+class RetrainAdvised(MlopsNbError):
+    "`monitor --fail-on-retrain` found a reason to retrain."
+    exit_code = 1
+
+def cmd_monitor(a):
+    "Compare current listings with a reference: feature drift, model decay, and whether to retrain."
+    from mlops_nb.data import load_listings
+    from mlops_nb.drift import drift_report, DriftThresholds
+    prof = {}
+    if a.profile or os.environ.get("MLOPS_NB_PROFILE"):
+        from mlops_nb.backends import load_profile
+        prof = load_profile(a.profile).get("drift") or {}
+    thresholds = DriftThresholds.from_dict({**prof, **dict(kv.split("=", 1) for kv in (a.threshold or []))})
+    ref = load_listings(a.reference, require_label=False)
+    cur = load_listings(a.current, require_label=False)
+    model = ref_metrics = created = None
+    if a.model:
+        from mlops_nb.serving import load_runtime
+        from mlops_nb.tracking import resolve_version
+        from mlops_nb.core import RegistryError
+        _say(f"loading model {a.model}...")
+        model = load_runtime(a.model)
+        v = str(model.info.version or "")
+        if v.isdigit():  # a registered version: its logged metrics and its age
+            try:
+                mv = resolve_version(v, model.info.name or None)
+                ref_metrics, created = mv.metrics, mv.created
+            except RegistryError as e: _say(f"no registry metrics ({e}); scoring the model on the reference data")
+    rep = drift_report(ref, cur, thresholds=thresholds, model=model, reference_metrics=ref_metrics, model_created=created)
+    _emit(rep.as_dict(), a.json, rep.text())
+    if a.fail_on_retrain and rep.retrain: raise RetrainAdvised("retraining advised: " + "; ".join(rep.reasons))
+
+# %% ../nbs/06_cli.ipynb #06-cli-026
 def cmd_pipeline(a):
     "Run a pipeline's steps here, or print and check them."
     from mlops_nb.pipeline import run_pipeline, PipelineFailed
@@ -247,7 +281,7 @@ def cmd_pipeline(a):
     _emit(res.as_dict(), a.json, res.summary())
     if res.error: raise PipelineFailed(res.error)
 
-# %% ../nbs/06_cli.ipynb #06-cli-026
+# %% ../nbs/06_cli.ipynb #06-cli-028
 def cmd_demo(a):
     "Run the core loop end to end on generated data."
     from mlops_nb.data import generate_listings, write_listings
@@ -279,7 +313,7 @@ def cmd_demo(a):
     _emit(out, a.json, f"champion is now v{sel.version.version} (roc_auc={sel.version.metrics['roc_auc']:.4f})"
                        + (f", was v{prev}" if prev else ""))
 
-# %% ../nbs/06_cli.ipynb #06-cli-028
+# %% ../nbs/06_cli.ipynb #06-cli-030
 def _parser()->argparse.ArgumentParser:
     "The `mlops-nb` argument parser."
     P = argparse.ArgumentParser
@@ -290,6 +324,7 @@ def _parser()->argparse.ArgumentParser:
                  "  mlops-nb train --mode test --data data/2021.parquet\n  mlops-nb train --mode full --data data/2021.parquet --json\n"
                  "  mlops-nb models best --metric roc_auc\n  mlops-nb models promote 3 --alias champion\n"
                  "  mlops-nb serve --model champion\n  mlops-nb package --push\n  mlops-nb deploy --target kubernetes --image IMAGE --dry-run\n"
+                 "  mlops-nb monitor --reference data/2021.parquet --current data/2023.parquet --model champion\n"
                  "  mlops-nb pipeline train\n\n"
                  "state (tracking DB, artifacts, executed notebooks) lives in .mlops_nb/ of the project;\n"
                  "MLOPS_NB_HOME moves it, MLOPS_NB_TRACKING_URI points at another MLflow store.")
@@ -396,6 +431,17 @@ def _parser()->argparse.ArgumentParser:
     dp.add_argument("--timeout", type=float, default=600, help="seconds to wait for readiness / the rollout (default: 600)")
     js(dp)
 
+    mo = cmd(sub, "monitor", cmd_monitor, "Per-feature drift (PSI, KS) between two listings files; with labels in the "
+             "current file and --model, the model's decay against its logged metrics; and a retrain verdict with reasons.")
+    mo.add_argument("--reference", required=True, help="reference listings (CSV/Parquet), e.g. the training data")
+    mo.add_argument("--current", required=True, help="recent listings (CSV/Parquet); with sold_above_ask, decay is measured")
+    mo.add_argument("--model", default=None, help="model folder or registry reference: champion, latest, 3, best:roc_auc, "
+                    "models:/NAME@champion (default: no decay or age check)")
+    mo.add_argument("--threshold", action="append", default=None, metavar="KEY=VALUE", help="override a threshold: psi, "
+                    "ks_pvalue, ks_stat, metric_drop, max_age_days (repeatable)")
+    mo.add_argument("--fail-on-retrain", action="store_true", help="exit 1 when retraining is advised (for pipelines)")
+    js(mo)
+
     pl = cmd(sub, "pipeline", cmd_pipeline, "Runs the steps of a pipeline here, on the embedded defaults, as "
              "pipelines/azure/ and .github/workflows/ run them in the cloud: ci (the training notebook in test mode), train "
              "(data, full-mode run, best version, promote champion), deploy (API tests and a local deploy test, image build, "
@@ -423,7 +469,7 @@ def _parser()->argparse.ArgumentParser:
     js(dm)
     return p
 
-# %% ../nbs/06_cli.ipynb #06-cli-029
+# %% ../nbs/06_cli.ipynb #06-cli-031
 def _sigterm(signum, frame): raise KeyboardInterrupt
 
 def main(argv:list|None=None # arguments (default: sys.argv[1:])
@@ -449,7 +495,7 @@ def main(argv:list|None=None # arguments (default: sys.argv[1:])
     finally:
         if old is not None: signal.signal(signal.SIGTERM, old)
 
-# %% ../nbs/06_cli.ipynb #06-cli-031
+# %% ../nbs/06_cli.ipynb #06-cli-033
 def console():
     "The `mlops-nb` executable: run `main`, flush, and exit without interpreter teardown."
     import logging

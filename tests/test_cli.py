@@ -4,7 +4,7 @@ import pytest
 from conftest import run_cli, cli_json
 
 COMMANDS = [[], ["data"], ["data", "generate"], ["data", "check"], ["train"], ["models"], ["models", "list"],
-            ["models", "best"], ["models", "promote"], ["config"], ["serve"], ["package"], ["deploy"], ["pipeline"], ["demo"]]
+            ["models", "best"], ["models", "promote"], ["config"], ["serve"], ["package"], ["deploy"], ["monitor"], ["pipeline"], ["demo"]]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "mlops-nb")
@@ -100,3 +100,17 @@ def test_default_state_is_project_local_not_cwd(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("MLOPS_NB_HOME", "MLOPS_NB_TRACKING_URI")}
     out = cli_json("config", env=env, cwd=ROOT/"nbs")
     assert out["state_dir"] == str(ROOT/".mlops_nb")
+
+
+def test_monitor_json_contract(tmp_path, state):
+    "`monitor --json`: drift between market years, none within a year; --fail-on-retrain exits 1 with the reasons."
+    for year, seed in ((2021, 0), (2021, 1), (2023, 0)):
+        cli_json("data", "generate", "--year", year, "--rows", "3000", "--seed", seed, "--out", tmp_path/f"{year}-{seed}.parquet")
+    same = cli_json("monitor", "--reference", tmp_path/"2021-0.parquet", "--current", tmp_path/"2021-1.parquet")
+    assert same["drift"] is False and same["retrain"] is False and set(same["features"]) >= {"list_price", "neighbourhood"}
+    moved = cli_json("monitor", "--reference", tmp_path/"2021-0.parquet", "--current", tmp_path/"2023-0.parquet")
+    assert moved["drift"] is True and "days_on_market" in moved["drifted"] and moved["decay"] is None
+    p = run_cli("monitor", "--reference", tmp_path/"2021-0.parquet", "--current", tmp_path/"2023-0.parquet", "--fail-on-retrain")
+    assert p.returncode == 1 and "retraining advised: feature drift: days_on_market" in p.stderr
+    p = run_cli("monitor", "--reference", tmp_path/"2021-0.parquet", "--current", tmp_path/"2023-0.parquet", "--threshold", "psi=abc")
+    assert p.returncode == 2 and "psi" in p.stderr and "Traceback" not in p.stderr
