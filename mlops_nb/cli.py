@@ -12,8 +12,8 @@ from .core import MlopsNbError
 
 # %% auto #0
 __all__ = ['cmd_data_generate', 'cmd_data_check', 'cmd_train', 'cmd_models_list', 'cmd_models_best', 'cmd_models_promote',
-           'cmd_config', 'cmd_serve', 'cmd_package', 'cmd_deploy', 'RetrainAdvised', 'cmd_monitor', 'cmd_pipeline',
-           'cmd_demo', 'main', 'console']
+           'cmd_config', 'cmd_serve', 'cmd_package', 'cmd_deploy', 'RetrainAdvised', 'cmd_monitor', 'cmd_simulate',
+           'cmd_pipeline', 'cmd_demo', 'main', 'console']
 
 # %% ../nbs/06_cli.ipynb #06-cli-005
 def _say(*a):
@@ -272,6 +272,16 @@ def cmd_monitor(a):
     if a.fail_on_retrain and rep.retrain: raise RetrainAdvised("retraining advised: " + "; ".join(rep.reasons))
 
 # %% ../nbs/06_cli.ipynb #06-cli-026
+def cmd_simulate(a):
+    "Simulate several years of the market: drift checks, retraining, challenger vs champion, zero-downtime swaps, a report."
+    from mlops_nb.retrain import simulate
+    if a.years < 2: raise MlopsNbError(f"--years {a.years} is not allowed: simulate at least 2 years")
+    res = simulate(a.first_year, a.years, a.rows, a.epochs, a.out, say=_say)
+    text = "\n".join(f"{r['year']}: first model {r['first_model']['accuracy']:.3f}, champion v{r['champion_version']} "
+                     f"{r['champion']['accuracy']:.3f}  {r['decision']}" for r in res["years"])
+    _emit(res, a.json, f"{text}\nrequests: {res['requests_ok']} answered, {res['requests_failed']} failed\nreport: {res['report']}")
+
+# %% ../nbs/06_cli.ipynb #06-cli-028
 def cmd_pipeline(a):
     "Run a pipeline's steps here, or print and check them."
     from mlops_nb.pipeline import run_pipeline, PipelineFailed
@@ -281,7 +291,7 @@ def cmd_pipeline(a):
     _emit(res.as_dict(), a.json, res.summary())
     if res.error: raise PipelineFailed(res.error)
 
-# %% ../nbs/06_cli.ipynb #06-cli-028
+# %% ../nbs/06_cli.ipynb #06-cli-030
 def cmd_demo(a):
     "Run the core loop end to end on generated data."
     from mlops_nb.data import generate_listings, write_listings
@@ -313,7 +323,7 @@ def cmd_demo(a):
     _emit(out, a.json, f"champion is now v{sel.version.version} (roc_auc={sel.version.metrics['roc_auc']:.4f})"
                        + (f", was v{prev}" if prev else ""))
 
-# %% ../nbs/06_cli.ipynb #06-cli-030
+# %% ../nbs/06_cli.ipynb #06-cli-032
 def _parser()->argparse.ArgumentParser:
     "The `mlops-nb` argument parser."
     P = argparse.ArgumentParser
@@ -442,6 +452,17 @@ def _parser()->argparse.ArgumentParser:
     mo.add_argument("--fail-on-retrain", action="store_true", help="exit 1 when retraining is advised (for pipelines)")
     js(mo)
 
+    si = cmd(sub, "simulate", cmd_simulate, "Trains and serves a model on the first year, then each year checks drift and "
+             "decay, retrains when needed, promotes a challenger only if it beats the champion on that year's data, and "
+             "swaps it into the running server while a client keeps calling it. Writes report.html (accuracy per year "
+             "with and without retraining, drift, versions) and report.json.")
+    si.add_argument("--first-year", type=int, default=2019, help="first market year (default: 2019)")
+    si.add_argument("--years", type=int, default=5, help="years to simulate (default: 5)")
+    si.add_argument("--rows", type=int, default=8000, help="listings per year (default: 8000)")
+    si.add_argument("--epochs", type=int, default=None, help="full-run epochs (default: 10)")
+    si.add_argument("--out", default=None, help="report folder (default: the state folder's simulation/)")
+    js(si)
+
     pl = cmd(sub, "pipeline", cmd_pipeline, "Runs the steps of a pipeline here, on the embedded defaults, as "
              "pipelines/azure/ and .github/workflows/ run them in the cloud: ci (the training notebook in test mode), train "
              "(data, full-mode run, best version, promote champion), deploy (API tests and a local deploy test, image build, "
@@ -469,7 +490,7 @@ def _parser()->argparse.ArgumentParser:
     js(dm)
     return p
 
-# %% ../nbs/06_cli.ipynb #06-cli-031
+# %% ../nbs/06_cli.ipynb #06-cli-033
 def _sigterm(signum, frame): raise KeyboardInterrupt
 
 def main(argv:list|None=None # arguments (default: sys.argv[1:])
@@ -495,7 +516,7 @@ def main(argv:list|None=None # arguments (default: sys.argv[1:])
     finally:
         if old is not None: signal.signal(signal.SIGTERM, old)
 
-# %% ../nbs/06_cli.ipynb #06-cli-033
+# %% ../nbs/06_cli.ipynb #06-cli-035
 def console():
     "The `mlops-nb` executable: run `main`, flush, and exit without interpreter teardown."
     import logging
