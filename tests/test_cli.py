@@ -4,7 +4,7 @@ import pytest
 from conftest import run_cli, cli_json
 
 COMMANDS = [[], ["data"], ["data", "generate"], ["data", "check"], ["train"], ["models"], ["models", "list"],
-            ["models", "best"], ["models", "promote"], ["config"], ["serve"], ["package"], ["deploy"], ["monitor"], ["pipeline"], ["demo"]]
+            ["models", "best"], ["models", "promote"], ["config"], ["serve"], ["package"], ["deploy"], ["monitor"], ["simulate"], ["pipeline"], ["demo"]]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "mlops-nb")
