@@ -126,18 +126,13 @@ def cmd_config(a):
     _emit(out, a.json, "\n".join(f"{k}: {v}" for k, v in out.items()))
 
 # %% ../nbs/06_cli.ipynb #06-cli-017
-def _free_port(host:str)->int:
-    "A free TCP port on `host`."
-    import socket
-    with socket.socket() as s: s.bind((host, 0)); return s.getsockname()[1]
-
 def cmd_serve(a):
     "Serve a model over HTTP."
     from mlops_nb.core import MLOPS_NB_MODEL, MLOPS_NB_API_KEY, MLOPS_NB_ADMIN_TOKEN
-    from mlops_nb.server import serve, load_entry
+    from mlops_nb.server import serve, load_entry, free_port
     if a.workers < 1: raise MlopsNbError(f"--workers {a.workers} is not allowed: use 1 or more")
     load_entry(a.entry)  # a missing entry script is a one-line error before the server starts
-    port = a.port or _free_port(a.host)
+    port = a.port or free_port(a.host)
     model = a.model or MLOPS_NB_MODEL.get()
     _say(f"mlops-nb serve: listening on http://{a.host}:{port} (model {model or 'champion'}, {a.workers} worker(s); "
          f"docs at /docs, readiness at /ready)" + ("; API key required" if MLOPS_NB_API_KEY.get() else "")
@@ -190,32 +185,20 @@ def _deploy_kubernetes(a):
 # %% ../nbs/06_cli.ipynb #06-cli-022
 def _deploy_local(a):
     "Run the image locally, or hot-swap / start the local server process."
-    import urllib.request, urllib.error
     url = f"http://127.0.0.1:{a.port}"
     if a.dry_run:
         return _emit({"dry_run": True, "target": "local", "url": url, "image": a.image, "model": a.model}, a.json,
                      f"would serve {a.image or a.model or 'the champion'} at {url}")
     if a.image: return _deploy_local_image(a, url)
     from mlops_nb.core import MLOPS_NB_ADMIN_TOKEN, state_dir
-    from mlops_nb.package import _http_status
-    if _http_status(url + "/health") == 200:  # a server is running there: swap its model without dropping requests
+    from mlops_nb.server import http_status, start_server, swap_model
+    if http_status(url + "/health") == 200:  # a server is running there: swap its model without dropping requests
         token = MLOPS_NB_ADMIN_TOKEN.get()
         if not token: raise MlopsNbError(f"a server answers at {url}: set MLOPS_NB_ADMIN_TOKEN (as it was started with) to swap its model")
-        req = urllib.request.Request(url + "/admin/model", data=json.dumps({"model": a.model, "wait": True}).encode(),
-                                     headers={"authorization": f"Bearer {token}", "content-type": "application/json"})
-        try: out = json.loads(urllib.request.urlopen(req, timeout=a.timeout).read())
-        except urllib.error.HTTPError as e:
-            raise MlopsNbError(f"swap refused ({e.code}): {json.loads(e.read()).get('error')}") from None
+        out = swap_model(url, token, a.model, timeout=a.timeout)
         return _emit({"target": "local", "url": url, **out}, a.json, f"{url} now serves version {out['serving']['version']} (swapped, no request dropped)")
     log = state_dir()/"serve.log"
-    exe = Path(sys.executable).parent/"mlops-nb"
-    cmd = [str(exe) if exe.exists() else "mlops-nb", "serve", "--port", str(a.port)] + (["--model", a.model] if a.model else [])
-    import subprocess
-    proc = subprocess.Popen(cmd, stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + a.timeout
-    while time.time() < deadline and proc.poll() is None and _http_status(url + "/ready") != 200: time.sleep(0.2)
-    if _http_status(url + "/ready") != 200:
-        proc.kill(); raise MlopsNbError(f"the server did not become ready at {url}; see {log}")
+    proc, _ = start_server(a.model, a.port, log=log, timeout=a.timeout)
     (state_dir()/"serve.pid").write_text(str(proc.pid))
     _emit({"target": "local", "url": url, "pid": proc.pid, "log": str(log)}, a.json, f"serving at {url} (pid {proc.pid}, log {log})")
 

@@ -233,13 +233,6 @@ def push_image(tag:str, # image tag REGISTRY/NAME:TAG
     return digest or ""
 
 # %% ../nbs/09_package.ipynb #09-package-020
-def _http_status(url:str, timeout:float=2)->int|None:
-    "HTTP status of GET `url`, or None when nothing answers."
-    import urllib.request, urllib.error
-    try: return urllib.request.urlopen(url, timeout=timeout).status
-    except urllib.error.HTTPError as e: return e.code
-    except Exception: return None
-
 def run_image(tag:str, # image to run
               client=None, # `engine()`
               port:int|None=None, # host port on 127.0.0.1 (None: any free port)
@@ -248,6 +241,7 @@ def run_image(tag:str, # image to run
               timeout:float=60 # seconds to wait for /ready
              ):
     "Run `tag` with 8080 published on loopback, wait until /ready answers 200; return (container, base URL)."
+    from mlops_nb.server import http_status
     client = client or engine()
     c = client.containers.run(tag, detach=True, name=name, ports={"8080/tcp": ("127.0.0.1", port)}, environment=env or {},
                               read_only=True, tmpfs={"/tmp": ""})
@@ -257,7 +251,7 @@ def run_image(tag:str, # image to run
         url = f"http://127.0.0.1:{host_port}"
         deadline = time.time() + timeout
         while time.time() < deadline:
-            if _http_status(url + "/ready") == 200: return c, url
+            if http_status(url + "/ready") == 200: return c, url
             c.reload()
             if c.status not in ("created", "running"): break
             time.sleep(0.2)

@@ -65,28 +65,6 @@ class _Client:
     def close(self): self.stop.set(); self.t.join(10)
 
 # %% ../nbs/15_retrain.ipynb #15-retrain-008
-def _start_server(model_dir, port, token):
-    "A real `mlops-nb serve` process; returns (process, url)."
-    import subprocess, sys, urllib.request
-    exe = Path(sys.executable).parent/"mlops-nb"
-    p = subprocess.Popen([str(exe) if exe.exists() else "mlops-nb", "serve", "--model", str(model_dir), "--port", str(port)],
-                         env={**os.environ, "MLOPS_NB_ADMIN_TOKEN": token}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if urllib.request.urlopen(url + "/ready", timeout=1).status == 200: return p, url
-        except Exception: time.sleep(0.1)
-    p.kill(); raise MlopsNbError(f"the demo's server did not become ready at {url}")
-
-def _swap(url, token, model_dir):
-    "Swap the running server to `model_dir` (waits until it serves)."
-    import urllib.request
-    req = urllib.request.Request(url + "/admin/model", data=json.dumps({"model": str(model_dir), "wait": True}).encode(),
-                                 headers={"authorization": f"Bearer {token}", "content-type": "application/json"})
-    return json.loads(urllib.request.urlopen(req, timeout=120).read())
-
-# %% ../nbs/15_retrain.ipynb #15-retrain-009
 def simulate(first_year:int=2019, # first market year
              years:int=5, # number of years
              rows:int=8000, # listings per year
@@ -95,8 +73,9 @@ def simulate(first_year:int=2019, # first market year
              say=print # progress
             )->dict:
     "Run the closed loop over `years` market years and write `report.html` and `report.json`; return the summary."
-    import secrets, socket
+    import secrets
     from mlops_nb.core import state_dir
+    from mlops_nb.server import free_port, start_server, swap_model
     from mlops_nb.data import generate_listings, write_listings, TARGET
     from mlops_nb.drift import drift_report
     from mlops_nb.runner import LocalRunner, run_training
@@ -105,7 +84,7 @@ def simulate(first_year:int=2019, # first market year
     from mlops_nb.train import prepare_features, evaluate
     out = Path(out or state_dir()/"simulation"); (out/"data").mkdir(parents=True, exist_ok=True)
     runner, token, rows_out = LocalRunner(progress=False), secrets.token_hex(16), []
-    with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    port = free_port()
     server = client = None
     t0 = time.time()
     try:
@@ -118,7 +97,7 @@ def simulate(first_year:int=2019, # first market year
             if i == 0:
                 res = run_training(runner, mode="full", data_path=str(lp), eval_path=str(ep), epochs=epochs)
                 promote(res.registered_version); first_v, reference = res.registered_version, listings
-                server, url = _start_server(fetch_model(f"{res.registered_version}"), port, token)
+                server, url = start_server(fetch_model(f"{res.registered_version}"), port, env={"MLOPS_NB_ADMIN_TOKEN": token})
                 rec = fresh.drop(columns=["listing_id", "sold_price", TARGET]).iloc[0].to_dict()
                 rec["listing_date"] = str(rec["listing_date"])[:10]
                 client = _Client(url, rec)
@@ -136,7 +115,7 @@ def simulate(first_year:int=2019, # first market year
                     row.update(retrained=True, decision=d["reason"])
                     say(f"      challenger v{res.registered_version}: {d['reason']}")
                     if d["promoted"]:
-                        _swap(url, token, fetch_model(str(res.registered_version))); reference = listings
+                        swap_model(url, token, fetch_model(str(res.registered_version))); reference = listings
                         say(f"      server swapped to v{res.registered_version} (requests so far: {client.ok} ok, {client.failed} failed)")
                 else: row["decision"] = f"kept v{champ.version}: no drift or decay over the thresholds"
             X, y = prepare_features(fresh), fresh[TARGET].astype(int)
@@ -156,7 +135,7 @@ def simulate(first_year:int=2019, # first market year
     say(f"report: {out/'report.html'} ({summary['requests_ok']} requests answered, {summary['requests_failed']} failed)")
     return {**summary, "report": str(out/"report.html")}
 
-# %% ../nbs/15_retrain.ipynb #15-retrain-011
+# %% ../nbs/15_retrain.ipynb #15-retrain-010
 def _svg_chart(rows:list, w:int=640, h:int=300)->str:
     "An inline SVG line chart of accuracy per year: first model vs champion."
     ys = [r["year"] for r in rows]

@@ -12,7 +12,8 @@ from pathlib import Path
 from .core import MlopsNbError, project_root
 
 # %% auto #0
-__all__ = ['BUCKETS', 'DOCS_HTML', 'ROUTES', 'load_entry', 'Metrics', 'log_event', 'ScoringApp', 'app_from_env', 'serve']
+__all__ = ['BUCKETS', 'DOCS_HTML', 'ROUTES', 'load_entry', 'Metrics', 'log_event', 'ScoringApp', 'app_from_env', 'serve',
+           'free_port', 'http_status', 'start_server', 'swap_model']
 
 # %% ../nbs/08_server.ipynb #08-server-005
 def load_entry(path:str|Path|None=None # entry script (default: `api/score.py` of the project)
@@ -349,3 +350,47 @@ def serve(host:str="127.0.0.1", # interface to bind
     except SystemExit as e:
         if app.swap_error: raise MlopsNbError(f"could not load model {cfg.get('model') or 'champion'}: {app.swap_error}") from None
         raise
+
+# %% ../nbs/08_server.ipynb #08-server-025
+def free_port(host:str="127.0.0.1")->int:
+    "A free TCP port on `host`."
+    import socket
+    with socket.socket() as s: s.bind((host, 0)); return s.getsockname()[1]
+
+def http_status(url:str, timeout:float=2)->int|None:
+    "HTTP status of GET `url`, or None when nothing answers."
+    import urllib.request, urllib.error
+    try: return urllib.request.urlopen(url, timeout=timeout).status
+    except urllib.error.HTTPError as e: return e.code
+    except Exception: return None
+
+def start_server(model:str|None, # model folder or registry reference (None: the champion)
+                 port:int, # loopback port
+                 env:dict|None=None, # extra environment (e.g. the admin token)
+                 log:Path|None=None, # file for the server's output (None: discarded)
+                 timeout:float=60 # seconds to wait for /ready
+                ):
+    "Start `mlops-nb serve` as its own process and wait until it is ready; return (process, base URL)."
+    import subprocess
+    exe = Path(sys.executable).parent/"mlops-nb"
+    cmd = [str(exe) if exe.exists() else "mlops-nb", "serve", "--port", str(port)] + (["--model", str(model)] if model else [])
+    out = open(log, "a") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True)
+    url, deadline = f"http://127.0.0.1:{port}", time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and http_status(url + "/ready") != 200: time.sleep(0.1)
+    if http_status(url + "/ready") != 200:
+        proc.kill(); raise MlopsNbError(f"the server did not become ready at {url}" + (f"; see {log}" if log else ""))
+    return proc, url
+
+def swap_model(url:str, # base URL of a running server
+               token:str, # its admin token
+               model:str, # model folder or registry reference to swap in
+               timeout:float=120 # seconds for the load
+              )->dict:
+    "Swap the server's model through /admin/model and wait until it serves; a refusal is a one-line error."
+    import urllib.request, urllib.error
+    req = urllib.request.Request(url + "/admin/model", data=json.dumps({"model": str(model), "wait": True}).encode(),
+                                 headers={"authorization": f"Bearer {token}", "content-type": "application/json"})
+    try: return json.loads(urllib.request.urlopen(req, timeout=timeout).read())
+    except urllib.error.HTTPError as e:
+        raise MlopsNbError(f"swap refused ({e.code}): {json.loads(e.read()).get('error')}") from None
