@@ -6,7 +6,7 @@ Docs: https://mlops-nb.github.io/mlops_nb/serving.html.md"""
 
 # %% ../nbs/07_serving.ipynb #07-serving-002
 from __future__ import annotations
-import json, math, os, re, time
+import json, math, os, re, shutil, time
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -265,9 +265,9 @@ def fetch_model(ref:str # registry reference
         d = find_model_dir(tmp)
         (d/"mlops_nb_model.json").write_text(json.dumps({"name": v.name, "version": str(v.version), "run_id": v.run_id,
                                                          "git_commit": v.tags.get(GIT_COMMIT_TAG, ""), "source": ref}))
-        if dest.exists(): import shutil; shutil.rmtree(dest)
+        if dest.exists(): shutil.rmtree(dest)
         d.rename(dest)
-        if tmp.exists(): import shutil; shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 def load_runtime(source:str|Path|None=None # model folder or registry reference (default: the champion)
