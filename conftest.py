@@ -44,26 +44,25 @@ def monkeypatch_module():
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
-    "Generated listings: a small 2021 year, a 2023 year, and bad files."
-    from mlops_nb.data import generate_listings, write_listings
+    "Generated listings of the Ottawa example: a small 2021 year, a 2023 year."
+    from mlops_nb.data import write_table
+    from mlops_nb.examples.ottawa import generate_listings
     d = tmp_path_factory.mktemp("data")
-    write_listings(generate_listings(2021, 4000, seed=0), d/"2021.parquet")
-    write_listings(generate_listings(2023, 4000, seed=0), d/"2023.parquet")
+    write_table(generate_listings(2021, 4000, seed=0), d/"2021.parquet")
+    write_table(generate_listings(2023, 4000, seed=0), d/"2023.parquet")
     return d
 
 
-def save_model(path, year=2021, rows=3000, seed=0, epochs=2):
-    "Train a small model of the example problem and save it as an MLflow model folder at `path`; return the pipeline."
-    import mlflow
-    from mlops_nb.data import generate_listings, TARGET
-    from mlops_nb.train import prepare_features, build_model, train_epochs, pinned_requirements, SKOPS_TRUSTED_TYPES
-    df = generate_listings(year, rows, seed=seed)
-    X, y = prepare_features(df), df[TARGET].astype(int)
-    model = build_model(seed=seed, iters_per_epoch=20)
-    train_epochs(model, X, y, X[:200], y[:200], epochs=epochs)
-    sig = mlflow.models.infer_signature(X.head(20), model.predict_proba(X.head(20))[:, 1])
-    mlflow.sklearn.save_model(model, str(path), signature=sig, input_example=X.head(3), pip_requirements=pinned_requirements(),
-                              skops_trusted_types=SKOPS_TRUSTED_TYPES)
+def save_model(path, year=2021, rows=3000, seed=0, epochs=2, problem=None, data=None):
+    "Train a small model of `problem` (default: the Ottawa example, on `year`) and save it as an MLflow model folder at `path`."
+    from mlops_nb.examples.ottawa import PROBLEM, generate_listings
+    from mlops_nb.train import build_model, train_epochs, split_rows, save_model as save
+    problem = problem or PROBLEM
+    df = data if data is not None else generate_listings(year, rows, seed=seed)
+    tr, ev = split_rows(df, problem, seed=0)
+    model = build_model(problem, seed=seed)
+    train_epochs(problem, model, tr, ev, epochs=epochs)
+    save(problem, model, ev, path)
     return model
 
 

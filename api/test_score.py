@@ -22,14 +22,14 @@ def test_init_loads_the_model(score):
 
 
 def test_one_record_and_a_list(score, model_dir):
-    from mlops_nb.data import generate_listings
-    from mlops_nb.serving import load_runtime
+    from mlops_nb.examples.ottawa import generate_listings
     one = score.run(json.dumps(GOOD))
     assert list(one) == ["predictions"] and len(one["predictions"]) == 1
     p = one["predictions"][0]
     assert p["label"] in ("above_asking", "at_or_below_asking") and 0 <= p["probability"] <= 1
     assert (p["model"], p["version"]) == ("ottawa-housing-classifier", "1")
     assert (p["probability"] >= 0.5) == (p["label"] == "above_asking")
+    assert p["probabilities"] == {"at_or_below_asking": pytest.approx(1 - p["probability"]), "above_asking": p["probability"]}
     df = generate_listings(2022, 50, seed=9)
     recs = df.drop(columns=["listing_id", "sold_price", "sold_above_ask"]).assign(
         listing_date=df.listing_date.dt.strftime("%Y-%m-%d")).to_dict("records")
@@ -38,22 +38,15 @@ def test_one_record_and_a_list(score, model_dir):
 
 
 def test_predictions_equal_the_pipeline(score):
-    "Pre-processing + fast path give the registered pipeline's probabilities (DataFrame path) within 1e-9."
-    import numpy as np, pandas as pd
-    from mlops_nb.data import generate_listings
-    from mlops_nb.train import prepare_features
+    "The fast path gives the registered pipeline's probabilities (raw DataFrame in) within 1e-9."
+    import numpy as np
+    from mlops_nb.examples.ottawa import generate_listings
     df = generate_listings(2023, 500, seed=4)
     recs = df.drop(columns=["listing_id", "sold_price", "sold_above_ask"]).assign(
         listing_date=df.listing_date.dt.strftime("%Y-%m-%d")).to_dict("records")
     got = np.array([p["probability"] for p in score.run(json.dumps(recs))["predictions"]])
-    want = score.runtime.pipeline.predict_proba(prepare_features(df))[:, 1]
+    want = score.runtime.pipeline.predict_proba(df)[:, 1]
     assert np.max(np.abs(got - want)) <= 1e-9
-
-
-def test_square_metres_are_normalised(score):
-    sqm = {**GOOD, "sqft": GOOD["sqft"] / 10.763910416709722, "lot_size": GOOD["lot_size"] / 10.763910416709722, "area_unit": "sqm"}
-    a, b = score.run(json.dumps(GOOD))["predictions"][0], score.run(json.dumps(sqm))["predictions"][0]
-    assert a["probability"] == pytest.approx(b["probability"], abs=1e-12)
 
 
 @pytest.mark.parametrize("name,body,ctype,status,words", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])

@@ -12,8 +12,8 @@ from .core import MlopsNbError
 
 # %% auto #0
 __all__ = ['cmd_data_generate', 'cmd_data_check', 'cmd_train', 'cmd_models_list', 'cmd_models_best', 'cmd_models_promote',
-           'cmd_config', 'cmd_serve', 'cmd_package', 'cmd_deploy', 'RetrainAdvised', 'cmd_monitor', 'cmd_simulate',
-           'cmd_pipeline', 'cmd_demo', 'main', 'console']
+           'cmd_config', 'cmd_runs_sweep', 'cmd_serve', 'cmd_package', 'cmd_deploy', 'RetrainAdvised', 'cmd_monitor',
+           'cmd_simulate', 'cmd_pipeline', 'cmd_demo', 'main', 'console']
 
 # %% ../nbs/06_cli.ipynb #06-cli-005
 def _say(*a):
@@ -29,27 +29,45 @@ def _fmt_metrics(m:dict)->str:
     return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(m.items()))
 
 # %% ../nbs/06_cli.ipynb #06-cli-007
+def _class_shares(problem, df)->dict:
+    "Share of each class in `df` (classification), or the target's mean (regression)."
+    if problem.target not in df: return {}
+    if problem.kind == "regression": return {"target_mean": round(float(df[problem.target].mean()), 4)}
+    y = problem.encode(df[problem.target])
+    return {"class_shares": {l: round(float((y == k).mean()), 4) for k, l in enumerate(problem.class_labels)}}
+
+def _shares_text(info:dict)->str:
+    "The class shares (or target mean) of `_class_shares` for people."
+    if "class_shares" in info: return ", ".join(f"{l} {v:.1%}" for l, v in info["class_shares"].items())
+    return f"target mean {info['target_mean']:g}" if "target_mean" in info else "no target column"
+
 def cmd_data_generate(a):
-    "Write a year of generated Ottawa listings."
-    from mlops_nb.data import generate_listings, write_listings, data_fingerprint, TARGET
-    if a.rows < 1: raise MlopsNbError(f"--rows {a.rows} is not allowed: use a positive number of rows")
+    "Write generated data of the problem (for problems that declare a generator)."
+    from mlops_nb.data import write_table, data_fingerprint
+    from mlops_nb.problem import load_problem
+    problem = load_problem()
+    if problem.generate is None: raise MlopsNbError(f"problem {problem.name!r} declares no data generator: bring your own data")
+    if not 1 <= a.rows <= 50_000_000: raise MlopsNbError(f"--rows {a.rows} is not allowed: use 1 to 50000000 rows")
     if Path(a.out).suffix.lower() not in (".csv", ".parquet"):
         raise MlopsNbError(f"{a.out}: unsupported file extension '{Path(a.out).suffix}'; use a .csv or .parquet file")
-    _say(f"generating {a.rows} listings for {a.year} (seed {a.seed})...")
-    df = generate_listings(a.year, a.rows, seed=a.seed)
-    write_listings(df, a.out)
-    info = {"path": str(Path(a.out).resolve()), "rows": len(df), "year": a.year, "seed": a.seed,
-            "above_ask_share": round(float(df[TARGET].mean()), 4), "fingerprint": data_fingerprint(df)}
-    _emit(info, a.json, f"wrote {info['rows']} rows to {info['path']} ({info['above_ask_share']:.1%} sold above asking, "
-                        f"fingerprint {info['fingerprint']})")
+    period = problem.default_period if a.period is None else a.period
+    _say(f"generating {a.rows} rows of {problem.name} for period {period} (seed {a.seed})...")
+    df = problem.generate(period, a.rows, a.seed)
+    write_table(df, a.out)
+    info = {"path": str(Path(a.out).resolve()), "rows": len(df), "period": period, "seed": a.seed, **_class_shares(problem, df),
+            "fingerprint": data_fingerprint(df)}
+    _emit(info, a.json, f"wrote {info['rows']} rows to {info['path']} ({_shares_text(info)}, fingerprint {info['fingerprint']})")
 
 def cmd_data_check(a):
-    "Validate a listings file against the schema."
-    from mlops_nb.data import load_listings, data_fingerprint, TARGET
-    df = load_listings(a.path, require_label=not a.no_label)
-    info = {"path": str(Path(a.path).resolve()), "rows": len(df), "columns": list(df.columns), "fingerprint": data_fingerprint(df)}
-    if TARGET in df: info["above_ask_share"] = round(float(df[TARGET].mean()), 4)
-    _emit(info, a.json, f"{info['path']}: {info['rows']} rows match the listings schema (fingerprint {info['fingerprint']})")
+    "Validate a data file against the problem's schema."
+    from mlops_nb.data import data_fingerprint
+    from mlops_nb.problem import load_problem
+    problem = load_problem()
+    df = problem.load(a.path, require_label=not a.no_label)
+    info = {"path": str(Path(a.path).resolve()), "rows": len(df), "columns": list(df.columns), **_class_shares(problem, df),
+            "fingerprint": data_fingerprint(df)}
+    _emit(info, a.json, f"{info['path']}: {info['rows']} rows match the schema of {problem.name} ({_shares_text(info)}; "
+                        f"fingerprint {info['fingerprint']})")
 
 # %% ../nbs/06_cli.ipynb #06-cli-009
 def cmd_train(a):
@@ -58,7 +76,7 @@ def cmd_train(a):
     from mlops_nb.runner import LocalRunner, run_training
     kw = make_params(mode=a.mode, data_path=a.data, sample_frac=a.sample_frac, epochs=a.epochs, seed=a.seed,
                      eval_path=a.eval_data).as_dict()  # refuse bad values before anything starts
-    _say(f"training in {kw['mode']} mode ({kw['sample_frac']:g} of the rows, {kw['epochs']} epoch(s)) "
+    _say(f"training in {kw['mode']} mode ({kw['sample_frac']:g} of the rows, at least a floor; {kw['epochs']} epoch(s)) "
          f"on {a.data or 'generated data'} ...")
     if a.runner == "databricks": res = _train_databricks(a, kw)
     elif a.runner == "local":
@@ -97,18 +115,21 @@ def _train_databricks(a, kw:dict):
 def cmd_models_list(a):
     "List registered versions."
     from mlops_nb.tracking import list_versions
+    from mlops_nb.problem import load_problem, ProblemError
+    try: shown = load_problem().metric_names
+    except ProblemError: shown = None
     vs = list_versions(a.name)
     rows = [f"v{v.version:<4} {','.join(v.aliases) or '-':<10} run {v.run_id[:12]}  eval {v.eval_fingerprint[:10] or '-':<10} "
-            f"{_fmt_metrics({k: v.metrics[k] for k in ('accuracy', 'roc_auc', 'log_loss') if k in v.metrics})}" for v in vs]
+            f"{_fmt_metrics({k: x for k, x in v.metrics.items() if (k in shown if shown else not k.startswith(('val_', 'train_')))})}" for v in vs]
     _emit([v.as_dict() for v in vs], a.json, "\n".join(rows) or "no registered versions yet: run `mlops-nb train --mode full`")
 
 def cmd_models_best(a):
     "Select the best version by a metric."
     from mlops_nb.tracking import best_version
-    s = best_version(a.metric, higher_is_better=not a.lower_is_better, eval_fingerprint=a.eval_fingerprint, name=a.name)
-    out = {**s.version.as_dict(), "metric": a.metric, "value": s.version.metrics[a.metric],
+    s = best_version(a.metric, higher_is_better=False if a.lower_is_better else None, eval_fingerprint=a.eval_fingerprint, name=a.name)
+    out = {**s.version.as_dict(), "metric": s.metric, "value": s.version.metrics[s.metric],
            "compared": [v.version for v in s.compared], "skipped": {str(k): r for k, r in s.skipped.items()}}
-    _emit(out, a.json, f"v{s.version.version}: {a.metric}={out['value']:.4f}\n{s.note}")
+    _emit(out, a.json, f"v{s.version.version}: {s.metric}={out['value']:.4f}\n{s.note}")
 
 def cmd_models_promote(a):
     "Point an alias at a version."
@@ -120,10 +141,19 @@ def cmd_models_promote(a):
 # %% ../nbs/06_cli.ipynb #06-cli-015
 def cmd_config(a):
     "Show the resolved configuration."
-    from mlops_nb.core import ENV_VARS, SECRET_VARS, state_dir, tracking_uri, registry_uri
-    out = {"state_dir": str(state_dir()), "tracking_uri": tracking_uri(), "registry_uri": registry_uri(),
-           **{v.name: ("***" if v.get() else None) if v.name in SECRET_VARS else v.get() for v in ENV_VARS}}
+    from mlops_nb.core import ENV_VARS, SECRET_VARS, state_dir, tracking_uri, registry_uri, redact_uri
+    show = lambda v: v if v is None else redact_uri(v)  # a URI may hold a password: never print it
+    out = {"state_dir": str(state_dir()), "tracking_uri": show(tracking_uri()), "registry_uri": show(registry_uri()),
+           **{v.name: ("***" if v.get() else None) if v.name in SECRET_VARS else show(v.get()) for v in ENV_VARS}}
     _emit(out, a.json, "\n".join(f"{k}: {v}" for k, v in out.items()))
+
+def cmd_runs_sweep(a):
+    "Mark RUNNING runs whose owner is gone (or that are too old to check) FAILED."
+    from mlops_nb.tracking import sweep_runs
+    if not a.max_age_hours > 0: raise MlopsNbError(f"--max-age-hours {a.max_age_hours:g} is not allowed: use a positive number")
+    out = sweep_runs(a.max_age_hours, dry_run=a.dry_run)
+    verb = "would mark" if a.dry_run else "marked"
+    _emit(out, a.json, "\n".join(f"{verb} run {r['run_id']} FAILED: {r['why']}" for r in out) or "no stale runs")
 
 # %% ../nbs/06_cli.ipynb #06-cli-017
 def cmd_serve(a):
@@ -165,15 +195,21 @@ def _kube_client(context:str|None):
     except ImportError: raise MlopsNbError("the kubernetes client is not installed: pip install 'mlops_nb[kube]'") from None
     except Exception as e: raise KubeError(f"no usable kubeconfig ({type(e).__name__}: {e}): set KUBECONFIG or pass --context") from None
 
+def _deployment_name()->str:
+    "The problem's deployment name."
+    from mlops_nb.problem import load_problem
+    return load_problem().deployment_name
+
 def _deploy_kubernetes(a):
     "Render, validate, write and apply the manifests; roll back on failure."
     from mlops_nb.kube import render_manifests, validate_manifests, write_manifests, dry_run, deploy
     from mlops_nb.core import state_dir
     if not a.image: raise MlopsNbError("--target kubernetes needs --image REGISTRY/NAME:TAG (from `mlops-nb package --push`)")
-    ms = render_manifests(a.image, name=a.name, namespace=a.namespace, replicas=a.replicas, hpa=a.hpa,
+    name = a.name or _deployment_name()
+    ms = render_manifests(a.image, name=name, namespace=a.namespace, replicas=a.replicas, hpa=a.hpa,
                           api_key_secret=a.api_key_secret)
     validate_manifests(ms)
-    files = write_manifests(ms, a.manifests or state_dir()/"k8s"/a.name)
+    files = write_manifests(ms, a.manifests or state_dir()/"k8s"/name)
     _say(f"manifests validated (strict) and written: {', '.join(str(f) for f in files)}")
     if a.dry_run:
         api = _kube_client(a.context) if (a.context or os.environ.get("KUBECONFIG")) else None
@@ -226,17 +262,24 @@ class RetrainAdvised(MlopsNbError):
     "`monitor --fail-on-retrain` found a reason to retrain."
     exit_code = 1
 
+def _thresholds(a)->dict:
+    "`--threshold KEY=VALUE` options as a dict, or a one-line error."
+    out = {}
+    for kv in a.threshold or []:
+        k, eq, v = kv.partition("=")
+        if not eq or not k.strip(): raise MlopsNbError(f"--threshold {kv!r} is not allowed: use KEY=VALUE, e.g. --threshold psi=0.25")
+        out[k.strip()] = v
+    return out
+
 def cmd_monitor(a):
-    "Compare current listings with a reference: feature drift, model decay, and whether to retrain."
-    from mlops_nb.data import load_listings
+    "Compare current data with a reference: feature drift, model decay, and whether to retrain."
     from mlops_nb.drift import drift_report, DriftThresholds
+    from mlops_nb.problem import load_problem, ProblemError
     prof = {}
     if a.profile or os.environ.get("MLOPS_NB_PROFILE"):
         from mlops_nb.backends import load_profile
         prof = load_profile(a.profile).get("drift") or {}
-    thresholds = DriftThresholds.from_dict({**prof, **dict(kv.split("=", 1) for kv in (a.threshold or []))})
-    ref = load_listings(a.reference, require_label=False)
-    cur = load_listings(a.current, require_label=False)
+    thresholds = DriftThresholds.from_dict({**prof, **_thresholds(a)})
     model = ref_metrics = created = None
     if a.model:
         from mlops_nb.serving import load_runtime
@@ -250,26 +293,31 @@ def cmd_monitor(a):
                 mv = resolve_version(v, model.info.name or None)
                 ref_metrics, created = mv.metrics, mv.created
             except RegistryError as e: _say(f"no registry metrics ({e}); scoring the model on the reference data")
-    rep = drift_report(ref, cur, thresholds=thresholds, model=model, reference_metrics=ref_metrics, model_created=created)
+    problem = model.problem if model is not None else load_problem()  # a model's own problem, else the project's
+    ref = problem.load(a.reference, require_label=False)
+    cur = problem.load(a.current, require_label=False)
+    rep = drift_report(ref, cur, thresholds=thresholds, model=model, reference_metrics=ref_metrics, model_created=created,
+                       problem=problem)
     _emit(rep.as_dict(), a.json, rep.text())
     if a.fail_on_retrain and rep.retrain: raise RetrainAdvised("retraining advised: " + "; ".join(rep.reasons))
 
 # %% ../nbs/06_cli.ipynb #06-cli-026
 def cmd_simulate(a):
-    "Simulate several years of the market: drift checks, retraining, challenger vs champion, zero-downtime swaps, a report."
+    "Simulate several periods of drifting data: drift checks, retraining, challenger vs champion, zero-downtime swaps, a report."
     from mlops_nb.retrain import simulate
-    if a.years < 2: raise MlopsNbError(f"--years {a.years} is not allowed: simulate at least 2 years")
-    res = simulate(a.first_year, a.years, a.rows, a.epochs, a.out, say=_say)
-    text = "\n".join(f"{r['year']}: first model {r['first_model']['accuracy']:.3f}, champion v{r['champion_version']} "
-                     f"{r['champion']['accuracy']:.3f}  {r['decision']}" for r in res["years"])
-    _emit(res, a.json, f"{text}\nrequests: {res['requests_ok']} answered, {res['requests_failed']} failed\nreport: {res['report']}")
+    if a.periods < 2: raise MlopsNbError(f"--periods {a.periods} is not allowed: simulate at least 2 periods")
+    res = simulate(a.first_period, a.periods, a.rows, a.epochs, a.out, say=_say, own_store=not a.use_configured_registry)
+    m = res["metric"]
+    text = "\n".join(f"{r['period']}: first model {r['first_model'][m]:.3f}, champion v{r['champion_version']} "
+                     f"{r['champion'][m]:.3f}  {r['decision']}" for r in res["periods"])
+    _emit(res, a.json, f"{m} per period\n{text}\nrequests: {res['requests_ok']} answered, {res['requests_failed']} failed\nreport: {res['report']}")
 
 # %% ../nbs/06_cli.ipynb #06-cli-028
 def cmd_pipeline(a):
     "Run a pipeline's steps here, or print and check them."
     from mlops_nb.pipeline import run_pipeline, PipelineFailed
-    res = run_pipeline(a.name, dry_run=a.dry_run, runner=a.runner, year=a.year, rows=a.rows, epochs=a.epochs,
-                       data=a.data, trigger=a.trigger, say=_say)
+    res = run_pipeline(a.name, dry_run=a.dry_run, runner=a.runner, period=a.period, rows=a.rows, epochs=a.epochs,
+                       data=a.data, trigger=a.trigger, say=_say, parse=_parser().parse_args)
     if res.error and not a.json: raise PipelineFailed(res.error)
     _emit(res.as_dict(), a.json, res.summary())
     if res.error: raise PipelineFailed(res.error)
@@ -277,14 +325,19 @@ def cmd_pipeline(a):
 # %% ../nbs/06_cli.ipynb #06-cli-030
 def cmd_demo(a):
     "Run the core loop end to end on generated data."
-    from mlops_nb.data import generate_listings, write_listings
+    from mlops_nb.data import write_table
+    from mlops_nb.problem import load_problem
     from mlops_nb.runner import LocalRunner, run_training
     from mlops_nb.tracking import best_version, promote
     from mlops_nb.core import state_dir
-    data = Path(a.data_dir or state_dir()/"data")/f"listings-{a.year}.parquet"
+    problem = load_problem()
+    if problem.generate is None: raise MlopsNbError(f"problem {problem.name!r} has no data generator: the demo needs one "
+                                                    "(run `mlops-nb train --mode test --data PATH` on your data instead)")
+    period = problem.default_period if a.period is None else a.period
+    data = Path(a.data_dir or state_dir()/"data")/f"{problem.name}-{period}.parquet"
     steps = 6
-    _say(f"[1/{steps}] generating {a.rows} listings for {a.year} -> {data}")
-    write_listings(generate_listings(a.year, a.rows, seed=0), data)
+    _say(f"[1/{steps}] generating {a.rows} rows of {problem.name} for period {period} -> {data}")
+    write_table(problem.generate(period, a.rows, 0), data)
     runner = LocalRunner(a.notebook, progress=not a.quiet)
     _say(f"[2/{steps}] test-mode run (pull-request check: 5% sample, 1 epoch, nothing registered)")
     t = run_training(runner, mode="test", data_path=str(data))
@@ -295,27 +348,29 @@ def cmd_demo(a):
         r = run_training(runner, mode="full", data_path=str(data), seed=seed, epochs=a.epochs)
         _say(f"      run {r.run_id}: {_fmt_metrics(r.metrics)} -> version {r.registered_version}")
         full.append(r)
-    _say(f"[{steps-1}/{steps}] selecting the best version by roc_auc")
-    sel = best_version("roc_auc", eval_fingerprint=full[-1].extra.get("eval_fingerprint"))
+    _say(f"[{steps-1}/{steps}] selecting the best version by {problem.primary}")
+    sel = best_version(eval_fingerprint=full[-1].extra.get("eval_fingerprint"))
     _say(f"      {sel.note}")
     _say(f"[{steps}/{steps}] promoting v{sel.version.version} to champion")
     prev = promote(sel.version.version, "champion")
+    m = sel.metric
     out = {"data": str(data), "test_run": t.as_dict(), "full_runs": [r.as_dict() for r in full],
-           "best": {"version": sel.version.version, "roc_auc": sel.version.metrics["roc_auc"], "note": sel.note},
+           "best": {"version": sel.version.version, "metric": m, "value": sel.version.metrics[m], "note": sel.note},
            "champion": sel.version.version, "previous_champion": prev}
-    _emit(out, a.json, f"champion is now v{sel.version.version} (roc_auc={sel.version.metrics['roc_auc']:.4f})"
-                       + (f", was v{prev}" if prev else ""))
+    _emit(out, a.json, f"champion is now v{sel.version.version} ({m}={sel.version.metrics[m]:.4f})" + (f", was v{prev}" if prev else ""))
 
 # %% ../nbs/06_cli.ipynb #06-cli-032
 def _parser()->argparse.ArgumentParser:
     "The `mlops-nb` argument parser."
     P = argparse.ArgumentParser
     fmt = argparse.RawDescriptionHelpFormatter
-    p = P(prog="mlops-nb", formatter_class=fmt, description="Notebook-first MLOps: run the training notebook in test or "
-          "full mode, track and register models, select and promote versions.",
-          epilog="examples:\n  mlops-nb demo\n  mlops-nb data generate --year 2021 --rows 20000 --out data/2021.parquet\n"
+    p = P(prog="mlops-nb", formatter_class=fmt, description="Notebook-first MLOps for a declared problem: run the training "
+          "notebook in test or full mode, track and register models, select and promote versions, serve, package, deploy, "
+          "monitor. The problem is the project's `[tool.mlops_nb] problem` (or MLOPS_NB_PROBLEM); `mlops-nb new` starts a project.",
+          epilog="examples:\n  mlops-nb new my-project --data table.csv --target label\n  mlops-nb demo\n"
+                 "  mlops-nb data check data/2021.parquet\n"
                  "  mlops-nb train --mode test --data data/2021.parquet\n  mlops-nb train --mode full --data data/2021.parquet --json\n"
-                 "  mlops-nb models best --metric roc_auc\n  mlops-nb models promote 3 --alias champion\n"
+                 "  mlops-nb models best\n  mlops-nb models promote 3 --alias champion\n"
                  "  mlops-nb serve --model champion\n  mlops-nb package --push\n  mlops-nb deploy --target kubernetes --image IMAGE --dry-run\n"
                  "  mlops-nb monitor --reference data/2021.parquet --current data/2023.parquet --model champion\n"
                  "  mlops-nb pipeline train\n\n"
@@ -329,23 +384,26 @@ def _parser()->argparse.ArgumentParser:
         s.set_defaults(fn=fn); return s
     def js(s): s.add_argument("--json", action="store_true", help="print one JSON object on stdout (progress stays on stderr)")
 
-    d = sub.add_parser("data", help="generate or check listings data", description="Generate or check listings data.")
+    d = sub.add_parser("data", help="check (or generate) the problem's data", description="Check (or generate) the problem's data.")
     dsub = d.add_subparsers(dest="sub", metavar="SUBCOMMAND")
-    g = cmd(dsub, "generate", cmd_data_generate, "Write a year of seeded, realistic Ottawa listings (Parquet or CSV by extension).")
-    g.add_argument("--year", type=int, required=True, help="market year; the market drifts from year to year")
-    g.add_argument("--rows", type=int, default=20_000, help="number of listings (default: 20000)")
+    g = cmd(dsub, "generate", cmd_data_generate, "Write seeded synthetic data of one period (Parquet or CSV by extension); "
+            "only for problems that declare a generator (the Ottawa example: one period is a market year).")
+    g.add_argument("--period", "--year", dest="period", type=int, default=None, help="period (e.g. market year) of the data; "
+                   "the generator drifts from period to period (default: the problem's)")
+    g.add_argument("--rows", type=int, default=20_000, help="number of rows (default: 20000)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     g.add_argument("--out", required=True, help="output file, .parquet or .csv")
     js(g)
-    c = cmd(dsub, "check", cmd_data_check, "Validate a CSV/Parquet file against the listings schema.")
+    c = cmd(dsub, "check", cmd_data_check, "Validate a CSV/Parquet file against the problem's schema (one line naming the "
+            "file, column and row of the first problem).")
     c.add_argument("path", help="file to check")
-    c.add_argument("--no-label", action="store_true", help="scoring data: the label columns may be absent")
+    c.add_argument("--no-label", action="store_true", help="data to score: the target column may be absent")
     js(c)
 
     t = cmd(sub, "train", cmd_train, "Runs the training notebook with papermill and tracks the run. Test mode: seeded 5%% "
             "sample, one epoch, nothing registered (the pull-request check). Full mode: all rows, metrics logged, model registered.")
     t.add_argument("--mode", required=True, help="test (PR check) or full (registers a version)")  # validated by make_params
-    t.add_argument("--data", default="", help="listings file (CSV/Parquet); default: a generated year")
+    t.add_argument("--data", default="", help="training data (CSV/Parquet); default: generated data, for problems with a generator")
     t.add_argument("--sample-frac", default=None, help="fraction of rows to use (default: 0.05 in test mode, 1 in full)")
     t.add_argument("--epochs", default=None, help="training epochs (default: 1 in test mode, 10 in full)")
     t.add_argument("--seed", default=None, help="seed for sampling and the model (default: 42); the evaluation hold-out does not change with it")
@@ -369,11 +427,11 @@ def _parser()->argparse.ArgumentParser:
     m = sub.add_parser("models", help="list, select and promote registered versions",
                        description="List, select and promote registered model versions.")
     msub = m.add_subparsers(dest="sub", metavar="SUBCOMMAND")
-    def name(s): s.add_argument("--name", default=None, help="registered model name (default: MLOPS_NB_MODEL_NAME or ottawa-housing-classifier)")
+    def name(s): s.add_argument("--name", default=None, help="registered model name (default: MLOPS_NB_MODEL_NAME or the problem's)")
     ml = cmd(msub, "list", cmd_models_list, "Registered versions, newest first, with aliases, evaluation data and metrics."); name(ml); js(ml)
     mb = cmd(msub, "best", cmd_models_best, "The best version by a logged metric, among versions evaluated on the same data.")
-    mb.add_argument("--metric", required=True, help="metric name, e.g. roc_auc, accuracy, log_loss")
-    mb.add_argument("--lower-is-better", action="store_true", help="for losses: pick the smallest value")
+    mb.add_argument("--metric", default=None, help="metric name, e.g. roc_auc, f1_macro, rmse (default: the problem's primary metric)")
+    mb.add_argument("--lower-is-better", action="store_true", help="pick the smallest value (default: the problem's direction for the metric)")
     mb.add_argument("--eval-fingerprint", default=None, help="compare versions evaluated on this data (default: the latest version's)")
     name(mb); js(mb)
     mp = cmd(msub, "promote", cmd_models_promote, "Point an alias (e.g. champion) at a version, in one registry write.")
@@ -413,7 +471,7 @@ def _parser()->argparse.ArgumentParser:
     dp.add_argument("--image", default=None, help="image REGISTRY/NAME:TAG (from `mlops-nb package --push`)")
     dp.add_argument("--model", default=None, help="local, without an image: model reference to serve or swap in (default: champion)")
     dp.add_argument("--dry-run", action="store_true", help="print the manifests / what would change; apply nothing")
-    dp.add_argument("--name", default="ottawa-housing", help="Deployment and Service name (default: ottawa-housing)")
+    dp.add_argument("--name", default=None, help="Deployment and Service name (default: the problem's deployment name)")
     dp.add_argument("--namespace", default="default", help="Kubernetes namespace (default: default)")
     dp.add_argument("--replicas", type=int, default=2, help="replicas (default: 2)")
     dp.add_argument("--hpa", action="store_true", help="add a HorizontalPodAutoscaler on CPU")
@@ -424,10 +482,10 @@ def _parser()->argparse.ArgumentParser:
     dp.add_argument("--timeout", type=float, default=600, help="seconds to wait for readiness / the rollout (default: 600)")
     js(dp)
 
-    mo = cmd(sub, "monitor", cmd_monitor, "Per-feature drift (PSI, KS) between two listings files; with labels in the "
+    mo = cmd(sub, "monitor", cmd_monitor, "Per-feature drift (PSI, KS) between two data files; with the target in the "
              "current file and --model, the model's decay against its logged metrics; and a retrain verdict with reasons.")
-    mo.add_argument("--reference", required=True, help="reference listings (CSV/Parquet), e.g. the training data")
-    mo.add_argument("--current", required=True, help="recent listings (CSV/Parquet); with sold_above_ask, decay is measured")
+    mo.add_argument("--reference", required=True, help="reference data (CSV/Parquet), e.g. the training data")
+    mo.add_argument("--current", required=True, help="recent data (CSV/Parquet); with the target column, decay is measured")
     mo.add_argument("--model", default=None, help="model folder or registry reference: champion, latest, 3, best:roc_auc, "
                     "models:/NAME@champion (default: no decay or age check)")
     mo.add_argument("--threshold", action="append", default=None, metavar="KEY=VALUE", help="override a threshold: psi, "
@@ -435,15 +493,19 @@ def _parser()->argparse.ArgumentParser:
     mo.add_argument("--fail-on-retrain", action="store_true", help="exit 1 when retraining is advised (for pipelines)")
     js(mo)
 
-    si = cmd(sub, "simulate", cmd_simulate, "Trains and serves a model on the first year, then each year checks drift and "
-             "decay, retrains when needed, promotes a challenger only if it beats the champion on that year's data, and "
-             "swaps it into the running server while a client keeps calling it. Writes report.html (accuracy per year "
-             "with and without retraining, drift, versions) and report.json.")
-    si.add_argument("--first-year", type=int, default=2019, help="first market year (default: 2019)")
-    si.add_argument("--years", type=int, default=5, help="years to simulate (default: 5)")
-    si.add_argument("--rows", type=int, default=8000, help="listings per year (default: 8000)")
+    si = cmd(sub, "simulate", cmd_simulate, "For problems with a data generator: trains and serves a model on the first "
+             "period, then each period checks drift and decay, retrains when needed, promotes a challenger only if it beats "
+             "the champion on that period's data, and swaps it into the running server while a client keeps calling it. "
+             "Writes report.html (the metric per period with and without retraining, drift, versions) and report.json. "
+             "Works in a tracking store of its own (<out>/state) unless --use-configured-registry.")
+    si.add_argument("--first-period", "--first-year", dest="first_period", type=int, default=None,
+                    help="first period (default: the problem's default period minus two; Ottawa: 2019)")
+    si.add_argument("--periods", "--years", dest="periods", type=int, default=5, help="periods to simulate (default: 5)")
+    si.add_argument("--rows", type=int, default=8000, help="rows per period (default: 8000)")
     si.add_argument("--epochs", type=int, default=None, help="full-run epochs (default: 10)")
     si.add_argument("--out", default=None, help="report folder (default: the state folder's simulation/)")
+    si.add_argument("--use-configured-registry", action="store_true", help="register and promote in the configured tracking "
+                    "store (careful: on a shared server this moves the production champion)")
     js(si)
 
     pl = cmd(sub, "pipeline", cmd_pipeline, "Runs the steps of a pipeline here, on the embedded defaults, as "
@@ -453,18 +515,28 @@ def _parser()->argparse.ArgumentParser:
     pl.add_argument("name", choices=["ci", "train", "deploy"], help="pipeline to run: ci, train or deploy")
     pl.add_argument("--dry-run", action="store_true", help="print each command and check that it exists; run nothing")
     pl.add_argument("--runner", default="local", help="where to run (default: local; the cloud runs the YAML pipelines)")
-    pl.add_argument("--year", type=int, default=2021, help="train: market year of the generated data (default: 2021)")
-    pl.add_argument("--rows", type=int, default=20_000, help="train: listings to generate (default: 20000)")
+    pl.add_argument("--period", "--year", dest="period", type=int, default=None, help="train: period of the generated data (default: the problem's)")
+    pl.add_argument("--rows", type=int, default=20_000, help="train: rows to generate (default: 20000)")
     pl.add_argument("--epochs", type=int, default=None, help="train: full-run epochs (default: 10)")
-    pl.add_argument("--data", default=None, help="train: train on this listings file instead of generated data")
+    pl.add_argument("--data", default=None, help="train: train on this data file instead of generated data")
     pl.add_argument("--trigger", action="store_true", help="train: run the deploy pipeline after promoting the champion")
     js(pl)
 
-    cf = cmd(sub, "config", cmd_config, "Where state lives and which tracking store is used."); js(cf)
+    cf = cmd(sub, "config", cmd_config, "Where state lives and which tracking store is used (passwords in URIs are shown as ***)."); js(cf)
 
-    dm = cmd(sub, "demo", cmd_demo, "Generate data, test-mode run, two full runs (registered), select the best, promote champion.")
-    dm.add_argument("--year", type=int, default=2021, help="market year to generate (default: 2021)")
-    dm.add_argument("--rows", type=int, default=20_000, help="listings to generate (default: 20000)")
+    r = sub.add_parser("runs", help="housekeeping of tracking runs", description="Housekeeping of tracking runs.")
+    rsub = r.add_subparsers(dest="sub", metavar="SUBCOMMAND")
+    rs = cmd(rsub, "sweep", cmd_runs_sweep, "Every run records the process that owns it. Marks FAILED the RUNNING runs "
+             "whose owner is gone (same host, process ended: killed with its runner, or a lost kernel), and those older "
+             "than --max-age-hours whose owner cannot be checked from this host. Never touches a run whose owner lives.")
+    rs.add_argument("--max-age-hours", type=float, default=24, help="RUNNING runs older than this whose owner cannot be checked are stale (default: 24)")
+    rs.add_argument("--dry-run", action="store_true", help="only list what would be marked")
+    js(rs)
+
+    dm = cmd(sub, "demo", cmd_demo, "For problems with a data generator: generate data, test-mode run, two full runs "
+             "(registered), select the best, promote champion.")
+    dm.add_argument("--period", "--year", dest="period", type=int, default=None, help="period to generate (default: the problem's)")
+    dm.add_argument("--rows", type=int, default=20_000, help="rows to generate (default: 20000)")
     dm.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="one full run per seed (default: 1 2)")
     dm.add_argument("--epochs", type=int, default=None, help="full-run epochs (default: 10)")
     dm.add_argument("--data-dir", default=None, help="where to write the data (default: the state folder's data/)")
@@ -482,11 +554,13 @@ def main(argv:list|None=None # arguments (default: sys.argv[1:])
     p = _parser()
     a = p.parse_args(argv)
     if not hasattr(a, "fn"):
-        sub = {"data": "generate|check", "models": "list|best|promote"}.get(a.cmd)
+        sub = {"data": "generate|check", "models": "list|best|promote", "runs": "sweep"}.get(a.cmd)
         if sub: p.exit(2, f"mlops-nb {a.cmd}: choose a subcommand ({sub}); see `mlops-nb {a.cmd} --help`\n")
         p.print_help(); return 0 if a.cmd is None else 2
     in_main = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGTERM, _sigterm) if in_main else None  # SIGTERM stops a run like Ctrl-C
+    # a background job of a non-interactive shell (some CI agents) starts with SIGINT ignored: Ctrl-C must still stop us
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler) if in_main else None
     try:
         if a.profile or os.environ.get("MLOPS_NB_PROFILE"):
             from mlops_nb.backends import activate_profile
@@ -498,6 +572,7 @@ def main(argv:list|None=None # arguments (default: sys.argv[1:])
         print("interrupted: the run was marked FAILED", file=sys.stderr); return 130
     finally:
         if old is not None: signal.signal(signal.SIGTERM, old)
+        if old_int is not None: signal.signal(signal.SIGINT, old_int)
 
 # %% ../nbs/06_cli.ipynb #06-cli-035
 def console():

@@ -6,16 +6,16 @@ Docs: https://mlops-nb.github.io/mlops_nb/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #00-core-002
 from __future__ import annotations
-import os, subprocess
+import os, re, subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 # %% auto #0
 __all__ = ['MLOPS_NB_HOME', 'MLOPS_NB_TRACKING_URI', 'MLOPS_NB_REGISTRY_URI', 'MLOPS_NB_EXPERIMENT', 'MLOPS_NB_MODEL_NAME',
-           'MLOPS_NB_TRAIN_THREADS', 'MLOPS_NB_MODEL', 'MLOPS_NB_API_KEY', 'MLOPS_NB_ADMIN_TOKEN', 'ENV_VARS',
-           'SECRET_VARS', 'MlopsNbError', 'DataError', 'ParamError', 'RegistryError', 'RegistrationRefused',
-           'RunFailed', 'EnvVar', 'project_root', 'state_dir', 'tracking_uri', 'registry_uri', 'artifact_root',
-           'lazy_module', 'git_info']
+           'MLOPS_NB_TRAIN_THREADS', 'MLOPS_NB_MODEL', 'MLOPS_NB_API_KEY', 'MLOPS_NB_ADMIN_TOKEN',
+           'MLOPS_NB_MODEL_ROOTS', 'ENV_VARS', 'SECRET_VARS', 'MlopsNbError', 'DataError', 'ParamError',
+           'RegistryError', 'RegistrationRefused', 'RunFailed', 'EnvVar', 'project_root', 'state_dir', 'tracking_uri',
+           'registry_uri', 'artifact_root', 'redact_uri', 'lazy_module', 'git_info']
 
 # %% ../nbs/00_core.ipynb #00-core-005
 class MlopsNbError(Exception):
@@ -55,14 +55,15 @@ class EnvVar:
 MLOPS_NB_HOME = EnvVar("MLOPS_NB_HOME", None, "State folder (tracking DB, artifacts, run outputs). Default: `<project>/.mlops_nb`.")
 MLOPS_NB_TRACKING_URI = EnvVar("MLOPS_NB_TRACKING_URI", None, "MLflow tracking URI. Default: SQLite in the state folder.")
 MLOPS_NB_REGISTRY_URI = EnvVar("MLOPS_NB_REGISTRY_URI", None, "MLflow registry URI. Default: the tracking URI.")
-MLOPS_NB_EXPERIMENT = EnvVar("MLOPS_NB_EXPERIMENT", "ottawa-housing", "Experiment that training runs are logged to.")
-MLOPS_NB_MODEL_NAME = EnvVar("MLOPS_NB_MODEL_NAME", "ottawa-housing-classifier", "Registered model name.")
+MLOPS_NB_EXPERIMENT = EnvVar("MLOPS_NB_EXPERIMENT", None, "Experiment that training runs are logged to. Default: the problem's.")
+MLOPS_NB_MODEL_NAME = EnvVar("MLOPS_NB_MODEL_NAME", None, "Registered model name. Default: the problem's.")
 MLOPS_NB_TRAIN_THREADS = EnvVar("MLOPS_NB_TRAIN_THREADS", "1", "OpenMP threads for training (0: all cores).")
 MLOPS_NB_MODEL = EnvVar("MLOPS_NB_MODEL", None, "Model to serve: a folder or registry reference. Default: the champion.")
 MLOPS_NB_API_KEY = EnvVar("MLOPS_NB_API_KEY", None, "When set, the scoring API requires it (Bearer or X-API-Key). Secret.")
 MLOPS_NB_ADMIN_TOKEN = EnvVar("MLOPS_NB_ADMIN_TOKEN", None, "When set, enables POST /admin/model (model swap). Secret.")
+MLOPS_NB_MODEL_ROOTS = EnvVar("MLOPS_NB_MODEL_ROOTS", None, "Folders (os.pathsep-separated) that /admin/model may load model folders from. Default: the serving cache only.")
 ENV_VARS = [MLOPS_NB_HOME, MLOPS_NB_TRACKING_URI, MLOPS_NB_REGISTRY_URI, MLOPS_NB_EXPERIMENT, MLOPS_NB_MODEL_NAME,
-            MLOPS_NB_TRAIN_THREADS, MLOPS_NB_MODEL, MLOPS_NB_API_KEY, MLOPS_NB_ADMIN_TOKEN]
+            MLOPS_NB_TRAIN_THREADS, MLOPS_NB_MODEL, MLOPS_NB_API_KEY, MLOPS_NB_ADMIN_TOKEN, MLOPS_NB_MODEL_ROOTS]
 SECRET_VARS = {"MLOPS_NB_API_KEY", "MLOPS_NB_ADMIN_TOKEN", "DATABRICKS_TOKEN", "MLOPS_NB_REGISTRY_PASSWORD"}  # never printed or logged
 
 # %% ../nbs/00_core.ipynb #00-core-012
@@ -95,6 +96,14 @@ def registry_uri()->str:
 def artifact_root()->Path:
     "Where a local store keeps run artifacts: `artifacts/` in the state folder."
     return state_dir()/"artifacts"
+
+# %% ../nbs/00_core.ipynb #00-core-016b
+def redact_uri(uri:str # a URI or setting that may hold credentials
+              )->str:
+    "`uri` with any password, user-info token or secret-looking query value replaced by `***`."
+    s = re.sub(r"(?<=://)([^/@:\s]*):[^@/\s]*@", r"\1:***@", str(uri))  # user:password@
+    s = re.sub(r"(?<=://)([^/@:\s]+)@", "***@", s)  # token@
+    return re.sub(r"(?i)([?&](?:password|passwd|pwd|token|secret|key|sig|access_token)=)[^&\s]*", r"\1***", s)
 
 # %% ../nbs/00_core.ipynb #00-core-018
 import importlib, types

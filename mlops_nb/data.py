@@ -1,4 +1,4 @@
-"""Synthetic Ottawa house listings whose market drifts by year, and a validating loader for your own CSV or Parquet.
+"""Tables in and out: CSV or Parquet files checked against a declared schema (one clear error per bad file), single records checked the same way, and fingerprints of what a run saw.
 
 Docs: https://mlops-nb.github.io/mlops_nb/data.html.md"""
 
@@ -6,131 +6,17 @@ Docs: https://mlops-nb.github.io/mlops_nb/data.html.md"""
 
 # %% ../nbs/01_data.ipynb #01-data-002
 from __future__ import annotations
-import hashlib
-from dataclasses import dataclass
+import hashlib, math, re
+from dataclasses import dataclass, asdict
+from datetime import datetime
 from pathlib import Path
 import numpy as np
 from .core import lazy_module
 pd = lazy_module("pandas")  # loaded on first use: serving images run without pandas
-from .core import DataError, ParamError
+from .core import DataError
 
 # %% auto #0
-__all__ = ['pd', 'NEIGHBOURHOODS', 'PROPERTY_TYPES', 'TARGET', 'NUMERIC_FEATURES', 'CATEGORICAL_FEATURES', 'LABEL_COLUMNS',
-           'KINDS', 'LISTINGS_SCHEMA', 'generate_listings', 'write_listings', 'ColumnSpec', 'load_listings',
-           'data_fingerprint']
-
-# %% ../nbs/01_data.ipynb #01-data-005
-NEIGHBOURHOODS = ["Glebe", "Westboro", "Centretown", "Sandy Hill", "Hintonburg", "Old Ottawa South", "Alta Vista",
-                  "Vanier", "Rockcliffe Park", "Kanata", "Orleans", "Barrhaven", "Nepean", "Stittsville",
-                  "Riverside South", "Manotick"]
-PROPERTY_TYPES = ["detached", "semi-detached", "townhouse", "condo"]
-TARGET = "sold_above_ask"
-NUMERIC_FEATURES = ["list_price", "bedrooms", "bathrooms", "sqft", "lot_size", "year_built", "days_on_market"]
-CATEGORICAL_FEATURES = ["neighbourhood", "property_type"]
-LABEL_COLUMNS = ["sold_price", TARGET]
-
-# %% ../nbs/01_data.ipynb #01-data-008
-# share, detached $/sqft (2020), urban axis, mean and sd of year built, detached lot (sqft), type mix (det, semi, town, condo)
-_NB = {
-    "Glebe":            (0.04, 700,  1.0, 1925, 20,  3500, (0.45, 0.25, 0.10, 0.20)),
-    "Westboro":         (0.06, 690,  0.8, 1955, 30,  4500, (0.45, 0.20, 0.15, 0.20)),
-    "Centretown":       (0.08, 600,  1.0, 1960, 35,  2500, (0.08, 0.07, 0.10, 0.75)),
-    "Sandy Hill":       (0.04, 560,  0.9, 1930, 35,  3000, (0.25, 0.20, 0.10, 0.45)),
-    "Hintonburg":       (0.04, 620,  0.9, 1935, 35,  3000, (0.30, 0.30, 0.15, 0.25)),
-    "Old Ottawa South": (0.03, 650,  0.7, 1930, 20,  4000, (0.60, 0.25, 0.05, 0.10)),
-    "Alta Vista":       (0.07, 480,  0.2, 1965, 15,  6500, (0.60, 0.10, 0.15, 0.15)),
-    "Vanier":           (0.05, 430,  0.5, 1950, 25,  3500, (0.35, 0.20, 0.15, 0.30)),
-    "Rockcliffe Park":  (0.01, 820,  0.3, 1940, 25, 15000, (0.85, 0.05, 0.05, 0.05)),
-    "Kanata":           (0.12, 380, -1.0, 1995, 12,  5000, (0.50, 0.10, 0.30, 0.10)),
-    "Orleans":          (0.12, 360, -1.0, 1995, 12,  5000, (0.50, 0.10, 0.30, 0.10)),
-    "Barrhaven":        (0.11, 350, -1.0, 2005, 10,  4500, (0.50, 0.08, 0.35, 0.07)),
-    "Nepean":           (0.08, 420, -0.3, 1975, 15,  6000, (0.50, 0.15, 0.20, 0.15)),
-    "Stittsville":      (0.06, 370, -1.0, 2005, 12,  5500, (0.60, 0.08, 0.27, 0.05)),
-    "Riverside South":  (0.05, 360, -1.0, 2010,  7,  4500, (0.55, 0.10, 0.32, 0.03)),
-    "Manotick":         (0.04, 420, -0.8, 1990, 20, 20000, (0.85, 0.03, 0.10, 0.02)),
-}
-_TYPE_PPSF = np.array([0.90, 0.82, 0.78, 1.00])  # $/sqft of each property type relative to the neighbourhood's
-
-# %% ../nbs/01_data.ipynb #01-data-010
-_Y0, _Y1 = 2015, 2030
-_INDEX = [0.62, 0.64, 0.69, 0.74, 0.81, 0.92, 1.12, 1.20, 1.07, 1.06, 1.08, 1.10, 1.13, 1.16, 1.19, 1.22]  # 2020 = 1
-_HEAT  = [-0.7, -0.4, 0.1, 0.2, 0.5, 0.9, 1.2, 0.5, -1.0, -0.9, -0.6, -0.3, -0.1, 0.1, 0.2, 0.1]
-_URBAN = [0.6, 0.6, 0.7, 0.7, 0.6, -0.5, -0.8, -0.5, -0.3, -0.1, 0.1, 0.2, 0.3, 0.3, 0.2, 0.2]  # + downtown in demand
-_RATE  = [2.8, 2.7, 2.9, 3.4, 3.3, 2.4, 2.2, 4.5, 6.2, 5.8, 4.6, 4.3, 4.2, 4.2, 4.3, 4.3]  # 5-year mortgage rate, %
-_CONDO = [0.3, 0.3, 0.5, 0.6, 0.5, -0.4, -0.4, -0.3, -0.9, -1.0, -0.8, -0.5, -0.3, -0.2, -0.2, -0.2]
-
-def _market(year:int # calendar year
-           )->dict:
-    "Market conditions of `year`: price level, heat, and how strongly each feature drives bidding."
-    y = min(max(year, _Y0), _Y1); i = y - _Y0
-    if year < _Y0: index, heat = _INDEX[0]/1.04**(_Y0 - year), _HEAT[0] + 0.7*np.sin(2*np.pi*(year - _Y0)/9)
-    elif year > _Y1: index, heat = _INDEX[-1]*1.025**(year - _Y1), _HEAT[-1] + 0.9*np.sin(2*np.pi*(year - _Y1)/11)
-    else: index, heat = _INDEX[i], _HEAT[i]
-    hot = 1/(1 + np.exp(-heat))
-    r = np.random.default_rng([7919, year])  # the market of a year is the same whatever the sample's seed
-    urban = np.array([v[2] for v in _NB.values()])
-    return dict(index=index, heat=heat,
-                nb_demand=urban*_URBAN[i] + r.normal(0, 0.35, len(_NB)),         # who is in demand where
-                type_demand=np.array([0, 0.1, 0.2, _CONDO[i]]) + r.normal(0, 0.2, 4),
-                underprice=0.06*hot - 0.01,      # mean log share sellers list below value (bait for bidding wars)
-                k_under=16 + 10*hot,             # log-odds gained per unit of log underpricing
-                k_afford=0.9*(_RATE[i] - 3.2),   # high rates hold back bids on expensive houses, low rates push them
-                dom_days=np.exp(3.6 - 1.6*hot),  # typical days on market
-                dom_slope=0.3 + 0.3*hot)         # how much a slow sale reveals a weak listing
-
-# %% ../nbs/01_data.ipynb #01-data-012
-def _dates(rng, year, rows):
-    "Listing dates within `year`, busiest in spring."
-    w = np.array([.6, .8, 1.2, 1.5, 1.5, 1.3, 1.0, .9, 1.0, .9, .7, .4])
-    month = rng.choice(12, size=rows, p=w/w.sum())
-    start = np.datetime64(f"{year:04d}-01", "M")
-    first = (start + np.arange(13)).astype("datetime64[D]")
-    day = first[month] + (rng.random(rows)*(first[month + 1] - first[month]).astype(int)).astype("timedelta64[D]")
-    return day.astype("datetime64[ns]"), month
-
-# %% ../nbs/01_data.ipynb #01-data-013
-def generate_listings(year:int, # calendar year of the listings (1900-2200)
-                      rows:int, # number of listings
-                      seed:int=0, # sample seed; the same (year, rows, seed) gives the same frame
-                     )->pd.DataFrame:
-    "A deterministic sample of `rows` sold Ottawa listings in `year`, in that year's market."
-    if not 1900 <= year <= 2200: raise ParamError(f"year={year!r} is not allowed: use a year between 1900 and 2200")
-    if rows < 0: raise ParamError(f"rows={rows!r} is not allowed: use 0 or more rows")
-    m, rng = _market(year), np.random.default_rng([seed, year, rows])
-    nbs = list(_NB.values()); col = lambda j: np.array([v[j] for v in nbs])
-    share = col(0)/col(0).sum()
-    nb = rng.choice(len(nbs), size=rows, p=share)
-    mix = np.array([v[6] for v in nbs]); mix = np.cumsum(mix/mix.sum(1, keepdims=True), 1)
-    pt = (rng.random(rows)[:, None] > mix[nb]).sum(1).clip(0, 3)
-    condo, det = pt == 3, pt == 0
-    beds = np.where(condo, rng.integers(1, 4, rows),
-                    np.where(det, rng.integers(2, 6, rows) + (rng.random(rows) < .15), rng.integers(2, 5, rows)))
-    sqft = (np.array([900, 700, 650, 350])[pt] + beds*np.array([380, 330, 320, 260])[pt])*np.exp(rng.normal(0, .15, rows))
-    sqft = (np.round(sqft/10)*10).astype(np.int64)
-    baths = np.clip(np.round((0.5 + beds*0.45 + rng.normal(0, .45, rows))*2)/2, 1, None)
-    typ_lot = col(5)[nb]*np.array([1.0, 0.55, 0.35, 0.0])[pt]
-    lot = (np.round(typ_lot*np.exp(rng.normal(0, .25, rows))/10)*10).astype(np.int64)
-    built = np.round(col(3)[nb] + 25*condo + col(4)[nb]*rng.standard_normal(rows)).astype(np.int64)
-    built = np.minimum(np.clip(built, 1850, None), year - (rng.random(rows) < .5))
-    date, month = _dates(rng, year, rows)
-    age, quality = year - built, rng.normal(0, .07, rows)
-    log_value = (np.log(m["index"]*col(1)[nb]*_TYPE_PPSF[pt]*sqft) + 0.12*np.log1p(lot/np.maximum(typ_lot, 1))*(~condo)
-                 + np.where(age < 5, .06, 0) - 0.0008*np.clip(age - 5, 0, 60) + 0.02*(baths - beds/2) + quality)
-    under = rng.normal(m["underprice"], .05, rows)
-    list_price = (np.round(np.exp(log_value - under)/1000)*1000).astype(np.int64) - 100*(rng.random(rows) < .4)
-    season = np.array([-.3, -.1, .2, .4, .4, .2, 0, -.1, 0, -.1, -.2, -.4])[month]
-    score = (m["heat"] + m["nb_demand"][nb] + m["type_demand"][pt] + season + m["k_under"]*(under - m["underprice"])
-             + 0.4*quality/.07 - m["k_afford"]*(log_value - np.log(m["index"]*6e5)) + rng.logistic(0, .45, rows))
-    dom = np.round(m["dom_days"]*np.exp(-m["dom_slope"]*score + rng.normal(0, .6, rows))).astype(np.int64)
-    sold = (np.round(list_price*np.exp(0.02*score)/100)*100).astype(np.int64)
-    df = pd.DataFrame(dict(
-        listing_id=pd.Series([f"{year}-{i:07d}" for i in range(rows)], dtype=object).astype(str),
-        listing_date=date, neighbourhood=np.array(list(_NB), dtype=object)[nb],
-        property_type=np.array(PROPERTY_TYPES, dtype=object)[pt], bedrooms=beds.astype(np.int64),
-        bathrooms=baths.astype(np.float64), sqft=sqft, lot_size=lot, year_built=built, list_price=list_price,
-        days_on_market=dom, sold_price=sold, sold_above_ask=sold > list_price))
-    for c in ["neighbourhood", "property_type"]: df[c] = df[c].astype(str)
-    return df
+__all__ = ['pd', 'KINDS', 'write_table', 'ColumnSpec', 'load_table', 'check_record', 'data_fingerprint']
 
 # %% ../nbs/01_data.ipynb #01-data-026
 def _format(path:Path)->str:
@@ -139,45 +25,50 @@ def _format(path:Path)->str:
     if ext in (".csv", ".parquet"): return ext[1:]
     raise DataError(f"{path}: unsupported file extension {ext or '(none)'!r}; use a .csv or .parquet file")
 
-def write_listings(df:pd.DataFrame, # listings to write
-                   path:str|Path, # destination; `.csv` or `.parquet`
-                  )->Path:
+def write_table(df:pd.DataFrame, # rows to write
+                path:str|Path, # destination; `.csv` or `.parquet`
+               )->Path:
     "Write `df` to a CSV or Parquet file chosen by the extension of `path`, creating its folder."
     path = Path(path)
     fmt = _format(path)
+    if path.is_dir(): raise DataError(f"{path}: is a folder; pass a file name ending in .csv or .parquet")
     path.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "csv": df.to_csv(path, index=False)
-    else: df.to_parquet(path, index=False)
+    try:
+        if fmt == "csv": df.to_csv(path, index=False)
+        else: df.to_parquet(path, index=False)
+    except OSError as e: raise DataError(f"{path}: cannot be written ({e.strerror or e}); check the folder and free space") from None
     return path
 
 # %% ../nbs/01_data.ipynb #01-data-029
+KINDS = ("str", "int", "float", "bool", "datetime")
+
 @dataclass(frozen=True)
 class ColumnSpec:
     "What one column must hold."
     kind: str  # one of 'str', 'int', 'float', 'bool', 'datetime'
-    required: bool = True  # the file must have this column
+    required: bool = True  # files (and requests) must have this column
     min: object = None  # smallest allowed value (inclusive), if any
     max: object = None  # largest allowed value (inclusive), if any
     nullable: bool = False  # empty values are allowed
+    categories: tuple|None = None  # the allowed values of a 'str' column, if they are known
+    default: object = None  # the value of an optional input a record leaves out
+    monitor: bool|None = None  # drift monitoring watches it (default: every kind but 'datetime')
+    description: str = ""  # what it is, for the API's docs
 
-KINDS = ("str", "int", "float", "bool", "datetime")
+    def __post_init__(self):
+        if self.kind not in KINDS: raise ValueError(f"unknown column kind {self.kind!r}: use one of {', '.join(KINDS)}")
+        if self.categories is not None: object.__setattr__(self, "categories", tuple(self.categories))
 
-# %% ../nbs/01_data.ipynb #01-data-030
-LISTINGS_SCHEMA = {
-    "listing_id": ColumnSpec("str"),
-    "listing_date": ColumnSpec("datetime"),
-    "neighbourhood": ColumnSpec("str"),
-    "property_type": ColumnSpec("str"),
-    "bedrooms": ColumnSpec("int", min=0, max=50),
-    "bathrooms": ColumnSpec("float", min=0, max=50),
-    "sqft": ColumnSpec("int", min=1, max=100_000),
-    "lot_size": ColumnSpec("int", min=0),
-    "year_built": ColumnSpec("int", min=1600, max=2200),
-    "list_price": ColumnSpec("int", min=1),
-    "days_on_market": ColumnSpec("int", min=0),
-    "sold_price": ColumnSpec("int", min=1),
-    "sold_above_ask": ColumnSpec("bool"),
-}
+    @property
+    def watched(self)->bool: return self.kind != "datetime" if self.monitor is None else bool(self.monitor)
+
+    def as_dict(self)->dict:
+        "The spec as plain JSON (what a logged model records)."
+        d = asdict(self); d["categories"] = list(self.categories) if self.categories is not None else None
+        return {k: v for k, v in d.items() if k in ("kind", "required") or not (v is None or v is False or v == "")}
+
+    @classmethod
+    def from_dict(cls, d:dict)->ColumnSpec: return cls(**d)
 
 # %% ../nbs/01_data.ipynb #01-data-033
 def _read(path:Path)->pd.DataFrame:
@@ -185,7 +76,7 @@ def _read(path:Path)->pd.DataFrame:
     if not path.exists(): raise DataError(f"{path}: file does not exist; check the path")
     if path.is_dir(): raise DataError(f"{path}: is a folder, not a file; pass a .csv or .parquet file")
     fmt = _format(path)
-    if path.stat().st_size == 0: raise DataError(f"{path}: file is empty; write the listings (with a header row) into it")
+    if path.stat().st_size == 0: raise DataError(f"{path}: file is empty; write the rows (with a header row) into it")
     try:
         if fmt == "parquet": return pd.read_parquet(path)
         with open(path, "rb") as f:
@@ -232,18 +123,19 @@ _FINAL = {"int": ("int64", "Int64"), "float": ("float64", "float64"), "bool": ("
           "datetime": ("datetime64[ns]", "datetime64[ns]")}
 
 # %% ../nbs/01_data.ipynb #01-data-035
-def load_listings(path:str|Path, # a .csv or .parquet file of listings
-                  schema:dict|None=None, # column name -> `ColumnSpec`; default `LISTINGS_SCHEMA`
-                  require_label:bool=True, # False for scoring data: the label columns may be absent
-                 )->pd.DataFrame:
-    "Read listings from `path`, check them against `schema` and return the schema's columns, typed, in schema order."
-    path, schema = Path(path), LISTINGS_SCHEMA if schema is None else schema
+def load_table(path:str|Path, # a .csv or .parquet file
+               schema:dict, # column name -> `ColumnSpec`
+               label_columns:list|tuple=(), # columns that only labelled data has (the target)
+               require_label:bool=True, # False for data to score: `label_columns` may be absent
+              )->pd.DataFrame:
+    "Read `path`, check it against `schema` and return the schema's columns, typed, in schema order."
+    path = Path(path)
     raw = _read(path)
-    if len(raw) == 0: raise DataError(f"{path}: file has a header but no rows; add at least one listing")
-    need = [c for c, s in schema.items() if s.required and (require_label or c not in LABEL_COLUMNS)]
+    if len(raw) == 0: raise DataError(f"{path}: file has a header but no rows; add at least one row")
+    need = [c for c, s in schema.items() if s.required and (require_label or c not in label_columns)]
     missing = [c for c in need if c not in raw.columns]
     if missing:
-        hint = "; for scoring data pass require_label=False" if set(missing) <= set(LABEL_COLUMNS) else ""
+        hint = " (labels: for data to score, leave require_label off)" if set(missing) <= set(label_columns) else ""
         raise DataError(f"{path}: missing required column(s) {', '.join(map(repr, missing))}; add them to the file{hint}")
     out = {}
     for c, spec in schema.items():
@@ -264,8 +156,59 @@ def load_listings(path:str|Path, # a .csv or .parquet file of listings
             if off.any():
                 at, val = _first(path, off, v)
                 raise DataError(f"{path}: column {c!r} has values {op} {bound}, first at {at}: {val}; fix or remove those rows")
+        if spec.categories is not None:
+            off = (~v.isin(list(spec.categories)) & v.notna()).to_numpy(bool)
+            if off.any():
+                at, val = _first(path, off, v)
+                raise DataError(f"{path}: column {c!r} holds {val} at {at}, which is not one of its categories "
+                                f"{', '.join(map(repr, spec.categories[:10]))}{', ...' if len(spec.categories) > 10 else ''}; "
+                                "fix the row or declare the category")
         out[c] = v
     return pd.DataFrame(out)
+
+# %% ../nbs/01_data.ipynb #01-data-045b
+_ISO = re.compile(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:?\d{2})?)?")
+
+def _value_error(v, s:ColumnSpec)->str|None:
+    "Why value `v` does not fit `s`, or None."
+    if v is None: return None if s.nullable else "must not be null"
+    if s.kind in ("int", "float"):
+        if isinstance(v, bool) or not isinstance(v, (int, float)): return f"expected a number, got {type(v).__name__}"
+        if not math.isfinite(v): return "expected a finite number"
+        if s.kind == "int" and v != int(v): return f"expected a whole number, got {v}"
+        if s.min is not None and v < s.min: return f"must be >= {s.min:g}, got {v}"
+        if s.max is not None and v > s.max: return f"must be <= {s.max:g}, got {v}"
+        if abs(v) > 1e15: return f"must be between -1e15 and 1e15, got {v:g}"
+    elif s.kind == "bool":
+        if not isinstance(v, bool): return f"expected true or false, got {type(v).__name__}"
+    elif s.kind == "datetime":
+        if not isinstance(v, str) or not _ISO.fullmatch(v): return f"expected a date YYYY-MM-DD (or an ISO date-time), got {v!r}"
+        try: d = datetime.fromisoformat(v.replace("Z", "+00:00"))
+        except ValueError: return f"expected a date YYYY-MM-DD (or an ISO date-time), got {v!r}"
+        d = d.replace(tzinfo=None)  # no pandas here: serving images run without it
+        if s.min is not None and d < datetime.fromisoformat(str(s.min)): return f"must be on or after {s.min}, got {v!r}"
+        if s.max is not None and d > datetime.fromisoformat(str(s.max)): return f"must be on or before {s.max}, got {v!r}"
+    else:
+        if not isinstance(v, str): return f"expected a string, got {type(v).__name__}"
+        if len(v) > 10_000: return f"must be at most 10000 characters, got {len(v)}"
+        if s.categories is not None and v not in s.categories:
+            return f"unknown value {v[:100]!r}: allowed are {', '.join(s.categories[:50])}{', ...' if len(s.categories) > 50 else ''}"
+    return None
+
+def check_record(record:dict, # one record, e.g. parsed from JSON
+                 schema:dict, # column name -> `ColumnSpec`
+                 limit:int=100 # stop after this many problems
+                )->list:
+    "Every problem of `record` against `schema`, as (field, message) pairs; empty when it fits."
+    errors = [(k, "unknown field") for k in record if k not in schema][:limit]
+    for c, s in schema.items():
+        if len(errors) >= limit: break
+        if c not in record:
+            if s.required: errors.append((c, "field required"))
+            continue
+        m = _value_error(record[c], s)
+        if m: errors.append((c, m))
+    return errors
 
 # %% ../nbs/01_data.ipynb #01-data-047
 def data_fingerprint(df:pd.DataFrame # the frame to fingerprint

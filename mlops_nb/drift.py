@@ -13,12 +13,12 @@ import numpy as np
 from .core import lazy_module
 pd = lazy_module("pandas")  # loaded on first use: `import mlops_nb` stays fast
 from .core import DataError, ParamError
-from .data import NUMERIC_FEATURES, CATEGORICAL_FEATURES, TARGET
+from .problem import Problem, metrics_of, predict_outputs
 
 # %% auto #0
-__all__ = ['pd', 'EPS', 'KS_MAX_N', 'DECAY_METRICS', 'DriftThresholds', 'as_thresholds', 'quantile_edges', 'psi_numeric',
-           'psi_categorical', 'ks_test', 'FeatureDrift', 'DriftReport', 'feature_drift', 'model_metrics',
-           'metric_decay', 'model_age_days', 'drift_report']
+__all__ = ['pd', 'EPS', 'KS_MAX_N', 'DriftThresholds', 'as_thresholds', 'quantile_edges', 'psi_numeric', 'psi_categorical',
+           'ks_test', 'FeatureDrift', 'DriftReport', 'feature_drift', 'model_metrics', 'metric_decay', 'model_age_days',
+           'watched_features', 'drift_report']
 
 # %% ../nbs/14_drift.ipynb #14-drift-006
 @dataclass(frozen=True)
@@ -189,7 +189,7 @@ class DriftReport:
 def _check_frame(df, label:str, cols:list)->None:
     "An error naming what is wrong with `df` (not a frame, no rows, missing columns)."
     if not isinstance(df, pd.DataFrame): raise DataError(f"{label} data must be a pandas DataFrame, not {type(df).__name__}")
-    if len(df) == 0: raise DataError(f"{label} data has no rows: pass at least one listing")
+    if len(df) == 0: raise DataError(f"{label} data has no rows: pass at least one row")
     missing = [c for c in cols if c not in df.columns]
     if missing: raise DataError(f"{label} data is missing column(s) {', '.join(map(repr, missing))}; add them or leave them out of the feature lists")
 
@@ -219,18 +219,21 @@ def feature_drift(reference_df, current_df, # the two frames (checked)
     return out
 
 # %% ../nbs/14_drift.ipynb #14-drift-023
-DECAY_METRICS = {"accuracy": True, "roc_auc": True, "log_loss": False}  # metric -> higher is better
+def _problem_of(model, problem:Problem|None)->Problem|None:
+    "`problem`, else the one a served model recorded."
+    return problem if problem is not None else getattr(model, "problem", None)
 
 def model_metrics(model, # fitted pipeline, or a `Runtime` (its `.pipeline` is used)
-                  df, # labelled listings
+                  df, # labelled rows
+                  problem:Problem, # the model's problem
                   label:str="current" # which data, for messages
                  )->dict:
-    "Accuracy, ROC AUC and log loss of `model` on labelled listings `df`."
-    from mlops_nb.train import prepare_features, evaluate
-    _check_frame(df, label, ["listing_date", TARGET])
-    y = df[TARGET].astype(int)
-    if y.nunique() < 2: raise DataError(f"{label} data: {TARGET!r} holds one class only; ROC AUC needs both")
-    return evaluate(getattr(model, "pipeline", model), prepare_features(df), y)
+    "The problem's metrics of `model` on labelled rows `df`."
+    _check_frame(df, label, [*problem.inputs, problem.target])
+    y = problem.encode(df[problem.target])
+    if problem.kind != "regression" and len(np.unique(y)) < 2:
+        raise DataError(f"{label} data: {problem.target!r} holds one class only; its metrics need at least two")
+    return metrics_of(problem.kind, y, predict_outputs(getattr(model, "pipeline", model), df, problem.kind), problem.metric_names)
 
 def _ref_metric(m:dict, k:str):
     "Metric `k` of logged metrics `m` (or its `val_` form), or None."
@@ -238,11 +241,12 @@ def _ref_metric(m:dict, k:str):
     return None if v is None else float(v)
 
 def metric_decay(reference:dict, # reference metrics
-                 current:dict # current metrics
+                 current:dict, # current metrics
+                 directions:dict # metric -> higher is better (`Problem.directions`)
                 )->dict:
     "Metric -> {reference, current, drop} with `drop` > 0 when the current value is worse."
     out = {}
-    for k, higher in DECAY_METRICS.items():
+    for k, higher in directions.items():
         if k not in current: continue
         r = _ref_metric(reference, k)
         drop = None if r is None else (r - current[k] if higher else current[k] - r)
@@ -258,39 +262,48 @@ def model_age_days(created, # datetime, or milliseconds since the epoch (`ModelV
     return ((now or datetime.now(timezone.utc)) - c).total_seconds()/86400
 
 # %% ../nbs/14_drift.ipynb #14-drift-024
-def _verdict(features:dict, decay:dict|None, age:float|None, t:DriftThresholds)->list:
+def _verdict(features:dict, decay:dict|None, watch:list, age:float|None, t:DriftThresholds)->list:
     "The reasons to retrain, one line each."
     out = [f"feature drift: {n} ({'; '.join(f.reasons)})" for n, f in features.items() if f.drifted]
     for k, d in (decay or {}).items():
-        if k in ("accuracy", "roc_auc") and d["drop"] is not None and d["drop"] > t.metric_drop:
+        if k in watch and d["drop"] is not None and d["drop"] > t.metric_drop:
             out.append(f"model decay: {k} {d['reference']:.4f} -> {d['current']:.4f} (drop {d['drop']:.4f} > {t.metric_drop:g})")
     if age is not None and age > t.max_age_days: out.append(f"model age: {age:.0f} days > {t.max_age_days:g}")
     return out
 
-def drift_report(reference_df:pd.DataFrame, # listings the model was trained on (or any baseline)
-                 current_df:pd.DataFrame, # recent listings; with `sold_above_ask` the model's decay is measured too
+def watched_features(problem:Problem)->tuple:
+    "(numeric, categorical) input columns that drift monitoring watches."
+    cols = [(c, s) for c, s in problem.inputs.items() if s.watched]
+    return [c for c, s in cols if s.kind != "str"], [c for c, s in cols if s.kind == "str"]
+
+def drift_report(reference_df:pd.DataFrame, # rows the model was trained on (or any baseline)
+                 current_df:pd.DataFrame, # recent rows; with the target and a model, the model's decay is measured too
                  thresholds:DriftThresholds|dict|None=None, # default: `DriftThresholds()`
                  model=None, # fitted pipeline or `Runtime`, to measure decay on labelled current data
                  reference_metrics:dict|None=None, # the model's metrics at training time (e.g. `ModelVersionInfo.metrics`)
                  model_created=None, # the model's creation time (datetime or epoch ms), for the age check
-                 numeric:list|None=None, # numeric features to score (default: `NUMERIC_FEATURES`)
-                 categorical:list|None=None, # categorical features to score (default: `CATEGORICAL_FEATURES`)
+                 problem:Problem|None=None, # the declaration (default: the one a `Runtime` model recorded)
+                 numeric:list|None=None, # numeric features to score (default: the problem's watched numeric inputs)
+                 categorical:list|None=None, # categorical features to score (default: its watched text inputs)
                  bins:int=10, # quantile bins for numeric PSI
                  now:datetime|None=None # "now" for the age check
                 )->DriftReport:
     "Drift of each feature from `reference_df` to `current_df`, the model's decay, and whether to retrain."
-    t = as_thresholds(thresholds)
-    numeric = list(NUMERIC_FEATURES if numeric is None else numeric)
-    categorical = list(CATEGORICAL_FEATURES if categorical is None else categorical)
+    t, problem = as_thresholds(thresholds), _problem_of(model, problem)
+    if problem is None and (numeric is None or categorical is None):
+        raise ParamError("drift_report needs the problem (or a served model, which records it) or both feature lists")
+    wn, wc = watched_features(problem) if problem is not None else ([], [])
+    numeric, categorical = list(wn if numeric is None else numeric), list(wc if categorical is None else categorical)
     for label, df in (("reference", reference_df), ("current", current_df)): _check_frame(df, label, numeric + categorical)
     timings = {}
     feats = feature_drift(reference_df, current_df, numeric, categorical, t, bins, timings)
     decay = None
-    if model is not None and TARGET in current_df.columns:
+    if model is not None and problem is not None and problem.target in current_df.columns:
         t0 = time.perf_counter()
-        if reference_metrics is None and TARGET in reference_df.columns: reference_metrics = model_metrics(model, reference_df, "reference")
-        decay = metric_decay(reference_metrics or {}, model_metrics(model, current_df))
+        if reference_metrics is None and problem.target in reference_df.columns:
+            reference_metrics = model_metrics(model, reference_df, problem, "reference")
+        decay = metric_decay(reference_metrics or {}, model_metrics(model, current_df, problem), problem.directions)
         timings["decay"] = time.perf_counter() - t0
     age = None if model_created is None else model_age_days(model_created, now)
     return DriftReport(feats, {"reference": len(reference_df), "current": len(current_df)}, t, decay, age,
-                       _verdict(feats, decay, age, t), timings)
+                       _verdict(feats, decay, problem.decay_metrics if problem else [], age, t), timings)

@@ -10,6 +10,7 @@ import json, re, time
 from contextlib import contextmanager
 from pathlib import Path
 from .core import MlopsNbError
+from .problem import load_problem
 
 # %% auto #0
 __all__ = ['UID', 'FILE_NAMES', 'KubeError', 'ManifestInvalid', 'RolloutFailed', 'RolloutTimeout', 'parse_quantity',
@@ -79,7 +80,7 @@ def _check_resources(kind, request, limit):
 
 # %% ../nbs/10_kube.ipynb #10-kube-018
 def render_manifests(image:str, # image REGISTRY/NAME:VERSION-GITSHA
-                     name:str="ottawa-housing", # Deployment, Service and HPA name: the same for every version
+                     name:str|None=None, # Deployment, Service and HPA name, the same for every version (default: the problem's)
                      namespace:str="default", # namespace of all objects
                      replicas:int=2, # pods (ignored with `hpa`: the autoscaler owns the count)
                      port:int=8080, # container port of the scoring server
@@ -98,6 +99,7 @@ def render_manifests(image:str, # image REGISTRY/NAME:VERSION-GITSHA
                      revision_history:int=5, # old ReplicaSets kept for rollbacks
                     )->list[dict]:
     "A Deployment, a Service and optionally a HorizontalPodAutoscaler for the scoring server image."
+    name = name or load_problem().deployment_name
     for what, v in (("name", name), ("namespace", namespace)):
         if not _NAME.fullmatch(v): raise KubeError(f"{what} {v!r} is not a valid Kubernetes name: use lowercase letters, digits and '-' (at most 63, starting with a letter)")
     if api_key_secret is not None and not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", api_key_secret):

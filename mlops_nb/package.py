@@ -11,12 +11,16 @@ from dataclasses import dataclass, field
 from importlib.metadata import version as _pkg_version
 from pathlib import Path
 from .core import MlopsNbError, EnvVar, project_root, state_dir
+from .problem import ProblemError, load_problem, problem_ref
+from .server import http_status
+from .serving import load_runtime
+from .train import code_path, problem_modules
 
 # %% auto #0
 __all__ = ['MLOPS_NB_REGISTRY', 'MLOPS_NB_BASE_IMAGE', 'MLOPS_NB_REGISTRY_USERNAME', 'MLOPS_NB_REGISTRY_PASSWORD',
-           'SERVING_RUNTIME', 'NOT_IN_IMAGE', 'DOCKERFILE', 'PackageError', 'image_requirements', 'collect_wheels',
-           'own_wheel', 'BuildContext', 'image_tag', 'write_context', 'engine', 'build_image', 'registry_auth',
-           'push_image', 'run_image']
+           'SERVING_RUNTIME', 'NOT_IN_IMAGE', 'OWN_PACKAGES', 'DOCKERFILE', 'CONTEXT_MARKER', 'PackageError',
+           'image_requirements', 'collect_wheels', 'own_wheel', 'BuildContext', 'image_tag', 'write_context', 'engine',
+           'build_image', 'registry_auth', 'push_image', 'run_image']
 
 # %% ../nbs/09_package.ipynb #09-package-005
 class PackageError(MlopsNbError):
@@ -30,15 +34,18 @@ SERVING_RUNTIME = ["uvicorn", "uvloop", "httptools", "orjson", "pyyaml", "thread
 NOT_IN_IMAGE = {"mlflow", "mlflow-skinny", "pandas"}  # the model's requirements that serving does not use
 
 # %% ../nbs/09_package.ipynb #09-package-006
-def image_requirements(model_dir:Path # model folder with its pinned requirements.txt
+OWN_PACKAGES = {"mlops_nb", "mlops-nb"}  # installed from the wheel built here, never downloaded
+
+def image_requirements(model_dir:Path, # model folder with its pinned requirements.txt
+                       pandas:bool=False # keep pandas: the model needs the pipeline path (no proven fast path)
                       )->list:
-    "Pinned requirements of the image: the model's (less MLflow and pandas) and the serving runtime's."
-    reqs = {}
+    "Pinned requirements of the image: the model's (less MLflow, pandas unless needed, and mlops_nb) and the serving runtime's."
+    reqs, drop = {}, (NOT_IN_IMAGE - ({"pandas"} if pandas else set())) | OWN_PACKAGES
     p = Path(model_dir)/"requirements.txt"
     for line in (p.read_text().splitlines() if p.exists() else []):
         line = line.split("#")[0].strip()
         name = re.split(r"[<>=!~\[; ]", line, 1)[0].lower()
-        if line and name not in NOT_IN_IMAGE: reqs[name] = line
+        if line and name not in drop: reqs[name] = line
     for name in SERVING_RUNTIME: reqs.setdefault(name, f"{name}=={_pkg_version(name)}")
     return sorted(reqs.values())
 
@@ -66,17 +73,19 @@ def collect_wheels(reqs:list, # pinned requirements
     return dest
 
 def own_wheel(progress=None)->Path:
-    "A folder with mlops_nb's wheel, built once per version of its sources."
+    "A folder with mlops_nb's wheel, built once per version of its sources, from a copy of them (the project is not touched)."
     root = project_root(Path(__file__).parent)
-    srcs = sorted((root/"mlops_nb").glob("*.py")) + [root/"pyproject.toml"]
+    srcs = sorted((root/"mlops_nb").rglob("*.py")) + sorted((root/"mlops_nb").rglob("templates/*")) + [root/"pyproject.toml"]
     key = hashlib.sha256(b"".join(p.read_bytes() for p in srcs)).hexdigest()[:16]
     d = state_dir()/"wheels"/f"mlops_nb-{key}"
     if not list(d.glob("*.whl")):
         if progress: progress("building the mlops_nb wheel")
-        tmp = Path(tempfile.mkdtemp())  # setuptools' build/ folder stays out of the project
-        r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(d), str(root)],
-                           capture_output=True, text=True, cwd=tmp)
-        shutil.rmtree(root/"build", ignore_errors=True); shutil.rmtree(tmp, ignore_errors=True)
+        with tempfile.TemporaryDirectory() as tmp:  # setuptools writes build/ and *.egg-info beside the sources: a copy's
+            src = Path(tmp)/"src"
+            shutil.copytree(root, src, ignore=shutil.ignore_patterns(".git", ".venv*", ".mlops_nb", "build", "dist", "_site",
+                                                                     "*.egg-info", "__pycache__", "nbs", "tests", "bench"))
+            r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(d), str(src)],
+                               capture_output=True, text=True, cwd=tmp)
         if r.returncode != 0: raise PackageError(f"could not build the mlops_nb wheel from {root}: {r.stderr.strip()[-300:]}")
     return d
 
@@ -100,7 +109,7 @@ RUN python3 -m venv /opt/venv \\
  && find /opt/venv \\( -name '*.pyi' -o -name '*.pxd' -o -name '*.c' -o -name '*.h' \\) -type f -delete
 # stage 2: base + runtime + entry script + model, running as a non-root user
 FROM ${{BASE_IMAGE}}
-ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PATH=/opt/venv/bin:$PATH
+ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PATH=/opt/venv/bin:$PATH PYTHONPATH=/app/code{env}
 COPY --from=runtime /opt/venv /opt/venv
 RUN echo "app:x:10001:10001:mlops_nb:/nonexistent:/usr/sbin/nologin" >> /etc/passwd && echo "app:x:10001:" >> /etc/group
 COPY app/ /app/
@@ -111,7 +120,7 @@ EXPOSE 8080
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \\
   CMD ["python3", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/ready', timeout=2).status != 200)"]
-ENTRYPOINT ["mlops-nb", "serve", "--host", "0.0.0.0", "--port", "8080", "--model", "/model", "--entry", "/app/score.py"]
+ENTRYPOINT ["mlops-nb", "serve", "--host", "0.0.0.0", "--port", "8080", "--model", "/model"{entry}]
 """
 
 @dataclass
@@ -136,42 +145,79 @@ def image_tag(info:dict, # model name, version, git_commit
     return f"{reg}/{name}:{tag}" if reg else f"{name}:{tag}"
 
 # %% ../nbs/09_package.ipynb #09-package-014
+def _problem_code()->tuple:
+    "(`module:attribute` of the configured problem or None, folders of its code outside mlops_nb to copy into the image)."
+    try: ref, _ = problem_ref(); problem = load_problem()
+    except ProblemError: return None, []
+    mods = {ref.partition(":")[0], *problem_modules(problem)}
+    return ref, sorted({code_path(m) for m in mods if m.split(".")[0] != "mlops_nb"})
+
+CONTEXT_MARKER = ".mlops-nb-context"  # in every build context mlops-nb writes: only such a folder may be replaced
+
+def _check_context_dir(out:Path):
+    "Refuse to write a build context over a file, or over a non-empty folder that mlops-nb did not write."
+    if out.exists() and not out.is_dir(): raise PackageError(f"{out} is a file: pass a folder for the build context")
+    if out.is_dir() and any(out.iterdir()) and not (out/CONTEXT_MARKER).exists():
+        raise PackageError(f"{out} is a non-empty folder that mlops-nb did not write: pass a new or empty folder "
+                           "(nothing there was changed)")
+
+def _replace_dir(new:Path, out:Path):
+    "Move the complete folder `new` to `out`, replacing an earlier build context there (and nothing else)."
+    _check_context_dir(out)
+    if out.is_dir() and not any(out.iterdir()): out.rmdir()
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old{os.getpid()}"); out.rename(old)
+    new.rename(out)
+    if old is not None: shutil.rmtree(old, ignore_errors=True)
+
 def write_context(model:str|Path|None, # model folder or registry reference (default: the champion)
                   out:Path|str|None=None, # folder to write (default: the state folder's build/)
                   base_image:str|None=None, # base image (default: MLOPS_NB_BASE_IMAGE)
                   registry:str|None=None, # registry to tag for (default: MLOPS_NB_REGISTRY)
-                  entry:Path|str|None=None, # entry script (default: api/score.py)
+                  entry:Path|str|None=None, # entry script (default: api/score.py, if the project has one)
                   progress=None # called with lines of progress
                  )->BuildContext:
     "Write a complete build context (Dockerfile, wheels, entry script, verified model) for `model`."
-    from mlops_nb.serving import load_runtime
+    entry_given = entry is not None
     say = progress or (lambda *_: None)
     say(f"loading model {model or 'champion'} and verifying its fast scoring path")
     rt = load_runtime(model)
-    if rt.fast is None: raise PackageError(f"model {rt.model_dir}: the fast scoring path does not reproduce the pipeline "
-                                           f"(max difference {rt.max_abs_diff}); the image has no pandas to fall back on")
+    if rt.fast is None: say(f"no proven fast scoring path ({rt.fast_reason}): the image includes pandas for the pipeline path")
     info = rt.info.as_dict()
     base = base_image or MLOPS_NB_BASE_IMAGE.get()
-    out = Path(out or state_dir()/"build"/f"{info['name'] or 'model'}-v{info['version'] or 'dev'}")
-    if out.exists(): shutil.rmtree(out)
-    (out/"app").mkdir(parents=True)
+    out = Path(out or state_dir()/"build"/f"{info['name'] or 'model'}-v{info['version'] or 'dev'}").expanduser().absolute()
+    _check_context_dir(out)
     entry = Path(entry) if entry else (project_root() or Path.cwd())/"api"/"score.py"
-    if not entry.exists(): raise PackageError(f"entry script not found at {entry}: pass --entry PATH")
-    shutil.copy2(entry, out/"app"/"score.py")
-    shutil.copytree(rt.model_dir, out/"model", ignore=shutil.ignore_patterns("*.tmp*"))
-    meta = {**info, "fast_path_max_abs_diff": rt.max_abs_diff}
-    (out/"model"/"mlops_nb_model.json").write_text(json.dumps(meta, indent=2))
-    reqs = image_requirements(rt.model_dir)
-    (out/"requirements.txt").write_text("\n".join(reqs) + "\n")
-    collect_wheels(reqs, out/"wheels", say)
-    (out/"Dockerfile").write_text(DOCKERFILE.format(base=base))
-    (out/".dockerignore").write_text("**/__pycache__\n")
-    tag = image_tag(info, registry)
-    labels = {"org.opencontainers.image.title": f"{info['name']} scoring API", "org.opencontainers.image.version": info["version"],
-              "org.opencontainers.image.revision": info["git_commit"], "org.opencontainers.image.source": "mlops_nb",
-              "io.mlops-nb.model.name": info["name"], "io.mlops-nb.model.version": info["version"],
-              "io.mlops-nb.model.run-id": info["run_id"], "io.mlops-nb.model.git-commit": info["git_commit"]}
-    (out/"image.json").write_text(json.dumps({"tag": tag, "labels": labels, "base_image": base}, indent=2))
+    if not entry.exists():
+        if entry_given: raise PackageError(f"entry script not found at {entry}: pass --entry PATH")
+        entry = None  # no entry script: the server's own answers
+    ref, code = _problem_code()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp", dir=out.parent))  # built aside, renamed into place when complete
+    try:
+        (tmp/CONTEXT_MARKER).write_text("written by mlops-nb package; mlops-nb may replace this folder\n")
+        (tmp/"app"/"code").mkdir(parents=True)
+        if entry: shutil.copy2(entry, tmp/"app"/"score.py")
+        for c in code: (shutil.copytree if c.is_dir() else shutil.copy2)(c, tmp/"app"/"code"/c.name)
+        shutil.copytree(rt.model_dir, tmp/"model", ignore=shutil.ignore_patterns("*.tmp*"))
+        meta = {**info, "fast_path_max_abs_diff": rt.max_abs_diff}
+        (tmp/"model"/"mlops_nb_model.json").write_text(json.dumps(meta, indent=2))
+        reqs = image_requirements(rt.model_dir, pandas=rt.fast is None)
+        (tmp/"requirements.txt").write_text("\n".join(reqs) + "\n")
+        collect_wheels(reqs, tmp/"wheels", say)
+        (tmp/"Dockerfile").write_text(DOCKERFILE.format(base=base, env=f" MLOPS_NB_PROBLEM={ref}" if ref else "",
+                                                        entry=', "--entry", "/app/score.py"' if entry else ""))
+        (tmp/".dockerignore").write_text("**/__pycache__\n" + CONTEXT_MARKER + "\n")
+        tag = image_tag(info, registry)
+        labels = {"org.opencontainers.image.title": f"{info['name']} scoring API", "org.opencontainers.image.version": info["version"],
+                  "org.opencontainers.image.revision": info["git_commit"], "org.opencontainers.image.source": "mlops_nb",
+                  "io.mlops-nb.model.name": info["name"], "io.mlops-nb.model.version": info["version"],
+                  "io.mlops-nb.model.run-id": info["run_id"], "io.mlops-nb.model.git-commit": info["git_commit"]}
+        (tmp/"image.json").write_text(json.dumps({"tag": tag, "labels": labels, "base_image": base}, indent=2))
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True); raise
     say(f"build context written to {out} (image {tag})")
     return BuildContext(out, tag, labels, base, meta)
 
@@ -241,7 +287,6 @@ def run_image(tag:str, # image to run
               timeout:float=60 # seconds to wait for /ready
              ):
     "Run `tag` with 8080 published on loopback, wait until /ready answers 200; return (container, base URL)."
-    from mlops_nb.server import http_status
     client = client or engine()
     c = client.containers.run(tag, detach=True, name=name, ports={"8080/tcp": ("127.0.0.1", port)}, environment=env or {},
                               read_only=True, tmpfs={"/tmp": ""})

@@ -10,6 +10,7 @@ import collections, contextlib, io, json, os, shlex, signal, subprocess, sys, te
 from dataclasses import dataclass, field
 from pathlib import Path
 from .core import MlopsNbError, project_root, state_dir
+from .problem import load_problem
 
 # %% auto #0
 __all__ = ['PIPELINES', 'CONDITIONS', 'PipelineError', 'PipelineFailed', 'Step', 'render', 'argv_of', 'check_line', 'run_step',
@@ -41,11 +42,11 @@ class Step:
 PIPELINES = {
     "ci": [Step("test", "train-test", "mlops-nb train --mode test --quiet --json", out="run", timeout=1200)],
     "train": [
-        Step("data", "generate", "mlops-nb data generate --year {year} --rows {rows} --out {data}", unless="own_data", timeout=600),
+        Step("data", "generate", "mlops-nb data generate --period {period} --rows {rows} --out {data}", unless="own_data", timeout=600),
         Step("data", "check", "mlops-nb data check {data}", when="own_data", timeout=600),
         Step("train", "train-full", "mlops-nb train --mode full --data {data} --epochs {epochs} --quiet --json", out="run", timeout=3600),
-        Step("select", "best", "mlops-nb models best --metric roc_auc", timeout=300),
-        Step("select", "promote", "python pipelines/promote.py --metric roc_auc --alias champion", out="champion", timeout=300),
+        Step("select", "best", "mlops-nb models best", timeout=300),
+        Step("select", "promote", "python pipelines/promote.py --alias champion", out="champion", timeout=300),
         Step("trigger", "deploy", "pipeline:deploy", when="trigger"),
     ],
     "deploy": [
@@ -113,7 +114,8 @@ def argv_of(line:str # a rendered one-line command
     raise PipelineError(f"{line!r}: a step runs `mlops-nb ...` or `python ...`, nothing else")
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-017
-def check_line(line:str # a rendered one-line command
+def check_line(line:str, # a rendered one-line command
+               parse=None # the CLI's `parse_args` (`mlops_nb.cli._parser().parse_args`), to check `mlops-nb` lines
               )->None:
     "Raise `PipelineError` unless `line` names an existing command with valid flags."
     if line.startswith("pipeline:"):
@@ -121,10 +123,10 @@ def check_line(line:str # a rendered one-line command
         return
     args = shlex.split(line)
     if args[0] == "mlops-nb":
-        from mlops_nb.cli import _parser
+        if parse is None: raise PipelineError(f"{line!r}: no CLI parser to check it with (pass parse=)")
         err = io.StringIO()
         try:
-            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()): a = _parser().parse_args(args[1:])
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()): a = parse(args[1:])
         except SystemExit: raise PipelineError(f"{line!r}: {err.getvalue().strip().splitlines()[-1]}") from None
         if not hasattr(a, "fn"): raise PipelineError(f"{line!r}: names no command")
         return
@@ -186,28 +188,35 @@ class PipelineResult:
         return f"pipeline {self.name}: FAILED: {self.error}" if self.error else f"pipeline {self.name}: {verb} {done} step(s), all ok"
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-024
-def _params(name, home, year, rows, epochs, data, trigger)->dict:
+def _params(name, home, period, rows, epochs, data, trigger)->dict:
     "The placeholder values of a run on the embedded defaults."
     home = Path(home) if home else state_dir()
-    return {"home": str(home), "year": year, "rows": rows, "epochs": epochs or 10, "trigger": trigger, "own_data": bool(data),
-            "data": str(Path(data).expanduser().resolve() if data else home/"data"/f"listings-{year}.parquet")}
+    path = Path(data).expanduser().resolve() if data else None
+    if name == "train" and path is None:  # generated data, for a problem with a generator
+        problem = load_problem()
+        if problem.generate is None: raise PipelineError(f"problem {problem.name!r} has no data generator: pass the training data (--data PATH)")
+        period = problem.default_period if period is None else period
+        path = home/"data"/f"{problem.name}-{period}.parquet"
+    return {"home": str(home), "period": period, "rows": rows, "epochs": epochs or 10, "trigger": trigger,
+            "own_data": bool(data), "data": str(path or "")}
 
 def run_pipeline(name:str, # ci, train or deploy
                  dry_run:bool=False, # print and check each command; run nothing
                  runner:str="local", # where to run: only `local` (the cloud runs pipelines/azure or .github/workflows)
-                 year:int=2021, # train: market year of the generated data
-                 rows:int=20_000, # train: listings to generate
+                 period:int|None=None, # train: period of the generated data (default: the problem's)
+                 rows:int=20_000, # train: rows to generate
                  epochs:int|None=None, # train: full-run epochs (default: 10)
                  data:str|None=None, # train: train on this file (checked) instead of generating data in the state folder
                  trigger:bool=False, # train: run the deploy pipeline after promoting the champion
-                 say=None # called with progress lines (default: print to stderr)
+                 say=None, # called with progress lines (default: print to stderr)
+                 parse=None # the CLI's `parse_args`, to check `mlops-nb` lines in a dry run
                 )->PipelineResult:
     "Run (or, with `dry_run`, print and check) the steps of pipeline `name` locally; stop at the first failure."
     say = say or (lambda *a: print(*a, file=sys.stderr, flush=True))
     if name not in PIPELINES: raise PipelineError(f"pipeline {name!r} does not exist: use {', '.join(PIPELINES)}")
     if runner != "local": raise PipelineError(f"runner {runner!r} is not allowed: use local (cloud runs go through "
                                               "pipelines/azure/ or .github/workflows/)")
-    ctx = _params(name, None, year, rows, epochs, data, trigger)
+    ctx = _params(name, None, period, rows, epochs, data, trigger)
     res = PipelineResult(name, dry_run)
     for step in PIPELINES[name]:
         ok, why = _holds(step, ctx)
@@ -217,11 +226,11 @@ def run_pipeline(name:str, # ci, train or deploy
         say(f"[{name}/{step.label}] {'would run: ' if dry_run else ''}{line}")
         t0 = time.time()
         if dry_run:
-            try: check_line(line)
+            try: check_line(line, parse)
             except PipelineError as e: res.error = f"[{name}/{step.label}] {e}"; say(res.error); return res
             res.steps.append({"step": step.label, "cmd": line, "status": "checked"}); continue
         if line.startswith("pipeline:"):
-            sub = run_pipeline(line.split(":", 1)[1], say=say)
+            sub = run_pipeline(line.split(":", 1)[1], say=say, parse=parse)
             rc, out, tail = sub.rc, "", [sub.error or ""]
         else: rc, out, tail = run_step(argv_of(line), step.timeout, say)
         secs = round(time.time() - t0, 1)

@@ -1,4 +1,4 @@
-"""The closed loop: a challenger replaces the champion only if it beats it on the same recent data; a multi-year simulation with drift checks, retraining, zero-downtime redeploys and a report.
+"""The closed loop: a challenger replaces the champion only if it beats it on the same recent data; a simulation of several periods of drifting data with drift checks, retraining, zero-downtime redeploys and a report.
 
 Docs: https://mlops-nb.github.io/mlops_nb/retrain.html.md"""
 
@@ -6,33 +6,44 @@ Docs: https://mlops-nb.github.io/mlops_nb/retrain.html.md"""
 
 # %% ../nbs/15_retrain.ipynb #15-retrain-002
 from __future__ import annotations
-import html, json, os, threading, time
+import contextlib, html, http.client, json, os, secrets, threading, time
 from pathlib import Path
-from .core import MlopsNbError, lazy_module
+from .core import MlopsNbError, ParamError, lazy_module, state_dir
+from .data import data_fingerprint, write_table
+from .drift import drift_report
+from .problem import load_problem, metrics_of, predict_outputs
+from .runner import LocalRunner, run_training
+from .server import free_port, start_server, swap_model
+from .serving import load_runtime, fetch_model
+from . import tracking
+from .tracking import version_for_alias, promote, client, resolve_version, metric_direction
 pd = lazy_module("pandas")
 
 # %% auto #0
-__all__ = ['pd', 'challenge', 'simulate', 'report_html']
+__all__ = ['pd', 'score_version', 'challenge', 'simulate', 'report_html']
 
 # %% ../nbs/15_retrain.ipynb #15-retrain-005
+def score_version(name:str, version:int, # a registered version
+                  df # labelled rows
+                 )->dict:
+    "The metrics of registered version `version` of `name` on labelled rows `df` (its own problem's metrics)."
+    rt = load_runtime(f"models:/{name}/{version}")
+    p = rt.problem
+    return metrics_of(p.kind, p.encode(df[p.target]), predict_outputs(rt.pipeline, df, p.kind), p.metric_names)
+
 def challenge(challenger:int, # registered version trained on recent data
-              eval_df, # recent labelled listings, the same for both models
-              metric:str="roc_auc", # metric to compare (higher is better; log_loss: lower)
+              eval_df, # recent labelled rows, the same for both models
+              metric:str|None=None, # metric to compare (default: the problem's primary metric, in its direction)
               alias:str="champion", # alias to move when the challenger wins
               name:str|None=None # registered model name
              )->dict:
     "Promote `challenger` over the current `alias` holder only if it scores better on `eval_df`; record why."
-    from mlops_nb.data import TARGET, data_fingerprint
-    from mlops_nb.serving import load_runtime
-    from mlops_nb.tracking import version_for_alias, promote, client, resolve_version
-    from mlops_nb.train import prepare_features, evaluate
-    X, y = prepare_features(eval_df), eval_df[TARGET].astype(int)
+    metric, higher = metric_direction(metric)
     ch = resolve_version(str(challenger), name)
     champ_v = version_for_alias(alias, ch.name)
-    score = lambda v: evaluate(load_runtime(f"models:/{ch.name}/{v}").pipeline, X, y)
-    new = score(challenger)
-    old = score(champ_v) if champ_v and champ_v != challenger else None
-    better = old is None or (new[metric] < old[metric] if metric == "log_loss" else new[metric] > old[metric])
+    new = score_version(ch.name, challenger, eval_df)
+    old = score_version(ch.name, champ_v, eval_df) if champ_v and champ_v != challenger else None
+    better = old is None or (new[metric] > old[metric] if higher else new[metric] < old[metric])
     fp = data_fingerprint(eval_df)
     if better: promote(challenger, alias, ch.name)
     reason = (f"promoted: {metric} {new[metric]:.4f}" + (f" vs v{champ_v} {old[metric]:.4f}" if old else " (no champion)")
@@ -45,11 +56,9 @@ def challenge(challenger:int, # registered version trained on recent data
 class _Client:
     "A thread that keeps calling /score and counts answers."
     def __init__(self, url, record):
-        import http.client
         self.url, self.record, self.ok, self.failed, self.versions = url, record, 0, 0, set()
         self.stop = threading.Event(); self.t = threading.Thread(target=self._run, daemon=True); self.t.start()
     def _run(self):
-        import http.client
         host, port = self.url.split("//")[1].split(":")
         conn = http.client.HTTPConnection(host, int(port), timeout=30)
         body = json.dumps(self.record).encode()
@@ -65,86 +74,102 @@ class _Client:
     def close(self): self.stop.set(); self.t.join(10)
 
 # %% ../nbs/15_retrain.ipynb #15-retrain-008
-def simulate(first_year:int=2019, # first market year
-             years:int=5, # number of years
-             rows:int=8000, # listings per year
+@contextlib.contextmanager
+def _own_store(home:Path):
+    "Use a state folder (tracking store, registry, serving cache) of its own, for this process and its children."
+    keys = ("MLOPS_NB_HOME", "MLOPS_NB_TRACKING_URI", "MLOPS_NB_REGISTRY_URI")
+    saved = {k: os.environ.get(k) for k in keys}
+    for k in keys[1:]: os.environ.pop(k, None)
+    os.environ["MLOPS_NB_HOME"] = str(home); tracking._clients.clear()
+    try: yield
+    finally:
+        for k, v in saved.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
+        tracking._clients.clear()
+
+def simulate(first_period:int|None=None, # first period (default: the problem's `default_period` minus two)
+             periods:int=5, # number of periods
+             rows:int=8000, # rows per period
              epochs:int|None=None, # full-run epochs (default: the full-mode default)
              out:str|Path|None=None, # report folder (default: the state folder's simulation/)
-             say=print # progress
+             say=print, # progress
+             own_store:bool=True # work in `<out>/state`; False: the configured tracking store and registry
             )->dict:
-    "Run the closed loop over `years` market years and write `report.html` and `report.json`; return the summary."
-    import secrets
-    from mlops_nb.core import state_dir
-    from mlops_nb.server import free_port, start_server, swap_model
-    from mlops_nb.data import generate_listings, write_listings, TARGET
-    from mlops_nb.drift import drift_report
-    from mlops_nb.runner import LocalRunner, run_training
-    from mlops_nb.serving import load_runtime, fetch_model
-    from mlops_nb.tracking import promote, resolve_version
-    from mlops_nb.train import prepare_features, evaluate
-    out = Path(out or state_dir()/"simulation"); (out/"data").mkdir(parents=True, exist_ok=True)
-    runner, token, rows_out = LocalRunner(progress=False), secrets.token_hex(16), []
-    port = free_port()
-    server = client = None
-    t0 = time.time()
-    try:
-        for i, year in enumerate(range(first_year, first_year + years)):
-            say(f"[{i+1}/{years}] {year}: new listings arrive")
-            listings, fresh = generate_listings(year, rows, seed=year), generate_listings(year, max(rows // 4, 500), seed=10_000 + year)
-            lp, ep = out/"data"/f"listings-{year}.parquet", out/"data"/f"labelled-{year}.parquet"
-            write_listings(listings, lp); write_listings(fresh, ep)
-            row = {"year": year, "retrained": False, "decision": "", "drifted": [], "max_psi": None}
-            if i == 0:
-                res = run_training(runner, mode="full", data_path=str(lp), eval_path=str(ep), epochs=epochs)
-                promote(res.registered_version); first_v, reference = res.registered_version, listings
-                server, url = start_server(fetch_model(f"{res.registered_version}"), port, env={"MLOPS_NB_ADMIN_TOKEN": token})
-                rec = fresh.drop(columns=["listing_id", "sold_price", TARGET]).iloc[0].to_dict()
-                rec["listing_date"] = str(rec["listing_date"])[:10]
-                client = _Client(url, rec)
-                row.update(retrained=True, decision=f"first model v{first_v} trained, promoted and served at {url}")
-                say(f"      v{first_v} serving at {url}; a client keeps calling /score")
-            else:
-                champ = resolve_version("champion")
-                rep = drift_report(reference, fresh, model=load_runtime(f"models:/{champ.name}/{champ.version}"),
-                                   reference_metrics=champ.metrics)
-                row.update(drifted=rep.drifted, max_psi=max(f.psi for f in rep.features.values()), reasons=rep.reasons)
-                say(f"      drift: {', '.join(rep.drifted) or 'none'}; retrain: {'yes' if rep.retrain else 'no'}")
-                if rep.retrain:
-                    res = run_training(runner, mode="full", data_path=str(lp), eval_path=str(ep), epochs=epochs)
-                    d = challenge(res.registered_version, fresh)
-                    row.update(retrained=True, decision=d["reason"])
-                    say(f"      challenger v{res.registered_version}: {d['reason']}")
-                    if d["promoted"]:
-                        swap_model(url, token, fetch_model(str(res.registered_version))); reference = listings
-                        say(f"      server swapped to v{res.registered_version} (requests so far: {client.ok} ok, {client.failed} failed)")
-                else: row["decision"] = f"kept v{champ.version}: no drift or decay over the thresholds"
-            X, y = prepare_features(fresh), fresh[TARGET].astype(int)
-            champ = resolve_version("champion")
-            for key, v in (("first_model", first_v), ("champion", champ.version)):
-                row[key] = evaluate(load_runtime(f"models:/{champ.name}/{v}").pipeline, X, y)
-            row["champion_version"] = champ.version
-            say(f"      accuracy on {year}: first model {row['first_model']['accuracy']:.3f}, champion v{champ.version} {row['champion']['accuracy']:.3f}")
-            rows_out.append(row)
-    finally:
-        if client: client.close()
-        if server: server.terminate(); server.wait(15)
-    summary = {"years": rows_out, "requests_ok": client.ok if client else 0, "requests_failed": client.failed if client else 0,
-               "versions_served": sorted(client.versions) if client else [], "seconds": round(time.time() - t0, 1)}
+    "Run the closed loop over `periods` periods of generated data and write `report.html` and `report.json`; return the summary."
+    problem = load_problem()
+    if problem.generate is None: raise MlopsNbError(f"problem {problem.name!r} has no data generator: simulate needs one")
+    if periods < 2: raise ParamError(f"periods={periods!r} is not allowed: simulate at least 2 periods")
+    if rows < 100 or rows > 5_000_000: raise ParamError(f"rows={rows!r} is not allowed: use 100 to 5000000 rows a period")
+    first = problem.default_period - 2 if first_period is None else first_period
+    out = Path(out or state_dir()/"simulation").expanduser().absolute(); (out/"data").mkdir(parents=True, exist_ok=True)
+    store = contextlib.nullcontext() if not own_store else _own_store(out/"state")
+    if own_store: say(f"simulation state (tracking store, registry) in {out/'state'}; the configured registry is not touched")
+    with store: summary = _simulate(problem, first, periods, rows, epochs, out, say)
     (out/"report.json").write_text(json.dumps(summary, indent=2, default=str))
     (out/"report.html").write_text(report_html(summary))
     say(f"report: {out/'report.html'} ({summary['requests_ok']} requests answered, {summary['requests_failed']} failed)")
     return {**summary, "report": str(out/"report.html")}
 
+def _simulate(problem, first, periods, rows, epochs, out, say)->dict:
+    "The loop of `simulate`, in whatever store is configured."
+    runner, token, rows_out = LocalRunner(progress=False), secrets.token_hex(16), []
+    name, metric = problem.registered_model, problem.decay_metrics[0]
+    server = client_ = first_v = None
+    t0 = time.time()
+    try:
+        for i, period in enumerate(range(first, first + periods)):
+            say(f"[{i+1}/{periods}] period {period}: new data arrives")
+            data, fresh = problem.generate(period, rows, period), problem.generate(period, max(rows // 4, 500), 10_000 + period)
+            lp, ep = out/"data"/f"data-{period}.parquet", out/"data"/f"labelled-{period}.parquet"
+            write_table(data, lp); write_table(fresh, ep)
+            row = {"period": period, "retrained": False, "decision": "", "drifted": [], "max_psi": None}
+            if i == 0:
+                res = run_training(runner, mode="full", data_path=str(lp), eval_path=str(ep), epochs=epochs)
+                promote(res.registered_version, "champion", name); first_v, reference = res.registered_version, data
+                server, url = start_server(fetch_model(f"models:/{name}/{res.registered_version}"), free_port(),
+                                           env={"MLOPS_NB_ADMIN_TOKEN": token}, log=out/"server.log")
+                record = problem.example or json.loads(fresh[list(problem.inputs)].head(1).to_json(orient="records", date_format="iso"))[0]
+                client_ = _Client(url, record)
+                row.update(retrained=True, decision=f"first model v{first_v} trained, promoted and served at {url}")
+                say(f"      v{first_v} serving at {url}; a client keeps calling /score")
+            else:
+                champ = resolve_version("champion", name)
+                rep = drift_report(reference, fresh, model=load_runtime(f"models:/{name}/{champ.version}"),
+                                   reference_metrics=champ.metrics)
+                row.update(drifted=rep.drifted, max_psi=max(f.psi for f in rep.features.values()), reasons=rep.reasons)
+                say(f"      drift: {', '.join(rep.drifted) or 'none'}; retrain: {'yes' if rep.retrain else 'no'}")
+                if rep.retrain:
+                    res = run_training(runner, mode="full", data_path=str(lp), eval_path=str(ep), epochs=epochs)
+                    d = challenge(res.registered_version, fresh, name=name)
+                    row.update(retrained=True, decision=d["reason"])
+                    say(f"      challenger v{res.registered_version}: {d['reason']}")
+                    if d["promoted"]:
+                        swap_model(url, token, fetch_model(f"models:/{name}/{res.registered_version}")); reference = data
+                        say(f"      server swapped to v{res.registered_version} (requests so far: {client_.ok} ok, {client_.failed} failed)")
+                else: row["decision"] = f"kept v{champ.version}: no drift or decay over the thresholds"
+            champ = resolve_version("champion", name)
+            for key, v in (("first_model", first_v), ("champion", champ.version)): row[key] = score_version(name, v, fresh)
+            row["champion_version"] = champ.version
+            say(f"      {metric} on period {period}: first model {row['first_model'][metric]:.3f}, champion v{champ.version} {row['champion'][metric]:.3f}")
+            rows_out.append(row)
+    finally:
+        if client_: client_.close()
+        if server: server.terminate(); server.wait(15)
+    return {"problem": problem.name, "description": problem.description, "metric": metric, "periods": rows_out,
+            "requests_ok": client_.ok if client_ else 0, "requests_failed": client_.failed if client_ else 0,
+            "versions_served": sorted(client_.versions) if client_ else [], "seconds": round(time.time() - t0, 1)}
+
 # %% ../nbs/15_retrain.ipynb #15-retrain-010
-def _svg_chart(rows:list, w:int=640, h:int=300)->str:
-    "An inline SVG line chart of accuracy per year: first model vs champion."
-    ys = [r["year"] for r in rows]
-    series = {"never retrained (first model)": ("#c0392b", [r["first_model"]["accuracy"] for r in rows]),
-              "with retraining (champion)": ("#2471a3", [r["champion"]["accuracy"] for r in rows])}
+def _svg_chart(rows:list, metric:str, w:int=640, h:int=300)->str:
+    "An inline SVG line chart of `metric` per period: first model vs champion."
+    ys = [r["period"] for r in rows]
+    series = {"never retrained (first model)": ("#c0392b", [r["first_model"][metric] for r in rows]),
+              "with retraining (champion)": ("#2471a3", [r["champion"][metric] for r in rows])}
     lo = min(min(v) for _, v in series.values()) - 0.02; hi = max(max(v) for _, v in series.values()) + 0.02
     px = lambda i: 60 + i * (w - 90) / max(len(ys) - 1, 1)
     py = lambda a: h - 40 - (a - lo) / (hi - lo) * (h - 70)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" aria-label="accuracy per year">',
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" aria-label="{html.escape(metric)} per period">',
              f'<line x1="60" y1="{h-40}" x2="{w-20}" y2="{h-40}" stroke="#333"/><line x1="60" y1="20" x2="60" y2="{h-40}" stroke="#333"/>']
     for k in range(5):
         a = lo + k * (hi - lo) / 4
@@ -155,21 +180,23 @@ def _svg_chart(rows:list, w:int=640, h:int=300)->str:
         parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2.5" points="{pts}"/>')
         parts += [f'<circle cx="{px(i):.1f}" cy="{py(v):.1f}" r="3.5" fill="{colour}"/>' for i, v in enumerate(vals)]
         parts.append(f'<text x="{w-20}" y="{34+16*j}" font-size="12" text-anchor="end" fill="{colour}">{html.escape(label)}</text>')
-    parts.append(f'<text x="14" y="{(h-40)/2:.0f}" font-size="12" transform="rotate(-90 14 {(h-40)/2:.0f})" text-anchor="middle">accuracy</text></svg>')
+    parts.append(f'<text x="14" y="{(h-40)/2:.0f}" font-size="12" transform="rotate(-90 14 {(h-40)/2:.0f})" text-anchor="middle">{html.escape(metric)}</text></svg>')
     return "".join(parts)
 
 def report_html(summary:dict)->str:
     "The simulation's report as one HTML page."
-    rows = summary["years"]
-    tr = "".join(f"<tr><td>{r['year']}</td><td>{r['first_model']['accuracy']:.3f}</td><td>{r['champion']['accuracy']:.3f}</td>"
-                 f"<td>v{r['champion_version']}</td><td>{html.escape(', '.join(r['drifted']) or '-')}</td>"
-                 f"<td>{'' if r['max_psi'] is None else format(r['max_psi'], '.3f')}</td><td>{html.escape(r['decision'])}</td></tr>" for r in rows)
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>mlops_nb: the Ottawa market over {len(rows)} years</title>
+    rows, m = summary["periods"], summary["metric"]
+    e = lambda v: html.escape(str(v))
+    tr = "".join(f"<tr><td>{r['period']}</td><td>{r['first_model'][m]:.3f}</td><td>{r['champion'][m]:.3f}</td>"
+                 f"<td>v{e(r['champion_version'])}</td><td>{e(', '.join(r['drifted']) or '-')}</td>"
+                 f"<td>{'' if r['max_psi'] is None else format(r['max_psi'], '.3f')}</td><td>{e(r['decision'])}</td></tr>" for r in rows)
+    title = e(summary.get("description") or summary.get("problem", ""))
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>mlops_nb: {e(summary.get('problem', ''))} over {len(rows)} periods</title>
 <style>body{{font-family:sans-serif;max-width:70em;margin:2em auto}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}</style></head>
-<body><h1>Will an Ottawa house sell above its asking price? {rows[0]['year']}-{rows[-1]['year']}</h1>
-<p>Accuracy on each year's fresh labelled listings, for the first model (never retrained) and for the champion
-(retrained when drift or decay said so, promoted only when it beat the champion on that year's data).</p>
-{_svg_chart(rows)}
-<h2>Years</h2><table><tr><th>year</th><th>first model accuracy</th><th>champion accuracy</th><th>champion</th><th>drifted features</th><th>max PSI</th><th>decision</th></tr>{tr}</table>
+<body><h1>{title} {rows[0]['period']}-{rows[-1]['period']}</h1>
+<p>{e(m)} on each period's fresh labelled data, for the first model (never retrained) and for the champion
+(retrained when drift or decay said so, promoted only when it beat the champion on that period's data).</p>
+{_svg_chart(rows, m)}
+<h2>Periods</h2><table><tr><th>period</th><th>first model {e(m)}</th><th>champion {e(m)}</th><th>champion</th><th>drifted features</th><th>max PSI</th><th>decision</th></tr>{tr}</table>
 <h2>Serving</h2><p>A client called the API throughout: {summary['requests_ok']} requests answered, {summary['requests_failed']} failed;
-versions that answered: {', '.join('v' + v for v in summary['versions_served'])}. Simulation time: {summary['seconds']} s.</p></body></html>"""
+versions that answered: {', '.join('v' + e(v) for v in summary['versions_served'])}. Simulation time: {summary['seconds']} s.</p></body></html>"""

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from .core import MlopsNbError, RunFailed, DataError, state_dir, project_root
 from .params import RunParams, make_params
+from .problem import load_problem
 
 # %% auto #0
 __all__ = ['RunResult', 'notebook_failure', 'default_notebook', 'LocalRun', 'LocalRunner', 'run_training']
@@ -51,18 +52,44 @@ def default_notebook()->Path:
     "The project's training notebook, `nbs/train.ipynb`."
     return (project_root() or Path.cwd())/"nbs"/"train.ipynb"
 
+def _die_with_parent(parent:int # pid of the runner
+                    ):
+    "In the child, before papermill starts: have Linux send SIGTERM when the runner dies, even by SIGKILL."
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except Exception: pass  # not Linux: the sweep (`mlops-nb runs sweep`) is the safety net
+    if os.getppid() != parent: os._exit(3)  # the runner died before we could ask
+
+def _orphaned(a:dict):
+    "The runner died: stop here, keep the executed notebook with the run and mark it FAILED (nobody else will)."
+    from mlops_nb.tracking import client, end_run
+    run_id, out = a["parameters"]["run_id"], Path(a["output"])
+    try:
+        c = client()
+        if out.exists(): c.log_artifact(run_id, str(out), "notebook")
+        c.set_tag(run_id, "mlops_nb.error", f"the runner (pid {a['parent']}) died; the notebook was stopped")
+        end_run(run_id, "FAILED")
+    except Exception as e: print(f"could not mark run {run_id} FAILED: {e}", file=sys.stderr)
+
+def _interrupt(signum, frame): raise KeyboardInterrupt
+
 def _execute_child():
     "Child process entry: import papermill, then run it with the JSON arguments read from stdin."
+    signal.signal(signal.SIGTERM, _interrupt)  # the runner's death (PR_SET_PDEATHSIG) stops papermill like Ctrl-C
     import papermill as pm  # imported while the parent validates the data and creates the tracking run
     line = sys.stdin.readline()
     if not line.strip(): sys.exit(3)  # the parent gave up before the run started
     a = json.loads(line)
+    rc = 0
     try:
         pm.execute_notebook(a["input"], a["output"], parameters=a["parameters"], cwd=a["cwd"],
                             progress_bar=a["progress"], kernel_name=a.get("kernel"),
                             execution_timeout=a.get("execution_timeout"))
-    except pm.PapermillExecutionError: sys.exit(1)  # the runner reads the failing cell from the output notebook
-    except KeyboardInterrupt: sys.exit(130)
+    except pm.PapermillExecutionError: rc = 1  # the runner reads the failing cell from the output notebook
+    except KeyboardInterrupt: rc = 130  # (the interrupted cell may also surface as an execution error above)
+    if os.getppid() != a["parent"]: _orphaned(a); rc = rc or 3  # nobody is left to read the result
+    sys.exit(rc)
 
 # %% ../nbs/05_runner.ipynb #05-runner-011
 class LocalRun:
@@ -136,7 +163,10 @@ class LocalRunner:
         # start the child first: it imports papermill while we create the run, then reads its arguments from stdin.
         # Own process group: a terminal's Ctrl-C reaches the runner, which then stops the child cleanly.
         cmd = [sys.executable, "-c", "from mlops_nb.runner import _execute_child; _execute_child()"]
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, text=True, start_new_session=True)
+        # The child dies with the runner (SIGTERM on the runner's death), so a killed CLI never leaves a run going.
+        me = os.getpid()
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, text=True, start_new_session=True,
+                                preexec_fn=lambda: _die_with_parent(me))
         try:
             root = project_root(nb.parent) or nb.parent
             run_id = create_run(params, str(nb.relative_to(root)) if nb.is_relative_to(root) else str(nb))
@@ -144,7 +174,7 @@ class LocalRunner:
             out_dir.mkdir(parents=True, exist_ok=True)
             out_nb, result = out_dir/nb.name, out_dir/"result.json"
             p = {**params.as_dict(), "run_id": run_id, "result_path": str(result)}
-            args = {"input": str(nb), "output": str(out_nb), "parameters": p, "cwd": str(nb.parent),
+            args = {"input": str(nb), "output": str(out_nb), "parameters": p, "cwd": str(nb.parent), "parent": me,
                     "progress": self.progress, "kernel": self.kernel, "execution_timeout": self.execution_timeout}
             proc.stdin.write(json.dumps(args) + "\n"); proc.stdin.close()
         except BaseException:
@@ -157,14 +187,15 @@ def run_training(runner=None, # a runner (default: `LocalRunner()`)
                  **kw # run parameters: mode, data_path, sample_frac, epochs, seed, eval_path
                 )->RunResult:
     "Validate parameters and data, run the training notebook, and return its result."
-    from mlops_nb.data import load_listings
     params = make_params(**kw)
-    paths = {}
+    problem, paths = load_problem(), {}
     for k in ("data_path", "eval_path"):
         v = getattr(params, k)
         if v:
             p = Path(v).expanduser().resolve()
-            load_listings(p)  # raises DataError naming the file and column
+            problem.load(p)  # raises DataError naming the file and column
             paths[k] = str(p)
+    if not params.data_path and problem.generate is None:
+        raise MlopsNbError(f"problem {problem.name!r} has no data generator: pass the training data (--data PATH)")
     params = make_params(**{**params.as_dict(), **paths})
     return (runner or LocalRunner()).submit(params).wait(timeout)

@@ -6,25 +6,29 @@ Docs: https://mlops-nb.github.io/mlops_nb/server.html.md"""
 
 # %% ../nbs/08_server.ipynb #08-server-002
 from __future__ import annotations
-import asyncio, importlib.util, json, logging, os, sys, threading, time, traceback, uuid
+import asyncio, hmac, importlib.util, json, logging, os, sys, threading, time, traceback, uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+import orjson
 from .core import MlopsNbError, project_root
+from .serving import RequestError, _registry_version, check_model_source, json_schema, load_runtime, validate_payload
 
 # %% auto #0
-__all__ = ['BUCKETS', 'DOCS_HTML', 'ROUTES', 'load_entry', 'Metrics', 'log_event', 'ScoringApp', 'app_from_env', 'serve',
-           'free_port', 'http_status', 'start_server', 'swap_model']
+__all__ = ['BUCKETS', 'ADMIN_MAX_BODY', 'DOCS_HTML', 'ROUTES', 'load_entry', 'Metrics', 'log_event', 'ScoringApp', 'app_from_env',
+           'serve', 'free_port', 'http_status', 'start_server', 'swap_model']
 
 # %% ../nbs/08_server.ipynb #08-server-005
-def load_entry(path:str|Path|None=None # entry script (default: `api/score.py` of the project)
+def load_entry(path:str|Path|None=None # entry script (default: `api/score.py` of the project, if there is one)
               ):
-    "Import the entry script as a module; it must define `preprocess(records)` and `postprocess(probabilities, records, info)`."
+    "Import the entry script as a module (or None): it may define `preprocess(records)` and `postprocess(answers, records, runtime)`."
     p = Path(path) if path else (project_root() or Path.cwd())/"api"/"score.py"
-    if not p.exists(): raise MlopsNbError(f"entry script not found at {p}: pass --entry PATH")
+    if not p.exists():
+        if path: raise MlopsNbError(f"entry script not found at {p}: pass --entry PATH")
+        return None
     spec = importlib.util.spec_from_file_location(f"mlops_nb_entry_{p.stem}", p)
     mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
-    missing = [f for f in ("preprocess", "postprocess") if not callable(getattr(mod, f, None))]
-    if missing: raise MlopsNbError(f"entry script {p} does not define {', '.join(missing)}")
+    bad = [f for f in ("preprocess", "postprocess") if hasattr(mod, f) and not callable(getattr(mod, f))]
+    if bad: raise MlopsNbError(f"entry script {p}: {', '.join(bad)} must be a function")
     return mod
 
 # %% ../nbs/08_server.ipynb #08-server-007
@@ -88,6 +92,7 @@ class ScoringApp:
                  access_log:bool=False # log every request
                 ):
         self.model_ref, self.entry = model, load_entry(entry)
+        self.pre, self.post = getattr(self.entry, "preprocess", None), getattr(self.entry, "postprocess", None)
         self.api_key, self.admin_token, self.max_body, self.max_rows = api_key, admin_token, max_body, max_rows
         self.max_batch, self.watch, self.access_log = max_batch, watch, access_log
         self.runtime, self.metrics, self.loading, self.swap_error = None, Metrics(), None, None
@@ -98,20 +103,26 @@ class ScoringApp:
         self.started = time.time()
 
     def openapi(self)->dict:
-        "The OpenAPI document: /score's request schema comes from the served model."
-        from mlops_nb.serving import MAX_ROWS
-        fields = self.runtime.fields if self.runtime else []
-        listing = {"type": "object", "additionalProperties": False, "required": [f.name for f in fields if f.required],
-                   "properties": {f.name: f.json_schema() for f in fields}}
+        "The OpenAPI document: /score's request and answers come from the served model's problem."
+        rt = self.runtime
+        schema = rt.schema if rt else {}
+        record = {"type": "object", "additionalProperties": False, "required": [c for c, s in schema.items() if s.required],
+                  "properties": {c: json_schema(s) for c, s in schema.items()}}
+        if rt and rt.problem.example: record["example"] = rt.problem.example
         err = {"type": "object", "properties": {"error": {"type": "string"}, "detail": {"type": "array", "items": {"type": "object"}}}}
-        pred = {"type": "object", "properties": {"label": {"type": "string", "enum": ["above_asking", "at_or_below_asking"]},
-                "probability": {"type": "number"}, "model": {"type": "string"}, "version": {"type": "string"}}}
+        pred = {"type": "object", "properties": {"model": {"type": "string"}, "version": {"type": "string"}}}
+        if rt and rt.kind == "regression": pred["properties"]["value"] = {"type": "number"}
+        elif rt:
+            pred["properties"]["label"] = {"type": "string", "enum": list(rt.labels)}
+            pred["properties"]["probabilities"] = {"type": "object", "properties": {l: {"type": "number"} for l in rt.labels}}
+            if rt.kind == "binary": pred["properties"]["probability"] = {"type": "number", "description": f"probability of {rt.labels[1]!r}"}
         resp = lambda d, s=None: {"description": d, "content": {"application/json": {"schema": s or err}}}
-        return {"openapi": "3.0.3", "info": {"title": "mlops_nb scoring API", "version": "1",
-                "description": "Will an Ottawa house sell above its asking price? POST one listing or a list of listings."},
-                "paths": {"/score": {"post": {"summary": "Score listings", "operationId": "score",
+        about = (rt.problem.description or rt.problem.name) if rt else "no model loaded yet"
+        return {"openapi": "3.0.3", "info": {"title": f"{rt.problem.name if rt else 'mlops_nb'} scoring API", "version": "1",
+                "description": f"{about} POST one record or a list of records."},
+                "paths": {"/score": {"post": {"summary": "Score records", "operationId": "score",
                     "requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
-                        listing, {"type": "array", "items": listing, "minItems": 1, "maxItems": self.max_rows}]}}}},
+                        record, {"type": "array", "items": record, "minItems": 1, "maxItems": self.max_rows}]}}}},
                     "responses": {"200": resp("Predictions", {"type": "object", "properties": {"predictions": {"type": "array", "items": pred}}}),
                                   "400": resp("Invalid JSON"), "401": resp("Missing or wrong API key"),
                                   "413": resp("Body or batch too large"), "415": resp("Not application/json"),
@@ -123,10 +134,11 @@ class ScoringApp:
 
 # %% ../nbs/08_server.ipynb #08-server-014
 def _load(self:ScoringApp, ref:str|None):
-    "Load `ref` in the loader thread and swap it in; keep the old model on failure."
-    from mlops_nb.serving import load_runtime
+    "Load `ref` in the loader thread, verify it, and swap it in; keep the old model on any failure."
     t0 = time.time()
-    try: rt = load_runtime(ref)
+    try:
+        # a candidate must take the requests the served model takes and score its own input example first
+        rt = load_runtime(ref).verify(self.runtime.schema if self.runtime else None)
     except Exception as e:
         self.swap_error = f"{type(e).__name__}: {e}"
         log_event("model_load_failed", model=ref, error=self.swap_error, serving=self.runtime.info.as_dict() if self.runtime else None)
@@ -135,8 +147,8 @@ def _load(self:ScoringApp, ref:str|None):
     old, self.runtime = self.runtime, rt
     self.swap_error = None
     if old is not None: self.metrics.swaps += 1
-    log_event("model_loaded", model=ref, seconds=round(time.time() - t0, 3), info=rt.info.as_dict(),
-              fast_path=rt.fast is not None, previous=old.info.as_dict() if old else None)
+    log_event("model_loaded", model=ref, seconds=round(time.time() - t0, 3), info=rt.info.as_dict(), fast_path=rt.fast is not None,
+              fast_path_fallback=rt.fast_reason, previous=old.info.as_dict() if old else None)
     return rt
 
 async def _swap(self:ScoringApp, ref:str|None):
@@ -158,7 +170,7 @@ async def _batch_loop(self:ScoringApp):
         rt = self.runtime
         rows = [r for _, rs, _ in batch for r in rs] if len(batch) > 1 else first[1]
         try:
-            probs = await loop.run_in_executor(self.model_pool, rt.predict_proba, rows)
+            probs = await loop.run_in_executor(self.model_pool, rt.predict, rows)
             self.metrics.batches += 1; self.metrics.batch_rows += len(rows)
             i = 0
             for fut, rs, _ in batch:
@@ -171,7 +183,11 @@ async def _batch_loop(self:ScoringApp):
 ScoringApp._batch_loop = _batch_loop
 
 # %% ../nbs/08_server.ipynb #08-server-018
-import orjson
+ADMIN_MAX_BODY = 65536  # bytes of an /admin/model request
+
+def _same_secret(given:str, expected:str)->bool:
+    "Whether `given` equals `expected`, compared in constant time."
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape"))
 
 def _headers(scope)->dict:
     "Request headers as a lower-case str dict."
@@ -204,8 +220,7 @@ async def _read_body(receive, limit:int):
 
 # %% ../nbs/08_server.ipynb #08-server-019
 async def _score(self:ScoringApp, scope, receive, send, h, rid):
-    "POST /score: validate, pre-process, batch-score, post-process."
-    from mlops_nb.serving import validate_payload, RequestError
+    "POST /score: validate, pre-process, batch-score, answer, post-process."
     ctype = h.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json": return 415, _err(f"content type {ctype or 'missing'!r} is not supported: send application/json")
     if int(h.get("content-length") or 0) > self.max_body: return 413, _err(f"body larger than {self.max_body} bytes")
@@ -215,27 +230,35 @@ async def _score(self:ScoringApp, scope, receive, send, h, rid):
     if rt is None: return 503, _err("model not loaded yet: retry when /ready answers 200")
     try: payload = orjson.loads(body)
     except orjson.JSONDecodeError as e: return 400, _err("invalid JSON", [{"loc": ["body"], "msg": f"invalid JSON: {e}"}])
-    try: records = validate_payload(payload, rt.fields, self.max_rows)
+    try: records = validate_payload(payload, rt.schema, self.max_rows)
     except RequestError as e: return e.status, _err("invalid request", e.errors)
-    rows = self.entry.preprocess(records)
+    rows = self.pre(records) if self.pre else records
     fut = asyncio.get_running_loop().create_future()
     await self.queue.put((fut, rows, records))
-    probs, used = await fut
-    return 200, {"predictions": self.entry.postprocess(probs, records, used.info)}
+    outputs, used = await fut
+    answers = used.answer(rows, outputs)
+    return 200, {"predictions": self.post(answers, records, used) if self.post else answers}
 
 ScoringApp._score = _score
 
 # %% ../nbs/08_server.ipynb #08-server-020
 async def _admin(self:ScoringApp, scope, receive, send, h, rid):
-    "POST /admin/model {\"model\": REF, \"wait\": true}: load another model and swap it in."
+    "POST /admin/model {\"model\": REF, \"wait\": true}: load a registry version or an allowed folder, verify it, swap it in."
     if not self.admin_token: return 404, _err("not found: set an admin token to enable /admin/model")
-    if h.get("authorization", "") != f"Bearer {self.admin_token}": return 401, _err("admin token required: Authorization: Bearer TOKEN")
-    body = await _read_body(receive, 65536)
-    try: req = orjson.loads(body or b"{}"); ref = req.get("model")
-    except (orjson.JSONDecodeError, AttributeError): return 400, _err('expected {"model": "REF"}')
+    if not _same_secret(h.get("authorization", ""), f"Bearer {self.admin_token}"):
+        return 401, _err("admin token required: Authorization: Bearer TOKEN")
+    if int(h.get("content-length") or 0) > ADMIN_MAX_BODY: return 413, _err(f"body larger than {ADMIN_MAX_BODY} bytes")
+    body = await _read_body(receive, ADMIN_MAX_BODY)
+    if body is None: return 413, _err(f"body larger than {ADMIN_MAX_BODY} bytes")
+    try: req = orjson.loads(body)
+    except orjson.JSONDecodeError: req = None
+    if not isinstance(req, dict) or not isinstance(req.get("model"), str) or set(req) - {"model", "wait"}:
+        return 400, _err('expected {"model": "REF"} or {"model": "REF", "wait": true}')
+    try: ref = check_model_source(req["model"])
+    except MlopsNbError as e: return 422, _err("model reference refused", [{"loc": ["model"], "msg": str(e)}])
     if self.loading: return 409, _err(f"a model is already loading: {self.loading}")
     task = asyncio.ensure_future(self.swap(ref))
-    if not req.get("wait"): task.add_done_callback(lambda t: t.exception()); return 202, {"loading": ref}
+    if req.get("wait") is not True: task.add_done_callback(lambda t: t.exception()); return 202, {"loading": ref}
     try: rt = await task
     except Exception as e: return 409, _err(f"model {ref!r} could not be loaded; still serving {self.runtime.info.version if self.runtime else 'nothing'}",
                                             [{"loc": ["model"], "msg": f"{type(e).__name__}: {e}"}])
@@ -246,7 +269,7 @@ ScoringApp._admin = _admin
 # %% ../nbs/08_server.ipynb #08-server-021
 DOCS_HTML = """<!doctype html><html><head><meta charset="utf-8"><title>mlops_nb scoring API</title>
 <style>body{font-family:sans-serif;max-width:60em;margin:2em auto}code,pre{background:#f4f4f4}td,th{padding:2px 8px;text-align:left}</style></head>
-<body><h1>mlops_nb scoring API</h1><p id="desc"></p><h2>POST /score</h2><p>One listing (a JSON object) or a list of them,
+<body><h1>mlops_nb scoring API</h1><p id="desc"></p><h2>POST /score</h2><p>One record (a JSON object) or a list of them,
 <code>Content-Type: application/json</code>.</p><table id="fields"><tr><th>field</th><th>type</th><th>required</th><th>allowed</th></tr></table>
 <h3>Example</h3><pre id="example"></pre><h2>Other endpoints</h2><ul id="paths"></ul><p>Machine-readable: <a href="openapi.json">openapi.json</a></p>
 <script>fetch('openapi.json').then(r=>r.json()).then(o=>{document.getElementById('desc').textContent=o.info.description;
@@ -254,7 +277,7 @@ const s=o.paths['/score'].post.requestBody.content['application/json'].schema.on
 for(const [k,v] of Object.entries(s.properties)){const r=t.insertRow();r.insertCell().textContent=k;r.insertCell().textContent=v.format||v.type;
 r.insertCell().textContent=s.required.includes(k)?'yes':'no';r.insertCell().textContent=v.enum?v.enum.join(', '):[v.minimum!==undefined?'>= '+v.minimum:'',v.maximum!==undefined?'<= '+v.maximum:''].filter(x=>x).join(', ');
 if(s.required.includes(k))ex[k]=v.enum?v.enum[0]:v.format==='date'?'2024-05-01':v.type==='string'?'':Math.max(v.minimum||0,1);}
-document.getElementById('example').textContent=JSON.stringify(ex,null,2);const ul=document.getElementById('paths');
+document.getElementById('example').textContent=JSON.stringify(s.example||ex,null,2);const ul=document.getElementById('paths');
 for(const [p,m] of Object.entries(o.paths)){if(p==='/score')continue;for(const [verb,d] of Object.entries(m)){const li=document.createElement('li');li.textContent=verb.toUpperCase()+' '+p+': '+d.summary;ul.appendChild(li);}}});</script>
 </body></html>"""
 
@@ -272,14 +295,17 @@ async def _call(self:ScoringApp, scope, receive, send):
         public = path in ("/health", "/ready", "/openapi.json", "/docs", "/admin/model")
         if allow and scope["method"] not in allow.split(", "):
             status, body = 405, _err(f"method {scope['method']} not allowed on {path}: use {allow}")
-        elif self.api_key and not public and h.get("authorization") != f"Bearer {self.api_key}" and h.get("x-api-key") != self.api_key:
+        elif self.api_key and not public and not (_same_secret(h.get("authorization", ""), f"Bearer {self.api_key}")
+                                                  | _same_secret(h.get("x-api-key", ""), self.api_key)):
             status, body = 401, _err("API key required: Authorization: Bearer KEY or X-API-Key: KEY")
         elif path == "/score": status, body = await self._score(scope, receive, send, h, rid)
         elif path == "/health": status, body = 200, {"status": "ok", "uptime_s": round(time.time() - self.started, 1)}
         elif path == "/ready": status, body = (200, {"ready": True}) if self.runtime else (503, {"ready": False, "loading": self.loading, "error": self.swap_error})
         elif path == "/version":
             rt = self.runtime
-            status, body = 200, {**(rt.info.as_dict() if rt else {}), "fast_path": bool(rt and rt.fast), "loading": self.loading, "last_swap_error": self.swap_error}
+            status, body = 200, {**(rt.info.as_dict() if rt else {}), "problem": rt.problem.name if rt else None, "kind": rt.kind if rt else None,
+                                 "fast_path": bool(rt and rt.fast), "fast_path_fallback": rt.fast_reason if rt else None,
+                                 "loading": self.loading, "last_swap_error": self.swap_error}
         elif path == "/metrics": status, body, ctype = 200, self.metrics.render(self.runtime and self.runtime.info), b"text/plain; version=0.0.4"
         elif path == "/openapi.json": status, body = 200, self.openapi()
         elif path == "/docs": status, body, ctype = 200, DOCS_HTML, b"text/html; charset=utf-8"
@@ -311,7 +337,6 @@ async def _lifespan(self:ScoringApp, receive, send):
 
 async def _watch_loop(self:ScoringApp):
     "Swap in the model the registry alias points at whenever it moves."
-    from mlops_nb.serving import _registry_version
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(self.watch)

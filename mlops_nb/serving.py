@@ -1,4 +1,4 @@
-"""The model at serving time: loaded from a model folder or the registry, its request schema, fast validation, and a lean scoring path proven equal to the pipeline.
+"""The model at serving time: a model folder or registry version loaded safely, the API it declares (request schema, answers), validation, and a lean scoring path proven equal to the pipeline.
 
 Docs: https://mlops-nb.github.io/mlops_nb/serving.html.md"""
 
@@ -6,17 +6,20 @@ Docs: https://mlops-nb.github.io/mlops_nb/serving.html.md"""
 
 # %% ../nbs/07_serving.ipynb #07-serving-002
 from __future__ import annotations
-import json, math, os, re, shutil, time
+import json, math, os, re, shutil, tempfile, time
 from dataclasses import dataclass, field
-from datetime import date
 from pathlib import Path
 import numpy as np
-from .core import MlopsNbError, MLOPS_NB_MODEL_NAME, state_dir
+from .core import MlopsNbError, MLOPS_NB_MODEL_ROOTS, state_dir, registry_uri, redact_uri
+from .data import ColumnSpec, check_record
+from .problem import ProblemError, load_problem, problem_from_json
+from .train import TRUSTED_TYPES, problem_modules
+from .tracking import GIT_COMMIT_TAG, client, model_name, resolve_version
 
 # %% auto #0
-__all__ = ['AREA_UNITS', 'AREA_FIELDS', 'MAX_ROWS', 'ModelLoadError', 'find_model_dir', 'ModelInfo', 'read_model_dir',
-           'load_sklearn', 'FieldSpec', 'request_fields', 'RequestError', 'validate_payload', 'FastModel', 'Runtime',
-           'fetch_model', 'load_runtime']
+__all__ = ['MAX_ROWS', 'FAST_PATH_TOLERANCE', 'ModelLoadError', 'find_model_dir', 'ModelInfo', 'read_model_dir', 'load_sklearn',
+           'RequestError', 'validate_payload', 'json_schema', 'answers', 'score', 'FastModel', 'Runtime', 'fetch_model',
+           'load_runtime', 'model_roots', 'check_model_source']
 
 # %% ../nbs/07_serving.ipynb #07-serving-005
 class ModelLoadError(MlopsNbError):
@@ -49,141 +52,134 @@ def read_model_dir(d:Path # model folder
     "The MLmodel metadata of folder `d` and its `ModelInfo` (from `mlops_nb_model.json` when present)."
     import yaml
     meta = yaml.safe_load((d/"MLmodel").read_text())
+    if not isinstance(meta, dict): raise ModelLoadError(f"{d}/MLmodel is not an MLmodel file")
     extra = json.loads((d/"mlops_nb_model.json").read_text()) if (d/"mlops_nb_model.json").exists() else {}
-    info = ModelInfo(name=extra.get("name", ""), version=str(extra.get("version", "")),
-                     run_id=extra.get("run_id", meta.get("run_id", "") or ""), git_commit=extra.get("git_commit", ""),
-                     source=extra.get("source", str(d)))
+    info = ModelInfo(name=str(extra.get("name", "")), version=str(extra.get("version", "")),
+                     run_id=str(extra.get("run_id", meta.get("run_id", "") or "")), git_commit=str(extra.get("git_commit", "")),
+                     source=str(extra.get("source", d)))
     return meta, info
+
+# %% ../nbs/07_serving.ipynb #07-serving-006b
+def _trusted_modules()->set:
+    "Modules of the configured problem's own code (empty when no problem is configured here)."
+    try: return problem_modules(load_problem())
+    except ProblemError: return set()
 
 def load_sklearn(d:Path, # model folder
                  meta:dict # its MLmodel metadata
                 ):
-    "The scikit-learn model in folder `d`, loaded as its MLmodel says (skops with its trusted types, or pickle)."
-    sk = meta.get("flavors", {}).get("sklearn")
-    if not sk: raise ModelLoadError(f"{d} holds no scikit-learn model (flavors: {', '.join(meta.get('flavors', {}))})")
-    path = d/sk["pickled_model"]
-    if sk.get("serialization_format") == "skops":
-        import skops.io
-        return skops.io.load(path, trusted=sk.get("skops_trusted_types") or [])
-    import pickle  # a pickle from our own registry: loading it runs code, like any pickle
-    with open(path, "rb") as f: return pickle.load(f)
+    "The scikit-learn model in folder `d`, loaded with skops and the types trusted in code (never a pickle)."
+    sk = (meta.get("flavors") or {}).get("sklearn")
+    if not sk: raise ModelLoadError(f"{d} holds no scikit-learn model (flavors: {', '.join(meta.get('flavors') or {}) or 'none'})")
+    if sk.get("serialization_format") != "skops":
+        raise ModelLoadError(f"{d}: the model is serialised as {sk.get('serialization_format') or 'pickle'}; mlops_nb loads only "
+                             "skops-serialised models (log it with mlops_nb.train.log_model)")
+    import skops.io
+    path = (d/str(sk.get("pickled_model", ""))).resolve()
+    if not path.is_relative_to(d.resolve()) or not path.is_file():
+        raise ModelLoadError(f"{d}: MLmodel names {sk.get('pickled_model')!r}, which is not a file inside the model folder")
+    mods = _trusted_modules()
+    try: found = skops.io.get_untrusted_types(file=path)
+    except Exception as e: raise ModelLoadError(f"{d}: {path.name} is not a readable skops file ({type(e).__name__})") from None
+    untrusted = [t for t in found if t not in TRUSTED_TYPES and t.rpartition(".")[0] not in mods]
+    if untrusted:
+        raise ModelLoadError(f"{d}: the model uses types mlops_nb does not trust: {', '.join(untrusted[:5])} (only mlops_nb's "
+                             "own and the configured problem's; set MLOPS_NB_PROBLEM to the problem that made it)")
+    return skops.io.load(path, trusted=[t for t in found if t not in untrusted])
 
 # %% ../nbs/07_serving.ipynb #07-serving-008
-@dataclass
-class FieldSpec:
-    "One request field: kind, whether required, bounds or allowed values."
-    name: str
-    kind: str  # number | integer | string | date
-    required: bool = True
-    min: float|None = None
-    max: float|None = None
-    enum: list|None = None
-    default: object = None
-
-    def json_schema(self)->dict:
-        "This field as OpenAPI / JSON Schema."
-        s = {"number": {"type": "number"}, "integer": {"type": "integer"}, "string": {"type": "string"},
-             "date": {"type": "string", "format": "date"}}[self.kind].copy()
-        if self.min is not None: s["minimum"] = self.min
-        if self.max is not None: s["maximum"] = self.max
-        if self.enum: s["enum"] = list(self.enum)
-        if self.default is not None: s["default"] = self.default
-        return s
-
-# %% ../nbs/07_serving.ipynb #07-serving-009
-AREA_UNITS = {"sqft": 1.0, "sqm": 10.763910416709722}  # square feet per unit
-AREA_FIELDS = ("sqft", "lot_size")  # measured in `area_unit`: decimals allowed
 MAX_ROWS = 1000  # records per request
 
-def request_fields(model, # fitted pipeline
-                   signature_inputs:list # names of the model's signature inputs
-                  )->list:
-    "The request fields of `model`: signature inputs less derived features, plus `listing_date` and `area_unit`."
-    from mlops_nb.data import LISTINGS_SCHEMA
-    from mlops_nb.train import DERIVED_FEATURES
-    cats = {}
-    try:
-        prep = model.named_steps["prep"]
-        for name, enc, cols in prep.transformers_:
-            if hasattr(enc, "categories_"): cats.update({c: [str(v) for v in cs] for c, cs in zip(cols, enc.categories_)})
-    except (AttributeError, KeyError): pass
-    fields = []
-    for c in [c for c in signature_inputs if c not in DERIVED_FEATURES] + ["listing_date"]:
-        spec = LISTINGS_SCHEMA.get(c)
-        kind = {"int": "integer", "float": "number", "str": "string", "datetime": "date"}.get(spec.kind if spec else "float", "number")
-        if c in AREA_FIELDS: kind = "number"
-        fields.append(FieldSpec(c, kind, True, getattr(spec, "min", None), getattr(spec, "max", None), cats.get(c)))
-    fields.append(FieldSpec("area_unit", "string", False, enum=list(AREA_UNITS), default="sqft"))
-    return fields
-
-# %% ../nbs/07_serving.ipynb #07-serving-011
 class RequestError(Exception):
     "A request that does not match the schema: `errors` name each offending field and why."
     def __init__(self, errors:list, status:int=422):
         super().__init__("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors))
         self.errors, self.status = errors, status
 
-_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?")
-
-def _check(v, f:FieldSpec):
-    "The error message for value `v` of field `f`, or None."
-    if f.kind in ("number", "integer"):
-        if isinstance(v, bool) or not isinstance(v, (int, float)): return f"expected a number, got {type(v).__name__ if v is not None else 'null'}"
-        if not math.isfinite(v): return "expected a finite number"
-        if f.kind == "integer" and v != int(v): return f"expected a whole number, got {v}"
-        if f.min is not None and v < f.min: return f"must be >= {f.min:g}, got {v}"
-        if f.max is not None and v > f.max: return f"must be <= {f.max:g}, got {v}"
-    elif f.kind == "date":
-        if not isinstance(v, str) or not _ISO_DATE.fullmatch(v): return f"expected a date YYYY-MM-DD, got {v!r}"
-        try: date.fromisoformat(v[:10])
-        except ValueError: return f"expected a date YYYY-MM-DD, got {v!r}"
-    else:
-        if not isinstance(v, str): return f"expected a string, got {type(v).__name__ if v is not None else 'null'}"
-        if f.enum and v not in f.enum: return f"unknown value {v!r}: allowed are {', '.join(f.enum)}"
-    return None
-
 def validate_payload(payload, # parsed JSON: an object or a list of objects
-                     fields:list, # `request_fields`
+                     schema:dict, # input column -> `ColumnSpec`
                      max_rows:int=MAX_ROWS # records allowed per request
                     )->list:
-    "The records of `payload`, checked against `fields`; raises `RequestError` listing every problem."
+    "The records of `payload`, checked against `schema`; raises `RequestError` listing every problem."
     records = [payload] if isinstance(payload, dict) else payload
-    if not isinstance(records, list): raise RequestError([{"loc": ["body"], "msg": "expected a JSON object (one listing) or a list of them"}])
-    if not records: raise RequestError([{"loc": ["body"], "msg": "empty list: send at least one listing"}])
+    if not isinstance(records, list): raise RequestError([{"loc": ["body"], "msg": "expected a JSON object (one record) or a list of them"}])
+    if not records: raise RequestError([{"loc": ["body"], "msg": "empty list: send at least one record"}])
     if len(records) > max_rows: raise RequestError([{"loc": ["body"], "msg": f"{len(records)} records: at most {max_rows} per request"}], 413)
-    by_name, errors = {f.name: f for f in fields}, []
+    errors = []
     for i, r in enumerate(records):
-        if not isinstance(r, dict): errors.append({"loc": [i], "msg": "expected a JSON object"}); continue
-        for k in r.keys() - by_name.keys(): errors.append({"loc": [i, k], "msg": "unknown field"})
-        for f in fields:
-            if f.name not in r:
-                if f.required: errors.append({"loc": [i, f.name], "msg": "field required"})
-                continue
-            m = _check(r[f.name], f)
-            if m: errors.append({"loc": [i, f.name], "msg": m})
-        if len(errors) > 100: break
+        if not isinstance(r, dict): errors.append({"loc": [i], "msg": "expected a JSON object"})
+        else: errors += [{"loc": [i, f], "msg": m} for f, m in check_record(r, schema, limit=100 - len(errors))]
+        if len(errors) >= 100: break
     if errors: raise RequestError(errors[:100])
     return records
 
+def json_schema(s:ColumnSpec)->dict:
+    "One input column as OpenAPI / JSON Schema."
+    t = {"str": {"type": "string"}, "int": {"type": "integer"}, "float": {"type": "number"}, "bool": {"type": "boolean"},
+         "datetime": {"type": "string", "format": "date"}}[s.kind].copy()
+    if s.kind in ("int", "float"):
+        if s.min is not None: t["minimum"] = s.min
+        if s.max is not None: t["maximum"] = s.max
+    if s.categories: t["enum"] = list(s.categories)
+    if s.default is not None: t["default"] = s.default
+    if s.nullable: t["nullable"] = True
+    if s.description: t["description"] = s.description
+    return t
+
+# %% ../nbs/07_serving.ipynb #07-serving-009a
+def answers(outputs:np.ndarray, # model outputs: (n, classes) probabilities, or (n,) values
+            kind:str, # problem kind
+            labels:list|None, # class labels (classification)
+            info:ModelInfo # the model that answered
+           )->list:
+    "One JSON-ready answer per record."
+    meta = {"model": info.name, "version": info.version}
+    if kind == "regression": return [{"value": float(v), **meta} for v in outputs]
+    out = []
+    for p in outputs:
+        a = {"label": labels[int(np.argmax(p))]}
+        if kind == "binary": a["probability"] = float(p[1])
+        a["probabilities"] = {l: float(x) for l, x in zip(labels, p)}
+        out.append({**a, **meta})
+    return out
+
+# %% ../nbs/07_serving.ipynb #07-serving-009b
+def score(payload, # parsed JSON: one record or a list of records
+          rt, # the `Runtime`
+          preprocess=None, # records -> records (an entry script's)
+          postprocess=None # (answers, records, runtime) -> answers (an entry script's)
+         )->dict:
+    "Validate, pre-process, score and answer one request, unbatched (Azure ML's `run`; `mlops-nb serve` batches the same steps)."
+    records = validate_payload(payload, rt.schema)
+    rows = preprocess(records) if preprocess else records
+    answers = rt.answer(rows, rt.predict(rows))
+    return {"predictions": postprocess(answers, records, rt) if postprocess else answers}
+
 # %% ../nbs/07_serving.ipynb #07-serving-013
 class FastModel:
-    "The pipeline's probabilities computed from records without pandas (same matrix, same trees)."
-    def __init__(self, pipeline):
-        prep, self.clf = pipeline.named_steps["prep"], pipeline.named_steps["clf"]
-        self.numeric, self.onehot, width = [], [], 0
-        for name, enc, cols in prep.transformers_:
-            if name == "remainder" and enc == "drop": continue
+    "The pipeline's outputs computed from records without pandas (same features, same matrix, same estimator)."
+    def __init__(self, pipeline, kind:str):
+        steps = getattr(pipeline, "steps", None)
+        if not steps or len(steps) != 3: raise ValueError("not a three-step pipeline (features, prep, model)")
+        self.features, prep, self.est = (s for _, s in steps)
+        if not hasattr(self.features, "record") or not getattr(self.features, "per_record", False):
+            raise ValueError("its first step has no per-record features (declare derive_record with derive)")
+        self.kind, self.numeric, self.onehot, width = kind, [], [], 0
+        for name, enc, cols in getattr(prep, "transformers_", []):
+            if enc == "drop" or not len(cols): continue
             passthrough = enc == "passthrough" or (type(enc).__name__ == "FunctionTransformer" and enc.func is None)
             if passthrough: self.numeric += [(c, width + j) for j, c in enumerate(cols)]; width += len(cols)
-            elif type(enc).__name__ == "OneHotEncoder" and enc.drop is None:
+            elif type(enc).__name__ == "OneHotEncoder" and enc.drop is None and enc.handle_unknown == "ignore":
                 for c, cats in zip(cols, enc.categories_):
                     self.onehot.append((c, {str(v): width + j for j, v in enumerate(cats)})); width += len(cats)
-            else: raise ValueError(f"unsupported transformer {name}: {enc!r}")
+            else: raise ValueError(f"its transformer {name!r} ({type(enc).__name__}) is not passthrough or one-hot")
+        if width == 0: raise ValueError("its column transformer is not fitted")
         self.width = width
 
-    def matrix(self, rows:list # model-input records (`derive_features` output)
+    def matrix(self, records:list # raw input records
               )->np.ndarray:
-        "The transformed feature matrix of `rows`."
+        "The transformed feature matrix of `records`."
+        rows = [self.features.record(r) for r in records]
         X = np.zeros((len(rows), self.width))
         for c, j in self.numeric: X[:, j] = [r[c] for r in rows]
         for c, index in self.onehot:
@@ -192,89 +188,177 @@ class FastModel:
                 if j is not None: X[i, j] = 1.0  # unknown categories: all zeros, as handle_unknown='ignore'
         return X
 
-    def predict_proba(self, rows:list)->np.ndarray:
-        "Probability of the positive class for each of `rows`."
-        return self.clf.predict_proba(self.matrix(rows))[:, 1]
+    def predict(self, records:list)->np.ndarray:
+        "Probabilities (n, classes) or values (n,) for raw records."
+        X = self.matrix(records)
+        return self.est.predict(X).astype("float64") if self.kind == "regression" else self.est.predict_proba(X)
 
 # %% ../nbs/07_serving.ipynb #07-serving-015
+FAST_PATH_TOLERANCE = 1e-9  # largest difference to the pipeline the fast path may show on the input example
+
 class Runtime:
-    "A loaded model ready to score: metadata, request fields, and the fast (or pipeline) scoring path."
+    "A loaded model ready to score: where it came from, the API it declares, and the fast (or pipeline) scoring path."
     def __init__(self, pipeline, meta:dict, info:ModelInfo, model_dir:Path):
         self.pipeline, self.meta, self.info, self.model_dir = pipeline, meta, info, Path(model_dir)
-        sig = json.loads(meta.get("signature", {}).get("inputs", "[]"))
-        self.inputs = [s["name"] for s in sig]
-        self.fields = request_fields(pipeline, self.inputs)
-        self.fast, self.max_abs_diff = self._fast_path()
+        d = (meta.get("metadata") or {}).get("mlops_nb")
+        if not isinstance(d, dict) or "inputs" not in d:
+            raise ModelLoadError(f"model in {model_dir} records no problem (MLmodel metadata 'mlops_nb'): log models with "
+                                 "mlops_nb.train.log_model (models from before mlops_nb 0.2 must be retrained)")
+        try: self.problem = problem_from_json(d)
+        except (KeyError, TypeError, ValueError, MlopsNbError) as e:
+            raise ModelLoadError(f"model in {model_dir}: its recorded problem is not readable ({type(e).__name__}: {e})") from None
+        self.kind, self.labels, self.schema = self.problem.kind, self.problem.class_labels, self.problem.inputs
+        self.hook = _postprocess_hook(self.problem.name)
+        self.fast, self.max_abs_diff, self.fast_reason = self._fast_path()
 
-    def _example(self):
-        "The logged input example as model-input records."
+    def example(self)->list:
+        "The logged input example as raw records."
         p = self.model_dir/"input_example.json"
         if not p.exists(): return []
         ex = json.loads(p.read_text())
         return [dict(zip(ex["columns"], row)) for row in ex["data"]]
 
-    def _fast_path(self):
-        "A `FastModel` if it reproduces the pipeline on the input example (and the largest difference), else None."
-        rows = self._example()
-        try: fast = FastModel(self.pipeline)
-        except (AttributeError, KeyError, ValueError): fast = None
-        try: import pandas  # the pipeline path and the check need it; a serving image may not have it
-        except ImportError: return self._verified(fast)
-        if fast is None or not rows: return None, None
-        diff = float(np.max(np.abs(fast.predict_proba(rows) - self.pipeline_proba(rows))))
-        return (fast, diff) if diff <= 1e-9 else (None, diff)
-
-    def _verified(self, fast):
-        "Without pandas: the fast path as verified when the model was packaged, or an error."
-        p = self.model_dir/"mlops_nb_model.json"
-        diff = json.loads(p.read_text()).get("fast_path_max_abs_diff") if p.exists() else None
-        if fast is None or diff is None or diff > 1e-9:
-            raise ModelLoadError(f"model in {self.model_dir}: pandas is not installed and the fast scoring path was not "
-                                 "verified when the model was packaged; install pandas or package it with `mlops-nb package`")
-        return fast, diff
-
-    def pipeline_proba(self, rows:list)->np.ndarray:
-        "Probabilities through the full pipeline (DataFrame in)."
+    def pipeline_predict(self, records:list)->np.ndarray:
+        "Outputs through the full pipeline (DataFrame in)."
         import pandas as pd
-        return self.pipeline.predict_proba(pd.DataFrame(rows)[self.inputs])[:, 1]
+        X = pd.DataFrame(records, columns=[c for c in self.schema if any(c in r for r in records)])
+        return (np.asarray(self.pipeline.predict(X), dtype="float64") if self.kind == "regression"
+                else np.asarray(self.pipeline.predict_proba(X), dtype="float64"))
 
-    def predict_proba(self, rows:list # model-input records
-                     )->np.ndarray:
-        "Probabilities for model-input records, through the fast path when it is proven equal."
-        return self.fast.predict_proba(rows) if self.fast else self.pipeline_proba(rows)
+    def predict(self, records:list # raw input records (validated)
+               )->np.ndarray:
+        "Outputs for raw records, through the fast path when it is proven equal."
+        return self.fast.predict(records) if self.fast else self.pipeline_predict(records)
+
+    def answer(self, records:list, outputs:np.ndarray)->list:
+        "The API's answers for `records`, from their outputs."
+        out = answers(outputs, self.kind, self.labels, self.info)
+        return self.hook(out, records) if self.hook else out
+
+def _postprocess_hook(name:str|None):
+    "The configured problem's `postprocess`, when the model is of that problem."
+    try: p = load_problem()
+    except ProblemError: return None
+    return p.postprocess if p.name == name else None
+
+# %% ../nbs/07_serving.ipynb #07-serving-015a
+def _fast_path(self:Runtime):
+    "(FastModel or None, largest difference on the input example, why not when None)."
+    try: fast = FastModel(self.pipeline, self.kind)
+    except (AttributeError, KeyError, TypeError, ValueError) as e: return None, None, f"pipeline not understood: {e}"
+    rows = self.example()
+    try: import pandas  # the pipeline path and the check need it; a serving image does not have it
+    except ImportError: return self._verified(fast)
+    if not rows: return None, None, "no input example to prove it equal"
+    diff = float(np.max(np.abs(fast.predict(rows) - self.pipeline_predict(rows))))
+    if diff > FAST_PATH_TOLERANCE: return None, diff, f"differs from the pipeline by {diff:.3g} on the input example"
+    return fast, diff, None
+
+def _verified(self:Runtime, fast):
+    "Without pandas: the fast path as verified when the model was packaged, or an error."
+    p = self.model_dir/"mlops_nb_model.json"
+    diff = json.loads(p.read_text()).get("fast_path_max_abs_diff") if p.exists() else None
+    if diff is None or diff > FAST_PATH_TOLERANCE:
+        raise ModelLoadError(f"model in {self.model_dir}: pandas is not installed and the fast scoring path was not "
+                             "verified when the model was packaged; install pandas or package it with `mlops-nb package`")
+    return fast, diff, None
+
+def _verify(self:Runtime, expect:dict|None=None # the input schema of the model it would replace
+           )->Runtime:
+    "Check that this model takes the same requests as `expect` and answers its own input example; else raise."
+    if expect is not None:
+        sig = lambda s: {c: (v.kind, v.required) for c, v in s.items()}
+        if sig(self.schema) != sig(expect):
+            a, b = sig(self.schema), sig(expect)
+            diff = sorted(set(a) ^ set(b)) or [c for c in a if a[c] != b[c]]
+            raise ModelLoadError(f"model in {self.model_dir} takes other requests than the served one "
+                                 f"(fields differ: {', '.join(diff[:10])}); deploy it as a new service instead")
+    rows = self.example()
+    if not rows: raise ModelLoadError(f"model in {self.model_dir} has no input example to verify it with")
+    try:
+        validate_payload(rows, self.schema)
+        out = np.asarray(self.predict(rows), dtype="float64")
+    except (RequestError, Exception) as e:
+        raise ModelLoadError(f"model in {self.model_dir} fails on its own input example ({type(e).__name__}: {e})") from None
+    want = (len(rows),) if self.kind == "regression" else (len(rows), len(self.labels or []))
+    ok = out.shape == want and np.isfinite(out).all()
+    if ok and self.kind != "regression": ok = bool(np.all(out >= 0) and np.allclose(out.sum(1), 1, atol=1e-6))
+    if not ok: raise ModelLoadError(f"model in {self.model_dir} gives no valid {self.kind} outputs for its input example")
+    return self
+
+Runtime._fast_path, Runtime._verified, Runtime.verify = _fast_path, _verified, _verify
 
 # %% ../nbs/07_serving.ipynb #07-serving-017
 def _registry_version(ref:str):
     "The `ModelVersionInfo` a registry reference names."
-    from mlops_nb.tracking import resolve_version
     m = re.fullmatch(r"models:/([^/@]+)(?:@(.+)|/(\d+))", ref)
     if m: return resolve_version(m.group(2) or m.group(3), m.group(1))
     return resolve_version(ref)
+
+def _cache_dir(v)->Path:
+    "The serving cache folder of registry version `v`: keyed by the registry store and the version's run, not its number."
+    import hashlib
+    store = hashlib.sha256(registry_uri().encode()).hexdigest()[:12]
+    return state_dir()/"served"/store/f"{re.sub(r'[^A-Za-z0-9._-]', '_', v.name)}-v{v.version}-{v.run_id or 'norun'}"
 
 def fetch_model(ref:str # registry reference
                )->Path:
     "Download the registry model `ref` names into the serving cache (once); return its folder."
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
-    from mlops_nb.tracking import client, GIT_COMMIT_TAG
     v = _registry_version(ref)
-    dest = state_dir()/"served"/f"{v.name}-v{v.version}"
+    dest = _cache_dir(v)
     if not (dest/"MLmodel").exists():
-        tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
-        mlflow.artifacts.download_artifacts(artifact_uri=client().get_model_version_download_uri(v.name, str(v.version)), dst_path=str(tmp))
-        d = find_model_dir(tmp)
-        (d/"mlops_nb_model.json").write_text(json.dumps({"name": v.name, "version": str(v.version), "run_id": v.run_id,
-                                                         "git_commit": v.tags.get(GIT_COMMIT_TAG, ""), "source": ref}))
-        if dest.exists(): shutil.rmtree(dest)
-        d.rename(dest)
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".tmp", dir=dest.parent))
+        try:
+            mlflow.artifacts.download_artifacts(artifact_uri=client().get_model_version_download_uri(v.name, str(v.version)), dst_path=str(tmp))
+            d = find_model_dir(tmp)
+            (d/"mlops_nb_model.json").write_text(json.dumps({"name": v.name, "version": str(v.version), "run_id": v.run_id,
+                                                             "git_commit": v.tags.get(GIT_COMMIT_TAG, ""), "source": ref,
+                                                             "registry": redact_uri(registry_uri())}))
+            try: d.rename(dest)
+            except OSError:  # another process cached it in the meantime: keep theirs
+                if not (dest/"MLmodel").exists(): raise
+        finally: shutil.rmtree(tmp, ignore_errors=True)
+    meta, info = read_model_dir(dest)
+    if (info.name, info.version, info.run_id) != (v.name, str(v.version), v.run_id):  # a cache that is not this version
+        raise ModelLoadError(f"serving cache {dest} holds {info.name} v{info.version} of run {info.run_id}, not "
+                             f"{v.name} v{v.version} of run {v.run_id}: delete that folder and retry")
     return dest
 
 def load_runtime(source:str|Path|None=None # model folder or registry reference (default: the champion)
                 )->Runtime:
     "A `Runtime` for a model folder or a registry reference."
-    source = str(source or f"models:/{MLOPS_NB_MODEL_NAME.get()}@champion")
+    source = str(source or f"models:/{model_name()}@champion")
     p = Path(source).expanduser()
     d = find_model_dir(p) if p.exists() else fetch_model(source)
     meta, info = read_model_dir(d)
     return Runtime(load_sklearn(d, meta), meta, info, d)
+
+# %% ../nbs/07_serving.ipynb #07-serving-017c
+def model_roots()->list:
+    "Folders that hot-swapped model folders must lie under: `MLOPS_NB_MODEL_ROOTS` (os.pathsep-separated), else the serving cache."
+    v = MLOPS_NB_MODEL_ROOTS.get()
+    roots = [Path(r).expanduser() for r in v.split(os.pathsep) if r.strip()] if v else [state_dir()/"served"]
+    return [r.resolve() for r in roots]
+
+_REGISTRY_REF = re.compile(r"models:/[A-Za-z0-9._-]{1,256}(@[A-Za-z0-9_-]{1,64}|/\d{1,9})|latest|@?[A-Za-z][A-Za-z0-9_-]{0,63}|\d{1,9}|best:[A-Za-z0-9_.]{1,64}-?")
+
+def check_model_source(ref, # a model reference sent by a client
+                       roots:list|None=None # allowed folders (default: `model_roots()`)
+                      )->str:
+    "`ref` if it is a registry reference or a folder under an allowed root; else a `ModelLoadError` saying why."
+    if not isinstance(ref, str) or not ref.strip() or len(ref) > 1024 or "\0" in ref:
+        raise ModelLoadError("the model reference must be a non-empty string of at most 1024 characters")
+    if _REGISTRY_REF.fullmatch(ref) and not Path(ref).exists(): return ref
+    p = Path(ref).expanduser()
+    if not p.is_absolute() or not p.exists():
+        raise ModelLoadError(f"model reference {ref!r} is neither a registry reference (models:/NAME@ALIAS, models:/NAME/N, "
+                             "champion, latest, N, best:METRIC) nor an existing absolute folder")
+    real = p.resolve()
+    roots = model_roots() if roots is None else [Path(r).resolve() for r in roots]
+    if not any(real.is_relative_to(r) for r in roots):
+        raise ModelLoadError(f"model folder {ref!r} is not under an allowed root ({', '.join(map(str, roots))}); "
+                             "set MLOPS_NB_MODEL_ROOTS on the server to allow it")
+    return str(real)

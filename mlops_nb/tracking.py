@@ -6,25 +6,27 @@ Docs: https://mlops-nb.github.io/mlops_nb/tracking.html.md"""
 
 # %% ../nbs/03_tracking.ipynb #03-tracking-002
 from __future__ import annotations
-import contextlib, fcntl, logging, os, time
+import contextlib, fcntl, logging, os, socket, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse, unquote
-from .core import (RegistryError, RegistrationRefused, MLOPS_NB_EXPERIMENT, MLOPS_NB_MODEL_NAME,
+from .core import (MlopsNbError, RegistryError, RegistrationRefused, MLOPS_NB_EXPERIMENT, MLOPS_NB_MODEL_NAME,
                            tracking_uri, registry_uri, artifact_root, git_info)
+from .problem import load_problem
 
 # %% auto #0
 __all__ = ['TAG', 'MODE_TAG', 'DATA_FP_TAG', 'EVAL_FP_TAG', 'GIT_COMMIT_TAG', 'GIT_DIRTY_TAG', 'NOTEBOOK_TAG', 'VERSION_TAG',
-           'sqlite_path', 'store_lock', 'client', 'experiment_id', 'lineage_tags', 'create_run', 'end_run',
-           'run_status', 'start_notebook_run', 'log_data_lineage', 'ModelVersionInfo', 'register_model',
-           'list_versions', 'latest_version', 'Selection', 'best_version', 'promote', 'version_for_alias',
-           'resolve_version', 'analyze_sqlite', 'best_run']
+           'OWNER_TAG', 'ERROR_TAG', 'sqlite_path', 'store_lock', 'client', 'experiment_name', 'model_name',
+           'experiment_id', 'lineage_tags', 'process_owner', 'owner_alive', 'create_run', 'end_run', 'run_status',
+           'sweep_runs', 'start_notebook_run', 'log_data_lineage', 'ModelVersionInfo', 'register_model',
+           'list_versions', 'latest_version', 'metric_direction', 'Selection', 'best_version', 'promote',
+           'version_for_alias', 'resolve_version', 'analyze_sqlite', 'best_run']
 
 # %% ../nbs/03_tracking.ipynb #03-tracking-005
 TAG = "mlops_nb."  # prefix of every tag this package writes
 MODE_TAG, DATA_FP_TAG, EVAL_FP_TAG = TAG+"mode", TAG+"data_fingerprint", TAG+"eval_fingerprint"
 GIT_COMMIT_TAG, GIT_DIRTY_TAG, NOTEBOOK_TAG = TAG+"git_commit", TAG+"git_dirty", TAG+"notebook"
-VERSION_TAG = TAG+"registered_version"
+VERSION_TAG, OWNER_TAG, ERROR_TAG = TAG+"registered_version", TAG+"owner", TAG+"error"
 
 # %% ../nbs/03_tracking.ipynb #03-tracking-007
 def sqlite_path(uri:str # a tracking URI
@@ -63,11 +65,19 @@ def client():
     return _clients[(t, r)]
 
 # %% ../nbs/03_tracking.ipynb #03-tracking-010
-def experiment_id(name:str|None=None # experiment name (default: `MLOPS_NB_EXPERIMENT`)
+def experiment_name()->str:
+    "The experiment runs are logged to: `MLOPS_NB_EXPERIMENT`, else the problem's."
+    return MLOPS_NB_EXPERIMENT.get() or load_problem().experiment_name
+
+def model_name()->str:
+    "The registered model: `MLOPS_NB_MODEL_NAME`, else the problem's."
+    return MLOPS_NB_MODEL_NAME.get() or load_problem().registered_model
+
+def experiment_id(name:str|None=None # experiment name (default: `experiment_name()`)
                  )->str:
     "The id of experiment `name`, created if missing (artifacts under the state folder for a local store)."
     from mlflow.exceptions import MlflowException
-    name = name or MLOPS_NB_EXPERIMENT.get()
+    name = name or experiment_name()
     c = client()
     exp = c.get_experiment_by_name(name)
     if exp is not None: return exp.experiment_id
@@ -90,15 +100,44 @@ def lineage_tags(params, # `RunParams` of the run
 # %% ../nbs/03_tracking.ipynb #03-tracking-014
 _RUNNER_ONLY = ("run_id", "result_path")  # plumbing, not training parameters
 
+def process_owner(pid:int|None=None # a process id (default: this process)
+                 )->str:
+    "`HOST:PID:START` naming a process for good: its host, pid and start time (pids are reused, start times are not)."
+    pid = pid or os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
+
+def _stat(pid:int)->list|None:
+    "Fields of /proc/PID/stat after the command name (Linux), or None."
+    try: return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError): return None
+
+def _start_time(pid:int)->str:
+    "The start time of process `pid` in clock ticks since boot (Linux), or '?' where unknown."
+    f = _stat(pid)
+    return f[19] if f and len(f) > 19 else "?"
+
+def owner_alive(owner:str # `process_owner()` of some process
+               )->bool|None:
+    "True if that process is alive, False if it is gone, None if it cannot be told from here (another host)."
+    try: host, pid, start = owner.rsplit(":", 2); pid = int(pid)
+    except ValueError: return None
+    if host != socket.gethostname(): return None
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: pass
+    f = _stat(pid)
+    if f and f[0] in ("Z", "X"): return False  # exited, not yet reaped by its parent
+    return start == "?" or _start_time(pid) == start
+
 def create_run(params, # `RunParams` of the run
                notebook:str, # path of the notebook that runs
                run_name:str|None=None # display name (default: mode and seed)
               )->str:
-    "Create a RUNNING tracking run tagged with lineage and its parameters; return its id."
+    "Create a RUNNING tracking run tagged with lineage, its owner (this process) and its parameters; return its id."
     from mlflow.entities import Param
     c = client()
     run = c.create_run(experiment_id(), run_name=run_name or f"{params.mode}-seed{params.seed}",
-                       tags=lineage_tags(params, notebook))
+                       tags={**lineage_tags(params, notebook), OWNER_TAG: process_owner()})
     ps = [Param(k, str(v)) for k, v in params.as_dict().items() if k not in _RUNNER_ONLY]
     c.log_batch(run.info.run_id, params=ps)
     return run.info.run_id
@@ -113,6 +152,33 @@ def run_status(run_id:str)->str:
     "The status of run `run_id` (RUNNING, FINISHED, FAILED, KILLED)."
     return client().get_run(run_id).info.status
 
+# %% ../nbs/03_tracking.ipynb #03-tracking-015b
+def sweep_runs(max_age_hours:float=24, # RUNNING longer than this, with an owner we cannot check: stale
+               dry_run:bool=False, # only report what would be marked
+               now:float|None=None # seconds since the epoch (default: now)
+              )->list:
+    "Mark stale RUNNING runs of every experiment FAILED; return one dict per stale run (run_id, experiment, why)."
+    c, out = client(), []
+    now = time.time() if now is None else now
+    exps = [e.experiment_id for e in c.search_experiments(max_results=1000)]
+    if not exps: return out
+    token = None
+    while True:
+        page = c.search_runs(exps, filter_string="attributes.status = 'RUNNING'", max_results=1000, page_token=token)
+        for r in page:
+            owner, age = r.data.tags.get(OWNER_TAG, ""), (now - r.info.start_time/1000)/3600
+            alive = owner_alive(owner)
+            if alive: continue
+            if alive is False: why = f"its owner {owner} is gone"
+            elif age > max_age_hours: why = f"RUNNING for {age:.1f} h (> {max_age_hours:g} h) and its owner {owner or 'unknown'} cannot be checked from here"
+            else: continue
+            out.append({"run_id": r.info.run_id, "experiment_id": r.info.experiment_id, "why": why})
+            if not dry_run:
+                c.set_tag(r.info.run_id, ERROR_TAG, f"marked FAILED by `mlops-nb runs sweep`: {why}")
+                end_run(r.info.run_id, "FAILED")
+        token = page.token
+        if not token: return out
+
 # %% ../nbs/03_tracking.ipynb #03-tracking-017
 def start_notebook_run(params, # `RunParams` read by the notebook
                        notebook:str # the notebook's path, for lineage
@@ -122,7 +188,24 @@ def start_notebook_run(params, # `RunParams` read by the notebook
     client()
     rid = params.run_id or create_run(params, notebook)
     if mlflow.active_run() is not None: mlflow.end_run()
-    return mlflow.start_run(run_id=rid)
+    run = mlflow.start_run(run_id=rid)
+    if not params.run_id: _fail_run_on_error(rid)  # no runner watches this run: the notebook must mark its failure
+    return run
+
+def _fail_run_on_error(run_id:str):
+    "In a Jupyter kernel (papermill run by hand, nbconvert, a person): mark `run_id` FAILED when a cell raises."
+    try: ip = get_ipython()  # noqa: F821 (defined inside IPython only)
+    except NameError: return
+    def after(result):
+        if result.error_in_exec is None and result.error_before_exec is None: return
+        import mlflow
+        err = result.error_in_exec or result.error_before_exec
+        c = client()
+        if c.get_run(run_id).info.status != "RUNNING": return
+        c.set_tag(run_id, ERROR_TAG, f"{type(err).__name__}: {err}"[:5000])
+        if mlflow.active_run() is not None and mlflow.active_run().info.run_id == run_id: mlflow.end_run("FAILED")
+        else: end_run(run_id, "FAILED")
+    ip.events.register("post_run_cell", after)
 
 def log_data_lineage(run_id:str, # the run
                      data_fingerprint:str, # fingerprint of the training rows actually used
@@ -159,17 +242,23 @@ class ModelVersionInfo:
 # %% ../nbs/03_tracking.ipynb #03-tracking-020
 def register_model(run_id:str, # the full-mode run that logged the model
                    model_uri:str, # the logged model (`ModelInfo.model_uri`)
-                   name:str|None=None # registered model name (default: `MLOPS_NB_MODEL_NAME`)
+                   name:str|None=None # registered model name (default: `model_name()`)
                   )->int:
     "Register the model of full-mode run `run_id` as a new version of `name`; refuse any other run."
     from mlflow.exceptions import MlflowException
-    name = name or MLOPS_NB_MODEL_NAME.get()
+    name = name or model_name()
     c = client()
-    tags = c.get_run(run_id).data.tags
+    run = c.get_run(run_id)
+    tags = run.data.tags
     mode = tags.get(MODE_TAG)
     if mode != "full":
         raise RegistrationRefused(f"run {run_id} is a {mode or 'untagged'}-mode run: only full-mode runs register models "
                                   "(run the notebook with mode='full', e.g. `mlops-nb train --mode full`)")
+    if run.info.status in ("FAILED", "KILLED"):
+        raise RegistrationRefused(f"run {run_id} is {run.info.status}: a failed run registers nothing")
+    if run.info.status == "RUNNING" and owner_alive(tags.get(OWNER_TAG, "")) is False:
+        raise RegistrationRefused(f"run {run_id}: the process that owns it ({tags[OWNER_TAG]}) is gone; "
+                                  "an orphaned run registers nothing")
     vtags = {k: tags[k] for k in (DATA_FP_TAG, EVAL_FP_TAG, GIT_COMMIT_TAG, GIT_DIRTY_TAG, MODE_TAG) if k in tags}
     with store_lock():
         try: c.create_registered_model(name)
@@ -190,10 +279,10 @@ def _run_metrics(run_ids):
         for run in c.search_runs(exps, filter_string=flt, max_results=len(chunk)): out[run.info.run_id] = dict(run.data.metrics)
     return out
 
-def list_versions(name:str|None=None # registered model name (default: `MLOPS_NB_MODEL_NAME`)
+def list_versions(name:str|None=None # registered model name (default: `model_name()`)
                  )->list:
     "All versions of `name`, newest first, with aliases, lineage tags and their runs' metrics."
-    name = name or MLOPS_NB_MODEL_NAME.get()
+    name = name or model_name()
     c = client()
     try: aliases_of = {}; rm = c.get_registered_model(name)
     except Exception: return []
@@ -213,11 +302,25 @@ def latest_version(name:str|None=None # registered model name
                   )->ModelVersionInfo:
     "The newest version of `name`."
     vs = list_versions(name)
-    if not vs: raise RegistryError(f"model '{name or MLOPS_NB_MODEL_NAME.get()}' has no registered versions: "
+    if not vs: raise RegistryError(f"model '{name or model_name()}' has no registered versions: "
                                    "register one with a full run (`mlops-nb train --mode full --data PATH`)")
     return vs[0]
 
 # %% ../nbs/03_tracking.ipynb #03-tracking-025
+def metric_direction(metric:str|None=None, # a metric name (default: the problem's primary metric)
+                     higher_is_better:bool|None=None # given direction (default: the problem's, else True)
+                    )->tuple:
+    "(metric, higher is better): what was given, completed from the problem's declaration."
+    if metric is None or higher_is_better is None:
+        try: p = load_problem()
+        except MlopsNbError:
+            if metric is None: raise
+            p = None
+        metric = metric or p.primary
+        if higher_is_better is None: higher_is_better = p.directions.get(metric, True) if p else True
+    return metric, bool(higher_is_better)
+
+#| export
 @dataclass
 class Selection:
     "The version `best_version` chose, the versions it compared and those it left out (with why)."
@@ -232,12 +335,13 @@ class Selection:
         if self.skipped: s += "; not compared: " + "; ".join(f"v{v} ({r})" for v, r in sorted(self.skipped.items()))
         return s
 
-def best_version(metric:str, # metric logged by the runs, e.g. `roc_auc`
-                 higher_is_better:bool=True, # False for losses
+def best_version(metric:str|None=None, # metric logged by the runs (default: the problem's primary metric)
+                 higher_is_better:bool|None=None, # False for losses (default: the problem's direction for it, else True)
                  eval_fingerprint:str|None=None, # compare versions evaluated on this data (default: the latest version's)
                  name:str|None=None # registered model name
                 )->Selection:
     "The version with the best `metric` among versions evaluated on the same data."
+    metric, higher_is_better = metric_direction(metric, higher_is_better)
     vs = list_versions(name)
     if not vs: latest_version(name)  # raises the 'no versions' error
     fp = eval_fingerprint or vs[0].eval_fingerprint
@@ -260,7 +364,7 @@ def promote(version:int, # version to point the alias at
             name:str|None=None # registered model name
            )->int|None:
     "Point `alias` at `version` of `name` in one registry write; return the version it pointed at before."
-    name = name or MLOPS_NB_MODEL_NAME.get()
+    name = name or model_name()
     c = client()
     known = {v.version for v in list_versions(name)}
     if int(version) not in known:
@@ -274,7 +378,7 @@ def version_for_alias(alias:str, # alias name
                       name:str|None=None # registered model name
                      )->int|None:
     "The version `alias` points at, or None."
-    try: return int(client().get_model_version_by_alias(name or MLOPS_NB_MODEL_NAME.get(), alias).version)
+    try: return int(client().get_model_version_by_alias(name or model_name(), alias).version)
     except Exception: return None
 
 # %% ../nbs/03_tracking.ipynb #03-tracking-033
@@ -286,16 +390,16 @@ def resolve_version(ref:str="latest", # latest | ALIAS | @ALIAS | VERSION | best
     ref = str(ref).strip()
     if ref in ("", "latest"): return latest_version(name)
     if ref.startswith("best:"):
-        m = ref[5:]; lower = m.endswith("-")
-        return best_version(m.rstrip("-"), higher_is_better=not lower, name=name).version
+        m = ref[5:]
+        return best_version(m.rstrip("-") or None, higher_is_better=False if m.endswith("-") else None, name=name).version
     if ref.isdigit():
         if int(ref) in vs: return vs[int(ref)]
-        raise RegistryError(f"no version {ref} of model '{name or MLOPS_NB_MODEL_NAME.get()}': known versions are "
+        raise RegistryError(f"no version {ref} of model '{name or model_name()}': known versions are "
                             f"{', '.join(map(str, sorted(vs))) or 'none'}")
     v = version_for_alias(ref.lstrip("@"), name)
     if v is None or v not in vs:
         raise RegistryError(f"model reference '{ref}' is not 'latest', a version, 'best:METRIC' or an alias of "
-                            f"'{name or MLOPS_NB_MODEL_NAME.get()}'")
+                            f"'{name or model_name()}'")
     return vs[v]
 
 # %% ../nbs/03_tracking.ipynb #03-tracking-036
@@ -310,7 +414,7 @@ def analyze_sqlite(db:Path # SQLite database file
 def best_run(metric:str, # metric to order by
              higher_is_better:bool=True, # False for losses
              filter_string:str="", # extra MLflow filter, e.g. "tags.`mlops_nb.eval_fingerprint` = 'abc'"
-             experiment:str|None=None # experiment name (default: `MLOPS_NB_EXPERIMENT`)
+             experiment:str|None=None # experiment name (default: `experiment_name()`)
             ):
     "The run of `experiment` with the best `metric` (MLflow `Run`), or None."
     db = sqlite_path(tracking_uri())

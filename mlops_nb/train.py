@@ -1,4 +1,4 @@
-"""The model of the example problem: features, seeded stratified sampling, epoch-wise training and its metrics.
+"""Any declared problem's model: features inside the pipeline, seeded samples with a floor, epoch-wise training, the kind's metrics, and a logged model that takes raw records and returns probabilities or values.
 
 Docs: https://mlops-nb.github.io/mlops_nb/train.html.md"""
 
@@ -6,135 +6,297 @@ Docs: https://mlops-nb.github.io/mlops_nb/train.html.md"""
 
 # %% ../nbs/04_train.ipynb #04-train-002
 from __future__ import annotations
-import json, os
+import json, math, os
+from datetime import date, datetime
 from importlib.metadata import version as _pkg_version
 from pathlib import Path
 import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin  # this module builds and loads models: scikit-learn is needed
 from .core import lazy_module
 pd = lazy_module("pandas")  # loaded on first use: serving images run without pandas
 from .core import DataError, MLOPS_NB_TRAIN_THREADS
-from .data import NUMERIC_FEATURES, CATEGORICAL_FEATURES, TARGET
+from .problem import Problem, metrics_of, predict_outputs
 
 # %% auto #0
-__all__ = ['pd', 'DERIVED_FEATURES', 'MODEL_NUMERIC', 'MODEL_CATEGORICAL', 'MODEL_INPUTS', 'MODEL_PACKAGES',
-           'SKOPS_TRUSTED_TYPES', 'prepare_features', 'derive_features', 'sample_rows', 'split_rows', 'build_model',
-           'evaluate', 'train_epochs', 'pinned_requirements', 'finish_notebook']
+__all__ = ['pd', 'MIN_SAMPLE_PER_CLASS', 'MIN_SAMPLE_ROWS', 'MODEL_PACKAGES', 'TRUSTED_TYPES', 'as_dates', 'raw_features',
+           'raw_record', 'Features', 'features_of', 'example_frame', 'default_estimator', 'build_model', 'sample_rows',
+           'split_rows', 'evaluate', 'check_not_constant', 'train_epochs', 'pinned_requirements', 'problem_modules',
+           'model_types', 'signature_of', 'input_example', 'log_model', 'save_model', 'code_path', 'finish_notebook']
 
 # %% ../nbs/04_train.ipynb #04-train-005
-DERIVED_FEATURES = ["listing_month", "age", "price_per_sqft"]
-MODEL_NUMERIC = list(NUMERIC_FEATURES) + DERIVED_FEATURES
-MODEL_CATEGORICAL = list(CATEGORICAL_FEATURES)
-MODEL_INPUTS = MODEL_NUMERIC + MODEL_CATEGORICAL
+def as_dates(s)->pd.Series:
+    "A column of dates (datetime64, or ISO text whose first 10 characters are the date) as datetime64."
+    if pd.api.types.is_datetime64_any_dtype(s): return s.dt.tz_localize(None) if getattr(s.dt, "tz", None) else s
+    return pd.to_datetime(s.astype(str).str.slice(0, 10), errors="coerce", format="%Y-%m-%d")
 
-def prepare_features(df:pd.DataFrame # listings with the raw feature columns and `listing_date`
-                    )->pd.DataFrame:
-    "The model's input frame: numeric features as float64 (raw and derived), categoricals as str."
-    d = pd.to_datetime(df["listing_date"])
-    out = df[list(NUMERIC_FEATURES)].astype("float64")
-    out["listing_month"] = d.dt.month.astype("float64")
-    out["age"] = (d.dt.year - df["year_built"]).clip(lower=0).astype("float64")
-    out["price_per_sqft"] = (df["list_price"] / df["sqft"].clip(lower=1)).astype("float64")
-    for c in MODEL_CATEGORICAL: out[c] = df[c].astype(str)
-    return out[MODEL_INPUTS].reset_index(drop=True)
+def raw_features(X:pd.DataFrame, # raw input records
+                 kinds:dict # input column -> column kind ('str', 'int', 'float', 'bool', 'datetime')
+                )->pd.DataFrame:
+    "The default features: numbers and booleans as float64, text as str, each date as its year, month and weekday."
+    out = {}
+    for c, k in kinds.items():
+        s = X[c]
+        if k == "str": out[c] = s.astype(object).where(s.notna(), "").astype(str)
+        elif k == "datetime":
+            d = as_dates(s)
+            for part in ("year", "month", "dayofweek"): out[f"{c}_{part}"] = getattr(d.dt, part).astype("float64")
+        else: out[c] = pd.to_numeric(s.astype(object).where(s.notna(), np.nan), errors="coerce").astype("float64")
+    return pd.DataFrame(out, index=X.index)
 
-# %% ../nbs/04_train.ipynb #04-train-008
-def _year_month(d)->tuple:
-    "Year and month of an ISO date string, a date or a datetime."
-    if isinstance(d, str): return int(d[:4]), int(d[5:7])
-    return d.year, d.month
+def _date(v):
+    "A record's date value as a `date` (None when missing or unreadable)."
+    if v is None or (isinstance(v, float) and math.isnan(v)): return None
+    if isinstance(v, (datetime, date)): return v if type(v) is date else v.date()
+    try: return date.fromisoformat(str(v)[:10])
+    except ValueError: return None
 
-def derive_features(rec:dict # one listing: the raw feature fields and `listing_date`
-                   )->dict:
-    "One listing's model inputs: numeric features as floats (raw and derived), categoricals as str."
-    year, month = _year_month(rec["listing_date"])
-    out = {c: float(rec[c]) for c in NUMERIC_FEATURES}
-    out["listing_month"] = float(month)
-    out["age"] = float(max(year - rec["year_built"], 0))
-    out["price_per_sqft"] = float(rec["list_price"] / max(rec["sqft"], 1))
-    for c in MODEL_CATEGORICAL: out[c] = str(rec[c])
+def raw_record(r:dict, # one raw input record
+               kinds:dict # input column -> column kind
+              )->dict:
+    "`raw_features` for one record, without pandas."
+    out = {}
+    for c, k in kinds.items():
+        v = r.get(c)
+        if k == "str": out[c] = "" if v is None else str(v)
+        elif k == "datetime":
+            d = _date(v)
+            for part, get in (("year", lambda d: d.year), ("month", lambda d: d.month), ("dayofweek", lambda d: d.weekday())):
+                out[f"{c}_{part}"] = float(get(d)) if d else math.nan
+        else: out[c] = math.nan if v is None else float(v)
     return out
 
+# %% ../nbs/04_train.ipynb #04-train-006
+class Features(TransformerMixin, BaseEstimator):
+    "The first step of every model: raw input records to features (floats and strings), with defaults for optional inputs."
+    def __init__(self, kinds:dict|None=None, # input column -> column kind
+                 defaults:dict|None=None, # optional input column -> the value a record that leaves it out gets
+                 derive=None, # the problem's `derive` (DataFrame -> DataFrame), or None for `raw_features`
+                 derive_record=None # the problem's `derive_record` (dict -> dict), or None
+                ):
+        self.kinds, self.defaults, self.derive, self.derive_record = kinds, defaults, derive, derive_record
+
+    def fit(self, X, y=None): return self
+
+    def transform(self, X:pd.DataFrame)->pd.DataFrame:
+        "Features of the raw records in `X`."
+        X = X.assign(**{c: v for c, v in (self.defaults or {}).items() if c not in X.columns})
+        return self.derive(X) if self.derive is not None else raw_features(X, self.kinds)
+
+    @property
+    def per_record(self)->bool:
+        "Whether `record` computes the same features one record at a time."
+        return self.derive is None or self.derive_record is not None
+
+    def record(self, r:dict)->dict:
+        "Features of one raw record."
+        if self.defaults: r = {**self.defaults, **r}
+        return self.derive_record(r) if self.derive is not None else raw_record(r, self.kinds)
+
+def features_of(problem:Problem)->Features:
+    "The `Features` step of `problem`'s models."
+    return Features({c: s.kind for c, s in problem.inputs.items()},
+                    {c: s.default for c, s in problem.inputs.items() if not s.required} or None,
+                    problem.derive, problem.derive_record)
+
+# %% ../nbs/04_train.ipynb #04-train-009
+def example_frame(problem:Problem)->pd.DataFrame:
+    "A one-row frame of the problem's example record (or of placeholder values when it declares none)."
+    if problem.example is not None: return pd.DataFrame([problem.example])
+    fill = {"str": "x", "int": 0, "float": 0.0, "bool": False, "datetime": "2020-01-01"}
+    row = {c: (s.categories[0] if s.categories else s.min if s.min is not None else fill[s.kind]) for c, s in problem.inputs.items()}
+    return pd.DataFrame([row])
+
+def default_estimator(kind:str, # problem kind
+                      seed:int, # model seed
+                      per_epoch:int=25 # boosting rounds added each epoch
+                     ):
+    "Gradient boosting (classifier or regressor) that grows by `per_epoch` rounds each epoch."
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+    cls = HistGradientBoostingRegressor if kind == "regression" else HistGradientBoostingClassifier
+    # max_features < 1 samples features per split, so the seed matters: runs with other seeds are other models
+    return cls(max_iter=per_epoch, learning_rate=0.1, max_leaf_nodes=31, max_features=0.8, early_stopping=False,
+               warm_start=True, random_state=seed)
+
+def build_model(problem:Problem, # the declared problem
+                seed:int=42 # model seed
+               ):
+    "An unfitted pipeline for `problem`: `Features`, one-hot text features, then the estimator."
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+    feats = features_of(problem)
+    ex = feats.transform(example_frame(problem))
+    numeric = [c for c in ex.columns if pd.api.types.is_numeric_dtype(ex[c])]
+    text = [c for c in ex.columns if c not in numeric]
+    parts = [("num", "passthrough", numeric)]
+    if text: parts.append(("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), text))
+    est = problem.estimator(seed) if problem.estimator else default_estimator(problem.kind, seed)
+    return Pipeline([("features", feats), ("prep", ColumnTransformer(parts)), ("model", est)])
+
 # %% ../nbs/04_train.ipynb #04-train-011
-def sample_rows(df:pd.DataFrame, # listings with the label column
+MIN_SAMPLE_PER_CLASS = 50  # rows of each class a sample keeps at least (classification)
+MIN_SAMPLE_ROWS = 200  # rows a sample keeps at least (regression)
+
+def sample_rows(df:pd.DataFrame, # labelled rows
+                problem:Problem, # the declared problem
                 frac:float, # fraction of rows to keep, in (0, 1]
                 seed:int # sampling seed
                )->pd.DataFrame:
-    "A seeded sample of `frac` of the rows, stratified by the label, in the original row order."
+    "A seeded sample of `frac` of the rows (with the floors above), stratified by class, in the original row order."
     if frac >= 1: return df.reset_index(drop=True)
-    s = df.groupby(TARGET, group_keys=False).sample(frac=frac, random_state=seed)
-    return df.loc[sorted(s.index)].reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    if problem.kind == "regression": groups = [np.arange(len(df))]
+    else:
+        y = problem.encode(df[problem.target])
+        groups = [np.flatnonzero(y == k) for k in range(len(problem.classes))]
+    floor = MIN_SAMPLE_ROWS if problem.kind == "regression" else MIN_SAMPLE_PER_CLASS
+    keep = [g if len(g) <= floor else rng.choice(g, size=max(round(frac*len(g)), floor), replace=False) for g in groups]
+    return df.iloc[np.sort(np.concatenate(keep))].reset_index(drop=True)
 
-def split_rows(df:pd.DataFrame, # listings with the label column
+def split_rows(df:pd.DataFrame, # labelled rows
+               problem:Problem, # the declared problem
                seed:int, # split seed
                eval_frac:float=0.2 # share held out for evaluation
               )->tuple:
-    "A seeded, stratified train / evaluation split."
+    "A seeded train / evaluation split, stratified by class; a `DataError` when too few rows (of a class) to learn."
     from sklearn.model_selection import train_test_split
-    y = df[TARGET]
-    if len(df) < 20 or y.nunique() < 2 or y.value_counts().min() < 2:
-        raise DataError(f"{len(df)} rows with labels {sorted(y.unique().tolist())} are too few to train and evaluate: "
-                        "use a larger file or a larger sample_frac")
-    tr, ev = train_test_split(df, test_size=eval_frac, random_state=seed, stratify=y)
+    if len(df) < 20: raise DataError(f"{len(df)} rows are too few to train and evaluate: use at least 20 (a larger file or sample_frac)")
+    strat = None
+    if problem.kind != "regression":
+        y = problem.encode(df[problem.target])
+        counts = np.bincount(y, minlength=len(problem.classes))
+        if counts.min() < 2:
+            few = [f"{problem.class_labels[k]} ({counts[k]})" for k in range(len(counts)) if counts[k] < 2]
+            raise DataError(f"{len(df)} rows are too few to train and evaluate: class(es) {', '.join(few)} need at least 2 rows each "
+                            "(use a larger file or a larger sample_frac)")
+        strat = y
+    tr, ev = train_test_split(df, test_size=eval_frac, random_state=seed, stratify=strat)
     return tr.sort_index().reset_index(drop=True), ev.sort_index().reset_index(drop=True)
 
 # %% ../nbs/04_train.ipynb #04-train-014
-def build_model(seed:int=42, # model seed
-                iters_per_epoch:int=25 # boosting rounds added per epoch
-               ):
-    "An unfitted scikit-learn pipeline: one-hot categoricals, then gradient boosting that grows per epoch."
-    from sklearn.compose import ColumnTransformer
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import OneHotEncoder
-    prep = ColumnTransformer([("num", "passthrough", MODEL_NUMERIC),
-                              ("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), MODEL_CATEGORICAL)])
-    # max_features < 1 samples features per split, so the seed matters: runs with other seeds are other models
-    clf = HistGradientBoostingClassifier(max_iter=iters_per_epoch, learning_rate=0.1, max_leaf_nodes=31, max_features=0.8,
-                                         early_stopping=False, warm_start=True, random_state=seed)
-    return Pipeline([("prep", prep), ("clf", clf)])
-
-def evaluate(model, # fitted pipeline (or anything with `predict_proba`)
-             X:pd.DataFrame, # model inputs
-             y # true labels
+def evaluate(problem:Problem, # the declared problem
+             model, # fitted pipeline
+             df:pd.DataFrame # labelled raw rows
             )->dict:
-    "Accuracy, ROC AUC and log loss of `model` on `X`, `y`."
-    from sklearn.metrics import accuracy_score, roc_auc_score, log_loss
-    p = model.predict_proba(X)[:, 1]
-    return {"accuracy": float(accuracy_score(y, p >= 0.5)), "roc_auc": float(roc_auc_score(y, p)),
-            "log_loss": float(log_loss(y, p, labels=[0, 1]))}
+    "The problem's metrics of `model` on the labelled rows `df`."
+    return metrics_of(problem.kind, problem.encode(df[problem.target]), predict_outputs(model, df, problem.kind), problem.metric_names)
+
+def check_not_constant(out:np.ndarray # `predict_outputs` on the evaluation rows
+                      ):
+    "Refuse a model that gives every row the same answer: it has learnt nothing, so its run checks nothing."
+    if len(out) > 1 and np.allclose(out, out[0], rtol=0, atol=1e-12):
+        raise DataError("the trained model gives every evaluation row the same answer: it learnt nothing from the data "
+                        "(too few rows, or no signal); use more data or a larger sample_frac")
 
 # %% ../nbs/04_train.ipynb #04-train-015
-def train_epochs(model, # `build_model()` pipeline
-                 X_train, y_train, X_val, y_val, # training and validation data
+def _grow_param(est)->str|None:
+    "The parameter a warm-started estimator grows per epoch, if any."
+    if not getattr(est, "warm_start", False): return None
+    return next((k for k in ("max_iter", "n_estimators") if k in est.get_params()), None)
+
+def train_epochs(problem:Problem, # the declared problem
+                 model, # `build_model()` pipeline
+                 train_df:pd.DataFrame, val_df:pd.DataFrame, # labelled raw rows to train on and to validate with
                  epochs:int, # number of epochs
                  on_epoch=None # called as `on_epoch(epoch, metrics)` after each epoch
                 )->list:
     "Fit `model` epoch by epoch; return per-epoch `train_loss` and validation metrics."
-    from sklearn.metrics import log_loss
-    prep, clf = model.named_steps["prep"], model.named_steps["clf"]
-    per_epoch = clf.max_iter
-    Xt, Xv = prep.fit_transform(X_train), prep.transform(X_val)
-    y_train, y_val = np.asarray(y_train).astype(int), np.asarray(y_val).astype(int)
+    from sklearn.metrics import log_loss, mean_squared_error
     from threadpoolctl import threadpool_limits
+    pre, est = model[:-1], model[-1]
+    y_train, y_val = problem.encode(train_df[problem.target]), problem.encode(val_df[problem.target])
+    if problem.kind != "regression":
+        missing = sorted(set(range(len(problem.classes))) - set(np.unique(y_train).tolist()))
+        if missing: raise DataError(f"the training rows have no row of class(es) {', '.join(problem.class_labels[k] for k in missing)}; use more data")
+    Xt, Xv = pre.fit_transform(train_df), pre.transform(val_df)
+    grow = _grow_param(est); per_epoch = est.get_params()[grow] if grow else None
     threads = int(MLOPS_NB_TRAIN_THREADS.get()) or None
     history = []
     for e in range(1, epochs + 1):
         with threadpool_limits(limits=threads, user_api="openmp"):
-            clf.set_params(max_iter=per_epoch * e).fit(Xt, y_train)
-            m = {"train_loss": float(log_loss(y_train, clf.predict_proba(Xt)[:, 1], labels=[0, 1]))}
-            m.update({f"val_{k}": v for k, v in evaluate(clf, Xv, y_val).items()})
+            if problem.train_epoch is not None: problem.train_epoch(est, Xt, y_train, e)
+            elif grow: est.set_params(**{grow: per_epoch * e}).fit(Xt, y_train)
+            elif hasattr(est, "partial_fit"):
+                est.partial_fit(Xt, y_train, **({} if problem.kind == "regression" or e > 1 else {"classes": np.arange(len(problem.classes))}))
+            elif e == 1: est.fit(Xt, y_train)
+            out_t, out_v = predict_outputs(est, Xt, problem.kind), predict_outputs(est, Xv, problem.kind)
+        loss = mean_squared_error(y_train, out_t) if problem.kind == "regression" else log_loss(y_train, out_t, labels=list(range(out_t.shape[1])))
+        m = {"train_loss": float(loss), **{f"val_{k}": v for k, v in metrics_of(problem.kind, y_val, out_v, problem.metric_names).items()}}
         history.append(m)
         if on_epoch: on_epoch(e, m)
     return history
 
 # %% ../nbs/04_train.ipynb #04-train-018
-MODEL_PACKAGES = ["scikit-learn", "numpy", "pandas", "scipy", "skops"]
-# skops refuses to load types it does not know; these are the ones our own pipeline uses (we trust what we trained)
-SKOPS_TRUSTED_TYPES = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
+MODEL_PACKAGES = ["scikit-learn", "numpy", "pandas", "scipy", "skops", "mlops_nb"]
+# types every model of ours may hold beyond what skops trusts by default; a problem adds the functions of its own module
+TRUSTED_TYPES = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor", "mlops_nb.train.Features"]
+_MLFLOW_TYPES = {"str": "string", "int": "long", "float": "double", "bool": "boolean", "datetime": "string"}
 
 def pinned_requirements()->list:
     "The model's runtime requirements, pinned to the installed versions."
     return [f"{p}=={_pkg_version(p)}" for p in MODEL_PACKAGES]
+
+def problem_modules(problem:Problem)->set:
+    "The modules of the problem's own code that its models may reference (derive functions)."
+    return {f.__module__ for f in (problem.derive, problem.derive_record) if f is not None}
+
+def model_types(model)->list:
+    "The types `model` holds that skops does not trust by default."
+    import skops.io
+    return sorted(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
+
+def signature_of(problem:Problem):
+    "The MLflow signature of the problem's models: raw inputs in, probabilities (n, classes) or values (n,) out."
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema, TensorSpec
+    inputs = Schema([ColSpec(_MLFLOW_TYPES[s.kind], c, required=s.required) for c, s in problem.inputs.items()])
+    shape = (-1,) if problem.kind == "regression" else (-1, len(problem.classes))
+    return ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(np.dtype("float64"), shape)]))
+
+def input_example(problem:Problem, # the declared problem
+                  rows:pd.DataFrame # raw rows (the first three are kept)
+                 )->pd.DataFrame:
+    "Raw input rows as JSON would carry them (dates as ISO text), for the logged model's input example."
+    ex = rows[[c for c in problem.inputs if c in rows.columns]].head(3).reset_index(drop=True)
+    for c, s in problem.inputs.items():
+        if s.kind == "datetime" and c in ex: ex[c] = as_dates(ex[c]).dt.strftime("%Y-%m-%d")
+    return ex
+
+def _flavor_args(problem:Problem, model, rows)->dict:
+    "What `log_model` and `save_model` give MLflow's sklearn flavour."
+    # MLflow's own servers import the problem's code from the model folder; mlops_nb's servers never do (see serving)
+    code = sorted({code_path(m) for m in problem_modules(problem) if m.split(".")[0] != "mlops_nb"})
+    return dict(signature=signature_of(problem), input_example=input_example(problem, rows),
+                pip_requirements=pinned_requirements(), serialization_format="skops", skops_trusted_types=model_types(model),
+                pyfunc_predict_fn="predict" if problem.kind == "regression" else "predict_proba",
+                metadata={"mlops_nb": problem.as_json()}, code_paths=[str(c) for c in code] or None)
+
+def log_model(problem:Problem, # the declared problem
+              model, # fitted pipeline
+              rows:pd.DataFrame # raw rows for the input example
+             ):
+    "Log `model` to the active MLflow run as the problem's API; return MLflow's `ModelInfo`."
+    import mlflow
+    return mlflow.sklearn.log_model(model, name="model", **_flavor_args(problem, model, rows))
+
+def save_model(problem:Problem, # the declared problem
+               model, # fitted pipeline
+               rows:pd.DataFrame, # raw rows for the input example
+               path:str|Path # a new folder
+              )->Path:
+    "Save `model` as the problem's API into the model folder `path` (what `log_model` logs, without a run)."
+    import mlflow
+    mlflow.sklearn.save_model(model, str(path), **_flavor_args(problem, model, rows))
+    return Path(path)
+
+def code_path(module:str)->Path:
+    "The top-level package folder (or single file) that module `module` comes from."
+    import importlib.util
+    spec = importlib.util.find_spec(module)
+    p = Path(spec.origin)
+    if p.name == "__init__.py": p = p.parent
+    for _ in range(module.count(".")): p = p.parent
+    return p
 
 # %% ../nbs/04_train.ipynb #04-train-021
 def finish_notebook(params, # the notebook's `RunParams`

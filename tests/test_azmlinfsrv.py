@@ -116,7 +116,7 @@ def test_liveness(server):
     assert (status, body) == (200, "Healthy"), server.log_tail()
 
 
-THREE = [GOOD, {**GOOD, "sqft": 120, "lot_size": 300, "area_unit": "sqm", "neighbourhood": "Westboro"},
+THREE = [GOOD, {**GOOD, "sqft": 1200, "lot_size": 3000, "neighbourhood": "Westboro"},
          {**GOOD, "list_price": 420000, "property_type": "condo", "bedrooms": 1, "year_built": 2015}]
 
 
@@ -125,7 +125,7 @@ def test_score_matches_in_process(server, score_module, payload):
     status, headers, text = server.request("/score", json.dumps(payload).encode())
     assert status == 200, f"{status} {text}{server.log_tail()}"
     assert headers.get_content_type() == "application/json"
-    got, want = json.loads(text)["predictions"], score_module.score(payload)["predictions"]
+    got, want = json.loads(text)["predictions"], score_module.run(json.dumps(payload))["predictions"]
     assert len(got) == len(want) == (1 if isinstance(payload, dict) else len(payload))
     for g, w in zip(got, want):
         assert (g["label"], g["model"], g["version"]) == (w["label"], w["model"], w["version"]), (g, w)

@@ -28,7 +28,7 @@ def test_missing_subcommand_says_what_to_do():
 def _bad_files(d):
     "Files with each kind of bad data, and the words their error must contain."
     import pandas as pd
-    from mlops_nb.data import generate_listings
+    from mlops_nb.examples.ottawa import generate_listings
     df = generate_listings(2021, 50, seed=1)
     df.drop(columns=["sqft"]).to_csv(d/"no_sqft.csv", index=False)
     wrong = df.astype({"list_price": object}); wrong.loc[3, "list_price"] = "abc"; wrong.to_csv(d/"wrong_type.csv", index=False)
@@ -72,9 +72,9 @@ def test_bad_parameters_one_line_error(args, words, state):
 
 def test_generate_and_check(tmp_path, state):
     out = cli_json("data", "generate", "--year", "2022", "--rows", "500", "--seed", "3", "--out", tmp_path/"x.csv")
-    assert out["rows"] == 500 and out["path"].endswith("x.csv") and 0 < out["above_ask_share"] < 1
+    assert out["rows"] == 500 and out["path"].endswith("x.csv") and 0 < out["class_shares"]["above_asking"] < 1
     chk = cli_json("data", "check", tmp_path/"x.csv")
-    assert chk["rows"] == 500 and chk["fingerprint"] == out["fingerprint"]
+    assert chk["rows"] == 500 and chk["fingerprint"] == out["fingerprint"] and chk["class_shares"] == out["class_shares"]
     again = cli_json("data", "generate", "--year", "2022", "--rows", "500", "--seed", "3", "--out", tmp_path/"y.parquet")
     assert again["fingerprint"] == out["fingerprint"]  # same seed, same data, whatever the format
     _assert_one_line_error(run_cli("data", "generate", "--year", "2022", "--rows", "0", "--out", tmp_path/"z.csv"), "--rows 0")
@@ -114,3 +114,5 @@ def test_monitor_json_contract(tmp_path, state):
     assert p.returncode == 1 and "retraining advised: feature drift: days_on_market" in p.stderr
     p = run_cli("monitor", "--reference", tmp_path/"2021-0.parquet", "--current", tmp_path/"2023-0.parquet", "--threshold", "psi=abc")
     assert p.returncode == 2 and "psi" in p.stderr and "Traceback" not in p.stderr
+    _assert_one_line_error(run_cli("monitor", "--reference", tmp_path/"2021-0.parquet", "--current", tmp_path/"2023-0.parquet",
+                                   "--threshold", "psi"), "--threshold 'psi' is not allowed: use KEY=VALUE")

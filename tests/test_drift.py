@@ -4,8 +4,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from mlops_nb.core import DataError, MlopsNbError, ParamError
-from mlops_nb.data import generate_listings, NUMERIC_FEATURES, CATEGORICAL_FEATURES, TARGET
-from mlops_nb.drift import DriftThresholds, drift_report, psi_numeric, psi_categorical, ks_test
+from mlops_nb.drift import DriftThresholds, drift_report as _drift_report, psi_numeric, psi_categorical, ks_test
+from mlops_nb.examples.ottawa import PROBLEM, generate_listings, TARGET, NUMERIC
+
+drift_report = lambda *a, **kw: _drift_report(*a, **{"problem": PROBLEM, **kw})  # the Ottawa example's features
+WATCHED = NUMERIC + ["neighbourhood", "property_type"]
 
 
 @pytest.fixture(scope="module")
@@ -16,10 +19,10 @@ def frames():
 
 @pytest.fixture(scope="module")
 def model18(frames):
-    from mlops_nb.train import build_model, train_epochs, prepare_features, split_rows
-    tr, ev = split_rows(frames["a18"], seed=0)
-    m = build_model(seed=0, iters_per_epoch=20)
-    h = train_epochs(m, prepare_features(tr), tr[TARGET], prepare_features(ev), ev[TARGET], epochs=2)
+    from mlops_nb.train import build_model, train_epochs, split_rows
+    tr, ev = split_rows(frames["a18"], PROBLEM, seed=0)
+    m = build_model(PROBLEM, seed=0)
+    h = train_epochs(PROBLEM, m, tr, ev, epochs=2)
     return m, ev, {k[4:]: v for k, v in h[-1].items() if k.startswith("val_")}
 
 
@@ -36,15 +39,15 @@ def test_five_years_drift(frames):
 
 def test_json_contract_finite_and_deterministic(frames, model18):
     m, ev, logged = model18
-    runtime = SimpleNamespace(pipeline=m, info=None)  # what load_runtime returns, as far as drift_report cares
-    d1 = drift_report(ev, frames["c23"], model=runtime, reference_metrics=logged).as_dict()
+    runtime = SimpleNamespace(pipeline=m, info=None, problem=PROBLEM)  # what load_runtime returns, as far as drift_report cares
+    d1 = _drift_report(ev, frames["c23"], model=runtime, reference_metrics=logged).as_dict()
     d2 = json.loads(json.dumps(drift_report(ev, frames["c23"], model=m, reference_metrics=logged).as_dict()))
     assert d1 == d2  # deterministic, and JSON round-trips unchanged
     assert {"drift", "retrain", "reasons", "features", "decay", "rows"} <= set(d1)
     assert d1["rows"] == {"reference": len(ev), "current": 4000}
-    assert set(d1["features"]) == set(NUMERIC_FEATURES + CATEGORICAL_FEATURES)
+    assert set(d1["features"]) == set(WATCHED)
     for name, f in d1["features"].items():
-        keys = {"psi", "drifted"} | ({"ks_stat", "ks_pvalue"} if name in NUMERIC_FEATURES else set())
+        keys = {"psi", "drifted"} | ({"ks_stat", "ks_pvalue"} if name in NUMERIC else set())
         assert keys <= set(f) and all(math.isfinite(f[k]) for k in keys - {"drifted"})
     assert set(d1["decay"]) == {"accuracy", "roc_auc", "log_loss"}
     assert all(math.isfinite(v) for d in d1["decay"].values() for v in d.values())

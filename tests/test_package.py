@@ -79,7 +79,7 @@ def test_container_answers_the_http_cases(built, containers, model_dir, monkeypa
             conn.request("POST", "/score", body=body, headers={"content-type": ctype})
             r = conn.getresponse(); return r.status, json.loads(r.read())
         st, body = post(json.dumps([GOOD, {**GOOD, "property_type": "condo"}]).encode())
-        want = ref.score([GOOD, {**GOOD, "property_type": "condo"}])["predictions"]
+        want = ref.run(json.dumps([GOOD, {**GOOD, "property_type": "condo"}]))["predictions"]
         assert st == 200 and [round(p["probability"], 9) for p in body["predictions"]] == [round(p["probability"], 9) for p in want]
         for name, raw, ctype, status, words in BAD_REQUESTS:
             st, body = post(raw, ctype)

@@ -98,7 +98,8 @@ def test_dry_run_lists_and_checks_the_commands(name, tmp_path, monkeypatch):
     from mlops_nb.pipeline import run_pipeline
     monkeypatch.setenv("MLOPS_NB_HOME", str(tmp_path))
     lines = []
-    r = run_pipeline(name, dry_run=True, say=lines.append)
+    from mlops_nb.cli import _parser
+    r = run_pipeline(name, dry_run=True, say=lines.append, parse=_parser().parse_args)
     assert r.rc == 0 and r.error is None, lines
     ran = [l for l in lines if "would run: " in l]
     assert ran and all(l.startswith(f"[{name}/") for l in ran)
@@ -120,8 +121,8 @@ def test_a_failing_step_stops_the_pipeline(state):
     lines = []
     r = run_pipeline("train", rows=0, say=lines.append)
     assert r.rc == 1 and [s["status"] for s in r.steps] == ["failed"]
-    assert r.error.startswith("step data/generate exited 2: mlops-nb data generate --year 2021 --rows 0")
-    assert r.error.endswith("error: --rows 0 is not allowed: use a positive number of rows")
+    assert r.error.startswith("step data/generate exited 2: mlops-nb data generate --period 2021 --rows 0")
+    assert r.error.endswith("error: --rows 0 is not allowed: use 1 to 50000000 rows")
 
 
 def test_local_train_pipeline_registers_and_promotes(state):
@@ -133,7 +134,7 @@ def test_local_train_pipeline_registers_and_promotes(state):
     assert [s["status"] for s in r.steps] == ["ok", "skipped", "ok", "ok", "ok", "skipped"]
     assert r.outputs["run"]["registered_version"] == 1 and r.outputs["run"]["train_rows"] == 1200
     assert r.outputs["champion"]["version"] == 1
-    assert (state/"data"/"listings-2021.parquet").exists()
+    assert (state/"data"/"ottawa-housing-2021.parquet").exists()
     vs = list_versions()
     assert [v.version for v in vs] == [1] and "champion" in vs[0].aliases
     assert any(l.startswith("[train/select/promote] ok") for l in lines)

@@ -8,7 +8,7 @@ from conftest import run_cli, cli_json
 def test_challenger_that_is_worse_keeps_the_champion(model_dir, model_dir_v2, state):
     "A model trained on 2021 does not replace a 2023 champion on 2023 data; the reason is recorded on its version."
     from test_server import _register
-    from mlops_nb.data import generate_listings
+    from mlops_nb.examples.ottawa import generate_listings
     from mlops_nb.retrain import challenge
     from mlops_nb.tracking import promote, version_for_alias, client
     old, new = _register(model_dir, 1), _register(model_dir_v2, 2)  # trained on 2021 and on 2023
@@ -26,16 +26,27 @@ def test_challenger_that_is_worse_keeps_the_champion(model_dir, model_dir_v2, st
 
 def test_simulation_end_to_end(tmp_path, state):
     "Three market years through the real runner, server and client: a report, no failed request, retrained versions served."
-    out = cli_json("simulate", "--first-year", "2020", "--years", "3", "--rows", "3000", "--epochs", "2", "--out", tmp_path/"sim", timeout=900)
-    assert out["requests_failed"] == 0 and out["requests_ok"] > 50
-    years = out["years"]
-    assert [y["year"] for y in years] == [2020, 2021, 2022]
-    assert all(0.5 < y["first_model"]["accuracy"] <= 1 and 0.5 < y["champion"]["accuracy"] <= 1 for y in years)
-    assert years[0]["first_model"] == years[0]["champion"]  # year one: the same model
-    later = years[1:]
+    from mlops_nb.tracking import list_versions
+    before = [(v.version, v.aliases) for v in list_versions()]
+    out = cli_json("simulate", "--first-period", "2020", "--periods", "3", "--rows", "3000", "--epochs", "2", "--out", tmp_path/"sim", timeout=900)
+    assert out["requests_failed"] == 0 and out["requests_ok"] > 50 and out["metric"] == "accuracy"
+    periods = out["periods"]
+    assert [y["period"] for y in periods] == [2020, 2021, 2022]
+    assert all(0.5 < y["first_model"]["accuracy"] <= 1 and 0.5 < y["champion"]["accuracy"] <= 1 for y in periods)
+    assert periods[0]["first_model"] == periods[0]["champion"]  # period one: the same model
+    later = periods[1:]
     assert all(y["decision"] for y in later) and any(y["retrained"] for y in later)
     promoted = [y for y in later if y["decision"].startswith("promoted")]
     assert len(out["versions_served"]) == 1 + len(promoted)  # every promoted version answered the client
     page = Path(out["report"]).read_text()
     assert "<svg" in page and page.count("<polyline") == 2 and f"{out['requests_ok']} requests answered, 0 failed" in page
     assert json.loads((tmp_path/"sim"/"report.json").read_text())["requests_failed"] == 0
+    # finding 10 of the audit: it worked in a store of its own and left the configured registry alone
+    assert [(v.version, v.aliases) for v in list_versions()] == before and (tmp_path/"sim"/"state"/"mlflow.db").exists()
+
+
+def test_simulate_needs_a_generator_and_valid_sizes(tmp_path, state):
+    p = run_cli("simulate", "--periods", "1")
+    assert p.returncode == 2 and "--periods 1 is not allowed" in p.stderr
+    p = run_cli("simulate", "--rows", "10", "--out", tmp_path/"x")
+    assert p.returncode == 2 and "rows=10 is not allowed" in p.stderr and "Traceback" not in p.stderr

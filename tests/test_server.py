@@ -56,7 +56,8 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, model_dir, state):
-    s = Server(tmp_path_factory.mktemp("srv"), "--model", model_dir, env={"MLOPS_NB_ADMIN_TOKEN": ADMIN})
+    s = Server(tmp_path_factory.mktemp("srv"), "--model", model_dir,  # the tests' folders are the allowed model roots
+               env={"MLOPS_NB_ADMIN_TOKEN": ADMIN, "MLOPS_NB_MODEL_ROOTS": str(tmp_path_factory.getbasetemp())})
     yield s
     log = s.stop()
     assert ADMIN not in log  # secrets never logged
@@ -80,7 +81,7 @@ def test_scores_like_score_py(server, model_dir, monkeypatch):
     for p in payloads:
         st, body = server.score(p)
         assert st == 200
-        want = ref.score(p)["predictions"]
+        want = ref.run(json.dumps(p))["predictions"]
         assert [x["label"] for x in body["predictions"]] == [x["label"] for x in want]
         assert all(abs(a["probability"] - b["probability"]) <= 1e-6 for a, b in zip(body["predictions"], want))
 
@@ -195,17 +196,15 @@ def test_bad_model_reference_fails_the_start(tmp_path, state):
 
 def _register(model_dir, seed):
     "Log the model folder's pipeline in a full-mode run and register it; return the version."
-    import mlflow, skops.io
+    import mlflow
+    from mlops_nb.examples.ottawa import PROBLEM, generate_listings
     from mlops_nb.params import make_params
     from mlops_nb.serving import load_runtime
-    from mlops_nb.tracking import create_run, register_model, end_run
-    from mlops_nb.train import pinned_requirements, SKOPS_TRUSTED_TYPES
+    from mlops_nb.tracking import create_run, register_model
+    from mlops_nb.train import log_model
     rt = load_runtime(model_dir)
     rid = create_run(make_params(mode="full", seed=seed), "nbs/train.ipynb")
-    with mlflow.start_run(run_id=rid):
-        info = mlflow.sklearn.log_model(rt.pipeline, name="model", signature=mlflow.models.Model.load(model_dir/"MLmodel").signature,
-                                        input_example=__import__("pandas").read_json(model_dir/"input_example.json", orient="split"),
-                                        pip_requirements=pinned_requirements(), skops_trusted_types=SKOPS_TRUSTED_TYPES)
+    with mlflow.start_run(run_id=rid): info = log_model(PROBLEM, rt.pipeline, generate_listings(2021, 5, seed=seed))
     return register_model(rid, info.model_uri)
 
 
@@ -226,11 +225,11 @@ def test_watching_the_alias_swaps_when_it_moves(tmp_path, model_dir, model_dir_v
     assert '"event": "alias_moved"' in log
 
 
-def test_deploy_local_starts_then_swaps_without_engine(tmp_path, model_dir, model_dir_v2, state):
+def test_deploy_local_starts_then_swaps_without_engine(tmp_path_factory, tmp_path, model_dir, model_dir_v2, state):
     "`deploy --target local --model` starts a server process, then swaps its model; a broken model is refused."
     from conftest import run_cli
     port = free_port()
-    env = {**os.environ, "MLOPS_NB_ADMIN_TOKEN": ADMIN}
+    env = {**os.environ, "MLOPS_NB_ADMIN_TOKEN": ADMIN, "MLOPS_NB_MODEL_ROOTS": str(tmp_path_factory.getbasetemp())}
     p = run_cli("deploy", "--target", "local", "--model", model_dir, "--port", port, "--timeout", "60", "--json", env=env)
     assert p.returncode == 0, p.stderr
     pid = json.loads(p.stdout)["pid"]

@@ -32,13 +32,17 @@ def test_test_mode_json_contract(test_run):
 
 
 def test_test_mode_is_a_seeded_stratified_5pct_sample_and_one_epoch(test_run, data_dir):
-    import pandas as pd
-    from mlops_nb.data import load_listings, data_fingerprint, TARGET
-    from mlops_nb.train import sample_rows, split_rows
-    assert test_run["train_rows"] + test_run["eval_rows"] == 200  # 5% of 4000
+    from mlops_nb.data import data_fingerprint
+    from mlops_nb.examples.ottawa import PROBLEM
+    from mlops_nb.train import sample_rows, split_rows, MIN_SAMPLE_PER_CLASS
+    table = PROBLEM.load(data_dir/"2021.parquet")
+    used = sample_rows(table, PROBLEM, 0.05, 42)
+    y = PROBLEM.encode(used[PROBLEM.target])
+    counts = [int((y == k).sum()) for k in (0, 1)]
+    assert test_run["train_rows"] + test_run["eval_rows"] == len(used) == sum(counts)
+    assert min(counts) == MIN_SAMPLE_PER_CLASS and max(counts) == round(0.05 * int((PROBLEM.encode(table[PROBLEM.target]) == 1).sum()))
     assert test_run["epochs"] == 1
-    used = sample_rows(load_listings(data_dir/"2021.parquet"), 0.05, 42)
-    tr, ev = split_rows(used, 0)
+    tr, ev = split_rows(used, PROBLEM, 0)
     assert test_run["data_fingerprint"] == data_fingerprint(tr)  # the fingerprint of the rows actually used
     assert test_run["eval_fingerprint"] == data_fingerprint(ev)
 
@@ -72,12 +76,14 @@ def test_executed_notebook_is_kept_and_logged(test_run):
 def test_model_logged_with_signature_and_pinned_requirements(test_run):
     import mlflow
     from mlops_nb.tracking import client, experiment_id
-    from mlops_nb.train import MODEL_INPUTS, MODEL_PACKAGES
+    from mlops_nb.examples.ottawa import PROBLEM
+    from mlops_nb.train import MODEL_PACKAGES
     models = client().search_logged_models([experiment_id()], filter_string=f"source_run_id = '{test_run['run_id']}'")
     assert len(models) == 1
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=models[0].artifact_location))
     info = mlflow.models.Model.load(local/"MLmodel")
-    assert [s.name for s in info.signature.inputs.inputs] == MODEL_INPUTS
+    assert [s.name for s in info.signature.inputs.inputs] == list(PROBLEM.inputs)  # the raw inputs: the model is the API
+    assert info.metadata["mlops_nb"]["problem"] == "ottawa-housing"
     reqs = (local/"requirements.txt").read_text().split()
     for p in MODEL_PACKAGES: assert any(r.startswith(f"{p}==") for r in reqs), (p, reqs)
 
@@ -100,12 +106,11 @@ def test_full_mode_registers_a_version(full_run, data_dir):
     assert v.run_id == full_run["run_id"] and v.eval_fingerprint == full_run["eval_fingerprint"]
     assert v.metrics["roc_auc"] == pytest.approx(full_run["metrics"]["roc_auc"])
     assert [h.step for h in client().get_metric_history(full_run["run_id"], "train_loss")] == [1, 2, 3]
-    # the registered model loads and scores what it was evaluated on
-    from mlops_nb.data import load_listings
-    from mlops_nb.train import prepare_features
-    model = mlflow.sklearn.load_model(v.uri)
-    X = prepare_features(load_listings(data_dir/"2021.parquet").head(5))
-    assert model.predict_proba(X).shape == (5, 2)
+    # the registered model takes raw records and returns the probability of each class
+    from mlops_nb.examples.ottawa import PROBLEM
+    raw = PROBLEM.load(data_dir/"2021.parquet", require_label=False).head(5)
+    out = mlflow.pyfunc.load_model(v.uri).predict(raw.assign(listing_date=raw.listing_date.dt.strftime("%Y-%m-%d"))[list(PROBLEM.inputs)])
+    assert out.shape == (5, 2) and abs(out.sum(1) - 1).max() < 1e-9
 
 
 def test_select_and_promote_through_cli(full_run, data_dir):
@@ -149,14 +154,15 @@ def test_two_full_runs_at_once_both_register(state, data_dir):
 
 
 def test_failing_cell_fails_the_run(tmp_path, state):
-    from mlops_nb.data import generate_listings, write_listings
+    from mlops_nb.data import write_table
+    from mlops_nb.examples.ottawa import generate_listings
     from mlops_nb.tracking import client
-    write_listings(generate_listings(2021, 12, seed=0), tmp_path/"tiny.parquet")  # valid file, too few rows to train
+    write_table(generate_listings(2021, 12, seed=0), tmp_path/"tiny.parquet")  # valid file, too few rows to train
     before = {r.info.run_id for r in _runs()}
     p = run_cli("train", "--mode", "full", "--data", tmp_path/"tiny.parquet", "--quiet")
     assert p.returncode == 1, p.stderr
     err = [l for l in p.stderr.splitlines() if l.startswith("error:")]
-    assert len(err) == 1 and "code cell 3 (`from mlops_nb.data import load_listings" in err[0] and "too few to train" in err[0]
+    assert len(err) == 1 and "code cell 3 (`from mlops_nb.data import data_fingerprint" in err[0] and "too few to train" in err[0]
     new = [r for r in _runs() if r.info.run_id not in before]
     assert len(new) == 1 and new[0].info.status == "FAILED"
     assert "too few to train" in new[0].data.tags["mlops_nb.error"]
