@@ -1,4 +1,4 @@
-"""The three pipelines (ci, train, deploy) as data, and `run_pipeline` that runs them locally, step by step, through the `mlops-nb` CLI.
+"""The three pipelines (ci, train, deploy) as data: `run_pipeline` runs them locally, step by step, through the `mlops-nb` CLI, and `write_pipelines` generates their GitHub Actions and Azure DevOps versions from the same steps.
 
 Docs: https://mlops-nb.github.io/mlops_nb/pipeline.html.md"""
 
@@ -6,15 +6,19 @@ Docs: https://mlops-nb.github.io/mlops_nb/pipeline.html.md"""
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-002
 from __future__ import annotations
-import collections, contextlib, io, json, os, shlex, signal, subprocess, sys, tempfile, threading, time
+import collections, contextlib, io, json, os, re, shlex, signal, subprocess, sys, tempfile, textwrap, threading, time, tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+import yaml
 from .core import MlopsNbError, project_root, state_dir
 from .problem import load_problem
 
 # %% auto #0
-__all__ = ['PIPELINES', 'CONDITIONS', 'PipelineError', 'PipelineFailed', 'Step', 'render', 'argv_of', 'check_line', 'run_step',
-           'PipelineResult', 'run_pipeline']
+__all__ = ['STORE', 'REGISTRY', 'PIPELINES', 'CONDITIONS', 'CLOUD_FACTS', 'CLOUD_ENV', 'CI_SUFFIX', 'CI_GROUP',
+           'SECRET_ENVIRONMENTS', 'INPUTS', 'CLOUD', 'ACTIONS', 'GENERATED', 'PipelineError', 'PipelineFailed', 'Step',
+           'render', 'argv_of', 'check_line', 'run_step', 'PipelineResult', 'run_pipeline', 'cloud_steps', 'CloudVar',
+           'Input', 'PipelineSettings', 'project_settings', 'cloud_command', 'Job', 'Cloud', 'check_cloud',
+           'github_workflow', 'azure_pipeline', 'render_pipelines', 'write_pipelines']
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-005
 class PipelineError(MlopsNbError):
@@ -27,7 +31,7 @@ class PipelineFailed(MlopsNbError):
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-006
 @dataclass(frozen=True)
 class Step:
-    "One pipeline step: a one-line command with `{placeholders}`."
+    "One pipeline step: a one-line command with `{placeholders}`, here and in the cloud."
     stage: str # stage of the pipeline (test, build, deploy...)
     name: str # step name, unique in its pipeline
     cmd: str # one line: `mlops-nb ...`, `python pipelines/x.py ...`, `python -m ...`, or `pipeline:NAME`
@@ -35,27 +39,42 @@ class Step:
     when: str|None = None # run only when this condition holds (see `CONDITIONS`)
     unless: str|None = None # run only when this condition does not hold
     timeout: float = 1800 # seconds before the step is killed: no step can hang
+    cloud: str|None = None # the line the cloud pipelines run instead of `cmd` (see `cloud_command`)
+    cloud_env: tuple = () # names of `CLOUD_ENV` secrets and variables the step reads in the cloud
     @property
     def label(self)->str: return f"{self.stage}/{self.name}"
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-008
+STORE = ("MLOPS_NB_TRACKING_URI", "MLOPS_NB_REGISTRY_URI", "DATABRICKS_HOST", "DATABRICKS_TOKEN") # tracking store and model registry
+REGISTRY = ("MLOPS_NB_REGISTRY", "MLOPS_NB_REGISTRY_USERNAME", "MLOPS_NB_REGISTRY_PASSWORD") # image registry
+_DATABRICKS = "--runner databricks --cluster {DATABRICKS_CLUSTER} --library {MLOPS_NB_LIBRARY}"
+
 PIPELINES = {
-    "ci": [Step("test", "train-test", "mlops-nb train --mode test --quiet --json", out="run", timeout=1200)],
+    "ci": [
+        Step("test", "train-test", "mlops-nb train --mode test --quiet --json", out="run", timeout=1200,
+             cloud=f"mlops-nb train --mode test {_DATABRICKS} --branch {{branch}} --timeout 1200 --json",
+             cloud_env=("MLOPS_NB_TRACKING_URI", "DATABRICKS_HOST", "DATABRICKS_TOKEN")),
+        Step("test", "test-suite", "python -m pytest -q", when="cloud", timeout=2700),
+    ],
     "train": [
         Step("data", "generate", "mlops-nb data generate --period {period} --rows {rows} --out {data}", unless="own_data", timeout=600),
         Step("data", "check", "mlops-nb data check {data}", when="own_data", timeout=600),
-        Step("train", "train-full", "mlops-nb train --mode full --data {data} --epochs {epochs} --quiet --json", out="run", timeout=3600),
-        Step("select", "best", "mlops-nb models best", timeout=300),
-        Step("select", "promote", "python pipelines/promote.py --alias champion", out="champion", timeout=300),
+        Step("train", "train-full", "mlops-nb train --mode full --data {data} --epochs {epochs} --quiet --json", out="run", timeout=3600,
+             cloud=f"mlops-nb train --mode full {_DATABRICKS} --branch {{main}} --data {{data}} --timeout 14400 --json", cloud_env=STORE),
+        Step("select", "best", "mlops-nb models best", timeout=300, cloud_env=STORE),
+        Step("select", "promote", "python pipelines/promote.py --alias champion", out="champion", timeout=300, cloud_env=STORE),
         Step("trigger", "deploy", "pipeline:deploy", when="trigger"),
     ],
     "deploy": [
         Step("test", "api-tests", "python -m pytest api -q -p no:cacheprovider", timeout=900),
-        Step("test", "local-deploy", "python pipelines/smoke.py --model champion", out="smoke", timeout=300),
-        Step("build", "image", "mlops-nb package --model champion --push --json", out="package", when="engine", timeout=1800),
+        Step("test", "local-deploy", "python pipelines/smoke.py --model champion", out="smoke", timeout=300, cloud_env=STORE),
+        Step("build", "image", "mlops-nb package --model champion --push --json", out="package", when="engine", timeout=1800,
+             cloud_env=STORE + REGISTRY),
         Step("build", "context", "mlops-nb package --model champion --context-only {home}/build/pipeline --json", out="package",
              unless="engine", timeout=900),
-        Step("deploy", "rollout", "mlops-nb deploy --target kubernetes --image {package[tag]} --json", when="kubeconfig", timeout=900),
+        Step("deploy", "rollout", "mlops-nb deploy --target kubernetes --image {package[tag]} --json", when="kubeconfig", timeout=900,
+             cloud="mlops-nb deploy --target kubernetes --image {package[tag]} --api-key-secret {api_key_secret} --timeout 600 --json",
+             cloud_env=("KUBECONFIG",)),
         Step("deploy", "dry-run", "mlops-nb deploy --target kubernetes --image {package[tag]} --dry-run", unless="kubeconfig", timeout=300),
     ],
 }
@@ -74,10 +93,13 @@ CONDITIONS = {
     "kubeconfig": lambda ctx: bool(os.environ.get("KUBECONFIG")),
     "trigger": lambda ctx: bool(ctx.get("trigger")),
     "own_data": lambda ctx: bool(ctx.get("own_data")),
+    "cloud": lambda ctx: False,
 }
 _WHY_NOT = {"engine": "no container engine answers (start one, set DOCKER_HOST)", "kubeconfig": "KUBECONFIG is not set",
-            "trigger": "not triggered (trigger=False)", "own_data": "no data file given: generated data"}
-_WHY = {"engine": "a container engine answers", "kubeconfig": "KUBECONFIG is set", "trigger": "triggered", "own_data": "training on the given data file"}
+            "trigger": "not triggered (trigger=False)", "own_data": "no data file given: generated data",
+            "cloud": "runs in the cloud pipelines only"}
+_WHY = {"engine": "a container engine answers", "kubeconfig": "KUBECONFIG is set", "trigger": "triggered", "own_data": "training on the given data file",
+        "cloud": "runs here"}
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-011
 def _holds(step:Step, ctx:dict)->tuple[bool, str]:
@@ -245,3 +267,408 @@ def run_pipeline(name:str, # ci, train or deploy
             for l in out.splitlines(): say("    " + l)
         say(f"[{name}/{step.label}] ok ({secs} s)")
     return res
+
+# %% ../nbs/12_pipeline.ipynb #12-pipeline-030
+CLOUD_FACTS = {"own_data": True, "engine": True, "kubeconfig": True, "trigger": False, "cloud": True}
+
+def cloud_steps(name:str # ci, train or deploy
+               )->list[Step]:
+    "The steps of pipeline `name` that run in the cloud: those whose conditions hold under `CLOUD_FACTS`."
+    if name not in PIPELINES: raise PipelineError(f"pipeline {name!r} does not exist: use {', '.join(PIPELINES)}")
+    return [s for s in PIPELINES[name] if (not s.when or CLOUD_FACTS[s.when]) and not (s.unless and CLOUD_FACTS[s.unless])]
+
+# %% ../nbs/12_pipeline.ipynb #12-pipeline-033
+@dataclass(frozen=True)
+class CloudVar:
+    "A secret, variable or secret file that cloud steps read from their environment."
+    kind: str # secret, variable or file
+    group: str # Azure DevOps: variable group (PREFIX-GROUP) holding it; for a file, its secure file's name
+    github: str|None = None # GitHub: the secret holding a file's content (files only)
+
+CLOUD_ENV = {
+    "MLOPS_NB_TRACKING_URI": CloudVar("secret", "tracking"),
+    "MLOPS_NB_REGISTRY_URI": CloudVar("secret", "tracking"),
+    "DATABRICKS_HOST": CloudVar("secret", "tracking"),
+    "DATABRICKS_TOKEN": CloudVar("secret", "tracking"),
+    "DATABRICKS_CLUSTER": CloudVar("variable", "tracking"), # job-cluster JSON for the notebook runs
+    "MLOPS_NB_LIBRARY": CloudVar("variable", "tracking"), # how the cluster installs mlops_nb, e.g. a wheel in a Volume
+    "MLOPS_NB_REGISTRY": CloudVar("variable", "registry"),
+    "MLOPS_NB_REGISTRY_USERNAME": CloudVar("secret", "registry"),
+    "MLOPS_NB_REGISTRY_PASSWORD": CloudVar("secret", "registry"),
+    "DATA_PATH": CloudVar("variable", "data"), # the refreshed training data the data job writes
+    "KUBECONFIG": CloudVar("file", "kubeconfig", github="KUBE_CONFIG"),
+}
+CI_SUFFIX, CI_GROUP = "_CI", "ci"
+SECRET_ENVIRONMENTS = {"ci": "ci", "production": "trusted"} # GitHub: the environment holding each credential set's secrets
+
+@dataclass(frozen=True)
+class Input:
+    "A value of the run's event (its branch, its data file) that a cloud step reads from an environment variable."
+    env: str # the environment variable
+    github: str # GitHub Actions expression of the value
+    azure: str # Azure DevOps macro of the value
+
+INPUTS = {
+    "branch": Input("BRANCH", "${{ github.head_ref }}", "$(System.PullRequest.SourceBranch)"),
+    "data": Input("DATA_PATH", "${{ inputs.data_path || github.event.client_payload.data_path || vars.DATA_PATH }}", "$(DATA_PATH)"),
+}
+
+# %% ../nbs/12_pipeline.ipynb #12-pipeline-035
+_SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_BRANCH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,99}")
+_PATH = re.compile(r"[A-Za-z0-9_.*/-]+")
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    "What differs between projects in their cloud pipelines; everything else comes from `PIPELINES` and `CLOUD`."
+    name: str # the Deployment's name (the problem's); its API key Secret is `NAME-api-key`
+    paths: tuple = ("nbs/**", "api/**", "pipelines/**", "tests/**", "pyproject.toml") # changes that run ci on a pull request
+    prefix: str = "mlops-nb" # Azure DevOps: variable groups PREFIX-ci, -tracking, -registry, -data; the train pipeline PREFIX-train
+    main: str = "main" # the branch pull requests target, and that is retrained and deployed
+    cron: str = "30 6 * * 1" # retraining schedule (UTC): after the data refresh
+    python: str = "3.11" # Python on GitHub's runners
+    def __post_init__(self):
+        for what, v, pat in [("name", self.name, _SLUG), ("prefix", self.prefix, _SLUG), ("main", self.main, _BRANCH)]:
+            if not isinstance(v, str) or not pat.fullmatch(v): raise PipelineError(f"pipeline setting {what}={v!r} is not allowed: use {pat.pattern}")
+        bad = [p for p in self.paths if not _PATH.fullmatch(p)]
+        if bad or not self.paths: raise PipelineError(f"pipeline setting paths: {bad or 'none'}: use paths or globs (letters, digits, _ . * / -)")
+        if len(self.cron.split()) != 5 or not re.fullmatch(r"[0-9*/,\- ]+", self.cron):
+            raise PipelineError(f"pipeline setting cron={self.cron!r} is not a five-field cron expression")
+        if not re.fullmatch(r"3\.\d{1,2}", self.python): raise PipelineError(f"pipeline setting python={self.python!r}: use 3.X")
+    @property
+    def literals(self)->dict: return {"main": self.main, "api_key_secret": f"{self.name}-api-key"}
+
+def project_settings(root:Path|str|None=None # the project folder (default: this project)
+                    )->PipelineSettings:
+    "The pipeline settings of the project at `root`: its problem's Deployment name, its notebook and package folders."
+    root = Path(root) if root else _root()
+    cfg = tomllib.loads((root/"pyproject.toml").read_text()) if (root/"pyproject.toml").exists() else {}
+    lib = cfg.get("tool", {}).get("nbdev", {}).get("lib_path")
+    paths = ("nbs/**", *([f"{lib}/**"] if lib else []), "api/**", "pipelines/**", "tests/**", "pyproject.toml")
+    return PipelineSettings(load_problem(start=root).deployment_name, paths=paths)
+
+# %% ../nbs/12_pipeline.ipynb #12-pipeline-038
+_FIELD = re.compile(r"\{(\w+)(?:\[(\w+)\])?\}")
+
+def cloud_command(step:Step, # a step of `cloud_steps`
+                  settings:PipelineSettings # the project's settings
+                 )->tuple[str, dict]:
+    "The step's cloud line with untrusted values as quoted environment variables, and its environment: name -> source."
+    env = {}
+    def field(m):
+        key, sub = m.groups()
+        if sub: name, src = f"{key}_{sub}".upper(), ("output", key, sub)
+        elif key in settings.literals: return shlex.quote(settings.literals[key])
+        elif key in INPUTS: name, src = INPUTS[key].env, ("input", key)
+        elif key in CLOUD_ENV: name, src = key, (CLOUD_ENV[key].kind, key)
+        else: raise PipelineError(f"step {step.label}: the cloud has no value for {{{m.group(0)[1:-1]}}} in {step.cloud or step.cmd!r}")
+        env[name] = src
+        return f'"${name}"'
+    line = _FIELD.sub(field, step.cloud or step.cmd)
+    for n in step.cloud_env:
+        if n not in CLOUD_ENV: raise PipelineError(f"step {step.label}: {n} is not declared in CLOUD_ENV")
+        env.setdefault(n, (CLOUD_ENV[n].kind, n))
+    return line, env
+
+# %% ../nbs/12_pipeline.ipynb #12-pipeline-043
+@dataclass(frozen=True)
+class Job:
+    "Steps of one pipeline that run together on one cloud machine, after the checkout and `bash scripts/setup`."
+    id: str # job id (Azure: '-' becomes '_'; a stage of its own when jobs follow one another)
+    title: str # display name
+    steps: tuple # names of the pipeline's cloud steps, in order
+    timeout: int # minutes before the job is cancelled: longer than its steps' own --timeout
+    needs: str|None = None # the job that must succeed first; its published outputs reach this job's steps
+    environment: str|None = None # deployment environment whose approvals (and, on GitHub, secrets) guard the job
+
+@dataclass(frozen=True)
+class Cloud:
+    "When a pipeline runs in the cloud, its jobs, and the credentials it gets."
+    about: str # what it does (the files' first comment)
+    jobs: tuple # its `Job`s, in order
+    pull_request: bool = False # on pull requests to the main branch that change the settings' `paths`
+    push: bool = False # on every commit to the main branch
+    schedule: bool = False # on the settings' `cron`
+    event: str|None = None # GitHub: the repository_dispatch event type (the data job's) that starts it
+    manual: bool = False # can be started by hand (GitHub: workflow_dispatch)
+    inputs: dict = field(default_factory=dict) # manual start's inputs: name -> description
+    after: str|None = None # the pipeline whose successful run on the main branch starts this one
+    credentials: str = "production" # `ci`: only the *_CI secrets and variables (pull requests)
+    checkout_main: bool = False # check out the main branch whatever started the run
+    notes: dict = field(default_factory=dict) # platform (github, azure) -> more comment, with {settings} fields
+
+CLOUD = {
+    "ci": Cloud(
+        "CI: a pull request that changes the project runs the training notebook in test mode (seeded 5% sample, one epoch, "
+        "nothing registered) as a Databricks job in a workspace folder of its own, and the whole test suite; either failing "
+        "fails the pull request.",
+        jobs=(Job("notebook-test-mode", "training notebook in test mode", ("train-test",), 30),
+              Job("test-suite", "test suite", ("test-suite",), 45)),
+        pull_request=True, credentials="ci",
+        notes={"github": "Make both jobs required status checks. Its secrets and variables are the *_CI ones of the "
+                         "environment ci (a CI workspace and token that reach nothing in production); the production ones "
+                         "live in the environment trusted, restricted to {main}, out of a pull request's reach. The branch "
+                         "name reaches the command only as a quoted environment variable.",
+               "azure": "Make this pipeline a build validation of the {main} branch policy. Link only the variable group "
+                        "{prefix}-ci (the *_CI variables: a CI workspace and token that reach nothing in production) and "
+                        "never authorise the production groups for this pipeline (give them a branch control check: "
+                        "{main} only); the branch name reaches the command only as a quoted environment variable."}),
+    "train": Cloud(
+        "Re-training: the main branch's training notebook in full mode on the refreshed data (DATA_PATH) registers a "
+        "version; the best version by the problem's primary metric, among versions evaluated on the same data, is "
+        "promoted to champion; a successful run then starts the deploy pipeline.",
+        jobs=(Job("retrain", "full-mode run, register, select, promote", ("check", "train-full", "best", "promote"), 260),),
+        schedule=True, event="data-refreshed", manual=True, checkout_main=True,
+        inputs={"data_path": "data file to train on (default: the DATA_PATH variable)"},
+        notes={"github": "When: on the schedule that follows the data refresh ({cron}, UTC), when the data job sends "
+                         "its event, or by hand (gh workflow run train.yml -f data_path=...). The event needs a token "
+                         "allowed to dispatch (contents: write):\n"
+                         "  curl -X POST -H \"Authorization: Bearer $TOKEN\" https://api.github.com/repos/OWNER/REPO/dispatches "
+                         "-d '{{\"event_type\": \"data-refreshed\", \"client_payload\": {{\"data_path\": \"abfss://...\"}}}}'\n"
+                         "Drop the schedule once the event is wired. Secrets and variables come from the environment "
+                         "trusted (deployment branches: {main} only). The deploy job runs .github/workflows/deploy.yml.",
+               "azure": "When: on the schedule that follows the data refresh ({cron}, UTC). To train on the refresh itself, "
+                        "replace `schedules` with a pipeline resource trigger on the data job's pipeline. Name this "
+                        "pipeline {prefix}-train in Azure DevOps: a completed run on {main} starts the deploy pipeline. "
+                        "Variable groups {prefix}-tracking and {prefix}-data: authorised for this pipeline and deploy "
+                        "only, with a branch control check ({main})."}),
+    "deploy": Cloud(
+        "Deployment, on every commit to main and after every successful re-training: test (the API tests, then serve the "
+        "champion and score its example), build (the champion's image, pushed to the registry), deploy (Kubernetes "
+        "rollout of that image: waits for readiness, rolls back a version that is not ready).",
+        jobs=(Job("test", "API tests and local deploy test", ("api-tests", "local-deploy"), 30),
+              Job("build", "build and push the champion's image", ("image",), 45, needs="test"),
+              Job("deploy", "Kubernetes rollout", ("rollout",), 30, needs="build", environment="production")),
+        push=True, manual=True, after="train",
+        notes={"github": "Secrets reach only the steps that need them: the store's and the registry's are secrets of the "
+                         "environment trusted (deployment branches: {main} only), KUBE_CONFIG a secret of the environment "
+                         "production (required reviewers).",
+               "azure": "Secrets come from the variable groups {prefix}-tracking and {prefix}-registry and the secure file "
+                        "kubeconfig; they reach only the steps that map them. Approvals and checks are configured on "
+                        "the production environment."}),
+}
+
+# %% ../nbs/12_pipeline.ipynb #12-pipeline-045
+_SETUP_MINUTES = 10 # checkout and `bash scripts/setup` on a fresh agent
+
+def _plan(name:str, settings:PipelineSettings)->list[tuple[Job, list[dict]]]:
+    "Each job of pipeline `name` with its steps: label, line, env (name -> source), out, keys to publish."
+    c, steps = CLOUD[name], {s.name: s for s in cloud_steps(name)}
+    placed = [n for j in c.jobs for n in j.steps]
+    if sorted(placed) != sorted(steps) or len(set(placed)) != len(placed):
+        raise PipelineError(f"pipeline {name}: cloud jobs run {placed}, the cloud steps are {list(steps)}: each exactly once")
+    plan, produced = [], {}
+    for j in c.jobs:
+        rows = []
+        for n in j.steps:
+            line, env = cloud_command(steps[n], settings)
+            for src in env.values():
+                if src[0] == "output":
+                    producer = produced.get(src[1])
+                    if producer is None or producer[0].id != j.needs:
+                        raise PipelineError(f"step {steps[n].label} reads the output {src[1]}[{src[2]}]: it must come from "
+                                            f"the job {j.id} needs ({j.needs})")
+                    producer[1]["publish"].append(src[2])
+                if c.credentials == CI_GROUP and src[0] == "file": raise PipelineError(f"pipeline {name}: pull requests get no secret files")
+            limit = re.search(r"--timeout (\d+(?:\.\d+)?)\b", line)  # the step's own limit, in seconds
+            if limit and float(limit.group(1)) > (j.timeout - _SETUP_MINUTES) * 60:
+                raise PipelineError(f"step {steps[n].label}: --timeout {limit.group(1)} s does not fit in job "
+                                    f"{j.id}'s {j.timeout} min (keep {_SETUP_MINUTES} min for the setup)")
+            row = {"label": steps[n].label, "line": line, "env": env, "out": steps[n].out, "publish": []}
+            if steps[n].out: produced[steps[n].out] = (j, row)
+            rows.append(row)
+        plan.append((j, rows))
+    if c.after and f"pipeline:{name}" not in [s.cmd for s in PIPELINES[c.after]]:
+        raise PipelineError(f"pipeline {name} runs after {c.after}, but {c.after} has no step `pipeline:{name}`")
+    return plan
+
+def check_cloud(settings:PipelineSettings # the project's settings
+               )->None:
+    "Raise `PipelineError` unless every pipeline's cloud declaration can be rendered safely."
+    if set(PIPELINES) != set(CLOUD): raise PipelineError(f"pipelines {sorted(PIPELINES)} but cloud declarations {sorted(CLOUD)}: one each")
+    for name in CLOUD: _plan(name, settings)
+
+# %% ../nbs/12_pipeline.ipynb #12-pipeline-048
+ACTIONS = { # action -> (full commit SHA, the release it is); bump both together
+    "actions/checkout": ("11bd71901bbe5b1630ceea73d27597364c9af683", "v4.2.2"),
+    "actions/setup-python": ("a26af69be951a213d495a4c3e4e4022e16d87065", "v5.6.0"),
+}
+GENERATED = ("GENERATED by mlops_nb.pipeline.write_pipelines from PIPELINES and CLOUD (nbs/12_pipeline.ipynb): edit those "
+             "and run `python pipelines/generate.py`, never this file; tests/test_pipelines.py fails when it differs.")
+
+class _Dumper(yaml.SafeDumper):
+    "Block YAML with indented lists, as people write pipelines."
+    def increase_indent(self, flow=False, indentless=False): return super().increase_indent(flow, False)
+    def ignore_aliases(self, data): return True  # repeat values: anchors (&id001) are legal but nobody reads them
+
+def _text(header:list[str], doc:dict)->str:
+    "`doc` as YAML under `header` comment lines, a blank line between top-level keys, pinned actions' versions as comments."
+    body = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=100_000, default_flow_style=False, allow_unicode=True)
+    body = re.sub(r"\n(?=[^\s#])", "\n\n", body)  # a blank line between top-level keys...
+    head, sep, jobs = body.rpartition("\njobs:\n") if "\njobs:\n" in body else body.rpartition("\nstages:\n")
+    body = head + sep + re.sub(r"\n(?=  \S)", "\n\n", jobs)  # ...and between jobs or stages
+    for action, (sha, version) in ACTIONS.items(): body = body.replace(f"uses: {action}@{sha}\n", f"uses: {action}@{sha} # {version}\n")
+    lines = []
+    for part in "\n".join(header).split("\n"):  # prose wrapped at 118 columns; indented lines (commands) kept whole
+        lines += [part] if part.startswith("  ") else textwrap.wrap(part, 116, break_on_hyphens=False) or [""]
+    return "".join(f"# {l}".rstrip() + "\n" for l in lines) + body
+
+def _header(name:str, platform:str, settings:PipelineSettings)->list[str]:
+    "The comment lines that open a generated file: what the pipeline does, the platform's notes, how to change it."
+    c = CLOUD[name]
+    fields = {**settings.__dict__, **settings.literals}
+    return [c.about, *([c.notes[platform].format(**fields)] if platform in c.notes else []),
+            f"Local equivalent: mlops-nb pipeline {name}", "", GENERATED]
+
+def _cloud_name(name:str, cloud:Cloud)->str:
+    "The name under which a pipeline of `cloud`'s credentials reads `name`."
+    return name + CI_SUFFIX if cloud.credentials == CI_GROUP else name
+
+# %% ../nbs/12_pipeline.ipynb #12-pipeline-049
+def _github_value(src:tuple, cloud:Cloud, producers:dict)->str:
+    "The GitHub Actions expression of an environment source."
+    kind, key = src[0], src[1]
+    if kind == "secret": return f"${{{{ secrets.{_cloud_name(key, cloud)} }}}}"
+    if kind == "variable": return f"${{{{ vars.{_cloud_name(key, cloud)} }}}}"
+    if kind == "file": return f"${{{{ runner.temp }}}}/{CLOUD_ENV[key].group}"
+    if kind == "input": return INPUTS[key].github
+    return f"${{{{ needs.{producers[key]}.outputs.{src[2]} }}}}"
+
+def _checkout(ref:str|None=None)->list[dict]:
+    "GitHub's checkout step, pinned, keeping no credentials in .git/config for later steps."
+    sha = ACTIONS["actions/checkout"][0]
+    return [{"uses": f"actions/checkout@{sha}", "with": {"persist-credentials": False, **({"ref": ref} if ref else {})}}]
+
+def github_workflow(name:str, # ci, train or deploy
+                    settings:PipelineSettings # the project's settings
+                   )->str:
+    "The GitHub Actions workflow `.github/workflows/NAME.yml` of pipeline `name`."
+    c, plan = CLOUD[name], _plan(name, settings)
+    on = {}
+    if c.pull_request: on["pull_request"] = {"branches": [settings.main], "paths": list(settings.paths)}
+    if c.push: on["push"] = {"branches": [settings.main]}
+    if c.schedule: on["schedule"] = [{"cron": settings.cron}]
+    if c.event: on["repository_dispatch"] = {"types": [c.event]}
+    if c.manual: on["workflow_dispatch"] = {"inputs": {k: {"description": v, "required": False, "type": "string"} for k, v in c.inputs.items()}} if c.inputs else {}
+    if c.after: on["workflow_call"] = {}  # its jobs read their secrets from their environments, not from the caller
+    doc = {"name": name, "on": on, "permissions": {},
+           "concurrency": {"group": f"{name}-${{{{ github.ref }}}}" if c.pull_request else name, "cancel-in-progress": c.pull_request},
+           "defaults": {"run": {"shell": "bash"}}, "jobs": {}}
+    producers = {row["out"]: j.id for j, rows in plan for row in rows if row["publish"]}
+    for j, rows in plan:
+        steps = [*_checkout(settings.main if c.checkout_main else None),
+                 {"uses": f"actions/setup-python@{ACTIONS['actions/setup-python'][0]}", "with": {"python-version": settings.python}},
+                 {"name": "setup", "run": 'bash scripts/setup && echo "$PWD/.venv/bin" >> "$GITHUB_PATH"'}]
+        written = set()
+        for row in rows:
+            for var, src in row["env"].items():
+                if src[0] == "file" and var not in written:  # the secret's content, in a private file for the step to find
+                    f = CLOUD_ENV[var]; written.add(var)
+                    steps.append({"name": var.lower(), "env": {f.github: f"${{{{ secrets.{f.github} }}}}", var: _github_value(src, c, producers)},
+                                  "run": f'python pipelines/secret_file.py {f.github} "${var}"'})
+            line = row["line"] + (f" | python pipelines/publish_output.py {' '.join(row['publish'])}" if row["publish"] else "")
+            st = {"name": row["label"], **({"id": row["out"]} if row["publish"] else {})}
+            if row["env"]: st["env"] = {var: _github_value(src, c, producers) for var, src in row["env"].items()}
+            steps.append({**st, "run": line})
+        secret = any(src[0] in ("secret", "file") for row in rows for src in row["env"].values())
+        environment = j.environment or (SECRET_ENVIRONMENTS[c.credentials] if secret else None)
+        job = {"name": j.title, **({"needs": j.needs} if j.needs else {}), "runs-on": "ubuntu-latest", "timeout-minutes": j.timeout,
+               **({"environment": environment} if environment else {}), "permissions": {"contents": "read"}}
+        outs = {k: f"${{{{ steps.{row['out']}.outputs.{k} }}}}" for row in rows for k in row["publish"]}
+        if outs: job["outputs"] = outs
+        doc["jobs"][j.id] = {**job, "steps": steps}
+    for n in [n for n, o in CLOUD.items() if o.after == name]:  # a reusable workflow: runs only when every job above succeeded
+        doc["jobs"][n] = {"name": f"the {n} pipeline", "needs": [j.id for j, _ in plan], "permissions": {"contents": "read"},
+                          "uses": f"./.github/workflows/{n}.yml"}
+    return _text(_header(name, "github", settings), doc)
+
+# %% ../nbs/12_pipeline.ipynb #12-pipeline-050
+def _azure_value(src:tuple, cloud:Cloud)->str:
+    "The Azure DevOps macro of an environment source (an output: the job variable that holds it)."
+    kind, key = src[0], src[1]
+    if kind in ("secret", "variable"): return f"$({_cloud_name(key, cloud)})"
+    if kind == "file": return f"$({CLOUD_ENV[key].group}.secureFilePath)"
+    if kind == "input": return INPUTS[key].azure
+    return f"$({key.upper()}_{src[2].upper()})"
+
+def _azure_groups(name:str, settings:PipelineSettings)->list[str]:
+    "The variable groups pipeline `name` reads: PREFIX-ci for pull requests, else those of the names it reads."
+    c, groups = CLOUD[name], []
+    for _, rows in _plan(name, settings):
+        for row in rows:
+            for src in row["env"].values():
+                macro = re.fullmatch(r"\$\((\w+)\)", _azure_value(src, c))  # $(NAME) of a group's variable
+                base = macro.group(1).removesuffix(CI_SUFFIX) if macro else None
+                if base not in CLOUD_ENV or CLOUD_ENV[base].kind == "file": continue
+                g = f"{settings.prefix}-{CI_GROUP if c.credentials == CI_GROUP else CLOUD_ENV[base].group}"
+                if g not in groups: groups.append(g)
+    return groups
+
+def _azure_id(s:str)->str:
+    "An Azure DevOps job or stage name: letters, digits and '_'."
+    return s.replace("-", "_")
+
+def azure_pipeline(name:str, # ci, train or deploy
+                   settings:PipelineSettings # the project's settings
+                  )->str:
+    "The Azure DevOps pipeline `pipelines/azure/NAME.yml` of pipeline `name`."
+    c, plan = CLOUD[name], _plan(name, settings)
+    on_main = {"branches": {"include": [settings.main]}}
+    doc = {"trigger": on_main if c.push else "none",
+           "pr": {**on_main, "paths": {"include": list(settings.paths)}} if c.pull_request else "none"}
+    if c.schedule: doc["schedules"] = [{"cron": settings.cron, "displayName": "retraining schedule", **on_main, "always": True}]
+    if c.after: doc["resources"] = {"pipelines": [{"pipeline": c.after, "source": f"{settings.prefix}-{c.after}", "trigger": on_main}]}
+    doc["pool"] = {"vmImage": "ubuntu-latest"}
+    groups = _azure_groups(name, settings)
+    if groups: doc["variables"] = [{"group": g} for g in groups]
+    staged = any(j.needs for j in c.jobs)
+    stage_of = {j.id: _azure_id(j.id).capitalize() for j in c.jobs}
+    producer = {row["out"]: j.id for j, rows in plan for row in rows if row["publish"]}
+    jobs = []
+    for j, rows in plan:
+        steps = [{"checkout": "self", "persistCredentials": False},
+                 {"script": 'bash scripts/setup && echo "##vso[task.prependpath]$PWD/.venv/bin"', "displayName": "setup"}]
+        variables, fetched = {}, set()
+        for row in rows:
+            for var, src in row["env"].items():
+                if src[0] == "file" and var not in fetched:
+                    f = CLOUD_ENV[var]; fetched.add(var)
+                    steps.append({"task": "DownloadSecureFile@1", "name": f.group, "displayName": f"secure file {f.group}", "inputs": {"secureFile": f.group}})
+                if src[0] == "output":
+                    p = producer[src[1]]
+                    variables[var] = f"$[ stageDependencies.{stage_of[p]}.{_azure_id(p)}.outputs['{src[1]}.{src[2]}'] ]"
+            line = row["line"] + (f" | python pipelines/publish_output.py {' '.join(row['publish'])}" if row["publish"] else "")
+            st = {"script": line, "displayName": row["label"], **({"name": row["out"]} if row["publish"] else {})}
+            if row["env"]: st["env"] = {var: _azure_value(src, c) for var, src in row["env"].items()}
+            steps.append(st)
+        head = {"displayName": j.title}
+        if j.environment:
+            job = {"deployment": _azure_id(j.id), **head, "environment": j.environment, "timeoutInMinutes": j.timeout,
+                   **({"variables": variables} if variables else {}), "strategy": {"runOnce": {"deploy": {"steps": steps}}}}
+        else: job = {"job": _azure_id(j.id), **head, "timeoutInMinutes": j.timeout, **({"variables": variables} if variables else {}), "steps": steps}
+        jobs.append((j, job))
+    if staged: doc["stages"] = [{"stage": stage_of[j.id], **({"dependsOn": stage_of[j.needs]} if j.needs else {}), "jobs": [job]} for j, job in jobs]
+    else: doc["jobs"] = [job for _, job in jobs]
+    return _text(_header(name, "azure", settings), doc)
+
+# %% ../nbs/12_pipeline.ipynb #12-pipeline-051
+def render_pipelines(settings:PipelineSettings # the project's settings
+                    )->dict[str, str]:
+    "Every cloud pipeline file: path under the project -> YAML text."
+    check_cloud(settings)
+    return {**{f".github/workflows/{n}.yml": github_workflow(n, settings) for n in CLOUD},
+            **{f"pipelines/azure/{n}.yml": azure_pipeline(n, settings) for n in CLOUD}}
+
+def write_pipelines(dest_root:Path|str, # project folder: .github/workflows/*.yml and pipelines/azure/*.yml are written under it
+                    settings:PipelineSettings|None=None, # default: `project_settings(dest_root)`
+                    check:bool=False # write nothing: only say which files differ
+                   )->list[str]:
+    "Write the cloud pipelines of the project at `dest_root`; return the paths whose content changed (or would)."
+    root = Path(dest_root)
+    changed = []
+    for rel, text in render_pipelines(settings or project_settings(root)).items():
+        p = root/rel
+        if p.exists() and p.read_text() == text: continue
+        changed.append(rel)
+        if not check: p.parent.mkdir(parents=True, exist_ok=True); p.write_text(text)
+    return changed

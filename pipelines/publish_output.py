@@ -6,6 +6,8 @@ def publish(obj:dict, keys:list, env=os.environ, out=sys.stdout)->list:
     "Publish `keys` of `obj` as step outputs; return the `key=value` lines written."
     missing = [k for k in keys if k not in obj]
     if missing: raise SystemExit(f"error: the JSON has no key(s) {', '.join(missing)}; it has {', '.join(obj) or 'none'}")
+    broken = [k for k in keys if any(c in str(obj[k]) for c in "\r\n")]  # a line break would forge further outputs or ##vso commands
+    if broken: raise SystemExit(f"error: the value of {', '.join(broken)} spans several lines: refused")
     lines = [f"{k}={obj[k]}" for k in keys]
     if env.get("GITHUB_OUTPUT"):
         with open(env["GITHUB_OUTPUT"], "a") as f: f.write("".join(l + "\n" for l in lines))
