@@ -13,7 +13,7 @@ from .core import MlopsNbError
 # %% auto #0
 __all__ = ['cmd_data_generate', 'cmd_data_check', 'cmd_train', 'cmd_models_list', 'cmd_models_best', 'cmd_models_promote',
            'cmd_config', 'cmd_runs_sweep', 'cmd_serve', 'cmd_package', 'cmd_deploy', 'RetrainAdvised', 'cmd_monitor',
-           'cmd_simulate', 'cmd_pipeline', 'cmd_demo', 'main', 'console']
+           'cmd_simulate', 'cmd_pipeline', 'cmd_demo', 'cmd_new', 'main', 'console']
 
 # %% ../nbs/06_cli.ipynb #06-cli-005
 def _say(*a):
@@ -359,6 +359,15 @@ def cmd_demo(a):
            "champion": sel.version.version, "previous_champion": prev}
     _emit(out, a.json, f"champion is now v{sel.version.version} ({m}={sel.version.metrics[m]:.4f})" + (f", was v{prev}" if prev else ""))
 
+# %% ../nbs/06_cli.ipynb #06-cli-030b
+def cmd_new(a):
+    "Start a project for your own table: an nbdev project whose problem is inferred from the data."
+    from mlops_nb.scaffold import new_project
+    out = new_project(a.dir, a.data, a.target, kind=a.kind, name=a.name, say=_say)
+    _emit(out, a.json, f"{out['path']}: {out['name']} ({out['kind']}, target {out['target']!r}, {len(out['inputs'])} inputs)\n"
+                       f"review nbs/00_problem.ipynb, then:\n  cd {out['path']}\n  bash scripts/run     # the main job\n"
+                       f"  bash scripts/test    # every test")
+
 # %% ../nbs/06_cli.ipynb #06-cli-032
 def _parser()->argparse.ArgumentParser:
     "The `mlops-nb` argument parser."
@@ -521,6 +530,17 @@ def _parser()->argparse.ArgumentParser:
     pl.add_argument("--data", default=None, help="train: train on this data file instead of generated data")
     pl.add_argument("--trigger", action="store_true", help="train: run the deploy pipeline after promoting the champion")
     js(pl)
+
+    nw = cmd(sub, "new", cmd_new, "Writes a new nbdev project for your problem into DIR (which must not exist, or be empty: "
+             "nothing is written over): the problem declaration inferred from your table (kinds, bounds, categories; review "
+             "it in nbs/00_problem.ipynb), the training notebook, api/score.py, scripts, profiles, pipelines for GitHub "
+             "Actions and Azure DevOps, tests and a README with its two commands. The project uses mlops_nb as a library.")
+    nw.add_argument("dir", help="folder of the new project; its name is the problem's name unless --name")
+    nw.add_argument("--data", required=True, help="your labelled table, .csv or .parquet (copied into the project's data/)")
+    nw.add_argument("--target", required=True, help="the label column")
+    nw.add_argument("--kind", default=None, help="binary, multiclass or regression (default: inferred from the target)")
+    nw.add_argument("--name", default=None, help="problem name: lower-case letters, digits and '-' (default: from DIR)")
+    js(nw)
 
     cf = cmd(sub, "config", cmd_config, "Where state lives and which tracking store is used (passwords in URIs are shown as ***)."); js(cf)
 

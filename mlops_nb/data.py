@@ -16,7 +16,7 @@ pd = lazy_module("pandas")  # loaded on first use: serving images run without pa
 from .core import DataError
 
 # %% auto #0
-__all__ = ['pd', 'KINDS', 'write_table', 'ColumnSpec', 'load_table', 'check_record', 'data_fingerprint']
+__all__ = ['pd', 'KINDS', 'write_table', 'ColumnSpec', 'read_table', 'load_table', 'check_record', 'data_fingerprint']
 
 # %% ../nbs/01_data.ipynb #01-data-026
 def _format(path:Path)->str:
@@ -71,8 +71,11 @@ class ColumnSpec:
     def from_dict(cls, d:dict)->ColumnSpec: return cls(**d)
 
 # %% ../nbs/01_data.ipynb #01-data-033
-def _read(path:Path)->pd.DataFrame:
-    "The raw table in `path`, or a `DataError` saying why it cannot be read."
+def read_table(path:str|Path, # a .csv or .parquet file
+               infer_types:bool=False # CSV: let pandas infer column types (default: every column as text)
+              )->pd.DataFrame:
+    "The raw table in `path`, unchecked, or a `DataError` saying why it cannot be read."
+    path = Path(path)
     if not path.exists(): raise DataError(f"{path}: file does not exist; check the path")
     if path.is_dir(): raise DataError(f"{path}: is a folder, not a file; pass a .csv or .parquet file")
     fmt = _format(path)
@@ -81,7 +84,7 @@ def _read(path:Path)->pd.DataFrame:
         if fmt == "parquet": return pd.read_parquet(path)
         with open(path, "rb") as f:
             if b"\0" in f.read(8192): raise ValueError("binary content")
-        return pd.read_csv(path, dtype=str)
+        return pd.read_csv(path, dtype=None if infer_types else str)
     except DataError: raise
     except UnicodeDecodeError: raise DataError(f"{path}: cannot be read as CSV (it is not UTF-8 text); save it as UTF-8 CSV") from None
     except Exception as e:
@@ -130,7 +133,7 @@ def load_table(path:str|Path, # a .csv or .parquet file
               )->pd.DataFrame:
     "Read `path`, check it against `schema` and return the schema's columns, typed, in schema order."
     path = Path(path)
-    raw = _read(path)
+    raw = read_table(path)
     if len(raw) == 0: raise DataError(f"{path}: file has a header but no rows; add at least one row")
     need = [c for c, s in schema.items() if s.required and (require_label or c not in label_columns)]
     missing = [c for c in need if c not in raw.columns]

@@ -6,7 +6,7 @@ Docs: https://mlops-nb.github.io/mlops_nb/package.html.md"""
 
 # %% ../nbs/09_package.ipynb #09-package-002
 from __future__ import annotations
-import hashlib, json, os, re, shutil, subprocess, sys, tempfile, time
+import hashlib, importlib.util, json, os, re, shutil, subprocess, sys, tempfile, time
 from dataclasses import dataclass, field
 from importlib.metadata import version as _pkg_version
 from pathlib import Path
@@ -72,21 +72,57 @@ def collect_wheels(reqs:list, # pinned requirements
     for w in own_wheel(progress).glob("*.whl"): _link(w, dest/w.name)
     return dest
 
+def _checkout()->Path|None:
+    "The source checkout mlops_nb runs from (an editable install), or None when it is installed from a wheel."
+    root = Path(importlib.util.find_spec("mlops_nb").origin).parent.parent
+    py = root/"pyproject.toml"
+    return root if py.exists() and re.search(r'(?m)^name\s*=\s*"mlops_nb"', py.read_text()) else None
+
 def own_wheel(progress=None)->Path:
-    "A folder with mlops_nb's wheel, built once per version of its sources, from a copy of them (the project is not touched)."
-    root = project_root(Path(__file__).parent)
-    srcs = sorted((root/"mlops_nb").rglob("*.py")) + sorted((root/"mlops_nb").rglob("templates/*")) + [root/"pyproject.toml"]
+    "A folder with mlops_nb's wheel: built from its checkout (from a copy: the checkout is not touched), or repacked from the installed package."
+    root = _checkout()
+    pkg = Path(importlib.util.find_spec("mlops_nb").origin).parent
+    srcs = sorted(p for p in pkg.rglob("*") if p.is_file() and "__pycache__" not in p.parts) + ([root/"pyproject.toml"] if root else [])
     key = hashlib.sha256(b"".join(p.read_bytes() for p in srcs)).hexdigest()[:16]
     d = state_dir()/"wheels"/f"mlops_nb-{key}"
-    if not list(d.glob("*.whl")):
-        if progress: progress("building the mlops_nb wheel")
-        with tempfile.TemporaryDirectory() as tmp:  # setuptools writes build/ and *.egg-info beside the sources: a copy's
-            src = Path(tmp)/"src"
-            shutil.copytree(root, src, ignore=shutil.ignore_patterns(".git", ".venv*", ".mlops_nb", "build", "dist", "_site",
-                                                                     "*.egg-info", "__pycache__", "nbs", "tests", "bench"))
-            r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(d), str(src)],
-                               capture_output=True, text=True, cwd=tmp)
-        if r.returncode != 0: raise PackageError(f"could not build the mlops_nb wheel from {root}: {r.stderr.strip()[-300:]}")
+    if list(d.glob("*.whl")): return d
+    if root is None: return _repack_installed(d, progress)
+    if progress: progress("building the mlops_nb wheel")
+    with tempfile.TemporaryDirectory() as tmp:  # setuptools writes build/ and *.egg-info beside the sources: a copy's
+        src = Path(tmp)/"src"
+        shutil.copytree(root, src, ignore=_not_in_wheel(root))
+        r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(d), str(src)],
+                           capture_output=True, text=True, cwd=tmp)
+    if r.returncode != 0: raise PackageError(f"could not build the mlops_nb wheel from {root}: {r.stderr.strip()[-300:]}")
+    return d
+
+def _not_in_wheel(root:Path):
+    "A copytree `ignore` that leaves out the checkout's own work folders (at its top only) and caches."
+    top = {".git", "build", "dist", "_site", ".mlops_nb", "nbs", "tests", "bench", "_docs"}
+    def ignore(d, names):
+        return [n for n in names if n == "__pycache__" or n.endswith(".egg-info") or n.startswith(".venv")
+                or (Path(d) == root and n in top)]
+    return ignore
+
+def _repack_installed(d:Path, progress=None)->Path:
+    "Write the installed mlops_nb distribution back into a wheel in `d` (mlops_nb installed from a wheel, no checkout)."
+    import base64, importlib.metadata, zipfile
+    dist = importlib.metadata.distribution("mlops_nb")
+    if progress: progress(f"repacking the installed mlops_nb {dist.version} as a wheel")
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d/f".mlops_nb-{dist.version}-py3-none-any.whl.tmp"
+    info = next(f for f in dist.files if f.name == "RECORD").parent
+    record = []
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in dist.files:
+            p = Path(dist.locate_file(f))
+            if f.name == "RECORD" or f.suffix == ".pyc" or "__pycache__" in f.parts or ".." in f.parts or not p.is_file(): continue
+            data = p.read_bytes()
+            z.writestr(str(f), data)
+            h = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append(f"{f},sha256={h},{len(data)}")
+        z.writestr(f"{info}/RECORD", "\n".join(record + [f"{info}/RECORD,,"]) + "\n")
+    tmp.rename(d/f"mlops_nb-{dist.version}-py3-none-any.whl")
     return d
 
 def _link(src:Path, dst:Path):
