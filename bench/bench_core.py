@@ -7,7 +7,8 @@ this process and every subprocess, so the project's .mlops_nb is never touched. 
 
 What is measured, and how:
 1. Training, test vs full mode: `mlops-nb train --mode test|full --data FILE --quiet --json` as subprocesses (the real
-   path), on data made once by `mlops-nb data generate`. A fresh store is created first (timed separately), so no
+   path), on data made once by `mlops-nb data generate` (the configured problem's generator, its default period: the
+   Ottawa example's listings of 2021 in this repository). A fresh store is created first (timed separately), so no
    run pays for the schema migrations. Wall time is split with timestamps from the same clock: the run's
    start/end in the tracking DB, and papermill's notebook start/end and per-cell durations in the executed notebook.
 2. Fixed overhead: a trivial notebook that follows the run-mode contract, run through
@@ -18,7 +19,9 @@ What is measured, and how:
 5. Selection: `best_run` over 10 000 runs bulk-inserted with sqlite3 into the MLflow schema (creating them through
    the client would take minutes), checked against the true best computed from the inserted values, then timed again
    after `ANALYZE` as a diagnostic (SQLite's planner without statistics can make MLflow's order-by-metric join
-   quadratic); `best_version` over ~50 registered versions made through the library (skipped if setup passes 30 s).
+   quadratic); `best_version` with no metric given (the configured problem's primary metric and its direction, as
+   `mlops-nb models best` without --metric) over ~50 registered versions made through the library (skipped if setup
+   passes 30 s).
 
 Timings depend on what else runs on the machine: the report prints the load average and the share of the cores other
 processes keep busy (sampled from /proc/stat for 1 s while the bench sleeps, at start and end) and warns above 15%.
@@ -139,8 +142,8 @@ def create_store()->float:
 
 def bench_training(rows:int, reps:int, work:Path)->dict:
     "Generate data once, then time `mlops-nb train` in test and full mode, interleaved, `reps` times each."
-    data = work/f"listings-2021-{rows}.parquet"
-    gen = run([CLI, "data", "generate", "--year", "2021", "--rows", str(rows), "--out", str(data), "--json"])[0]
+    data = work/f"data-{rows}.parquet"  # the configured problem's generated data, of its default period
+    gen = run([CLI, "data", "generate", "--rows", str(rows), "--out", str(data), "--json"])[0]
     out = {"rows": rows, "data_generate_s": gen, "test": [], "full": []}
     t0 = time.perf_counter()
     for i in range(reps):
@@ -304,12 +307,15 @@ def quiet_mlflow():
     warnings.filterwarnings("ignore")
 
 def bench_best_version(n:int, warm_reps:int, budget_s:float=REGISTRY_BUDGET_S)->dict:
-    "`best_version` over `n` versions registered through the library (tiny models); skipped past `budget_s` of setup."
+    "`best_version` (no metric given: the problem's primary one and its direction) over `n` versions registered through the library (tiny models); skipped past `budget_s` of setup."
     import mlflow, numpy as np
     from sklearn.dummy import DummyClassifier
     from mlops_nb.params import make_params
+    from mlops_nb.problem import load_problem
     from mlops_nb.tracking import best_version, create_run, log_data_lineage, register_model
     quiet_mlflow()
+    problem = load_problem()
+    metric, higher = problem.primary, problem.directions[problem.primary]
     name, rng, truth = "bench-model", random.Random(1), []
     model = DummyClassifier().fit(np.zeros((4, 1)), [0, 1, 0, 1])
     t0 = time.perf_counter()
@@ -319,19 +325,22 @@ def bench_best_version(n:int, warm_reps:int, budget_s:float=REGISTRY_BUDGET_S)->
                 return {"versions": i, "setup_s": time.perf_counter() - t0,
                         "skipped": f"setup passed {budget_s:g} s after {i} of {n} versions"}
             rid = create_run(make_params(mode="full", seed=i), "nbs/train.ipynb")
-            m = {"roc_auc": rng.uniform(0.8, 0.95), "log_loss": rng.uniform(0.2, 0.5)}
+            m = {k: rng.uniform(0.2, 0.95) for k in problem.metric_names}
             with mlflow.start_run(run_id=rid):
                 mlflow.log_metrics(m)
                 info = mlflow.sklearn.log_model(model, name="model", pip_requirements=["scikit-learn"])
             fp = "e2" if i % 5 == 1 else "e1"
             log_data_lineage(rid, "d1", fp)
-            truth.append((register_model(rid, info.model_uri, name), fp, m["roc_auc"]))
+            truth.append((register_model(rid, info.model_uri, name), fp, m[metric]))
     setup = time.perf_counter() - t0
     latest_fp = truth[-1][1]
-    want = max((t for t in truth if t[1] == latest_fp), key=lambda t: (t[2], t[0]))[0]
-    q = time_query(lambda: best_version("roc_auc", name=name), warm_reps)
-    got = q.pop("result").version.version
-    return {"versions": n, "setup_s": setup, "setup": "library: create_run + log_model (DummyClassifier) + register_model",
+    same = [t for t in truth if t[1] == latest_fp]
+    want = (max(same, key=lambda t: (t[2], t[0])) if higher else min(same, key=lambda t: (t[2], -t[0])))[0]
+    q = time_query(lambda: best_version(name=name), warm_reps)  # like `mlops-nb models best`: no --metric
+    sel = q.pop("result")
+    got = sel.version.version
+    return {"versions": n, "metric": sel.metric, "problem": problem.name, "setup_s": setup,
+            "setup": "library: create_run + log_model (DummyClassifier) + register_model",
             **q, "picked": got, "true_best": want, "check": "OK" if got == want else "MISMATCH"}
 
 # ------------------------------------------------------------------------------------------------------------ report
@@ -366,9 +375,9 @@ def table_rows(r:dict)->list:
              ("  pick is the true best", br["log_loss_filtered"]["check"], "OK"),
              ("best_run roc_auc after ANALYZE (warm)", ms(br["roc_auc_after_analyze"]["warm_s"]), "diagnostic")]
     bv = r["best_version"]
-    if "skipped" in bv: rows.append(("best_version roc_auc", "skipped", bv["skipped"]))
+    if "skipped" in bv: rows.append(("best_version (primary metric)", "skipped", bv["skipped"]))
     else:
-        rows += [(f"best_version roc_auc, {bv['versions']} versions (cold)", ms(bv["cold_s"]), ""),
+        rows += [(f"best_version ({bv['metric']}), {bv['versions']} versions (cold)", ms(bv["cold_s"]), ""),
                  ("  warm (median)", ms(bv["warm_s"]), ""), ("  pick is the true best", bv["check"], "OK")]
     return rows
 
@@ -409,7 +418,7 @@ def render(r:dict)->str:
 def parse_args(argv=None):
     "Command-line options."
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rows", type=int, default=None, help="listings for the training runs (default: the CLI's default)")
+    p.add_argument("--rows", type=int, default=None, help="rows of generated data for the training runs (default: the CLI's default)")
     p.add_argument("--quick", action="store_true", help="fewer repetitions and a 2 000-run selection setup (CI smoke)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (the table goes to stderr)")
     return p.parse_args(argv)

@@ -1,8 +1,8 @@
 """Packaging benchmark: image size, rebuild time after a model-only change (warm cache), container start to ready.
 
 Run from the repository root:  .venv/bin/python bench/bench_package.py [--json]
-It starts the engine and registry with `scripts/containers up`, trains two small models of the example problem
-(two versions, same requirements), and measures through the real path (`mlops-nb package`, the Docker Engine API
+It starts the engine and registry with `scripts/containers up`, trains two small models of the Ottawa example problem
+(`mlops_nb.examples.ottawa`, through the repo-root conftest's `model_folder`: two versions, same requirements), and measures through the real path (`mlops-nb package`, the Docker Engine API
 on podman, a container on loopback). State goes to a temporary MLOPS_NB_HOME. Prints figures, asserts nothing.
 """
 import argparse, json, os, shlex, subprocess, sys, tempfile, time
@@ -48,6 +48,8 @@ def main():
     os.environ.update(containers_env())
     tmp = Path(tempfile.mkdtemp(prefix="mlops_nb_bench_pkg_"))
     os.environ["MLOPS_NB_HOME"] = str(tmp/"state")
+    # the models are of the Ottawa example (conftest's `model_folder`): its derive functions are trusted through the problem
+    os.environ["MLOPS_NB_PROBLEM"] = "mlops_nb.examples.ottawa:PROBLEM"
     from conftest import model_folder
     v1, v2 = model_folder(tmp, "m1", "1", 2021, 0), model_folder(tmp, "m2", "2", 2023, 1)
     first, out1 = package(v1)        # cold: wheels collected, runtime layer built (unless cached by an earlier run)
