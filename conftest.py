@@ -1,5 +1,5 @@
 """Shared pytest fixtures (tests/ and api/): an isolated state folder per module, the real CLI, data, model folders."""
-import json, os, subprocess, sys
+import json, subprocess, sys
 from pathlib import Path
 import pytest
 

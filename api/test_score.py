@@ -1,5 +1,5 @@
 """api/score.py in-process: Azure ML's init()/run(raw) contract with correct and incorrect inputs."""
-import importlib.util, json, os
+import importlib.util, json
 from pathlib import Path
 import pytest
 from conftest import GOOD, BAD_REQUESTS

@@ -274,7 +274,7 @@ def _thresholds(a)->dict:
 def cmd_monitor(a):
     "Compare current data with a reference: feature drift, model decay, and whether to retrain."
     from mlops_nb.drift import drift_report, DriftThresholds
-    from mlops_nb.problem import load_problem, ProblemError
+    from mlops_nb.problem import load_problem
     prof = {}
     if a.profile or os.environ.get("MLOPS_NB_PROFILE"):
         from mlops_nb.backends import load_profile
@@ -396,7 +396,7 @@ def _parser()->argparse.ArgumentParser:
     d = sub.add_parser("data", help="check (or generate) the problem's data", description="Check (or generate) the problem's data.")
     dsub = d.add_subparsers(dest="sub", metavar="SUBCOMMAND")
     g = cmd(dsub, "generate", cmd_data_generate, "Write seeded synthetic data of one period (Parquet or CSV by extension); "
-            "only for problems that declare a generator (the Ottawa example: one period is a market year).")
+            "only for problems that declare a generator (e.g. one period is a year of a drifting market).")
     g.add_argument("--period", "--year", dest="period", type=int, default=None, help="period (e.g. market year) of the data; "
                    "the generator drifts from period to period (default: the problem's)")
     g.add_argument("--rows", type=int, default=20_000, help="number of rows (default: 20000)")
@@ -508,7 +508,7 @@ def _parser()->argparse.ArgumentParser:
              "Writes report.html (the metric per period with and without retraining, drift, versions) and report.json. "
              "Works in a tracking store of its own (<out>/state) unless --use-configured-registry.")
     si.add_argument("--first-period", "--first-year", dest="first_period", type=int, default=None,
-                    help="first period (default: the problem's default period minus two; Ottawa: 2019)")
+                    help="first period (default: the problem's default period minus two)")
     si.add_argument("--periods", "--years", dest="periods", type=int, default=5, help="periods to simulate (default: 5)")
     si.add_argument("--rows", type=int, default=8000, help="rows per period (default: 8000)")
     si.add_argument("--epochs", type=int, default=None, help="full-run epochs (default: 10)")

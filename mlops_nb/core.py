@@ -6,7 +6,7 @@ Docs: https://mlops-nb.github.io/mlops_nb/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #00-core-002
 from __future__ import annotations
-import os, re, subprocess
+import importlib, os, re, subprocess, types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,8 +106,6 @@ def redact_uri(uri:str # a URI or setting that may hold credentials
     return re.sub(r"(?i)([?&](?:password|passwd|pwd|token|secret|key|sig|access_token)=)[^&\s]*", r"\1***", s)
 
 # %% ../nbs/00_core.ipynb #00-core-018
-import importlib, types
-
 class _LazyModule(types.ModuleType):
     "A module that imports itself on first attribute access."
     def __getattr__(self, k):

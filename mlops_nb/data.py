@@ -11,9 +11,8 @@ from dataclasses import dataclass, asdict
 from datetime import datetime
 from pathlib import Path
 import numpy as np
-from .core import lazy_module
+from .core import DataError, lazy_module
 pd = lazy_module("pandas")  # loaded on first use: serving images run without pandas
-from .core import DataError
 
 # %% auto #0
 __all__ = ['pd', 'KINDS', 'write_table', 'ColumnSpec', 'read_table', 'load_table', 'check_record', 'data_fingerprint']

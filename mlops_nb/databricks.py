@@ -7,7 +7,7 @@ Docs: https://mlops-nb.github.io/mlops_nb/databricks.html.md"""
 
 # %% ../nbs/11_databricks.ipynb #11-databricks-002
 from __future__ import annotations
-import base64, json, os, re, time
+import base64, json, re, time
 from pathlib import Path
 from .core import MlopsNbError, RunFailed, EnvVar
 from .params import RunParams

@@ -10,10 +10,9 @@ import math, time
 from dataclasses import dataclass, asdict, field, fields
 from datetime import datetime, timezone
 import numpy as np
-from .core import lazy_module
-pd = lazy_module("pandas")  # loaded on first use: `import mlops_nb` stays fast
-from .core import DataError, ParamError
+from .core import DataError, ParamError, lazy_module
 from .problem import Problem, metrics_of, predict_outputs
+pd = lazy_module("pandas")  # loaded on first use: `import mlops_nb` stays fast
 
 # %% auto #0
 __all__ = ['pd', 'EPS', 'KS_MAX_N', 'DriftThresholds', 'as_thresholds', 'quantile_edges', 'psi_numeric', 'psi_categorical',

@@ -194,7 +194,7 @@ _HINTS = {400: "fix the manifest field the server names", 401: "refresh the kube
           422: "fix the field the server names", 429: "the API server is throttling: retry later"}
 
 def api_error(e:Exception, # a `kubernetes.client.ApiException`
-              action:str # what was being done, e.g. "apply Deployment default/ottawa-housing"
+              action:str # what was being done, e.g. "apply Deployment default/my-model"
              )->KubeError:
     "A one-line `KubeError` for a failed API call: the action, the HTTP status, the server's message and a hint."
     status, reason, msg = getattr(e, "status", None), getattr(e, "reason", None) or "", ""

@@ -6,8 +6,8 @@ Docs: https://mlops-nb.github.io/mlops_nb/params.html.md"""
 
 # %% ../nbs/02_params.ipynb #02-params-002
 from __future__ import annotations
-import json, math
-from dataclasses import dataclass, asdict, fields, replace
+import math
+from dataclasses import dataclass, asdict, fields
 from .core import ParamError
 
 # %% auto #0
@@ -23,7 +23,7 @@ MODE_DEFAULTS = {"test": {"sample_frac": 0.05, "epochs": 1}, "full": {"sample_fr
 class RunParams:
     "The training notebook's parameters, validated; build with `make_params`."
     mode: str = "test"  # `test` or `full`
-    data_path: str = ""  # listings file (CSV/Parquet); empty: generate a sample in memory
+    data_path: str = ""  # training data (CSV/Parquet); empty: generated data, for a problem with a generator
     sample_frac: float = 0.05  # fraction of rows used (stratified by label, seeded)
     epochs: int = 1  # training epochs
     seed: int = 42  # seed for sampling and the model (the evaluation hold-out is fixed)

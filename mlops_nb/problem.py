@@ -8,12 +8,11 @@ Docs: https://mlops-nb.github.io/mlops_nb/problem.html.md"""
 from __future__ import annotations
 import importlib, json, math, os, re, sys, tomllib
 from dataclasses import dataclass, field
-from datetime import date, datetime
 from pathlib import Path
 from typing import Callable
 import numpy as np
 from .core import MlopsNbError, DataError, EnvVar, lazy_module, project_root
-from .data import ColumnSpec, KINDS as COLUMN_KINDS, load_table
+from .data import ColumnSpec, check_record, load_table
 pd = lazy_module("pandas")  # loaded on first use: serving images run without pandas
 
 # %% auto #0
@@ -124,7 +123,6 @@ def _check_problem(p:Problem):
     if bad: raise _bad(p, f"thresholds name metric(s) {', '.join(bad)} it does not log")
     if (p.generate is None) != (p.default_period is None): raise _bad(p, "generate and default_period go together")
     if p.example is not None:
-        from mlops_nb.data import check_record
         errs = check_record(p.example, p.inputs)
         if errs: raise _bad(p, f"its example does not match its inputs: {errs[0][0]}: {errs[0][1]}")
 

@@ -6,12 +6,13 @@ Docs: https://mlops-nb.github.io/mlops_nb/runner.html.md"""
 
 # %% ../nbs/05_runner.ipynb #05-runner-002
 from __future__ import annotations
-import json, os, signal, subprocess, sys, time
+import json, os, signal, subprocess, sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from .core import MlopsNbError, RunFailed, DataError, state_dir, project_root
+from .core import MlopsNbError, RunFailed, state_dir, project_root
 from .params import RunParams, make_params
 from .problem import load_problem
+from .tracking import client, create_run, end_run
 
 # %% auto #0
 __all__ = ['RunResult', 'notebook_failure', 'default_notebook', 'LocalRun', 'LocalRunner', 'run_training']
@@ -63,7 +64,6 @@ def _die_with_parent(parent:int # pid of the runner
 
 def _orphaned(a:dict):
     "The runner died: stop here, keep the executed notebook with the run and mark it FAILED (nobody else will)."
-    from mlops_nb.tracking import client, end_run
     run_id, out = a["parameters"]["run_id"], Path(a["output"])
     try:
         c = client()
@@ -101,7 +101,6 @@ class LocalRun:
 
     def _close(self, status, error=None):
         "Log the executed notebook with the run and mark the run `status` (once)."
-        from mlops_nb.tracking import client, end_run
         if self.status != "RUNNING": return
         self.status = status
         c = client()
@@ -157,7 +156,6 @@ class LocalRunner:
     def submit(self, params:RunParams # validated parameters (`make_params`)
               )->LocalRun:
         "Create the tracking run, start the notebook on it, and return a handle."
-        from mlops_nb.tracking import create_run
         nb = self.notebook.resolve()
         if not nb.exists(): raise MlopsNbError(f"training notebook not found at {nb}: pass --notebook PATH")
         # start the child first: it imports papermill while we create the run, then reads its arguments from stdin.

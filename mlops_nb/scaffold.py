@@ -6,14 +6,14 @@ Docs: https://mlops-nb.github.io/mlops_nb/scaffold.html.md"""
 
 # %% ../nbs/16_scaffold.ipynb #16-scaffold-002
 from __future__ import annotations
-import importlib.resources, json, math, os, re, shutil, tempfile, time
+import importlib.resources, json, math, re, shutil, tempfile, time
 from importlib.metadata import version as _pkg_version
 from pathlib import Path
 import numpy as np
 from .core import MlopsNbError, DataError, lazy_module
 from .data import ColumnSpec, read_table
 from .pipeline import PipelineSettings, write_pipelines
-from .problem import Problem, ProblemError, METRICS, PROBLEM_KINDS
+from .problem import Problem, ProblemError, PROBLEM_KINDS
 pd = lazy_module("pandas")
 
 # %% auto #0

@@ -6,7 +6,7 @@ Docs: https://mlops-nb.github.io/mlops_nb/server.html.md"""
 
 # %% ../nbs/08_server.ipynb #08-server-002
 from __future__ import annotations
-import asyncio, hmac, importlib.util, json, logging, os, sys, threading, time, traceback, uuid
+import asyncio, hmac, importlib.util, json, os, sys, time, traceback, uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import orjson
@@ -326,7 +326,7 @@ async def _lifespan(self:ScoringApp, receive, send):
         if m["type"] == "lifespan.startup":
             self.queue = asyncio.Queue()
             try: await self.swap(self.model_ref)  # no model, no server: a bad reference fails the start, visibly
-            except Exception as e:
+            except Exception:
                 await send({"type": "lifespan.startup.failed", "message": self.swap_error}); return
             self._tasks = [asyncio.ensure_future(self._batch_loop())]
             if self.watch: self._tasks.append(asyncio.ensure_future(self._watch_loop()))
@@ -341,7 +341,7 @@ async def _watch_loop(self:ScoringApp):
     while True:
         await asyncio.sleep(self.watch)
         try:
-            v = await loop.run_in_executor(self.load_pool, _registry_version, self.model_ref or f"champion")
+            v = await loop.run_in_executor(self.load_pool, _registry_version, self.model_ref or "champion")
             if self.runtime and str(v.version) != self.runtime.info.version and not self.loading:
                 log_event("alias_moved", model=self.model_ref, version=v.version)
                 await self.swap(self.model_ref)
@@ -372,7 +372,7 @@ def serve(host:str="127.0.0.1", # interface to bind
         return
     app = ScoringApp(**cfg)
     try: uvicorn.run(app, **kw)
-    except SystemExit as e:
+    except SystemExit:
         if app.swap_error: raise MlopsNbError(f"could not load model {cfg.get('model') or 'champion'}: {app.swap_error}") from None
         raise
 

@@ -6,8 +6,8 @@ Docs: https://mlops-nb.github.io/mlops_nb/serving.html.md"""
 
 # %% ../nbs/07_serving.ipynb #07-serving-002
 from __future__ import annotations
-import json, math, os, re, shutil, tempfile, time
-from dataclasses import dataclass, field
+import importlib.util, json, os, re, shutil, tempfile
+from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 from .core import MlopsNbError, MLOPS_NB_MODEL_ROOTS, state_dir, registry_uri, redact_uri
@@ -83,8 +83,9 @@ def load_sklearn(d:Path, # model folder
     except Exception as e: raise ModelLoadError(f"{d}: {path.name} is not a readable skops file ({type(e).__name__})") from None
     untrusted = [t for t in found if t not in TRUSTED_TYPES and t.rpartition(".")[0] not in mods]
     if untrusted:
-        raise ModelLoadError(f"{d}: the model uses types mlops_nb does not trust: {', '.join(untrusted[:5])} (only mlops_nb's "
-                             "own and the configured problem's; set MLOPS_NB_PROBLEM to the problem that made it)")
+        raise ModelLoadError(f"{d}: the model uses types mlops_nb does not trust: {', '.join(untrusted[:5])} (trusted are "
+                             "mlops_nb's fixed list and the functions of the configured problem's module: set MLOPS_NB_PROBLEM "
+                             "or [tool.mlops_nb] problem to the problem that made it)")
     return skops.io.load(path, trusted=[t for t in found if t not in untrusted])
 
 # %% ../nbs/07_serving.ipynb #07-serving-008
@@ -100,7 +101,7 @@ def validate_payload(payload, # parsed JSON: an object or a list of objects
                      schema:dict, # input column -> `ColumnSpec`
                      max_rows:int=MAX_ROWS # records allowed per request
                     )->list:
-    "The records of `payload`, checked against `schema`; raises `RequestError` listing every problem."
+    "The records of `payload`, checked against `schema`; raises `RequestError` naming every problem."
     records = [payload] if isinstance(payload, dict) else payload
     if not isinstance(records, list): raise RequestError([{"loc": ["body"], "msg": "expected a JSON object (one record) or a list of them"}])
     if not records: raise RequestError([{"loc": ["body"], "msg": "empty list: send at least one record"}])
@@ -247,8 +248,8 @@ def _fast_path(self:Runtime):
     try: fast = FastModel(self.pipeline, self.kind)
     except (AttributeError, KeyError, TypeError, ValueError) as e: return None, None, f"pipeline not understood: {e}"
     rows = self.example()
-    try: import pandas  # the pipeline path and the check need it; a serving image does not have it
-    except ImportError: return self._verified(fast)
+    # the pipeline path and the check need pandas; a serving image does not have it
+    if importlib.util.find_spec("pandas") is None: return self._verified(fast)
     if not rows: return None, None, "no input example to prove it equal"
     diff = float(np.max(np.abs(fast.predict(rows) - self.pipeline_predict(rows))))
     if diff > FAST_PATH_TOLERANCE: return None, diff, f"differs from the pipeline by {diff:.3g} on the input example"

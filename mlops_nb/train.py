@@ -6,16 +6,15 @@ Docs: https://mlops-nb.github.io/mlops_nb/train.html.md"""
 
 # %% ../nbs/04_train.ipynb #04-train-002
 from __future__ import annotations
-import json, math, os
+import json, math
 from datetime import date, datetime
 from importlib.metadata import version as _pkg_version
 from pathlib import Path
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin  # this module builds and loads models: scikit-learn is needed
-from .core import lazy_module
-pd = lazy_module("pandas")  # loaded on first use: serving images run without pandas
-from .core import DataError, MLOPS_NB_TRAIN_THREADS
+from .core import DataError, MLOPS_NB_TRAIN_THREADS, lazy_module
 from .problem import Problem, metrics_of, predict_outputs
+pd = lazy_module("pandas")  # loaded on first use: serving images run without pandas
 
 # %% auto #0
 __all__ = ['pd', 'MIN_SAMPLE_PER_CLASS', 'MIN_SAMPLE_ROWS', 'MODEL_PACKAGES', 'TRUSTED_TYPES', 'as_dates', 'raw_features',

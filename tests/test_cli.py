@@ -27,7 +27,6 @@ def test_missing_subcommand_says_what_to_do():
 
 def _bad_files(d):
     "Files with each kind of bad data, and the words their error must contain."
-    import pandas as pd
     from mlops_nb.examples.ottawa import generate_listings
     df = generate_listings(2021, 50, seed=1)
     df.drop(columns=["sqft"]).to_csv(d/"no_sqft.csv", index=False)

@@ -1,8 +1,7 @@
 """mlops_nb as a library: its wheel installed into a fresh virtual environment outside any checkout, then
 `mlops-nb new` on a team's CSV; in the generated project, unchanged, the README's test command and main command pass.
 Also: the package's templates are the files this repository itself uses (one definition of each)."""
-import os, shutil, subprocess, sys
-from pathlib import Path
+import os, subprocess, sys
 import pytest
 from conftest import ROOT
 

@@ -12,7 +12,7 @@ azure = pytest.mark.skipif(not all(os.environ.get(v) for v in ("AZURE_SUBSCRIPTI
 @databricks
 def test_databricks_workspace_answers_and_folder_is_writable():
     "The token works and the integration folder can be created and imported into (a PR run's first two steps)."
-    from mlops_nb.databricks import DatabricksRunner, workspace_folder
+    from mlops_nb.databricks import workspace_folder
     from databricks.sdk import WorkspaceClient
     w = WorkspaceClient()
     assert w.current_user.me().user_name

@@ -107,8 +107,7 @@ def test_model_only_change_rebuilds_only_the_model_layer(built):
 
 def test_broken_model_image_never_becomes_ready(tmp_path, containers, model_dir, state):
     "A version whose init() fails does not get ready; its logs are kept and the container is removed."
-    import shutil
-    from mlops_nb.package import write_context, build_image, run_image, PackageError, BuildContext
+    from mlops_nb.package import write_context, build_image, run_image, PackageError
     ctx = write_context(model_dir, tmp_path/"ctx", base_image=os.environ["MLOPS_NB_BASE_IMAGE"])
     (ctx.path/"model"/"model.skops").write_bytes(b"not a model")
     ctx.tag = ctx.tag.rsplit(":", 1)[0] + ":broken"

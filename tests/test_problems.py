@@ -127,7 +127,6 @@ def test_serve_monitor_package_deploy(project):
 
 def _raw(problem_root, data, n=25):
     "The first `n` rows of a project's data as raw input records (what a client sends)."
-    import pandas as pd
     from mlops_nb.problem import load_problem
     prob = load_problem(start=problem_root)
     df = prob.load(problem_root/data)[list(prob.inputs)].head(n)
@@ -181,3 +180,27 @@ def test_the_ottawa_model_is_the_api_too(model_dir, tmp_path, state):
     pyfunc, served, ours = _three_ways(str(model_dir), records, "binary", PROBLEM.class_labels, tmp_path, env, tmp_path)
     assert pyfunc.shape == served.shape == ours.shape == (30, 2)
     assert np.abs(pyfunc - served).max() <= 1e-6 and np.abs(pyfunc - ours).max() <= 1e-6
+
+
+def test_a_pipeline_the_fast_path_does_not_understand_falls_back_and_says_so(tmp_path, state):
+    "Derived features without their per-record twin: the server scores through the pipeline, and /version and the log say why."
+    import dataclasses
+    from conftest import save_model
+    from mlops_nb.examples.ottawa import PROBLEM, generate_listings
+    slow = dataclasses.replace(PROBLEM, derive_record=None)  # the same derive, no per-record version
+    save_model(tmp_path/"model", problem=slow)
+    df = generate_listings(2022, 20, seed=2)
+    records = json.loads(df[list(PROBLEM.inputs)].assign(listing_date=df.listing_date.dt.strftime("%Y-%m-%d")).to_json(orient="records"))
+    env = {**os.environ, "MLOPS_NB_PROBLEM": "mlops_nb.examples.ottawa:PROBLEM"}
+    srv = Process([CLI, "serve", "--model", tmp_path/"model", "--port", "{port}"], tmp_path, env, "/ready", tmp_path/"serve.log")
+    try:
+        with urllib.request.urlopen(srv.url + "/version") as r: v = json.loads(r.read())
+        assert v["fast_path"] is False and "per-record" in v["fast_path_fallback"], v
+        st, body = post(srv.url + "/score", records)
+        assert st == 200
+    finally: srv.stop()
+    import mlflow
+    want = mlflow.pyfunc.load_model(str(tmp_path/"model")).predict(df[list(PROBLEM.inputs)].assign(listing_date=df.listing_date.dt.strftime("%Y-%m-%d")))
+    got = np.array([[a["probabilities"][l] for l in PROBLEM.class_labels] for a in body["predictions"]])
+    assert np.abs(got - want).max() <= 1e-9
+    assert '"fast_path_fallback": "pipeline not understood: its first step has no per-record features' in Path(srv.log).read_text()

@@ -1,7 +1,6 @@
 """The nbdev project itself: notebooks are the source, the package and README follow them, notebooks stay clean."""
 import json, os, re, shutil, subprocess, sys, tomllib
 from pathlib import Path
-import pytest
 from conftest import ROOT
 
 BIN = Path(sys.executable).parent
@@ -80,3 +79,23 @@ def test_library_notebooks_pass_nbdev_test(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
     ran = {Path(l.split()[-1]).name for l in p.stdout.splitlines() if l.startswith("- Completed")}
     assert {nb.name for nb in LIB_NBS} <= ran, ran
+
+
+def test_ruff_is_clean():
+    "The code passes the linter configured in pyproject.toml (the notebooks through the modules they export)."
+    p = subprocess.run([str(BIN/"ruff"), "check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout[-3000:]
+
+
+def test_pre_commit_hooks_name_installed_commands():
+    "`.pre-commit-config.yaml` runs nbdev's hooks and ruff from the project's environment: each command exists there."
+    import yaml
+    hooks = [h for r in yaml.safe_load((ROOT/".pre-commit-config.yaml").read_text())["repos"] for h in r["hooks"]]
+    assert [h["id"] for h in hooks] == ["nbdev-clean", "nbdev-export", "ruff"]
+    for h in hooks: assert (BIN/h["entry"].split()[0]).exists(), h["entry"]
+
+
+def test_license_and_changelog():
+    assert "Apache License" in (ROOT/"LICENSE").read_text() and tomllib.loads((ROOT/"pyproject.toml").read_text())["project"]["license"] == "Apache-2.0"
+    from mlops_nb import __version__
+    assert f"## {__version__} " in (ROOT/"CHANGELOG.md").read_text()  # every released version has its entry

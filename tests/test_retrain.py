@@ -1,7 +1,6 @@
 """The closed loop: challenger vs champion on the same recent data, and the multi-year simulation end to end."""
-import json, re
+import json
 from pathlib import Path
-import pytest
 from conftest import run_cli, cli_json
 
 

@@ -1,7 +1,6 @@
 """The scoring server as a real process over HTTP: the same cases as api/test_score.py, the endpoints, auth,
 failures that must not take it down, and a model swap under concurrent load with zero failed requests."""
-import http.client, json, os, signal, socket, subprocess, sys, threading, time
-from pathlib import Path
+import http.client, json, os, signal, socket, subprocess, threading, time
 import pytest
 from conftest import CLI, ROOT, GOOD, BAD_REQUESTS
 

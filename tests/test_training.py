@@ -1,8 +1,8 @@
 """The training notebook through the real runner: papermill, a real kernel, MLflow on SQLite."""
-import json, os, re, signal, subprocess, sys, time
+import json, re, signal, subprocess, time
 from pathlib import Path
 import pytest
-from conftest import CLI, ROOT, run_cli, cli_json
+from conftest import CLI, run_cli, cli_json
 
 
 def _runs(status=None):

@@ -6,7 +6,6 @@ Docs: https://mlops-nb.github.io/mlops_nb/examples/ottawa.html.md"""
 
 # %% ../../nbs/examples/ottawa.ipynb #ottawa-002
 from __future__ import annotations
-import math
 import numpy as np
 from ..core import lazy_module, ParamError
 from ..data import ColumnSpec
