@@ -6,16 +6,18 @@ Docs: https://mlops-nb.github.io/mlops_nb/server.html.md"""
 
 # %% ../nbs/08_server.ipynb #08-server-002
 from __future__ import annotations
-import asyncio, hmac, importlib.util, json, os, sys, time, traceback, uuid
+import asyncio, hmac, importlib.util, json, os, re, sys, time, traceback, uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import orjson
+from . import __version__
 from .core import MlopsNbError, project_root
-from .serving import RequestError, _registry_version, check_model_source, json_schema, load_runtime, validate_payload
+from .serving import (RequestError, _registry_version, check_model_source, json_schema, load_runtime, mlflow_records,
+                               records_of, v2_metadata, v2_records, v2_response, validate_payload)
 
 # %% auto #0
-__all__ = ['BUCKETS', 'ADMIN_MAX_BODY', 'DOCS_HTML', 'ROUTES', 'load_entry', 'Metrics', 'log_event', 'ScoringApp', 'app_from_env',
-           'serve', 'free_port', 'http_status', 'start_server', 'swap_model']
+__all__ = ['BUCKETS', 'ADMIN_MAX_BODY', 'DOCS_HTML', 'ROUTES', 'PUBLIC', 'load_entry', 'Metrics', 'log_event', 'ScoringApp',
+           'app_from_env', 'serve', 'free_port', 'http_status', 'start_server', 'swap_model']
 
 # %% ../nbs/08_server.ipynb #08-server-005
 def load_entry(path:str|Path|None=None # entry script (default: `api/score.py` of the project, if there is one)
@@ -43,7 +45,7 @@ class Metrics:
     def observe(self, path:str, status:int, seconds:float):
         "Count a request; time it when it was a scoring request."
         k = (path, status); self.requests[k] = self.requests.get(k, 0) + 1
-        if path == "/score":
+        if path in ("/score", "/invocations", "/v2/infer"):
             i = next((i for i, b in enumerate(BUCKETS) if seconds <= b), len(BUCKETS))
             self.lat[i] += 1; self.lat_sum += seconds; self.lat_n += 1
 
@@ -219,27 +221,58 @@ async def _read_body(receive, limit:int):
         if not m.get("more_body"): return b"".join(chunks)
 
 # %% ../nbs/08_server.ipynb #08-server-019
-async def _score(self:ScoringApp, scope, receive, send, h, rid):
-    "POST /score: validate, pre-process, batch-score, answer, post-process."
+async def _body(self:ScoringApp, receive, h, ctypes=("application/json",)):
+    "(body, None), or (None, (status, error body)) when the content type or size is not allowed or no model is loaded."
     ctype = h.get("content-type", "").split(";")[0].strip().lower()
-    if ctype != "application/json": return 415, _err(f"content type {ctype or 'missing'!r} is not supported: send application/json")
-    if int(h.get("content-length") or 0) > self.max_body: return 413, _err(f"body larger than {self.max_body} bytes")
+    if ctype not in ctypes: return None, (415, _err(f"content type {ctype or 'missing'!r} is not supported: send {' or '.join(ctypes)}"))
+    if int(h.get("content-length") or 0) > self.max_body: return None, (413, _err(f"body larger than {self.max_body} bytes"))
     body = await _read_body(receive, self.max_body)
-    if body is None: return 413, _err(f"body larger than {self.max_body} bytes")
-    rt = self.runtime
-    if rt is None: return 503, _err("model not loaded yet: retry when /ready answers 200")
-    try: payload = orjson.loads(body)
-    except orjson.JSONDecodeError as e: return 400, _err("invalid JSON", [{"loc": ["body"], "msg": f"invalid JSON: {e}"}])
-    try: records = validate_payload(payload, rt.schema, self.max_rows)
-    except RequestError as e: return e.status, _err("invalid request", e.errors)
+    if body is None: return None, (413, _err(f"body larger than {self.max_body} bytes"))
+    if self.runtime is None: return None, (503, _err("model not loaded yet: retry when /ready answers 200"))
+    return body, None
+
+async def _infer(self:ScoringApp, records):
+    "Validate `records` against the served model and score them in the next batch: (records, rows, outputs, runtime)."
+    records = validate_payload(records, self.runtime.schema, self.max_rows)
     rows = self.pre(records) if self.pre else records
     fut = asyncio.get_running_loop().create_future()
     await self.queue.put((fut, rows, records))
     outputs, used = await fut
+    return records, rows, outputs, used
+
+async def _score(self:ScoringApp, scope, receive, send, h, rid):
+    "POST /score: a record, a list of records, or Azure ML's envelopes; validate, pre-process, batch-score, answer."
+    body, err = await self._body(receive, h)
+    if err: return err
+    try: payload = orjson.loads(body)
+    except orjson.JSONDecodeError as e: return 400, _err("invalid JSON", [{"loc": ["body"], "msg": f"invalid JSON: {e}"}])
+    try: records, rows, outputs, used = await self._infer(records_of(payload, self.runtime.schema))
+    except RequestError as e: return e.status, _err("invalid request", e.errors)
     answers = used.answer(rows, outputs)
     return 200, {"predictions": self.post(answers, records, used) if self.post else answers}
 
-ScoringApp._score = _score
+async def _invocations(self:ScoringApp, scope, receive, send, h, rid):
+    "POST /invocations: MLflow's scoring protocol (dataframe_split, dataframe_records, instances, inputs, CSV)."
+    body, err = await self._body(receive, h, ("application/json", "text/csv"))
+    if err: return err
+    try: _, _, outputs, _ = await self._infer(mlflow_records(body, h.get("content-type", "").split(";")[0].strip().lower(), self.runtime.schema))
+    except RequestError as e: return e.status, _err("invalid request", e.errors)
+    return 200, {"predictions": outputs}
+
+async def _v2_infer(self:ScoringApp, scope, receive, send, h, rid):
+    "POST /v2/models/NAME[/versions/V]/infer: the Open Inference Protocol, JSON or with Triton's binary data extension."
+    body, err = await self._body(receive, h, ("application/json", "application/octet-stream", ""))
+    if err: return err
+    try:
+        hl = h.get("inference-header-content-length")
+        records, req_id = v2_records(body, int(hl) if hl and hl.isdigit() else None, self.runtime.schema)
+        _, _, outputs, used = await self._infer(records)
+    except RequestError as e: return e.status, {"error": e.errors[0]["msg"] if len(e.errors) == 1 else "invalid request", "detail": e.errors}
+    return 200, v2_response(outputs, used, req_id)
+
+ScoringApp._body, ScoringApp._infer, ScoringApp._score = _body, _infer, _score
+ScoringApp._invocations, ScoringApp._v2_infer = _invocations, _v2_infer
+
 
 # %% ../nbs/08_server.ipynb #08-server-020
 async def _admin(self:ScoringApp, scope, receive, send, h, rid):
@@ -281,8 +314,29 @@ document.getElementById('example').textContent=JSON.stringify(s.example||ex,null
 for(const [p,m] of Object.entries(o.paths)){if(p==='/score')continue;for(const [verb,d] of Object.entries(m)){const li=document.createElement('li');li.textContent=verb.toUpperCase()+' '+p+': '+d.summary;ul.appendChild(li);}}});</script>
 </body></html>"""
 
-ROUTES = {"/score": "POST", "/admin/model": "POST", "/health": "GET, HEAD", "/ready": "GET, HEAD", "/version": "GET, HEAD",
-          "/metrics": "GET, HEAD", "/openapi.json": "GET, HEAD", "/docs": "GET, HEAD"}
+ROUTES = {"/score": "POST", "/invocations": "POST", "/admin/model": "POST", "/health": "GET, HEAD", "/ready": "GET, HEAD",
+          "/ping": "GET, HEAD", "/version": "GET, HEAD", "/metrics": "GET, HEAD", "/openapi.json": "GET, HEAD", "/docs": "GET, HEAD",
+          "/v2": "GET", "/v2/health/live": "GET", "/v2/health/ready": "GET"}
+PUBLIC = {"/health", "/ready", "/ping", "/openapi.json", "/docs", "/admin/model", "/v2", "/v2/health/live", "/v2/health/ready"}
+_V2_MODEL = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?")
+
+def _route(path:str)->tuple:
+    "(route key, methods allowed, v2 model name, v2 version) of a request path."
+    if path in ROUTES: return path, ROUTES[path], None, None
+    m = _V2_MODEL.fullmatch(path)
+    if m: return "v2" + (m.group(3) or ""), "POST" if m.group(3) == "/infer" else "GET", m.group(1), m.group(2)
+    return None, None, None, None
+
+def _v2_model_error(self:ScoringApp, name:str, version:str|None):
+    "A 404 body when `name`/`version` is not the served model, else None."
+    rt = self.runtime
+    names = {n for n in (rt.info.name, rt.problem.name) if n} if rt else set()
+    if rt is None: return {"error": "model not loaded yet"}
+    if name not in names: return {"error": f"model {name!r} not found: this server serves {' or '.join(sorted(names))}"}
+    if version is not None and version != rt.info.version: return {"error": f"version {version!r} of {name!r} not found: serving {rt.info.version or 'an unversioned folder'}"}
+    return None
+
+ScoringApp._v2_model_error = _v2_model_error
 
 async def _call(self:ScoringApp, scope, receive, send):
     "The ASGI entry point."
@@ -290,15 +344,27 @@ async def _call(self:ScoringApp, scope, receive, send):
     if scope["type"] != "http": return
     t0, path, h = time.perf_counter(), scope["path"], _headers(scope)
     rid = h.get("x-request-id") or uuid.uuid4().hex[:16]
-    ctype, allow = b"application/json", ROUTES.get(path)
+    route, allow, v2_name, v2_version = _route(path)
+    ctype = b"application/json"
     try:
-        public = path in ("/health", "/ready", "/openapi.json", "/docs", "/admin/model")
+        public = route in PUBLIC
         if allow and scope["method"] not in allow.split(", "):
             status, body = 405, _err(f"method {scope['method']} not allowed on {path}: use {allow}")
         elif self.api_key and not public and not (_same_secret(h.get("authorization", ""), f"Bearer {self.api_key}")
                                                   | _same_secret(h.get("x-api-key", ""), self.api_key)):
             status, body = 401, _err("API key required: Authorization: Bearer KEY or X-API-Key: KEY")
         elif path == "/score": status, body = await self._score(scope, receive, send, h, rid)
+        elif path == "/invocations": status, body = await self._invocations(scope, receive, send, h, rid)
+        elif route and route.startswith("v2"):
+            err = self._v2_model_error(v2_name, v2_version)
+            if err: status, body = (503 if self.runtime is None else 404), err
+            elif route == "v2/infer": status, body = await self._v2_infer(scope, receive, send, h, rid)
+            elif route == "v2/ready": status, body = 200, {"name": v2_name, "ready": True}
+            else: status, body = 200, v2_metadata(self.runtime)
+        elif path == "/v2": status, body = 200, {"name": "mlops_nb", "version": __version__, "extensions": ["binary_tensor_data"]}
+        elif path == "/v2/health/live": status, body = 200, {"live": True}
+        elif path == "/v2/health/ready": status, body = (200, {"ready": True}) if self.runtime else (503, {"ready": False})
+        elif path == "/ping": status, body, ctype = (200, b"\n", b"text/plain") if self.runtime else (503, b"\n", b"text/plain")
         elif path == "/health": status, body = 200, {"status": "ok", "uptime_s": round(time.time() - self.started, 1)}
         elif path == "/ready": status, body = (200, {"ready": True}) if self.runtime else (503, {"ready": False, "loading": self.loading, "error": self.swap_error})
         elif path == "/version":
@@ -316,7 +382,8 @@ async def _call(self:ScoringApp, scope, receive, send):
         log_event("error", error_id=eid, request_id=rid, path=path, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
         status, body = 500, {"error": "internal error: the server logged it under this error id", "error_id": eid}
     await _send(send, status, body, rid, ctype, allow if status == 405 else None)
-    self.metrics.observe(path if path in ("/score", "/health", "/ready", "/version", "/metrics") else "other", status, time.perf_counter() - t0)
+    self.metrics.observe(path if path in ("/score", "/invocations", "/health", "/ready", "/version", "/metrics")
+                         else "/v2/infer" if route == "v2/infer" else "other", status, time.perf_counter() - t0)
     if self.access_log: log_event("request", request_id=rid, path=path, status=status, ms=round((time.perf_counter() - t0) * 1000, 2))
 
 async def _lifespan(self:ScoringApp, receive, send):

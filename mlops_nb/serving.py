@@ -17,9 +17,10 @@ from .train import TRUSTED_TYPES, problem_modules
 from .tracking import GIT_COMMIT_TAG, client, model_name, resolve_version
 
 # %% auto #0
-__all__ = ['MAX_ROWS', 'FAST_PATH_TOLERANCE', 'ModelLoadError', 'find_model_dir', 'ModelInfo', 'read_model_dir', 'load_sklearn',
-           'RequestError', 'validate_payload', 'json_schema', 'answers', 'score', 'FastModel', 'Runtime', 'fetch_model',
-           'load_runtime', 'model_roots', 'check_model_source']
+__all__ = ['MAX_ROWS', 'V2_DATATYPES', 'V2_OUTPUT', 'FAST_PATH_TOLERANCE', 'ModelLoadError', 'find_model_dir', 'ModelInfo',
+           'read_model_dir', 'load_sklearn', 'RequestError', 'validate_payload', 'json_schema', 'answers', 'score',
+           'records_of', 'mlflow_records', 'csv_records', 'v2_metadata', 'v2_records', 'v2_response', 'FastModel',
+           'Runtime', 'fetch_model', 'load_runtime', 'model_roots', 'check_model_source']
 
 # %% ../nbs/07_serving.ipynb #07-serving-005
 class ModelLoadError(MlopsNbError):
@@ -151,10 +152,152 @@ def score(payload, # parsed JSON: one record or a list of records
           postprocess=None # (answers, records, runtime) -> answers (an entry script's)
          )->dict:
     "Validate, pre-process, score and answer one request, unbatched (Azure ML's `run`; `mlops-nb serve` batches the same steps)."
-    records = validate_payload(payload, rt.schema)
+    records = validate_payload(records_of(payload, rt.schema), rt.schema)
     rows = preprocess(records) if preprocess else records
     answers = rt.answer(rows, rt.predict(rows))
     return {"predictions": postprocess(answers, records, rt) if postprocess else answers}
+
+# %% ../nbs/07_serving.ipynb #07-serving-011b
+def _bad(msg:str, status:int=400): return RequestError([{"loc": ["body"], "msg": msg}], status)
+
+def _split_records(d, what:str)->list:
+    "Records of a pandas 'split' dict: `{'columns': [...], 'data': [[...], ...], 'index': [...]}`."
+    if not isinstance(d, dict) or not isinstance(d.get("columns"), list) or not isinstance(d.get("data"), list):
+        raise _bad(f"{what} must be an object with 'columns' (a list of names) and 'data' (a list of rows)")
+    cols = d["columns"]
+    if not all(isinstance(c, str) for c in cols): raise _bad(f"{what}.columns must be names (strings)")
+    out = []
+    for i, row in enumerate(d["data"]):
+        if not isinstance(row, list) or len(row) != len(cols):
+            raise _bad(f"{what}.data[{i}] must be a list of {len(cols)} values, one per column")
+        out.append(dict(zip(cols, row)))
+    return out
+
+def records_of(payload, # parsed JSON of a request to /score (or Azure ML's run())
+               schema:dict # the model's input schema
+              ):
+    "The records of `payload`: itself, or what Azure ML's `input_data` / `data` envelopes hold."
+    if isinstance(payload, dict) and len(payload) == 1:
+        (k, v), = payload.items()
+        if k == "input_data" and k not in schema: return _split_records(v, "input_data")
+        if k == "data" and k not in schema:
+            if isinstance(v, list) and v and all(isinstance(r, list) for r in v):
+                return _split_records({"columns": list(schema), "data": v}, "data")  # rows of values, in the schema's order
+            return v
+    return payload
+
+_MLFLOW_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+
+def mlflow_records(body:bytes, # the request body
+                   ctype:str, # its content type (application/json or text/csv)
+                   schema:dict # the model's input schema
+                  )->list:
+    "The records of a request in MLflow's scoring protocol; a `RequestError` naming what is wrong with its shape."
+    if ctype == "text/csv": return csv_records(body, schema)
+    try: payload = json.loads(body)
+    except ValueError as e: raise _bad(f"invalid JSON: {e}") from None
+    keys = [k for k in _MLFLOW_KEYS if isinstance(payload, dict) and k in payload]
+    if not isinstance(payload, dict) or len(keys) != 1 or set(payload) - {keys[0]}:
+        raise _bad(f"expected an object with exactly one of {', '.join(_MLFLOW_KEYS)} (MLflow's scoring protocol)")
+    k, v = keys[0], payload[keys[0]]
+    if k == "dataframe_split": return _split_records(v, k)
+    if k == "inputs" and isinstance(v, dict):  # columnar: {column: [values]}
+        cols = list(v)
+        if not all(isinstance(x, list) for x in v.values()) or len({len(x) for x in v.values()}) > 1:
+            raise _bad("inputs, as columns, must map each column to a list of values, all of the same length")
+        return [dict(zip(cols, row)) for row in zip(*v.values())]
+    if not isinstance(v, list) or not all(isinstance(r, dict) for r in v):
+        raise _bad(f"{k} must be a list of records (objects naming their columns)")
+    return v
+
+def csv_records(body:bytes, # CSV text with a header row
+                schema:dict # the model's input schema: its kinds type the values
+               )->list:
+    "Records of a CSV body: numbers, booleans and text typed by the schema; an empty cell is a missing value."
+    import csv, io
+    try: rows = list(csv.reader(io.StringIO(body.decode("utf-8"))))
+    except (UnicodeDecodeError, csv.Error) as e: raise _bad(f"invalid CSV: {e}") from None
+    if len(rows) < 2: raise _bad("CSV needs a header row and at least one row of values")
+    head = rows[0]
+    def typed(c, v):
+        k = schema[c].kind if c in schema else "str"
+        try:
+            if k == "int" and re.fullmatch(r"[+-]?\d+", v): return int(v)
+            if k in ("int", "float"): return float(v)
+            if k == "bool" and v.lower() in ("true", "false", "1", "0"): return v.lower() in ("true", "1")
+        except ValueError: pass
+        return v  # left as text: validation names it
+    out = []
+    for i, row in enumerate(rows[1:]):
+        if len(row) != len(head): raise _bad(f"CSV line {i + 2} has {len(row)} values for {len(head)} columns")
+        out.append({c: typed(c, v) for c, v in zip(head, row) if v != ""})
+    return out
+
+# %% ../nbs/07_serving.ipynb #07-serving-011e
+V2_DATATYPES = {"int": "INT64", "float": "FP64", "bool": "BOOL", "str": "BYTES", "datetime": "BYTES"}
+_V2_NUMPY = {"BOOL": "?", "INT8": "<i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8", "UINT8": "<u1", "UINT16": "<u2",
+             "UINT32": "<u4", "UINT64": "<u8", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}
+V2_OUTPUT = "predictions"
+
+def v2_metadata(rt)->dict:
+    "The model's metadata in the Open Inference Protocol: name, versions, platform, input and output tensors."
+    out_shape = [-1] if rt.kind == "regression" else [-1, len(rt.labels)]
+    return {"name": rt.info.name or rt.problem.name, "versions": [rt.info.version] if rt.info.version else [],
+            "platform": "mlops_nb", "inputs": [{"name": c, "datatype": V2_DATATYPES[s.kind], "shape": [-1]} for c, s in rt.schema.items()],
+            "outputs": [{"name": V2_OUTPUT, "datatype": "FP64", "shape": out_shape}]}
+
+def _v2_binary(buf:bytes, datatype:str, name:str)->list:
+    "Values of one tensor sent with the binary data extension."
+    if datatype == "BYTES":
+        out, i = [], 0
+        while i < len(buf):
+            if i + 4 > len(buf): raise _bad(f"input {name!r}: truncated BYTES element")
+            k = int.from_bytes(buf[i:i + 4], "little"); i += 4
+            out.append(buf[i:i + k].decode("utf-8", "replace")); i += k
+        return out
+    if datatype not in _V2_NUMPY: raise _bad(f"input {name!r}: datatype {datatype!r} is not supported")
+    a = np.frombuffer(buf, dtype=_V2_NUMPY[datatype])
+    return a.tolist()
+
+def v2_records(body:bytes, # the request body
+               header_length:int|None, # Inference-Header-Content-Length (binary extension), or None
+               schema:dict # the model's input schema
+              )->tuple:
+    "(records, request id) of an Open Inference Protocol infer request; a `RequestError` naming what is wrong."
+    head = body if header_length is None else body[:header_length]
+    try: req = json.loads(head)
+    except ValueError as e: raise _bad(f"invalid JSON: {e}") from None
+    if not isinstance(req, dict) or not isinstance(req.get("inputs"), list) or not req["inputs"]:
+        raise _bad("expected an object with 'inputs': a list of tensors {name, shape, datatype, data}, one per column")
+    pos, cols, n = 0 if header_length is None else header_length, {}, None
+    for i, t in enumerate(req["inputs"]):
+        if not isinstance(t, dict) or not isinstance(t.get("name"), str) or not isinstance(t.get("shape"), list):
+            raise _bad(f"inputs[{i}] must be a tensor {{name, shape, datatype, data}}")
+        name, shape = t["name"], t["shape"]
+        size = (t.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            if header_length is None: raise _bad(f"input {name!r}: binary data without an Inference-Header-Content-Length header")
+            data = _v2_binary(body[pos:pos + int(size)], str(t.get("datatype", "")), name); pos += int(size)
+        else:
+            data = t.get("data")
+            if not isinstance(data, list): raise _bad(f"input {name!r} has no data")
+            if data and all(isinstance(x, list) for x in data): data = [x[0] if len(x) == 1 else x for x in data]  # shape [n, 1]
+        if not shape or not all(isinstance(d, int) for d in shape) or shape[0] != len(data) or any(d != 1 for d in shape[1:]):
+            raise _bad(f"input {name!r}: shape {shape} does not fit its {len(data)} values; send shape [n] or [n, 1], one value a row")
+        if n is not None and len(data) != n: raise _bad(f"input {name!r} has {len(data)} rows, the others {n}")
+        n, cols[name] = len(data), data
+    return [dict(zip(cols, row)) for row in zip(*cols.values())], req.get("id")
+
+def v2_response(outputs:np.ndarray, # the model's outputs
+                rt, # the `Runtime` that answered
+                request_id=None # the request's id, echoed
+               )->dict:
+    "An Open Inference Protocol infer response: one FP64 tensor, `predictions`."
+    out = np.asarray(outputs, dtype="float64")
+    d = {"model_name": rt.info.name or rt.problem.name, "model_version": rt.info.version or None,
+         "outputs": [{"name": V2_OUTPUT, "datatype": "FP64", "shape": list(out.shape), "data": out.ravel().tolist()}]}
+    if request_id is not None: d["id"] = str(request_id)
+    return d
 
 # %% ../nbs/07_serving.ipynb #07-serving-013
 class FastModel:

@@ -164,3 +164,15 @@ def test_server_answers_itself(server):
     assert "UTF-8" in json.loads(text)["message"], text
     status, _, text = server.request("/score", method="PUT", body=b"{}")  # a method the route does not accept
     assert status == 405, text
+
+
+@pytest.mark.parametrize("envelope", ["input_data", "data"])
+def test_azure_ml_payloads_under_azmlinfsrv(server, score_module, envelope):
+    "Azure ML online endpoints' `{\"input_data\": {columns, index, data}}` and the older `{\"data\": [...]}`, unchanged."
+    cols = list(GOOD)
+    body = ({"input_data": {"columns": cols, "index": [0, 1, 2], "data": [[r[c] for c in cols] for r in THREE]}} if envelope == "input_data"
+            else {"data": THREE})
+    status, _, text = server.request("/score", json.dumps(body).encode())
+    assert status == 200, f"{status} {text}{server.log_tail()}"
+    got, want = json.loads(text)["predictions"], score_module.run(json.dumps(THREE))["predictions"]
+    assert [round(g["probability"], 9) for g in got] == [round(w["probability"], 9) for w in want]
