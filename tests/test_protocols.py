@@ -4,7 +4,6 @@ and the Open Inference Protocol v2 (tritonclient, JSON and binary tensors). Same
 import json
 import numpy as np
 import pytest
-from conftest import GOOD
 from test_server import Server, ADMIN
 
 
