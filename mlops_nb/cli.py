@@ -167,8 +167,15 @@ def cmd_serve(a):
     _say(f"mlops-nb serve: listening on http://{a.host}:{port} (model {model or 'champion'}, {a.workers} worker(s); "
          f"docs at /docs, readiness at /ready)" + ("; API key required" if MLOPS_NB_API_KEY.get() else "")
          + ("; /admin/model enabled" if MLOPS_NB_ADMIN_TOKEN.get() else ""))
+    from mlops_nb.inference_log import MLOPS_NB_INFERENCE_LOG, MLOPS_NB_INFERENCE_LOG_SAMPLE
+    log_dir = a.log_dir or MLOPS_NB_INFERENCE_LOG.get()
+    try: sample = float(a.log_sample if a.log_sample is not None else MLOPS_NB_INFERENCE_LOG_SAMPLE.get())
+    except ValueError: raise MlopsNbError(f"--log-sample {a.log_sample!r} is not allowed: use a share between 0 and 1") from None
+    if not 0 <= sample <= 1: raise MlopsNbError(f"--log-sample {sample:g} is not allowed: use a share between 0 and 1")
+    if log_dir: _say(f"inference log: {sample:.0%} of requests to {log_dir}" + (f"; shadow model {a.shadow}" if a.shadow else ""))
     serve(a.host, port, a.workers, model=model, entry=a.entry, api_key=MLOPS_NB_API_KEY.get(),
-          admin_token=MLOPS_NB_ADMIN_TOKEN.get(), watch=a.watch, access_log=a.access_log, max_batch=a.max_batch)
+          admin_token=MLOPS_NB_ADMIN_TOKEN.get(), watch=a.watch, access_log=a.access_log, max_batch=a.max_batch,
+          log_dir=log_dir, log_sample=sample, shadow=a.shadow)
 
 # %% ../nbs/06_cli.ipynb #06-cli-019
 def cmd_package(a):
@@ -271,6 +278,21 @@ def _thresholds(a)->dict:
         out[k.strip()] = v
     return out
 
+def _current(a, problem)->tuple:
+    "(current data, shadow summary or None): a data file, or a server's inference log folder (joined with --labels)."
+    from mlops_nb.data import check_table, read_table
+    from mlops_nb.inference_log import read_log, join_labels, shadow_summary
+    p = Path(a.current)
+    if not p.is_dir():
+        if a.labels: raise MlopsNbError("--labels joins labels to an inference log: pass its folder as --current")
+        return problem.load(p, require_label=False), None
+    log = read_log(p)
+    shadow = shadow_summary(log, problem.kind)
+    if a.labels: log = join_labels(log, read_table(a.labels, infer_types=True), problem.target, a.labels_key)
+    schema = {**problem.inputs, problem.target: problem.target_spec_}
+    _say(f"{p}: {len(log)} logged rows" + (f" with labels from {a.labels}" if a.labels else ""))
+    return check_table(log[[c for c in schema if c in log]], schema, [problem.target], require_label=bool(a.labels), path=p), shadow
+
 def cmd_monitor(a):
     "Compare current data with a reference: feature drift, model decay, and whether to retrain."
     from mlops_nb.drift import drift_report, DriftThresholds
@@ -295,10 +317,16 @@ def cmd_monitor(a):
             except RegistryError as e: _say(f"no registry metrics ({e}); scoring the model on the reference data")
     problem = model.problem if model is not None else load_problem()  # a model's own problem, else the project's
     ref = problem.load(a.reference, require_label=False)
-    cur = problem.load(a.current, require_label=False)
+    cur, shadow = _current(a, problem)
     rep = drift_report(ref, cur, thresholds=thresholds, model=model, reference_metrics=ref_metrics, model_created=created,
                        problem=problem)
-    _emit(rep.as_dict(), a.json, rep.text())
+    out = rep.as_dict()
+    text = rep.text()
+    if shadow:
+        out["shadow"] = shadow
+        agree = f"agreement {shadow['agreement']:.1%}" if "agreement" in shadow else f"mean |difference| {shadow['mean_abs_difference']:.4g}"
+        text += f"\nshadow v{','.join(shadow['versions']['shadow'])} on {shadow['rows']} logged rows: {agree}, PSI {shadow['psi']}"
+    _emit(out, a.json, text)
     if a.fail_on_retrain and rep.retrain: raise RetrainAdvised("retraining advised: " + "; ".join(rep.reasons))
 
 # %% ../nbs/06_cli.ipynb #06-cli-026
@@ -460,6 +488,11 @@ def _parser()->argparse.ArgumentParser:
     sv.add_argument("--watch", type=float, default=0, help="seconds between checks of the registry alias; swap when it moves (default: off)")
     sv.add_argument("--max-batch", type=int, default=256, help="rows per model call (default: 256)")
     sv.add_argument("--access-log", action="store_true", help="log every request as a JSON line")
+    sv.add_argument("--log-dir", default=None, help="keep an inference log here: sampled requests, answers, model, request id, "
+                    "time, latency, as Parquet (default: MLOPS_NB_INFERENCE_LOG; none); `mlops-nb monitor --current DIR` reads it")
+    sv.add_argument("--log-sample", default=None, help="share of requests the inference log keeps (default: MLOPS_NB_INFERENCE_LOG_SAMPLE or 1)")
+    sv.add_argument("--shadow", default=None, help="a candidate model (folder or registry reference) scored on the same requests "
+                    "after the answer, never delaying or failing it; both answers go to the inference log")
 
     pk = cmd(sub, "package", cmd_package, "Builds a container image holding the model, api/score.py and the serving runtime "
              "(no MLflow, no pandas), through the Docker Engine API (Docker or Podman's service at DOCKER_HOST), tagged "
@@ -494,7 +527,11 @@ def _parser()->argparse.ArgumentParser:
     mo = cmd(sub, "monitor", cmd_monitor, "Per-feature drift (PSI, KS) between two data files; with the target in the "
              "current file and --model, the model's decay against its logged metrics; and a retrain verdict with reasons.")
     mo.add_argument("--reference", required=True, help="reference data (CSV/Parquet), e.g. the training data")
-    mo.add_argument("--current", required=True, help="recent data (CSV/Parquet); with the target column, decay is measured")
+    mo.add_argument("--current", required=True, help="recent data (CSV/Parquet; with the target column, decay is measured), "
+                    "or the folder of a server's inference log (serve --log-dir): drift on what the API actually saw")
+    mo.add_argument("--labels", default=None, help="labels that arrived later (CSV/Parquet with the target and request_id [+ row], "
+                    "or a key column): joined to the inference log to measure decay")
+    mo.add_argument("--labels-key", default=None, help="the column labels and logged requests share (default: request_id and row)")
     mo.add_argument("--model", default=None, help="model folder or registry reference: champion, latest, 3, best:roc_auc, "
                     "models:/NAME@champion (default: no decay or age check)")
     mo.add_argument("--threshold", action="append", default=None, metavar="KEY=VALUE", help="override a threshold: psi, "

@@ -15,7 +15,8 @@ from .core import DataError, lazy_module
 pd = lazy_module("pandas")  # loaded on first use: serving images run without pandas
 
 # %% auto #0
-__all__ = ['pd', 'KINDS', 'write_table', 'ColumnSpec', 'read_table', 'load_table', 'check_record', 'data_fingerprint']
+__all__ = ['pd', 'KINDS', 'write_table', 'ColumnSpec', 'read_table', 'load_table', 'check_table', 'check_record',
+           'data_fingerprint']
 
 # %% ../nbs/01_data.ipynb #01-data-026
 def _format(path:Path)->str:
@@ -132,7 +133,16 @@ def load_table(path:str|Path, # a .csv or .parquet file
               )->pd.DataFrame:
     "Read `path`, check it against `schema` and return the schema's columns, typed, in schema order."
     path = Path(path)
-    raw = read_table(path)
+    return check_table(read_table(path), schema, label_columns, require_label, path)
+
+def check_table(raw:pd.DataFrame, # a table as read (CSV text or typed columns)
+                schema:dict, # column name -> `ColumnSpec`
+                label_columns:list|tuple=(), # columns that only labelled data has
+                require_label:bool=True, # False: `label_columns` may be absent
+                path:str|Path="the data" # where the table came from, for messages
+               )->pd.DataFrame:
+    "Check `raw` against `schema` and return the schema's columns, typed, in schema order (see `load_table`)."
+    path = Path(path)
     if len(raw) == 0: raise DataError(f"{path}: file has a header but no rows; add at least one row")
     need = [c for c, s in schema.items() if s.required and (require_label or c not in label_columns)]
     missing = [c for c in need if c not in raw.columns]

@@ -6,12 +6,13 @@ Docs: https://mlops-nb.github.io/mlops_nb/server.html.md"""
 
 # %% ../nbs/08_server.ipynb #08-server-002
 from __future__ import annotations
-import asyncio, hmac, importlib.util, json, os, re, sys, time, traceback, uuid
+import asyncio, hmac, importlib.util, json, os, random, re, sys, time, traceback, uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import orjson
 from . import __version__
 from .core import MlopsNbError, project_root
+from .inference_log import InferenceLog
 from .serving import (RequestError, _registry_version, check_model_source, json_schema, load_runtime, mlflow_records,
                                records_of, v2_metadata, v2_records, v2_response, validate_payload)
 
@@ -41,6 +42,7 @@ class Metrics:
     def __init__(self):
         self.requests, self.lat = {}, [0]*(len(BUCKETS)+1)
         self.lat_sum, self.lat_n, self.batches, self.batch_rows, self.swaps = 0.0, 0, 0, 0, 0
+        self.shadow_rows, self.shadow_errors = 0, 0
 
     def observe(self, path:str, status:int, seconds:float):
         "Count a request; time it when it was a scoring request."
@@ -49,7 +51,7 @@ class Metrics:
             i = next((i for i, b in enumerate(BUCKETS) if seconds <= b), len(BUCKETS))
             self.lat[i] += 1; self.lat_sum += seconds; self.lat_n += 1
 
-    def render(self, info)->str:
+    def render(self, info, log=None)->str:
         "The metrics in Prometheus text format."
         out = ["# HELP mlops_nb_requests_total Requests by path and status.", "# TYPE mlops_nb_requests_total counter"]
         out += [f'mlops_nb_requests_total{{path="{p}",status="{s}"}} {n}' for (p, s), n in sorted(self.requests.items())]
@@ -66,8 +68,16 @@ class Metrics:
                 "# TYPE mlops_nb_model_calls_total counter", f"mlops_nb_model_calls_total {self.batches}",
                 "# TYPE mlops_nb_model_rows_total counter", f"mlops_nb_model_rows_total {self.batch_rows}",
                 "# TYPE mlops_nb_model_swaps_total counter", f"mlops_nb_model_swaps_total {self.swaps}",
+                "# TYPE mlops_nb_shadow_rows_total counter", f"mlops_nb_shadow_rows_total {self.shadow_rows}",
+                "# TYPE mlops_nb_shadow_errors_total counter", f"mlops_nb_shadow_errors_total {self.shadow_errors}",
                 "# HELP mlops_nb_model_info The served model.", "# TYPE mlops_nb_model_info gauge"]
         if info: out.append(f'mlops_nb_model_info{{name="{info.name}",version="{info.version}",run_id="{info.run_id}"}} 1')
+        if log is not None:
+            out += ["# HELP mlops_nb_inference_log_rows_total Records written to the inference log.", "# TYPE mlops_nb_inference_log_rows_total counter",
+                    f"mlops_nb_inference_log_rows_total {log.rows_written}",
+                    "# HELP mlops_nb_inference_log_dropped_total Records the inference log dropped (never a request).",
+                    "# TYPE mlops_nb_inference_log_dropped_total counter",
+                    *[f'mlops_nb_inference_log_dropped_total{{reason="{k}"}} {v}' for k, v in sorted(log.dropped.items())]]
         return "\n".join(out) + "\n"
 
 # %% ../nbs/08_server.ipynb #08-server-010
@@ -91,7 +101,10 @@ class ScoringApp:
                  max_rows:int=1000, # records per request
                  max_batch:int=256, # rows per model call
                  watch:float=0, # seconds between checks of the registry alias (0: no watching)
-                 access_log:bool=False # log every request
+                 access_log:bool=False, # log every request
+                 log_dir:str|None=None, # write the inference log (sampled requests and answers, Parquet) here
+                 log_sample:float=1.0, # share of requests the inference log keeps
+                 shadow:str|None=None # a candidate model scored on the same requests after the answer, for comparison
                 ):
         self.model_ref, self.entry = model, load_entry(entry)
         self.pre, self.post = getattr(self.entry, "preprocess", None), getattr(self.entry, "postprocess", None)
@@ -101,13 +114,15 @@ class ScoringApp:
         # one model call at a time, on one OpenMP thread (a per-thread setting in OpenMP: set it in that thread)
         self.model_pool = ThreadPoolExecutor(1, thread_name_prefix="model", initializer=_one_openmp_thread)
         self.load_pool = ThreadPoolExecutor(1, thread_name_prefix="loader")
-        self.queue = None
+        self.queue, self.log, self.shadow, self.shadow_ref = None, None, None, shadow
+        self.log_dir, self.log_sample = log_dir, float(log_sample)
+        if not 0 <= self.log_sample <= 1: raise MlopsNbError(f"--log-sample {log_sample} is not allowed: use a share between 0 and 1")
         self.started = time.time()
 
     def openapi(self)->dict:
         "The OpenAPI document: /score's request and answers come from the served model's problem."
         rt = self.runtime
-        schema = rt.schema if rt else {}
+        schema = rt.request_schema if rt else {}
         record = {"type": "object", "additionalProperties": False, "required": [c for c, s in schema.items() if s.required],
                   "properties": {c: json_schema(s) for c, s in schema.items()}}
         if rt and rt.problem.example: record["example"] = rt.problem.example
@@ -162,7 +177,7 @@ ScoringApp._load, ScoringApp.swap = _load, _swap
 
 # %% ../nbs/08_server.ipynb #08-server-016
 async def _batch_loop(self:ScoringApp):
-    "Score queued requests in batches, one model call at a time."
+    "Score queued requests in batches, one model call at a time; then, off the answer's path, the shadow and the log."
     loop = asyncio.get_running_loop()
     while True:
         first = await self.queue.get()
@@ -170,19 +185,39 @@ async def _batch_loop(self:ScoringApp):
         while n < self.max_batch and not self.queue.empty():
             item = self.queue.get_nowait(); batch.append(item); n += len(item[1])
         rt = self.runtime
-        rows = [r for _, rs, _ in batch for r in rs] if len(batch) > 1 else first[1]
+        rows = [r for _, rs, _, _ in batch for r in rs] if len(batch) > 1 else first[1]
         try:
             probs = await loop.run_in_executor(self.model_pool, rt.predict, rows)
             self.metrics.batches += 1; self.metrics.batch_rows += len(rows)
-            i = 0
-            for fut, rs, _ in batch:
+            i, parts = 0, []
+            for fut, rs, _, meta in batch:
                 if not fut.done(): fut.set_result((probs[i:i+len(rs)], rt))
-                i += len(rs)
+                parts.append((rs, probs[i:i+len(rs)], meta)); i += len(rs)
         except Exception as e:
-            for fut, _, _ in batch:
+            for fut, _, _, _ in batch:
                 if not fut.done(): fut.set_exception(e)
+            continue
+        if self.log is not None: await self._log_batch(parts, rt)
 
-ScoringApp._batch_loop = _batch_loop
+async def _log_batch(self:ScoringApp, parts:list, rt):
+    "Log the batch's sampled requests, with the shadow model's answers to them when one runs (answers already sent)."
+    keep = [p for p in parts if self.log.sample >= 1 or random.random() < self.log.sample]
+    if not keep: return
+    shadow_out = None
+    if self.shadow is not None:
+        try:
+            shadow_out = await asyncio.get_running_loop().run_in_executor(self.model_pool, self.shadow.predict, [r for rs, _, _ in keep for r in rs])
+            self.metrics.shadow_rows += len(shadow_out)
+        except Exception as e:
+            self.metrics.shadow_errors += 1; log_event("shadow_failed", error=f"{type(e).__name__}: {e}")
+    i, now = 0, time.time()
+    for rs, out, meta in keep:
+        sh = None if shadow_out is None else (self.shadow.info.version, shadow_out[i:i+len(rs)])
+        i += len(rs)
+        self.log.put(rs, out, {**meta, "time": now, "latency_ms": round((time.perf_counter() - meta["t0"]) * 1000, 3),
+                               "model": rt.info.name, "version": rt.info.version}, sh, sampled=True)
+
+ScoringApp._batch_loop, ScoringApp._log_batch = _batch_loop, _log_batch
 
 # %% ../nbs/08_server.ipynb #08-server-018
 ADMIN_MAX_BODY = 65536  # bytes of an /admin/model request
@@ -231,12 +266,12 @@ async def _body(self:ScoringApp, receive, h, ctypes=("application/json",)):
     if self.runtime is None: return None, (503, _err("model not loaded yet: retry when /ready answers 200"))
     return body, None
 
-async def _infer(self:ScoringApp, records):
+async def _infer(self:ScoringApp, records, meta:dict|None=None):
     "Validate `records` against the served model and score them in the next batch: (records, rows, outputs, runtime)."
-    records = validate_payload(records, self.runtime.schema, self.max_rows)
+    records = validate_payload(records, self.runtime.request_schema, self.max_rows)
     rows = self.pre(records) if self.pre else records
     fut = asyncio.get_running_loop().create_future()
-    await self.queue.put((fut, rows, records))
+    await self.queue.put((fut, rows, records, meta or {"request_id": "", "t0": time.perf_counter()}))
     outputs, used = await fut
     return records, rows, outputs, used
 
@@ -246,7 +281,7 @@ async def _score(self:ScoringApp, scope, receive, send, h, rid):
     if err: return err
     try: payload = orjson.loads(body)
     except orjson.JSONDecodeError as e: return 400, _err("invalid JSON", [{"loc": ["body"], "msg": f"invalid JSON: {e}"}])
-    try: records, rows, outputs, used = await self._infer(records_of(payload, self.runtime.schema))
+    try: records, rows, outputs, used = await self._infer(records_of(payload, self.runtime.schema), {"request_id": rid, "t0": scope["mlops_nb.t0"]})
     except RequestError as e: return e.status, _err("invalid request", e.errors)
     answers = used.answer(rows, outputs)
     return 200, {"predictions": self.post(answers, records, used) if self.post else answers}
@@ -255,7 +290,9 @@ async def _invocations(self:ScoringApp, scope, receive, send, h, rid):
     "POST /invocations: MLflow's scoring protocol (dataframe_split, dataframe_records, instances, inputs, CSV)."
     body, err = await self._body(receive, h, ("application/json", "text/csv"))
     if err: return err
-    try: _, _, outputs, _ = await self._infer(mlflow_records(body, h.get("content-type", "").split(";")[0].strip().lower(), self.runtime.schema))
+    try:
+        records = mlflow_records(body, h.get("content-type", "").split(";")[0].strip().lower(), self.runtime.schema)
+        _, _, outputs, _ = await self._infer(records, {"request_id": rid, "t0": scope["mlops_nb.t0"]})
     except RequestError as e: return e.status, _err("invalid request", e.errors)
     return 200, {"predictions": outputs}
 
@@ -266,7 +303,7 @@ async def _v2_infer(self:ScoringApp, scope, receive, send, h, rid):
     try:
         hl = h.get("inference-header-content-length")
         records, req_id = v2_records(body, int(hl) if hl and hl.isdigit() else None, self.runtime.schema)
-        _, _, outputs, used = await self._infer(records)
+        _, _, outputs, used = await self._infer(records, {"request_id": rid, "t0": scope["mlops_nb.t0"]})
     except RequestError as e: return e.status, {"error": e.errors[0]["msg"] if len(e.errors) == 1 else "invalid request", "detail": e.errors}
     return 200, v2_response(outputs, used, req_id)
 
@@ -343,6 +380,7 @@ async def _call(self:ScoringApp, scope, receive, send):
     if scope["type"] == "lifespan": return await self._lifespan(receive, send)
     if scope["type"] != "http": return
     t0, path, h = time.perf_counter(), scope["path"], _headers(scope)
+    scope["mlops_nb.t0"] = t0
     rid = h.get("x-request-id") or uuid.uuid4().hex[:16]
     route, allow, v2_name, v2_version = _route(path)
     ctype = b"application/json"
@@ -372,7 +410,7 @@ async def _call(self:ScoringApp, scope, receive, send):
             status, body = 200, {**(rt.info.as_dict() if rt else {}), "problem": rt.problem.name if rt else None, "kind": rt.kind if rt else None,
                                  "fast_path": bool(rt and rt.fast), "fast_path_fallback": rt.fast_reason if rt else None,
                                  "loading": self.loading, "last_swap_error": self.swap_error}
-        elif path == "/metrics": status, body, ctype = 200, self.metrics.render(self.runtime and self.runtime.info), b"text/plain; version=0.0.4"
+        elif path == "/metrics": status, body, ctype = 200, self.metrics.render(self.runtime and self.runtime.info, self.log), b"text/plain; version=0.0.4"
         elif path == "/openapi.json": status, body = 200, self.openapi()
         elif path == "/docs": status, body, ctype = 200, DOCS_HTML, b"text/html; charset=utf-8"
         elif path == "/admin/model": status, body = await self._admin(scope, receive, send, h, rid)
@@ -392,7 +430,9 @@ async def _lifespan(self:ScoringApp, receive, send):
         m = await receive()
         if m["type"] == "lifespan.startup":
             self.queue = asyncio.Queue()
-            try: await self.swap(self.model_ref)  # no model, no server: a bad reference fails the start, visibly
+            try:
+                await self.swap(self.model_ref)  # no model, no server: a bad reference fails the start, visibly
+                await self._start_extras()
             except Exception:
                 await send({"type": "lifespan.startup.failed", "message": self.swap_error}); return
             self._tasks = [asyncio.ensure_future(self._batch_loop())]
@@ -400,6 +440,7 @@ async def _lifespan(self:ScoringApp, receive, send):
             await send({"type": "lifespan.startup.complete"})
         elif m["type"] == "lifespan.shutdown":
             for t in self._tasks: t.cancel()
+            if self.log is not None: self.log.close()
             await send({"type": "lifespan.shutdown.complete"}); return
 
 async def _watch_loop(self:ScoringApp):
@@ -414,7 +455,18 @@ async def _watch_loop(self:ScoringApp):
                 await self.swap(self.model_ref)
         except Exception as e: log_event("watch_failed", error=f"{type(e).__name__}: {e}")
 
-ScoringApp.__call__, ScoringApp._lifespan, ScoringApp._watch_loop = _call, _lifespan, _watch_loop
+async def _start_extras(self:ScoringApp):
+    "After the first model loaded: the inference log, and the shadow model (which must take the same requests)."
+    rt = self.runtime
+    if self.log_dir: self.log = InferenceLog(self.log_dir, rt.request_schema, rt.kind, rt.labels, self.log_sample)
+    if self.shadow_ref:
+        try: self.shadow = await asyncio.get_running_loop().run_in_executor(self.load_pool, lambda: load_runtime(self.shadow_ref).verify(rt.schema))
+        except Exception as e:
+            self.swap_error = f"shadow model {self.shadow_ref}: {type(e).__name__}: {e}"; raise
+        if self.log is None: log_event("shadow_without_log", message="the shadow's answers go to the inference log: pass --log-dir to keep them")
+        log_event("shadow_loaded", model=self.shadow_ref, info=self.shadow.info.as_dict())
+
+ScoringApp.__call__, ScoringApp._lifespan, ScoringApp._watch_loop, ScoringApp._start_extras = _call, _lifespan, _watch_loop, _start_extras
 
 # %% ../nbs/08_server.ipynb #08-server-023
 _ENV_PREFIX = "MLOPS_NB_SERVE_"

@@ -352,6 +352,7 @@ class Runtime:
         except (KeyError, TypeError, ValueError, MlopsNbError) as e:
             raise ModelLoadError(f"model in {model_dir}: its recorded problem is not readable ({type(e).__name__}: {e})") from None
         self.kind, self.labels, self.schema = self.problem.kind, self.problem.class_labels, self.problem.inputs
+        self.request_schema = {**self.schema, **self.problem.keys}  # keys (ids) a client may send: logged, never scored
         self.hook = _postprocess_hook(self.problem.name)
         self.fast, self.max_abs_diff, self.fast_reason = self._fast_path()
 
