@@ -10,7 +10,6 @@ import os, queue, random, threading, time
 from pathlib import Path
 import numpy as np
 from .core import DataError, EnvVar, lazy_module
-from .data import ColumnSpec
 from .drift import psi_numeric
 pd = lazy_module("pandas")
 

@@ -1,11 +1,10 @@
 """Live traffic: the server logs a sample of what it answered (Parquet, written in the background), a shadow model
 scores the same requests after the answer, and `mlops-nb monitor` measures drift on the log, the decay once labels
 arrive (joined by request id or key), and how the shadow and the served model compare. Logging never fails a request."""
-import json, os, signal, subprocess, time
-from pathlib import Path
+import json, time
 import pandas as pd
 import pytest
-from conftest import CLI, run_cli, cli_json
+from conftest import run_cli, cli_json
 from test_server import Server, free_port
 
 
