@@ -134,8 +134,12 @@ def cmd_models_best(a):
 def cmd_models_promote(a):
     "Point an alias at a version."
     from mlops_nb.tracking import promote
-    prev = promote(a.version, a.alias, a.name)
-    out = {"alias": a.alias, "version": a.version, "previous": prev}
+    gates = None
+    if a.profile or os.environ.get("MLOPS_NB_PROFILE"):
+        from mlops_nb.backends import load_profile
+        gates = load_profile(a.profile).get("gates")
+    prev = promote(a.version, a.alias, a.name, force=a.force, thresholds=gates)
+    out = {"alias": a.alias, "version": a.version, "previous": prev, "forced": a.force}
     _emit(out, a.json, f"{a.alias} -> v{a.version}" + (f" (was v{prev})" if prev else ""))
 
 # %% ../nbs/06_cli.ipynb #06-cli-015
@@ -474,6 +478,8 @@ def _parser()->argparse.ArgumentParser:
     mp = cmd(msub, "promote", cmd_models_promote, "Point an alias (e.g. champion) at a version, in one registry write.")
     mp.add_argument("version", type=int, help="version number")
     mp.add_argument("--alias", default="champion", help="alias to move (default: champion)")
+    mp.add_argument("--force", action="store_true", help="promote a version that fails its validation gates (the problem's "
+                    "thresholds, or the profile's gates:); recorded on the version")
     name(mp); js(mp)
 
     sv = cmd(sub, "serve", cmd_serve, "Runs the scoring API (api/score.py's contract) with adaptive micro-batching. "

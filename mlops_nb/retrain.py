@@ -16,7 +16,7 @@ from .runner import LocalRunner, run_training
 from .server import free_port, start_server, swap_model
 from .serving import load_runtime, fetch_model
 from . import tracking
-from .tracking import version_for_alias, promote, client, resolve_version, metric_direction
+from .tracking import version_for_alias, promote, client, resolve_version, metric_direction, gate_failures
 pd = lazy_module("pandas")
 
 # %% auto #0
@@ -43,11 +43,14 @@ def challenge(challenger:int, # registered version trained on recent data
     champ_v = version_for_alias(alias, ch.name)
     new = score_version(ch.name, challenger, eval_df)
     old = score_version(ch.name, champ_v, eval_df) if champ_v and champ_v != challenger else None
-    better = old is None or (new[metric] > old[metric] if higher else new[metric] < old[metric])
+    fails = gate_failures(new, name=ch.name) + gate_failures(ch.metrics, name=ch.name)  # on the recent data, and as trained
+    better = not fails and (old is None or (new[metric] > old[metric] if higher else new[metric] < old[metric]))
     fp = data_fingerprint(eval_df)
     if better: promote(challenger, alias, ch.name)
-    reason = (f"promoted: {metric} {new[metric]:.4f}" + (f" vs v{champ_v} {old[metric]:.4f}" if old else " (no champion)")
-              if better else f"kept v{champ_v}: challenger {metric} {new[metric]:.4f} is not better than {old[metric]:.4f}") + f" on {fp}"
+    if fails: reason = f"kept v{champ_v}: challenger fails its validation gates ({'; '.join(dict.fromkeys(fails))})"
+    elif better: reason = f"promoted: {metric} {new[metric]:.4f}" + (f" vs v{champ_v} {old[metric]:.4f}" if old else " (no champion)")
+    else: reason = f"kept v{champ_v}: challenger {metric} {new[metric]:.4f} is not better than {old[metric]:.4f}"
+    reason += f" on {fp}"
     client().set_model_version_tag(ch.name, str(challenger), "mlops_nb.challenge", reason)
     return {"challenger": challenger, "champion_before": champ_v, "promoted": better, "metric": metric,
             "challenger_metrics": new, "champion_metrics": old, "eval_fingerprint": fp, "reason": reason}

@@ -16,17 +16,18 @@ from .problem import load_problem
 
 # %% auto #0
 __all__ = ['TAG', 'MODE_TAG', 'DATA_FP_TAG', 'EVAL_FP_TAG', 'GIT_COMMIT_TAG', 'GIT_DIRTY_TAG', 'NOTEBOOK_TAG', 'VERSION_TAG',
-           'OWNER_TAG', 'ERROR_TAG', 'sqlite_path', 'store_lock', 'client', 'experiment_name', 'model_name',
-           'experiment_id', 'lineage_tags', 'process_owner', 'owner_alive', 'create_run', 'end_run', 'run_status',
-           'sweep_runs', 'start_notebook_run', 'log_data_lineage', 'ModelVersionInfo', 'register_model',
-           'list_versions', 'latest_version', 'metric_direction', 'Selection', 'best_version', 'promote',
-           'version_for_alias', 'resolve_version', 'analyze_sqlite', 'best_run']
+           'OWNER_TAG', 'ERROR_TAG', 'GATES_TAG', 'FORCED_TAG', 'sqlite_path', 'store_lock', 'client',
+           'experiment_name', 'model_name', 'experiment_id', 'lineage_tags', 'process_owner', 'owner_alive',
+           'create_run', 'end_run', 'run_status', 'sweep_runs', 'start_notebook_run', 'log_data_lineage',
+           'ModelVersionInfo', 'gate_failures', 'register_model', 'list_versions', 'latest_version', 'metric_direction',
+           'Selection', 'best_version', 'promote', 'version_for_alias', 'resolve_version', 'analyze_sqlite', 'best_run']
 
 # %% ../nbs/03_tracking.ipynb #03-tracking-005
 TAG = "mlops_nb."  # prefix of every tag this package writes
 MODE_TAG, DATA_FP_TAG, EVAL_FP_TAG = TAG+"mode", TAG+"data_fingerprint", TAG+"eval_fingerprint"
 GIT_COMMIT_TAG, GIT_DIRTY_TAG, NOTEBOOK_TAG = TAG+"git_commit", TAG+"git_dirty", TAG+"notebook"
 VERSION_TAG, OWNER_TAG, ERROR_TAG = TAG+"registered_version", TAG+"owner", TAG+"error"
+GATES_TAG, FORCED_TAG = TAG+"gates", TAG+"forced"
 
 # %% ../nbs/03_tracking.ipynb #03-tracking-007
 def sqlite_path(uri:str # a tracking URI
@@ -237,7 +238,30 @@ class ModelVersionInfo:
         return {"name": self.name, "version": self.version, "run_id": self.run_id, "created": self.created,
                 "aliases": self.aliases, "eval_fingerprint": self.eval_fingerprint,
                 "data_fingerprint": self.tags.get(DATA_FP_TAG, ""), "git_commit": self.tags.get(GIT_COMMIT_TAG, ""),
-                "metrics": self.metrics}
+                "gates": self.tags.get(TAG+"gates", ""), "metrics": self.metrics}
+
+# %% ../nbs/03_tracking.ipynb #03-tracking-019g
+def _thresholds(thresholds:dict|None, name:str)->tuple:
+    "(thresholds, metric directions) for model `name`: given, else the problem's when it is the problem's model."
+    try: p = load_problem()
+    except MlopsNbError: p = None
+    mine = p is not None and name == (MLOPS_NB_MODEL_NAME.get() or p.registered_model)
+    if thresholds is None: thresholds = dict(p.thresholds) if mine else {}
+    return thresholds, (p.directions if p is not None else {})
+
+def gate_failures(metrics:dict, # a version's metrics
+                  thresholds:dict|None=None, # metric -> worst acceptable value (default: the problem's, for its model)
+                  name:str|None=None # registered model name
+                 )->list:
+    "Why `metrics` fail the validation gates, one line each (empty: they pass)."
+    thresholds, directions = _thresholds(thresholds, name or model_name())
+    out = []
+    for m, worst in thresholds.items():
+        v = metrics.get(m)
+        higher = directions.get(m, True)
+        if v is None: out.append(f"no {m} metric (gate {'>=' if higher else '<='} {worst:g})")
+        elif (v < worst) if higher else (v > worst): out.append(f"{m} {v:.4f} {'<' if higher else '>'} {worst:g}")
+    return out
 
 # %% ../nbs/03_tracking.ipynb #03-tracking-020
 def register_model(run_id:str, # the full-mode run that logged the model
@@ -266,6 +290,8 @@ def register_model(run_id:str, # the full-mode run that logged the model
             if "already exists" not in str(e).lower() and getattr(e, "error_code", "") != "RESOURCE_ALREADY_EXISTS": raise
         mv = c.create_model_version(name, model_uri, run_id=run_id, tags=vtags)
     c.set_tag(run_id, VERSION_TAG, str(mv.version))
+    fails = gate_failures(c.get_run(run_id).data.metrics, name=name)
+    c.set_model_version_tag(name, str(mv.version), GATES_TAG, "passed" if not fails else "failed: " + "; ".join(fails))
     return int(mv.version)
 
 # %% ../nbs/03_tracking.ipynb #03-tracking-023
@@ -361,15 +387,22 @@ def best_version(metric:str|None=None, # metric logged by the runs (default: the
 # %% ../nbs/03_tracking.ipynb #03-tracking-028
 def promote(version:int, # version to point the alias at
             alias:str="champion", # alias name
-            name:str|None=None # registered model name
+            name:str|None=None, # registered model name
+            force:bool=False, # promote even if the version fails its gates (recorded on the version)
+            thresholds:dict|None=None # gates (default: the problem's)
            )->int|None:
-    "Point `alias` at `version` of `name` in one registry write; return the version it pointed at before."
+    "Point `alias` at `version` of `name` in one registry write, if it passes its gates; return the version it pointed at before."
     name = name or model_name()
     c = client()
-    known = {v.version for v in list_versions(name)}
-    if int(version) not in known:
+    versions = {v.version: v for v in list_versions(name)}
+    if int(version) not in versions:
         raise RegistryError(f"model '{name}' has no version {version}: known versions are "
-                            f"{', '.join(map(str, sorted(known))) or 'none'} (see `mlops-nb models list`)")
+                            f"{', '.join(map(str, sorted(versions))) or 'none'} (see `mlops-nb models list`)")
+    fails = gate_failures(versions[int(version)].metrics, thresholds, name)
+    if fails and not force:
+        raise RegistryError(f"version {version} of '{name}' fails its validation gates ({'; '.join(fails)}): it is not promoted; "
+                            "promote it anyway with --force (recorded on the version)")
+    if fails: c.set_model_version_tag(name, str(int(version)), FORCED_TAG, f"promoted to {alias} despite: {'; '.join(fails)}")
     prev = version_for_alias(alias, name)
     c.set_registered_model_alias(name, alias, str(int(version)))
     return prev

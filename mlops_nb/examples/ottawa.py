@@ -176,4 +176,5 @@ PROBLEM = Problem(
     inputs=INPUTS, target=TARGET, kind="binary", classes=[False, True], labels=["at_or_below_asking", "above_asking"],
     keys={"listing_id": ColumnSpec("str")}, extra={"sold_price": ColumnSpec("int", min=1, required=False)},
     derive=derive, derive_record=derive_record, metrics=["roc_auc", "accuracy", "log_loss"], example=EXAMPLE,
+    thresholds={"roc_auc": 0.7},  # validation gate: a version worse than this is never promoted
     generate=lambda period, rows, seed: generate_listings(period, rows, seed), default_period=2021)
