@@ -185,7 +185,8 @@ def cmd_serve(a):
 def cmd_package(a):
     "Build (and push) the image of a model version."
     from mlops_nb.package import write_context, build_image, push_image, engine
-    ctx = write_context(a.model, a.context_only, base_image=a.base_image, registry=a.registry, entry=a.entry, progress=_say)
+    ctx = write_context(a.model, a.context_only, base_image=a.base_image, registry=a.registry, entry=a.entry, progress=_say,
+                        inference_log=a.inference_log)
     out = {"tag": ctx.tag, "context": str(ctx.path), "labels": ctx.labels, "base_image": ctx.base_image, "image_id": None, "digest": None}
     if not a.context_only:
         client = engine()
@@ -218,7 +219,7 @@ def _deploy_kubernetes(a):
     if not a.image: raise MlopsNbError("--target kubernetes needs --image REGISTRY/NAME:TAG (from `mlops-nb package --push`)")
     name = a.name or _deployment_name()
     ms = render_manifests(a.image, name=name, namespace=a.namespace, replicas=a.replicas, hpa=a.hpa,
-                          api_key_secret=a.api_key_secret)
+                          api_key_secret=a.api_key_secret, inference_log=a.inference_log, log_claim=a.log_claim)
     validate_manifests(ms)
     files = write_manifests(ms, a.manifests or state_dir()/"k8s"/name)
     _say(f"manifests validated (strict) and written: {', '.join(str(f) for f in files)}")
@@ -509,6 +510,8 @@ def _parser()->argparse.ArgumentParser:
     pk.add_argument("--base-image", default=None, help="base image (default: MLOPS_NB_BASE_IMAGE or python:3.11-slim)")
     pk.add_argument("--registry", default=None, help="registry host[:port] to tag for (default: MLOPS_NB_REGISTRY or 127.0.0.1:5000)")
     pk.add_argument("--entry", default=None, help="entry script (default: api/score.py)")
+    pk.add_argument("--inference-log", action="store_true", help="the image logs inference (sampled requests and answers, "
+                    "Parquet) to /var/lib/mlops_nb/inference, a volume deploy mounts; adds pyarrow (about 170 MB)")
     js(pk)
 
     dp = cmd(sub, "deploy", cmd_deploy, "Kubernetes: render and strictly validate the manifests (Deployment with a rolling update "
@@ -524,6 +527,8 @@ def _parser()->argparse.ArgumentParser:
     dp.add_argument("--replicas", type=int, default=2, help="replicas (default: 2)")
     dp.add_argument("--hpa", action="store_true", help="add a HorizontalPodAutoscaler on CPU")
     dp.add_argument("--api-key-secret", default=None, help="name of a Secret whose key api-key becomes MLOPS_NB_API_KEY")
+    dp.add_argument("--inference-log", action="store_true", help="mount a volume for the image's inference log (package --inference-log)")
+    dp.add_argument("--log-claim", default=None, help="the inference log's PersistentVolumeClaim (default: an emptyDir, lost with the pod)")
     dp.add_argument("--manifests", default=None, help="folder to write the manifests to (default: the state folder's k8s/NAME)")
     dp.add_argument("--context", default=None, help="kubeconfig context (default: the current one)")
     dp.add_argument("--port", type=int, default=8080, help="local: loopback port (default: 8080)")

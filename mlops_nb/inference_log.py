@@ -14,11 +14,12 @@ from .drift import psi_numeric
 pd = lazy_module("pandas")
 
 # %% auto #0
-__all__ = ['pd', 'MLOPS_NB_INFERENCE_LOG', 'MLOPS_NB_INFERENCE_LOG_SAMPLE', 'META', 'SHADOW', 'log_schema', 'InferenceLog',
-           'read_log', 'join_labels', 'shadow_summary']
+__all__ = ['pd', 'MLOPS_NB_INFERENCE_LOG', 'INFERENCE_LOG_DIR', 'MLOPS_NB_INFERENCE_LOG_SAMPLE', 'META', 'SHADOW', 'log_schema',
+           'InferenceLog', 'read_log', 'join_labels', 'shadow_summary']
 
 # %% ../nbs/08a_inference_log.ipynb #08a-log-005
 MLOPS_NB_INFERENCE_LOG = EnvVar("MLOPS_NB_INFERENCE_LOG", None, "Folder the scoring server writes its inference log to (Parquet). Default: none.")
+INFERENCE_LOG_DIR = "/var/lib/mlops_nb/inference"  # where an image (`package --inference-log`) logs: a mounted volume
 MLOPS_NB_INFERENCE_LOG_SAMPLE = EnvVar("MLOPS_NB_INFERENCE_LOG_SAMPLE", "1", "Share of requests the inference log keeps (0 to 1).")
 META = ("_request_id", "_row", "_time", "_latency_ms", "_model", "_version", "_prediction", "_probabilities")
 SHADOW = ("_shadow_version", "_shadow_prediction", "_shadow_probabilities")

@@ -10,6 +10,7 @@ import json, re, time
 from contextlib import contextmanager
 from pathlib import Path
 from .core import MlopsNbError
+from .inference_log import INFERENCE_LOG_DIR
 from .problem import load_problem
 
 # %% auto #0
@@ -97,6 +98,8 @@ def render_manifests(image:str, # image REGISTRY/NAME:VERSION-GITSHA
                      startup_probe:bool=True, # give model loading up to 2 minutes before liveness checks start
                      progress_deadline_s:int=240, # seconds without progress before the rollout is marked failed
                      revision_history:int=5, # old ReplicaSets kept for rollbacks
+                     inference_log:bool=False, # mount a volume for the server's inference log (an image built with --inference-log)
+                     log_claim:str|None=None # that volume: this PersistentVolumeClaim (default: an emptyDir, lost with the pod)
                     )->list[dict]:
     "A Deployment, a Service and optionally a HorizontalPodAutoscaler for the scoring server image."
     name = name or load_problem().deployment_name
@@ -122,10 +125,17 @@ def render_manifests(image:str, # image REGISTRY/NAME:VERSION-GITSHA
     container["securityContext"] = {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "readOnlyRootFilesystem": True,
                                     "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
     container["volumeMounts"] = [{"name": "tmp", "mountPath": "/tmp"}]
+    volumes = [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
+    if log_claim is not None and not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", log_claim):
+        raise KubeError(f"log_claim {log_claim!r} is not a valid PersistentVolumeClaim name: use lowercase letters, digits, '-' and '.'")
+    if inference_log or log_claim:
+        container.setdefault("env", []).append({"name": "MLOPS_NB_INFERENCE_LOG", "value": INFERENCE_LOG_DIR})
+        container["volumeMounts"].append({"name": "inference-log", "mountPath": INFERENCE_LOG_DIR})
+        volumes.append({"name": "inference-log", **({"persistentVolumeClaim": {"claimName": log_claim}} if log_claim else {"emptyDir": {"sizeLimit": "1Gi"}})})
     pod = {"metadata": {"labels": pod_labels, **({"annotations": ann} if ann else {})},
            "spec": {"automountServiceAccountToken": False, "terminationGracePeriodSeconds": 30,
                     "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "seccompProfile": {"type": "RuntimeDefault"}},
-                    "containers": [container], "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]}}
+                    "containers": [container], "volumes": volumes}}
     spec = {**({} if hpa else {"replicas": replicas}), "revisionHistoryLimit": revision_history, "progressDeadlineSeconds": progress_deadline_s,
             "selector": {"matchLabels": selector},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}, "template": pod}

@@ -14,6 +14,7 @@ from .core import MlopsNbError, EnvVar, project_root, state_dir
 from .problem import ProblemError, load_problem, problem_ref
 from .server import http_status
 from .serving import load_runtime
+from .inference_log import INFERENCE_LOG_DIR
 from .train import code_path, problem_modules
 
 # %% auto #0
@@ -30,14 +31,15 @@ MLOPS_NB_REGISTRY = EnvVar("MLOPS_NB_REGISTRY", "127.0.0.1:5000", "Container reg
 MLOPS_NB_BASE_IMAGE = EnvVar("MLOPS_NB_BASE_IMAGE", "python:3.11-slim", "Base image of model images.")
 MLOPS_NB_REGISTRY_USERNAME = EnvVar("MLOPS_NB_REGISTRY_USERNAME", None, "Registry user for pushes.")
 MLOPS_NB_REGISTRY_PASSWORD = EnvVar("MLOPS_NB_REGISTRY_PASSWORD", None, "Registry password or token for pushes. Secret.")
-SERVING_RUNTIME = ["uvicorn", "uvloop", "httptools", "orjson", "pyyaml", "threadpoolctl"]
+SERVING_RUNTIME = ["uvicorn", "uvloop", "httptools", "orjson", "pyyaml", "threadpoolctl", "prometheus_client"]
 NOT_IN_IMAGE = {"mlflow", "mlflow-skinny", "pandas"}  # the model's requirements that serving does not use
 
 # %% ../nbs/09_package.ipynb #09-package-006
 OWN_PACKAGES = {"mlops_nb", "mlops-nb"}  # installed from the wheel built here, never downloaded
 
 def image_requirements(model_dir:Path, # model folder with its pinned requirements.txt
-                       pandas:bool=False # keep pandas: the model needs the pipeline path (no proven fast path)
+                       pandas:bool=False, # keep pandas: the model needs the pipeline path (no proven fast path)
+                       pyarrow:bool=False # the inference log writes Parquet (pyarrow, about 170 MB)
                       )->list:
     "Pinned requirements of the image: the model's (less MLflow, pandas unless needed, and mlops_nb) and the serving runtime's."
     reqs, drop = {}, (NOT_IN_IMAGE - ({"pandas"} if pandas else set())) | OWN_PACKAGES
@@ -46,7 +48,7 @@ def image_requirements(model_dir:Path, # model folder with its pinned requiremen
         line = line.split("#")[0].strip()
         name = re.split(r"[<>=!~\[; ]", line, 1)[0].lower()
         if line and name not in drop: reqs[name] = line
-    for name in SERVING_RUNTIME: reqs.setdefault(name, f"{name}=={_pkg_version(name)}")
+    for name in SERVING_RUNTIME + (["pyarrow"] if pyarrow else []): reqs.setdefault(name, f"{name}=={_pkg_version(name)}")
     return sorted(reqs.values())
 
 # %% ../nbs/09_package.ipynb #09-package-009
@@ -212,7 +214,8 @@ def write_context(model:str|Path|None, # model folder or registry reference (def
                   base_image:str|None=None, # base image (default: MLOPS_NB_BASE_IMAGE)
                   registry:str|None=None, # registry to tag for (default: MLOPS_NB_REGISTRY)
                   entry:Path|str|None=None, # entry script (default: api/score.py, if the project has one)
-                  progress=None # called with lines of progress
+                  progress=None, # called with lines of progress
+                  inference_log:bool=False # the image logs inference to a mounted volume (adds pyarrow)
                  )->BuildContext:
     "Write a complete build context (Dockerfile, wheels, entry script, verified model) for `model`."
     entry_given = entry is not None
@@ -239,10 +242,11 @@ def write_context(model:str|Path|None, # model folder or registry reference (def
         shutil.copytree(rt.model_dir, tmp/"model", ignore=shutil.ignore_patterns("*.tmp*"))
         meta = {**info, "fast_path_max_abs_diff": rt.max_abs_diff}
         (tmp/"model"/"mlops_nb_model.json").write_text(json.dumps(meta, indent=2))
-        reqs = image_requirements(rt.model_dir, pandas=rt.fast is None)
+        reqs = image_requirements(rt.model_dir, pandas=rt.fast is None, pyarrow=inference_log)
         (tmp/"requirements.txt").write_text("\n".join(reqs) + "\n")
         collect_wheels(reqs, tmp/"wheels", say)
-        (tmp/"Dockerfile").write_text(DOCKERFILE.format(base=base, env=f" MLOPS_NB_PROBLEM={ref}" if ref else "",
+        env = (f" MLOPS_NB_PROBLEM={ref}" if ref else "") + (f" MLOPS_NB_INFERENCE_LOG={INFERENCE_LOG_DIR}" if inference_log else "")
+        (tmp/"Dockerfile").write_text(DOCKERFILE.format(base=base, env=env,
                                                         entry=', "--entry", "/app/score.py"' if entry else ""))
         (tmp/".dockerignore").write_text("**/__pycache__\n" + CONTEXT_MARKER + "\n")
         tag = image_tag(info, registry)

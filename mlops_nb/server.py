@@ -38,47 +38,45 @@ def load_entry(path:str|Path|None=None # entry script (default: `api/score.py` o
 BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 class Metrics:
-    "Counters and histograms of one server process."
+    "The server's Prometheus metrics (prometheus_client): one process's, or all workers' with `--workers` (multiprocess mode)."
     def __init__(self):
-        self.requests, self.lat = {}, [0]*(len(BUCKETS)+1)
-        self.lat_sum, self.lat_n, self.batches, self.batch_rows, self.swaps = 0.0, 0, 0, 0, 0
-        self.shadow_rows, self.shadow_errors = 0, 0
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("mlops_nb_requests", "Requests by path and status.", ["path", "status"], registry=r)
+        self.errors = Counter("mlops_nb_errors", "Error responses by status.", ["status"], registry=r)
+        self.latency = Histogram("mlops_nb_score_seconds", "Latency of scoring requests (/score, /invocations, /v2 infer).",
+                                 buckets=BUCKETS, registry=r)
+        self.batches = Counter("mlops_nb_model_calls", "Model calls (batches).", registry=r)
+        self.batch_rows = Counter("mlops_nb_model_rows", "Rows scored.", registry=r)
+        self.swaps = Counter("mlops_nb_model_swaps", "Models swapped in.", registry=r)
+        self.shadow_rows = Counter("mlops_nb_shadow_rows", "Rows the shadow model scored.", registry=r)
+        self.shadow_errors = Counter("mlops_nb_shadow_errors", "Shadow model calls that failed (the answer was already sent).", registry=r)
+        self.info = Gauge("mlops_nb_model_info", "The served model.", ["name", "version", "run_id"], registry=r, multiprocess_mode="liveall")
+        self.log_rows = Gauge("mlops_nb_inference_log_rows_total", "Records written to the inference log.", registry=r, multiprocess_mode="livesum")
+        self.log_dropped = Gauge("mlops_nb_inference_log_dropped_total", "Records the inference log dropped (never a request).",
+                                 ["reason"], registry=r, multiprocess_mode="livesum")
 
     def observe(self, path:str, status:int, seconds:float):
         "Count a request; time it when it was a scoring request."
-        k = (path, status); self.requests[k] = self.requests.get(k, 0) + 1
-        if path in ("/score", "/invocations", "/v2/infer"):
-            i = next((i for i, b in enumerate(BUCKETS) if seconds <= b), len(BUCKETS))
-            self.lat[i] += 1; self.lat_sum += seconds; self.lat_n += 1
+        self.requests.labels(path, str(status)).inc()
+        if status >= 400: self.errors.labels(str(status)).inc()
+        if path in ("/score", "/invocations", "/v2/infer"): self.latency.observe(seconds)
 
-    def render(self, info, log=None)->str:
-        "The metrics in Prometheus text format."
-        out = ["# HELP mlops_nb_requests_total Requests by path and status.", "# TYPE mlops_nb_requests_total counter"]
-        out += [f'mlops_nb_requests_total{{path="{p}",status="{s}"}} {n}' for (p, s), n in sorted(self.requests.items())]
-        out += ["# HELP mlops_nb_errors_total Error responses by status.", "# TYPE mlops_nb_errors_total counter"]
-        errs = {}
-        for (p, s), n in self.requests.items():
-            if s >= 400: errs[s] = errs.get(s, 0) + n
-        out += [f'mlops_nb_errors_total{{status="{s}"}} {n}' for s, n in sorted(errs.items())]
-        out += ["# HELP mlops_nb_score_seconds Latency of /score requests.", "# TYPE mlops_nb_score_seconds histogram"]
-        acc = 0
-        for b, n in zip(BUCKETS, self.lat): acc += n; out.append(f'mlops_nb_score_seconds_bucket{{le="{b}"}} {acc}')
-        out += [f'mlops_nb_score_seconds_bucket{{le="+Inf"}} {self.lat_n}', f"mlops_nb_score_seconds_sum {self.lat_sum:.6f}",
-                f"mlops_nb_score_seconds_count {self.lat_n}",
-                "# TYPE mlops_nb_model_calls_total counter", f"mlops_nb_model_calls_total {self.batches}",
-                "# TYPE mlops_nb_model_rows_total counter", f"mlops_nb_model_rows_total {self.batch_rows}",
-                "# TYPE mlops_nb_model_swaps_total counter", f"mlops_nb_model_swaps_total {self.swaps}",
-                "# TYPE mlops_nb_shadow_rows_total counter", f"mlops_nb_shadow_rows_total {self.shadow_rows}",
-                "# TYPE mlops_nb_shadow_errors_total counter", f"mlops_nb_shadow_errors_total {self.shadow_errors}",
-                "# HELP mlops_nb_model_info The served model.", "# TYPE mlops_nb_model_info gauge"]
-        if info: out.append(f'mlops_nb_model_info{{name="{info.name}",version="{info.version}",run_id="{info.run_id}"}} 1')
+    def model(self, info):
+        "Record the served model (its labels escaped by prometheus_client)."
+        self.info.clear()
+        if info: self.info.labels(info.name, info.version, info.run_id).set(1)
+
+    def render(self, log=None)->bytes:
+        "The metrics in Prometheus text format: every worker's in multiprocess mode."
+        from prometheus_client import CollectorRegistry, generate_latest, multiprocess
         if log is not None:
-            out += ["# HELP mlops_nb_inference_log_rows_total Records written to the inference log.", "# TYPE mlops_nb_inference_log_rows_total counter",
-                    f"mlops_nb_inference_log_rows_total {log.rows_written}",
-                    "# HELP mlops_nb_inference_log_dropped_total Records the inference log dropped (never a request).",
-                    "# TYPE mlops_nb_inference_log_dropped_total counter",
-                    *[f'mlops_nb_inference_log_dropped_total{{reason="{k}"}} {v}' for k, v in sorted(log.dropped.items())]]
-        return "\n".join(out) + "\n"
+            self.log_rows.set(log.rows_written)
+            for k, v in log.dropped.items(): self.log_dropped.labels(k).set(v)
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            reg = CollectorRegistry(); multiprocess.MultiProcessCollector(reg)
+            return generate_latest(reg)
+        return generate_latest(self.registry)
 
 # %% ../nbs/08_server.ipynb #08-server-010
 def log_event(event:str, **kw):
@@ -104,7 +102,8 @@ class ScoringApp:
                  access_log:bool=False, # log every request
                  log_dir:str|None=None, # write the inference log (sampled requests and answers, Parquet) here
                  log_sample:float=1.0, # share of requests the inference log keeps
-                 shadow:str|None=None # a candidate model scored on the same requests after the answer, for comparison
+                 shadow:str|None=None, # a candidate model scored on the same requests after the answer, for comparison
+                 workers:int=1 # worker processes serving this app (an admin swap would reach only one of them)
                 ):
         self.model_ref, self.entry = model, load_entry(entry)
         self.pre, self.post = getattr(self.entry, "preprocess", None), getattr(self.entry, "postprocess", None)
@@ -114,7 +113,7 @@ class ScoringApp:
         # one model call at a time, on one OpenMP thread (a per-thread setting in OpenMP: set it in that thread)
         self.model_pool = ThreadPoolExecutor(1, thread_name_prefix="model", initializer=_one_openmp_thread)
         self.load_pool = ThreadPoolExecutor(1, thread_name_prefix="loader")
-        self.queue, self.log, self.shadow, self.shadow_ref = None, None, None, shadow
+        self.queue, self.log, self.shadow, self.shadow_ref, self.workers = None, None, None, shadow, workers
         self.log_dir, self.log_sample = log_dir, float(log_sample)
         if not 0 <= self.log_sample <= 1: raise MlopsNbError(f"--log-sample {log_sample} is not allowed: use a share between 0 and 1")
         self.started = time.time()
@@ -163,7 +162,8 @@ def _load(self:ScoringApp, ref:str|None):
     finally: self.loading = None
     old, self.runtime = self.runtime, rt
     self.swap_error = None
-    if old is not None: self.metrics.swaps += 1
+    if old is not None: self.metrics.swaps.inc()
+    self.metrics.model(rt.info)
     log_event("model_loaded", model=ref, seconds=round(time.time() - t0, 3), info=rt.info.as_dict(), fast_path=rt.fast is not None,
               fast_path_fallback=rt.fast_reason, previous=old.info.as_dict() if old else None)
     return rt
@@ -188,7 +188,7 @@ async def _batch_loop(self:ScoringApp):
         rows = [r for _, rs, _, _ in batch for r in rs] if len(batch) > 1 else first[1]
         try:
             probs = await loop.run_in_executor(self.model_pool, rt.predict, rows)
-            self.metrics.batches += 1; self.metrics.batch_rows += len(rows)
+            self.metrics.batches.inc(); self.metrics.batch_rows.inc(len(rows))
             i, parts = 0, []
             for fut, rs, _, meta in batch:
                 if not fut.done(): fut.set_result((probs[i:i+len(rs)], rt))
@@ -207,9 +207,9 @@ async def _log_batch(self:ScoringApp, parts:list, rt):
     if self.shadow is not None:
         try:
             shadow_out = await asyncio.get_running_loop().run_in_executor(self.model_pool, self.shadow.predict, [r for rs, _, _ in keep for r in rs])
-            self.metrics.shadow_rows += len(shadow_out)
+            self.metrics.shadow_rows.inc(len(shadow_out))
         except Exception as e:
-            self.metrics.shadow_errors += 1; log_event("shadow_failed", error=f"{type(e).__name__}: {e}")
+            self.metrics.shadow_errors.inc(); log_event("shadow_failed", error=f"{type(e).__name__}: {e}")
     i, now = 0, time.time()
     for rs, out, meta in keep:
         sh = None if shadow_out is None else (self.shadow.info.version, shadow_out[i:i+len(rs)])
@@ -317,6 +317,9 @@ async def _admin(self:ScoringApp, scope, receive, send, h, rid):
     if not self.admin_token: return 404, _err("not found: set an admin token to enable /admin/model")
     if not _same_secret(h.get("authorization", ""), f"Bearer {self.admin_token}"):
         return 401, _err("admin token required: Authorization: Bearer TOKEN")
+    if self.workers > 1:
+        return 409, _err(f"this server runs {self.workers} worker processes and a swap would reach only the one that answers: "
+                         "serve with --watch SECONDS (every worker follows the registry alias) or with one worker")
     if int(h.get("content-length") or 0) > ADMIN_MAX_BODY: return 413, _err(f"body larger than {ADMIN_MAX_BODY} bytes")
     body = await _read_body(receive, ADMIN_MAX_BODY)
     if body is None: return 413, _err(f"body larger than {ADMIN_MAX_BODY} bytes")
@@ -410,7 +413,7 @@ async def _call(self:ScoringApp, scope, receive, send):
             status, body = 200, {**(rt.info.as_dict() if rt else {}), "problem": rt.problem.name if rt else None, "kind": rt.kind if rt else None,
                                  "fast_path": bool(rt and rt.fast), "fast_path_fallback": rt.fast_reason if rt else None,
                                  "loading": self.loading, "last_swap_error": self.swap_error}
-        elif path == "/metrics": status, body, ctype = 200, self.metrics.render(self.runtime and self.runtime.info, self.log), b"text/plain; version=0.0.4"
+        elif path == "/metrics": status, body, ctype = 200, self.metrics.render(self.log), b"text/plain; version=0.0.4; charset=utf-8"
         elif path == "/openapi.json": status, body = 200, self.openapi()
         elif path == "/docs": status, body, ctype = 200, DOCS_HTML, b"text/html; charset=utf-8"
         elif path == "/admin/model": status, body = await self._admin(scope, receive, send, h, rid)
@@ -458,6 +461,9 @@ async def _watch_loop(self:ScoringApp):
 async def _start_extras(self:ScoringApp):
     "After the first model loaded: the inference log, and the shadow model (which must take the same requests)."
     rt = self.runtime
+    if self.log_dir and importlib.util.find_spec("pyarrow") is None:
+        self.swap_error = "the inference log writes Parquet and needs pyarrow: build the image with `mlops-nb package --inference-log`"
+        raise MlopsNbError(self.swap_error)
     if self.log_dir: self.log = InferenceLog(self.log_dir, rt.request_schema, rt.kind, rt.labels, self.log_sample)
     if self.shadow_ref:
         try: self.shadow = await asyncio.get_running_loop().run_in_executor(self.load_pool, lambda: load_runtime(self.shadow_ref).verify(rt.schema))
@@ -486,7 +492,10 @@ def serve(host:str="127.0.0.1", # interface to bind
     kw = dict(host=host, port=port, loop="uvloop", http="httptools", log_level="warning", access_log=False, lifespan="on",
               timeout_graceful_shutdown=10)
     if workers > 1:
-        os.environ[_ENV_PREFIX + "CONFIG"] = json.dumps(cfg)
+        import tempfile
+        # every worker counts into files here, and /metrics (whichever worker answers it) reads them all
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mlops-nb-metrics-")
+        os.environ[_ENV_PREFIX + "CONFIG"] = json.dumps({**cfg, "workers": workers})
         uvicorn.run("mlops_nb.server:app_from_env", factory=True, workers=workers, **kw)
         return
     app = ScoringApp(**cfg)

@@ -2,6 +2,7 @@
 scores the same requests after the answer, and `mlops-nb monitor` measures drift on the log, the decay once labels
 arrive (joined by request id or key), and how the shadow and the served model compare. Logging never fails a request."""
 import json, time
+from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import run_cli, cli_json
@@ -38,7 +39,7 @@ def test_the_log_holds_what_was_answered(logged):
     assert log["listing_id"].tolist() == [r["listing_id"] for r in logged["recs"]]  # keys a client sends are kept
     assert set(log["_prediction"]) <= {"above_asking", "at_or_below_asking"} and log["_latency_ms"].gt(0).all()
     assert set(log["_version"]) == {"1"} and set(log["_shadow_version"]) == {"2"}
-    assert "mlops_nb_inference_log_rows_total" in logged["metrics"] and 'mlops_nb_inference_log_dropped_total{reason="disk"} 0' in logged["metrics"]
+    assert "mlops_nb_inference_log_rows_total" in logged["metrics"] and 'mlops_nb_inference_log_dropped_total{reason="disk"} 0.0' in logged["metrics"]
     assert '"event": "shadow_loaded"' in logged["server_log"]
 
 
@@ -72,7 +73,7 @@ def test_sampling_and_a_failing_disk_never_fail_a_request(tmp_path, model_dir, s
         time.sleep(2.5)
         m = s.get("/metrics")[1]
     finally: s.stop()
-    assert 'mlops_nb_inference_log_dropped_total{reason="disk"} 50' in m, m
+    assert 'mlops_nb_inference_log_dropped_total{reason="disk"} 50.0' in m, m
     s = Server(tmp_path, "--model", model_dir, "--log-dir", tmp_path/"half", "--log-sample", "0.5")
     try: assert all(s.score([r])[0] == 200 for r in recs)
     finally: s.stop()
@@ -80,3 +81,15 @@ def test_sampling_and_a_failing_disk_never_fail_a_request(tmp_path, model_dir, s
     assert 10 < len(read_log(tmp_path/"half")) < 40  # about half of 50
     p = run_cli("serve", "--model", model_dir, "--log-dir", tmp_path/"x", "--log-sample", "2", "--port", free_port())
     assert p.returncode == 2 and "--log-sample 2 is not allowed" in p.stderr
+
+
+def test_an_image_and_a_deployment_that_log_inference(tmp_path, model_dir, state):
+    "package --inference-log adds pyarrow and sets the log folder; deploy --inference-log mounts a volume there (strictly valid)."
+    out = cli_json("package", "--model", model_dir, "--context-only", tmp_path/"ctx", "--inference-log", timeout=900)
+    ctx = Path(out["context"])
+    assert "MLOPS_NB_INFERENCE_LOG=/var/lib/mlops_nb/inference" in (ctx/"Dockerfile").read_text()
+    assert any(r.startswith("pyarrow==") for r in (ctx/"requirements.txt").read_text().split())
+    p = run_cli("deploy", "--target", "kubernetes", "--image", "127.0.0.1:5000/m:1-abc1234", "--dry-run", "--inference-log",
+                "--log-claim", "scoring-logs", "--manifests", tmp_path/"k8s")
+    assert p.returncode == 0 and "validated (strict)" in p.stderr, p.stderr
+    assert "claimName: scoring-logs" in (tmp_path/"k8s"/"deployment.yaml").read_text()

@@ -126,7 +126,7 @@ def test_metrics(server):
     assert st == 200
     assert 'mlops_nb_requests_total{path="/score",status="200"}' in text and 'mlops_nb_errors_total{status="422"}' in text
     assert 'mlops_nb_score_seconds_bucket{le="+Inf"}' in text
-    assert 'mlops_nb_model_info{name="ottawa-housing-classifier",version="1",run_id="run-1"} 1' in text
+    assert 'mlops_nb_model_info{name="ottawa-housing-classifier",run_id="run-1",version="1"} 1.0' in text
 
 
 def test_admin_requires_the_token(server):
@@ -245,3 +245,16 @@ def test_deploy_local_starts_then_swaps_without_engine(tmp_path_factory, tmp_pat
         p = run_cli("deploy", "--target", "local", "--model", model_dir, "--port", port)  # no token: told what to do
         assert p.returncode == 2 and "set MLOPS_NB_ADMIN_TOKEN" in p.stderr
     finally: os.killpg(pid, signal.SIGTERM)
+
+
+def test_workers_share_metrics_and_refuse_a_swap_that_would_reach_one(tmp_path, model_dir, model_dir_v2, state):
+    "With --workers 2: /metrics counts every worker's requests (prometheus_client's multiprocess mode); an admin swap is refused."
+    s = Server(tmp_path, "--model", model_dir, "--workers", "2", env={"MLOPS_NB_ADMIN_TOKEN": ADMIN})
+    try:
+        for _ in range(40): assert s.score(GOOD)[0] == 200  # new connections: uvicorn spreads them over the workers
+        text = s.get("/metrics")[1]
+        assert 'mlops_nb_requests_total{path="/score",status="200"} 40.0' in text, text
+        st, out, _ = s.request("POST", "/admin/model", json.dumps({"model": str(model_dir_v2), "wait": True}).encode(),
+                               {"authorization": f"Bearer {ADMIN}"})
+        assert st == 409 and "runs 2 worker processes" in out["error"] and "--watch" in out["error"]
+    finally: s.stop()
