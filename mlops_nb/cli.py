@@ -138,6 +138,10 @@ def cmd_models_promote(a):
     if a.profile or os.environ.get("MLOPS_NB_PROFILE"):
         from mlops_nb.backends import load_profile
         gates = load_profile(a.profile).get("gates")
+    if a.after_shadow:
+        from mlops_nb.inference_log import check_shadow_period
+        n = check_shadow_period(a.after_shadow, a.version, a.min_shadow_rows)
+        _say(f"shadow period: version {a.version} answered {n} logged rows as the shadow")
     prev = promote(a.version, a.alias, a.name, force=a.force, thresholds=gates)
     out = {"alias": a.alias, "version": a.version, "previous": prev, "forced": a.force}
     _emit(out, a.json, f"{a.alias} -> v{a.version}" + (f" (was v{prev})" if prev else ""))
@@ -481,6 +485,9 @@ def _parser()->argparse.ArgumentParser:
     mp.add_argument("--alias", default="champion", help="alias to move (default: champion)")
     mp.add_argument("--force", action="store_true", help="promote a version that fails its validation gates (the problem's "
                     "thresholds, or the profile's gates:); recorded on the version")
+    mp.add_argument("--after-shadow", default=None, metavar="LOG_DIR", help="promote only after a shadow period: the version "
+                    "must have answered --min-shadow-rows logged requests as the shadow (serve --shadow, --log-dir LOG_DIR)")
+    mp.add_argument("--min-shadow-rows", type=int, default=1000, help="rows the shadow period asks for (default: 1000)")
     name(mp); js(mp)
 
     sv = cmd(sub, "serve", cmd_serve, "Runs the scoring API (api/score.py's contract) with adaptive micro-batching. "

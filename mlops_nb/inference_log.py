@@ -15,7 +15,7 @@ pd = lazy_module("pandas")
 
 # %% auto #0
 __all__ = ['pd', 'MLOPS_NB_INFERENCE_LOG', 'INFERENCE_LOG_DIR', 'MLOPS_NB_INFERENCE_LOG_SAMPLE', 'META', 'SHADOW', 'log_schema',
-           'InferenceLog', 'read_log', 'join_labels', 'shadow_summary']
+           'InferenceLog', 'read_log', 'join_labels', 'shadow_summary', 'check_shadow_period']
 
 # %% ../nbs/08a_inference_log.ipynb #08a-log-005
 MLOPS_NB_INFERENCE_LOG = EnvVar("MLOPS_NB_INFERENCE_LOG", None, "Folder the scoring server writes its inference log to (Parquet). Default: none.")
@@ -210,3 +210,16 @@ def shadow_summary(log:pd.DataFrame, # `read_log` of a server with a shadow
     out["psi"] = {int(k): psi_numeric(a[:, k], b[:, k]) for k in cols} if kind != "binary" else psi_numeric(a[:, 1], b[:, 1])
     out["mean_abs_probability_difference"] = float(np.mean(np.abs(a - b)))
     return out
+
+# %% ../nbs/08a_inference_log.ipynb #08a-log-019
+def check_shadow_period(log_dir:str|Path, # the serving inference log
+                        version:int|str, # the version about to be promoted
+                        min_rows:int=1000 # logged requests it must have answered as the shadow
+                       )->int:
+    "The number of rows `version` answered as the shadow; a `DataError` saying how many are missing when too few."
+    log = read_log(log_dir)
+    n = int((log["_shadow_version"].astype("string") == str(version)).sum()) if "_shadow_version" in log else 0
+    if n < min_rows:
+        raise DataError(f"version {version} answered {n} logged request row(s) as the shadow in {log_dir}, fewer than the "
+                        f"{min_rows} its shadow period asks: serve it with --shadow longer, or lower --min-shadow-rows")
+    return n

@@ -93,3 +93,11 @@ def test_an_image_and_a_deployment_that_log_inference(tmp_path, model_dir, state
                 "--log-claim", "scoring-logs", "--manifests", tmp_path/"k8s")
     assert p.returncode == 0 and "validated (strict)" in p.stderr, p.stderr
     assert "claimName: scoring-logs" in (tmp_path/"k8s"/"deployment.yaml").read_text()
+
+
+def test_a_shadow_period_before_promotion(logged):
+    "models promote --after-shadow LOG_DIR: the version must have answered enough logged requests as the shadow."
+    from mlops_nb.inference_log import check_shadow_period
+    assert check_shadow_period(logged["t"]/"log", 2, min_rows=600) == 600
+    p = run_cli("models", "promote", "2", "--after-shadow", logged["t"]/"log", "--min-shadow-rows", "700")
+    assert p.returncode == 2 and "answered 600 logged request row(s) as the shadow" in p.stderr and "Traceback" not in p.stderr
