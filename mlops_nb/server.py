@@ -11,14 +11,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import orjson
 from . import __version__
-from .core import MlopsNbError, project_root
+from .core import EnvVar, MlopsNbError, project_root
 from .inference_log import InferenceLog
 from .serving import (RequestError, _registry_version, check_model_source, json_schema, load_runtime, mlflow_records,
                                records_of, v2_metadata, v2_records, v2_response, validate_payload)
 
 # %% auto #0
-__all__ = ['BUCKETS', 'ADMIN_MAX_BODY', 'DOCS_HTML', 'ROUTES', 'PUBLIC', 'load_entry', 'Metrics', 'log_event', 'ScoringApp',
-           'app_from_env', 'serve', 'free_port', 'http_status', 'start_server', 'swap_model']
+__all__ = ['BUCKETS', 'ADMIN_MAX_BODY', 'DOCS_HTML', 'ROUTES', 'PUBLIC', 'MAX_HEADER_BYTES', 'HEADER_TIMEOUT', 'BODY_TIMEOUT',
+           'MAX_CONNECTIONS', 'load_entry', 'Metrics', 'log_event', 'ScoringApp', 'app_from_env', 'serve', 'free_port',
+           'http_status', 'start_server', 'swap_model']
 
 # %% ../nbs/08_server.ipynb #08-server-005
 def load_entry(path:str|Path|None=None # entry script (default: `api/score.py` of the project, if there is one)
@@ -243,8 +244,9 @@ def _err(msg:str, detail=None)->dict:
     "An error body."
     return {"error": msg, "detail": detail or []}
 
-async def _read_body(receive, limit:int):
-    "The request body, or None when it exceeds `limit` bytes."
+async def _read_body(receive, limit:int, timeout:float|None=None):
+    "The request body; None when it exceeds `limit` bytes; TimeoutError when it takes longer than `timeout` seconds."
+    if timeout: return await asyncio.wait_for(_read_body(receive, limit), timeout)
     chunks, size = [], 0
     while True:
         m = await receive()
@@ -261,7 +263,8 @@ async def _body(self:ScoringApp, receive, h, ctypes=("application/json",)):
     ctype = h.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in ctypes: return None, (415, _err(f"content type {ctype or 'missing'!r} is not supported: send {' or '.join(ctypes)}"))
     if int(h.get("content-length") or 0) > self.max_body: return None, (413, _err(f"body larger than {self.max_body} bytes"))
-    body = await _read_body(receive, self.max_body)
+    try: body = await _read_body(receive, self.max_body, BODY_TIMEOUT)
+    except TimeoutError: return None, (408, _err(f"the body took longer than {BODY_TIMEOUT:g} s to arrive"))
     if body is None: return None, (413, _err(f"body larger than {self.max_body} bytes"))
     if self.runtime is None: return None, (503, _err("model not loaded yet: retry when /ready answers 200"))
     return body, None
@@ -321,7 +324,8 @@ async def _admin(self:ScoringApp, scope, receive, send, h, rid):
         return 409, _err(f"this server runs {self.workers} worker processes and a swap would reach only the one that answers: "
                          "serve with --watch SECONDS (every worker follows the registry alias) or with one worker")
     if int(h.get("content-length") or 0) > ADMIN_MAX_BODY: return 413, _err(f"body larger than {ADMIN_MAX_BODY} bytes")
-    body = await _read_body(receive, ADMIN_MAX_BODY)
+    try: body = await _read_body(receive, ADMIN_MAX_BODY, BODY_TIMEOUT)
+    except TimeoutError: return 408, _err(f"the body took longer than {BODY_TIMEOUT:g} s to arrive")
     if body is None: return 413, _err(f"body larger than {ADMIN_MAX_BODY} bytes")
     try: req = orjson.loads(body)
     except orjson.JSONDecodeError: req = None
@@ -384,7 +388,8 @@ async def _call(self:ScoringApp, scope, receive, send):
     if scope["type"] != "http": return
     t0, path, h = time.perf_counter(), scope["path"], _headers(scope)
     scope["mlops_nb.t0"] = t0
-    rid = h.get("x-request-id") or uuid.uuid4().hex[:16]
+    rid = h.get("x-request-id", "")
+    if not _SAFE_ID.fullmatch(rid): rid = uuid.uuid4().hex[:16]  # echoed and logged only when short and safe
     route, allow, v2_name, v2_version = _route(path)
     ctype = b"application/json"
     try:
@@ -474,6 +479,55 @@ async def _start_extras(self:ScoringApp):
 
 ScoringApp.__call__, ScoringApp._lifespan, ScoringApp._watch_loop, ScoringApp._start_extras = _call, _lifespan, _watch_loop, _start_extras
 
+# %% ../nbs/08_server.ipynb #08-server-022b
+MAX_HEADER_BYTES = 16_384  # request line and headers
+HEADER_TIMEOUT = float(EnvVar("MLOPS_NB_HEADER_TIMEOUT", "10", "Seconds a client may take to send the request line and headers.").get())
+BODY_TIMEOUT = float(EnvVar("MLOPS_NB_BODY_TIMEOUT", "30", "Seconds a client may take to send a request body.").get())
+MAX_CONNECTIONS = int(EnvVar("MLOPS_NB_MAX_CONNECTIONS", "256", "Connections (and requests) a server process takes at once; more get 503.").get())
+_SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+_PROTOCOL = []
+
+def __getattr__(name):  # PEP 562: uvicorn finds the protocol by its import string, in every worker, built on first use
+    if name != "LimitedHttpTools": raise AttributeError(name)
+    if not _PROTOCOL: _PROTOCOL.append(_protocol_class())
+    return _PROTOCOL[0]
+
+def _protocol_class():
+    "uvicorn's httptools protocol with a cap on header bytes and a deadline for the headers."
+    import httptools
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    class LimitedHttpTools(HttpToolsProtocol):
+        def connection_made(self, transport):
+            super().connection_made(transport); self._begin()
+        def _begin(self):
+            self._hbytes = 0
+            if getattr(self, "_deadline", None): self._deadline.cancel()
+            self._deadline = self.loop.call_later(HEADER_TIMEOUT, self._too_slow)
+        def _too_slow(self):
+            if self.transport is not None and not self.transport.is_closing(): self._refuse(408, "Request Timeout")
+        def _refuse(self, status:int, reason:str):
+            self.transport.write(f"HTTP/1.1 {status} {reason}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".encode())
+            self.transport.close()
+        def _count(self, n:int):
+            self._hbytes += n
+            if self._hbytes > MAX_HEADER_BYTES:
+                self._refuse(431, "Request Header Fields Too Large")
+                raise httptools.HttpParserCallbackError("headers too large")
+        def on_message_begin(self): super().on_message_begin(); self._begin()
+        def on_url(self, url): self._count(len(url)); super().on_url(url)
+        def on_header(self, name, value): self._count(len(name) + len(value)); super().on_header(name, value)
+        def on_headers_complete(self):
+            if self._deadline: self._deadline.cancel(); self._deadline = None
+            super().on_headers_complete()
+        def connection_lost(self, exc):
+            if getattr(self, "_deadline", None): self._deadline.cancel()
+            super().connection_lost(exc)
+        def data_received(self, data):
+            if self.transport is None or self.transport.is_closing(): return  # refused: read nothing more
+            super().data_received(data)
+    return LimitedHttpTools
+
 # %% ../nbs/08_server.ipynb #08-server-023
 _ENV_PREFIX = "MLOPS_NB_SERVE_"
 
@@ -489,8 +543,8 @@ def serve(host:str="127.0.0.1", # interface to bind
          ):
     "Run the scoring server until interrupted."
     import uvicorn
-    kw = dict(host=host, port=port, loop="uvloop", http="httptools", log_level="warning", access_log=False, lifespan="on",
-              timeout_graceful_shutdown=10)
+    kw = dict(host=host, port=port, loop="uvloop", http="mlops_nb.server:LimitedHttpTools", log_level="warning", access_log=False, lifespan="on",
+              timeout_graceful_shutdown=10, limit_concurrency=MAX_CONNECTIONS, timeout_keep_alive=5)
     if workers > 1:
         import tempfile
         # every worker counts into files here, and /metrics (whichever worker answers it) reads them all

@@ -314,3 +314,87 @@ def test_a_notebook_run_by_papermill_itself_fails_its_run(state, tmp_path):
     from mlops_nb.tracking import client
     r = client().get_run((tmp_path/"run_id.txt").read_text())
     assert r.info.status == "FAILED" and "the data went away" in r.data.tags["mlops_nb.error"]
+
+
+# Finding 6: slow and oversized clients
+
+def _rss_mb(pid):
+    "Resident memory of process `pid` and its children, MB."
+    import re as _re
+    total = 0
+    for p in [pid, *_descendants(pid)]:
+        try: total += int(_re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{p}/status").read_text()).group(1))
+        except (OSError, AttributeError): pass
+    return total / 1024
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory, model_dir, state):
+    "A server with short timeouts (2 s for headers and bodies), so the tests need not wait half a minute."
+    s = Server(tmp_path_factory.mktemp("limits"), "--model", model_dir,
+               env={"MLOPS_NB_BODY_TIMEOUT": "2", "MLOPS_NB_HEADER_TIMEOUT": "2"})
+    yield s
+    s.stop()
+
+
+def _raw(port, data, wait=5.0):
+    "Send raw bytes on a new connection; return what came back before the server closed it (or `wait` passed)."
+    import socket
+    c = socket.create_connection(("127.0.0.1", port), timeout=wait)
+    try:
+        c.sendall(data); out = b""
+        while True:
+            try: b = c.recv(65536)
+            except (socket.timeout, ConnectionResetError): break
+            if not b: break
+            out += b
+        return out
+    finally: c.close()
+
+
+def test_oversized_headers_and_request_ids(limited):
+    big = b"POST /score HTTP/1.1\r\nhost: x\r\nx-request-id: " + b"a" * (8 << 20) + b"\r\n\r\n"
+    try: out = _raw(limited.port, big)
+    except (BrokenPipeError, ConnectionResetError): out = b"HTTP/1.1 431"  # closed while we were still sending: refused
+    assert out.startswith(b"HTTP/1.1 431"), out[:200]
+    st, body, hdr = limited.request("POST", "/score", json.dumps(GOOD).encode(), {"content-type": "application/json", "x-request-id": "r" * 200})
+    assert st == 200 and hdr["x-request-id"] != "r" * 200 and len(hdr["x-request-id"]) <= 128  # not echoed: replaced
+    st, body, hdr = limited.request("POST", "/score", json.dumps(GOOD).encode(), {"content-type": "application/json", "x-request-id": "ok-id.1"})
+    assert hdr["x-request-id"] == "ok-id.1"
+    assert limited.get("/ready")[0] == 200
+
+
+def test_slow_clients_are_cut_off_and_memory_stays_bounded(limited):
+    "150 connections trickling a 1 MiB body: each is answered 408 after the body timeout; the server answers throughout."
+    import socket, threading
+    before = _rss_mb(limited.proc.pid)
+    answers, lock = [], threading.Lock()
+    def slow():
+        c = socket.create_connection(("127.0.0.1", limited.port), timeout=20)
+        try:
+            c.sendall(b"POST /score HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1048576\r\n\r\n")
+            got = b""
+            for _ in range(40):  # 4 KiB every 0.1 s: 160 KiB in 4 s, far from 1 MiB
+                try: c.sendall(b" " * 4096)
+                except OSError: break
+                c.settimeout(0.1)
+                try: got += c.recv(4096)
+                except (socket.timeout, ConnectionResetError): pass
+                if got: break
+            with lock: answers.append(got)
+        finally: c.close()
+    ts = [threading.Thread(target=slow) for _ in range(150)]
+    for t in ts: t.start()
+    time.sleep(1)
+    assert limited.score(GOOD)[0] == 200  # still answering while they trickle
+    peak = _rss_mb(limited.proc.pid)
+    for t in ts: t.join(30)
+    print(f"server RSS: {before:.0f} MB before, {peak:.0f} MB with 150 slow clients")
+    assert sum(a.startswith(b"HTTP/1.1 408") for a in answers) == 150, [a[:60] for a in answers if not a.startswith(b"HTTP/1.1 408")][:3]
+    assert peak - before < 200  # bounded: at most what arrived, never 150 full bodies kept forever
+    assert limited.score(GOOD)[0] == 200
+
+
+def test_a_client_that_never_finishes_its_headers_is_closed(limited):
+    out = _raw(limited.port, b"POST /score HTTP/1.1\r\nhost: x\r\n", wait=6)
+    assert out.startswith(b"HTTP/1.1 408"), out[:100]
