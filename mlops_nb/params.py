@@ -11,12 +11,13 @@ from dataclasses import dataclass, asdict, fields
 from .core import ParamError
 
 # %% auto #0
-__all__ = ['MODES', 'MODE_DEFAULTS', 'PARAM_NAMES', 'RunParams', 'make_params', 'read_params']
+__all__ = ['MODES', 'MODE_DEFAULTS', 'MAX_EPOCHS', 'PARAM_NAMES', 'RunParams', 'make_params', 'read_params']
 
 # %% ../nbs/02_params.ipynb #02-params-005
 MODES = {"test": "seeded, stratified 5% sample, one epoch, nothing registered",
          "full": "all rows, metrics logged, model registered"}
 MODE_DEFAULTS = {"test": {"sample_frac": 0.05, "epochs": 1}, "full": {"sample_frac": 1.0, "epochs": 10}}
+MAX_EPOCHS = 10_000  # a bound, so a typo (1e9) is an error rather than a run that never ends
 
 # %% ../nbs/02_params.ipynb #02-params-006
 @dataclass(frozen=True)
@@ -40,13 +41,14 @@ PARAM_NAMES = [f.name for f in fields(RunParams)]
 # %% ../nbs/02_params.ipynb #02-params-007
 def _bad(name, value, allowed): return ParamError(f"{name}={value!r} is not allowed: {allowed}")
 
-def _as_int(name, v, lo):
-    "`v` as an int >= `lo`, accepting ints, integral floats and their strings."
+def _as_int(name, v, lo, hi):
+    "`v` as an int in [`lo`, `hi`], accepting ints, integral floats and their strings."
     allowed = f"use a whole number >= {lo}"
     if isinstance(v, bool): raise _bad(name, v, allowed)
     try: f = float(str(v).strip())
     except ValueError: raise _bad(name, v, allowed) from None
     if not math.isfinite(f) or f != int(f) or f < lo: raise _bad(name, v, allowed)
+    if f > hi: raise _bad(name, v, f"use a whole number <= {hi}")
     return int(f)
 
 def _as_frac(name, v):
@@ -71,8 +73,8 @@ def make_params(**kw # parameter values, possibly strings (papermill `-p`, Datab
         raise _bad("mode", mode, "use " + " or ".join(f"'{m}' ({d})" for m, d in MODES.items()))
     d = MODE_DEFAULTS[mode]
     frac = d["sample_frac"] if _unset(kw.get("sample_frac")) else _as_frac("sample_frac", kw["sample_frac"])
-    epochs = d["epochs"] if _unset(kw.get("epochs")) else _as_int("epochs", kw["epochs"], 1)
-    seed = 42 if _unset(kw.get("seed")) else _as_int("seed", kw["seed"], 0)
+    epochs = d["epochs"] if _unset(kw.get("epochs")) else _as_int("epochs", kw["epochs"], 1, MAX_EPOCHS)
+    seed = 42 if _unset(kw.get("seed")) else _as_int("seed", kw["seed"], 0, 2**32 - 1)
     text = {k: "" if _unset(kw.get(k)) else str(kw[k]) for k in ("data_path", "eval_path", "run_id", "result_path")}
     return RunParams(mode=mode, sample_frac=frac, epochs=epochs, seed=seed, **text)
 
