@@ -1,4 +1,4 @@
-"""The three pipelines (ci, train, deploy) as data: `run_pipeline` runs them locally, step by step, through the `mlops-nb` CLI, and `write_pipelines` generates their GitHub Actions and Azure DevOps versions from the same steps.
+"""The pipelines (ci, train, deploy, and docs) as data: `run_pipeline` runs them locally, step by step, through the `mlops-nb` CLI, and `write_pipelines` generates their GitHub Actions and Azure DevOps versions from the same steps.
 
 Docs: https://mlops-nb.github.io/mlops_nb/pipeline.html.md"""
 
@@ -14,11 +14,11 @@ from .core import MlopsNbError, project_root, state_dir
 from .problem import load_problem
 
 # %% auto #0
-__all__ = ['STORE', 'REGISTRY', 'PIPELINES', 'CONDITIONS', 'CLOUD_FACTS', 'CLOUD_ENV', 'CI_SUFFIX', 'CI_GROUP',
-           'SECRET_ENVIRONMENTS', 'INPUTS', 'CLOUD', 'ACTIONS', 'GENERATED', 'PipelineError', 'PipelineFailed', 'Step',
+__all__ = ['STORE', 'REGISTRY', 'DOCS_SITE', 'PIPELINES', 'CONDITIONS', 'CLOUD_FACTS', 'CLOUD_ENV', 'CI_SUFFIX', 'CI_GROUP',
+           'SECRET_ENVIRONMENTS', 'INPUTS', 'ACTIONS', 'CLOUD', 'GENERATED', 'PipelineError', 'PipelineFailed', 'Step',
            'render', 'argv_of', 'check_line', 'run_step', 'PipelineResult', 'run_pipeline', 'cloud_steps', 'CloudVar',
-           'Input', 'PipelineSettings', 'project_settings', 'cloud_command', 'Job', 'Cloud', 'check_cloud',
-           'github_workflow', 'azure_pipeline', 'render_pipelines', 'write_pipelines']
+           'Input', 'PipelineSettings', 'project_settings', 'cloud_command', 'Job', 'Action', 'Cloud', 'check_cloud',
+           'generated', 'github_workflow', 'azure_pipeline', 'render_pipelines', 'write_pipelines']
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-005
 class PipelineError(MlopsNbError):
@@ -48,6 +48,7 @@ class Step:
 STORE = ("MLOPS_NB_TRACKING_URI", "MLOPS_NB_REGISTRY_URI", "DATABRICKS_HOST", "DATABRICKS_TOKEN") # tracking store and model registry
 REGISTRY = ("MLOPS_NB_REGISTRY", "MLOPS_NB_REGISTRY_USERNAME", "MLOPS_NB_REGISTRY_PASSWORD") # image registry
 _DATABRICKS = "--runner databricks --cluster {DATABRICKS_CLUSTER} --library {MLOPS_NB_LIBRARY}"
+DOCS_SITE = "_site" # the folder the docs pipeline builds the site into (git-ignored), and publishes from
 
 PIPELINES = {
     "ci": [
@@ -76,6 +77,9 @@ PIPELINES = {
              cloud="mlops-nb deploy --target kubernetes --image {package[tag]} --api-key-secret {api_key_secret} --timeout 600 --json",
              cloud_env=("KUBECONFIG",)),
         Step("deploy", "dry-run", "mlops-nb deploy --target kubernetes --image {package[tag]} --dry-run", unless="kubeconfig", timeout=300),
+    ],
+    "docs": [
+        Step("build", "site", f"python scripts/docs.py --engine auto --out {DOCS_SITE} --check", timeout=900),
     ],
 }
 
@@ -327,6 +331,7 @@ class PipelineSettings:
     main: str = "main" # the branch pull requests target, and that is retrained and deployed
     cron: str = "30 6 * * 1" # retraining schedule (UTC): after the data refresh
     python: str = "3.11" # Python on GitHub's runners
+    optional: tuple = () # optional pipelines this project gets too (see `Cloud.requires`), e.g. ("docs",)
     def __post_init__(self):
         for what, v, pat in [("name", self.name, _SLUG), ("prefix", self.prefix, _SLUG), ("main", self.main, _BRANCH)]:
             if not isinstance(v, str) or not pat.fullmatch(v): raise PipelineError(f"pipeline setting {what}={v!r} is not allowed: use {pat.pattern}")
@@ -335,6 +340,7 @@ class PipelineSettings:
         if len(self.cron.split()) != 5 or not re.fullmatch(r"[0-9*/,\- ]+", self.cron):
             raise PipelineError(f"pipeline setting cron={self.cron!r} is not a five-field cron expression")
         if not re.fullmatch(r"3\.\d{1,2}", self.python): raise PipelineError(f"pipeline setting python={self.python!r}: use 3.X")
+        if not isinstance(self.optional, tuple): raise PipelineError(f"pipeline setting optional={self.optional!r}: use a tuple of pipeline names")
     @property
     def literals(self)->dict: return {"main": self.main, "api_key_secret": f"{self.name}-api-key"}
 
@@ -345,7 +351,8 @@ def project_settings(root:Path|str|None=None # the project folder (default: this
     cfg = tomllib.loads((root/"pyproject.toml").read_text()) if (root/"pyproject.toml").exists() else {}
     lib = cfg.get("tool", {}).get("nbdev", {}).get("lib_path")
     paths = ("nbs/**", *([f"{lib}/**"] if lib else []), "api/**", "pipelines/**", "tests/**", "pyproject.toml")
-    return PipelineSettings(load_problem(start=root).deployment_name, paths=paths)
+    optional = tuple(n for n, c in CLOUD.items() if c.requires and (root/c.requires).exists())  # CLOUD: declared below
+    return PipelineSettings(load_problem(start=root).deployment_name, paths=paths, optional=optional)
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-038
 _FIELD = re.compile(r"\{(\w+)(?:\[(\w+)\])?\}")
@@ -380,6 +387,22 @@ class Job:
     timeout: int # minutes before the job is cancelled: longer than its steps' own --timeout
     needs: str|None = None # the job that must succeed first; its published outputs reach this job's steps
     environment: str|None = None # deployment environment whose approvals (and, on GitHub, secrets) guard the job
+    actions: tuple = () # GitHub: `Action`s run after the steps; a job of actions only gets no checkout and no setup
+    permissions: dict|None = None # GitHub: the job's token permissions (default: contents: read)
+
+@dataclass(frozen=True)
+class Action:
+    "A pinned GitHub action a job runs after its steps: publishing, which has no local equivalent."
+    uses: str # the action (owner/name), pinned to the commit `ACTIONS` names
+    inputs: dict = field(default_factory=dict) # its `with:` inputs
+    id: str|None = None # step id, for its outputs
+
+ACTIONS = { # action -> (full commit SHA, the release it is); bump both together
+    "actions/checkout": ("11bd71901bbe5b1630ceea73d27597364c9af683", "v4.2.2"),
+    "actions/setup-python": ("a26af69be951a213d495a4c3e4e4022e16d87065", "v5.6.0"),
+    "actions/upload-pages-artifact": ("fc324d3547104276b827a68afc52ff2a11cc49c9", "v5.0.0"),
+    "actions/deploy-pages": ("cd2ce8fcbc39b97be8ca5fce6e763baed58fa128", "v5.0.0"),
+}
 
 @dataclass(frozen=True)
 class Cloud:
@@ -396,6 +419,8 @@ class Cloud:
     credentials: str = "production" # `ci`: only the *_CI secrets and variables (pull requests)
     checkout_main: bool = False # check out the main branch whatever started the run
     notes: dict = field(default_factory=dict) # platform (github, azure) -> more comment, with {settings} fields
+    platforms: tuple = ("github", "azure") # where it is generated
+    requires: str|None = None # a project file its steps run: only projects with it get the pipeline (`PipelineSettings.optional`)
 
 CLOUD = {
     "ci": Cloud(
@@ -446,6 +471,20 @@ CLOUD = {
                "azure": "Secrets come from the variable groups {prefix}-tracking and {prefix}-registry and the secure file "
                         "kubeconfig; they reach only the steps that map them. Approvals and checks are configured on "
                         "the production environment."}),
+    "docs": Cloud(
+        "Documentation, on every commit to main: build the site from the notebooks (Quarto's nbdev-docs where Quarto is "
+        f"installed, else the nbconvert fallback of scripts/docs.py), check its links, publish {DOCS_SITE}/ to GitHub Pages.",
+        jobs=(Job("build", "build and check the documentation site", ("site",), 20,
+                  actions=(Action("actions/upload-pages-artifact", {"path": DOCS_SITE}),)),
+              Job("deploy", "publish to GitHub Pages", (), 10, needs="build", environment="github-pages",
+                  actions=(Action("actions/deploy-pages", id="deployment"),), permissions={"pages": "write", "id-token": "write"})),
+        push=True, manual=True, platforms=("github",), requires="scripts/docs.py",
+        notes={"github": "Once: Settings > Pages > Source: GitHub Actions. Only the deploy job may write to Pages (pages: write, "
+                         "and id-token: write to prove to Pages which workflow it is); it checks out nothing and runs no "
+                         "code of the project, in the environment github-pages, whose deployment branches GitHub limits to "
+                         "the default branch ({main}). The build job reads the repository only and reads no secret. Pull "
+                         "requests build and check the same site in ci's test suite (tests/test_docs.py). GitHub only: "
+                         "Azure DevOps has no Pages (see nbs/12_pipeline.ipynb)."}),
 }
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-045
@@ -486,13 +525,23 @@ def check_cloud(settings:PipelineSettings # the project's settings
                )->None:
     "Raise `PipelineError` unless every pipeline's cloud declaration can be rendered safely."
     if set(PIPELINES) != set(CLOUD): raise PipelineError(f"pipelines {sorted(PIPELINES)} but cloud declarations {sorted(CLOUD)}: one each")
-    for name in CLOUD: _plan(name, settings)
+    bad = [n for n in settings.optional if n not in CLOUD or not CLOUD[n].requires]
+    if bad: raise PipelineError(f"pipeline setting optional: {bad} are not optional pipelines: use {', '.join(n for n, c in CLOUD.items() if c.requires)}")
+    for name, c in CLOUD.items():
+        if not c.platforms or not set(c.platforms) <= {"github", "azure"}: raise PipelineError(f"pipeline {name}: platforms {c.platforms}: use github, azure")
+        for j in c.jobs:
+            if j.actions and "azure" in c.platforms: raise PipelineError(f"pipeline {name}: job {j.id} runs GitHub actions: generate it for github only")
+            unpinned = [a.uses for a in j.actions if a.uses not in ACTIONS]
+            if unpinned: raise PipelineError(f"pipeline {name}: job {j.id} uses {', '.join(unpinned)}, which ACTIONS does not pin")
+        _plan(name, settings)
+
+def generated(settings:PipelineSettings, # the project's settings
+              platform:str # github or azure
+             )->list[str]:
+    "The pipelines a project gets on `platform`: those of `CLOUD` generated there, the optional ones its settings name."
+    return [n for n, c in CLOUD.items() if platform in c.platforms and (c.requires is None or n in settings.optional)]
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-048
-ACTIONS = { # action -> (full commit SHA, the release it is); bump both together
-    "actions/checkout": ("11bd71901bbe5b1630ceea73d27597364c9af683", "v4.2.2"),
-    "actions/setup-python": ("a26af69be951a213d495a4c3e4e4022e16d87065", "v5.6.0"),
-}
 GENERATED = ("GENERATED by mlops_nb.pipeline.write_pipelines from PIPELINES and CLOUD (nbs/12_pipeline.ipynb): edit those "
              "and run `python pipelines/generate.py`, never this file; tests/test_pipelines.py fails when it differs.")
 
@@ -539,11 +588,16 @@ def _checkout(ref:str|None=None)->list[dict]:
     sha = ACTIONS["actions/checkout"][0]
     return [{"uses": f"actions/checkout@{sha}", "with": {"persist-credentials": False, **({"ref": ref} if ref else {})}}]
 
-def github_workflow(name:str, # ci, train or deploy
+def _action_step(a:Action)->dict:
+    "The `uses:` step of a pinned action."
+    return {**({"id": a.id} if a.id else {}), "uses": f"{a.uses}@{ACTIONS[a.uses][0]}", **({"with": dict(a.inputs)} if a.inputs else {})}
+
+def github_workflow(name:str, # ci, train, deploy or docs
                     settings:PipelineSettings # the project's settings
                    )->str:
     "The GitHub Actions workflow `.github/workflows/NAME.yml` of pipeline `name`."
     c, plan = CLOUD[name], _plan(name, settings)
+    if "github" not in c.platforms: raise PipelineError(f"pipeline {name} is not generated for GitHub Actions")
     on = {}
     if c.pull_request: on["pull_request"] = {"branches": [settings.main], "paths": list(settings.paths)}
     if c.push: on["push"] = {"branches": [settings.main]}
@@ -558,7 +612,7 @@ def github_workflow(name:str, # ci, train or deploy
     for j, rows in plan:
         steps = [*_checkout(settings.main if c.checkout_main else None),
                  {"uses": f"actions/setup-python@{ACTIONS['actions/setup-python'][0]}", "with": {"python-version": settings.python}},
-                 {"name": "setup", "run": 'bash scripts/setup && echo "$PWD/.venv/bin" >> "$GITHUB_PATH"'}]
+                 {"name": "setup", "run": 'bash scripts/setup && echo "$PWD/.venv/bin" >> "$GITHUB_PATH"'}] if rows else []
         written = set()
         for row in rows:
             for var, src in row["env"].items():
@@ -570,10 +624,11 @@ def github_workflow(name:str, # ci, train or deploy
             st = {"name": row["label"], **({"id": row["out"]} if row["publish"] else {})}
             if row["env"]: st["env"] = {var: _github_value(src, c, producers) for var, src in row["env"].items()}
             steps.append({**st, "run": line})
+        steps += [_action_step(a) for a in j.actions]
         secret = any(src[0] in ("secret", "file") for row in rows for src in row["env"].values())
         environment = j.environment or (SECRET_ENVIRONMENTS[c.credentials] if secret else None)
         job = {"name": j.title, **({"needs": j.needs} if j.needs else {}), "runs-on": "ubuntu-latest", "timeout-minutes": j.timeout,
-               **({"environment": environment} if environment else {}), "permissions": {"contents": "read"}}
+               **({"environment": environment} if environment else {}), "permissions": j.permissions or {"contents": "read"}}
         outs = {k: f"${{{{ steps.{row['out']}.outputs.{k} }}}}" for row in rows for k in row["publish"]}
         if outs: job["outputs"] = outs
         doc["jobs"][j.id] = {**job, "steps": steps}
@@ -613,6 +668,7 @@ def azure_pipeline(name:str, # ci, train or deploy
                   )->str:
     "The Azure DevOps pipeline `pipelines/azure/NAME.yml` of pipeline `name`."
     c, plan = CLOUD[name], _plan(name, settings)
+    if "azure" not in c.platforms: raise PipelineError(f"pipeline {name} is not generated for Azure DevOps (GitHub only)")
     on_main = {"branches": {"include": [settings.main]}}
     doc = {"trigger": on_main if c.push else "none",
            "pr": {**on_main, "paths": {"include": list(settings.paths)}} if c.pull_request else "none"}
@@ -654,10 +710,10 @@ def azure_pipeline(name:str, # ci, train or deploy
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-051
 def render_pipelines(settings:PipelineSettings # the project's settings
                     )->dict[str, str]:
-    "Every cloud pipeline file: path under the project -> YAML text."
+    "Every cloud pipeline file of a project: path under the project -> YAML text."
     check_cloud(settings)
-    return {**{f".github/workflows/{n}.yml": github_workflow(n, settings) for n in CLOUD},
-            **{f"pipelines/azure/{n}.yml": azure_pipeline(n, settings) for n in CLOUD}}
+    return {**{f".github/workflows/{n}.yml": github_workflow(n, settings) for n in generated(settings, "github")},
+            **{f"pipelines/azure/{n}.yml": azure_pipeline(n, settings) for n in generated(settings, "azure")}}
 
 def write_pipelines(dest_root:Path|str, # project folder: .github/workflows/*.yml and pipelines/azure/*.yml are written under it
                     settings:PipelineSettings|None=None, # default: `project_settings(dest_root)`

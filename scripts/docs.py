@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Build the documentation site without Quarto: `python scripts/docs.py [--out _site] [--check]`.
+"""Build the documentation site without Quarto: `python scripts/docs.py [--out _site] [--check] [--engine auto]`.
 
 The real thing, where Quarto is installed
 -----------------------------------------
@@ -9,6 +9,16 @@ nbdev renders its docs with Quarto. Where Quarto can be installed, use it:
     # or install Quarto from https://quarto.org/docs/get-started/ (a .deb / tarball), then:
     nbdev-docs                    # processes nbs/ into _proc/ and renders the site into _docs/
     nbdev-preview                 # the same, served locally with live reload
+    nbdev-readme                  # README.md from nbs/index.ipynb
+
+nbdev reads its Quarto settings from nbs/_quarto.yml (written once, then ours to change) and nbs/nbdev.yml (rewritten
+from pyproject.toml by every nbdev-docs / nbdev-prepare); both are committed, so nbdev-readme works on a fresh clone
+(without nbs/nbdev.yml it stops with FileNotFoundError). nbs/sidebar.yml is not: nbdev-docs writes it from the
+notebooks each time (custom_sidebar is off).
+
+`--engine auto` (what the docs pipeline runs: .github/workflows/docs.yml, `run_pipeline("docs")`) uses Quarto's
+`nbdev-docs` where `quarto` is on PATH and copies its _docs/ to `--out`; elsewhere it builds this fallback.
+`--engine quarto` insists on Quarto; `--engine fallback` (the default) never uses it.
 
 This fallback
 -------------
@@ -33,10 +43,11 @@ self-contained: no asset outside it, no http(s) script or stylesheet, relative l
 file:// URL, any static host, or `python -m http.server -d _site`.
 
 `--check` verifies that every relative link and asset in the site resolves to a file, and that no page loads an
-external script or stylesheet; it exits 1 listing what is wrong.
+external script or stylesheet (for Quarto's site: the links only; its assets are Quarto's choice); it exits 1 listing
+what is wrong.
 """
 from __future__ import annotations
-import argparse, ast, html, importlib, os, re, shutil, sys, time
+import argparse, ast, html, importlib, os, re, shutil, subprocess, sys, time, tomllib
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlsplit, unquote
@@ -256,6 +267,30 @@ def build(out: Path) -> list[Page]:
     print(f"{len(pages)} pages written to {out} in {time.time()-t0:.1f}s")
     return pages
 
+# ---------------------------------------------------------------- Quarto, where it is installed
+def quarto_available() -> bool:
+    return shutil.which("quarto") is not None
+
+def doc_path() -> Path:
+    "The folder nbdev-docs renders into: `[tool.nbdev] doc_path` (default _docs)."
+    cfg = tomllib.loads((ROOT/"pyproject.toml").read_text()).get("tool", {}).get("nbdev", {})
+    return ROOT/cfg.get("doc_path", "_docs")
+
+def build_quarto(out: Path) -> None:
+    "Render the site with Quarto's nbdev-docs, then copy it to `out`."
+    here = str(Path(sys.executable).parent)            # the nbdev-docs of this environment first
+    exe = shutil.which("nbdev-docs", path=os.pathsep.join([here, os.environ.get("PATH", "")]))
+    if not exe: raise SystemExit("error: nbdev-docs is not installed (pip install nbdev; it is in the dev extra)")
+    t0 = time.time()
+    r = subprocess.run([exe], cwd=ROOT)
+    if r.returncode: raise SystemExit(f"error: nbdev-docs exited {r.returncode}")
+    src = doc_path()
+    if not (src/"index.html").is_file(): raise SystemExit(f"error: nbdev-docs wrote no {src.name}/index.html")
+    if out.resolve() != src.resolve():
+        if out.exists(): shutil.rmtree(out)
+        shutil.copytree(src, out)
+    print(f"{len(list(out.rglob('*.html')))} pages rendered by Quarto (nbdev-docs) into {out} in {time.time()-t0:.1f}s")
+
 # ---------------------------------------------------------------- checking the site
 class _Links(HTMLParser):
     def __init__(self):
@@ -268,13 +303,13 @@ class _Links(HTMLParser):
         if url and re.match(r"^(https?:)?//", url, re.I) and (tag != "img"):
             self.external_assets.append(f"<{tag}> {url}")
 
-def check(out: Path) -> list[str]:
-    "Broken relative links and external scripts/stylesheets in the site, as messages."
+def check(out: Path, external_assets: bool = False) -> list[str]:
+    "Broken relative links and (unless `external_assets`) external scripts/stylesheets in the site, as messages."
     problems = []
     for page in sorted(out.rglob("*.html")):
         p = _Links(); p.feed(page.read_text(encoding="utf-8"))
         rel = page.relative_to(out).as_posix()
-        problems += [f"{rel}: external asset {a}" for a in p.external_assets]
+        if not external_assets: problems += [f"{rel}: external asset {a}" for a in p.external_assets]
         for ref in p.refs:
             u = urlsplit(ref)
             if u.scheme or u.netloc or not u.path: continue     # http(s):, mailto:, data:, #fragment
@@ -289,11 +324,19 @@ def main(argv=None):
     ap.add_argument("--out", default=str(ROOT/"_site"), help="output folder (default: _site/ in the project; git-ignored)")
     ap.add_argument("--check", action="store_true", help="check links and assets of the site (builds it first unless --no-build)")
     ap.add_argument("--no-build", action="store_true", help="with --check: check an existing site without rebuilding it")
+    ap.add_argument("--engine", choices=["fallback", "quarto", "auto"], default="fallback",
+                    help="fallback: this script's nbconvert site (default); quarto: Quarto's nbdev-docs; auto: Quarto where "
+                         "`quarto` is on PATH, else the fallback")
     a = ap.parse_args(argv)
     out = Path(a.out).resolve()
-    if not a.no_build: build(out)
+    engine = a.engine if a.engine != "auto" else "quarto" if quarto_available() else "fallback"
+    if a.engine == "auto": print(f"engine: {engine} ({'quarto is on PATH' if engine == 'quarto' else 'quarto is not on PATH'})")
+    if engine == "quarto" and not quarto_available():
+        print("error: --engine quarto: quarto is not on PATH (https://quarto.org/docs/get-started/)", file=sys.stderr)
+        return 2
+    if not a.no_build: build_quarto(out) if engine == "quarto" else build(out)
     if a.check:
-        problems = check(out)
+        problems = check(out, external_assets=engine == "quarto")
         n = len(list(out.rglob("*.html")))
         if problems:
             print(f"check: {len(problems)} problem(s) in {n} pages:", *problems, sep="\n  ", file=sys.stderr)

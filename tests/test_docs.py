@@ -1,8 +1,9 @@
 """The docs site (scripts/docs.py, the nbconvert fallback for nbdev-docs): every page, links, no network assets,
-and a real render in headless Chromium."""
-import functools, http.server, json, os, re, shutil, subprocess, sys, threading, time
+and a real render in headless Chromium; the docs pipeline's command; nbdev's Quarto settings (nbs/_quarto.yml,
+nbs/nbdev.yml) committed and what nbdev writes; every CLI example of the tutorials parses."""
+import functools, http.server, importlib.util, json, os, re, shlex, shutil, subprocess, sys, threading, time
 from pathlib import Path
-import pytest
+import pytest, yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 NBS = ROOT/"nbs"
@@ -20,7 +21,7 @@ def test_every_notebook_has_a_page(site):
     assert (site/"index.html").is_file()
     for nb in sorted(NBS.glob("[0-9]*.ipynb")): assert (site/f"{nb.stem}.html").is_file(), nb.name
     tuts = sorted((NBS/"tutorials").glob("*.ipynb"))
-    assert len(tuts) >= 5
+    assert len(tuts) >= 6 and "06_bring_your_own_problem.ipynb" in [t.name for t in tuts]
     for nb in tuts: assert (site/"tutorials"/f"{nb.stem}.html").is_file(), nb.name
 
 def test_check_finds_no_broken_links(site):
@@ -46,6 +47,109 @@ def test_processing(site):
     assert "MlopsNbError" in core                                  # show_doc of an exported class
     assert "from fastcore.test import" not in core                  # `#| hide` cell dropped
     assert ".ipynb" not in re.sub(r"<footer>.*?</footer>", "", (site/"tutorials"/"01_getting_started.html").read_text(), flags=re.S)
+
+# ---------------------------------------------------------------- the docs pipeline's build
+def _without_quarto():
+    "PATH without any folder that holds a `quarto`."
+    return os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep) if d and not (Path(d)/"quarto").exists())
+
+def test_the_docs_pipeline_builds_and_checks_the_fallback_where_quarto_is_absent(tmp_path):
+    "The docs pipeline's one command (.github/workflows/docs.yml runs it too), with the site written elsewhere."
+    from mlops_nb.pipeline import DOCS_SITE, PIPELINES
+    [step] = PIPELINES["docs"]
+    args = shlex.split(step.cmd)
+    assert args[:2] == ["python", "scripts/docs.py"] and {"--engine", "--check"} <= set(args)
+    out = tmp_path/"site"
+    args[args.index("--out") + 1:args.index("--out") + 2] = [str(out)]
+    assert DOCS_SITE in step.cmd
+    r = subprocess.run([PY, *args[1:]], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PATH": _without_quarto()})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "engine: fallback (quarto is not on PATH)" in r.stdout and re.search(r"check: \d+ pages, every relative link resolves", r.stdout)
+    page = (out/"tutorials"/"06_bring_your_own_problem.html").read_text()
+    assert "<title>Bring your own problem" in page and "mlops-nb new wine-cultivars" in page
+    assert 'href="06_bring_your_own_problem.html"' in (out/"tutorials"/"01_getting_started.html").read_text()
+
+def _docs_module():
+    spec = importlib.util.spec_from_file_location("docs_script", ROOT/"scripts"/"docs.py")
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
+
+def test_auto_engine_uses_quarto_where_it_is_installed(tmp_path, monkeypatch, capsys):
+    "Where `quarto` is on PATH, --engine auto builds with nbdev-docs (a stand-in here) and checks its links only."
+    docs = _docs_module()
+    built = []
+    def fake_quarto_build(out):
+        built.append(out); out.mkdir(parents=True)
+        (out/"index.html").write_text('<html><script src="https://cdn.example/quarto.js"></script><a href="x.html">x</a></html>')
+    monkeypatch.setattr(docs, "quarto_available", lambda: True)
+    monkeypatch.setattr(docs, "build_quarto", fake_quarto_build)
+    assert docs.main(["--engine", "auto", "--out", str(tmp_path/"q"), "--check"]) == 1   # x.html is missing
+    assert built == [(tmp_path/"q").resolve()]
+    captured = capsys.readouterr()
+    assert "engine: quarto" in captured.out and "index.html: broken link x.html" in captured.err
+    assert "external asset" not in captured.err                                        # Quarto's own assets are its choice
+    monkeypatch.setattr(docs, "quarto_available", lambda: False)
+    assert docs.main(["--engine", "quarto", "--out", str(tmp_path/"q2")]) == 2         # insisting on Quarto without it
+
+# ---------------------------------------------------------------- nbdev's Quarto settings
+QUARTO_FILES = ("_quarto.yml", "nbdev.yml")
+
+def test_quarto_settings_are_what_nbdev_writes(tmp_path):
+    """nbs/_quarto.yml and nbs/nbdev.yml exist (on a fresh clone: they are committed), are not git-ignored, and are byte
+    for byte what nbdev writes for this project (nbdev-docs and nbdev-prepare write them before calling Quarto;
+    nbdev-readme stops without nbs/nbdev.yml)."""
+    for f in QUARTO_FILES: assert (NBS/f).is_file(), f"nbs/{f} is missing: see how this test writes it, and commit it"
+    if (ROOT/".git").exists() and shutil.which("git"):
+        r = subprocess.run(["git", "check-ignore", *(f"nbs/{f}" for f in QUARTO_FILES)], cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 1, f"git ignores {r.stdout.split()}: a fresh clone would not have them"
+    (tmp_path/"nbs").mkdir()                                     # a copy of the project's settings, nothing else
+    shutil.copy(ROOT/"pyproject.toml", tmp_path/"pyproject.toml")
+    r = subprocess.run([PY, "-c", "from nbdev.quarto import refresh_quarto_yml; refresh_quarto_yml()"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    for f in QUARTO_FILES:
+        assert (NBS/f).read_text() == (tmp_path/"nbs"/f).read_text(), \
+            f"nbs/{f} is not what nbdev writes: delete it, run `python -c 'from nbdev.quarto import refresh_quarto_yml; refresh_quarto_yml()'`"
+
+def test_quarto_settings_name_this_repository():
+    import tomllib
+    urls = tomllib.loads((ROOT/"pyproject.toml").read_text())["project"]["urls"]
+    nbdev_yml = yaml.safe_load((NBS/"nbdev.yml").read_text())
+    site = nbdev_yml["website"]
+    assert site["site-url"].rstrip("/") == urls["Documentation"].rstrip("/") == "https://mlops-nb.github.io/mlops_nb"
+    assert site["repo-url"] == urls["Repository"] == "https://github.com/mlops-nb/mlops_nb" and site["repo-branch"] == "main"
+    assert site["title"] == "mlops_nb" and nbdev_yml["project"]["output-dir"] == "_docs"
+    quarto = yaml.safe_load((NBS/"_quarto.yml").read_text())
+    assert quarto["project"]["type"] == "website" and quarto["metadata-files"] == ["nbdev.yml", "sidebar.yml"]
+    from nbdev.quarto import _chk_nbdev_yml
+    _chk_nbdev_yml(NBS)                                          # what nbdev-readme checks before rendering
+
+# ---------------------------------------------------------------- the tutorials' commands
+def _tutorial_commands():
+    "(tutorial, line) of every `mlops-nb` command in the tutorials: shell blocks of markdown cells, `sh(...)` of code cells."
+    for nb in sorted((NBS/"tutorials").glob("*.ipynb")):
+        for cell in json.loads(nb.read_text())["cells"]:
+            src = "".join(cell["source"])
+            if cell["cell_type"] == "markdown":
+                for block in re.findall(r"```(?:sh|bash)\n(.*?)```", src, re.S):
+                    for line in block.replace("\\\n", " ").splitlines(): yield nb.name, line
+            else:
+                for cmd in re.findall(r"\bsh(?:_json)?\(\"([^\"]+)\"", src): yield nb.name, cmd
+
+def test_every_cli_example_in_the_tutorials_parses():
+    from mlops_nb.cli import _parser
+    seen = 0
+    for name, line in _tutorial_commands():
+        for seg in re.split(r"\s*(?:&&|\|\||;|\|)\s*", line):
+            try: args = shlex.split(seg, comments=True)
+            except ValueError: continue                          # a shell line continued in prose (a JSON value spanning lines)
+            if args and args[0].endswith("mlops-nb"):
+                try: a = _parser().parse_args(args[1:])
+                except SystemExit: pytest.fail(f"{name}: {seg!r} does not parse with the current CLI")
+                assert hasattr(a, "fn"), f"{name}: {seg!r} names no command"
+                seen += 1
+    assert seen >= 30, seen
 
 # ---------------------------------------------------------------- headless Chromium
 def _find(*names):
