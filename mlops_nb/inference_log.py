@@ -54,7 +54,7 @@ class InferenceLog:
                  max_queue:int=10_000, # requests waiting to be written; more are dropped
                  rotate_rows:int=100_000, # rows a file holds before the next one starts
                  rotate_seconds:float=300, # age at which a file is closed even if it is not full
-                 flush_seconds:float=1.0 # how often buffered rows are written
+                 flush_seconds:float=0.2 # how often buffered rows are written (often and small: the GIL is held briefly)
                 ):
         if not 0 <= float(sample) <= 1: raise ValueError(f"sample={sample!r} is not allowed: use a share between 0 and 1")
         self.folder, self.columns, self.kind, self.labels, self.sample = Path(folder), dict(columns), kind, labels, float(sample)
@@ -139,7 +139,7 @@ def _run(self:InferenceLog):
     "The writer thread: drain the queue every `flush_seconds`, write, rotate; finish the file when stopped."
     while not self._stop.is_set() or not self.q.empty():
         batch, deadline = [], time.time() + self.flush_seconds
-        while time.time() < deadline and len(batch) < 5000:
+        while time.time() < deadline and len(batch) < 256:
             try: batch.append(self.q.get(timeout=max(0.01, deadline - time.time())))
             except queue.Empty:
                 if self._stop.is_set(): break

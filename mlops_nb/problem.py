@@ -90,6 +90,7 @@ class Problem:
     experiment: str|None = None  # MLflow experiment (default: `name`)
     model_name: str|None = None  # registered model (default: `name`)
     deployment: str|None = None  # Kubernetes Deployment and Service (default: `name`)
+    trusted_types: tuple = ()  # types its models hold beyond mlops_nb's list (e.g. an estimator's internals), trusted when loaded
 
     def __post_init__(self): _check_problem(self)
 

@@ -219,7 +219,7 @@ def _write(root:Path, p:Problem, notes:dict, values:dict, data:Path, df):
     "Write every file of the new project into `root`."
     pkg = values["package"]
     for src in sorted(TEMPLATES.rglob("*")):
-        if src.is_dir() or "__pycache__" in src.parts: continue
+        if src.is_dir() or "__pycache__" in src.parts or src.name == "__init__.py": continue  # (nbdev's, not a template)
         rel = src.relative_to(TEMPLATES)  # (Python templates end in .tmpl: they are not modules of mlops_nb)
         out = root/(".gitignore" if rel.name == "gitignore" else rel.with_suffix("") if rel.suffix == ".tmpl" else rel)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -61,10 +61,11 @@ def read_model_dir(d:Path # model folder
     return meta, info
 
 # %% ../nbs/07_serving.ipynb #07-serving-006b
-def _trusted_modules()->set:
-    "Modules of the configured problem's own code (empty when no problem is configured here)."
-    try: return problem_modules(load_problem())
-    except ProblemError: return set()
+def _trusted()->tuple:
+    "(modules of the configured problem's own code, the types it declares trusted); empty when no problem is configured here."
+    try: p = load_problem()
+    except ProblemError: return set(), set()
+    return problem_modules(p), set(p.trusted_types)
 
 def load_sklearn(d:Path, # model folder
                  meta:dict # its MLmodel metadata
@@ -79,10 +80,10 @@ def load_sklearn(d:Path, # model folder
     path = (d/str(sk.get("pickled_model", ""))).resolve()
     if not path.is_relative_to(d.resolve()) or not path.is_file():
         raise ModelLoadError(f"{d}: MLmodel names {sk.get('pickled_model')!r}, which is not a file inside the model folder")
-    mods = _trusted_modules()
+    mods, declared = _trusted()
     try: found = skops.io.get_untrusted_types(file=path)
     except Exception as e: raise ModelLoadError(f"{d}: {path.name} is not a readable skops file ({type(e).__name__})") from None
-    untrusted = [t for t in found if t not in TRUSTED_TYPES and t.rpartition(".")[0] not in mods]
+    untrusted = [t for t in found if t not in TRUSTED_TYPES and t not in declared and t.rpartition(".")[0] not in mods]
     if untrusted:
         raise ModelLoadError(f"{d}: the model uses types mlops_nb does not trust: {', '.join(untrusted[:5])} (trusted are "
                              "mlops_nb's fixed list and the functions of the configured problem's module: set MLOPS_NB_PROBLEM "

@@ -228,7 +228,8 @@ def train_epochs(problem:Problem, # the declared problem
 # %% ../nbs/04_train.ipynb #04-train-018
 MODEL_PACKAGES = ["scikit-learn", "numpy", "pandas", "scipy", "skops", "mlops_nb"]
 # types every model of ours may hold beyond what skops trusts by default; a problem adds the functions of its own module
-TRUSTED_TYPES = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor", "mlops_nb.train.Features"]
+TRUSTED_TYPES = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor", "sklearn.tree._tree.Tree",
+                 "mlops_nb.train.Features"]
 _MLFLOW_TYPES = {"str": "string", "int": "long", "float": "double", "bool": "boolean", "datetime": "string"}
 
 def pinned_requirements()->list:
