@@ -79,7 +79,7 @@ def main(argv=None)->int:
     out = {k: {**v, "p99_ratio": v["p99_ms"] / base["p99_ms"], "rps_ratio": v["rps"] / base["rps"]} for k, v in med.items()}
     out["rows_logged_by_the_last_log_run"] = logged
     if a.json: print(json.dumps(out, indent=2)); return 0
-    print(f"\n| configuration | req/s at c=32 | p50 ms | p99 ms | p99 / no log (target <= 1.2) |")
+    print("\n| configuration | req/s at c=32 | p50 ms | p99 ms | p99 / no log (target <= 1.2) |")
     print("|---|---|---|---|---|")
     for k, v in out.items():
         if isinstance(v, dict): print(f"| {k} | {v['rps']:.0f} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | {v['p99_ratio']:.2f}x |")
