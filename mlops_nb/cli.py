@@ -294,16 +294,18 @@ def _current(a, problem)->tuple:
     p = Path(a.current)
     if not p.is_dir():
         if a.labels: raise MlopsNbError("--labels joins labels to an inference log: pass its folder as --current")
+        if a.window: raise MlopsNbError("--window keeps the last days of an inference log: pass its folder as --current")
         return problem.load(p, require_label=False), None
-    log = read_log(p)
+    log = read_log(p, since=time.time() - a.window*86400 if a.window else None)
     shadow = shadow_summary(log, problem.kind)
     if a.labels: log = join_labels(log, read_table(a.labels, infer_types=True), problem.target, a.labels_key)
     schema = {**problem.inputs, problem.target: problem.target_spec_}
-    _say(f"{p}: {len(log)} logged rows" + (f" with labels from {a.labels}" if a.labels else ""))
+    _say(f"{p}: {len(log)} logged rows" + (f" of the last {a.window:g} days" if a.window else "") + (f" with labels from {a.labels}" if a.labels else ""))
     return check_table(log[[c for c in schema if c in log]], schema, [problem.target], require_label=bool(a.labels), path=p), shadow
 
 def cmd_monitor(a):
     "Compare current data with a reference: feature drift, model decay, and whether to retrain."
+    if a.window is not None and not 0 < a.window <= 366: raise MlopsNbError(f"--window {a.window:g} is not allowed: use days in (0, 366]")
     from mlops_nb.drift import drift_report, DriftThresholds
     from mlops_nb.problem import load_problem
     prof = {}
@@ -354,7 +356,8 @@ def cmd_pipeline(a):
     "Run a pipeline's steps here, or print and check them."
     from mlops_nb.pipeline import run_pipeline, PipelineFailed
     res = run_pipeline(a.name, dry_run=a.dry_run, runner=a.runner, period=a.period, rows=a.rows, epochs=a.epochs,
-                       data=a.data, trigger=a.trigger, say=_say, parse=_parser().parse_args)
+                       data=a.data, trigger=a.trigger, reference=a.reference, current=a.current, window=a.window,
+                       say=_say, parse=_parser().parse_args)
     if res.error and not a.json: raise PipelineFailed(res.error)
     _emit(res.as_dict(), a.json, res.summary())
     if res.error: raise PipelineFailed(res.error)
@@ -419,7 +422,8 @@ def _parser()->argparse.ArgumentParser:
                  "  mlops-nb models best\n  mlops-nb models promote 3 --alias champion\n"
                  "  mlops-nb serve --model champion\n  mlops-nb package --push\n  mlops-nb deploy --target kubernetes --image IMAGE --dry-run\n"
                  "  mlops-nb monitor --reference data/2021.parquet --current data/2023.parquet --model champion\n"
-                 "  mlops-nb pipeline train\n\n"
+                 "  mlops-nb serve --model champion --log-dir logs/inference\n"
+                 "  mlops-nb pipeline train\n  mlops-nb pipeline monitor --current logs/inference\n\n"
                  "state (tracking DB, artifacts, executed notebooks) lives in .mlops_nb/ of the project;\n"
                  "MLOPS_NB_HOME moves it, MLOPS_NB_TRACKING_URI points at another MLflow store.")
     p.add_argument("--profile", default=None, help="profile in profiles/ choosing the tracking backend: local (SQLite, the "
@@ -550,6 +554,8 @@ def _parser()->argparse.ArgumentParser:
     mo.add_argument("--labels", default=None, help="labels that arrived later (CSV/Parquet with the target and request_id [+ row], "
                     "or a key column): joined to the inference log to measure decay")
     mo.add_argument("--labels-key", default=None, help="the column labels and logged requests share (default: request_id and row)")
+    mo.add_argument("--window", type=float, default=None, metavar="DAYS", help="with an inference log: only the requests of the "
+                    "last DAYS days, e.g. 7 (default: all of it)")
     mo.add_argument("--model", default=None, help="model folder or registry reference: champion, latest, 3, best:roc_auc, "
                     "models:/NAME@champion (default: no decay or age check)")
     mo.add_argument("--threshold", action="append", default=None, metavar="KEY=VALUE", help="override a threshold: psi, "
@@ -575,15 +581,21 @@ def _parser()->argparse.ArgumentParser:
     pl = cmd(sub, "pipeline", cmd_pipeline, "Runs the steps of a pipeline here, on the embedded defaults, as "
              "pipelines/azure/ and .github/workflows/ run them in the cloud: ci (the training notebook in test mode), train "
              "(data, full-mode run, best version, promote champion), deploy (API tests and a local deploy test, image build, "
-             "Kubernetes rollout or its dry run). Prints [pipeline/stage/step] lines; stops at the first failing step (exit 1).")
-    pl.add_argument("name", choices=["ci", "train", "deploy"], help="pipeline to run: ci, train or deploy")
+             "Kubernetes rollout or its dry run), monitor (drift of the live traffic in the inference log; the train pipeline "
+             "when retraining is advised), docs (build and check the site). Prints [pipeline/stage/step] lines; stops at the "
+             "first failing step (exit 1).")
+    pl.add_argument("name", choices=["ci", "train", "deploy", "monitor", "docs"], help="pipeline to run: ci, train, deploy, monitor or docs")
     pl.add_argument("--dry-run", action="store_true", help="print each command and check that it exists; run nothing")
     pl.add_argument("--runner", default="local", help="where to run (default: local; the cloud runs the YAML pipelines)")
     pl.add_argument("--period", "--year", dest="period", type=int, default=None, help="train: period of the generated data (default: the problem's)")
     pl.add_argument("--rows", type=int, default=20_000, help="train: rows to generate (default: 20000)")
     pl.add_argument("--epochs", type=int, default=None, help="train: full-run epochs (default: 10)")
-    pl.add_argument("--data", default=None, help="train: train on this data file instead of generated data")
+    pl.add_argument("--data", default=None, help="train (and monitor, when it retrains): train on this data file instead of generated data")
     pl.add_argument("--trigger", action="store_true", help="train: run the deploy pipeline after promoting the champion")
+    pl.add_argument("--reference", default=None, help="monitor: the champion's training data (default: the train pipeline's generated data)")
+    pl.add_argument("--current", default=None, help="monitor: the inference log folder (default: MLOPS_NB_INFERENCE_LOG, else "
+                    "the state folder's inference-log/)")
+    pl.add_argument("--window", type=float, default=7, metavar="DAYS", help="monitor: days of live traffic to look at (default: 7)")
     js(pl)
 
     nw = cmd(sub, "new", cmd_new, "Writes a new nbdev project for your problem into DIR (which must not exist, or be empty: "

@@ -1,4 +1,4 @@
-"""The pipelines (ci, train, deploy, and docs) as data: `run_pipeline` runs them locally, step by step, through the `mlops-nb` CLI, and `write_pipelines` generates their GitHub Actions and Azure DevOps versions from the same steps.
+"""The pipelines (ci, train, deploy, monitor, and docs) as data: `run_pipeline` runs them locally, step by step, through the `mlops-nb` CLI, and `write_pipelines` generates their GitHub Actions and Azure DevOps versions from the same steps.
 
 Docs: https://mlops-nb.github.io/mlops_nb/pipeline.html.md"""
 
@@ -14,11 +14,12 @@ from .core import MlopsNbError, project_root, state_dir
 from .problem import load_problem
 
 # %% auto #0
-__all__ = ['STORE', 'REGISTRY', 'DOCS_SITE', 'PIPELINES', 'CONDITIONS', 'CLOUD_FACTS', 'CLOUD_ENV', 'CI_SUFFIX', 'CI_GROUP',
-           'SECRET_ENVIRONMENTS', 'INPUTS', 'ACTIONS', 'CLOUD', 'GENERATED', 'PipelineError', 'PipelineFailed', 'Step',
-           'render', 'argv_of', 'check_line', 'run_step', 'PipelineResult', 'run_pipeline', 'cloud_steps', 'CloudVar',
-           'Input', 'PipelineSettings', 'project_settings', 'cloud_command', 'Job', 'Action', 'Cloud', 'check_cloud',
-           'generated', 'github_workflow', 'azure_pipeline', 'render_pipelines', 'write_pipelines']
+__all__ = ['STORE', 'REGISTRY', 'DOCS_SITE', 'PIPELINES', 'OUTPUT_CONDITIONS', 'CONDITIONS', 'CLOUD_FACTS', 'CLOUD_ENV',
+           'CI_SUFFIX', 'CI_GROUP', 'SECRET_ENVIRONMENTS', 'INPUTS', 'ACTIONS', 'CLOUD', 'GENERATED', 'PipelineError',
+           'PipelineFailed', 'Step', 'render', 'argv_of', 'check_line', 'run_step', 'PipelineResult', 'run_pipeline',
+           'cloud_steps', 'CloudVar', 'Input', 'PipelineSettings', 'project_settings', 'cloud_command', 'Job', 'Action',
+           'Cloud', 'check_cloud', 'generated', 'github_workflow', 'azure_pipeline', 'render_pipelines',
+           'write_pipelines']
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-005
 class PipelineError(MlopsNbError):
@@ -78,6 +79,13 @@ PIPELINES = {
              cloud_env=("KUBECONFIG",)),
         Step("deploy", "dry-run", "mlops-nb deploy --target kubernetes --image {package[tag]} --dry-run", unless="kubeconfig", timeout=300),
     ],
+    "monitor": [
+        Step("monitor", "drift", "mlops-nb monitor --reference {reference} --current {current} --window {window} --model champion --json",
+             out="monitor", timeout=1800,
+             cloud="mlops-nb monitor --reference {MLOPS_NB_MONITOR_REFERENCE} --current {MLOPS_NB_INFERENCE_LOG} --window {window} "
+                   "--model champion --json", cloud_env=STORE),
+        Step("trigger", "train", "pipeline:train", when="retrain"),
+    ],
     "docs": [
         Step("build", "site", f"python scripts/docs.py --engine auto --out {DOCS_SITE} --check", timeout=900),
     ],
@@ -92,18 +100,23 @@ def _engine_available()->bool:
         engine(); return True
     except MlopsNbError: return False
 
+OUTPUT_CONDITIONS = {"retrain": ("monitor", "retrain")} # condition -> (step output, key): holds when that key is true
+
+def _output_is_true(output:str, key:str): return lambda ctx: isinstance(ctx.get(output), dict) and ctx[output].get(key) is True
+
 CONDITIONS = {
     "engine": lambda ctx: _engine_available(),
     "kubeconfig": lambda ctx: bool(os.environ.get("KUBECONFIG")),
     "trigger": lambda ctx: bool(ctx.get("trigger")),
     "own_data": lambda ctx: bool(ctx.get("own_data")),
     "cloud": lambda ctx: False,
+    **{name: _output_is_true(*src) for name, src in OUTPUT_CONDITIONS.items()},
 }
 _WHY_NOT = {"engine": "no container engine answers (start one, set DOCKER_HOST)", "kubeconfig": "KUBECONFIG is not set",
             "trigger": "not triggered (trigger=False)", "own_data": "no data file given: generated data",
-            "cloud": "runs in the cloud pipelines only"}
+            "cloud": "runs in the cloud pipelines only", "retrain": "monitoring advises no retraining"}
 _WHY = {"engine": "a container engine answers", "kubeconfig": "KUBECONFIG is set", "trigger": "triggered", "own_data": "training on the given data file",
-        "cloud": "runs here"}
+        "cloud": "runs here", "retrain": "retraining advised"}
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-011
 def _holds(step:Step, ctx:dict)->tuple[bool, str]:
@@ -214,19 +227,29 @@ class PipelineResult:
         return f"pipeline {self.name}: FAILED: {self.error}" if self.error else f"pipeline {self.name}: {verb} {done} step(s), all ok"
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-024
-def _params(name, home, period, rows, epochs, data, trigger)->dict:
+def _generated(home:Path, period, what:str="the training data (--data PATH)")->tuple:
+    "(period, path) of the data the train pipeline generates in the state folder, for a problem with a generator."
+    problem = load_problem()
+    if problem.generate is None: raise PipelineError(f"problem {problem.name!r} has no data generator: pass {what}")
+    period = problem.default_period if period is None else period
+    return period, home/"data"/f"{problem.name}-{period}.parquet"
+
+def _params(name, home, period, rows, epochs, data, trigger, reference=None, current=None, window=7)->dict:
     "The placeholder values of a run on the embedded defaults."
     home = Path(home) if home else state_dir()
     path = Path(data).expanduser().resolve() if data else None
-    if name == "train" and path is None:  # generated data, for a problem with a generator
-        problem = load_problem()
-        if problem.generate is None: raise PipelineError(f"problem {problem.name!r} has no data generator: pass the training data (--data PATH)")
-        period = problem.default_period if period is None else period
-        path = home/"data"/f"{problem.name}-{period}.parquet"
-    return {"home": str(home), "period": period, "rows": rows, "epochs": epochs or 10, "trigger": trigger,
-            "own_data": bool(data), "data": str(path or "")}
+    if name == "train" and path is None: period, path = _generated(home, period)
+    if isinstance(window, bool) or not (isinstance(window, (int, float)) and 0 < window <= 366):
+        raise PipelineError(f"window {window!r} is not allowed: use days in (0, 366]")
+    out = {"home": str(home), "period": period, "rows": rows, "epochs": epochs or 10, "trigger": trigger,
+           "own_data": bool(data), "data": str(path or ""), "window": f"{window:g}"}
+    if name == "monitor":  # the champion's training data (by default what the train pipeline generated), and the folder serve --log-dir writes
+        ref = Path(reference).expanduser().resolve() if reference else _generated(home, period, "the champion's training data (--reference PATH)")[1]
+        out["reference"] = str(ref)
+        out["current"] = str(Path(current or os.environ.get("MLOPS_NB_INFERENCE_LOG") or home/"inference-log").expanduser().resolve())
+    return out
 
-def run_pipeline(name:str, # ci, train or deploy
+def run_pipeline(name:str, # ci, train, deploy, monitor or docs
                  dry_run:bool=False, # print and check each command; run nothing
                  runner:str="local", # where to run: only `local` (the cloud runs pipelines/azure or .github/workflows)
                  period:int|None=None, # train: period of the generated data (default: the problem's)
@@ -234,6 +257,9 @@ def run_pipeline(name:str, # ci, train or deploy
                  epochs:int|None=None, # train: full-run epochs (default: 10)
                  data:str|None=None, # train: train on this file (checked) instead of generating data in the state folder
                  trigger:bool=False, # train: run the deploy pipeline after promoting the champion
+                 reference:str|None=None, # monitor: the champion's training data (default: `data`, else the generated data)
+                 current:str|None=None, # monitor: the inference log folder (default: MLOPS_NB_INFERENCE_LOG, else HOME/inference-log)
+                 window:float=7, # monitor: only the last `window` days of the log
                  say=None, # called with progress lines (default: print to stderr)
                  parse=None # the CLI's `parse_args`, to check `mlops-nb` lines in a dry run
                 )->PipelineResult:
@@ -242,7 +268,7 @@ def run_pipeline(name:str, # ci, train or deploy
     if name not in PIPELINES: raise PipelineError(f"pipeline {name!r} does not exist: use {', '.join(PIPELINES)}")
     if runner != "local": raise PipelineError(f"runner {runner!r} is not allowed: use local (cloud runs go through "
                                               "pipelines/azure/ or .github/workflows/)")
-    ctx = _params(name, None, period, rows, epochs, data, trigger)
+    ctx = _params(name, None, period, rows, epochs, data, trigger, reference, current, window)
     res = PipelineResult(name, dry_run)
     for step in PIPELINES[name]:
         ok, why = _holds(step, ctx)
@@ -256,7 +282,7 @@ def run_pipeline(name:str, # ci, train or deploy
             except PipelineError as e: res.error = f"[{name}/{step.label}] {e}"; say(res.error); return res
             res.steps.append({"step": step.label, "cmd": line, "status": "checked"}); continue
         if line.startswith("pipeline:"):
-            sub = run_pipeline(line.split(":", 1)[1], say=say, parse=parse)
+            sub = run_pipeline(line.split(":", 1)[1], period=period, rows=rows, epochs=epochs, data=data, trigger=trigger, say=say, parse=parse)
             rc, out, tail = sub.rc, "", [sub.error or ""]
         else: rc, out, tail = run_step(argv_of(line), step.timeout, say)
         secs = round(time.time() - t0, 1)
@@ -273,7 +299,7 @@ def run_pipeline(name:str, # ci, train or deploy
     return res
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-030
-CLOUD_FACTS = {"own_data": True, "engine": True, "kubeconfig": True, "trigger": False, "cloud": True}
+CLOUD_FACTS = {"own_data": True, "engine": True, "kubeconfig": True, "trigger": False, "cloud": True, "retrain": False}
 
 def cloud_steps(name:str # ci, train or deploy
                )->list[Step]:
@@ -300,6 +326,8 @@ CLOUD_ENV = {
     "MLOPS_NB_REGISTRY_USERNAME": CloudVar("secret", "registry"),
     "MLOPS_NB_REGISTRY_PASSWORD": CloudVar("secret", "registry"),
     "DATA_PATH": CloudVar("variable", "data"), # the refreshed training data the data job writes
+    "MLOPS_NB_MONITOR_REFERENCE": CloudVar("variable", "data"), # what monitoring compares live traffic with: the champion's training data
+    "MLOPS_NB_INFERENCE_LOG": CloudVar("variable", "data"), # the inference log's folder (serve --log-dir), as the agent reads it
     "KUBECONFIG": CloudVar("file", "kubeconfig", github="KUBE_CONFIG"),
 }
 CI_SUFFIX, CI_GROUP = "_CI", "ci"
@@ -330,6 +358,8 @@ class PipelineSettings:
     prefix: str = "mlops-nb" # Azure DevOps: variable groups PREFIX-ci, -tracking, -registry, -data; the train pipeline PREFIX-train
     main: str = "main" # the branch pull requests target, and that is retrained and deployed
     cron: str = "30 6 * * 1" # retraining schedule (UTC): after the data refresh
+    monitor_cron: str = "0 5 * * *" # monitoring schedule (UTC)
+    window: int = 7 # days of live traffic each monitoring run looks at
     python: str = "3.11" # Python on GitHub's runners
     optional: tuple = () # optional pipelines this project gets too (see `Cloud.requires`), e.g. ("docs",)
     def __post_init__(self):
@@ -337,12 +367,16 @@ class PipelineSettings:
             if not isinstance(v, str) or not pat.fullmatch(v): raise PipelineError(f"pipeline setting {what}={v!r} is not allowed: use {pat.pattern}")
         bad = [p for p in self.paths if not _PATH.fullmatch(p)]
         if bad or not self.paths: raise PipelineError(f"pipeline setting paths: {bad or 'none'}: use paths or globs (letters, digits, _ . * / -)")
-        if len(self.cron.split()) != 5 or not re.fullmatch(r"[0-9*/,\- ]+", self.cron):
-            raise PipelineError(f"pipeline setting cron={self.cron!r} is not a five-field cron expression")
+        for what in ("cron", "monitor_cron"):
+            v = getattr(self, what)
+            if not isinstance(v, str) or len(v.split()) != 5 or not re.fullmatch(r"[0-9*/,\- ]+", v):
+                raise PipelineError(f"pipeline setting {what}={v!r} is not a five-field cron expression")
+        if isinstance(self.window, bool) or not isinstance(self.window, int) or not 1 <= self.window <= 366:
+            raise PipelineError(f"pipeline setting window={self.window!r} is not allowed: use whole days, 1 to 366")
         if not re.fullmatch(r"3\.\d{1,2}", self.python): raise PipelineError(f"pipeline setting python={self.python!r}: use 3.X")
         if not isinstance(self.optional, tuple): raise PipelineError(f"pipeline setting optional={self.optional!r}: use a tuple of pipeline names")
     @property
-    def literals(self)->dict: return {"main": self.main, "api_key_secret": f"{self.name}-api-key"}
+    def literals(self)->dict: return {"main": self.main, "api_key_secret": f"{self.name}-api-key", "window": str(self.window)}
 
 def project_settings(root:Path|str|None=None # the project folder (default: this project)
                     )->PipelineSettings:
@@ -411,11 +445,12 @@ class Cloud:
     jobs: tuple # its `Job`s, in order
     pull_request: bool = False # on pull requests to the main branch that change the settings' `paths`
     push: bool = False # on every commit to the main branch
-    schedule: bool = False # on the settings' `cron`
+    schedule: bool = False # on the schedule of the settings' field `cron` names
+    cron: str = "cron" # the `PipelineSettings` field holding its schedule
     event: str|None = None # GitHub: the repository_dispatch event type (the data job's) that starts it
     manual: bool = False # can be started by hand (GitHub: workflow_dispatch)
     inputs: dict = field(default_factory=dict) # manual start's inputs: name -> description
-    after: str|None = None # the pipeline whose successful run on the main branch starts this one
+    after: str|None = None # the pipeline whose successful run on the main branch starts this one (when its `pipeline:` step's condition is an output's, only when that output says so)
     credentials: str = "production" # `ci`: only the *_CI secrets and variables (pull requests)
     checkout_main: bool = False # check out the main branch whatever started the run
     notes: dict = field(default_factory=dict) # platform (github, azure) -> more comment, with {settings} fields
@@ -443,17 +478,19 @@ CLOUD = {
         "version; the best version by the problem's primary metric, among versions evaluated on the same data, is "
         "promoted to champion; a successful run then starts the deploy pipeline.",
         jobs=(Job("retrain", "full-mode run, register, select, promote", ("check", "train-full", "best", "promote"), 260),),
-        schedule=True, event="data-refreshed", manual=True, checkout_main=True,
+        schedule=True, event="data-refreshed", manual=True, checkout_main=True, after="monitor",
         inputs={"data_path": "data file to train on (default: the DATA_PATH variable)"},
         notes={"github": "When: on the schedule that follows the data refresh ({cron}, UTC), when the data job sends "
                          "its event, or by hand (gh workflow run train.yml -f data_path=...). The event needs a token "
                          "allowed to dispatch (contents: write):\n"
                          "  curl -X POST -H \"Authorization: Bearer $TOKEN\" https://api.github.com/repos/OWNER/REPO/dispatches "
                          "-d '{{\"event_type\": \"data-refreshed\", \"client_payload\": {{\"data_path\": \"abfss://...\"}}}}'\n"
-                         "Drop the schedule once the event is wired. Secrets and variables come from the environment "
-                         "trusted (deployment branches: {main} only). The deploy job runs .github/workflows/deploy.yml.",
+                         "Drop the schedule once the event is wired. The monitor workflow calls this one when it advises "
+                         "retraining. Secrets and variables come from the environment trusted (deployment branches: {main} "
+                         "only). The deploy job runs .github/workflows/deploy.yml.",
                "azure": "When: on the schedule that follows the data refresh ({cron}, UTC). To train on the refresh itself, "
-                        "replace `schedules` with a pipeline resource trigger on the data job's pipeline. Name this "
+                        "replace `schedules` with a pipeline resource trigger on the data job's pipeline. A {prefix}-monitor "
+                        "run tagged retrain starts it too. Name this "
                         "pipeline {prefix}-train in Azure DevOps: a completed run on {main} starts the deploy pipeline. "
                         "Variable groups {prefix}-tracking and {prefix}-data: authorised for this pipeline and deploy "
                         "only, with a branch control check ({main})."}),
@@ -471,6 +508,22 @@ CLOUD = {
                "azure": "Secrets come from the variable groups {prefix}-tracking and {prefix}-registry and the secure file "
                         "kubeconfig; they reach only the steps that map them. Approvals and checks are configured on "
                         "the production environment."}),
+    "monitor": Cloud(
+        "Monitoring, daily: the drift of the live traffic the server logged (its inference log, the last {window} days) from "
+        "the champion's training data, and the champion's age; when retraining is advised, the train pipeline runs.",
+        jobs=(Job("monitor", "drift of the live traffic and the retraining verdict", ("drift",), 45),),
+        schedule=True, cron="monitor_cron", manual=True, checkout_main=True,
+        notes={"github": "When: {monitor_cron} (UTC), or by hand (gh workflow run monitor.yml). The variables "
+                         "MLOPS_NB_INFERENCE_LOG (the folder the Deployment's inference log volume is written to, as this "
+                         "runner reads it: a self-hosted runner with the same share mounted, or a folder a step you add "
+                         "copies there) and MLOPS_NB_MONITOR_REFERENCE (the champion's training data) and the store's "
+                         "secrets come from the environment trusted. When the verdict is retrain, the train job runs "
+                         ".github/workflows/train.yml.",
+               "azure": "When: {monitor_cron} (UTC). Name this pipeline {prefix}-monitor in Azure DevOps: a run whose "
+                        "verdict is retrain is tagged retrain, and the train pipeline's pipeline resource trigger starts on "
+                        "that tag. The variables MLOPS_NB_INFERENCE_LOG (the inference log's folder as the agent reads it: "
+                        "a self-hosted agent with the Deployment's log share mounted) and MLOPS_NB_MONITOR_REFERENCE live "
+                        "in the group {prefix}-data."}),
     "docs": Cloud(
         "Documentation, on every commit to main: build the site from the notebooks (Quarto's nbdev-docs where Quarto is "
         f"installed, else the nbconvert fallback of scripts/docs.py), check its links, publish {DOCS_SITE}/ to GitHub Pages.",
@@ -489,6 +542,13 @@ CLOUD = {
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-045
 _SETUP_MINUTES = 10 # checkout and `bash scripts/setup` on a fresh agent
+
+def _started_by(name:str)->tuple|None:
+    "(output, key) of `CLOUD[name].after`'s step that must be true for pipeline `name` to start; None: any successful run starts it."
+    after = CLOUD[name].after
+    step = next((s for s in PIPELINES[after] if s.cmd == f"pipeline:{name}"), None)
+    if step is None: raise PipelineError(f"pipeline {name} runs after {after}, but {after} has no step `pipeline:{name}`")
+    return OUTPUT_CONDITIONS.get(step.when)
 
 def _plan(name:str, settings:PipelineSettings)->list[tuple[Job, list[dict]]]:
     "Each job of pipeline `name` with its steps: label, line, env (name -> source), out, keys to publish."
@@ -513,12 +573,18 @@ def _plan(name:str, settings:PipelineSettings)->list[tuple[Job, list[dict]]]:
             if limit and float(limit.group(1)) > (j.timeout - _SETUP_MINUTES) * 60:
                 raise PipelineError(f"step {steps[n].label}: --timeout {limit.group(1)} s does not fit in job "
                                     f"{j.id}'s {j.timeout} min (keep {_SETUP_MINUTES} min for the setup)")
-            row = {"label": steps[n].label, "line": line, "env": env, "out": steps[n].out, "publish": []}
+            row = {"label": steps[n].label, "line": line, "env": env, "out": steps[n].out, "publish": [], "tags": []}
             if steps[n].out: produced[steps[n].out] = (j, row)
             rows.append(row)
         plan.append((j, rows))
-    if c.after and f"pipeline:{name}" not in [s.cmd for s in PIPELINES[c.after]]:
-        raise PipelineError(f"pipeline {name} runs after {c.after}, but {c.after} has no step `pipeline:{name}`")
+    if c.after: _started_by(name)
+    for n in [n for n, o in CLOUD.items() if o.after == name]:  # a pipeline this one starts on an output: publish it, tag the run
+        when = _started_by(n)
+        if when is None: continue
+        row = next((r for _, rows in plan for r in rows if r["out"] == when[0]), None)
+        if row is None: raise PipelineError(f"pipeline {n} starts when {name}'s output {when[0]}[{when[1]}] is true, but no cloud step of {name} outputs {when[0]}")
+        row["publish"] += [when[1]] if when[1] not in row["publish"] else []
+        row["tags"].append(when[1])
     return plan
 
 def check_cloud(settings:PipelineSettings # the project's settings
@@ -566,7 +632,7 @@ def _header(name:str, platform:str, settings:PipelineSettings)->list[str]:
     "The comment lines that open a generated file: what the pipeline does, the platform's notes, how to change it."
     c = CLOUD[name]
     fields = {**settings.__dict__, **settings.literals}
-    return [c.about, *([c.notes[platform].format(**fields)] if platform in c.notes else []),
+    return [c.about.format(**fields), *([c.notes[platform].format(**fields)] if platform in c.notes else []),
             f"Local equivalent: mlops-nb pipeline {name}", "", GENERATED]
 
 def _cloud_name(name:str, cloud:Cloud)->str:
@@ -601,10 +667,11 @@ def github_workflow(name:str, # ci, train, deploy or docs
     on = {}
     if c.pull_request: on["pull_request"] = {"branches": [settings.main], "paths": list(settings.paths)}
     if c.push: on["push"] = {"branches": [settings.main]}
-    if c.schedule: on["schedule"] = [{"cron": settings.cron}]
+    if c.schedule: on["schedule"] = [{"cron": getattr(settings, c.cron)}]
     if c.event: on["repository_dispatch"] = {"types": [c.event]}
-    if c.manual: on["workflow_dispatch"] = {"inputs": {k: {"description": v, "required": False, "type": "string"} for k, v in c.inputs.items()}} if c.inputs else {}
-    if c.after: on["workflow_call"] = {}  # its jobs read their secrets from their environments, not from the caller
+    inputs = {"inputs": {k: {"description": v, "required": False, "type": "string"} for k, v in c.inputs.items()}} if c.inputs else {}
+    if c.manual: on["workflow_dispatch"] = inputs
+    if c.after: on["workflow_call"] = inputs  # its jobs read their secrets from their environments, not from the caller
     doc = {"name": name, "on": on, "permissions": {},
            "concurrency": {"group": f"{name}-${{{{ github.ref }}}}" if c.pull_request else name, "cancel-in-progress": c.pull_request},
            "defaults": {"run": {"shell": "bash"}}, "jobs": {}}
@@ -633,8 +700,10 @@ def github_workflow(name:str, # ci, train, deploy or docs
         if outs: job["outputs"] = outs
         doc["jobs"][j.id] = {**job, "steps": steps}
     for n in [n for n, o in CLOUD.items() if o.after == name]:  # a reusable workflow: runs only when every job above succeeded
-        doc["jobs"][n] = {"name": f"the {n} pipeline", "needs": [j.id for j, _ in plan], "permissions": {"contents": "read"},
-                          "uses": f"./.github/workflows/{n}.yml"}
+        when = _started_by(n)  # ... and, started on an output, when that output is true
+        doc["jobs"][n] = {"name": f"the {n} pipeline", "needs": [j.id for j, _ in plan],
+                          **({"if": f"needs.{producers[when[0]]}.outputs.{when[1]} == 'true'"} if when else {}),
+                          "permissions": {"contents": "read"}, "uses": f"./.github/workflows/{n}.yml"}
     return _text(_header(name, "github", settings), doc)
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-050
@@ -672,8 +741,11 @@ def azure_pipeline(name:str, # ci, train or deploy
     on_main = {"branches": {"include": [settings.main]}}
     doc = {"trigger": on_main if c.push else "none",
            "pr": {**on_main, "paths": {"include": list(settings.paths)}} if c.pull_request else "none"}
-    if c.schedule: doc["schedules"] = [{"cron": settings.cron, "displayName": "retraining schedule", **on_main, "always": True}]
-    if c.after: doc["resources"] = {"pipelines": [{"pipeline": c.after, "source": f"{settings.prefix}-{c.after}", "trigger": on_main}]}
+    if c.schedule: doc["schedules"] = [{"cron": getattr(settings, c.cron), "displayName": f"{name} schedule", **on_main, "always": True}]
+    if c.after:
+        when = _started_by(name)  # started on an output: only by runs tagged with its key
+        doc["resources"] = {"pipelines": [{"pipeline": c.after, "source": f"{settings.prefix}-{c.after}",
+                                           "trigger": {**on_main, **({"tags": [when[1]]} if when else {})}}]}
     doc["pool"] = {"vmImage": "ubuntu-latest"}
     groups = _azure_groups(name, settings)
     if groups: doc["variables"] = [{"group": g} for g in groups]
@@ -694,6 +766,7 @@ def azure_pipeline(name:str, # ci, train or deploy
                     p = producer[src[1]]
                     variables[var] = f"$[ stageDependencies.{stage_of[p]}.{_azure_id(p)}.outputs['{src[1]}.{src[2]}'] ]"
             line = row["line"] + (f" | python pipelines/publish_output.py {' '.join(row['publish'])}" if row["publish"] else "")
+            line += "".join(f" --tag {k}" for k in row["tags"])
             st = {"script": line, "displayName": row["label"], **({"name": row["out"]} if row["publish"] else {})}
             if row["env"]: st["env"] = {var: _azure_value(src, c) for var, src in row["env"].items()}
             steps.append(st)
