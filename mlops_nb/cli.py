@@ -97,17 +97,15 @@ def _git_branch()->str|None:
     return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() != "HEAD" else None
 
 def _train_databricks(a, kw:dict):
-    "Run the training notebook as a Databricks job; return its RunResult."
+    "Run the training notebook as a Databricks job (the cluster tracks in the workspace's MLflow); return its RunResult."
     from mlops_nb.databricks import DatabricksRunner
     from mlops_nb.params import make_params
-    cluster = json.loads(a.cluster) if a.cluster else None
-    if cluster is not None:  # the notebook logs where the profile says (the workspace's MLflow by default)
-        envs = {k: os.environ[k] for k in ("MLOPS_NB_EXPERIMENT", "MLOPS_NB_MODEL_NAME") if os.environ.get(k)}
-        cluster.setdefault("spark_env_vars", {}).update({"MLOPS_NB_TRACKING_URI": "databricks", **envs})
+    try: cluster = json.loads(a.cluster) if a.cluster else None
+    except ValueError: raise MlopsNbError(f"--cluster is not JSON: {a.cluster[:80]!r}") from None
     runner = DatabricksRunner(a.notebook, folder=a.databricks_folder, branch=a.branch or _git_branch(), cluster=cluster,
-                              existing_cluster_id=a.existing_cluster_id, job_id=a.job_id, libraries=a.library or None,
-                              poll_s=a.poll_s)
-    h = runner.submit(make_params(**kw))
+                              existing_cluster_id=a.existing_cluster_id, job=a.job, libraries=a.library or None,
+                              wheel=a.wheel, poll_s=a.poll_s)
+    h = runner.submit(make_params(**kw), progress=_say)
     _say(f"Databricks run {h.run_id}: {h.run_page_url}")
     return h.wait(a.timeout)
 
@@ -463,15 +461,19 @@ def _parser()->argparse.ArgumentParser:
     t.add_argument("--cell-timeout", type=int, default=None, help="fail a cell that runs longer than this many seconds")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--runner", default="local", help="local (papermill here) or databricks (a job in the workspace of "
-                   "DATABRICKS_HOST with DATABRICKS_TOKEN)")
+                   "DATABRICKS_HOST; credentials: DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET, or DATABRICKS_TOKEN, or ARM_*)")
     t.add_argument("--branch", default=None, help="databricks: branch of this run; PR branches get their own workspace folder (default: from CI or git)")
     t.add_argument("--databricks-folder", default=None, help="databricks: workspace folder (default: MLOPS_NB_DATABRICKS_FOLDER or /Shared/mlops_nb)")
     t.add_argument("--cluster", default=None, help='databricks: new job cluster as JSON, e.g. \'{"spark_version": "15.4.x-cpu-ml-scala2.12", '
                    '"node_type_id": "Standard_DS3_v2", "num_workers": 1}\' (GPU node types allowed)')
     t.add_argument("--existing-cluster-id", default=None, help="databricks: run on this cluster instead")
-    t.add_argument("--job-id", type=int, default=None, help="databricks: run-now this job (its task must run <folder>/main/train)")
+    t.add_argument("--job", "--job-id", dest="job", default=None, help="databricks: run this deployed job now (its id, its name, or "
+                   "its key in the bundle's resources/*.yml) instead of a one-time run")
+    t.add_argument("--wheel", action="store_true", help="databricks: build this checkout's wheel, upload it to the branch's "
+                   "folder (or MLOPS_NB_DATABRICKS_WHEELS) and install it on the cluster")
     t.add_argument("--poll-s", type=float, default=10, help="databricks: seconds between status checks (default: 10)")
-    t.add_argument("--library", action="append", default=None, help="databricks: pip requirement to install on the cluster (repeatable; include mlops_nb)")
+    t.add_argument("--library", action="append", default=None, help="databricks: a pip requirement, a local wheel (uploaded) or "
+                   "a wheel in the workspace (/Volumes/..., /Workspace/...) to install on the cluster (repeatable)")
     js(t)
 
     m = sub.add_parser("models", help="list, select and promote registered versions",

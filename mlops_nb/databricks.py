@@ -1,5 +1,6 @@
-"""Run the training notebook as a Databricks job: parameters injected with papermill, the notebook imported into the
-workspace, a one-time run submitted and followed to its result, failures and timeouts named and cancelled.
+"""Run the training notebook as a Databricks job: the checkout's own wheel uploaded and attached, parameters injected
+with papermill, the notebook imported into the workspace, a one-time run submitted (or a job declared in the
+bundle run now) and followed to its result; credentials through databricks-sdk's unified auth.
 
 Docs: https://mlops-nb.github.io/mlops_nb/databricks.html.md"""
 
@@ -7,22 +8,31 @@ Docs: https://mlops-nb.github.io/mlops_nb/databricks.html.md"""
 
 # %% ../nbs/11_databricks.ipynb #11-databricks-002
 from __future__ import annotations
-import base64, json, re, time
+import base64, hashlib, io, json, os, re, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
-from .core import MlopsNbError, RunFailed, EnvVar
+import yaml
+from .core import MlopsNbError, RegistryError, RunFailed, EnvVar, project_root, state_dir
 from .params import RunParams
 from .runner import RunResult, default_notebook
 
 # %% auto #0
-__all__ = ['DATABRICKS_HOST', 'DATABRICKS_TOKEN', 'MLOPS_NB_DATABRICKS_FOLDER', 'DATABRICKS_ENV_VARS', 'TERMINAL_STATES',
-           'DatabricksError', 'sanitise_branch', 'workspace_folder', 'run_parameters', 'parameterized_notebook',
-           'DatabricksRun', 'workspace_client', 'DatabricksRunner']
+__all__ = ['DATABRICKS_HOST', 'DATABRICKS_CLIENT_ID', 'DATABRICKS_CLIENT_SECRET', 'DATABRICKS_TOKEN',
+           'MLOPS_NB_DATABRICKS_FOLDER', 'MLOPS_NB_DATABRICKS_WHEELS', 'DATABRICKS_ENV_VARS', 'TERMINAL_STATES',
+           'CREDENTIALS', 'SECRET_ENV', 'HOW_TO_AUTHENTICATE', 'UC_REGISTRY_URI', 'DatabricksError', 'sanitise_branch',
+           'workspace_folder', 'run_parameters', 'parameterized_notebook', 'mask', 'DatabricksRun', 'credential_kind',
+           'secrets_in_use', 'workspace_client', 'uc_model_name', 'cluster_env', 'library_spec', 'build_wheel',
+           'wheel_path', 'DatabricksRunner', 'upload_wheel', 'declared_jobs', 'resolve_job']
 
 # %% ../nbs/11_databricks.ipynb #11-databricks-005
 DATABRICKS_HOST = EnvVar("DATABRICKS_HOST", None, "Databricks workspace URL, e.g. `https://adb-123.azuredatabricks.net`.")
-DATABRICKS_TOKEN = EnvVar("DATABRICKS_TOKEN", None, "Databricks personal access token. Secret.")
+DATABRICKS_CLIENT_ID = EnvVar("DATABRICKS_CLIENT_ID", None, "OAuth machine-to-machine: the service principal's client (application) id.")
+DATABRICKS_CLIENT_SECRET = EnvVar("DATABRICKS_CLIENT_SECRET", None, "OAuth machine-to-machine: the service principal's OAuth secret. Secret.")
+DATABRICKS_TOKEN = EnvVar("DATABRICKS_TOKEN", None, "Databricks personal access token, where the workspace allows them. Secret.")
 MLOPS_NB_DATABRICKS_FOLDER = EnvVar("MLOPS_NB_DATABRICKS_FOLDER", "/Shared/mlops_nb", "Workspace folder the training notebook is imported under.")
-DATABRICKS_ENV_VARS = [DATABRICKS_HOST, DATABRICKS_TOKEN, MLOPS_NB_DATABRICKS_FOLDER]
+MLOPS_NB_DATABRICKS_WHEELS = EnvVar("MLOPS_NB_DATABRICKS_WHEELS", None, "Where wheels are uploaded: a Unity Catalog volume folder "
+                                    "(`/Volumes/CATALOG/SCHEMA/VOLUME/...`) or a workspace folder. Default: the run's workspace folder.")
+DATABRICKS_ENV_VARS = [DATABRICKS_HOST, DATABRICKS_CLIENT_ID, DATABRICKS_CLIENT_SECRET, DATABRICKS_TOKEN, MLOPS_NB_DATABRICKS_FOLDER,
+                       MLOPS_NB_DATABRICKS_WHEELS]
 
 class DatabricksError(MlopsNbError):
     "A Databricks request that failed, or a missing Databricks setting."
@@ -74,6 +84,11 @@ def _task_run_id(run)->int:
     t = next((t for t in tasks if getattr(t, "notebook_task", None) is not None), tasks[0] if tasks else None)
     return t.run_id if t is not None else run.run_id
 
+def mask(s:str, secrets)->str:
+    "`s` with every one of `secrets` replaced by `***`."
+    for x in sorted((x for x in secrets if x), key=len, reverse=True): s = s.replace(x, "***")
+    return s
+
 def _one_line(s:str, n:int=300)->str:
     "`s` on one line, at most `n` characters."
     s = " ".join((s or "").split())
@@ -95,20 +110,20 @@ class DatabricksRun:
     "Handle on a Databricks job run of the training notebook."
     def __init__(self, w, # a `databricks.sdk.WorkspaceClient`
                  run_id:int, # the job run's id
-                 notebook_path:str="", # workspace path of the imported notebook
+                 notebook_path:str="", # workspace path of the imported notebook ("" for a job run now)
                  poll_s:float=10, # seconds between polls
                  max_poll_errors:int=5, # consecutive transient polling errors tolerated
-                 secret:str|None=None # text to mask in messages (the token)
+                 secrets:tuple=() # texts to mask in messages (token, client secret)
                 ):
         self.w, self.run_id, self.notebook_path, self.poll_s = w, run_id, notebook_path, poll_s
-        self.max_poll_errors, self._secret = max_poll_errors, secret
+        self.max_poll_errors, self._secrets = max_poll_errors, tuple(s for s in secrets if s)
         self.run_page_url, self.status, self._sleep = None, "RUNNING", time.sleep
 
     def __repr__(self): return f"DatabricksRun(run_id={self.run_id}, status={self.status})"
 
     def _mask(self, s:str)->str:
-        "`s` with the token masked."
-        return s.replace(self._secret, "***") if self._secret else s
+        "`s` with the secrets masked."
+        return mask(s, self._secrets)
 
 # %% ../nbs/11_databricks.ipynb #11-databricks-015
 def _poll(self:DatabricksRun, deadline:float|None):
@@ -201,12 +216,49 @@ def _dbx_cancel(self:DatabricksRun)->bool:
 
 DatabricksRun.wait, DatabricksRun.cancel = _dbx_wait, _dbx_cancel
 
+# %% ../nbs/11_databricks.ipynb #11-databricks-030
+CREDENTIALS = { # unified auth's credential sets, as the environment variables that give them
+    "oauth-m2m": ("DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET"),
+    "pat": ("DATABRICKS_TOKEN",),
+    "azure-client-secret": ("ARM_CLIENT_ID", "ARM_CLIENT_SECRET", "ARM_TENANT_ID"),
+}
+SECRET_ENV = ("DATABRICKS_TOKEN", "DATABRICKS_CLIENT_SECRET", "ARM_CLIENT_SECRET", "DATABRICKS_PASSWORD") # never shown
+_SDK_RESOLVES = ("DATABRICKS_CONFIG_PROFILE", "DATABRICKS_AUTH_TYPE") # the SDK finds credentials from these itself
+HOW_TO_AUTHENTICATE = ("set DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET (OAuth, a service principal), DATABRICKS_TOKEN "
+                       "(a personal access token), or ARM_CLIENT_ID, ARM_CLIENT_SECRET and ARM_TENANT_ID (an Azure service principal)")
+
+def credential_kind(token:str|None=None, # a personal access token given in code
+                    client_id:str|None=None, client_secret:str|None=None # an OAuth pair given in code
+                   )->str|None:
+    "Which credentials the runner would authenticate with: given in code first, then the environment; None if none."
+    if token: return "pat"
+    if client_id and client_secret: return "oauth-m2m"
+    for kind, names in CREDENTIALS.items():
+        if all(os.environ.get(n) for n in names): return kind
+    return next((f"sdk ({n})" for n in _SDK_RESOLVES if os.environ.get(n)), None)
+
+def secrets_in_use(*given)->tuple:
+    "The secret values given in code and in the environment, to mask in every message."
+    return tuple(s for s in (*given, *(os.environ.get(n) for n in SECRET_ENV)) if s)
+
 # %% ../nbs/11_databricks.ipynb #11-databricks-022
-def workspace_client(host:str, token:str, retry_timeout_s:int=120):
-    "A `WorkspaceClient` for `host` with a personal access token and a bounded retry budget."
+def _auth_failure(e:Exception, secrets)->DatabricksError:
+    "The SDK's authentication error on one line, without its config dump or any secret, with what to set."
+    why = _one_line(str(e).split(". Config:")[0].removeprefix("default auth: "))
+    return DatabricksError(mask(f"Databricks authentication failed: {why}; {HOW_TO_AUTHENTICATE}", secrets))
+
+def workspace_client(host:str|None=None, # workspace URL (default: DATABRICKS_HOST or the config profile's)
+                     token:str|None=None, # a personal access token (default: unified auth's own lookup)
+                     client_id:str|None=None, client_secret:str|None=None, # an OAuth M2M pair (same)
+                     retry_timeout_s:int=120, # retry budget per request (429, 503, connection errors)
+                     **config # more `databricks.sdk.config.Config` fields
+                    ):
+    "A `WorkspaceClient` through databricks-sdk's unified auth (PAT, OAuth M2M, Azure service principal, profiles)."
     from databricks.sdk import WorkspaceClient
     from databricks.sdk.config import Config
-    cfg = Config(host=host, token=token, auth_type="pat", retry_timeout_seconds=retry_timeout_s, http_timeout_seconds=60)
+    given = {k: v for k, v in dict(host=host, token=token, client_id=client_id, client_secret=client_secret).items() if v}
+    try: cfg = Config(**given, **config, retry_timeout_seconds=retry_timeout_s, http_timeout_seconds=60)
+    except ValueError as e: raise _auth_failure(e, secrets_in_use(token, client_secret)) from None
     return WorkspaceClient(config=cfg)
 
 def _setting(value, var:EnvVar, what:str)->str:
@@ -215,40 +267,136 @@ def _setting(value, var:EnvVar, what:str)->str:
     if not v: raise DatabricksError(f"{var.name} is not set: set it to {what}")
     return v
 
+# %% ../nbs/11_databricks.ipynb #11-databricks-033
+UC_REGISTRY_URI = "databricks-uc"
+_UC_PART = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
+
+def uc_model_name(name:str # a registered model name for Unity Catalog
+                 )->str:
+    "`name` if it is a Unity Catalog model name (`catalog.schema.model`), else a one-line `RegistryError` saying what to fix."
+    parts = str(name).split(".")
+    if len(parts) != 3 or not all(_UC_PART.fullmatch(p) for p in parts):
+        raise RegistryError(f"Unity Catalog model name {name!r} is not catalog.schema.model: use three parts of letters, "
+                            "digits and _ (e.g. dev.mlops.churn_model), or set the model registry URI to databricks (workspace registry)")
+    return name
+
+# %% ../nbs/11_databricks.ipynb #11-databricks-035
+def cluster_env()->dict:
+    "The MLOPS_NB_* variables a job cluster gets: tracking in the workspace's MLflow, the registry, experiment and model name set here."
+    env = {"MLOPS_NB_TRACKING_URI": "databricks"}
+    registry = os.environ.get("MLOPS_NB_REGISTRY_URI")
+    if registry in ("databricks", UC_REGISTRY_URI): env["MLOPS_NB_REGISTRY_URI"] = registry
+    for k in ("MLOPS_NB_EXPERIMENT", "MLOPS_NB_MODEL_NAME", "MLOPS_NB_PROBLEM"):
+        if os.environ.get(k): env[k] = os.environ[k]
+    if registry == UC_REGISTRY_URI and env.get("MLOPS_NB_MODEL_NAME"): uc_model_name(env["MLOPS_NB_MODEL_NAME"])
+    return env
+
+# %% ../nbs/11_databricks.ipynb #11-databricks-038
+_REMOTE = ("/Volumes/", "/Workspace/", "dbfs:/", "s3://", "abfss://", "gs://")
+
+def library_spec(lib:str # a `--library` value: a requirement, a local wheel, or a wheel in the workspace
+                )->tuple[str, str]:
+    "`(kind, value)` of one library: `pypi` (a requirement), `whl` (a wheel the cluster reads) or `upload` (a local wheel)."
+    from packaging.requirements import InvalidRequirement, Requirement
+    lib = str(lib).strip()
+    if lib.endswith(".whl"):
+        if lib.startswith(_REMOTE): return ("whl", lib)
+        p = Path(lib).expanduser()
+        if not p.is_file(): raise DatabricksError(f"--library {lib}: no such wheel file (build it, or give a requirement like mlops_nb>=0.2)")
+        return ("upload", str(p.resolve()))
+    try: Requirement(lib)
+    except InvalidRequirement:
+        raise DatabricksError(f"--library {lib!r} is neither a pip requirement (name>=version) nor a wheel (.whl)") from None
+    return ("pypi", lib)
+
+# %% ../nbs/11_databricks.ipynb #11-databricks-041
+_NOT_BUILT = {".git", "build", "dist", "_site", "_docs", ".mlops_nb", "nbs", "tests", "bench", "node_modules"}
+
+def _build_inputs(root:Path)->list[Path]:
+    "The files of the checkout that a wheel build reads (not its work folders, caches or venvs)."
+    out = []
+    for dirpath, dirs, files in os.walk(root):
+        d = Path(dirpath)
+        dirs[:] = sorted(n for n in dirs if not (n == "__pycache__" or n.endswith(".egg-info") or n.startswith(".")
+                                                 or (d == root and n in _NOT_BUILT)))
+        out += [d/f for f in sorted(files) if not f.endswith((".pyc", ".whl"))]
+    return out
+
+def build_wheel(root:Path|str|None=None, # the checkout: a folder with pyproject.toml (default: this project)
+                progress=None # called with a line before a build
+               )->Path:
+    "The checkout's wheel, built reproducibly from a copy, cached by the hash of its sources."
+    root = Path(root or project_root() or Path.cwd()).resolve()
+    if not (root/"pyproject.toml").exists(): raise DatabricksError(f"{root} has no pyproject.toml: --wheel builds the wheel of a project checkout")
+    files = _build_inputs(root)
+    h = hashlib.sha256()
+    for f in files: h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+    d = state_dir()/"wheels"/f"checkout-{h.hexdigest()[:16]}"
+    if built := sorted(d.glob("*.whl")): return built[0]
+    if progress: progress(f"building the wheel of {root}")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp)/"src"
+        for f in files: (src/f.relative_to(root)).parent.mkdir(parents=True, exist_ok=True); shutil.copy2(f, src/f.relative_to(root))
+        env = {**os.environ, "SOURCE_DATE_EPOCH": "315532800"}  # 1980-01-01: the same sources give the same bytes
+        r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(Path(tmp)/"out"), str(src)],
+                           capture_output=True, text=True, env=env, cwd=tmp)
+        if r.returncode: raise DatabricksError(f"could not build the wheel of {root}: {_one_line(r.stderr.strip()[-300:])}")
+        d.mkdir(parents=True, exist_ok=True)
+        for w in Path(tmp, "out").glob("*.whl"): shutil.move(str(w), d/w.name)
+    return sorted(d.glob("*.whl"))[0]
+
+def wheel_path(base:str, # the branch's upload folder
+               wheel:Path # a local wheel
+              )->str:
+    "Where `wheel` goes under `base`: content-addressed, keeping the wheel's own file name (pip reads it)."
+    return f"{base.rstrip('/')}/wheels/{hashlib.sha256(wheel.read_bytes()).hexdigest()[:16]}/{wheel.name}"
+
 # %% ../nbs/11_databricks.ipynb #11-databricks-023
 class DatabricksRunner:
     "Runs the training notebook as a Databricks job run and follows it to its result."
     def __init__(self, notebook:str|Path|None=None, # notebook to run (default: `nbs/train.ipynb`)
                  folder:str|None=None, # workspace base folder (default: `MLOPS_NB_DATABRICKS_FOLDER` or /Shared/mlops_nb)
-                 branch:str|None=None, # git branch: PR runs import under `<folder>/integration/<branch>`
+                 branch:str|None=None, # git branch: PR runs import and upload under `<folder>/integration/<branch>`
                  cluster:dict|None=None, # new job cluster: spark_version, node_type_id, num_workers (+ any ClusterSpec field)
                  existing_cluster_id:str|None=None, # run on this cluster instead of a new one
-                 job_id:int|None=None, # run this existing job (`run-now`) instead of a one-time run
+                 job:int|str|None=None, # run this deployed job now (an id, its name, or its key in the bundle) instead of a one-time run
                  poll_s:float=10, # seconds between status polls
                  host:str|None=None, # workspace URL (default: `DATABRICKS_HOST`)
-                 token:str|None=None, # access token (default: `DATABRICKS_TOKEN`); never printed
-                 libraries:list|None=None, # pip requirements to install on the cluster, e.g. ["mlops_nb==0.1.0"]
+                 token:str|None=None, # a personal access token (default: unified auth: DATABRICKS_CLIENT_ID/SECRET, DATABRICKS_TOKEN, ...)
+                 libraries:list|None=None, # more libraries: pip requirements, local wheels (uploaded), or wheels in the workspace
+                 wheel:bool|str|Path=False, # True: build the checkout's wheel, upload and attach it; a folder: that project's
+                 wheel_folder:str|None=None, # upload base (default: `MLOPS_NB_DATABRICKS_WHEELS`, else `folder`): a /Volumes/... or workspace folder
                  run_timeout_s:int=0, # Databricks-side limit for the run (0: none)
                  retry_timeout_s:int=120, # SDK retry budget per request (429, 503, connection errors)
-                 client=None # a ready `WorkspaceClient` (tests); host and token are then not needed
+                 client=None, # a ready `WorkspaceClient` (tests); host and credentials are then not needed
+                 client_id:str|None=None, client_secret:str|None=None # an OAuth M2M pair given in code; never printed
                 ):
         self.notebook = Path(notebook) if notebook else default_notebook()
         self.folder, self.branch, self.cluster = workspace_folder(folder, branch), branch, cluster
-        self.existing_cluster_id, self.job_id, self.poll_s = existing_cluster_id, job_id, poll_s
-        self.libraries, self.run_timeout_s, self._w = libraries or [], run_timeout_s, client
+        self.existing_cluster_id, self.job, self.poll_s = existing_cluster_id, job, poll_s
+        self.libraries = [library_spec(x) for x in libraries or []]  # bad values fail here, before anything is built or sent
+        self.wheel, self.run_timeout_s, self.retry_timeout_s, self._w = wheel, run_timeout_s, retry_timeout_s, client
+        base = wheel_folder or MLOPS_NB_DATABRICKS_WHEELS.get()
+        self.wheel_folder = workspace_folder(base, branch) if base else self.folder
+        self._auth = dict(token=token, client_id=client_id, client_secret=client_secret)
         if client is None:
-            self.host = _setting(host, DATABRICKS_HOST, "the workspace URL, e.g. https://adb-123.azuredatabricks.net")
-            self._token = _setting(token, DATABRICKS_TOKEN, "a Databricks personal access token")
-        else: self.host, self._token = getattr(client.config, "host", ""), getattr(client.config, "token", None)
-        if job_id is None and not cluster and not existing_cluster_id:
+            if not os.environ.get("DATABRICKS_CONFIG_PROFILE"):
+                self.host = _setting(host, DATABRICKS_HOST, "the workspace URL, e.g. https://adb-123.azuredatabricks.net")
+            else: self.host = host
+            if credential_kind(token, client_id, client_secret) is None: raise DatabricksError(f"no Databricks credentials: {HOW_TO_AUTHENTICATE}")
+        else: self.host = getattr(client.config, "host", "")
+        self._secrets = secrets_in_use(token, client_secret, getattr(getattr(client, "config", None), "token", None))
+        if job is None and not cluster and not existing_cluster_id:
             raise DatabricksError("no cluster to run on: pass cluster={'spark_version':..., 'node_type_id':..., "
-                                  "'num_workers':...}, existing_cluster_id or job_id")
-        self.retry_timeout_s = retry_timeout_s
+                                  "'num_workers':...}, existing_cluster_id or a job")
+        if job is not None and (wheel or libraries):
+            raise DatabricksError("a job run now installs the libraries its bundle declares: drop --wheel and --library, "
+                                  "or run without --job (a one-time run)")
 
     @property
     def w(self):
         "The workspace client, created on first use (creating it contacts the host)."
-        if self._w is None: self._w = workspace_client(self.host, self._token, self.retry_timeout_s)
+        if self._w is None: self._w = workspace_client(self.host, retry_timeout_s=self.retry_timeout_s, **self._auth)
         return self._w
 
     def __repr__(self): return f"DatabricksRunner(host={self.host!r}, folder={self.folder!r})"
@@ -260,13 +408,14 @@ class DatabricksRunner:
 
 # %% ../nbs/11_databricks.ipynb #11-databricks-024
 def _call(self:DatabricksRunner, what:str, f, *a, **kw):
-    "Call the SDK; turn its errors into a one-line `DatabricksError` without the token."
+    "Call the SDK; turn its errors into a one-line `DatabricksError` without any secret."
     try: return f(*a, **kw)
     except MlopsNbError: raise
+    except ValueError as e: raise _auth_failure(e, self._secrets) from None  # unified auth reports with ValueError
     except Exception as e:
         code = getattr(e, "error_code", None) or type(e).__name__
-        msg = f"Databricks {what} failed ({code}): {_one_line(str(e))}; check DATABRICKS_HOST, the token's permissions and the workspace"
-        raise DatabricksError(msg.replace(self._token, "***") if self._token else msg) from None
+        msg = f"Databricks {what} failed ({code}): {_one_line(str(e))}; check DATABRICKS_HOST, the credentials' permissions and the workspace"
+        raise DatabricksError(mask(msg, self._secrets)) from None
 
 def _import_notebook(self:DatabricksRunner, params:RunParams)->str:
     "Import the parameterised notebook into the workspace folder; return its path."
@@ -282,26 +431,96 @@ def _import_notebook(self:DatabricksRunner, params:RunParams)->str:
 
 DatabricksRunner._call, DatabricksRunner._import_notebook = _call, _import_notebook
 
-# %% ../nbs/11_databricks.ipynb #11-databricks-025
-def _task(self:DatabricksRunner, path:str, widgets:dict):
-    "The one-time run's notebook task, on a new cluster or an existing one."
-    from databricks.sdk.service import jobs, compute
-    libs = [compute.Library(pypi=compute.PythonPyPiLibrary(package=p)) for p in self.libraries] or None
-    task = dict(task_key="train", notebook_task=jobs.NotebookTask(notebook_path=path, base_parameters=widgets), libraries=libs)
-    if self.existing_cluster_id: return jobs.SubmitTask(existing_cluster_id=self.existing_cluster_id, **task)
-    return jobs.SubmitTask(new_cluster=compute.ClusterSpec.from_dict(self.cluster), **task)
+# %% ../nbs/11_databricks.ipynb #11-databricks-044
+def _exists(self:DatabricksRunner, path:str)->bool:
+    "Whether a file is at `path` (a volume or the workspace)."
+    from databricks.sdk.errors import NotFound
+    try:
+        if path.startswith("/Volumes/"): self.w.files.get_metadata(path)
+        else: self.w.workspace.get_status(path)
+        return True
+    except NotFound: return False
 
-def _submit(self:DatabricksRunner, params:RunParams # validated parameters (`make_params`)
+def upload_wheel(self:DatabricksRunner, wheel:Path # a local wheel
+                )->str:
+    "Upload `wheel` to the branch's folder unless the same bytes are there; return the path a cluster installs it from."
+    from databricks.sdk.service.workspace import ImportFormat
+    dest = wheel_path(self.wheel_folder, Path(wheel))
+    what = f"upload of {Path(wheel).name} to {dest.rsplit('/', 2)[0]}"
+    if not self._call(what, self._exists, dest):
+        data = Path(wheel).read_bytes()
+        if dest.startswith("/Volumes/"):
+            self._call(what, self.w.files.create_directory, dest.rsplit("/", 1)[0])
+            self._call(what, self.w.files.upload, dest, io.BytesIO(data), overwrite=True)
+        else:
+            self._call(what, self.w.workspace.mkdirs, dest.rsplit("/", 1)[0])
+            self._call(what, self.w.workspace.import_, dest, content=base64.b64encode(data).decode(), format=ImportFormat.RAW, overwrite=True)
+    return dest if dest.startswith("/Volumes/") else "/Workspace" + dest
+
+def _cluster_libraries(self:DatabricksRunner, progress=None)->list:
+    "The run's libraries, wheels built and uploaded first: any failure stops here, before a cluster is asked for."
+    from databricks.sdk.service import compute
+    specs = list(self.libraries)
+    if self.wheel: specs.insert(0, ("upload", str(build_wheel(None if self.wheel is True else self.wheel, progress))))
+    if specs: self._call("connection", lambda: self.w)
+    libs = []
+    for kind, v in specs:
+        if kind == "pypi": libs.append(compute.Library(pypi=compute.PythonPyPiLibrary(package=v)))
+        else: libs.append(compute.Library(whl=self.upload_wheel(Path(v)) if kind == "upload" else v))
+    return libs
+
+DatabricksRunner._exists, DatabricksRunner.upload_wheel, DatabricksRunner._cluster_libraries = _exists, upload_wheel, _cluster_libraries
+
+# %% ../nbs/11_databricks.ipynb #11-databricks-045
+def declared_jobs(root:Path|str|None=None # the project (default: this one)
+                 )->dict:
+    "The jobs the project's bundle declares: key -> name, from `resources/*.yml`."
+    root = Path(root or project_root() or Path.cwd())
+    out = {}
+    for f in sorted((root/"resources").glob("*.yml")):
+        doc = yaml.safe_load(f.read_text()) or {}
+        out |= {k: (j or {}).get("name", k) for k, j in ((doc.get("resources") or {}).get("jobs") or {}).items()}
+    return out
+
+def resolve_job(self:DatabricksRunner, ref:int|str # a job id, its name in the workspace, or its key in the bundle
+               )->int:
+    "The id of the deployed job `ref` names; a one-line error when none or several match."
+    if isinstance(ref, int) or str(ref).isdigit(): return int(ref)
+    declared = declared_jobs(self.notebook.resolve().parent)
+    for name in dict.fromkeys([str(ref), declared.get(str(ref))]):
+        if not name: continue
+        found = self._call("jobs list", lambda: [j.job_id for j in self.w.jobs.list(name=name)])
+        if len(found) > 1: raise DatabricksError(f"{len(found)} jobs are named {name!r} (ids {', '.join(map(str, found))}): pass the id")
+        if found: return found[0]
+    raise DatabricksError(f"no job named {ref!r} in the workspace: deploy the bundle first (databricks bundle deploy -t TARGET), "
+                          "or pass the job's id (development targets prefix the names)")
+
+DatabricksRunner.resolve_job = resolve_job
+
+# %% ../nbs/11_databricks.ipynb #11-databricks-025
+def _task(self:DatabricksRunner, path:str, widgets:dict, libs:list):
+    "The one-time run's notebook task, on a new cluster (with `cluster_env`) or an existing one."
+    from databricks.sdk.service import jobs, compute
+    task = dict(task_key="train", notebook_task=jobs.NotebookTask(notebook_path=path, base_parameters=widgets), libraries=libs or None)
+    if self.existing_cluster_id: return jobs.SubmitTask(existing_cluster_id=self.existing_cluster_id, **task)
+    spec = {**self.cluster, "spark_env_vars": {**cluster_env(), **(self.cluster.get("spark_env_vars") or {})}}
+    return jobs.SubmitTask(new_cluster=compute.ClusterSpec.from_dict(spec), **task)
+
+def _submit(self:DatabricksRunner, params:RunParams, # validated parameters (`make_params`)
+            progress=None # called with a line before slow steps (the wheel's build)
            )->DatabricksRun:
-    "Import the notebook with the parameters injected, start the job run, and return a handle."
-    path = self._import_notebook(params)
+    "Start the run and return a handle: run the job now, or upload the wheels, import the notebook and submit a one-time run."
     widgets = {k: "" if v is None else str(v) for k, v in run_parameters(params).items()}
-    if self.job_id is not None:
-        waiter = self._call("run-now", self.w.jobs.run_now, int(self.job_id), notebook_params=widgets)
-    else:
-        name = f"mlops_nb {params.mode} {self.branch or 'main'}"
-        waiter = self._call("runs submit", self.w.jobs.submit, run_name=name, tasks=[self._task(path, widgets)],
-                            timeout_seconds=self.run_timeout_s or None)
-    return DatabricksRun(self.w, waiter.run_id, path, self.poll_s, secret=self._token)
+    if self.job is not None:
+        job_id = self.resolve_job(self.job)
+        waiter = self._call("run-now", self.w.jobs.run_now, job_id, notebook_params=widgets)
+        return DatabricksRun(self.w, waiter.run_id, "", self.poll_s, secrets=self._secrets)
+    if self.cluster: cluster_env()  # a bad Unity Catalog name fails before anything is built or sent
+    libs = self._cluster_libraries(progress)
+    path = self._import_notebook(params)
+    name = f"mlops_nb {params.mode} {self.branch or 'main'}"
+    waiter = self._call("runs submit", self.w.jobs.submit, run_name=name, tasks=[self._task(path, widgets, libs)],
+                        timeout_seconds=self.run_timeout_s or None)
+    return DatabricksRun(self.w, waiter.run_id, path, self.poll_s, secrets=self._secrets)
 
 DatabricksRunner._task, DatabricksRunner.submit = _task, _submit

@@ -1,9 +1,14 @@
 """mlops_nb.databricks against a fake Databricks workspace, driven by the real databricks-sdk client.
 
-`FakeDatabricks` is an `http.server` on 127.0.0.1 answering what the SDK calls: the host-metadata probe (404), workspace
-mkdirs/import (the decoded notebook is stored per path), jobs runs/submit and run-now, runs/get (PENDING -> RUNNING ->
-TERMINATED with the scenario's result state), runs/get-output (the notebook's exit value, or error and trace) and
-runs/cancel. `fake.scenario` picks the outcome; `fake.busy` queues 429/503 answers for a path. Every request is recorded.
+`FakeDatabricks` is an `http.server` on 127.0.0.1 answering what the SDK calls: the host metadata
+(/.well-known/databricks-config, naming the OIDC endpoint), OIDC discovery (/oidc/.well-known/oauth-authorization-server)
+and the OAuth M2M token endpoint (client credentials, HTTP Basic), an Entra ID token endpoint for Azure service
+principals (under /aad/, reached through the SDK's own `databricks_environment` setting), workspace
+mkdirs/import/get-status (notebooks decoded per path, RAW files kept as bytes), the Files API for volumes (HEAD
+metadata, PUT directories and files), jobs list, runs/submit and run-now, runs/get (PENDING -> RUNNING -> TERMINATED with
+the scenario's result state), runs/get-output (the notebook's exit value, or error and trace) and runs/cancel. API calls
+need `Bearer TOKEN` or a token the OAuth endpoints issued. `fake.scenario` picks the outcome; `fake.busy` queues
+429/503 (or any status) answers for a path. Every request is recorded.
 """
 import base64, json, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,27 +25,33 @@ from mlops_nb.runner import RunResult
 from mlops_nb.databricks import DatabricksRunner, DatabricksError
 
 TOKEN = "dapi-SECRET-token-0123456789"
+CLIENT_ID, CLIENT_SECRET, TENANT = "sp-0b7c", "dose-SECRET-oauth-9876543210", "tenant-1"
 RESULT = {"run_id": "mlflow-run-1", "mode": "test", "metrics": {"accuracy": 0.81}, "registered_version": None,
           "data_fingerprint": "abc", "train_rows": 100}
 TRACE = "Traceback (most recent call last):\n  File \"<cell>\", line 3\n" + "    noise\n" * 50 + "ValueError: labels missing"
 
 
 class FakeDatabricks:
-    "An in-process stand-in for a Databricks workspace's REST API."
+    "An in-process stand-in for a Databricks workspace's REST API and its OAuth endpoints."
     def __init__(self):
-        self.requests, self.notebooks, self.runs, self.busy = [], {}, {}, {}
+        self.requests, self.notebooks, self.files, self.runs, self.busy = [], {}, {}, {}, {}
+        self.jobs = {}  # job_id -> name, for jobs/list (a deployed bundle's jobs)
+        self.issued = []  # access tokens the OAuth endpoints handed out
         self.scenario, self.next_id, self.lock = "SUCCESS", 100, threading.Lock()
         fake = self
         class H(BaseHTTPRequestHandler):
             def log_message(self, *a): pass
             def do_GET(self): fake.handle(self, "GET")
             def do_POST(self): fake.handle(self, "POST")
+            def do_PUT(self): fake.handle(self, "PUT")
+            def do_HEAD(self): fake.handle(self, "HEAD")
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
         self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def client(self, retry=15):
-        return WorkspaceClient(config=Config(host=f"http://127.0.0.1:{self.port}", token=TOKEN, retry_timeout_seconds=retry))
+        return WorkspaceClient(config=Config(host=self.url, token=TOKEN, retry_timeout_seconds=retry))
 
     def paths(self, method=None):
         return [(m, p) for m, p, *_ in self.requests if method in (None, m)]
@@ -49,36 +60,85 @@ class FakeDatabricks:
         u = urlsplit(h.path)
         q = {k: v[0] for k, v in parse_qs(u.query).items()}
         n = int(h.headers.get("Content-Length") or 0)
-        body = json.loads(h.rfile.read(n) or b"{}") if n else {}
+        raw = h.rfile.read(n) if n else b""
+        ctype = h.headers.get("Content-Type") or ""
+        body = json.loads(raw or b"{}") if "json" in ctype or (raw[:1] == b"{") else raw
+        if "form-urlencoded" in ctype: body = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
         with self.lock: self.requests.append((method, u.path, q, body, h.headers.get("Authorization")))
         queue = self.busy.get(u.path)
         if queue:
             code = queue.pop(0)
             err = {"error_code": "REQUEST_LIMIT_EXCEEDED" if code == 429 else "TEMPORARILY_UNAVAILABLE", "message": "slow down"}
             return self.send(h, code, err, {"Retry-After": "1"} if code == 429 else {})
-        if h.headers.get("Authorization") != f"Bearer {TOKEN}":
+        if u.path.startswith(("/.well-known/", "/oidc/", "/aad/")):  # discovery and token endpoints: no bearer token
+            return self.send(h, *self.oauth(h, method, u.path, body))
+        if h.headers.get("Authorization") not in {f"Bearer {TOKEN}", *(f"Bearer {t}" for t in self.issued)}:
             return self.send(h, 401, {"error_code": "UNAUTHENTICATED", "message": "bad token"})
+        if u.path.startswith("/api/2.0/fs/"): return self.send(h, *self.fs(method, u.path, q, body), head=method == "HEAD")
         route = getattr(self, (method + u.path).replace("/", "_").replace(".", "_").replace("-", "_"), None)
         if route is None: return self.send(h, 404, {"error_code": "ENDPOINT_NOT_FOUND", "message": f"no {u.path}"})
         code, out = route(q, body)
         self.send(h, code, out)
 
-    def send(self, h, code, obj, headers={}):
-        data = json.dumps(obj).encode()
+    def send(self, h, code, obj, headers={}, head=False):
+        data = json.dumps(obj).encode() if obj is not None else b""
         h.send_response(code)
-        h.send_header("Content-Type", "application/json"); h.send_header("Content-Length", str(len(data)))
+        h.send_header("Content-Type", "application/json"); h.send_header("Content-Length", str(0 if head else len(data)))
         for k, v in headers.items(): h.send_header(k, v)
-        h.end_headers(); h.wfile.write(data)
+        h.end_headers()
+        if not head: h.wfile.write(data)
+
+    # OAuth: the workspace's metadata, OIDC discovery, the M2M token endpoint; an Entra ID token endpoint under /aad/
+    def oauth(self, h, method, path, body):
+        if path == "/.well-known/databricks-config": return 200, {"oidc_endpoint": f"{self.url}/oidc", "workspace_id": "1234"}
+        if path == "/oidc/.well-known/oauth-authorization-server":
+            return 200, {"authorization_endpoint": f"{self.url}/oidc/v1/authorize", "token_endpoint": f"{self.url}/oidc/v1/token"}
+        if path == "/oidc/v1/token" and method == "POST":
+            basic = "Basic " + base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
+            if h.headers.get("Authorization") != basic or body.get("grant_type") != "client_credentials":
+                return 401, {"error": "invalid_client", "error_description": "Client authentication failed"}
+            return 200, self.token("m2m")
+        if path == f"/aad/{TENANT}/oauth2/token" and method == "POST":
+            if (body.get("client_id"), body.get("client_secret"), body.get("grant_type")) != (CLIENT_ID, CLIENT_SECRET, "client_credentials"):
+                return 401, {"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided"}
+            return 200, self.token("aad")
+        return 404, {"error_code": "ENDPOINT_NOT_FOUND", "message": f"no {path}"}
+
+    def token(self, kind):
+        with self.lock: t = f"{kind}-access-{len(self.issued)}"; self.issued.append(t)
+        return {"access_token": t, "token_type": "Bearer", "expires_in": 3600}
+
+    # Files API (Unity Catalog volumes): metadata (HEAD), directories and single-shot uploads (PUT)
+    def fs(self, method, path, q, body):
+        if path.startswith("/api/2.0/fs/directories/") and method == "PUT": return 200, {}
+        if path.startswith("/api/2.0/fs/files/"):
+            p = path.removeprefix("/api/2.0/fs/files")
+            if method == "HEAD": return (200 if p in self.files else 404), None
+            if method == "PUT":
+                if p in self.files and q.get("overwrite") != "true": return 409, {"error_code": "ALREADY_EXISTS", "message": "exists"}
+                self.files[p] = body
+                return 204, None
+        return 404, {"error_code": "NOT_FOUND", "message": path}
 
     # workspace
     def POST_api_2_0_workspace_mkdirs(self, q, b): return 200, {}
     def POST_api_2_0_workspace_import(self, q, b):
-        assert b["format"] == "JUPYTER" and b["overwrite"] is True
-        if b["path"] in self.notebooks and not b["overwrite"]: return 400, {"error_code": "RESOURCE_ALREADY_EXISTS", "message": "exists"}
-        self.notebooks[b["path"]] = nbformat.reads(base64.b64decode(b["content"]).decode(), as_version=4)
+        assert b["overwrite"] is True
+        if b["format"] == "RAW": self.files[b["path"]] = base64.b64decode(b["content"])
+        else:
+            assert b["format"] == "JUPYTER"
+            self.notebooks[b["path"]] = nbformat.reads(base64.b64decode(b["content"]).decode(), as_version=4)
         return 200, {}
+    def GET_api_2_0_workspace_get_status(self, q, b):
+        p = q["path"]
+        if p in self.files: return 200, {"path": p, "object_type": "FILE"}
+        if p in self.notebooks: return 200, {"path": p, "object_type": "NOTEBOOK"}
+        return 404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": f"Path ({p}) doesn't exist."}
 
     # jobs
+    def GET_api_2_2_jobs_list(self, q, b):
+        found = [{"job_id": i, "settings": {"name": n}} for i, n in self.jobs.items() if n.lower() == q.get("name", n).lower()]
+        return 200, {"jobs": found, "has_more": False}
     def _new_run(self, kind, body):
         with self.lock:
             self.next_id += 2
@@ -86,7 +146,9 @@ class FakeDatabricks:
         self.runs[rid] = {"kind": kind, "body": body, "polls": 0, "scenario": self.scenario, "cancelled": False}
         return 200, {"run_id": rid, "number_in_job": 1}
     def POST_api_2_2_jobs_runs_submit(self, q, b): return self._new_run("submit", b)
-    def POST_api_2_2_jobs_run_now(self, q, b): return self._new_run("run-now", b)
+    def POST_api_2_2_jobs_run_now(self, q, b):
+        if b["job_id"] not in self.jobs: return 400, {"error_code": "INVALID_PARAMETER_VALUE", "message": f"Job {b['job_id']} does not exist."}
+        return self._new_run("run-now", b)
     def POST_api_2_2_jobs_runs_cancel(self, q, b):
         self.runs[int(b["run_id"])]["cancelled"] = True
         return 200, {}
@@ -105,7 +167,7 @@ class FakeDatabricks:
     def GET_api_2_2_jobs_runs_get(self, q, b):
         rid = int(q["run_id"]); r = self.runs.get(rid)
         if r is None: return 400, {"error_code": "INVALID_PARAMETER_VALUE", "message": f"Run {rid} does not exist."}
-        url = f"http://127.0.0.1:{self.port}/#job/1/run/{rid}"
+        url = f"{self.url}/#job/1/run/{rid}"
         return 200, {"run_id": rid, "run_page_url": url, "state": self._state(r),
                      "tasks": [{"run_id": rid + 1, "task_key": "train", "notebook_task": {"notebook_path": "/x"}}]}
 
@@ -115,6 +177,16 @@ class FakeDatabricks:
         if r["scenario"] == "SUCCESS": return 200, {"notebook_output": {"result": json.dumps(RESULT), "truncated": False}}
         if r["scenario"] == "INTERNAL_ERROR": return 200, {"error": "Cluster failed to start"}
         return 200, {"error": "ValueError: labels missing", "error_trace": TRACE}
+
+
+@pytest.fixture(autouse=True)
+def no_credentials(monkeypatch):
+    "Each test starts with no Databricks credential or setting from the machine's environment."
+    for k in ("DATABRICKS_HOST", "DATABRICKS_TOKEN", "DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET", "ARM_CLIENT_ID",
+              "ARM_CLIENT_SECRET", "ARM_TENANT_ID", "DATABRICKS_CONFIG_PROFILE", "DATABRICKS_AUTH_TYPE", "MLOPS_NB_DATABRICKS_FOLDER",
+              "MLOPS_NB_DATABRICKS_WHEELS", "MLOPS_NB_REGISTRY_URI", "MLOPS_NB_MODEL_NAME"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", "/nonexistent/databrickscfg")  # no ~/.databrickscfg profile either
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +225,8 @@ def test_success_returns_notebook_result(fake, nb):
     task = sub["tasks"][0]
     assert task["notebook_task"]["notebook_path"] == "/Shared/t/integration/feature-a/train"
     assert task["notebook_task"]["base_parameters"]["seed"] == "7" and task["notebook_task"]["base_parameters"]["run_id"] == ""
-    assert task["new_cluster"] == {"spark_version": "15.4.x-gpu-ml-scala2.12", "node_type_id": "g5.xlarge", "num_workers": 0}
+    assert task["new_cluster"] == {"spark_version": "15.4.x-gpu-ml-scala2.12", "node_type_id": "g5.xlarge", "num_workers": 0,
+                                   "spark_env_vars": {"MLOPS_NB_TRACKING_URI": "databricks"}}  # tracked in the workspace's MLflow
     # the SDK polled through PENDING and RUNNING, and read the task's output (not the job run's)
     assert ("GET", "/api/2.2/jobs/runs/get-output") in fake.paths()
     assert [q["run_id"] for m, p, q, *_ in fake.requests if p.endswith("get-output")][-1] == str(h.run_id + 1)
@@ -181,11 +254,14 @@ def test_branches_import_to_different_paths_and_main_to_main(fake, nb):
 
 
 def test_run_now_with_job_id(fake, nb):
-    fake.scenario = "SUCCESS"
-    h = runner(fake, nb, job_id=42, cluster=None).submit(make_params(seed=5))
+    "A deployed job runs as deployed: no notebook import, no upload, the parameters as notebook parameters."
+    fake.scenario, fake.jobs[42] = "SUCCESS", "some job"
+    n = len(fake.requests)
+    h = runner(fake, nb, job=42, cluster=None).submit(make_params(seed=5))
     assert h.wait(30).metrics == {"accuracy": 0.81}
     body = fake.runs[h.run_id]["body"]
     assert fake.runs[h.run_id]["kind"] == "run-now" and body["job_id"] == 42 and body["notebook_params"]["seed"] == "5"
+    assert not [p for m, p in fake.paths()[n:] if p.startswith("/api/2.0/workspace") or p.startswith("/api/2.0/fs")]
 
 
 def test_existing_cluster(fake, nb):
@@ -266,10 +342,14 @@ def test_missing_host_is_one_line(monkeypatch, nb):
     assert TOKEN not in str(ei.value) and isinstance(ei.value, MlopsNbError)
 
 
-def test_missing_token(monkeypatch, nb):
-    monkeypatch.setenv("DATABRICKS_HOST", "http://127.0.0.1:9"); monkeypatch.delenv("DATABRICKS_TOKEN", raising=False)
-    with pytest.raises(DatabricksError, match="^DATABRICKS_TOKEN is not set"):
+def test_missing_credentials(monkeypatch, nb):
+    "No token, no OAuth pair, no Azure service principal: one line naming all three, before anything is contacted."
+    monkeypatch.setenv("DATABRICKS_HOST", "http://127.0.0.1:9")
+    with pytest.raises(DatabricksError) as ei:
         DatabricksRunner(nb, cluster={"num_workers": 0})
+    m = str(ei.value)
+    assert m.startswith("no Databricks credentials: set DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET") and "\n" not in m
+    assert "DATABRICKS_TOKEN" in m and "ARM_CLIENT_ID, ARM_CLIENT_SECRET and ARM_TENANT_ID" in m
 
 
 def test_env_host_and_token_used_and_token_never_shown(fake, monkeypatch, nb):
