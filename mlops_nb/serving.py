@@ -167,6 +167,8 @@ def _split_records(d, what:str)->list:
         raise _bad(f"{what} must be an object with 'columns' (a list of names) and 'data' (a list of rows)")
     cols = d["columns"]
     if not all(isinstance(c, str) for c in cols): raise _bad(f"{what}.columns must be names (strings)")
+    if "index" in d and (not isinstance(d["index"], list) or len(d["index"]) != len(d["data"])):
+        raise _bad(f"{what}.index must be a list with one entry per row of data ({len(d['data'])})")
     out = []
     for i, row in enumerate(d["data"]):
         if not isinstance(row, list) or len(row) != len(cols):
@@ -216,7 +218,7 @@ def csv_records(body:bytes, # CSV text with a header row
                )->list:
     "Records of a CSV body: numbers, booleans and text typed by the schema; an empty cell is a missing value."
     import csv, io
-    try: rows = list(csv.reader(io.StringIO(body.decode("utf-8"))))
+    try: rows = list(csv.reader(io.StringIO(body.decode("utf-8-sig"))))  # a byte order mark (Excel's CSV) is not part of the first name
     except (UnicodeDecodeError, csv.Error) as e: raise _bad(f"invalid CSV: {e}") from None
     if len(rows) < 2: raise _bad("CSV needs a header row and at least one row of values")
     head = rows[0]
@@ -257,6 +259,8 @@ def _v2_binary(buf:bytes, datatype:str, name:str)->list:
             out.append(buf[i:i + k].decode("utf-8", "replace")); i += k
         return out
     if datatype not in _V2_NUMPY: raise _bad(f"input {name!r}: datatype {datatype!r} is not supported")
+    width = np.dtype(_V2_NUMPY[datatype]).itemsize
+    if len(buf) % width: raise _bad(f"input {name!r}: {len(buf)} bytes are not a whole number of {datatype} values ({width} bytes each)")
     a = np.frombuffer(buf, dtype=_V2_NUMPY[datatype])
     return a.tolist()
 
@@ -278,7 +282,9 @@ def v2_records(body:bytes, # the request body
         size = (t.get("parameters") or {}).get("binary_data_size")
         if size is not None:
             if header_length is None: raise _bad(f"input {name!r}: binary data without an Inference-Header-Content-Length header")
-            data = _v2_binary(body[pos:pos + int(size)], str(t.get("datatype", "")), name); pos += int(size)
+            if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= len(body) - pos:
+                raise _bad(f"input {name!r}: binary_data_size {size!r} is not a byte count within the body ({len(body) - pos} bytes left)")
+            data = _v2_binary(body[pos:pos + size], str(t.get("datatype", "")), name); pos += size
         else:
             data = t.get("data")
             if not isinstance(data, list): raise _bad(f"input {name!r} has no data")
@@ -287,6 +293,7 @@ def v2_records(body:bytes, # the request body
             raise _bad(f"input {name!r}: shape {shape} does not fit its {len(data)} values; send shape [n] or [n, 1], one value a row")
         if n is not None and len(data) != n: raise _bad(f"input {name!r} has {len(data)} rows, the others {n}")
         n, cols[name] = len(data), data
+    if req.get("id") is not None and not isinstance(req["id"], str): raise _bad("'id' must be a string")
     return [dict(zip(cols, row)) for row in zip(*cols.values())], req.get("id")
 
 def v2_response(outputs:np.ndarray, # the model's outputs

@@ -116,3 +116,21 @@ def test_open_inference_protocol_errors(server, records):
     assert st == 400 and "does not fit" in out["error"]
     assert server.get("/v2/health/live") == (200, {"live": True}) and server.get("/v2/health/ready")[0] == 200
     assert server.request("GET", "/v2/models/ottawa-housing-classifier/infer")[0] == 405
+
+
+def test_malformed_requests_are_400s_never_500s(server, records):
+    "Found by bench/bench_protocols.py: binary tensors whose sizes do not fit were 500s; a BOM broke the first CSV column."
+    url = "/v2/models/ottawa-housing-classifier/infer"
+    for size, blob in ((7, b"\0" * 7), ("abc", b"\0" * 8), (1.5, b"\0" * 8), (-1, b""), (10**9, b"\0" * 8)):
+        head = json.dumps({"inputs": [{"name": "bedrooms", "shape": [1], "datatype": "INT64", "parameters": {"binary_data_size": size}}]}).encode()
+        st, out = server.request("POST", url, head + blob, {"content-type": "application/octet-stream",
+                                                            "inference-header-content-length": str(len(head))})[:2]
+        assert st == 400 and "bedrooms" in out["error"], (size, st, out)
+    st, out = post(server, url, {"id": {"a": 1}, "inputs": [{"name": "sqft", "shape": [1], "datatype": "FP64", "data": [1.0]}]})
+    assert st == 400 and "'id' must be a string" in out["error"]
+    cols = list(records[0])
+    st, out = post(server, "/score", {"input_data": {"columns": cols, "index": [0, 1, 2], "data": [[records[0][c] for c in cols]]}})
+    assert st == 400 and "index must be a list with one entry per row" in json.dumps(out)
+    csv = ",".join(cols) + "\n" + ",".join(str(records[0][c]) for c in cols) + "\n"
+    plain = post(server, "/invocations", csv.encode(), "text/csv")
+    assert plain[0] == 200 and post(server, "/invocations", b"\xef\xbb\xbf" + csv.encode(), "text/csv") == plain
