@@ -13,7 +13,7 @@ from .core import MlopsNbError
 # %% auto #0
 __all__ = ['cmd_data_generate', 'cmd_data_check', 'cmd_train', 'cmd_models_list', 'cmd_models_best', 'cmd_models_promote',
            'cmd_config', 'cmd_runs_sweep', 'cmd_serve', 'cmd_package', 'cmd_deploy', 'RetrainAdvised', 'cmd_monitor',
-           'cmd_simulate', 'cmd_pipeline', 'cmd_demo', 'cmd_new', 'main', 'console']
+           'cmd_score', 'cmd_simulate', 'cmd_pipeline', 'cmd_demo', 'cmd_new', 'main', 'console']
 
 # %% ../nbs/06_cli.ipynb #06-cli-005
 def _say(*a):
@@ -301,11 +301,21 @@ def _current(a, problem)->tuple:
     _say(f"{p}: {len(log)} logged rows" + (f" of the last {a.window:g} days" if a.window else "") + (f" with labels from {a.labels}" if a.labels else ""))
     return check_table(log[[c for c in schema if c in log]], schema, [problem.target], require_label=bool(a.labels), path=p), shadow
 
+def _monitor_spark(a, problem, thresholds, model, ref_metrics, created):
+    "The drift report computed on Spark (`mlops_nb.drift_spark`): the same scores, without the rows on this machine."
+    from mlops_nb.drift_spark import read_spark_table, spark_drift_report, spark_session
+    if a.labels or a.window: raise MlopsNbError("--labels and --window read an inference log, which the local engine reads: use --engine local")
+    spark = spark_session(a.spark_master)
+    ref, cur = read_spark_table(spark, a.reference), read_spark_table(spark, a.current)
+    return spark_drift_report(ref, cur, thresholds=thresholds, model=model, reference_metrics=ref_metrics, model_created=created,
+                              problem=problem)
+
 def cmd_monitor(a):
     "Compare current data with a reference: feature drift, model decay, and whether to retrain."
     if a.window is not None and not 0 < a.window <= 366: raise MlopsNbError(f"--window {a.window:g} is not allowed: use days in (0, 366]")
     from mlops_nb.drift import drift_report, DriftThresholds
     from mlops_nb.problem import load_problem
+    if a.engine not in ("local", "spark"): raise MlopsNbError(f"--engine {a.engine!r} is not allowed: use local or spark")
     prof = {}
     if a.profile or os.environ.get("MLOPS_NB_PROFILE"):
         from mlops_nb.backends import load_profile
@@ -325,10 +335,12 @@ def cmd_monitor(a):
                 ref_metrics, created = mv.metrics, mv.created
             except RegistryError as e: _say(f"no registry metrics ({e}); scoring the model on the reference data")
     problem = model.problem if model is not None else load_problem()  # a model's own problem, else the project's
-    ref = problem.load(a.reference, require_label=False)
-    cur, shadow = _current(a, problem)
-    rep = drift_report(ref, cur, thresholds=thresholds, model=model, reference_metrics=ref_metrics, model_created=created,
-                       problem=problem)
+    if a.engine == "spark": rep, shadow = _monitor_spark(a, problem, thresholds, model, ref_metrics, created), None
+    else:
+        ref = problem.load(a.reference, require_label=False)
+        cur, shadow = _current(a, problem)
+        rep = drift_report(ref, cur, thresholds=thresholds, model=model, reference_metrics=ref_metrics, model_created=created,
+                           problem=problem)
     out = rep.as_dict()
     text = rep.text()
     if shadow:
@@ -337,6 +349,20 @@ def cmd_monitor(a):
         text += f"\nshadow v{','.join(shadow['versions']['shadow'])} on {shadow['rows']} logged rows: {agree}, PSI {shadow['psi']}"
     _emit(out, a.json, text)
     if a.fail_on_retrain and rep.retrain: raise RetrainAdvised("retraining advised: " + "; ".join(rep.reasons))
+
+# %% ../nbs/06_cli.ipynb #06-cli-024b
+def cmd_score(a):
+    "Score every row of Parquet/CSV files with a model: keys, predictions, model and version, in a folder of Parquet parts."
+    from mlops_nb.batch import score_batch
+    spark = None
+    if a.engine == "spark":
+        from mlops_nb.drift_spark import spark_session
+        spark = spark_session(a.spark_master)
+    res = score_batch(a.model, a.input, a.output, engine=a.engine, batch_rows=a.batch_rows, workers=a.workers,
+                      overwrite=a.overwrite, spark=spark, say=_say)
+    out = res.as_dict()
+    _emit(out, a.json, f"scored {res.rows} rows of {res.files} file(s) with {res.model or 'the model'} v{res.version or '?'} "
+                       f"({res.engine} engine, {res.seconds:.1f} s, {out['rows_per_s']} rows/s) -> {res.output}")
 
 # %% ../nbs/06_cli.ipynb #06-cli-026
 def cmd_simulate(a):
@@ -420,6 +446,7 @@ def _parser()->argparse.ArgumentParser:
                  "  mlops-nb models best\n  mlops-nb models promote 3 --alias champion\n"
                  "  mlops-nb serve --model champion\n  mlops-nb package --push\n  mlops-nb deploy --target kubernetes --image IMAGE --dry-run\n"
                  "  mlops-nb monitor --reference data/2021.parquet --current data/2023.parquet --model champion\n"
+                 "  mlops-nb score --input 'data/*.parquet' --output scores/today\n"
                  "  mlops-nb serve --model champion --log-dir logs/inference\n"
                  "  mlops-nb pipeline train\n  mlops-nb pipeline monitor --current logs/inference\n\n"
                  "state (tracking DB, artifacts, executed notebooks) lives in .mlops_nb/ of the project;\n"
@@ -563,7 +590,26 @@ def _parser()->argparse.ArgumentParser:
     mo.add_argument("--threshold", action="append", default=None, metavar="KEY=VALUE", help="override a threshold: psi, "
                     "ks_pvalue, ks_stat, metric_drop, max_age_days (repeatable)")
     mo.add_argument("--fail-on-retrain", action="store_true", help="exit 1 when retraining is advised (for pipelines)")
+    mo.add_argument("--engine", default="local", help="local (pandas, here) or spark (the same scores from aggregations and "
+                    "bounded samples; --reference and --current may then be folders, globs or URIs Spark reads)")
+    mo.add_argument("--spark-master", default=None, help="spark: master when no session is active (default: MLOPS_NB_SPARK_MASTER or local[*])")
     js(mo)
+
+    sc = cmd(sub, "score", cmd_score, "Batch scoring: every row of the input through the model's fast path, with its key "
+             "columns, the prediction (label and probabilities, or value), model and version, into a folder of Parquet "
+             "parts written aside and renamed into place at the end (an interrupted run leaves no output). Bad input: one "
+             "line naming the file, column and row.")
+    sc.add_argument("--model", default=None, help="model folder or registry reference: champion, latest, 3, models:/NAME@champion (default: the champion)")
+    sc.add_argument("--input", required=True, help="a .parquet/.csv file, a folder of them or a glob (quote it); spark: also a URI")
+    sc.add_argument("--output", required=True, help="output folder (must not exist, unless --overwrite); spark: also a URI")
+    sc.add_argument("--engine", default="local", help="local (a process per core, each loading the model once) or spark "
+                    "(mapInPandas; local[*] here, a cluster in production)")
+    sc.add_argument("--batch-rows", type=int, default=100_000, help="rows per slice (local) or Arrow batch (spark); memory "
+                    "grows with it, not with the input (default: 100000)")
+    sc.add_argument("--workers", type=int, default=None, help="local: processes (default: one per core)")
+    sc.add_argument("--overwrite", action="store_true", help="replace an existing output folder (only once the new one is complete)")
+    sc.add_argument("--spark-master", default=None, help="spark: master when no session is active (default: MLOPS_NB_SPARK_MASTER or local[*])")
+    js(sc)
 
     si = cmd(sub, "simulate", cmd_simulate, "For problems with a data generator: trains and serves a model on the first "
              "period, then each period checks drift and decay, retrains when needed, promotes a challenger only if it beats "

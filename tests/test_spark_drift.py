@@ -1,0 +1,50 @@
+"""Drift on Spark (`mlops-nb monitor --engine spark`) against the local engine on the same data, on the one shared local
+session: the same PSI (within 1e-3; here the same edges, so equal), the same KS decisions, decay and verdict."""
+import json
+import numpy as np, pandas as pd
+import pytest
+from spark_fixtures import spark  # noqa: F401 (the shared session fixture)
+from mlops_nb.drift import drift_report
+from mlops_nb.drift_spark import spark_drift_report
+from mlops_nb.examples.ottawa import generate_listings
+
+
+def test_cli_monitor_engine_spark_gives_the_local_report(spark, state, model_dir, tmp_path, capsys):  # noqa: F811
+    from mlops_nb.cli import main
+    generate_listings(2018, 3000, seed=0).to_parquet(tmp_path/"ref.parquet")
+    cur = generate_listings(2023, 2999, seed=1)
+    cur.iloc[:1500].to_csv(tmp_path/"cur-1.csv", index=False); cur.iloc[1500:].to_csv(tmp_path/"cur-2.csv", index=False)
+    outs = {}
+    for engine, current in (("local", cur.to_parquet(tmp_path/"cur.parquet") or tmp_path/"cur.parquet"), ("spark", tmp_path/"cur-*.csv")):
+        assert main(["monitor", "--reference", str(tmp_path/"ref.parquet"), "--current", str(current), "--model", str(model_dir),
+                     "--engine", engine, "--json"]) == 0
+        outs[engine] = json.loads(capsys.readouterr().out)
+    a, b = outs["local"], outs["spark"]
+    assert (a["drift"], a["retrain"], a["reasons"], a["drifted"], a["rows"]) == (b["drift"], b["retrain"], b["reasons"], b["drifted"], b["rows"])
+    assert a["drifted"] == ["list_price", "days_on_market"] and a["rows"] == {"reference": 3000, "current": 2999}
+    for c, f in a["features"].items():
+        g = b["features"][c]
+        assert abs(f["psi"] - g["psi"]) < 1e-3 and f["drifted"] == g["drifted"] and f["reasons"] == g["reasons"], c
+        if "ks_stat" in f: assert abs(f["ks_stat"] - g["ks_stat"]) < 1e-9
+    assert set(a["decay"]) == set(b["decay"]) == {"roc_auc", "accuracy", "log_loss"}
+    for m, d in a["decay"].items(): assert abs(d["current"] - b["decay"][m]["current"]) < 1e-9 and abs(d["drop"] - b["decay"][m]["drop"]) < 1e-9
+    assert main(["monitor", "--reference", str(tmp_path/"ref.parquet"), "--current", str(tmp_path/"cur.parquet"), "--engine", "dask"]) == 2
+    assert "--engine 'dask' is not allowed" in capsys.readouterr().err
+
+
+def test_discrete_continuous_and_missing_values(spark):  # noqa: F811
+    rng = np.random.default_rng(3)
+    n = 20_000
+    ref = pd.DataFrame({"d": rng.integers(0, 7, n).astype(float), "c": rng.normal(0, 1, n), "s": rng.choice(list("abc"), n)})
+    cur = pd.DataFrame({"d": rng.integers(1, 7, n).astype(float), "c": rng.normal(0.05, 1.1, n), "s": rng.choice(list("abcd"), n)})
+    ref.loc[::17, "c"] = np.nan; cur.loc[::5, "d"] = np.inf
+    kw = dict(numeric=["d", "c"], categorical=["s"])
+    local = drift_report(ref, cur, **kw)
+    remote = spark_drift_report(spark.createDataFrame(ref), spark.createDataFrame(cur), **kw)
+    assert remote.exact_edges == {"d": True, "c": True}  # the local engine's edges, so the same PSI
+    for c, f in local.features.items():
+        g = remote.features[c]
+        assert abs(f.psi - g.psi) < 1e-9 and (f.drifted, f.reasons) == (g.drifted, g.reasons), c
+    assert (local.drifted, local.reasons, local.rows) == (remote.drifted, remote.reasons, remote.rows)
+    with pytest.raises(Exception, match="current data is missing column"):
+        spark_drift_report(spark.createDataFrame(ref), spark.createDataFrame(cur.drop(columns=["c"])), **kw)
