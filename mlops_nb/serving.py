@@ -15,6 +15,8 @@ from .data import ColumnSpec, check_record
 from .problem import ProblemError, load_problem, problem_from_json
 from .train import TRUSTED_TYPES, problem_modules
 from .tracking import GIT_COMMIT_TAG, client, model_name, resolve_version
+try: from orjson import loads as _loads  # the serve extra: request bodies parse 3-5x faster (its errors are ValueErrors)
+except ImportError: from json import loads as _loads
 
 # %% auto #0
 __all__ = ['MAX_ROWS', 'V2_DATATYPES', 'V2_OUTPUT', 'FAST_PATH_TOLERANCE', 'ModelLoadError', 'find_model_dir', 'ModelInfo',
@@ -197,7 +199,7 @@ def mlflow_records(body:bytes, # the request body
                   )->list:
     "The records of a request in MLflow's scoring protocol; a `RequestError` naming what is wrong with its shape."
     if ctype == "text/csv": return csv_records(body, schema)
-    try: payload = json.loads(body)
+    try: payload = _loads(body)
     except ValueError as e: raise _bad(f"invalid JSON: {e}") from None
     keys = [k for k in _MLFLOW_KEYS if isinstance(payload, dict) and k in payload]
     if not isinstance(payload, dict) or len(keys) != 1 or set(payload) - {keys[0]}:
@@ -270,7 +272,7 @@ def v2_records(body:bytes, # the request body
               )->tuple:
     "(records, request id) of an Open Inference Protocol infer request; a `RequestError` naming what is wrong."
     head = body if header_length is None else body[:header_length]
-    try: req = json.loads(head)
+    try: req = _loads(head)
     except ValueError as e: raise _bad(f"invalid JSON: {e}") from None
     if not isinstance(req, dict) or not isinstance(req.get("inputs"), list) or not req["inputs"]:
         raise _bad("expected an object with 'inputs': a list of tensors {name, shape, datatype, data}, one per column")
