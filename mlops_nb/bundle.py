@@ -68,6 +68,7 @@ BUNDLE_VALUES = { # a cloud step's placeholder -> its value in the bundle ("": t
     "MLOPS_NB_BATCH_OUTPUT": "${var.batch_output}",
     "branch": "", # the target stands for the branch
     "DATABRICKS_CLUSTER": "", # the job cluster
+    "MLOPS_NB_LIBRARY": "", # what a one-time run installs (`--library`): the bundle attaches the wheel it builds
 }
 
 NOTEBOOK_COMMANDS = { # `mlops-nb` commands whose Databricks form is a notebook: (notebook, flag dest -> parameter, fixed parameters)
