@@ -14,10 +14,11 @@ from .inference_log import INFERENCE_LOG_DIR
 from .problem import load_problem
 
 # %% auto #0
-__all__ = ['UID', 'FILE_NAMES', 'KubeError', 'ManifestInvalid', 'RolloutFailed', 'RolloutTimeout', 'parse_quantity',
-           'image_tag_of', 'model_annotations', 'render_manifests', 'to_yaml', 'write_manifests', 'validate_manifests',
-           'api_error', 'apply', 'rollout_state', 'wait_for_rollout', 'rollback_patch', 'rollback', 'deploy',
-           'diff_fields', 'dry_run']
+__all__ = ['UID', 'SERVER_DRAIN_S', 'DNS_EGRESS', 'FILE_NAMES', 'KubeError', 'ManifestInvalid', 'RolloutFailed', 'RolloutTimeout',
+           'parse_quantity', 'split_image', 'image_tag_of', 'model_annotations', 'grace_period',
+           'render_disruption_budget', 'network_peer', 'render_network_policy', 'render_manifests', 'to_yaml',
+           'write_manifests', 'validate_manifests', 'api_error', 'apply', 'rollout_state', 'wait_for_rollout',
+           'rollback_patch', 'rollback', 'deploy', 'diff_fields', 'dry_run']
 
 # %% ../nbs/10_kube.ipynb #10-kube-005
 class KubeError(MlopsNbError):
@@ -44,15 +45,27 @@ def parse_quantity(q:str|int|float # a Kubernetes quantity: `250m`, `1`, `512Mi`
     return float(m.group(1))*_UNITS[m.group(2) or ""]
 
 # %% ../nbs/10_kube.ipynb #10-kube-011
-def image_tag_of(image:str # image reference `REGISTRY/NAME:TAG` or `REGISTRY/NAME@sha256:...`
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}")
+
+def split_image(image:str # `REGISTRY/NAME:TAG`, `REGISTRY/NAME:TAG@sha256:DIGEST` or `REGISTRY/NAME@sha256:DIGEST`
+               )->tuple[str, str|None, str|None]:
+    "(repository, tag or None, digest or None) of an image reference; refuses a malformed digest."
+    ref, at, digest = image.partition("@")
+    head, slash, last = ref.rpartition("/")
+    name, _, tag = last.partition(":")  # a registry's port sits before the last '/', never in `last`
+    if at and not _DIGEST.fullmatch(digest):
+        raise KubeError(f"image {image!r}: {digest!r} is not a digest: use the sha256:<64 hex digits> that the push printed")
+    return head + slash + name, tag or None, digest or None
+
+def image_tag_of(image:str # image reference `REGISTRY/NAME:TAG[@sha256:DIGEST]` or `REGISTRY/NAME@sha256:DIGEST`
                 )->str:
-    "The tag (or digest) of an image reference; refuses untagged and `latest` images."
-    last = image.rsplit("/", 1)[-1]
-    tag = last.split("@", 1)[1] if "@" in last else last.split(":", 1)[1] if ":" in last else ""
-    if tag in ("", "latest"):
+    "The version tag of an image reference (its digest when it has no tag); refuses an image with neither, or only `latest`."
+    _, tag, digest = split_image(image)
+    if tag == "latest": tag = None
+    if not (tag or digest):
         raise KubeError(f"image {image!r} has no version tag: deploy an image tagged REGISTRY/NAME:VERSION-GITSHA "
                         "(rollbacks need one tag per version)")
-    return tag
+    return tag or digest
 
 # %% ../nbs/10_kube.ipynb #10-kube-014
 _KEY = re.compile(r"([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
@@ -71,6 +84,12 @@ def model_annotations(labels:dict|None # model name/version/run id/git commit, e
 _NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 UID = 10001  # the image's non-root user (see `package`)
+SERVER_DRAIN_S = 10  # the scoring server's graceful shutdown after SIGTERM (uvicorn's timeout_graceful_shutdown in `serve`)
+
+def grace_period(pre_stop_s:int # seconds of the preStop delay
+                )->int:
+    "`terminationGracePeriodSeconds` covering the preStop delay and the server's drain, at least Kubernetes' default 30."
+    return max(30, pre_stop_s + SERVER_DRAIN_S + 5)
 
 def _probe(path, port, period, failures, timeout=2):
     return {"httpGet": {"path": path, "port": port}, "periodSeconds": period, "timeoutSeconds": timeout, "failureThreshold": failures}
@@ -79,8 +98,63 @@ def _check_resources(kind, request, limit):
     if parse_quantity(request) > parse_quantity(limit):
         raise KubeError(f"{kind} request {request} is above its limit {limit}: raise {kind}_limit or lower {kind}_request")
 
+# %% ../nbs/10_kube.ipynb #10-kube-017d
+def render_disruption_budget(name:str, # the Deployment's name, also the budget's
+                             namespace:str, # its namespace
+                             selector:dict, # the Deployment's pod selector
+                             labels:dict|None=None, # labels of the budget itself
+                            )->dict:
+    "A PodDisruptionBudget keeping at least one of the Deployment's pods available through voluntary disruptions."
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": name, "namespace": namespace, "labels": labels or selector},
+            "spec": {"minAvailable": 1, "selector": {"matchLabels": selector}, "unhealthyPodEvictionPolicy": "AlwaysAllow"}}
+
+# %% ../nbs/10_kube.ipynb #10-kube-017g
+def _selector(text:str, whole:str)->dict:
+    "`KEY=VALUE,...` (or `*`) as matchLabels."
+    if text.strip() in ("", "*"): return {}
+    out = {}
+    for kv in text.split(","):
+        k, eq, v = (x.strip() for x in kv.partition("="))
+        if not eq or not _KEY.fullmatch(k) or not _LABEL_VALUE.fullmatch(v) or len(v) > 63:
+            raise KubeError(f"allow_from {whole!r}: {kv.strip()!r} is not a label selector: use KEY=VALUE (or '*' for every pod)")
+        out[k] = v
+    return out
+
+def network_peer(spec:str|dict # "KEY=VALUE,..." (pods here), "NAMESPACE:*" or "NAMESPACE:KEY=VALUE,..." or a NetworkPolicyPeer dict
+                )->dict:
+    "A NetworkPolicyPeer for a selector written as `[NAMESPACE:]KEY=VALUE,...` (`*`: every pod)."
+    if isinstance(spec, dict): return spec
+    ns, colon, pods = spec.rpartition(":")
+    sel = _selector(pods, spec)
+    peer = {"podSelector": {"matchLabels": sel} if sel else {}}
+    if colon:
+        if not _NAME.fullmatch(ns): raise KubeError(f"allow_from {spec!r}: {ns!r} is not a namespace name: use NAMESPACE:KEY=VALUE or NAMESPACE:*")
+        peer["namespaceSelector"] = {"matchLabels": {"kubernetes.io/metadata.name": ns}}  # a label every namespace has (1.22+)
+    return peer
+
+# %% ../nbs/10_kube.ipynb #10-kube-017i
+DNS_EGRESS = {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}  # any resolver: node-local caches too
+
+def render_network_policy(name:str, # the Deployment's name, also the policy's
+                          namespace:str, # its namespace
+                          selector:dict, # the Deployment's pod selector
+                          port:int, # the server's container port, the only one open
+                          allow_from:list|None=None, # peers that may connect (see `network_peer`; None: every pod of the namespace)
+                          allow_egress:bool|list=False, # True: any egress; a list: these egress rules besides DNS
+                          labels:dict|None=None, # labels of the policy itself
+                         )->dict:
+    "A NetworkPolicy: ingress to `port` only from `allow_from`, egress only to DNS unless `allow_egress`."
+    if allow_from is not None and not list(allow_from):
+        raise KubeError("allow_from is empty: no one could reach the server; leave it out for every pod of the namespace")
+    peers = [network_peer(p) for p in allow_from] if allow_from is not None else [{"podSelector": {}}]
+    spec = {"podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress"] if allow_egress is True else ["Ingress", "Egress"],
+            "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": port}]}]}
+    if allow_egress is not True: spec["egress"] = [DNS_EGRESS, *(allow_egress or [])]
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": name, "namespace": namespace, "labels": labels or selector},
+            "spec": spec}
+
 # %% ../nbs/10_kube.ipynb #10-kube-018
-def render_manifests(image:str, # image REGISTRY/NAME:VERSION-GITSHA
+def render_manifests(image:str, # image REGISTRY/NAME:VERSION-GITSHA, pinned with @sha256:DIGEST after a push
                      name:str|None=None, # Deployment, Service and HPA name, the same for every version (default: the problem's)
                      namespace:str="default", # namespace of all objects
                      replicas:int=2, # pods (ignored with `hpa`: the autoscaler owns the count)
@@ -99,9 +173,13 @@ def render_manifests(image:str, # image REGISTRY/NAME:VERSION-GITSHA
                      progress_deadline_s:int=240, # seconds without progress before the rollout is marked failed
                      revision_history:int=5, # old ReplicaSets kept for rollbacks
                      inference_log:bool=False, # mount a volume for the server's inference log (an image built with --inference-log)
-                     log_claim:str|None=None # that volume: this PersistentVolumeClaim (default: an emptyDir, lost with the pod)
+                     log_claim:str|None=None, # that volume: this PersistentVolumeClaim (default: an emptyDir, lost with the pod)
+                     pre_stop_s:int=5, # seconds a stopping pod keeps serving, until the Service stops sending to it (0: no preStop hook)
+                     network_policy:bool=False, # add a NetworkPolicy: ingress to `port` only from `allow_from`, egress only to DNS
+                     allow_from:list|None=None, # with network_policy: who may connect ("app=x", "NAMESPACE:*", "NAMESPACE:app=x"; default: the namespace)
+                     allow_egress:bool|list=False, # with network_policy: True allows any egress, a list adds egress rules
                     )->list[dict]:
-    "A Deployment, a Service and optionally a HorizontalPodAutoscaler for the scoring server image."
+    "A Deployment, a Service, a PodDisruptionBudget (2+ pods), and optionally a HorizontalPodAutoscaler and a NetworkPolicy."
     name = name or load_problem().deployment_name
     for what, v in (("name", name), ("namespace", namespace)):
         if not _NAME.fullmatch(v): raise KubeError(f"{what} {v!r} is not a valid Kubernetes name: use lowercase letters, digits and '-' (at most 63, starting with a letter)")
@@ -110,6 +188,9 @@ def render_manifests(image:str, # image REGISTRY/NAME:VERSION-GITSHA
     if replicas < 1 or (hpa and not 1 <= min_replicas <= max_replicas):
         raise KubeError(f"replicas={replicas}, min_replicas={min_replicas}, max_replicas={max_replicas}: need 1 <= replicas and 1 <= min_replicas <= max_replicas")
     _check_resources("cpu", cpu_request, cpu_limit); _check_resources("memory", memory_request, memory_limit)
+    if not 0 <= pre_stop_s <= 120: raise KubeError(f"pre_stop_s={pre_stop_s}: use 0 to 120 seconds (a few are enough for the Service to stop sending)")
+    if not network_policy and (allow_from is not None or allow_egress is not False):
+        raise KubeError("allow_from and allow_egress shape the NetworkPolicy: pass network_policy=True as well")
     tag = image_tag_of(image)
     selector = {"app.kubernetes.io/name": name}
     common = {**selector, "app.kubernetes.io/component": "scoring-server", "app.kubernetes.io/managed-by": "mlops-nb"}
@@ -122,6 +203,7 @@ def render_manifests(image:str, # image REGISTRY/NAME:VERSION-GITSHA
     if startup_probe: container["startupProbe"] = _probe("/health", port, 5, 24)
     container["readinessProbe"] = _probe("/ready", port, 5, 3)
     container["livenessProbe"] = _probe("/health", port, 10, 3)
+    if pre_stop_s: container["lifecycle"] = {"preStop": {"exec": {"command": ["python3", "-c", f"import time; time.sleep({pre_stop_s})"]}}}
     container["securityContext"] = {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "readOnlyRootFilesystem": True,
                                     "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
     container["volumeMounts"] = [{"name": "tmp", "mountPath": "/tmp"}]
@@ -133,7 +215,7 @@ def render_manifests(image:str, # image REGISTRY/NAME:VERSION-GITSHA
         container["volumeMounts"].append({"name": "inference-log", "mountPath": INFERENCE_LOG_DIR})
         volumes.append({"name": "inference-log", **({"persistentVolumeClaim": {"claimName": log_claim}} if log_claim else {"emptyDir": {"sizeLimit": "1Gi"}})})
     pod = {"metadata": {"labels": pod_labels, **({"annotations": ann} if ann else {})},
-           "spec": {"automountServiceAccountToken": False, "terminationGracePeriodSeconds": 30,
+           "spec": {"automountServiceAccountToken": False, "terminationGracePeriodSeconds": grace_period(pre_stop_s),
                     "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "seccompProfile": {"type": "RuntimeDefault"}},
                     "containers": [container], "volumes": volumes}}
     spec = {**({} if hpa else {"replicas": replicas}), "revisionHistoryLimit": revision_history, "progressDeadlineSeconds": progress_deadline_s,
@@ -148,10 +230,14 @@ def render_manifests(image:str, # image REGISTRY/NAME:VERSION-GITSHA
                     "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
                              "minReplicas": min_replicas, "maxReplicas": max_replicas,
                              "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": target_cpu}}}]}})
+    if (min_replicas if hpa else replicas) >= 2: out.append(render_disruption_budget(name, namespace, selector, common))
+    if network_policy:  # first: the pods of a first deploy never run unprotected
+        out.insert(0, render_network_policy(name, namespace, selector, port, allow_from, allow_egress, common))
     return json.loads(json.dumps(out))  # independent copies: no dict is shared between objects
 
 # %% ../nbs/10_kube.ipynb #10-kube-023
-FILE_NAMES = {"Deployment": "deployment.yaml", "Service": "service.yaml", "HorizontalPodAutoscaler": "hpa.yaml"}
+FILE_NAMES = {"Deployment": "deployment.yaml", "Service": "service.yaml", "HorizontalPodAutoscaler": "hpa.yaml",
+              "PodDisruptionBudget": "pdb.yaml", "NetworkPolicy": "networkpolicy.yaml"}
 
 def _drop_nulls(o):
     if isinstance(o, dict): return {k: _drop_nulls(v) for k, v in o.items() if v is not None}
@@ -168,7 +254,7 @@ def to_yaml(manifest:dict # one Kubernetes object
 def write_manifests(manifests:list[dict], # objects from `render_manifests`
                     folder:str|Path # folder to write into (created if missing)
                    )->list[Path]:
-    "Write one YAML file per object (deployment.yaml, service.yaml, hpa.yaml); return their paths."
+    "Write one YAML file per object (deployment.yaml, service.yaml, hpa.yaml, pdb.yaml, networkpolicy.yaml); return their paths."
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     names = [FILE_NAMES.get(m["kind"], f"{m['kind'].lower()}.yaml") for m in manifests]
     if len(set(names)) < len(names): raise KubeError(f"two objects would share a file ({', '.join(names)}): write one object per kind")
@@ -226,7 +312,8 @@ def _k8s(action:str):
         raise KubeError(f"{action}: cannot reach the Kubernetes API ({type(e).__name__}): check the kubeconfig's server address and that the cluster is up") from e
 
 _APIS = {"Deployment": ("AppsV1Api", "deployment"), "Service": ("CoreV1Api", "service"),
-         "HorizontalPodAutoscaler": ("AutoscalingV2Api", "horizontal_pod_autoscaler")}
+         "HorizontalPodAutoscaler": ("AutoscalingV2Api", "horizontal_pod_autoscaler"),
+         "PodDisruptionBudget": ("PolicyV1Api", "pod_disruption_budget"), "NetworkPolicy": ("NetworkingV1Api", "network_policy")}
 
 def _typed(api_client, kind:str, verb:str):
     "The typed client method `{verb}_namespaced_{kind}` for a kind we deploy."

@@ -18,17 +18,21 @@ pytest.importorskip("kubernetes_validate")
 from kubernetes.client import ApiClient, Configuration
 from mlops_nb.core import MlopsNbError
 from mlops_nb.kube import (render_manifests, validate_manifests, write_manifests, apply, wait_for_rollout, rollback, deploy,
-                           dry_run, RolloutFailed, RolloutTimeout, KubeError, ManifestInvalid)
+                           dry_run, RolloutFailed, RolloutTimeout, KubeError, ManifestInvalid, SERVER_DRAIN_S)
 
 REV = "deployment.kubernetes.io/revision"
 IMG1, IMG2 = "127.0.0.1:5000/ottawa-housing:1-abc1234", "127.0.0.1:5000/ottawa-housing:2-def5678"
+PIN1, PIN2 = f"{IMG1}@sha256:{'1a' * 32}", f"{IMG2}@sha256:{'2b' * 32}"  # as `package --push` prints them (`image`)
 
 DISCOVERY = {
     "/api": {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1:6443"}]},
     "/apis": {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
         {"name": "apps", "versions": [{"groupVersion": "apps/v1", "version": "v1"}], "preferredVersion": {"groupVersion": "apps/v1", "version": "v1"}},
         {"name": "autoscaling", "versions": [{"groupVersion": "autoscaling/v2", "version": "v2"}, {"groupVersion": "autoscaling/v1", "version": "v1"}],
-         "preferredVersion": {"groupVersion": "autoscaling/v2", "version": "v2"}}]},
+         "preferredVersion": {"groupVersion": "autoscaling/v2", "version": "v2"}},
+        {"name": "policy", "versions": [{"groupVersion": "policy/v1", "version": "v1"}], "preferredVersion": {"groupVersion": "policy/v1", "version": "v1"}},
+        {"name": "networking.k8s.io", "versions": [{"groupVersion": "networking.k8s.io/v1", "version": "v1"}],
+         "preferredVersion": {"groupVersion": "networking.k8s.io/v1", "version": "v1"}}]},
     "/api/v1": {"kind": "APIResourceList", "groupVersion": "v1", "resources": [
         {"name": "namespaces", "singularName": "namespace", "namespaced": False, "kind": "Namespace", "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"], "shortNames": ["ns"]},
         {"name": "services", "singularName": "service", "namespaced": True, "kind": "Service", "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"], "shortNames": ["svc"], "categories": ["all"]},
@@ -42,6 +46,11 @@ DISCOVERY = {
     "/apis/autoscaling/v2": {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "autoscaling/v2", "resources": [
         {"name": "horizontalpodautoscalers", "singularName": "horizontalpodautoscaler", "namespaced": True, "kind": "HorizontalPodAutoscaler", "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"], "shortNames": ["hpa"], "categories": ["all"]},
         {"name": "horizontalpodautoscalers/status", "singularName": "", "namespaced": True, "kind": "HorizontalPodAutoscaler", "verbs": ["get", "patch", "update"]}]},
+    "/apis/policy/v1": {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "policy/v1", "resources": [
+        {"name": "poddisruptionbudgets", "singularName": "poddisruptionbudget", "namespaced": True, "kind": "PodDisruptionBudget", "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"], "shortNames": ["pdb"]},
+        {"name": "poddisruptionbudgets/status", "singularName": "", "namespaced": True, "kind": "PodDisruptionBudget", "verbs": ["get", "patch", "update"]}]},
+    "/apis/networking.k8s.io/v1": {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "networking.k8s.io/v1", "resources": [
+        {"name": "networkpolicies", "singularName": "networkpolicy", "namespaced": True, "kind": "NetworkPolicy", "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"], "shortNames": ["netpol"]}]},
     "/version": {"major": "1", "minor": "30", "gitVersion": "v1.30.4", "gitCommit": "a51b3b711150f57ffc1f526a640ec058514ed596", "gitTreeState": "clean",
                  "buildDate": "2024-08-14T19:04:27Z", "goVersion": "go1.22.5", "compiler": "gc", "platform": "linux/amd64"},
 }
@@ -49,7 +58,9 @@ DISCOVERY = {
 COLLECTIONS = {r"/apis/apps/v1/namespaces/([^/]+)/deployments": ("deployments", "Deployment", "apps/v1", "apps"),
                r"/apis/apps/v1/namespaces/([^/]+)/replicasets": ("replicasets", "ReplicaSet", "apps/v1", "apps"),
                r"/api/v1/namespaces/([^/]+)/services": ("services", "Service", "v1", ""),
-               r"/apis/autoscaling/v2/namespaces/([^/]+)/horizontalpodautoscalers": ("horizontalpodautoscalers", "HorizontalPodAutoscaler", "autoscaling/v2", "autoscaling")}
+               r"/apis/autoscaling/v2/namespaces/([^/]+)/horizontalpodautoscalers": ("horizontalpodautoscalers", "HorizontalPodAutoscaler", "autoscaling/v2", "autoscaling"),
+               r"/apis/policy/v1/namespaces/([^/]+)/poddisruptionbudgets": ("poddisruptionbudgets", "PodDisruptionBudget", "policy/v1", "policy"),
+               r"/apis/networking.k8s.io/v1/namespaces/([^/]+)/networkpolicies": ("networkpolicies", "NetworkPolicy", "networking.k8s.io/v1", "networking.k8s.io")}
 
 
 def status_obj(code, reason, message, name=None, kind=None, group=None):
@@ -231,6 +242,9 @@ class FakeKube:
             new["spec"].setdefault("internalTrafficPolicy", "Cluster")
             new["status"] = {"loadBalancer": {}}
         if kind == "HorizontalPodAutoscaler": new["status"] = {"desiredReplicas": 0}
+        if kind == "PodDisruptionBudget":  # the disruption controller's counts (never omitted for this kind)
+            new["status"] = {"observedGeneration": 1, "disruptionsAllowed": 0, "currentHealthy": 0, "desiredHealthy": 1, "expectedPods": 0}
+        if kind == "NetworkPolicy": new.pop("status", None)  # a NetworkPolicy has no status
         new["metadata"]["resourceVersion"] = self._rv()
         mf = [e for e in new["metadata"].get("managedFields", []) if (e["manager"], e["operation"]) != (manager, op)]
         new["metadata"]["managedFields"] = mf + [{"manager": manager, "operation": op, "apiVersion": api_version, "time": _now(), "fieldsType": "FieldsV1", "fieldsV1": {}}]
@@ -331,11 +345,13 @@ def manifests(image, version, **kw):
 # ---------------------------------------------------------------- offline
 
 def test_render_validate_write(tmp_path):
-    for hpa in (False, True):
-        ms = manifests(IMG1, 1, hpa=hpa)
-        validate_manifests(ms, "1.30")
-        paths = write_manifests(ms, tmp_path/str(hpa))
+    for i, kw in enumerate(({}, {"hpa": True}, {"network_policy": True, "allow_from": ["ingress-nginx:*", "monitoring:app=prometheus"]},
+                            {"replicas": 1, "network_policy": True, "allow_egress": [{"ports": [{"protocol": "TCP", "port": 5432}]}]})):
+        ms = manifests(PIN1, 1, **kw)
+        for v in ("1.30", "1.33"): validate_manifests(ms, v)  # strict: unknown fields are refused
+        paths = write_manifests(ms, tmp_path/str(i))
         assert [yaml.safe_load(p.read_text()) for p in paths] == ms
+    assert sorted(p.name for p in (tmp_path/"2").iterdir()) == ["deployment.yaml", "networkpolicy.yaml", "pdb.yaml", "service.yaml"]
     bad = manifests(IMG1, 1); bad[0]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = {"cores": 1}
     with pytest.raises(ManifestInvalid, match=r"Deployment ottawa-housing: spec\.template\.spec\.containers\[0\]\.resources\.limits\.cpu"):
         validate_manifests(bad)
@@ -346,33 +362,84 @@ def test_render_validate_write(tmp_path):
 
 def test_service_stable_across_versions():
     a, b = manifests(IMG1, 1, hpa=True), manifests(IMG2, 2, hpa=True)
-    assert a[1] == b[1] and a[2] == b[2]
+    assert a[1] == b[1] and a[2] == b[2] and a[3] == b[3]  # Service, HPA, PDB
+    p1, p2 = manifests(PIN1, 1, network_policy=True), manifests(PIN2, 2, network_policy=True)
+    assert [m for m in p1 if m["kind"] != "Deployment"] == [m for m in p2 if m["kind"] != "Deployment"]
     assert a[1]["metadata"]["name"] == "ottawa-housing" and a[1]["spec"]["ports"][0]["targetPort"] == 8080
     assert a[0]["spec"]["selector"] == b[0]["spec"]["selector"]
     assert "scoring-api-key" in json.dumps(a[0]) and "MLOPS_NB_API_KEY" in json.dumps(a[0])
 
 
+def test_pinned_image_keeps_the_tag_for_the_version():
+    "REGISTRY/NAME:TAG@sha256:DIGEST: the digest is what runs, the tag names the version (before: no version label)."
+    d = manifests(PIN2, 2)[0]
+    assert d["spec"]["template"]["spec"]["containers"][0]["image"] == PIN2
+    assert d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/version"] == "2-def5678"
+    with pytest.raises(KubeError, match="is not a digest"): render_manifests(f"{IMG1}@sha256:1234")
+    with pytest.raises(KubeError, match="no version tag"): render_manifests("127.0.0.1:5000/ottawa-housing")
+
+
+def test_stopping_pod_keeps_serving_within_its_grace_period():
+    import inspect, mlops_nb.server
+    assert f"timeout_graceful_shutdown={SERVER_DRAIN_S}" in inspect.getsource(mlops_nb.server.serve)  # the drain kube plans for
+    for pre in (5, 40):
+        pod = manifests(IMG1, 1, pre_stop_s=pre)[0]["spec"]["template"]["spec"]
+        cmd = pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+        assert cmd == ["python3", "-c", f"import time; time.sleep({pre})"]
+        assert pod["terminationGracePeriodSeconds"] >= pre + SERVER_DRAIN_S  # the kubelet does not kill the pod mid-drain
+    assert "lifecycle" not in manifests(IMG1, 1, pre_stop_s=0)[0]["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_disruption_budget_only_with_two_pods():
+    kinds = lambda **kw: [m["kind"] for m in manifests(IMG1, 1, **kw)]
+    assert "PodDisruptionBudget" in kinds() and "PodDisruptionBudget" in kinds(hpa=True, min_replicas=2)
+    assert "PodDisruptionBudget" not in kinds(replicas=1) and "PodDisruptionBudget" not in kinds(hpa=True, min_replicas=1)
+    ms = manifests(IMG1, 1, replicas=3)
+    assert ms[-1]["spec"] == {"minAvailable": 1, "selector": ms[0]["spec"]["selector"], "unhealthyPodEvictionPolicy": "AlwaysAllow"}
+
+
+def test_network_policy_opens_only_the_server_port():
+    np_ = manifests(IMG1, 1, network_policy=True)[0]
+    assert np_["kind"] == "NetworkPolicy" and np_["spec"]["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "ottawa-housing"}}
+    assert np_["spec"]["ingress"] == [{"from": [{"podSelector": {}}], "ports": [{"protocol": "TCP", "port": 8080}]}]  # the namespace
+    assert np_["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert np_["spec"]["egress"] == [{"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}]  # DNS only
+    np_ = manifests(IMG1, 1, port=9000, network_policy=True, allow_from=["ingress-nginx:*", "app=gateway"], allow_egress=True)[0]
+    assert np_["spec"]["ingress"] == [{"from": [
+        {"podSelector": {}, "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}},
+        {"podSelector": {"matchLabels": {"app": "gateway"}}}], "ports": [{"protocol": "TCP", "port": 9000}]}]
+    assert np_["spec"]["policyTypes"] == ["Ingress"] and "egress" not in np_["spec"]
+    assert "NetworkPolicy" not in [m["kind"] for m in manifests(IMG1, 1)]  # optional
+    for kw, words in (({"allow_from": ["app=x"]}, "pass network_policy=True"), ({"network_policy": True, "allow_from": ["app"]}, "not a label selector"),
+                      ({"network_policy": True, "allow_from": []}, "allow_from is empty")):
+        with pytest.raises(KubeError, match=words): manifests(IMG1, 1, **kw)
+
+
 # ---------------------------------------------------------------- against the fake API server
 
 def test_apply_is_server_side_apply(fake, api):
-    out = apply(manifests(IMG1, 1, hpa=True), api)
-    assert [o["kind"] for o in out] == ["Deployment", "Service", "HorizontalPodAutoscaler"]
+    out = apply(manifests(IMG1, 1, hpa=True, network_policy=True), api)
+    assert [o["kind"] for o in out] == ["NetworkPolicy", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"]
     patches = fake.sent("PATCH")
-    assert [p["path"] for p in patches] == ["/apis/apps/v1/namespaces/default/deployments/ottawa-housing",
+    assert [p["path"] for p in patches] == ["/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/ottawa-housing",
+                                            "/apis/apps/v1/namespaces/default/deployments/ottawa-housing",
                                             "/api/v1/namespaces/default/services/ottawa-housing",
-                                            "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers/ottawa-housing"]
+                                            "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers/ottawa-housing",
+                                            "/apis/policy/v1/namespaces/default/poddisruptionbudgets/ottawa-housing"]
     for p in patches:
         assert p["content_type"] == "application/apply-patch+yaml"
         assert p["query"] == {"fieldManager": "mlops-nb", "force": "true"}
-    assert patches[0]["body"]["spec"]["template"]["spec"]["containers"][0]["image"] == IMG1
-    assert out[1]["spec"]["clusterIP"] == "10.96.14.2"  # the server's answer, parsed by the typed client
+    assert patches[1]["body"]["spec"]["template"]["spec"]["containers"][0]["image"] == IMG1
+    assert out[2]["spec"]["clusterIP"] == "10.96.14.2"  # the server's answer, parsed by the typed client
+    assert out[4]["spec"]["minAvailable"] == 1 and out[4]["status"]["expectedPods"] == 0
+    assert out[0]["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 8080}]
     assert not fake.sent("GET", r"^/(version|apis|api)$")  # the typed client needs no discovery
 
 
 def test_healthy_rollout(fake, api):
     r1 = deploy(manifests(IMG1, 1), api, timeout_s=10, poll_s=0.01)
     assert r1 == {"name": "ottawa-housing", "namespace": "default", "image": IMG1, "revision": 1, "status": "done",
-                  "applied": ["Deployment default/ottawa-housing", "Service default/ottawa-housing"]}
+                  "applied": ["Deployment default/ottawa-housing", "Service default/ottawa-housing", "PodDisruptionBudget default/ottawa-housing"]}
     r2 = deploy(manifests(IMG2, 2), api, timeout_s=10, poll_s=0.01)
     assert (r2["image"], r2["revision"]) == (IMG2, 2)
     d = fake.deployment()
@@ -441,7 +508,7 @@ def test_first_deploy_failure_has_nothing_to_roll_back(fake, api):
     fake.bad_images[IMG1] = "deadline"
     with pytest.raises(RolloutFailed, match="there is no earlier version to roll back to"):
         deploy(manifests(IMG1, 1), api, timeout_s=5, poll_s=0.01)
-    assert [p["content_type"] for p in fake.sent("PATCH")] == ["application/apply-patch+yaml"]*2  # Deployment, Service: no rollback patch
+    assert [p["content_type"] for p in fake.sent("PATCH")] == ["application/apply-patch+yaml"]*3  # Deployment, Service, PDB: no rollback patch
 
 
 def test_rollback_like_kubectl_undo(fake, api):
@@ -492,13 +559,14 @@ def test_dry_run(fake, api):
     assert f"    spec.template.spec.containers[server].image: '{IMG1}' -> '{IMG2}'" in out.splitlines()
     assert "= Service default/ottawa-housing: no changes" in out.splitlines()
     assert len(fake.sent("PATCH")) == n  # nothing was changed
-    assert dry_run(manifests(IMG1, 1), api).splitlines() == ["= Deployment default/ottawa-housing: no changes", "= Service default/ottawa-housing: no changes"]
-    assert dry_run(manifests(IMG2, 2)).count("kind: ") == 2  # no client: the YAML
+    assert dry_run(manifests(IMG1, 1), api).splitlines() == ["= Deployment default/ottawa-housing: no changes", "= Service default/ottawa-housing: no changes",
+                                                             "= PodDisruptionBudget default/ottawa-housing: no changes"]
+    assert dry_run(manifests(IMG2, 2)).count("kind: ") == 3  # no client: the YAML
 
 
 def test_hpa_deploy_leaves_replicas_to_the_autoscaler(fake, api):
     r = deploy(manifests(IMG1, 1, hpa=True), api, timeout_s=5, poll_s=0.01)
-    assert r["applied"][-1] == "HorizontalPodAutoscaler default/ottawa-housing"
+    assert r["applied"][-2:] == ["HorizontalPodAutoscaler default/ottawa-housing", "PodDisruptionBudget default/ottawa-housing"]
     sent = fake.sent("PATCH", r"/deployments/")[0]["body"]["spec"]
     assert "replicas" not in sent
     hpa = fake.sent("PATCH", r"/horizontalpodautoscalers/")[0]
@@ -513,6 +581,29 @@ def test_rollback_api_failure_still_says_new_version_failed(fake, api):
         deploy(manifests(IMG2, 2), api, timeout_s=5, poll_s=0.01)
     msg = str(ei.value)
     assert f"new image {IMG2} failed" in msg and "the rollback failed" in msg and "etcdserver: leader changed" in msg and "\n" not in msg
+
+
+def test_pinned_deploy_with_policy_and_budget(fake, api):
+    """Pinned images with a NetworkPolicy and a budget: applied and diffed with the Deployment; a failed version is rolled
+    back by digest, and the rollback leaves the policy and the budget alone (they are the same for every version)."""
+    kw = dict(network_policy=True, allow_from=["ingress-nginx:*"])
+    out = dry_run(manifests(PIN1, 1, **kw), api).splitlines()
+    assert out[0] == "+ NetworkPolicy default/ottawa-housing: would be created" and "+ PodDisruptionBudget default/ottawa-housing: would be created" in out
+    r = deploy(manifests(PIN1, 1, **kw), api, timeout_s=10, poll_s=0.01)
+    assert r["image"] == PIN1 and r["applied"] == [f"{k} default/ottawa-housing" for k in ("NetworkPolicy", "Deployment", "Service", "PodDisruptionBudget")]
+    out = dry_run(manifests(PIN2, 2, **kw), api).splitlines()
+    assert "= NetworkPolicy default/ottawa-housing: no changes" in out and "= PodDisruptionBudget default/ottawa-housing: no changes" in out
+    assert f"    spec.template.spec.containers[server].image: '{PIN1}' -> '{PIN2}'" in out
+    fake.bad_images[PIN2] = "deadline"
+    n = len(fake.requests)
+    with pytest.raises(RolloutFailed, match=re.escape(f"rolled back to revision 1 ({PIN1}), which is serving")):
+        deploy(manifests(PIN2, 2, **kw), api, timeout_s=10, poll_s=0.01)
+    t = fake.deployment()["spec"]["template"]
+    assert t["spec"]["containers"][0]["image"] == PIN1 and t["metadata"]["labels"]["app.kubernetes.io/version"] == "1-abc1234"
+    later = [r["path"].rsplit("/", 2)[-2] for r in fake.requests[n:] if r["method"] == "PATCH"]
+    assert later == ["networkpolicies", "deployments", "services", "poddisruptionbudgets", "deployments"]  # apply, then the rollback's one patch
+    assert fake.objects[("networkpolicies", "default", "ottawa-housing")]["spec"]["ingress"][0]["from"] == \
+        [{"podSelector": {}, "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]
 
 
 def _kubeconfig(tmp_path, fake):
@@ -531,17 +622,17 @@ def test_cli_deploy_rolls_out_and_rolls_back(tmp_path, fake, state):
     from conftest import run_cli
     env = {**os.environ, "KUBECONFIG": str(_kubeconfig(tmp_path, fake))}
     args = ["deploy", "--target", "kubernetes", "--timeout", "60", "--manifests", tmp_path/"k8s", "--json"]
-    p = run_cli(*args, "--image", IMG1, env=env)
+    p = run_cli(*args, "--image", PIN1, env=env)  # pinned by digest, as `package --push` prints it
     assert p.returncode == 0, p.stderr
-    assert json.loads(p.stdout)["image"] == IMG1 and (tmp_path/"k8s"/"service.yaml").exists()
-    p = run_cli(*args, "--dry-run", "--image", IMG2, env=env)
-    assert p.returncode == 0 and IMG2 in p.stdout and IMG1 in p.stdout  # the diff names both images
-    fake.bad_images[IMG2] = "deadline"
-    p = run_cli(*args, "--image", IMG2, env=env)
+    assert json.loads(p.stdout)["image"] == PIN1 and (tmp_path/"k8s"/"service.yaml").exists() and (tmp_path/"k8s"/"pdb.yaml").exists()
+    p = run_cli(*args, "--dry-run", "--image", PIN2, env=env)
+    assert p.returncode == 0 and PIN2 in p.stdout and PIN1 in p.stdout  # the diff names both images
+    fake.bad_images[PIN2] = "deadline"
+    p = run_cli(*args, "--image", PIN2, env=env)
     assert p.returncode == 1 and "rolled back" in p.stderr and "Traceback" not in p.stderr, p.stderr
     d = ApiClient(Configuration(host=f"http://127.0.0.1:{fake.port}"))
     from kubernetes import client
     dep = client.AppsV1Api(d).read_namespaced_deployment("ottawa-housing", "default")
-    assert dep.spec.template.spec.containers[0].image == IMG1  # the old version serves again
+    assert dep.spec.template.spec.containers[0].image == PIN1  # the old version serves again
     p = run_cli("deploy", "--target", "kubernetes", "--image", IMG1, env={**os.environ, "KUBECONFIG": str(tmp_path/"missing")})
     assert p.returncode == 2 and "no usable kubeconfig" in p.stderr

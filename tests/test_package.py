@@ -1,6 +1,6 @@
 """Images for real: podman's Docker-compatible service and a registry on loopback (started by scripts/containers),
-the build context, build, run and HTTP-test the container, push, pull back and compare digests."""
-import json, os, shlex, subprocess, time
+the build context, build, run and HTTP-test the container, push, pull back by digest, the image policy."""
+import json, os, shlex, socket, subprocess, threading, time, urllib.request
 from pathlib import Path
 import pytest
 from conftest import ROOT, GOOD, BAD_REQUESTS, cli_json, run_cli
@@ -27,7 +27,8 @@ def test_context_only_needs_no_engine(tmp_path, model_dir, state):
     ctx = Path(out["context"])
     assert out["tag"] == "reg.example:5000/ottawa-housing-classifier:1" and out["image_id"] is None
     df = (ctx/"Dockerfile").read_text()
-    assert "USER 10001:10001" in df and "HEALTHCHECK" in df and "ARG BASE_IMAGE=python:3.11-slim" in df
+    assert "USER 10001:10001" in df and "HEALTHCHECK" in df
+    assert [l for l in df.splitlines() if l.startswith("FROM")] == ["FROM python:3.11-slim AS runtime", "FROM python:3.11-slim"]  # checkov sees the tag
     copies = [l for l in df.splitlines() if l.startswith("COPY")]
     assert copies[-1] == "COPY model/ /model/"  # the model is the last layer
     reqs = (ctx/"requirements.txt").read_text().split()
@@ -98,6 +99,85 @@ def test_push_pull_digest(built, containers):
     containers.images.remove(built["tag"], force=True)
     img = containers.images.pull(built["tag"])
     assert any(d.endswith(built["digest"]) for d in img.attrs["RepoDigests"]), img.attrs["RepoDigests"]
+
+
+def test_pinned_reference_is_what_the_registry_serves(built, containers):
+    "The reference to deploy, TAG@DIGEST: the registry serves that manifest, it pulls, and kube keeps the tag as the version."
+    from mlops_nb.package import pinned_reference
+    from mlops_nb.kube import render_manifests, validate_manifests
+    pinned = pinned_reference(built["tag"], built["digest"])
+    assert pinned == f"{built['tag']}@{built['digest']}"
+    registry, _, repo = built["tag"].partition("/")
+    req = urllib.request.Request(f"http://{registry}/v2/{repo.rsplit(':', 1)[0]}/manifests/{built['digest']}", method="HEAD", headers={"Accept": ", ".join((
+        "application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json", "application/vnd.oci.image.index.v1+json"))})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status == 200 and r.headers["Docker-Content-Digest"] == built["digest"]
+    img = containers.images.pull(pinned)  # NAME:TAG@DIGEST, as the manifests give it to a kubelet: the digest decides
+    assert img.id == containers.images.get(built["tag"]).id
+    dep = render_manifests(pinned, name="ottawa-housing-classifier")[0]
+    validate_manifests([dep])
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == pinned
+    assert dep["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/version"] == "1"
+
+
+def test_pre_stop_hook_runs_in_the_image(built, containers):
+    "The rendered preStop command runs in the image as its user, on a read-only root filesystem, and waits."
+    from mlops_nb.kube import render_manifests
+    from mlops_nb.package import run_image
+    cmd = render_manifests(built["tag"], pre_stop_s=1)[0]["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+    c, _ = run_image(built["tag"], containers)
+    try:
+        t0 = time.time()
+        r = c.exec_run(cmd, user="10001:10001")
+        assert r.exit_code == 0 and time.time() - t0 >= 1, r.output
+    finally:
+        c.remove(force=True)
+
+
+class _Forwarder:
+    "A TCP forwarder on a free loopback port to `target`: the same registry under another name."
+    def __init__(self, target):
+        self.target, self.connections = target, 0
+        self.srv = socket.create_server(("127.0.0.1", 0)); self.port = self.srv.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try: c, _ = self.srv.accept()
+            except OSError: return
+            self.connections += 1
+            u = socket.create_connection(self.target)
+            for a, b in ((c, u), (u, c)): threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a, b):
+        try:
+            while (d := a.recv(65536)): b.sendall(d)
+        except OSError: pass
+        finally:
+            for x in (a, b):
+                try: x.shutdown(socket.SHUT_RDWR)
+                except OSError: pass
+
+    def close(self): self.srv.close()
+
+
+def test_image_policy_accepts_only_the_loopback_registry(built, containers):
+    "scripts/containers scopes /etc/containers/policy.json: the default rejects; another registry name is refused by policy."
+    pol = json.loads(open("/etc/containers/policy.json").read())
+    registry = os.environ["MLOPS_NB_REGISTRY"]
+    assert pol["default"] == [{"type": "reject"}]
+    assert sorted(pol["transports"]["docker"]) == sorted([registry, "localhost:" + registry.rsplit(":", 1)[1]])
+    assert "insecureAcceptAnything" not in json.dumps(pol["default"])
+    host, port = registry.rsplit(":", 1)
+    fwd = _Forwarder((host, int(port)))
+    try:
+        other = built["tag"].replace(registry, f"127.0.0.1:{fwd.port}", 1)
+        p = subprocess.run(["podman", "pull", "--tls-verify=false", other], capture_output=True, text=True, timeout=120)
+        assert p.returncode != 0 and "rejected by policy" in p.stderr, p.stderr
+        assert fwd.connections >= 1  # the registry answered through the other name: the refusal is the policy's, not the network's
+    finally:
+        fwd.close()
 
 
 def test_model_only_change_rebuilds_only_the_model_layer(built):
