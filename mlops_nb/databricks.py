@@ -486,7 +486,7 @@ def resolve_job(self:DatabricksRunner, ref:int|str # a job id, its name in the w
                )->int:
     "The id of the deployed job `ref` names; a one-line error when none or several match."
     if isinstance(ref, int) or str(ref).isdigit(): return int(ref)
-    declared = declared_jobs(self.notebook.resolve().parent)
+    declared = declared_jobs(project_root(self.notebook.resolve().parent))  # the notebook's project
     for name in dict.fromkeys([str(ref), declared.get(str(ref))]):
         if not name: continue
         found = self._call("jobs list", lambda: [j.job_id for j in self.w.jobs.list(name=name)])

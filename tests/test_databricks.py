@@ -10,7 +10,7 @@ the scenario's result state), runs/get-output (the notebook's exit value, or err
 need `Bearer TOKEN` or a token the OAuth endpoints issued. `fake.scenario` picks the outcome; `fake.busy` queues
 429/503 (or any status) answers for a path. Every request is recorded.
 """
-import base64, json, threading, time
+import base64, io, json, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit, parse_qs
 
@@ -65,7 +65,7 @@ class FakeDatabricks:
         body = json.loads(raw or b"{}") if "json" in ctype or (raw[:1] == b"{") else raw
         if "form-urlencoded" in ctype: body = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
         with self.lock: self.requests.append((method, u.path, q, body, h.headers.get("Authorization")))
-        queue = self.busy.get(u.path)
+        queue = self.busy.get(f"{method} {u.path}") or self.busy.get(u.path)  # "PUT /path" or any method
         if queue:
             code = queue.pop(0)
             err = {"error_code": "REQUEST_LIMIT_EXCEEDED" if code == 429 else "TEMPORARILY_UNAVAILABLE", "message": "slow down"}
@@ -382,22 +382,251 @@ def test_missing_notebook(fake, tmp_path):
         r.submit(make_params())
 
 
-def test_cli_train_runner_databricks(fake, state):
-    "`mlops-nb train --runner databricks` as a real process against the fake workspace: PR folder, cluster env, result."
+def test_cli_train_runner_databricks(fake, state, checkout_wheel):
+    "`mlops-nb train --runner databricks --wheel` as a real process against the fake workspace: PR folder, its own wheel, cluster env, result."
     import os
-    from conftest import run_cli
+    from conftest import ROOT, run_cli
     env = {**os.environ, "DATABRICKS_HOST": f"http://127.0.0.1:{fake.port}", "DATABRICKS_TOKEN": TOKEN}
     args = ["train", "--mode", "test", "--runner", "databricks", "--branch", "feature/new-model", "--poll-s", "0.05",
             "--cluster", json.dumps({"spark_version": "15.4.x-cpu-ml-scala2.12", "node_type_id": "Standard_DS3_v2", "num_workers": 1})]
     fake.scenario = "SUCCESS"
-    p = run_cli(*args, "--json", env=env)
+    p = run_cli(*args, "--wheel", "--json", env=env)
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert out["run_id"] == RESULT["run_id"] and out["metrics"] == RESULT["metrics"] and out["output_notebook"].startswith("http://127.0.0.1")
     assert "/Shared/mlops_nb/integration/feature-new-model/train" in fake.notebooks
     submit = [body for method, path, q, body, auth in fake.requests if path.endswith("/jobs/runs/submit")][-1]
     assert submit["tasks"][0]["new_cluster"]["spark_env_vars"]["MLOPS_NB_TRACKING_URI"] == "databricks"
+    whl = submit["tasks"][0]["libraries"][0]["whl"]
+    assert whl.startswith("/Workspace/Shared/mlops_nb/integration/feature-new-model/wheels/") and whl.endswith("/" + checkout_wheel.name)
+    import zipfile
+    with zipfile.ZipFile(io.BytesIO(fake.files[whl.removeprefix("/Workspace")])) as z:  # built from this checkout
+        assert z.read("mlops_nb/databricks.py") == (ROOT/"mlops_nb"/"databricks.py").read_bytes()
     assert TOKEN not in p.stderr + p.stdout
     fake.scenario = "FAILED"
     p = run_cli(*args, env=env)
     assert p.returncode == 1 and "FAILED" in p.stderr and "Traceback" not in p.stderr and TOKEN not in p.stderr
+
+
+# --- the pull request's own wheel -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def checkout_wheel(state):
+    "This checkout's wheel, as `--wheel` builds it (once per module; the CLI test finds it in the same state folder)."
+    from conftest import ROOT
+    from mlops_nb.databricks import build_wheel
+    return build_wheel(ROOT)
+
+
+def tiny_wheel(folder, name="tiny", content=b"x = 1\n"):
+    "A small valid wheel file."
+    import zipfile
+    p = folder/f"{name}-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(p, "w") as z:
+        z.writestr(f"{name}/__init__.py", content)
+        z.writestr(f"{name}-1.0.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    return p
+
+
+def test_pr_run_uploads_and_attaches_its_own_wheel(fake, nb, checkout_wheel):
+    "The checkout's wheel (its own databricks.py inside) goes to the PR's folder before the run starts, and is installed on its cluster."
+    import zipfile
+    from conftest import ROOT
+    fake.scenario = "SUCCESS"
+    n = len(fake.requests)
+    h = runner(fake, nb, branch="pr/7-wheel", wheel=ROOT).submit(make_params())
+    h.wait(30)
+    uploaded = {p: b for p, b in fake.files.items() if p.startswith("/Shared/t/integration/pr-7-wheel/wheels/")}
+    assert len(uploaded) == 1
+    path, data = next(iter(uploaded.items()))
+    assert path.endswith("/" + checkout_wheel.name) and checkout_wheel.name.startswith("mlops_nb-") and data == checkout_wheel.read_bytes()
+    with zipfile.ZipFile(io.BytesIO(data)) as z:  # the pull request's library code, not a release
+        assert z.read("mlops_nb/databricks.py") == (ROOT/"mlops_nb"/"databricks.py").read_bytes()
+    task = fake.runs[h.run_id]["body"]["tasks"][0]
+    assert task["libraries"] == [{"whl": "/Workspace" + path}]
+    order = [p for m, p in fake.paths()[n:]]
+    assert order.index("/api/2.0/workspace/import") < order.index("/api/2.2/jobs/runs/submit")  # uploaded before the run starts
+    # again, same sources: the same bytes at the same path, found there and not sent again
+    n = len(fake.requests)
+    h = runner(fake, nb, branch="pr/7-wheel", wheel=ROOT).submit(make_params()); h.wait(30)
+    imports = [b["path"] for m, p, q, b, a in fake.requests[n:] if p == "/api/2.0/workspace/import"]
+    assert imports == ["/Shared/t/integration/pr-7-wheel/train"]  # the notebook only
+    assert fake.runs[h.run_id]["body"]["tasks"][0]["libraries"] == [{"whl": "/Workspace" + path}]
+
+
+def test_libraries_requirements_wheels_and_a_volume(fake, nb, tmp_path):
+    "--library: a local wheel is uploaded (to a Unity Catalog volume here), a requirement and a remote wheel pass as they are."
+    fake.scenario = "SUCCESS"
+    w = tiny_wheel(tmp_path)
+    remote = "/Volumes/main/ml/shared/other-2.0-py3-none-any.whl"
+    h = runner(fake, nb, branch="pr/8", wheel_folder="/Volumes/main/ml/wheels",
+               libraries=[str(w), "scikit-learn>=1.4", remote]).submit(make_params())
+    h.wait(30)
+    path = next(p for p in fake.files if p.startswith("/Volumes/main/ml/wheels/integration/pr-8/wheels/"))
+    assert path.endswith("/tiny-1.0-py3-none-any.whl") and fake.files[path] == w.read_bytes()
+    assert fake.runs[h.run_id]["body"]["tasks"][0]["libraries"] == [{"whl": path}, {"pypi": {"package": "scikit-learn>=1.4"}}, {"whl": remote}]
+    assert ("PUT", "/api/2.0/fs/directories" + path.rsplit("/", 1)[0]) in fake.paths()
+
+
+@pytest.mark.parametrize("where,path", [("workspace", "/api/2.0/workspace/import"), ("volume", "/api/2.0/fs/files")])
+def test_uploads_survive_429_and_503(fake, nb, tmp_path, where, path):
+    fake.scenario = "SUCCESS"
+    w = tiny_wheel(tmp_path, content=f"# {where}\n".encode())
+    folder = "/Volumes/main/ml/wheels" if where == "volume" else None
+    dest = runner(fake, nb, wheel_folder=folder).folder if folder is None else None
+    target = None
+    if where == "volume":
+        from mlops_nb.databricks import wheel_path
+        target = "/api/2.0/fs/files" + wheel_path("/Volumes/main/ml/wheels/main", w)
+    key = ("PUT " if target else "POST ") + (target or path)
+    fake.busy[key] = [429, 503]
+    n = len(fake.requests)
+    h = runner(fake, nb, libraries=[str(w)], wheel_folder=folder).submit(make_params())
+    h.wait(30)
+    sent = [p for m, p, q, b, a in fake.requests[n:] if p == (target or path) and m in ("POST", "PUT")
+            and (target or b["path"].endswith(".whl"))]
+    assert len(sent) == 3 and not fake.busy[key]  # two refusals, then the upload
+    stored = [p for p in fake.files if p.endswith("/tiny-1.0-py3-none-any.whl") and fake.files[p] == w.read_bytes()]
+    assert stored and (dest is None or stored[0].startswith(dest + "/wheels/"))
+
+
+def test_a_failed_upload_fails_before_any_cluster_starts(fake, nb, tmp_path):
+    "An upload the workspace refuses (or that never gets through) stops the run with the reason; nothing is submitted."
+    fake.scenario = "SUCCESS"
+    w = tiny_wheel(tmp_path, content=b"# refused\n")
+    fake.busy["/api/2.0/workspace/import"] = [403]
+    n = len(fake.requests)
+    with pytest.raises(DatabricksError) as ei:
+        runner(fake, nb, branch="pr/9", libraries=[str(w)]).submit(make_params())
+    m = str(ei.value)
+    assert m.startswith("Databricks upload of tiny-1.0-py3-none-any.whl to /Shared/t/integration/pr-9/wheels failed (") and "\n" not in m
+    assert not [p for m_, p in fake.paths()[n:] if "/jobs/" in p]
+    # a volume that keeps answering 503 beyond the retry budget: the same, once the budget is spent
+    r = DatabricksRunner(nb, client=fake.client(retry=1), folder="/Shared/t", existing_cluster_id="c", libraries=[str(w)],
+                         wheel_folder="/Volumes/main/ml/wheels")
+    from mlops_nb.databricks import wheel_path
+    fake.busy["/api/2.0/fs/files" + wheel_path("/Volumes/main/ml/wheels/main", w)] = [503] * 100
+    with pytest.raises(DatabricksError, match="^Databricks upload of tiny-1.0-py3-none-any.whl to /Volumes/main/ml/wheels/main/wheels failed"):
+        r.submit(make_params())
+    fake.busy.clear()
+    assert not [p for m_, p in fake.paths()[n:] if "/jobs/" in p]
+
+
+def test_a_cancelled_pr_run_removes_nothing(fake, nb, tmp_path):
+    "Two branches' wheels; one branch's run is cancelled: no delete request, the other branch's files untouched."
+    fake.scenario = "NEVER"
+    a, b = tiny_wheel(tmp_path, "alpha"), tiny_wheel(tmp_path, "beta")
+    runner(fake, nb, branch="pr/10", libraries=[str(a)]).submit(make_params())
+    before = dict(fake.files)
+    n = len(fake.requests)
+    h = runner(fake, nb, branch="pr/11", libraries=[str(b)]).submit(make_params())
+    with pytest.raises(RunFailed, match="was cancelled"): h.wait(0.3)
+    assert fake.runs[h.run_id]["cancelled"]
+    assert not [p for m, p in fake.paths()[n:] if "delete" in p or m == "DELETE"]
+    assert all(fake.files[p] == v for p, v in before.items())
+
+
+# --- authentication ---------------------------------------------------------------------------------------------------
+
+def test_oauth_m2m_obtains_and_uses_a_token(fake, nb, monkeypatch):
+    "Client id and secret: OIDC discovery, a client-credentials token, and every API call with that token."
+    monkeypatch.setenv("DATABRICKS_HOST", fake.url)
+    monkeypatch.setenv("DATABRICKS_CLIENT_ID", CLIENT_ID); monkeypatch.setenv("DATABRICKS_CLIENT_SECRET", CLIENT_SECRET)
+    fake.scenario = "SUCCESS"
+    n = len(fake.requests)
+    r = DatabricksRunner(nb, folder="/Shared/t", existing_cluster_id="c", poll_s=0.05, retry_timeout_s=15)
+    assert CLIENT_SECRET not in repr(r)
+    res = r.submit(make_params()).wait(30)
+    assert res.run_id == "mlflow-run-1"
+    reqs = fake.requests[n:]
+    paths = [p for m, p, *_ in reqs]
+    assert paths[:3] == ["/.well-known/databricks-config", "/oidc/.well-known/oauth-authorization-server", "/oidc/v1/token"]
+    token_req = next(b for m, p, q, b, a in reqs if p == "/oidc/v1/token")
+    assert token_req == {"grant_type": "client_credentials", "scope": "all-apis"}  # the secret travels in the Basic header only
+    api = [a for m, p, q, b, a in reqs if p.startswith("/api/")]
+    assert api and set(api) == {"Bearer m2m-access-%d" % fake.issued.index(api[0].split()[1])}
+    assert all(TOKEN not in (a or "") for a in api)
+
+
+def test_m2m_wrong_secret_is_one_line_and_secret_free(fake, nb, monkeypatch):
+    monkeypatch.setenv("DATABRICKS_HOST", fake.url)
+    monkeypatch.setenv("DATABRICKS_CLIENT_ID", CLIENT_ID); monkeypatch.setenv("DATABRICKS_CLIENT_SECRET", "wrong-" + CLIENT_SECRET)
+    r = DatabricksRunner(nb, folder="/Shared/t", existing_cluster_id="c", retry_timeout_s=15)
+    with pytest.raises(DatabricksError) as ei: r.submit(make_params())
+    m = str(ei.value)
+    assert m.startswith("Databricks authentication failed:") and "invalid_client" in m and "\n" not in m
+    assert CLIENT_SECRET not in m and "wrong-" not in m and "DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET" in m
+
+
+def test_azure_service_principal(fake, nb, monkeypatch):
+    "ARM_CLIENT_ID/SECRET/TENANT_ID through unified auth: Entra ID tokens (the workspace's and the management one) on every call."
+    from databricks.sdk.environments import AzureEnvironment, Cloud, DatabricksEnvironment
+    from mlops_nb.databricks import credential_kind, workspace_client
+    monkeypatch.setenv("ARM_CLIENT_ID", CLIENT_ID); monkeypatch.setenv("ARM_CLIENT_SECRET", CLIENT_SECRET); monkeypatch.setenv("ARM_TENANT_ID", TENANT)
+    assert credential_kind() == "azure-client-secret"
+    login = f"{fake.url}/aad/"  # the Entra ID endpoints, on the stand-in (the SDK's own setting for sovereign clouds)
+    env = DatabricksEnvironment(Cloud.AZURE, ".azuredatabricks.net", azure_application_id="2ff814a6-3304-4ab8-85cb-cd0e6f879c1d",
+                                azure_environment=AzureEnvironment("PUBLIC", f"{fake.url}/mgmt/", f"{fake.url}/arm/", login))
+    n = len(fake.requests)
+    w = workspace_client(fake.url, retry_timeout_s=15, databricks_environment=env)
+    assert w.config.auth_type == "azure-client-secret"
+    fake.scenario = "SUCCESS"
+    res = DatabricksRunner(nb, client=w, folder="/Shared/t", existing_cluster_id="c", poll_s=0.05).submit(make_params()).wait(30)
+    assert res.run_id == "mlflow-run-1"
+    grants = [b for m, p, q, b, a in fake.requests[n:] if p == f"/aad/{TENANT}/oauth2/token"]
+    assert {g["resource"] for g in grants} == {"2ff814a6-3304-4ab8-85cb-cd0e6f879c1d", f"{fake.url}/mgmt/"}
+    api = {a for m, p, q, b, a in fake.requests[n:] if p.startswith("/api/")}
+    assert api and all(a.startswith("Bearer aad-access-") for a in api)
+
+
+def test_cli_m2m_never_prints_the_secret(fake, state, nb):
+    "The CLI as a process with the OAuth pair: a failed run and a rejected secret never show the secret."
+    import os
+    from conftest import run_cli
+    base = {k: v for k, v in os.environ.items() if k not in ("DATABRICKS_TOKEN",)}
+    env = {**base, "DATABRICKS_HOST": fake.url, "DATABRICKS_CLIENT_ID": CLIENT_ID, "DATABRICKS_CLIENT_SECRET": CLIENT_SECRET}
+    args = ["train", "--mode", "test", "--runner", "databricks", "--notebook", str(nb), "--existing-cluster-id", "c", "--poll-s", "0.05",
+            "--databricks-folder", "/Shared/t"]
+    out = []
+    for scenario, secret in (("FAILED", CLIENT_SECRET), ("SUCCESS", "wrong-" + CLIENT_SECRET)):
+        fake.scenario = scenario
+        p = run_cli(*args, env={**env, "DATABRICKS_CLIENT_SECRET": secret})
+        out.append(p)
+        assert CLIENT_SECRET not in p.stdout + p.stderr and "Traceback" not in p.stderr
+    assert [p.returncode for p in out] == [1, 2]
+    assert "Databricks run" in out[0].stderr and "FAILED" in out[0].stderr
+    assert "Databricks authentication failed:" in out[1].stderr and "invalid_client" in out[1].stderr
+
+
+# --- jobs declared in the bundle --------------------------------------------------------------------------------------
+
+def test_run_now_a_bundle_job_by_key_name_or_id(fake, tmp_path):
+    "`job` as the bundle's key, the job's name, or its id; a name that matches nothing or several is one line."
+    (tmp_path/"resources").mkdir(); (tmp_path/"nbs").mkdir()
+    (tmp_path/"resources"/"retrain.yml").write_text("resources:\n  jobs:\n    retrain:\n      name: churn-retrain\n")
+    (tmp_path/"nbs"/"train.ipynb").write_text("{}"); (tmp_path/"pyproject.toml").write_text("")
+    fake.jobs.update({501: "churn-retrain", 502: "twin", 503: "twin"})
+    fake.scenario = "SUCCESS"
+    for ref in ("retrain", "churn-retrain", "501", 501):
+        h = DatabricksRunner(tmp_path/"nbs"/"train.ipynb", client=fake.client(), job=ref, poll_s=0.05).submit(make_params(mode="full"))
+        assert h.wait(30).run_id == "mlflow-run-1" and fake.runs[h.run_id]["body"]["job_id"] == 501
+        assert fake.runs[h.run_id]["body"]["notebook_params"]["mode"] == "full"
+    with pytest.raises(DatabricksError, match=r"^no job named 'nope' in the workspace: deploy the bundle first"):
+        DatabricksRunner(tmp_path/"nbs"/"train.ipynb", client=fake.client(), job="nope").submit(make_params())
+    with pytest.raises(DatabricksError, match=r"^2 jobs are named 'twin' \(ids 502, 503\): pass the id"):
+        DatabricksRunner(tmp_path/"nbs"/"train.ipynb", client=fake.client(), job="twin").submit(make_params())
+
+
+def test_unity_catalog_names_checked_before_anything_is_sent(fake, nb, monkeypatch):
+    from mlops_nb.core import RegistryError
+    monkeypatch.setenv("MLOPS_NB_REGISTRY_URI", "databricks-uc"); monkeypatch.setenv("MLOPS_NB_MODEL_NAME", "churn-model")
+    r = runner(fake, nb)
+    n = len(fake.requests)
+    with pytest.raises(RegistryError, match="^Unity Catalog model name 'churn-model' is not catalog.schema.model"):
+        r.submit(make_params())
+    assert len(fake.requests) == n
+    monkeypatch.setenv("MLOPS_NB_MODEL_NAME", "dev.mlops.churn_model")
+    fake.scenario = "SUCCESS"
+    h = runner(fake, nb).submit(make_params()); h.wait(30)
+    assert fake.runs[h.run_id]["body"]["tasks"][0]["new_cluster"]["spark_env_vars"] == {
+        "MLOPS_NB_TRACKING_URI": "databricks", "MLOPS_NB_REGISTRY_URI": "databricks-uc", "MLOPS_NB_MODEL_NAME": "dev.mlops.churn_model"}
