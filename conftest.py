@@ -1,5 +1,5 @@
 """Shared pytest fixtures (tests/ and api/): an isolated state folder per module, the real CLI, data, model folders."""
-import json, subprocess, sys
+import json, os, subprocess, sys
 from pathlib import Path
 import pytest
 
@@ -100,3 +100,15 @@ BAD_REQUESTS = [
     ("too many rows", json.dumps([GOOD] * 1001).encode(), "application/json", 413, ["at most 1000"]),
     ("invalid JSON", b'{"list_price": 650000,', "application/json", 400, ["invalid JSON"]),
 ]
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_env_restored():
+    """mlflow.set_tracking_uri / set_registry_uri (mlops_nb.tracking calls them in-process) also write MLFLOW_*_URI into
+    os.environ, which every later subprocess of the suite would inherit: each test gets them back as they were."""
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    before = {k: os.environ.get(k) for k in names}
+    yield
+    for k, v in before.items():
+        if v is None: os.environ.pop(k, None)
+        else: os.environ[k] = v

@@ -12,8 +12,8 @@ from .core import MlopsNbError
 
 # %% auto #0
 __all__ = ['cmd_data_generate', 'cmd_data_check', 'cmd_train', 'cmd_models_list', 'cmd_models_best', 'cmd_models_promote',
-           'cmd_config', 'cmd_runs_sweep', 'cmd_serve', 'cmd_package', 'cmd_deploy', 'RetrainAdvised', 'cmd_monitor',
-           'cmd_score', 'cmd_simulate', 'cmd_pipeline', 'cmd_demo', 'cmd_new', 'main', 'console']
+           'cmd_config', 'cmd_runs_sweep', 'check_address', 'cmd_serve', 'cmd_package', 'cmd_deploy', 'RetrainAdvised',
+           'cmd_monitor', 'cmd_score', 'cmd_simulate', 'cmd_pipeline', 'cmd_demo', 'cmd_new', 'main', 'console']
 
 # %% ../nbs/06_cli.ipynb #06-cli-005
 def _say(*a):
@@ -162,11 +162,29 @@ def cmd_runs_sweep(a):
     _emit(out, a.json, "\n".join(f"{verb} run {r['run_id']} FAILED: {r['why']}" for r in out) or "no stale runs")
 
 # %% ../nbs/06_cli.ipynb #06-cli-017
+def check_address(host:str, # interface to bind: a name or an address
+                  port:int, # 0 (any free port) to 65535
+                 ):
+    "A one-line error when the server could not listen on `host`:`port`, before anything is loaded."
+    import socket
+    if not 0 <= port <= 65535: raise MlopsNbError(f"--port {port} is not allowed: use 0 (any free port) to 65535")
+    try: infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        raise MlopsNbError(f"--host {host[:80]!r} is not an address of this machine ({getattr(e, 'strerror', None) or e}): "
+                           "use 127.0.0.1, 0.0.0.0 or a name that resolves") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try: s.bind(addr)
+        except OSError as e: raise MlopsNbError(f"cannot listen on {host}:{port}: {e.strerror or e}; "
+                                                "choose another --port (0: any free port) or --host") from None
+
 def cmd_serve(a):
     "Serve a model over HTTP."
     from mlops_nb.core import MLOPS_NB_MODEL, MLOPS_NB_API_KEY, MLOPS_NB_ADMIN_TOKEN
     from mlops_nb.server import serve, load_entry, free_port
     if a.workers < 1: raise MlopsNbError(f"--workers {a.workers} is not allowed: use 1 or more")
+    check_address(a.host, a.port)  # a bad host, a port out of range or in use: one line, before any model loads
     load_entry(a.entry)  # a missing entry script is a one-line error before the server starts
     port = a.port or free_port(a.host)
     model = a.model or MLOPS_NB_MODEL.get()
@@ -186,7 +204,7 @@ def cmd_serve(a):
 # %% ../nbs/06_cli.ipynb #06-cli-019
 def cmd_package(a):
     "Build (and push) the image of a model version."
-    from mlops_nb.package import write_context, build_image, push_image, engine
+    from mlops_nb.package import write_context, build_image, push_image, engine, pinned_reference
     ctx = write_context(a.model, a.context_only, base_image=a.base_image, registry=a.registry, entry=a.entry, progress=_say,
                         inference_log=a.inference_log)
     out = {"tag": ctx.tag, "context": str(ctx.path), "labels": ctx.labels, "base_image": ctx.base_image, "image_id": None, "digest": None}
@@ -195,8 +213,9 @@ def cmd_package(a):
         out["image_id"] = build_image(ctx, client, progress=_say)
         out["size_mb"] = round(client.images.get(ctx.tag).attrs.get("Size", 0) / 1e6, 1)
         if a.push: out["digest"] = push_image(ctx.tag, client, progress=_say)
+    out["image"] = pinned_reference(ctx.tag, out["digest"])  # what to deploy: by digest once pushed (a tag can move)
     text = (f"build context: {ctx.path}" if a.context_only else f"image {ctx.tag} ({out['size_mb']} MB)") + \
-           (f"\npushed: {out['digest']}" if out["digest"] else "")
+           (f"\npushed: {out['image']}" if out["digest"] else "")
     _emit(out, a.json, text)
 
 # %% ../nbs/06_cli.ipynb #06-cli-021
@@ -632,7 +651,7 @@ def _parser()->argparse.ArgumentParser:
              "Kubernetes rollout or its dry run), monitor (drift of the live traffic in the inference log; the train pipeline "
              "when retraining is advised), docs (build and check the site). Prints [pipeline/stage/step] lines; stops at the "
              "first failing step (exit 1).")
-    pl.add_argument("name", choices=["ci", "train", "deploy", "monitor", "docs"], help="pipeline to run: ci, train, deploy, monitor or docs")
+    pl.add_argument("name", choices=["ci", "train", "deploy", "monitor", "batch", "docs"], help="pipeline to run: ci, train, deploy, monitor, batch or docs")
     pl.add_argument("--dry-run", action="store_true", help="print each command and check that it exists; run nothing")
     pl.add_argument("--runner", default="local", help="where to run (default: local; the cloud runs the YAML pipelines)")
     pl.add_argument("--period", "--year", dest="period", type=int, default=None, help="train: period of the generated data (default: the problem's)")
@@ -683,28 +702,36 @@ def _parser()->argparse.ArgumentParser:
 # %% ../nbs/06_cli.ipynb #06-cli-033
 def _sigterm(signum, frame): raise KeyboardInterrupt
 
+def _quiet_stdout():
+    "Point stdout at /dev/null: the reader has gone, and the interpreter's final flush must not fail again."
+    try: os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError): pass
+
 def main(argv:list|None=None # arguments (default: sys.argv[1:])
         )->int:
     "Entry point of `mlops-nb`: run a command; user errors print one line and exit non-zero."
-    p = _parser()
-    a = p.parse_args(argv)
-    if not hasattr(a, "fn"):
-        sub = {"data": "generate|check", "models": "list|best|promote", "runs": "sweep"}.get(a.cmd)
-        if sub: p.exit(2, f"mlops-nb {a.cmd}: choose a subcommand ({sub}); see `mlops-nb {a.cmd} --help`\n")
-        p.print_help(); return 0 if a.cmd is None else 2
     in_main = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGTERM, _sigterm) if in_main else None  # SIGTERM stops a run like Ctrl-C
     # a background job of a non-interactive shell (some CI agents) starts with SIGINT ignored: Ctrl-C must still stop us
     old_int = signal.signal(signal.SIGINT, signal.default_int_handler) if in_main else None
     try:
+        p = _parser()
+        a = p.parse_args(argv)
+        if not hasattr(a, "fn"):
+            sub = {"data": "generate|check", "models": "list|best|promote", "runs": "sweep"}.get(a.cmd)
+            if sub: p.exit(2, f"mlops-nb {a.cmd}: choose a subcommand ({sub}); see `mlops-nb {a.cmd} --help`\n")
+            p.print_help(); return 0 if a.cmd is None else 2
         if a.profile or os.environ.get("MLOPS_NB_PROFILE"):
             from mlops_nb.backends import activate_profile
             activate_profile(a.profile)
         a.fn(a); return 0
     except MlopsNbError as e:
         print(f"error: {e}", file=sys.stderr); return e.exit_code
-    except KeyboardInterrupt:
-        print("interrupted: the run was marked FAILED", file=sys.stderr); return 130
+    except KeyboardInterrupt as e:  # what was cleaned up (a run marked FAILED) is in the exception's notes
+        print("; ".join(["interrupted: " + n if i == 0 else n for i, n in enumerate(getattr(e, "__notes__", []))])
+              or "interrupted", file=sys.stderr); return 130
+    except BrokenPipeError:  # the reader went away (`mlops-nb models list | head -1`): stop quietly, as Unix tools do
+        _quiet_stdout(); return 141
     finally:
         if old is not None: signal.signal(signal.SIGTERM, old)
         if old_int is not None: signal.signal(signal.SIGINT, old_int)
@@ -714,5 +741,9 @@ def console():
     "The `mlops-nb` executable: run `main`, flush, and exit without interpreter teardown."
     import logging
     rc = main()
-    logging.shutdown(); sys.stdout.flush(); sys.stderr.flush()
+    logging.shutdown()
+    try: sys.stdout.flush()
+    except BrokenPipeError: rc = 141  # the last buffered output found the reader gone
+    try: sys.stderr.flush()
+    except BrokenPipeError: pass
     os._exit(rc)

@@ -118,8 +118,10 @@ def _wait(self:LocalRun, timeout:float|None=None # seconds before the run is can
         self.cancel(f"timed out after {timeout:g} s")
         raise RunFailed(f"run {self.run_id} timed out after {timeout:g} s and was cancelled; "
                         f"partial notebook kept at {self.output_notebook}") from None
-    except BaseException:  # Ctrl-C, SIGTERM (raised as KeyboardInterrupt by the CLI) or any error while waiting
-        self.cancel("interrupted"); raise
+    except BaseException as e:  # Ctrl-C, SIGTERM (raised as KeyboardInterrupt by the CLI) or any error while waiting
+        self.cancel("interrupted")
+        e.add_note(f"the run was marked FAILED (run {self.run_id})")  # the CLI's one line says so
+        raise
     if rc == 0 and self.result_path.exists():
         res = json.loads(self.result_path.read_text())
         self._close("FINISHED")

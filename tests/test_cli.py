@@ -115,3 +115,51 @@ def test_monitor_json_contract(tmp_path, state):
     assert p.returncode == 2 and "psi" in p.stderr and "Traceback" not in p.stderr
     _assert_one_line_error(run_cli("monitor", "--reference", tmp_path/"2021-0.parquet", "--current", tmp_path/"2023-0.parquet",
                                    "--threshold", "psi"), "--threshold 'psi' is not allowed: use KEY=VALUE")
+
+
+# --- audit finding 8: the remaining user errors end in one line, not a traceback ------------------------------------
+
+@pytest.mark.parametrize("args,words", [
+    (["--host", "no-such-host.invalid"], ["--host 'no-such-host.invalid' is not an address of this machine"]),
+    (["--port", "99999"], ["--port 99999 is not allowed", "0 (any free port) to 65535"]),
+    (["--port", "-1"], ["--port -1 is not allowed"]),
+])
+def test_serve_refuses_a_bad_address_before_loading_anything(args, words, state):
+    _assert_one_line_error(run_cli("serve", *args, "--model", "no-such-model", timeout=60), *words)
+
+
+def test_serve_says_when_the_port_is_taken(state):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0)); s.listen()
+        port = s.getsockname()[1]
+        _assert_one_line_error(run_cli("serve", "--port", port, "--model", "no-such-model", timeout=60),
+                               f"cannot listen on 127.0.0.1:{port}", "choose another --port")
+
+
+def test_a_reader_that_goes_away_is_no_error(state):
+    "`mlops-nb … | head -1`: the reader closes the pipe; no traceback, the exit status a Unix tool gives (141)."
+    import subprocess
+    from conftest import CLI
+    for args in (["--help"], ["config", "--json"]):
+        r, w = os.pipe()
+        os.close(r)  # the reader is gone before anything is written
+        p = subprocess.run([CLI, *args], stdout=w, stderr=subprocess.PIPE, text=True, timeout=60)
+        os.close(w)
+        assert p.returncode in (0, 141) and "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, (args, p.stderr)
+        assert p.stderr == "", p.stderr
+
+
+def test_ctrl_c_outside_a_run_is_one_line(state, tmp_path):
+    "SIGINT during a long command that has no run: 'interrupted', exit 130, no traceback and no claim about a run."
+    import signal, subprocess, time
+    from conftest import CLI
+    p = subprocess.Popen([CLI, "data", "generate", "--year", "2022", "--rows", "20000000", "--out", tmp_path/"big.parquet"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)  # importing, then generating rows
+    assert p.poll() is None, p.communicate()
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "Traceback" not in err and out == "", (p.returncode, err)
+    assert err.strip().splitlines()[-1] == "interrupted", err
+    assert not (tmp_path/"big.parquet").exists()

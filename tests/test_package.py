@@ -106,7 +106,7 @@ def test_pinned_reference_is_what_the_registry_serves(built, containers):
     from mlops_nb.package import pinned_reference
     from mlops_nb.kube import render_manifests, validate_manifests
     pinned = pinned_reference(built["tag"], built["digest"])
-    assert pinned == f"{built['tag']}@{built['digest']}"
+    assert pinned == f"{built['tag']}@{built['digest']}" == built["image"]  # `package --push --json` prints it as `image`
     registry, _, repo = built["tag"].partition("/")
     req = urllib.request.Request(f"http://{registry}/v2/{repo.rsplit(':', 1)[0]}/manifests/{built['digest']}", method="HEAD", headers={"Accept": ", ".join((
         "application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json", "application/vnd.oci.image.index.v1+json"))})

@@ -2,7 +2,7 @@
 `mlops-nb new` -> test-mode run -> full run -> best version -> serve -> monitor -> package context -> deploy dry run.
 And the registered model is the API: MLflow's pyfunc, a real `mlflow models serve` and `mlops-nb serve` give the
 same numbers for the same raw records (the Ottawa example too, whose features are derived inside the model)."""
-import json, os, signal, socket, subprocess, sys, time, urllib.request
+import contextlib, json, os, signal, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 import numpy as np
 import pytest
@@ -73,7 +73,7 @@ def project(request, home, tmp_path_factory):
     t = tmp_path_factory.mktemp(name)
     csv = t/f"{name}.csv"
     table(name).to_csv(csv, index=False)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLOPS_NB_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_NB_", "MLFLOW_"))}  # the project's own store
     env["MLOPS_NB_HOME"] = str(home)
     new = cli_json("new", t/name, "--data", csv, "--target", "target", "--kind", kind, cwd=t, env=env)
     root = Path(new["path"])
@@ -125,6 +125,23 @@ def test_serve_monitor_package_deploy(project):
     assert any(p["name"] in f.read_text() for f in (p["t"]/"k8s").glob("*.yaml"))
 
 
+@contextlib.contextmanager
+def mlflow_uris(uri):
+    """MLflow's tracking and registry URIs set to `uri` in this process, then put back as they were. Earlier tests may
+    have set them (they win over the environment), and setting them also writes MLFLOW_*_URI into os.environ, which
+    later subprocesses would inherit: both are restored."""
+    import mlflow
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    env, before = {k: os.environ.get(k) for k in names}, (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    mlflow.set_tracking_uri(uri); mlflow.set_registry_uri(uri)
+    try: yield
+    finally:
+        mlflow.set_tracking_uri(before[0]); mlflow.set_registry_uri(before[1])
+        for k, v in env.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
+
+
 def _raw(problem_root, data, n=25):
     "The first `n` rows of a project's data as raw input records (what a client sends)."
     from mlops_nb.problem import load_problem
@@ -161,10 +178,10 @@ def test_the_registered_model_is_the_api(project):
     "The same raw records to pyfunc, `mlflow models serve` (/invocations) and `mlops-nb serve` (/score): within 1e-6."
     p = project
     prob, records = _raw(p["root"], p["data"])
-    env = {**p["env"], "MLFLOW_TRACKING_URI": f"sqlite:///{p['env']['MLOPS_NB_HOME']}/mlflow.db"}
-    os.environ["MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"]
-    try: pyfunc, served, ours = _three_ways(f"models:/{p['name']}/1", records, p["kind"], prob.class_labels, p["root"], env, p["t"])
-    finally: os.environ.pop("MLFLOW_TRACKING_URI", None)
+    uri = f"sqlite:///{p['env']['MLOPS_NB_HOME']}/mlflow.db"
+    env = {**p["env"], "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri}
+    with mlflow_uris(uri):
+        pyfunc, served, ours = _three_ways(f"models:/{p['name']}/1", records, p["kind"], prob.class_labels, p["root"], env, p["t"])
     want_shape = (len(records),) if p["kind"] == "regression" else (len(records), len(prob.classes))
     assert pyfunc.shape == served.shape == ours.shape == want_shape
     assert np.abs(pyfunc - served).max() <= 1e-6 and np.abs(pyfunc - ours).max() <= 1e-6

@@ -124,7 +124,7 @@ def test_select_and_promote_through_cli(full_run, data_dir):
     low = cli_json("models", "best", "--metric", "log_loss", "--lower-is-better")
     assert low["version"] == min([full_run, second], key=lambda r: r["metrics"]["log_loss"])["registered_version"]
     out = cli_json("models", "promote", best["version"], "--alias", "champion")
-    assert out == {"alias": "champion", "version": best["version"], "previous": None}
+    assert out == {"alias": "champion", "version": best["version"], "previous": None, "forced": False}
     assert {x["version"]: x["aliases"] for x in cli_json("models", "list")}[best["version"]] == ["champion"]
     p = run_cli("models", "promote", "999")
     assert p.returncode == 2 and "has no version 999" in p.stderr
