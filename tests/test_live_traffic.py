@@ -101,3 +101,27 @@ def test_a_shadow_period_before_promotion(logged):
     assert check_shadow_period(logged["t"]/"log", 2, min_rows=600) == 600
     p = run_cli("models", "promote", "2", "--after-shadow", logged["t"]/"log", "--min-shadow-rows", "700")
     assert p.returncode == 2 and "answered 600 logged request row(s) as the shadow" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_the_train_pipeline_can_require_a_shadow_period(logged, model_dir):
+    """pipelines/promote.py (the train pipeline's promotion) with MLOPS_NB_SHADOW_LOG: a new best version becomes the
+    challenger, the champion unchanged, until it has answered enough logged requests as the shadow; then it is promoted."""
+    import os, subprocess, sys
+    from conftest import ROOT
+    from test_gates import _version
+    from mlops_nb.tracking import version_for_alias
+    first = _version(0.8, model_dir)
+    step = lambda *a, **env: subprocess.run([sys.executable, "pipelines/promote.py", *a], cwd=ROOT, capture_output=True,
+                                            text=True, timeout=300, env={**os.environ, **env})
+    p = step()  # no shadow period asked: promoted at once
+    assert p.returncode == 0 and json.loads(p.stdout)["promoted"] is True and version_for_alias("champion") == first, p.stderr
+    second = _version(0.9, model_dir)
+    assert second == 2  # the version the logged server ran as its shadow
+    p = step(MLOPS_NB_SHADOW_LOG=str(logged["t"]/"log"), MLOPS_NB_MIN_SHADOW_ROWS="700")
+    out = json.loads(p.stdout)
+    assert p.returncode == 0 and out["promoted"] is False and out["alias"] == "challenger" and out["version"] == second, p.stderr
+    assert "answered 600 logged request row(s) as the shadow" in out["waiting_for"]
+    assert version_for_alias("champion") == first and version_for_alias("challenger") == second
+    p = step("--after-shadow", logged["t"]/"log", "--min-shadow-rows", "600")
+    assert p.returncode == 0 and json.loads(p.stdout)["promoted"] is True, p.stderr
+    assert version_for_alias("champion") == second
