@@ -305,6 +305,8 @@ def check_output(out:Path, overwrite:bool)->None:
     "A `DataError` when `out` exists and may not be replaced."
     if out.is_file(): raise DataError(f"{out}: is a file; the output is a folder of Parquet parts: choose another path")
     if out.exists() and not overwrite: raise DataError(f"{out}: already exists; pass --overwrite to replace it, or choose another folder")
+    if out.is_dir() and not (out/"_mlops_nb_batch.json").is_file() and any(out.iterdir()):
+        raise DataError(f"{out}: is not an output of mlops-nb score (no _mlops_nb_batch.json), so --overwrite does not replace it: choose another folder")
 
 def commit_output(tmp:Path, # the finished hidden folder
                   out:Path, # the output folder

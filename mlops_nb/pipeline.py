@@ -1,4 +1,4 @@
-"""The pipelines (ci, train, deploy, monitor, and docs) as data: `run_pipeline` runs them locally, step by step, through the `mlops-nb` CLI, and `write_pipelines` generates their GitHub Actions and Azure DevOps versions from the same steps.
+"""The pipelines (ci, train, deploy, monitor, batch, and docs) as data: `run_pipeline` runs them locally, step by step, through the `mlops-nb` CLI, and `write_pipelines` generates their GitHub Actions and Azure DevOps versions from the same steps.
 
 Docs: https://mlops-nb.github.io/mlops_nb/pipeline.html.md"""
 
@@ -85,6 +85,12 @@ PIPELINES = {
              cloud="mlops-nb monitor --reference {MLOPS_NB_MONITOR_REFERENCE} --current {MLOPS_NB_INFERENCE_LOG} --window {window} "
                    "--model champion --json", cloud_env=STORE),
         Step("trigger", "train", "pipeline:train", when="retrain"),
+    ],
+    "batch": [
+        Step("score", "batch", "mlops-nb score --model champion --input {input} --output {output} --overwrite --json",
+             out="score", timeout=3600,
+             cloud="mlops-nb score --model champion --input {MLOPS_NB_BATCH_INPUT} --output {MLOPS_NB_BATCH_OUTPUT} --overwrite --json",
+             cloud_env=STORE),
     ],
     "docs": [
         Step("build", "site", f"python scripts/docs.py --engine auto --out {DOCS_SITE} --check", timeout=900),
@@ -234,7 +240,7 @@ def _generated(home:Path, period, what:str="the training data (--data PATH)")->t
     period = problem.default_period if period is None else period
     return period, home/"data"/f"{problem.name}-{period}.parquet"
 
-def _params(name, home, period, rows, epochs, data, trigger, reference=None, current=None, window=7)->dict:
+def _params(name, home, period, rows, epochs, data, trigger, reference=None, current=None, window=7, input=None, output=None)->dict:
     "The placeholder values of a run on the embedded defaults."
     home = Path(home) if home else state_dir()
     path = Path(data).expanduser().resolve() if data else None
@@ -247,9 +253,13 @@ def _params(name, home, period, rows, epochs, data, trigger, reference=None, cur
         ref = Path(reference).expanduser().resolve() if reference else _generated(home, period, "the champion's training data (--reference PATH)")[1]
         out["reference"] = str(ref)
         out["current"] = str(Path(current or os.environ.get("MLOPS_NB_INFERENCE_LOG") or home/"inference-log").expanduser().resolve())
+    if name == "batch":  # the data to score (by default what the train pipeline generated), and the scores' folder
+        src = input or os.environ.get("MLOPS_NB_BATCH_INPUT")
+        out["input"] = str(Path(src).expanduser().resolve()) if src else str(_generated(home, period, "the data to score (--input PATH)")[1])
+        out["output"] = str(Path(output or os.environ.get("MLOPS_NB_BATCH_OUTPUT") or home/"batch"/"scores").expanduser().resolve())
     return out
 
-def run_pipeline(name:str, # ci, train, deploy, monitor or docs
+def run_pipeline(name:str, # ci, train, deploy, monitor, batch or docs
                  dry_run:bool=False, # print and check each command; run nothing
                  runner:str="local", # where to run: only `local` (the cloud runs pipelines/azure or .github/workflows)
                  period:int|None=None, # train: period of the generated data (default: the problem's)
@@ -260,6 +270,8 @@ def run_pipeline(name:str, # ci, train, deploy, monitor or docs
                  reference:str|None=None, # monitor: the champion's training data (default: `data`, else the generated data)
                  current:str|None=None, # monitor: the inference log folder (default: MLOPS_NB_INFERENCE_LOG, else HOME/inference-log)
                  window:float=7, # monitor: only the last `window` days of the log
+                 input:str|None=None, # batch: the data to score, a file, folder or glob (default: MLOPS_NB_BATCH_INPUT, else the generated data)
+                 output:str|None=None, # batch: the scores' folder (default: MLOPS_NB_BATCH_OUTPUT, else HOME/batch/scores)
                  say=None, # called with progress lines (default: print to stderr)
                  parse=None # the CLI's `parse_args`, to check `mlops-nb` lines in a dry run
                 )->PipelineResult:
@@ -268,7 +280,7 @@ def run_pipeline(name:str, # ci, train, deploy, monitor or docs
     if name not in PIPELINES: raise PipelineError(f"pipeline {name!r} does not exist: use {', '.join(PIPELINES)}")
     if runner != "local": raise PipelineError(f"runner {runner!r} is not allowed: use local (cloud runs go through "
                                               "pipelines/azure/ or .github/workflows/)")
-    ctx = _params(name, None, period, rows, epochs, data, trigger, reference, current, window)
+    ctx = _params(name, None, period, rows, epochs, data, trigger, reference, current, window, input, output)
     res = PipelineResult(name, dry_run)
     for step in PIPELINES[name]:
         ok, why = _holds(step, ctx)
@@ -301,7 +313,7 @@ def run_pipeline(name:str, # ci, train, deploy, monitor or docs
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-030
 CLOUD_FACTS = {"own_data": True, "engine": True, "kubeconfig": True, "trigger": False, "cloud": True, "retrain": False}
 
-def cloud_steps(name:str # ci, train or deploy
+def cloud_steps(name:str # ci, train, deploy, monitor, batch or docs
                )->list[Step]:
     "The steps of pipeline `name` that run in the cloud: those whose conditions hold under `CLOUD_FACTS`."
     if name not in PIPELINES: raise PipelineError(f"pipeline {name!r} does not exist: use {', '.join(PIPELINES)}")
@@ -328,6 +340,8 @@ CLOUD_ENV = {
     "DATA_PATH": CloudVar("variable", "data"), # the refreshed training data the data job writes
     "MLOPS_NB_MONITOR_REFERENCE": CloudVar("variable", "data"), # what monitoring compares live traffic with: the champion's training data
     "MLOPS_NB_INFERENCE_LOG": CloudVar("variable", "data"), # the inference log's folder (serve --log-dir), as the agent reads it
+    "MLOPS_NB_BATCH_INPUT": CloudVar("variable", "data"), # the nightly batch's data to score: a file, folder or glob, as the agent reads it
+    "MLOPS_NB_BATCH_OUTPUT": CloudVar("variable", "data"), # the folder the nightly batch's scores replace
     "KUBECONFIG": CloudVar("file", "kubeconfig", github="KUBE_CONFIG"),
 }
 CI_SUFFIX, CI_GROUP = "_CI", "ci"
@@ -359,6 +373,7 @@ class PipelineSettings:
     main: str = "main" # the branch pull requests target, and that is retrained and deployed
     cron: str = "30 6 * * 1" # retraining schedule (UTC): after the data refresh
     monitor_cron: str = "0 5 * * *" # monitoring schedule (UTC)
+    batch_cron: str = "0 2 * * *" # nightly batch scoring schedule (UTC)
     window: int = 7 # days of live traffic each monitoring run looks at
     python: str = "3.11" # Python on GitHub's runners
     optional: tuple = () # optional pipelines this project gets too (see `Cloud.requires`), e.g. ("docs",)
@@ -367,7 +382,7 @@ class PipelineSettings:
             if not isinstance(v, str) or not pat.fullmatch(v): raise PipelineError(f"pipeline setting {what}={v!r} is not allowed: use {pat.pattern}")
         bad = [p for p in self.paths if not _PATH.fullmatch(p)]
         if bad or not self.paths: raise PipelineError(f"pipeline setting paths: {bad or 'none'}: use paths or globs (letters, digits, _ . * / -)")
-        for what in ("cron", "monitor_cron"):
+        for what in ("cron", "monitor_cron", "batch_cron"):
             v = getattr(self, what)
             if not isinstance(v, str) or len(v.split()) != 5 or not re.fullmatch(r"[0-9*/,\- ]+", v):
                 raise PipelineError(f"pipeline setting {what}={v!r} is not a five-field cron expression")
@@ -524,6 +539,22 @@ CLOUD = {
                         "that tag. The variables MLOPS_NB_INFERENCE_LOG (the inference log's folder as the agent reads it: "
                         "a self-hosted agent with the Deployment's log share mounted) and MLOPS_NB_MONITOR_REFERENCE live "
                         "in the group {prefix}-data."}),
+    "batch": Cloud(
+        "Batch scoring, nightly: every row of the data to score (MLOPS_NB_BATCH_INPUT: Parquet/CSV files, a folder or a "
+        "glob) through the champion, with its key columns, prediction, model and version, into the folder "
+        "MLOPS_NB_BATCH_OUTPUT (Parquet parts, _SUCCESS, _mlops_nb_batch.json), replaced only once the new scores are complete.",
+        jobs=(Job("batch", "score the data with the champion", ("batch",), 90),),
+        schedule=True, cron="batch_cron", manual=True, checkout_main=True,
+        notes={"github": "When: {batch_cron} (UTC), or by hand (gh workflow run batch.yml). The variables "
+                         "MLOPS_NB_BATCH_INPUT and MLOPS_NB_BATCH_OUTPUT are paths as this runner reads them (a self-hosted "
+                         "runner with the data share mounted, or a folder a step you add copies to and from) and, with the "
+                         "store's secrets (to load the champion), come from the environment trusted. The local engine uses "
+                         "every core of the runner with bounded memory; data beyond one machine runs the batch notebook "
+                         "(nbs/batch.ipynb, engine spark) as a Databricks job instead.",
+               "azure": "When: {batch_cron} (UTC). Name this pipeline {prefix}-batch in Azure DevOps. The variables "
+                        "MLOPS_NB_BATCH_INPUT and MLOPS_NB_BATCH_OUTPUT (paths as the agent reads them: a self-hosted agent "
+                        "with the data share mounted) live in the group {prefix}-data, the store's secrets in "
+                        "{prefix}-tracking."}),
     "docs": Cloud(
         "Documentation, on every commit to main: build the site from the notebooks (Quarto's nbdev-docs where Quarto is "
         f"installed, else the nbconvert fallback of scripts/docs.py), check its links, publish {DOCS_SITE}/ to GitHub Pages.",

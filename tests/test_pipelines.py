@@ -1,8 +1,8 @@
-"""The pipelines: the cloud files (ci, train, deploy on both platforms; docs on GitHub only) are exactly what
+"""The pipelines: the cloud files (ci, train, deploy, monitor, batch on both platforms; docs on GitHub only) are exactly what
 `mlops_nb.pipeline` generates from its one definition; every job has a timeout; every step is one line naming a real
 command; untrusted values reach commands only as quoted environment variables; pull requests get no production secret;
 actions are pinned; only the Pages deployment gets more than `contents: read`; zizmor and check-jsonschema pass; dry
-runs of `mlops_nb.pipeline`; the local train pipeline end to end in a fresh state folder."""
+runs of `mlops_nb.pipeline`; the local train, monitor and batch pipelines end to end in a fresh state folder."""
 import difflib, importlib.util, json, os, re, shlex, stat, subprocess, sys
 from functools import cache
 from pathlib import Path
@@ -66,8 +66,8 @@ def tool(name):
 # --- one definition ---------------------------------------------------------------------------------------------------
 
 def test_the_files_exist():
-    assert [p.name for p in AZURE] == ["ci.yml", "deploy.yml", "monitor.yml", "train.yml"]
-    assert [p.name for p in GITHUB] == ["ci.yml", "deploy.yml", "docs.yml", "monitor.yml", "train.yml"]  # docs: GitHub Pages, GitHub only
+    assert [p.name for p in AZURE] == ["batch.yml", "ci.yml", "deploy.yml", "monitor.yml", "train.yml"]
+    assert [p.name for p in GITHUB] == ["batch.yml", "ci.yml", "deploy.yml", "docs.yml", "monitor.yml", "train.yml"]  # docs: GitHub Pages, GitHub only
 
 
 def test_the_files_are_generated_from_the_one_definition():
@@ -90,7 +90,7 @@ def test_generate_check_agrees():
     assert "up to date" in p.stderr
 
 
-@pytest.mark.parametrize("name", ["ci", "train", "deploy", "monitor"])
+@pytest.mark.parametrize("name", ["ci", "train", "deploy", "monitor", "batch"])
 def test_both_platforms_run_the_definitions_steps_in_order(name):
     from mlops_nb.pipeline import cloud_steps
     want = [s.label for s in cloud_steps(name)]
@@ -153,6 +153,11 @@ def test_triggers():
     assert "workflow_call" in on(gh["train.yml"])
     assert az["train.yml"]["resources"]["pipelines"][0] == {"pipeline": "monitor", "source": "mlops-nb-monitor",
                                                             "trigger": {"branches": {"include": ["main"]}, "tags": ["retrain"]}}
+    # the nightly batch: on its schedule or by hand, nothing else starts it, and it starts nothing
+    assert on(gh["batch.yml"]) == {"schedule": [{"cron": "0 2 * * *"}], "workflow_dispatch": {}}
+    assert az["batch.yml"]["schedules"][0]["cron"] == "0 2 * * *" and az["batch.yml"]["schedules"][0]["branches"] == {"include": ["main"]}
+    assert (az["batch.yml"]["trigger"], az["batch.yml"]["pr"]) == ("none", "none") and "resources" not in az["batch.yml"]
+    assert list(gh["batch.yml"]["jobs"]) == ["batch"] and not any("uses" in j for j in gh["batch.yml"]["jobs"].values())
     # the databricks runner for the pull-request and re-training runs
     for f in ("ci.yml", "train.yml"):
         for path in (ROOT/"pipelines"/"azure"/f, ROOT/".github"/"workflows"/f):
@@ -259,11 +264,37 @@ def test_pull_requests_get_no_production_secrets():
 
 def test_production_secrets_live_in_protected_environments():
     "A GitHub job that reads a production secret names the environment holding it (deployment branches: main only)."
-    for name in ("train", "deploy"):
+    for name in ("train", "deploy", "monitor", "batch"):
         for jid, j in load(ROOT/".github"/"workflows"/f"{name}.yml")["jobs"].items():
             if any("secrets." in v for s in j.get("steps", []) for v in s.get("env", {}).values()):
                 assert j.get("environment") in ("trusted", "production"), (name, jid)
             assert "secrets" not in j, (name, jid)  # nothing handed on to a called workflow
+
+
+def test_the_batch_job_reads_the_stores_secrets_only_in_its_scoring_step():
+    "Scoring loads the champion: the store's secrets, nothing of the image registry or the cluster; the data locations are variables."
+    from mlops_nb.pipeline import CLOUD_ENV, STORE
+    want = {"MLOPS_NB_BATCH_INPUT", "MLOPS_NB_BATCH_OUTPUT", *STORE}
+    gh = load(ROOT/".github"/"workflows"/"batch.yml")["jobs"]["batch"]
+    score = [s for s in gh["steps"] if s.get("name") == "score/batch"]
+    assert len(score) == 1 and set(score[0]["env"]) == want
+    for s in gh["steps"]:
+        if s is not score[0]: assert "env" not in s, s  # checkout, python, setup: no secret
+    for var, v in score[0]["env"].items():
+        kind = CLOUD_ENV[var].kind
+        assert v == (f"${{{{ secrets.{var} }}}}" if kind == "secret" else f"${{{{ vars.{var} }}}}"), (var, v)
+    assert CLOUD_ENV["MLOPS_NB_BATCH_INPUT"].kind == CLOUD_ENV["MLOPS_NB_BATCH_OUTPUT"].kind == "variable"
+    assert gh["environment"] == "trusted" and gh["permissions"] == {"contents": "read"}
+    assert gh["steps"][0]["with"] == {"persist-credentials": False, "ref": "main"}  # a manual run from a branch scores with main's code
+    az = load(ROOT/"pipelines"/"azure"/"batch.yml")
+    assert az["variables"] == [{"group": "mlops-nb-data"}, {"group": "mlops-nb-tracking"}]  # not the registry's, no secure file
+    steps_ = az["jobs"][0]["steps"]
+    assert not any("task" in s for s in steps_)
+    score = [s for s in steps_ if s.get("displayName") == "score/batch"]
+    assert len(score) == 1 and set(score[0]["env"]) == want and all(v == f"$({k})" for k, v in score[0]["env"].items())
+    assert [s for s in steps_ if "env" in s] == score
+    for line in (gh["steps"][-1]["run"], score[0]["script"]):
+        assert line == 'mlops-nb score --model champion --input "$MLOPS_NB_BATCH_INPUT" --output "$MLOPS_NB_BATCH_OUTPUT" --overwrite --json'
 
 
 def test_github_hardening():
@@ -320,7 +351,7 @@ def test_a_project_without_the_docs_script_gets_no_docs_pipeline(tmp_path):
     from mlops_nb.pipeline import PipelineSettings, render_pipelines, project_settings
     assert project_settings(ROOT).optional == ("docs",)
     files = render_pipelines(PipelineSettings("churn-model"))  # what `mlops-nb new` writes: no scripts/docs.py there
-    assert sorted(files) == sorted(f"{d}/{n}.yml" for d in (".github/workflows", "pipelines/azure") for n in ("ci", "deploy", "monitor", "train"))
+    assert sorted(files) == sorted(f"{d}/{n}.yml" for d in (".github/workflows", "pipelines/azure") for n in ("batch", "ci", "deploy", "monitor", "train"))
 
 
 def test_the_cli_runs_every_pipeline():
@@ -425,7 +456,7 @@ def test_secret_file_writes_a_private_file_and_prints_nothing_of_it(tmp_path):
 
 # --- local runs -----------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["ci", "train", "deploy", "monitor", "docs"])
+@pytest.mark.parametrize("name", ["ci", "train", "deploy", "monitor", "batch", "docs"])
 def test_dry_run_lists_and_checks_the_commands(name, tmp_path, monkeypatch):
     from mlops_nb.pipeline import run_pipeline
     monkeypatch.setenv("MLOPS_NB_HOME", str(tmp_path))
@@ -519,3 +550,47 @@ def test_local_monitor_pipeline_retrains_on_a_drifted_week_only(trained, state, 
     assert any(l.startswith("[train/train/train-full] ok") for l in lines) and any(l.startswith("[train/select/promote] ok") for l in lines)
     assert sorted(v.version for v in tracking.list_versions()) == [*before, before[-1] + 1]  # one more version
     assert any(l.startswith("[train/data/check]") for l in lines)  # the given data, checked: not generated
+
+
+def test_local_batch_pipeline_scores_with_the_champion(trained, state, tmp_path, monkeypatch):
+    "The batch pipeline, end to end here: the champion scores every row of the given files into the output folder, a "
+    "second (nightly) run replaces the scores, and by default it scores the train pipeline's data into the state folder."
+    import pandas as pd
+    from mlops_nb import tracking
+    from mlops_nb.examples.ottawa import generate_listings
+    from mlops_nb.pipeline import run_pipeline
+    for k in ("MLOPS_NB_BATCH_INPUT", "MLOPS_NB_BATCH_OUTPUT"): monkeypatch.delenv(k, raising=False)
+    r, lines = trained
+    assert r.rc == 0, "\n".join(lines)
+    (tmp_path/"in").mkdir()
+    df = generate_listings(2022, 1200, seed=21)
+    df.iloc[:700].to_parquet(tmp_path/"in"/"a.parquet", row_group_size=300)
+    df.iloc[700:].to_csv(tmp_path/"in"/"b.csv", index=False)
+    out = tmp_path/"scores"
+    for night in (1, 2):  # the second night replaces the first night's scores
+        if night == 1:  # through the CLI, the locations from the variables the cloud pipelines set
+            r = cli_json("pipeline", "batch", env={**os.environ, "MLOPS_NB_BATCH_INPUT": str(tmp_path/"in"), "MLOPS_NB_BATCH_OUTPUT": str(out)})
+            assert r["ok"], r
+            steps_, res = r["steps"], r["outputs"]["score"]
+        else:
+            lines = []
+            r = run_pipeline("batch", input=str(tmp_path/"in"), output=str(out), say=lines.append)
+            assert r.rc == 0, "\n".join(lines)
+            steps_, res = r.steps, r.outputs["score"]
+        assert [s["status"] for s in steps_] == ["ok"] and steps_[0]["cmd"].endswith("--overwrite --json"), steps_
+        assert (res["rows"], res["files"], res["engine"], res["output"]) == (1200, 2, "local", str(out.resolve())), res
+        got = pd.read_parquet(out)
+        assert got["listing_id"].tolist() == df["listing_id"].tolist()  # every row once, in input order
+        assert set(got["version"]) == {res["version"]} and set(got["model"]) == {res["model"]}
+        assert (out/"_SUCCESS").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".scores.")]
+    versions = {str(v.version): v.aliases for v in tracking.list_versions()}
+    assert "champion" in versions[res["version"]]  # scored by the champion
+    # the defaults: the train pipeline's generated data, into the state folder's batch/scores
+    lines = []
+    r = run_pipeline("batch", say=lines.append)
+    assert r.rc == 0, "\n".join(lines)
+    assert r.outputs["score"]["rows"] == 1500 and r.outputs["score"]["output"] == str((state/"batch"/"scores").resolve())
+    # a folder that mlops-nb score did not write is never replaced
+    (tmp_path/"mine").mkdir(); (tmp_path/"mine"/"keep.txt").write_text("keep")
+    r = run_pipeline("batch", input=str(tmp_path/"in"), output=str(tmp_path/"mine"), say=lambda *_: None)
+    assert r.rc == 1 and "not an output of mlops-nb score" in r.error and (tmp_path/"mine"/"keep.txt").read_text() == "keep"
