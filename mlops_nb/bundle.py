@@ -135,7 +135,7 @@ def task_of(step:Step, # a cloud step that runs on Databricks
         task["notebook_task"] = {"notebook_path": f"../{given.get('notebook') or nb}", "base_parameters": {**base, **fixed}}
     elif args[0] == "mlops-nb":
         _flags(args)  # a typo fails here
-        task["python_wheel_task"] = {"package_name": "mlops_nb", "entry_point": "mlops-nb", "parameters": args[1:]}
+        task["python_wheel_task"] = {"package_name": "mlops_nb", "entry_point": "mlops-nb-task", "parameters": args[1:]}
     elif args[0] == "python" and len(args) > 1 and args[1].endswith(".py"):
         task["spark_python_task"] = {"python_file": f"../{args[1]}", "parameters": args[2:]}
     else: raise PipelineError(f"step {step.label}: {' '.join(args)!r} does not run on a cluster (mlops-nb ..., python pipelines/X.py ...)")

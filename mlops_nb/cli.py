@@ -13,7 +13,7 @@ from .core import MlopsNbError
 # %% auto #0
 __all__ = ['cmd_data_generate', 'cmd_data_check', 'cmd_train', 'cmd_models_list', 'cmd_models_best', 'cmd_models_promote',
            'cmd_config', 'cmd_runs_sweep', 'check_address', 'cmd_serve', 'cmd_package', 'cmd_deploy', 'RetrainAdvised',
-           'cmd_monitor', 'cmd_score', 'cmd_simulate', 'cmd_pipeline', 'cmd_demo', 'cmd_new', 'main', 'console']
+           'cmd_monitor', 'cmd_score', 'cmd_simulate', 'cmd_pipeline', 'cmd_demo', 'cmd_new', 'main', 'console', 'task']
 
 # %% ../nbs/06_cli.ipynb #06-cli-005
 def _say(*a):
@@ -747,3 +747,8 @@ def console():
     try: sys.stderr.flush()
     except BrokenPipeError: pass
     os._exit(rc)
+
+def task():
+    """The `mlops-nb-task` entry point, for a Databricks Python wheel task (the bundle's jobs): `main`, then an ordinary
+    `sys.exit`, since such a task may share its driver's Python process, which `os._exit` would end."""
+    sys.exit(main())

@@ -163,3 +163,14 @@ def test_ctrl_c_outside_a_run_is_one_line(state, tmp_path):
     assert p.returncode == 130 and "Traceback" not in err and out == "", (p.returncode, err)
     assert err.strip().splitlines()[-1] == "interrupted", err
     assert not (tmp_path/"big.parquet").exists()
+
+
+def test_the_wheel_task_entry_point_is_the_same_cli(state):
+    "`mlops-nb-task` (the bundle's Python wheel tasks) runs the same commands and exit codes, ending with sys.exit."
+    import subprocess
+    from conftest import CLI
+    task = CLI + "-task"
+    p = subprocess.run([task, "config", "--json"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "tracking_uri" in p.stdout, p.stderr
+    p = subprocess.run([task, "models", "promote", "x"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
