@@ -400,7 +400,7 @@ def cmd_pipeline(a):
     from mlops_nb.pipeline import run_pipeline, PipelineFailed
     res = run_pipeline(a.name, dry_run=a.dry_run, runner=a.runner, period=a.period, rows=a.rows, epochs=a.epochs,
                        data=a.data, trigger=a.trigger, reference=a.reference, current=a.current, window=a.window,
-                       say=_say, parse=_parser().parse_args)
+                       input=a.input, output=a.output, say=_say, parse=_parser().parse_args)
     if res.error and not a.json: raise PipelineFailed(res.error)
     _emit(res.as_dict(), a.json, res.summary())
     if res.error: raise PipelineFailed(res.error)
@@ -467,7 +467,8 @@ def _parser()->argparse.ArgumentParser:
                  "  mlops-nb monitor --reference data/2021.parquet --current data/2023.parquet --model champion\n"
                  "  mlops-nb score --input 'data/*.parquet' --output scores/today\n"
                  "  mlops-nb serve --model champion --log-dir logs/inference\n"
-                 "  mlops-nb pipeline train\n  mlops-nb pipeline monitor --current logs/inference\n\n"
+                 "  mlops-nb pipeline train\n  mlops-nb pipeline monitor --current logs/inference\n"
+                 "  mlops-nb pipeline batch --input 'listings/*.parquet' --output scores\n\n"
                  "state (tracking DB, artifacts, executed notebooks) lives in .mlops_nb/ of the project;\n"
                  "MLOPS_NB_HOME moves it, MLOPS_NB_TRACKING_URI points at another MLflow store.")
     p.add_argument("--profile", default=None, help="profile in profiles/ choosing the tracking backend: local (SQLite, the "
@@ -649,7 +650,8 @@ def _parser()->argparse.ArgumentParser:
              "pipelines/azure/ and .github/workflows/ run them in the cloud: ci (the training notebook in test mode), train "
              "(data, full-mode run, best version, promote champion), deploy (API tests and a local deploy test, image build, "
              "Kubernetes rollout or its dry run), monitor (drift of the live traffic in the inference log; the train pipeline "
-             "when retraining is advised), docs (build and check the site). Prints [pipeline/stage/step] lines; stops at the "
+             "when retraining is advised), batch (every row of the data to score through the champion, nightly in the cloud, "
+             "into a folder of Parquet parts), docs (build and check the site). Prints [pipeline/stage/step] lines; stops at the "
              "first failing step (exit 1).")
     pl.add_argument("name", choices=["ci", "train", "deploy", "monitor", "batch", "docs"], help="pipeline to run: ci, train, deploy, monitor, batch or docs")
     pl.add_argument("--dry-run", action="store_true", help="print each command and check that it exists; run nothing")
@@ -663,6 +665,10 @@ def _parser()->argparse.ArgumentParser:
     pl.add_argument("--current", default=None, help="monitor: the inference log folder (default: MLOPS_NB_INFERENCE_LOG, else "
                     "the state folder's inference-log/)")
     pl.add_argument("--window", type=float, default=7, metavar="DAYS", help="monitor: days of live traffic to look at (default: 7)")
+    pl.add_argument("--input", default=None, help="batch: the data to score, a .parquet/.csv file, a folder or a glob (quote it) "
+                    "(default: MLOPS_NB_BATCH_INPUT, else the train pipeline's generated data)")
+    pl.add_argument("--output", default=None, help="batch: the scores' folder, replaced once the new scores are complete "
+                    "(default: MLOPS_NB_BATCH_OUTPUT, else the state folder's batch/scores/)")
     js(pl)
 
     nw = cmd(sub, "new", cmd_new, "Writes a new nbdev project for your problem into DIR (which must not exist, or be empty: "

@@ -46,16 +46,16 @@ class Step:
     def label(self)->str: return f"{self.stage}/{self.name}"
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-008
-STORE = ("MLOPS_NB_TRACKING_URI", "MLOPS_NB_REGISTRY_URI", "DATABRICKS_HOST", "DATABRICKS_TOKEN") # tracking store and model registry
+STORE = ("MLOPS_NB_TRACKING_URI", "MLOPS_NB_REGISTRY_URI", "DATABRICKS_HOST", "DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET") # tracking store and model registry (OAuth M2M)
 REGISTRY = ("MLOPS_NB_REGISTRY", "MLOPS_NB_REGISTRY_USERNAME", "MLOPS_NB_REGISTRY_PASSWORD") # image registry
-_DATABRICKS = "--runner databricks --cluster {DATABRICKS_CLUSTER} --library {MLOPS_NB_LIBRARY}"
+_DATABRICKS = "--runner databricks --cluster {DATABRICKS_CLUSTER} --wheel" # the checkout's own wheel on the cluster
 DOCS_SITE = "_site" # the folder the docs pipeline builds the site into (git-ignored), and publishes from
 
 PIPELINES = {
     "ci": [
         Step("test", "train-test", "mlops-nb train --mode test --quiet --json", out="run", timeout=1200,
              cloud=f"mlops-nb train --mode test {_DATABRICKS} --branch {{branch}} --timeout 1200 --json",
-             cloud_env=("MLOPS_NB_TRACKING_URI", "DATABRICKS_HOST", "DATABRICKS_TOKEN")),
+             cloud_env=("MLOPS_NB_TRACKING_URI", "DATABRICKS_HOST", "DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET")),
         Step("test", "test-suite", "python -m pytest -q", when="cloud", timeout=2700),
     ],
     "train": [
@@ -64,7 +64,8 @@ PIPELINES = {
         Step("train", "train-full", "mlops-nb train --mode full --data {data} --epochs {epochs} --quiet --json", out="run", timeout=3600,
              cloud=f"mlops-nb train --mode full {_DATABRICKS} --branch {{main}} --data {{data}} --timeout 14400 --json", cloud_env=STORE),
         Step("select", "best", "mlops-nb models best", timeout=300, cloud_env=STORE),
-        Step("select", "promote", "python pipelines/promote.py --alias champion", out="champion", timeout=300, cloud_env=STORE),
+        Step("select", "promote", "python pipelines/promote.py --alias champion", out="champion", timeout=300,
+             cloud_env=STORE + ("MLOPS_NB_SHADOW_LOG", "MLOPS_NB_MIN_SHADOW_ROWS")), # set: a shadow period first
         Step("trigger", "deploy", "pipeline:deploy", when="trigger"),
     ],
     "deploy": [
@@ -74,10 +75,10 @@ PIPELINES = {
              cloud_env=STORE + REGISTRY),
         Step("build", "context", "mlops-nb package --model champion --context-only {home}/build/pipeline --json", out="package",
              unless="engine", timeout=900),
-        Step("deploy", "rollout", "mlops-nb deploy --target kubernetes --image {package[tag]} --json", when="kubeconfig", timeout=900,
-             cloud="mlops-nb deploy --target kubernetes --image {package[tag]} --api-key-secret {api_key_secret} --timeout 600 --json",
+        Step("deploy", "rollout", "mlops-nb deploy --target kubernetes --image {package[image]} --json", when="kubeconfig", timeout=900,
+             cloud="mlops-nb deploy --target kubernetes --image {package[image]} --api-key-secret {api_key_secret} --timeout 600 --json",
              cloud_env=("KUBECONFIG",)),
-        Step("deploy", "dry-run", "mlops-nb deploy --target kubernetes --image {package[tag]} --dry-run", unless="kubeconfig", timeout=300),
+        Step("deploy", "dry-run", "mlops-nb deploy --target kubernetes --image {package[image]} --dry-run", unless="kubeconfig", timeout=300),
     ],
     "monitor": [
         Step("monitor", "drift", "mlops-nb monitor --reference {reference} --current {current} --window {window} --model champion --json",
@@ -331,9 +332,9 @@ CLOUD_ENV = {
     "MLOPS_NB_TRACKING_URI": CloudVar("secret", "tracking"),
     "MLOPS_NB_REGISTRY_URI": CloudVar("secret", "tracking"),
     "DATABRICKS_HOST": CloudVar("secret", "tracking"),
-    "DATABRICKS_TOKEN": CloudVar("secret", "tracking"),
+    "DATABRICKS_CLIENT_ID": CloudVar("variable", "tracking"), # OAuth M2M: the service principal (DATABRICKS_TOKEN works too)
+    "DATABRICKS_CLIENT_SECRET": CloudVar("secret", "tracking"),
     "DATABRICKS_CLUSTER": CloudVar("variable", "tracking"), # job-cluster JSON for the notebook runs
-    "MLOPS_NB_LIBRARY": CloudVar("variable", "tracking"), # how the cluster installs mlops_nb, e.g. a wheel in a Volume
     "MLOPS_NB_REGISTRY": CloudVar("variable", "registry"),
     "MLOPS_NB_REGISTRY_USERNAME": CloudVar("secret", "registry"),
     "MLOPS_NB_REGISTRY_PASSWORD": CloudVar("secret", "registry"),
@@ -342,6 +343,8 @@ CLOUD_ENV = {
     "MLOPS_NB_INFERENCE_LOG": CloudVar("variable", "data"), # the inference log's folder (serve --log-dir), as the agent reads it
     "MLOPS_NB_BATCH_INPUT": CloudVar("variable", "data"), # the nightly batch's data to score: a file, folder or glob, as the agent reads it
     "MLOPS_NB_BATCH_OUTPUT": CloudVar("variable", "data"), # the folder the nightly batch's scores replace
+    "MLOPS_NB_SHADOW_LOG": CloudVar("variable", "data"), # when set, promotion waits for a shadow period in this inference log
+    "MLOPS_NB_MIN_SHADOW_ROWS": CloudVar("variable", "data"), # the rows that shadow period asks for (default 1000)
     "KUBECONFIG": CloudVar("file", "kubeconfig", github="KUBE_CONFIG"),
 }
 CI_SUFFIX, CI_GROUP = "_CI", "ci"
