@@ -6,7 +6,7 @@ Docs: https://mlops-nb.github.io/mlops_nb/data.html.md"""
 
 # %% ../nbs/01_data.ipynb #01-data-002
 from __future__ import annotations
-import hashlib, math, re
+import hashlib, math, os, re
 from dataclasses import dataclass, asdict
 from datetime import datetime
 from pathlib import Path
@@ -28,15 +28,22 @@ def _format(path:Path)->str:
 def write_table(df:pd.DataFrame, # rows to write
                 path:str|Path, # destination; `.csv` or `.parquet`
                )->Path:
-    "Write `df` to a CSV or Parquet file chosen by the extension of `path`, creating its folder."
+    """Write `df` to a CSV or Parquet file chosen by the extension of `path`, creating its folder. A file is written
+    aside and renamed into place when complete, so a full disk never leaves half a file (or half of the old one)."""
     path = Path(path)
     fmt = _format(path)
     if path.is_dir(): raise DataError(f"{path}: is a folder; pass a file name ending in .csv or .parquet")
     path.parent.mkdir(parents=True, exist_ok=True)
+    target = path.resolve() if path.is_symlink() else path  # a link keeps pointing where it did
+    special = target.exists() and not target.is_file()  # a device or a pipe: written as it is
+    tmp = target if special else target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        if fmt == "csv": df.to_csv(path, index=False)
-        else: df.to_parquet(path, index=False)
+        if fmt == "csv": df.to_csv(tmp, index=False)
+        else: df.to_parquet(tmp, index=False)
+        if not special: os.replace(tmp, target)
     except OSError as e: raise DataError(f"{path}: cannot be written ({e.strerror or e}); check the folder and free space") from None
+    finally:
+        if not special and tmp.exists(): tmp.unlink()
     return path
 
 # %% ../nbs/01_data.ipynb #01-data-029

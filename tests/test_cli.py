@@ -174,3 +174,22 @@ def test_the_wheel_task_entry_point_is_the_same_cli(state):
     assert p.returncode == 0 and "tracking_uri" in p.stdout, p.stderr
     p = subprocess.run([task, "models", "promote", "x"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "Traceback" not in p.stderr
+
+
+def test_a_full_disk_is_one_line_and_loses_nothing(tmp_path, state):
+    """Audit finding 8: the disk fills while `data generate` writes (a file-size limit: the kernel then refuses writes
+    as on a full disk). One line, exit 2; no half-written file, and a file that was there keeps its content."""
+    import resource, signal, subprocess
+    from conftest import CLI
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with an error instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+    for name in ("new.csv", "new.parquet", "old.parquet"):
+        out = tmp_path/name
+        if name.startswith("old"): out.write_bytes(b"what the user had")
+        p = subprocess.run([CLI, "data", "generate", "--year", "2022", "--rows", "5000", "--out", out], preexec_fn=small_disk,
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+        assert p.stderr.strip().splitlines()[-1].startswith(f"error: {out}: cannot be written"), p.stderr
+        assert (out.read_bytes() == b"what the user had") if name.startswith("old") else not out.exists()
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["old.parquet"]  # no temporary file left either

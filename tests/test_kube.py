@@ -667,6 +667,10 @@ def test_executing_the_kube_notebook_with_nbconvert_deploys_nothing(tmp_path, mo
         "contexts": [{"name": n, "context": {"cluster": "c", "user": "u"}} for n in ("prod", "staging")]}))
     monkeypatch.setenv("KUBECONFIG", str(cfg))
     monkeypatch.delenv("MLOPS_NB_DOC_DEPLOY_CONTEXT", raising=False)
+    # the one library notebook with cells nbdev skips (`eval: false`) is this one: a new one must be covered here too
+    skipping = {f.name for f in (ROOT/"nbs").glob("*.ipynb") if any(c.cell_type == "code" and "#| eval: false" in c.source
+                                                                    for c in nbformat.read(f, as_version=4).cells)}
+    assert skipping == {"10_kube.ipynb"}, skipping
     _Recorder.seen = []
     try:
         nb = nbformat.read(ROOT/"nbs"/"10_kube.ipynb", as_version=4)
