@@ -86,7 +86,19 @@ def backend_env(profile:dict, # from `load_profile`
             a["subscription_id"], a["resource_group"], a["workspace"], **azure_kw)
     if profile.get("experiment"): env["MLOPS_NB_EXPERIMENT"] = profile["experiment"]
     if profile.get("model_name"): env["MLOPS_NB_MODEL_NAME"] = profile["model_name"]
+    if profile.get("unity_catalog"): env |= _unity_catalog(profile)
     return env
+
+def _unity_catalog(profile:dict)->dict:
+    "A Databricks profile's `unity_catalog: {catalog, schema}`: the databricks-uc registry, the model as CATALOG.SCHEMA.MODEL_NAME."
+    from mlops_nb.tracking import UC_REGISTRY_URI, uc_model_name
+    uc, name = profile["unity_catalog"], profile["name"]
+    if profile["backend"] != "databricks": raise ProfileError(f"profile {name}: unity_catalog needs backend databricks")
+    missing = [k for k in ("catalog", "schema") if not (uc or {}).get(k)] + ([] if profile.get("model_name") else ["model_name"])
+    if missing: raise ProfileError(f"profile {name}: unity_catalog needs {', '.join(missing)}")
+    try: model = uc_model_name(f"{uc['catalog']}.{uc['schema']}.{profile['model_name']}")
+    except MlopsNbError as e: raise ProfileError(f"profile {name}: {e}") from None
+    return {"MLOPS_NB_REGISTRY_URI": UC_REGISTRY_URI, "MLOPS_NB_MODEL_NAME": model}
 
 def activate_profile(name:str|None=None, **azure_kw)->dict:
     "Set the profile's MLOPS_NB_* variables where the environment does not set them already; return the profile."

@@ -11,17 +11,18 @@ from __future__ import annotations
 import base64, hashlib, io, json, os, re, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 import yaml
-from .core import MlopsNbError, RegistryError, RunFailed, EnvVar, project_root, state_dir
+from .core import MlopsNbError, RunFailed, EnvVar, project_root, state_dir
 from .params import RunParams
 from .runner import RunResult, default_notebook
+from .tracking import UC_REGISTRY_URI, uc_model_name  # defined with the registry calls, which check names too
 
 # %% auto #0
 __all__ = ['DATABRICKS_HOST', 'DATABRICKS_CLIENT_ID', 'DATABRICKS_CLIENT_SECRET', 'DATABRICKS_TOKEN',
            'MLOPS_NB_DATABRICKS_FOLDER', 'MLOPS_NB_DATABRICKS_WHEELS', 'DATABRICKS_ENV_VARS', 'TERMINAL_STATES',
-           'CREDENTIALS', 'SECRET_ENV', 'HOW_TO_AUTHENTICATE', 'UC_REGISTRY_URI', 'DatabricksError', 'sanitise_branch',
-           'workspace_folder', 'run_parameters', 'parameterized_notebook', 'mask', 'DatabricksRun', 'credential_kind',
-           'secrets_in_use', 'workspace_client', 'uc_model_name', 'cluster_env', 'library_spec', 'build_wheel',
-           'wheel_path', 'DatabricksRunner', 'upload_wheel', 'declared_jobs', 'resolve_job']
+           'CREDENTIALS', 'SECRET_ENV', 'HOW_TO_AUTHENTICATE', 'DatabricksError', 'sanitise_branch', 'workspace_folder',
+           'run_parameters', 'parameterized_notebook', 'mask', 'DatabricksRun', 'credential_kind', 'secrets_in_use',
+           'workspace_client', 'cluster_env', 'library_spec', 'build_wheel', 'wheel_path', 'DatabricksRunner',
+           'upload_wheel', 'declared_jobs', 'resolve_job']
 
 # %% ../nbs/11_databricks.ipynb #11-databricks-005
 DATABRICKS_HOST = EnvVar("DATABRICKS_HOST", None, "Databricks workspace URL, e.g. `https://adb-123.azuredatabricks.net`.")
@@ -266,19 +267,6 @@ def _setting(value, var:EnvVar, what:str)->str:
     v = value or var.get()
     if not v: raise DatabricksError(f"{var.name} is not set: set it to {what}")
     return v
-
-# %% ../nbs/11_databricks.ipynb #11-databricks-033
-UC_REGISTRY_URI = "databricks-uc"
-_UC_PART = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
-
-def uc_model_name(name:str # a registered model name for Unity Catalog
-                 )->str:
-    "`name` if it is a Unity Catalog model name (`catalog.schema.model`), else a one-line `RegistryError` saying what to fix."
-    parts = str(name).split(".")
-    if len(parts) != 3 or not all(_UC_PART.fullmatch(p) for p in parts):
-        raise RegistryError(f"Unity Catalog model name {name!r} is not catalog.schema.model: use three parts of letters, "
-                            "digits and _ (e.g. dev.mlops.churn_model), or set the model registry URI to databricks (workspace registry)")
-    return name
 
 # %% ../nbs/11_databricks.ipynb #11-databricks-035
 def cluster_env()->dict:

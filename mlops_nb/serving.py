@@ -14,7 +14,7 @@ from .core import MlopsNbError, MLOPS_NB_MODEL_ROOTS, state_dir, registry_uri, r
 from .data import ColumnSpec, check_record
 from .problem import ProblemError, load_problem, problem_from_json
 from .train import TRUSTED_TYPES, problem_modules
-from .tracking import GIT_COMMIT_TAG, client, model_name, resolve_version
+from .tracking import GIT_COMMIT_TAG, model_name, resolve_version
 try: from orjson import loads as _loads  # the serve extra: request bodies parse 3-5x faster (its errors are ValueErrors)
 except ImportError: from json import loads as _loads
 
@@ -467,7 +467,9 @@ def fetch_model(ref:str # registry reference
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".tmp", dir=dest.parent))
         try:
-            mlflow.artifacts.download_artifacts(artifact_uri=client().get_model_version_download_uri(v.name, str(v.version)), dst_path=str(tmp))
+            # a models:/ URI: every registry's own artifact repository (Unity Catalog's reads the version's files through
+            # the workspace, where its raw download URI would be cloud storage this process holds no credentials for)
+            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{v.name}/{v.version}", dst_path=str(tmp))
             d = find_model_dir(tmp)
             (d/"mlops_nb_model.json").write_text(json.dumps({"name": v.name, "version": str(v.version), "run_id": v.run_id,
                                                              "git_commit": v.tags.get(GIT_COMMIT_TAG, ""), "source": ref,

@@ -6,7 +6,7 @@ Docs: https://mlops-nb.github.io/mlops_nb/tracking.html.md"""
 
 # %% ../nbs/03_tracking.ipynb #03-tracking-002
 from __future__ import annotations
-import contextlib, fcntl, logging, os, socket, time
+import contextlib, fcntl, logging, os, re, socket, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse, unquote
@@ -16,11 +16,12 @@ from .problem import load_problem
 
 # %% auto #0
 __all__ = ['TAG', 'MODE_TAG', 'DATA_FP_TAG', 'EVAL_FP_TAG', 'GIT_COMMIT_TAG', 'GIT_DIRTY_TAG', 'NOTEBOOK_TAG', 'VERSION_TAG',
-           'OWNER_TAG', 'ERROR_TAG', 'GATES_TAG', 'FORCED_TAG', 'sqlite_path', 'store_lock', 'client',
-           'experiment_name', 'model_name', 'experiment_id', 'lineage_tags', 'process_owner', 'owner_alive',
-           'create_run', 'end_run', 'run_status', 'sweep_runs', 'start_notebook_run', 'log_data_lineage',
-           'ModelVersionInfo', 'gate_failures', 'register_model', 'list_versions', 'latest_version', 'metric_direction',
-           'Selection', 'best_version', 'promote', 'version_for_alias', 'resolve_version', 'analyze_sqlite', 'best_run']
+           'OWNER_TAG', 'ERROR_TAG', 'GATES_TAG', 'FORCED_TAG', 'UC_REGISTRY_URI', 'sqlite_path', 'store_lock',
+           'client', 'experiment_name', 'model_name', 'uc_model_name', 'registered_name', 'experiment_id',
+           'lineage_tags', 'process_owner', 'owner_alive', 'create_run', 'end_run', 'run_status', 'sweep_runs',
+           'start_notebook_run', 'log_data_lineage', 'ModelVersionInfo', 'gate_failures', 'register_model',
+           'list_versions', 'latest_version', 'metric_direction', 'Selection', 'best_version', 'promote',
+           'version_for_alias', 'resolve_version', 'analyze_sqlite', 'best_run']
 
 # %% ../nbs/03_tracking.ipynb #03-tracking-005
 TAG = "mlops_nb."  # prefix of every tag this package writes
@@ -73,6 +74,25 @@ def experiment_name()->str:
 def model_name()->str:
     "The registered model: `MLOPS_NB_MODEL_NAME`, else the problem's."
     return MLOPS_NB_MODEL_NAME.get() or load_problem().registered_model
+
+UC_REGISTRY_URI = "databricks-uc"  # MLflow's Unity Catalog model registry (`databricks-uc://PROFILE` names a profile)
+_UC_PART = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
+
+def uc_model_name(name:str # a registered model name for Unity Catalog
+                 )->str:
+    "`name` if it is a Unity Catalog model name (`catalog.schema.model`), else a one-line `RegistryError` saying what to fix."
+    parts = str(name).split(".")
+    if len(parts) != 3 or not all(_UC_PART.fullmatch(p) for p in parts):
+        raise RegistryError(f"Unity Catalog model name {name!r} is not catalog.schema.model: use three parts of letters, "
+                            "digits and _ (e.g. dev.mlops.churn_model), or set the model registry URI to databricks (workspace registry)")
+    return name
+
+def registered_name(name:str|None=None # registered model name (default: `model_name()`)
+                   )->str:
+    "`name`, checked as `catalog.schema.model` when the registry is Unity Catalog: a bad name fails before any request."
+    name = name or model_name()
+    if registry_uri().split(":", 1)[0] == UC_REGISTRY_URI: uc_model_name(name)
+    return name
 
 def experiment_id(name:str|None=None # experiment name (default: `experiment_name()`)
                  )->str:
@@ -270,7 +290,7 @@ def register_model(run_id:str, # the full-mode run that logged the model
                   )->int:
     "Register the model of full-mode run `run_id` as a new version of `name`; refuse any other run."
     from mlflow.exceptions import MlflowException
-    name = name or model_name()
+    name = registered_name(name)
     c = client()
     run = c.get_run(run_id)
     tags = run.data.tags
@@ -308,7 +328,8 @@ def _run_metrics(run_ids):
 def list_versions(name:str|None=None # registered model name (default: `model_name()`)
                  )->list:
     "All versions of `name`, newest first, with aliases, lineage tags and their runs' metrics."
-    name = name or model_name()
+    from mlflow.entities.model_registry.model_version_search import ModelVersionSearch
+    name = registered_name(name)
     c = client()
     try: aliases_of = {}; rm = c.get_registered_model(name)
     except Exception: return []
@@ -318,6 +339,8 @@ def list_versions(name:str|None=None # registered model name (default: `model_na
         page = c.search_model_versions(f"name='{name}'", max_results=1000, page_token=token)
         mvs += list(page); token = page.token
         if not token: break
+    # Unity Catalog's search answers carry no tags: read each such version itself
+    mvs = [c.get_model_version(name, mv.version) if isinstance(mv, ModelVersionSearch) else mv for mv in mvs]
     metrics = _run_metrics([mv.run_id for mv in mvs])
     out = [ModelVersionInfo(name, int(mv.version), mv.run_id or "", int(mv.creation_timestamp or 0),
                             sorted(aliases_of.get(int(mv.version), [])), dict(mv.tags or {}), metrics.get(mv.run_id, {}))
@@ -392,7 +415,7 @@ def promote(version:int, # version to point the alias at
             thresholds:dict|None=None # gates (default: the problem's)
            )->int|None:
     "Point `alias` at `version` of `name` in one registry write, if it passes its gates; return the version it pointed at before."
-    name = name or model_name()
+    name = registered_name(name)
     c = client()
     versions = {v.version: v for v in list_versions(name)}
     if int(version) not in versions:
@@ -411,7 +434,8 @@ def version_for_alias(alias:str, # alias name
                       name:str|None=None # registered model name
                      )->int|None:
     "The version `alias` points at, or None."
-    try: return int(client().get_model_version_by_alias(name or model_name(), alias).version)
+    name = registered_name(name)
+    try: return int(client().get_model_version_by_alias(name, alias).version)
     except Exception: return None
 
 # %% ../nbs/03_tracking.ipynb #03-tracking-033

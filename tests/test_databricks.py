@@ -6,7 +6,9 @@ and the OAuth M2M token endpoint (client credentials, HTTP Basic), an Entra ID t
 principals (under /aad/, reached through the SDK's own `databricks_environment` setting), workspace
 mkdirs/import/get-status (notebooks decoded per path, RAW files kept as bytes), the Files API for volumes (HEAD
 metadata, PUT directories and files), jobs list, runs/submit and run-now, runs/get (PENDING -> RUNNING -> TERMINATED with
-the scenario's result state), runs/get-output (the notebook's exit value, or error and trace) and runs/cancel. API calls
+the scenario's result state), runs/get-output (the notebook's exit value, or error and trace) and runs/cancel, and the
+Unity Catalog model registry as MLflow's `databricks-uc` store calls it (registered models, versions created, uploaded
+through the Files API under /Models/ and finalized, tags, aliases, search; see `FakeDatabricks.uc`). API calls
 need `Bearer TOKEN` or a token the OAuth endpoints issued. `fake.scenario` picks the outcome; `fake.busy` queues
 429/503 (or any status) answers for a path. Every request is recorded.
 """
@@ -36,6 +38,8 @@ class FakeDatabricks:
     def __init__(self):
         self.requests, self.notebooks, self.files, self.runs, self.busy = [], {}, {}, {}, {}
         self.jobs = {}  # job_id -> name, for jobs/list (a deployed bundle's jobs)
+        self.uc = {}  # Unity Catalog models: full name -> {"aliases": {alias: version}, "versions": {version: dict}, ...}
+        self.catalogs, self.uc_page = {"dev", "staging", "prod"}, 1000  # catalogs that exist; the most versions a search page holds
         self.issued = []  # access tokens the OAuth endpoints handed out
         self.scenario, self.next_id, self.lock = "SUCCESS", 100, threading.Lock()
         fake = self
@@ -45,6 +49,8 @@ class FakeDatabricks:
             def do_POST(self): fake.handle(self, "POST")
             def do_PUT(self): fake.handle(self, "PUT")
             def do_HEAD(self): fake.handle(self, "HEAD")
+            def do_PATCH(self): fake.handle(self, "PATCH")
+            def do_DELETE(self): fake.handle(self, "DELETE")
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -62,7 +68,8 @@ class FakeDatabricks:
         n = int(h.headers.get("Content-Length") or 0)
         raw = h.rfile.read(n) if n else b""
         ctype = h.headers.get("Content-Type") or ""
-        body = json.loads(raw or b"{}") if "json" in ctype or (raw[:1] == b"{") else raw
+        files = u.path.startswith("/api/2.0/fs/files/")  # file contents are kept as sent, even when they look like JSON
+        body = json.loads(raw or b"{}") if not files and ("json" in ctype or raw[:1] == b"{") else raw
         if "form-urlencoded" in ctype: body = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
         with self.lock: self.requests.append((method, u.path, q, body, h.headers.get("Authorization")))
         queue = self.busy.get(f"{method} {u.path}") or self.busy.get(u.path)  # "PUT /path" or any method
@@ -75,15 +82,17 @@ class FakeDatabricks:
         if h.headers.get("Authorization") not in {f"Bearer {TOKEN}", *(f"Bearer {t}" for t in self.issued)}:
             return self.send(h, 401, {"error_code": "UNAUTHENTICATED", "message": "bad token"})
         if u.path.startswith("/api/2.0/fs/"): return self.send(h, *self.fs(method, u.path, q, body), head=method == "HEAD")
-        route = getattr(self, (method + u.path).replace("/", "_").replace(".", "_").replace("-", "_"), None)
+        route = getattr(self, (method + u.path).replace("/", "_").replace(".", "_").replace("-", "_").replace(":", "_"), None)
         if route is None: return self.send(h, 404, {"error_code": "ENDPOINT_NOT_FOUND", "message": f"no {u.path}"})
         code, out = route(q, body)
         self.send(h, code, out)
 
     def send(self, h, code, obj, headers={}, head=False):
-        data = json.dumps(obj).encode() if obj is not None else b""
+        raw = isinstance(obj, bytes)  # a file's contents, as stored
+        data = obj if raw else json.dumps(obj).encode() if obj is not None else b""
         h.send_response(code)
-        h.send_header("Content-Type", "application/json"); h.send_header("Content-Length", str(0 if head else len(data)))
+        h.send_header("Content-Type", "application/octet-stream" if raw else "application/json")
+        h.send_header("Content-Length", str(0 if head else len(data)))
         for k, v in headers.items(): h.send_header(k, v)
         h.end_headers()
         if not head: h.wfile.write(data)
@@ -108,12 +117,22 @@ class FakeDatabricks:
         with self.lock: t = f"{kind}-access-{len(self.issued)}"; self.issued.append(t)
         return {"access_token": t, "token_type": "Bearer", "expires_in": 3600}
 
-    # Files API (Unity Catalog volumes): metadata (HEAD), directories and single-shot uploads (PUT)
+    # Files API (Unity Catalog volumes, /Models/ for model versions): metadata (HEAD), directories (PUT, HEAD, GET
+    # listing: a directory exists while a file is under it), single-shot uploads (PUT) and downloads (GET)
     def fs(self, method, path, q, body):
         if path.startswith("/api/2.0/fs/directories/") and method == "PUT": return 200, {}
+        if path.startswith("/api/2.0/fs/directories/"):
+            d = path.removeprefix("/api/2.0/fs/directories").rstrip("/")
+            under = {p[len(d) + 1:] for p in self.files if p.startswith(d + "/")}
+            if not under: return 404, None if method == "HEAD" else {"error_code": "NOT_FOUND", "message": f"no directory {d}"}
+            if method == "HEAD": return 200, None
+            kids = {r.split("/")[0]: "/" in r for r in under}
+            return 200, {"contents": [{"path": f"{d}/{k}", "name": k, "is_directory": sub} | ({} if sub else {"file_size": len(self.files[f"{d}/{k}"])})
+                                      for k, sub in sorted(kids.items())]}
         if path.startswith("/api/2.0/fs/files/"):
             p = path.removeprefix("/api/2.0/fs/files")
             if method == "HEAD": return (200 if p in self.files else 404), None
+            if method == "GET": return (200, self.files[p]) if p in self.files else (404, {"error_code": "NOT_FOUND", "message": f"no file {p}"})
             if method == "PUT":
                 if p in self.files and q.get("overwrite") != "true": return 409, {"error_code": "ALREADY_EXISTS", "message": "exists"}
                 self.files[p] = body
@@ -177,6 +196,123 @@ class FakeDatabricks:
         if r["scenario"] == "SUCCESS": return 200, {"notebook_output": {"result": json.dumps(RESULT), "truncated": False}}
         if r["scenario"] == "INTERNAL_ERROR": return 200, {"error": "Cluster failed to start"}
         return 200, {"error": "ValueError: labels missing", "error_trace": TRACE}
+
+    # Unity Catalog model registry (/api/2.0/mlflow/unity-catalog/..., the paths of MLflow's UcModelRegistryService protos).
+    # Names must have three levels in a catalog of `self.catalogs`; a version is PENDING_REGISTRATION until finalized, and
+    # finalizing needs its files (at least MLmodel) uploaded through the Files API under /Models/CATALOG/SCHEMA/MODEL/VERSION,
+    # where MLflow's Databricks-SDK artifact repository puts them once the workspace says it is enabled. Search results
+    # carry no tags or aliases (MLflow drops them from UC searches anyway); get and alias calls return them.
+    @staticmethod
+    def _missing(what): return 404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": f"{what} does not exist."}
+
+    def _uc_get(self, name, version=None):
+        "(model, version dict or None, error answer or None)."
+        m = self.uc.get(name)
+        if m is None: return None, None, self._missing(f"Registered model '{name}'")
+        if version is None: return m, None, None
+        mv = m["versions"].get(str(version))
+        return m, mv, None if mv is not None else self._missing(f"Model version {version} of '{name}'")
+
+    def _uc_mv(self, m, mv, full=True):
+        out = {k: mv[k] for k in ("name", "version", "source", "run_id", "status", "creation_timestamp", "last_updated_timestamp",
+                                   "user_id", "run_tracking_server_id") if mv.get(k) is not None}
+        if full:
+            out["aliases"] = [{"alias": a, "version": v} for a, v in sorted(m["aliases"].items()) if v == mv["version"]]
+            out["tags"] = [{"key": k, "value": v} for k, v in mv["tags"].items()]
+        return out
+
+    def POST_api_2_0_mlflow_unity_catalog_registered_models_create(self, q, b):
+        name = b.get("name", "")
+        parts = name.split(".")
+        if len(parts) != 3 or not all(parts):
+            return 400, {"error_code": "INVALID_PARAMETER_VALUE",
+                         "message": f"Model name '{name}' is invalid: specify all three levels (catalog.schema.model)."}
+        if parts[0] not in self.catalogs: return 404, {"error_code": "CATALOG_DOES_NOT_EXIST", "message": f"Catalog '{parts[0]}' does not exist."}
+        with self.lock:
+            if name in self.uc: return 400, {"error_code": "RESOURCE_ALREADY_EXISTS", "message": f"Registered model '{name}' already exists."}
+            now = int(time.time() * 1000)
+            self.uc[name] = {"name": name, "creation_timestamp": now, "last_updated_timestamp": now, "aliases": {}, "versions": {},
+                             "tags": {t["key"]: t["value"] for t in b.get("tags") or []}}
+        return 200, {"registered_model": {"name": name, "creation_timestamp": now, "last_updated_timestamp": now}}
+
+    def GET_api_2_0_mlflow_unity_catalog_registered_models_get(self, q, b):
+        m, _, err = self._uc_get(q.get("name", ""))
+        if err: return err
+        return 200, {"registered_model": {"name": m["name"], "creation_timestamp": m["creation_timestamp"],
+                                          "last_updated_timestamp": m["last_updated_timestamp"],
+                                          "aliases": [{"alias": a, "version": v} for a, v in sorted(m["aliases"].items())],
+                                          "tags": [{"key": k, "value": v} for k, v in m["tags"].items()]}}
+
+    def GET_api_2_0_mlflow_unity_catalog_registered_models_is_databricks_sdk_models_artifact_repository_enabled(self, q, b):
+        return 200, {"is_databricks_sdk_models_artifact_repository_enabled": True}
+
+    def POST_api_2_0_mlflow_unity_catalog_model_versions_emit_lineage(self, q, b):  # MLflow reports a download's lineage
+        m, mv, err = self._uc_get(b.get("name", ""), b.get("version"))
+        return err or (200, {})
+
+    def POST_api_2_0_mlflow_unity_catalog_model_versions_create(self, q, b):
+        m, _, err = self._uc_get(b.get("name", ""))
+        if err: return err
+        now = int(time.time() * 1000)
+        with self.lock:
+            v = str(len(m["versions"]) + 1)
+            mv = m["versions"][v] = {"name": m["name"], "version": v, "source": b.get("source"), "run_id": b.get("run_id"),
+                                     "status": "PENDING_REGISTRATION", "creation_timestamp": now, "last_updated_timestamp": now,
+                                     "user_id": "stand-in@example.com", "run_tracking_server_id": b.get("run_tracking_server_id"),
+                                     "tags": {t["key"]: t["value"] for t in b.get("tags") or []}}
+        return 200, {"model_version": self._uc_mv(m, mv)}
+
+    def uc_files(self, name, version):
+        "The files uploaded for a version: path under the version's folder -> bytes."
+        base = f"/Models/{name.replace('.', '/')}/{version}/"
+        return {p.removeprefix(base): d for p, d in self.files.items() if p.startswith(base)}
+
+    def POST_api_2_0_mlflow_unity_catalog_model_versions_finalize(self, q, b):
+        m, mv, err = self._uc_get(b.get("name", ""), b.get("version"))
+        if err: return err
+        if "MLmodel" not in self.uc_files(m["name"], mv["version"]):
+            return 400, {"error_code": "INVALID_STATE", "message": f"Model version {mv['version']} has no MLmodel file uploaded."}
+        mv["status"], mv["last_updated_timestamp"] = "READY", int(time.time() * 1000)
+        return 200, {"model_version": self._uc_mv(m, mv)}
+
+    def GET_api_2_0_mlflow_unity_catalog_model_versions_get(self, q, b):
+        m, mv, err = self._uc_get(q.get("name", ""), q.get("version"))
+        return err or (200, {"model_version": self._uc_mv(m, mv)})
+
+    def GET_api_2_0_mlflow_unity_catalog_model_versions_search(self, q, b):
+        import re
+        f = re.fullmatch(r"\s*name\s*=\s*'([^']*)'\s*", q.get("filter", ""))
+        if f is None: return 400, {"error_code": "INVALID_PARAMETER_VALUE", "message": f"unsupported filter {q.get('filter')!r}: the stand-in takes name='...'"}
+        m = self.uc.get(f.group(1))
+        vs = [] if m is None else sorted(m["versions"].values(), key=lambda mv: -int(mv["version"]))
+        start, size = int(q.get("page_token") or 0), min(int(q.get("max_results") or 100), self.uc_page)
+        out = {"model_versions": [self._uc_mv(m, mv, full=False) for mv in vs[start:start + size]]}
+        if start + size < len(vs): out["next_page_token"] = str(start + size)
+        return 200, out
+
+    def POST_api_2_0_mlflow_unity_catalog_model_versions_set_tag(self, q, b):
+        m, mv, err = self._uc_get(b.get("name", ""), b.get("version"))
+        if err: return err
+        mv["tags"][b["key"]] = b["value"]
+        return 200, {}
+
+    def POST_api_2_0_mlflow_unity_catalog_registered_models_alias(self, q, b):
+        m, mv, err = self._uc_get(b.get("name", ""), b.get("version"))
+        if err: return err
+        m["aliases"][b["alias"]] = mv["version"]
+        return 200, {}
+
+    def GET_api_2_0_mlflow_unity_catalog_registered_models_alias(self, q, b):
+        m, _, err = self._uc_get(q.get("name", ""))
+        if err: return err
+        if q.get("alias") not in m["aliases"]: return self._missing(f"Alias '{q.get('alias')}' of '{m['name']}'")
+        return 200, {"model_version": self._uc_mv(m, m["versions"][m["aliases"][q["alias"]]])}
+
+    def DELETE_api_2_0_mlflow_unity_catalog_registered_models_alias(self, q, b):
+        m, _, err = self._uc_get(b.get("name", ""))
+        if err: return err
+        m["aliases"].pop(b.get("alias"), None)
+        return 200, {}
 
 
 @pytest.fixture(autouse=True)
