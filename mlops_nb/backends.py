@@ -8,7 +8,7 @@ Docs: https://mlops-nb.github.io/mlops_nb/backends.html.md"""
 from __future__ import annotations
 import os, re
 from pathlib import Path
-from .core import MlopsNbError, EnvVar, project_root
+from .core import MlopsNbError, EnvVar, project_root, DATABRICKS_CREDENTIALS
 
 # %% auto #0
 __all__ = ['MLOPS_NB_PROFILE', 'BACKENDS', 'ProfileError', 'load_profile', 'azureml_tracking_uri', 'backend_env',
@@ -76,7 +76,11 @@ def backend_env(profile:dict, # from `load_profile`
     "The MLOPS_NB_* variables a profile sets: tracking and registry URIs, experiment, model name."
     b, name, env = profile["backend"], profile["name"], {}
     if b == "databricks":
-        _need(name, "DATABRICKS_HOST", "DATABRICKS_TOKEN")
+        _need(name, "DATABRICKS_HOST")
+        if not any(all(os.environ.get(v) for v in c) for c in DATABRICKS_CREDENTIALS.values()) \
+           and not os.environ.get("DATABRICKS_CONFIG_PROFILE"):
+            raise ProfileError(f"profile {name} uses Databricks: set DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET (OAuth, "
+                               "a service principal), DATABRICKS_TOKEN, or ARM_CLIENT_ID, ARM_CLIENT_SECRET and ARM_TENANT_ID")
         env["MLOPS_NB_TRACKING_URI"] = env["MLOPS_NB_REGISTRY_URI"] = "databricks"
     elif b == "azureml":
         a = profile.get("azureml") or {}

@@ -468,7 +468,7 @@ def _parser()->argparse.ArgumentParser:
                  "  mlops-nb score --input 'data/*.parquet' --output scores/today\n"
                  "  mlops-nb serve --model champion --log-dir logs/inference\n"
                  "  mlops-nb pipeline train\n  mlops-nb pipeline monitor --current logs/inference\n"
-                 "  mlops-nb pipeline batch --input 'listings/*.parquet' --output scores\n\n"
+                 "  mlops-nb pipeline batch --input 'data/*.parquet' --output scores\n\n"
                  "state (tracking DB, artifacts, executed notebooks) lives in .mlops_nb/ of the project;\n"
                  "MLOPS_NB_HOME moves it, MLOPS_NB_TRACKING_URI points at another MLflow store.")
     p.add_argument("--profile", default=None, help="profile in profiles/ choosing the tracking backend: local (SQLite, the "

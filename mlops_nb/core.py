@@ -13,9 +13,9 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['MLOPS_NB_HOME', 'MLOPS_NB_TRACKING_URI', 'MLOPS_NB_REGISTRY_URI', 'MLOPS_NB_EXPERIMENT', 'MLOPS_NB_MODEL_NAME',
            'MLOPS_NB_TRAIN_THREADS', 'MLOPS_NB_MODEL', 'MLOPS_NB_API_KEY', 'MLOPS_NB_ADMIN_TOKEN',
-           'MLOPS_NB_MODEL_ROOTS', 'ENV_VARS', 'SECRET_VARS', 'MlopsNbError', 'DataError', 'ParamError',
-           'RegistryError', 'RegistrationRefused', 'RunFailed', 'EnvVar', 'project_root', 'state_dir', 'tracking_uri',
-           'registry_uri', 'artifact_root', 'redact_uri', 'lazy_module', 'git_info']
+           'MLOPS_NB_MODEL_ROOTS', 'ENV_VARS', 'SECRET_VARS', 'DATABRICKS_CREDENTIALS', 'MlopsNbError', 'DataError',
+           'ParamError', 'RegistryError', 'RegistrationRefused', 'RunFailed', 'EnvVar', 'project_root', 'state_dir',
+           'tracking_uri', 'registry_uri', 'artifact_root', 'redact_uri', 'lazy_module', 'git_info']
 
 # %% ../nbs/00_core.ipynb #00-core-005
 class MlopsNbError(Exception):
@@ -64,7 +64,13 @@ MLOPS_NB_ADMIN_TOKEN = EnvVar("MLOPS_NB_ADMIN_TOKEN", None, "When set, enables P
 MLOPS_NB_MODEL_ROOTS = EnvVar("MLOPS_NB_MODEL_ROOTS", None, "Folders (os.pathsep-separated) that /admin/model may load model folders from. Default: the serving cache only.")
 ENV_VARS = [MLOPS_NB_HOME, MLOPS_NB_TRACKING_URI, MLOPS_NB_REGISTRY_URI, MLOPS_NB_EXPERIMENT, MLOPS_NB_MODEL_NAME,
             MLOPS_NB_TRAIN_THREADS, MLOPS_NB_MODEL, MLOPS_NB_API_KEY, MLOPS_NB_ADMIN_TOKEN, MLOPS_NB_MODEL_ROOTS]
-SECRET_VARS = {"MLOPS_NB_API_KEY", "MLOPS_NB_ADMIN_TOKEN", "DATABRICKS_TOKEN", "MLOPS_NB_REGISTRY_PASSWORD"}  # never printed or logged
+SECRET_VARS = {"MLOPS_NB_API_KEY", "MLOPS_NB_ADMIN_TOKEN", "DATABRICKS_TOKEN", "DATABRICKS_CLIENT_SECRET", "ARM_CLIENT_SECRET",
+               "MLOPS_NB_REGISTRY_PASSWORD"}  # never printed or logged
+DATABRICKS_CREDENTIALS = { # databricks-sdk unified auth's credential sets, as the environment variables that give them
+    "oauth-m2m": ("DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET"),
+    "pat": ("DATABRICKS_TOKEN",),
+    "azure-client-secret": ("ARM_CLIENT_ID", "ARM_CLIENT_SECRET", "ARM_TENANT_ID"),
+}
 
 # %% ../nbs/00_core.ipynb #00-core-012
 def project_root(start:Path|str|None=None # folder to search upwards from (default: the current directory)

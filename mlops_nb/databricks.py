@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64, hashlib, io, json, os, re, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 import yaml
-from .core import MlopsNbError, RunFailed, EnvVar, project_root, state_dir
+from .core import MlopsNbError, RunFailed, EnvVar, project_root, state_dir, DATABRICKS_CREDENTIALS
 from .params import RunParams
 from .runner import RunResult, default_notebook
 from .tracking import UC_REGISTRY_URI, uc_model_name  # defined with the registry calls, which check names too
@@ -218,11 +218,7 @@ def _dbx_cancel(self:DatabricksRun)->bool:
 DatabricksRun.wait, DatabricksRun.cancel = _dbx_wait, _dbx_cancel
 
 # %% ../nbs/11_databricks.ipynb #11-databricks-030
-CREDENTIALS = { # unified auth's credential sets, as the environment variables that give them
-    "oauth-m2m": ("DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET"),
-    "pat": ("DATABRICKS_TOKEN",),
-    "azure-client-secret": ("ARM_CLIENT_ID", "ARM_CLIENT_SECRET", "ARM_TENANT_ID"),
-}
+CREDENTIALS = DATABRICKS_CREDENTIALS # unified auth's credential sets (defined in core: profiles check them too)
 SECRET_ENV = ("DATABRICKS_TOKEN", "DATABRICKS_CLIENT_SECRET", "ARM_CLIENT_SECRET", "DATABRICKS_PASSWORD") # never shown
 _SDK_RESOLVES = ("DATABRICKS_CONFIG_PROFILE", "DATABRICKS_AUTH_TYPE") # the SDK finds credentials from these itself
 HOW_TO_AUTHENTICATE = ("set DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET (OAuth, a service principal), DATABRICKS_TOKEN "
