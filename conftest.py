@@ -112,3 +112,12 @@ def _mlflow_env_restored():
     for k, v in before.items():
         if v is None: os.environ.pop(k, None)
         else: os.environ[k] = v
+
+
+LATE = ("test_azmlinfsrv.py", "test_checkov.py", "test_azureml_mlflow.py", "test_package.py")  # need a side venv or podman
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The files that need a side venv or the container services run last (their order kept): `bash scripts/test`
+    builds and starts those in the background while the other tests run, instead of the suite waiting for them."""
+    items.sort(key=lambda item: item.path.name in LATE)
