@@ -14,6 +14,17 @@ def run_cli(*args, env=None, cwd=ROOT, timeout=300, check=False):
     return p
 
 
+def side_venv(script, what):
+    """The last line `scripts/SCRIPT` prints (the executable of a side venv it builds once per machine, then instant).
+    When it cannot build: the test fails under CI, and is skipped elsewhere, naming `what` and the script's reason."""
+    p = subprocess.run(["bash", str(ROOT/"scripts"/script)], capture_output=True, text=True, timeout=1200)
+    if p.returncode != 0:
+        reason = (p.stderr.strip().splitlines() or ["?"])[-1]
+        if os.environ.get("CI"): pytest.fail(f"scripts/{script} failed: {reason}")
+        pytest.skip(f"scripts/{script} could not build {what} (no access to PyPI?): {reason}")
+    return p.stdout.strip().splitlines()[-1]
+
+
 def cli_json(*args, env=None, **kw):
     "Run `mlops-nb ... --json` and parse its stdout."
     p = run_cli(*args, "--json", env=env, check=True, **kw)

@@ -14,8 +14,7 @@ from .core import DataError, MlopsNbError, ParamError, lazy_module
 from .data import ColumnSpec, check_table
 from .drift_spark import spark_error, spark_session
 from .problem import Problem, ProblemError, problem_from_json, problem_ref
-from .serving import FAST_PATH_TOLERANCE, ModelInfo, ModelLoadError, Runtime, fetch_model, find_model_dir, load_runtime, read_model_dir
-from .tracking import model_name
+from .serving import FAST_PATH_TOLERANCE, ModelInfo, ModelLoadError, Runtime, load_runtime, model_folder, read_model_dir
 pd = lazy_module("pandas")  # loaded on first use
 
 # %% auto #0
@@ -52,9 +51,7 @@ class BatchModel:
 def batch_model(ref:str|Path|None=None # model folder or registry reference (default: the champion)
                )->BatchModel:
     "The model `ref` names, downloaded if needed, described without loading it."
-    ref = str(ref or f"models:/{model_name()}@champion")
-    p = Path(ref).expanduser()
-    d = find_model_dir(p) if p.exists() else fetch_model(ref)
+    d = model_folder(ref)
     meta, info = read_model_dir(d)
     spec = (meta.get("metadata") or {}).get("mlops_nb")
     if not isinstance(spec, dict) or "inputs" not in spec:

@@ -22,7 +22,7 @@ except ImportError: from json import loads as _loads
 __all__ = ['MAX_ROWS', 'V2_DATATYPES', 'V2_OUTPUT', 'FAST_PATH_TOLERANCE', 'ModelLoadError', 'find_model_dir', 'ModelInfo',
            'read_model_dir', 'load_sklearn', 'RequestError', 'validate_payload', 'json_schema', 'answers', 'score',
            'records_of', 'mlflow_records', 'csv_records', 'v2_metadata', 'v2_records', 'v2_response', 'FastModel',
-           'Runtime', 'fetch_model', 'load_runtime', 'model_roots', 'check_model_source']
+           'Runtime', 'fetch_model', 'model_folder', 'load_runtime', 'model_roots', 'check_model_source']
 
 # %% ../nbs/07_serving.ipynb #07-serving-005
 class ModelLoadError(MlopsNbError):
@@ -484,12 +484,17 @@ def fetch_model(ref:str # registry reference
                              f"{v.name} v{v.version} of run {v.run_id}: delete that folder and retry")
     return dest
 
+def model_folder(source:str|Path|None=None # model folder or registry reference (default: the champion)
+                )->Path:
+    "The model folder `source` names: a local folder as it is, a registry reference downloaded into the serving cache."
+    source = str(source or f"models:/{model_name()}@champion")
+    p = Path(source).expanduser()
+    return find_model_dir(p) if p.exists() else fetch_model(source)
+
 def load_runtime(source:str|Path|None=None # model folder or registry reference (default: the champion)
                 )->Runtime:
     "A `Runtime` for a model folder or a registry reference."
-    source = str(source or f"models:/{model_name()}@champion")
-    p = Path(source).expanduser()
-    d = find_model_dir(p) if p.exists() else fetch_model(source)
+    d = model_folder(source)
     meta, info = read_model_dir(d)
     return Runtime(load_sklearn(d, meta), meta, info, d)
 

@@ -18,7 +18,7 @@ when credentials are set.
 """
 import json, os, subprocess, sys, tomllib
 import pytest
-from conftest import ROOT
+from conftest import ROOT, side_venv
 
 WS = "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.MachineLearningServices/workspaces/ws"
 ARM_URI = "azureml://canadacentral.api.azureml.ms/mlflow/v1.0" + WS  # mlFlowTrackingUri as ARM reports it
@@ -125,12 +125,7 @@ def test_extra_ranges_hold_the_lock():
 @pytest.fixture(scope="module")
 def azureml_python():
     "The python of the plugin's venv (built once per machine, then instant)."
-    p = subprocess.run(["bash", str(ROOT/"scripts"/"azureml-venv")], capture_output=True, text=True, timeout=1200)
-    if p.returncode != 0:
-        reason = (p.stderr.strip().splitlines() or ["?"])[-1]
-        if os.environ.get("CI"): pytest.fail(f"scripts/azureml-venv failed: {reason}")
-        pytest.skip(f"scripts/azureml-venv could not build the azureml-mlflow venv (no access to PyPI?): {reason}")
-    return p.stdout.strip().splitlines()[-1]
+    return side_venv("azureml-venv", "the azureml-mlflow venv")
 
 
 @pytest.fixture(scope="module")

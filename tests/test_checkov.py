@@ -9,7 +9,7 @@ then stale: remove it).
 """
 import json, os, subprocess
 import pytest
-from conftest import ROOT
+from conftest import side_venv
 
 pytest.importorskip("kubernetes_validate")
 from mlops_nb.kube import render_manifests, validate_manifests, write_manifests
@@ -32,12 +32,7 @@ SKIPS = {
 @pytest.fixture(scope="module")
 def checkov():
     "The checkov executable of its own venv (built once per machine, then instant)."
-    p = subprocess.run(["bash", str(ROOT/"scripts"/"checkov-venv")], capture_output=True, text=True, timeout=1200)
-    if p.returncode != 0:
-        reason = (p.stderr.strip().splitlines() or ["?"])[-1]
-        if os.environ.get("CI"): pytest.fail(f"scripts/checkov-venv failed: {reason}")
-        pytest.skip(f"scripts/checkov-venv could not build checkov's venv (no access to PyPI?): {reason}")
-    return p.stdout.strip().splitlines()[-1]
+    return side_venv("checkov-venv", "checkov's venv")
 
 
 @pytest.fixture(scope="module")
