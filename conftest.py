@@ -125,10 +125,12 @@ def _mlflow_env_restored():
         else: os.environ[k] = v
 
 
+EARLY = ("test_notebooks_run_all.py",)  # the longest file (one worker takes it whole): started first, it ends with the rest
 LATE = ("test_azmlinfsrv.py", "test_checkov.py", "test_azureml_mlflow.py", "test_package.py")  # need a side venv or podman
 
 
 def pytest_collection_modifyitems(session, config, items):
     """The files that need a side venv or the container services run last (their order kept): `bash scripts/test`
-    builds and starts those in the background while the other tests run, instead of the suite waiting for them."""
-    items.sort(key=lambda item: item.path.name in LATE)
+    builds and starts those in the background while the other tests run, instead of the suite waiting for them. The
+    longest file runs first."""
+    items.sort(key=lambda item: (item.path.name not in EARLY) + (item.path.name in LATE))

@@ -8,6 +8,7 @@ Docs: https://mlops-nb.github.io/mlops_nb/batch.html.md"""
 from __future__ import annotations
 import glob, importlib, io, json, multiprocessing, os, re, shutil, sys, time, uuid
 from dataclasses import dataclass, asdict
+from functools import partial
 from pathlib import Path
 import numpy as np
 from .core import DataError, MlopsNbError, ParamError, lazy_module
@@ -334,7 +335,6 @@ def score_local(bm:BatchModel, # the model
                 csv_bytes:int=CSV_RANGE_BYTES # bytes of CSV per task
                )->tuple:
     "Score `files` into `tmp` with a pool of processes; return (rows, why the columnar fast path was not used, or None)."
-    from functools import partial
     check_columns(files, bm.problem)
     tasks = plan_tasks(files, csv_bytes)
     if not tasks: raise DataError(f"{files[0]}: no rows to score")
@@ -428,7 +428,8 @@ def score_spark(spark, # the session
     except ProblemError: ref, root = None, None
     env, name = {"ref": ref, "root": str(root) if root else None}, ship_model(spark, bm)
     ddl = ", ".join(f"`{c}` {_SPARK_TYPES[k]}" for c, k in output_columns(bm.problem).items())
-    scored = df.select(*cols).mapInPandas(lambda it: spark_batches(it, name, env), ddl)
+    # the function Spark pickles refers to the exported module (a notebook's own definitions would be pickled by value)
+    scored = df.select(*cols).mapInPandas(partial(importlib.import_module("mlops_nb.batch").spark_batches, name=name, problem_env=env), ddl)
     old = spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch")
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_rows))
     try: scored.write.mode("errorifexists").parquet(dest)
