@@ -545,7 +545,8 @@ def _parser()->argparse.ArgumentParser:
 
     sv = cmd(sub, "serve", cmd_serve, "Runs the scoring API (api/score.py's contract) with adaptive micro-batching. "
              "Secrets from the environment: MLOPS_NB_API_KEY requires a key on /score; MLOPS_NB_ADMIN_TOKEN enables "
-             "POST /admin/model to swap versions without dropping requests.")
+             "POST /admin/model to swap versions without dropping requests. MLOPS_NB_API_KEY_FILE and "
+             "MLOPS_NB_ADMIN_TOKEN_FILE read them from files instead (mounted secrets).")
     sv.add_argument("--model", default=None, help="model folder or registry reference: models:/NAME@champion, models:/NAME/3, "
                     "champion, latest, 3, best:roc_auc (default: MLOPS_NB_MODEL or the champion)")
     sv.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1; 0.0.0.0 in a container)")
@@ -586,7 +587,7 @@ def _parser()->argparse.ArgumentParser:
     dp.add_argument("--namespace", default="default", help="Kubernetes namespace (default: default)")
     dp.add_argument("--replicas", type=int, default=2, help="replicas (default: 2)")
     dp.add_argument("--hpa", action="store_true", help="add a HorizontalPodAutoscaler on CPU")
-    dp.add_argument("--api-key-secret", default=None, help="name of a Secret whose key api-key becomes MLOPS_NB_API_KEY")
+    dp.add_argument("--api-key-secret", default=None, help="name of a Secret whose key api-key is the server's API key (mounted as a file, MLOPS_NB_API_KEY_FILE)")
     dp.add_argument("--inference-log", action="store_true", help="mount a volume for the image's inference log (package --inference-log)")
     dp.add_argument("--log-claim", default=None, help="the inference log's PersistentVolumeClaim (default: an emptyDir, lost with the pod)")
     dp.add_argument("--manifests", default=None, help="folder to write the manifests to (default: the state folder's k8s/NAME)")

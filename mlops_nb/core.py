@@ -45,10 +45,18 @@ class EnvVar:
     name: str  # variable name
     default: object = None  # value when unset or empty
     doc: str = ""  # what it configures
+    from_file: bool = False  # a secret: `NAME_FILE` may name a file holding it instead (a mounted Kubernetes or Docker secret)
     def get(self):
-        "The variable's value, or its default when unset or empty."
+        "The variable's value, or its default when unset or empty; for a secret, else the content of the file `NAME_FILE` names."
         v = os.environ.get(self.name, "")
-        return v if v != "" else self.default
+        path = os.environ.get(f"{self.name}_FILE", "") if self.from_file else ""
+        if v != "" and path != "": raise MlopsNbError(f"both {self.name} and {self.name}_FILE are set: unset one of them")
+        if path == "": return v if v != "" else self.default
+        try: v = Path(path).read_text().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as e:
+            raise MlopsNbError(f"{self.name}_FILE={path}: cannot read it ({getattr(e, 'strerror', None) or type(e).__name__}); mount the secret there or unset the variable") from None
+        if v == "": raise MlopsNbError(f"{self.name}_FILE={path}: the file is empty; put the secret in it or unset the variable")
+        return v
     def __repr__(self): return f"EnvVar({self.name})"
 
 # %% ../nbs/00_core.ipynb #00-core-009
@@ -59,8 +67,8 @@ MLOPS_NB_EXPERIMENT = EnvVar("MLOPS_NB_EXPERIMENT", None, "Experiment that train
 MLOPS_NB_MODEL_NAME = EnvVar("MLOPS_NB_MODEL_NAME", None, "Registered model name. Default: the problem's.")
 MLOPS_NB_TRAIN_THREADS = EnvVar("MLOPS_NB_TRAIN_THREADS", "1", "OpenMP threads for training (0: all cores).")
 MLOPS_NB_MODEL = EnvVar("MLOPS_NB_MODEL", None, "Model to serve: a folder or registry reference. Default: the champion.")
-MLOPS_NB_API_KEY = EnvVar("MLOPS_NB_API_KEY", None, "When set, the scoring API requires it (Bearer or X-API-Key). Secret.")
-MLOPS_NB_ADMIN_TOKEN = EnvVar("MLOPS_NB_ADMIN_TOKEN", None, "When set, enables POST /admin/model (model swap). Secret.")
+MLOPS_NB_API_KEY = EnvVar("MLOPS_NB_API_KEY", None, "When set, the scoring API requires it (Bearer or X-API-Key). Secret; or a file in MLOPS_NB_API_KEY_FILE.", True)
+MLOPS_NB_ADMIN_TOKEN = EnvVar("MLOPS_NB_ADMIN_TOKEN", None, "When set, enables POST /admin/model (model swap). Secret; or a file in MLOPS_NB_ADMIN_TOKEN_FILE.", True)
 MLOPS_NB_MODEL_ROOTS = EnvVar("MLOPS_NB_MODEL_ROOTS", None, "Folders (os.pathsep-separated) that /admin/model may load model folders from. Default: the serving cache only.")
 ENV_VARS = [MLOPS_NB_HOME, MLOPS_NB_TRACKING_URI, MLOPS_NB_REGISTRY_URI, MLOPS_NB_EXPERIMENT, MLOPS_NB_MODEL_NAME,
             MLOPS_NB_TRAIN_THREADS, MLOPS_NB_MODEL, MLOPS_NB_API_KEY, MLOPS_NB_ADMIN_TOKEN, MLOPS_NB_MODEL_ROOTS]

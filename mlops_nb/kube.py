@@ -14,8 +14,8 @@ from .inference_log import INFERENCE_LOG_DIR
 from .problem import load_problem
 
 # %% auto #0
-__all__ = ['UID', 'SERVER_DRAIN_S', 'DNS_EGRESS', 'FILE_NAMES', 'KubeError', 'ManifestInvalid', 'RolloutFailed', 'RolloutTimeout',
-           'parse_quantity', 'split_image', 'image_tag_of', 'model_annotations', 'grace_period',
+__all__ = ['UID', 'SECRETS_DIR', 'SERVER_DRAIN_S', 'DNS_EGRESS', 'FILE_NAMES', 'KubeError', 'ManifestInvalid', 'RolloutFailed',
+           'RolloutTimeout', 'parse_quantity', 'split_image', 'image_tag_of', 'model_annotations', 'grace_period',
            'render_disruption_budget', 'network_peer', 'render_network_policy', 'render_manifests', 'to_yaml',
            'write_manifests', 'validate_manifests', 'api_error', 'apply', 'rollout_state', 'wait_for_rollout',
            'rollback_patch', 'rollback', 'deploy', 'diff_fields', 'dry_run']
@@ -84,6 +84,7 @@ def model_annotations(labels:dict|None # model name/version/run id/git commit, e
 _NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 UID = 10001  # the image's non-root user (see `package`)
+SECRETS_DIR = "/var/run/secrets/mlops-nb"  # where a Secret the server reads is mounted
 SERVER_DRAIN_S = 10  # the scoring server's graceful shutdown after SIGTERM (uvicorn's timeout_graceful_shutdown in `serve`)
 
 def grace_period(pre_stop_s:int # seconds of the preStop delay
@@ -168,7 +169,7 @@ def render_manifests(image:str, # image REGISTRY/NAME:VERSION-GITSHA, pinned wit
                      max_replicas:int=5, # autoscaler ceiling
                      target_cpu:int=70, # autoscaler target: average CPU use, % of the request
                      labels:dict|None=None, # model name/version/run id/git commit, written as `mlops-nb/` annotations
-                     api_key_secret:str|None=None, # Secret whose key `api-key` becomes MLOPS_NB_API_KEY (never the value)
+                     api_key_secret:str|None=None, # Secret whose key `api-key` the server reads as its API key, mounted as a file (never the value)
                      startup_probe:bool=True, # give model loading up to 2 minutes before liveness checks start
                      progress_deadline_s:int=240, # seconds without progress before the rollout is marked failed
                      revision_history:int=5, # old ReplicaSets kept for rollbacks
@@ -198,7 +199,8 @@ def render_manifests(image:str, # image REGISTRY/NAME:VERSION-GITSHA, pinned wit
     ann = model_annotations(labels)
     container = {"name": "server", "image": image, "imagePullPolicy": "IfNotPresent",
                  "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}]}
-    if api_key_secret: container["env"] = [{"name": "MLOPS_NB_API_KEY", "valueFrom": {"secretKeyRef": {"name": api_key_secret, "key": "api-key"}}}]
+    if api_key_secret:  # a file, not an environment variable: it stays out of `env` dumps and crash reports
+        container["env"] = [{"name": "MLOPS_NB_API_KEY_FILE", "value": f"{SECRETS_DIR}/api-key"}]
     container["resources"] = {"requests": {"cpu": cpu_request, "memory": memory_request}, "limits": {"cpu": cpu_limit, "memory": memory_limit}}
     if startup_probe: container["startupProbe"] = _probe("/health", port, 5, 24)
     container["readinessProbe"] = _probe("/ready", port, 5, 3)
@@ -208,6 +210,10 @@ def render_manifests(image:str, # image REGISTRY/NAME:VERSION-GITSHA, pinned wit
                                     "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
     container["volumeMounts"] = [{"name": "tmp", "mountPath": "/tmp"}]
     volumes = [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
+    if api_key_secret:
+        container["volumeMounts"].append({"name": "api-key", "mountPath": SECRETS_DIR, "readOnly": True})
+        volumes.append({"name": "api-key", "secret": {"secretName": api_key_secret, "items": [{"key": "api-key", "path": "api-key"}],
+                                                      "defaultMode": 0o440}})  # readable by the pod's fsGroup (the server's group) only
     if log_claim is not None and not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", log_claim):
         raise KubeError(f"log_claim {log_claim!r} is not a valid PersistentVolumeClaim name: use lowercase letters, digits, '-' and '.'")
     if inference_log or log_claim:
@@ -216,7 +222,7 @@ def render_manifests(image:str, # image REGISTRY/NAME:VERSION-GITSHA, pinned wit
         volumes.append({"name": "inference-log", **({"persistentVolumeClaim": {"claimName": log_claim}} if log_claim else {"emptyDir": {"sizeLimit": "1Gi"}})})
     pod = {"metadata": {"labels": pod_labels, **({"annotations": ann} if ann else {})},
            "spec": {"automountServiceAccountToken": False, "terminationGracePeriodSeconds": grace_period(pre_stop_s),
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID, "seccompProfile": {"type": "RuntimeDefault"}},
                     "containers": [container], "volumes": volumes}}
     spec = {**({} if hpa else {"replicas": replicas}), "revisionHistoryLimit": revision_history, "progressDeadlineSeconds": progress_deadline_s,
             "selector": {"matchLabels": selector},

@@ -21,9 +21,6 @@ SKIPS = {
         "CKV_K8S_21": "The default namespace should not be used: the namespace is the deploying team's choice "
                       "(`deploy --namespace`, render_manifests(namespace=)); mlops-nb cannot pick one for them, and these "
                       "manifests are rendered with the CLI's default, `default`",
-        "CKV_K8S_35": "Prefer secrets as files over environment variables: the scoring server reads its API key from "
-                      "MLOPS_NB_API_KEY, which the manifest fills from a Secret by reference (the value never appears in "
-                      "a manifest); reading the key from a mounted file would need the server to support one",
     },
     "dockerfile": {},
 }
@@ -82,7 +79,7 @@ def test_kubernetes_manifests(scanned):
     s = _judge(scanned["kubernetes"], "kubernetes")
     assert s["parsing_errors"] == 0 and s["passed"] >= 80  # the checks ran (84 pass with checkov 3.3.30)
     passed = {c["check_id"] for c in scanned["kubernetes"]["results"]["passed_checks"]}
-    assert {"CKV_K8S_43", "CKV2_K8S_6", "CKV_K8S_15"} <= passed  # image by digest (so pulled by digest), pods covered by a NetworkPolicy
+    assert {"CKV_K8S_43", "CKV2_K8S_6", "CKV_K8S_15", "CKV_K8S_35"} <= passed  # image by digest (so pulled by digest), pods covered by a NetworkPolicy, the API key a file
 
 
 def test_dockerfile(scanned):

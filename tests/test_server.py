@@ -188,6 +188,23 @@ def test_api_key_and_scoring_failure(tmp_path, model_dir, state):
     assert out["error_id"] in log and "RuntimeError: boom" in log and KEY not in log
 
 
+def test_api_key_from_a_mounted_file(tmp_path, model_dir, state):
+    "MLOPS_NB_API_KEY_FILE (a Kubernetes Secret mounted as a file, as `deploy --api-key-secret` renders it) sets the key."
+    (tmp_path/"api-key").write_text(KEY + "\n")
+    s = Server(tmp_path, "--model", model_dir, env={"MLOPS_NB_API_KEY_FILE": str(tmp_path/"api-key")})
+    try:
+        assert s.score(GOOD)[0] == 401 and s.score(GOOD, headers={"x-api-key": KEY + "x"})[0] == 401
+        assert s.score(GOOD, headers={"authorization": f"Bearer {KEY}"})[0] == 200
+    finally: log = s.stop()
+    assert KEY not in log
+    env = {k: v for k, v in os.environ.items() if k != "MLOPS_NB_API_KEY"}
+    for extra, says in (({"MLOPS_NB_API_KEY_FILE": str(tmp_path/"missing")}, "missing: cannot read it (No such file or directory)"),
+                        ({"MLOPS_NB_API_KEY_FILE": str(tmp_path/"api-key"), "MLOPS_NB_API_KEY": KEY}, "both MLOPS_NB_API_KEY and MLOPS_NB_API_KEY_FILE")):
+        p = subprocess.run([CLI, "serve", "--port", str(free_port()), "--model", str(model_dir)], env={**env, **extra},
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 2 and says in p.stderr and "Traceback" not in p.stderr and KEY not in p.stderr, p.stderr
+
+
 def test_bad_model_reference_fails_the_start(tmp_path, state):
     p = subprocess.run([CLI, "serve", "--port", str(free_port()), "--model", str(tmp_path/"missing")], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "error: could not load model" in p.stderr
