@@ -219,10 +219,12 @@ DatabricksRun.wait, DatabricksRun.cancel = _dbx_wait, _dbx_cancel
 
 # %% ../nbs/11_databricks.ipynb #11-databricks-030
 CREDENTIALS = DATABRICKS_CREDENTIALS # unified auth's credential sets (defined in core: profiles check them too)
-SECRET_ENV = ("DATABRICKS_TOKEN", "DATABRICKS_CLIENT_SECRET", "ARM_CLIENT_SECRET", "DATABRICKS_PASSWORD") # never shown
+SECRET_ENV = ("DATABRICKS_TOKEN", "DATABRICKS_CLIENT_SECRET", "ARM_CLIENT_SECRET", "DATABRICKS_PASSWORD",
+              "ACTIONS_ID_TOKEN_REQUEST_TOKEN") # never shown
 _SDK_RESOLVES = ("DATABRICKS_CONFIG_PROFILE", "DATABRICKS_AUTH_TYPE") # the SDK finds credentials from these itself
 HOW_TO_AUTHENTICATE = ("set DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET (OAuth, a service principal), DATABRICKS_TOKEN "
-                       "(a personal access token), or ARM_CLIENT_ID, ARM_CLIENT_SECRET and ARM_TENANT_ID (an Azure service principal)")
+                       "(a personal access token), or ARM_CLIENT_ID, ARM_CLIENT_SECRET and ARM_TENANT_ID (an Azure service principal); "
+                       "in GitHub Actions, DATABRICKS_CLIENT_ID with `id-token: write` (OIDC federation)")
 
 def credential_kind(token:str|None=None, # a personal access token given in code
                     client_id:str|None=None, client_secret:str|None=None # an OAuth pair given in code

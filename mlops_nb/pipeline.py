@@ -15,11 +15,11 @@ from .problem import load_problem
 
 # %% auto #0
 __all__ = ['STORE', 'REGISTRY', 'DOCS_SITE', 'PIPELINES', 'OUTPUT_CONDITIONS', 'CONDITIONS', 'CLOUD_FACTS', 'CLOUD_ENV',
-           'CI_SUFFIX', 'CI_GROUP', 'SECRET_ENVIRONMENTS', 'INPUTS', 'ACTIONS', 'CLOUD', 'GENERATED', 'PipelineError',
-           'PipelineFailed', 'Step', 'render', 'argv_of', 'check_line', 'run_step', 'PipelineResult', 'run_pipeline',
-           'cloud_steps', 'CloudVar', 'Input', 'PipelineSettings', 'project_settings', 'cloud_command', 'Job', 'Action',
-           'Cloud', 'check_cloud', 'generated', 'github_workflow', 'azure_pipeline', 'render_pipelines',
-           'write_pipelines']
+           'CI_SUFFIX', 'CI_GROUP', 'SECRET_ENVIRONMENTS', 'INPUTS', 'ACTIONS', 'CLOUD', 'GENERATED', 'FEDERATED',
+           'PipelineError', 'PipelineFailed', 'Step', 'render', 'argv_of', 'check_line', 'run_step', 'PipelineResult',
+           'run_pipeline', 'cloud_steps', 'CloudVar', 'Input', 'PipelineSettings', 'project_settings', 'cloud_command',
+           'Job', 'Action', 'Cloud', 'check_cloud', 'generated', 'github_workflow', 'azure_pipeline',
+           'render_pipelines', 'write_pipelines']
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-005
 class PipelineError(MlopsNbError):
@@ -380,6 +380,7 @@ class PipelineSettings:
     window: int = 7 # days of live traffic each monitoring run looks at
     python: str = "3.11" # Python on GitHub's runners
     optional: tuple = () # optional pipelines this project gets too (see `Cloud.requires`), e.g. ("docs",)
+    github_auth: str = "oidc" # GitHub: Databricks through OIDC federation (no stored secret), or "secret" (the OAuth M2M pair)
     def __post_init__(self):
         for what, v, pat in [("name", self.name, _SLUG), ("prefix", self.prefix, _SLUG), ("main", self.main, _BRANCH)]:
             if not isinstance(v, str) or not pat.fullmatch(v): raise PipelineError(f"pipeline setting {what}={v!r} is not allowed: use {pat.pattern}")
@@ -393,6 +394,7 @@ class PipelineSettings:
             raise PipelineError(f"pipeline setting window={self.window!r} is not allowed: use whole days, 1 to 366")
         if not re.fullmatch(r"3\.\d{1,2}", self.python): raise PipelineError(f"pipeline setting python={self.python!r}: use 3.X")
         if not isinstance(self.optional, tuple): raise PipelineError(f"pipeline setting optional={self.optional!r}: use a tuple of pipeline names")
+        if self.github_auth not in ("oidc", "secret"): raise PipelineError(f"pipeline setting github_auth={self.github_auth!r}: use oidc or secret")
     @property
     def literals(self)->dict: return {"main": self.main, "api_key_secret": f"{self.name}-api-key", "window": str(self.window)}
 
@@ -404,7 +406,8 @@ def project_settings(root:Path|str|None=None # the project folder (default: this
     lib = cfg.get("tool", {}).get("nbdev", {}).get("lib_path")
     paths = ("nbs/**", *([f"{lib}/**"] if lib else []), "api/**", "pipelines/**", "tests/**", "pyproject.toml")
     optional = tuple(n for n, c in CLOUD.items() if c.requires and (root/c.requires).exists())  # CLOUD: declared below
-    return PipelineSettings(load_problem(start=root).deployment_name, paths=paths, optional=optional)
+    auth = cfg.get("tool", {}).get("mlops_nb", {}).get("github_auth", "oidc")  # "secret" where no federation policy can be set
+    return PipelineSettings(load_problem(start=root).deployment_name, paths=paths, optional=optional, github_auth=auth)
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-038
 _FIELD = re.compile(r"\{(\w+)(?:\[(\w+)\])?\}")
@@ -683,6 +686,17 @@ def _github_value(src:tuple, cloud:Cloud, producers:dict)->str:
     if kind == "input": return INPUTS[key].github
     return f"${{{{ needs.{producers[key]}.outputs.{src[2]} }}}}"
 
+FEDERATED = "DATABRICKS_CLIENT_SECRET" # on GitHub with github_auth="oidc", replaced by the job's OIDC identity token
+
+def _github_env(env:dict, cloud:Cloud, producers:dict, settings:PipelineSettings)->dict:
+    """A step's `env:` on GitHub. With OIDC federation the Databricks client secret is not stored at all: databricks-sdk
+    exchanges the job's identity token (the job gets `id-token: write`) for a workspace token."""
+    out = {}
+    for var, src in env.items():
+        if var == FEDERATED and settings.github_auth == "oidc": out["DATABRICKS_AUTH_TYPE"] = "github-oidc"
+        else: out[var] = _github_value(src, cloud, producers)
+    return out
+
 def _checkout(ref:str|None=None)->list[dict]:
     "GitHub's checkout step, pinned, keeping no credentials in .git/config for later steps."
     sha = ACTIONS["actions/checkout"][0]
@@ -723,13 +737,15 @@ def github_workflow(name:str, # ci, train, deploy or docs
                                   "run": f'python pipelines/secret_file.py {f.github} "${var}"'})
             line = row["line"] + (f" | python pipelines/publish_output.py {' '.join(row['publish'])}" if row["publish"] else "")
             st = {"name": row["label"], **({"id": row["out"]} if row["publish"] else {})}
-            if row["env"]: st["env"] = {var: _github_value(src, c, producers) for var, src in row["env"].items()}
+            if row["env"]: st["env"] = _github_env(row["env"], c, producers, settings)
             steps.append({**st, "run": line})
         steps += [_action_step(a) for a in j.actions]
         secret = any(src[0] in ("secret", "file") for row in rows for src in row["env"].values())
         environment = j.environment or (SECRET_ENVIRONMENTS[c.credentials] if secret else None)
+        federated = settings.github_auth == "oidc" and any(FEDERATED in row["env"] for row in rows)
         job = {"name": j.title, **({"needs": j.needs} if j.needs else {}), "runs-on": "ubuntu-latest", "timeout-minutes": j.timeout,
-               **({"environment": environment} if environment else {}), "permissions": j.permissions or {"contents": "read"}}
+               **({"environment": environment} if environment else {}),
+               "permissions": {**(j.permissions or {"contents": "read"}), **({"id-token": "write"} if federated else {})}}
         outs = {k: f"${{{{ steps.{row['out']}.outputs.{k} }}}}" for row in rows for k in row["publish"]}
         if outs: job["outputs"] = outs
         doc["jobs"][j.id] = {**job, "steps": steps}

@@ -27,7 +27,9 @@ from mlops_nb.runner import RunResult
 from mlops_nb.databricks import DatabricksRunner, DatabricksError
 
 TOKEN = "dapi-SECRET-token-0123456789"
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 CLIENT_ID, CLIENT_SECRET, TENANT = "sp-0b7c", "dose-SECRET-oauth-9876543210", "tenant-1"
+GH_REQUEST_TOKEN = "ghs-SECRET-actions-request-token"  # what GitHub gives a job with `id-token: write` to ask for ID tokens
 RESULT = {"run_id": "mlflow-run-1", "mode": "test", "metrics": {"accuracy": 0.81}, "registered_version": None,
           "data_fingerprint": "abc", "train_rows": 100}
 TRACE = "Traceback (most recent call last):\n  File \"<cell>\", line 3\n" + "    noise\n" * 50 + "ValueError: labels missing"
@@ -41,6 +43,7 @@ class FakeDatabricks:
         self.uc = {}  # Unity Catalog models: full name -> {"aliases": {alias: version}, "versions": {version: dict}, ...}
         self.catalogs, self.uc_page = {"dev", "staging", "prod"}, 1000  # catalogs that exist; the most versions a search page holds
         self.issued = []  # access tokens the OAuth endpoints handed out
+        self.id_tokens = {}  # GitHub Actions ID tokens the stand-in's /_github/ endpoint issued -> their audience
         self.scenario, self.next_id, self.lock = "SUCCESS", 100, threading.Lock()
         fake = self
         class H(BaseHTTPRequestHandler):
@@ -77,8 +80,8 @@ class FakeDatabricks:
             code = queue.pop(0)
             err = {"error_code": "REQUEST_LIMIT_EXCEEDED" if code == 429 else "TEMPORARILY_UNAVAILABLE", "message": "slow down"}
             return self.send(h, code, err, {"Retry-After": "1"} if code == 429 else {})
-        if u.path.startswith(("/.well-known/", "/oidc/", "/aad/")):  # discovery and token endpoints: no bearer token
-            return self.send(h, *self.oauth(h, method, u.path, body))
+        if u.path.startswith(("/.well-known/", "/oidc/", "/aad/", "/_github/")):  # discovery and token endpoints: no bearer token
+            return self.send(h, *self.oauth(h, method, u.path, body, q))
         if h.headers.get("Authorization") not in {f"Bearer {TOKEN}", *(f"Bearer {t}" for t in self.issued)}:
             return self.send(h, 401, {"error_code": "UNAUTHENTICATED", "message": "bad token"})
         if u.path.startswith("/api/2.0/fs/"): return self.send(h, *self.fs(method, u.path, q, body), head=method == "HEAD")
@@ -98,10 +101,25 @@ class FakeDatabricks:
         if not head: h.wfile.write(data)
 
     # OAuth: the workspace's metadata, OIDC discovery, the M2M token endpoint; an Entra ID token endpoint under /aad/
-    def oauth(self, h, method, path, body):
+    def oauth(self, h, method, path, body, q):
         if path == "/.well-known/databricks-config": return 200, {"oidc_endpoint": f"{self.url}/oidc", "workspace_id": "1234"}
         if path == "/oidc/.well-known/oauth-authorization-server":
             return 200, {"authorization_endpoint": f"{self.url}/oidc/v1/authorize", "token_endpoint": f"{self.url}/oidc/v1/token"}
+        if path == "/oidc/v1/token" and method == "POST" and body.get("grant_type") == TOKEN_EXCHANGE:
+            # workload identity federation: a GitHub ID token for this endpoint, from the service principal's repository
+            aud = self.id_tokens.get(body.get("subject_token"))
+            if body.get("subject_token_type") != "urn:ietf:params:oauth:token-type:jwt" or aud != f"{self.url}/oidc/v1/token":
+                return 401, {"error": "invalid_grant", "error_description": "subject token rejected by the federation policy"}
+            if body.get("client_id") != CLIENT_ID: return 401, {"error": "invalid_client", "error_description": "no such service principal"}
+            return 200, self.token("oidc")
+        if path == "/_github/idtoken" and method == "GET":  # GitHub's ACTIONS_ID_TOKEN_REQUEST_URL, played here too
+            if h.headers.get("Authorization") != f"Bearer {GH_REQUEST_TOKEN}": return 401, {"message": "Bad credentials"}
+            claims = {"iss": "https://token.actions.githubusercontent.com", "aud": q.get("audience"), "sub": "repo:team/churn:environment:ci",
+                      "exp": int(time.time()) + 300}
+            part = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).decode().rstrip("=")
+            jwt = f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part(claims)}.c2ln"
+            with self.lock: self.id_tokens[jwt] = q.get("audience")
+            return 200, {"count": 1, "value": jwt}
         if path == "/oidc/v1/token" and method == "POST":
             basic = "Basic " + base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
             if h.headers.get("Authorization") != basic or body.get("grant_type") != "client_credentials":
@@ -682,6 +700,47 @@ def test_oauth_m2m_obtains_and_uses_a_token(fake, nb, monkeypatch):
     api = [a for m, p, q, b, a in reqs if p.startswith("/api/")]
     assert api and set(api) == {"Bearer m2m-access-%d" % fake.issued.index(api[0].split()[1])}
     assert all(TOKEN not in (a or "") for a in api)
+
+
+def _github_job(monkeypatch, fake, request_token=GH_REQUEST_TOKEN):
+    "The environment of a GitHub Actions job with `id-token: write`, as the generated workflows set it: no Databricks secret."
+    for k in ("DATABRICKS_TOKEN", "DATABRICKS_CLIENT_SECRET", "ARM_CLIENT_ID", "ARM_CLIENT_SECRET", "ARM_TENANT_ID", "DATABRICKS_CONFIG_PROFILE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("DATABRICKS_HOST", fake.url); monkeypatch.setenv("DATABRICKS_CLIENT_ID", CLIENT_ID)
+    monkeypatch.setenv("DATABRICKS_AUTH_TYPE", "github-oidc")
+    monkeypatch.setenv("ACTIONS_ID_TOKEN_REQUEST_URL", f"{fake.url}/_github/idtoken?api-version=2.0")
+    monkeypatch.setenv("ACTIONS_ID_TOKEN_REQUEST_TOKEN", request_token)
+
+
+def test_github_oidc_federation_exchanges_the_job_token(fake, nb, monkeypatch):
+    """GitHub's OIDC federation (the generated GitHub workflows' default): the SDK asks GitHub for the job's ID token
+    with the workspace's token endpoint as audience, exchanges it there (RFC 8693 token exchange, no client secret)
+    and calls the API with the Databricks token it got."""
+    from mlops_nb.databricks import credential_kind
+    _github_job(monkeypatch, fake)
+    assert credential_kind() == "github-oidc"
+    fake.scenario = "SUCCESS"
+    n = len(fake.requests)
+    res = DatabricksRunner(nb, folder="/Shared/t", existing_cluster_id="c", poll_s=0.05, retry_timeout_s=15).submit(make_params()).wait(30)
+    assert res.run_id == "mlflow-run-1"
+    reqs = fake.requests[n:]
+    ask = [(q, a) for m, p, q, b, a in reqs if p == "/_github/idtoken"]
+    assert ask and all(q["audience"] == f"{fake.url}/oidc/v1/token" and a == f"Bearer {GH_REQUEST_TOKEN}" for q, a in ask)
+    grant = next(b for m, p, q, b, a in reqs if p == "/oidc/v1/token")
+    assert grant["grant_type"] == TOKEN_EXCHANGE and grant["client_id"] == CLIENT_ID and grant["subject_token"] in fake.id_tokens
+    assert not grant.get("client_secret")  # nothing stored to leak or rotate
+    api = {a for m, p, q, b, a in reqs if p.startswith("/api/")}
+    assert api and all(a.startswith("Bearer oidc-access-") for a in api)
+
+
+def test_github_oidc_refused_is_one_line_and_secret_free(fake, nb, monkeypatch):
+    "A job without a valid request token (no `id-token: write`): one line saying what to set, no token in it."
+    _github_job(monkeypatch, fake, request_token="ghs-SECRET-wrong")
+    with pytest.raises(DatabricksError) as ei:
+        DatabricksRunner(nb, folder="/Shared/t", existing_cluster_id="c", retry_timeout_s=15).submit(make_params())
+    m = str(ei.value)
+    assert m.startswith("Databricks authentication failed:") and "\n" not in m and "id-token: write" in m
+    assert "ghs-SECRET" not in m and GH_REQUEST_TOKEN not in m, m
 
 
 def test_m2m_wrong_secret_is_one_line_and_secret_free(fake, nb, monkeypatch):

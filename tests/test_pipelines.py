@@ -1,7 +1,8 @@
 """The pipelines: the cloud files (ci, train, deploy, monitor, batch on both platforms; docs on GitHub only) are exactly what
 `mlops_nb.pipeline` generates from its one definition; every job has a timeout; every step is one line naming a real
 command; untrusted values reach commands only as quoted environment variables; pull requests get no production secret;
-actions are pinned; only the Pages deployment gets more than `contents: read`; zizmor and check-jsonschema pass; dry
+actions are pinned; only the Pages deployment and the jobs calling Databricks (GitHub's OIDC federation: `id-token:
+write`, no client secret) get more than `contents: read`; zizmor and check-jsonschema pass; dry
 runs of `mlops_nb.pipeline`; the local train, monitor and batch pipelines end to end in a fresh state folder."""
 import difflib, importlib.util, json, os, re, shlex, stat, subprocess, sys
 from functools import cache
@@ -251,8 +252,10 @@ def test_pull_requests_get_no_production_secrets():
     assert not [n for _, n in refs if n in production]
     for j in gh["jobs"].values():
         env = {k: v for s in j["steps"] for k, v in s.get("env", {}).items()}
-        assert all("_CI }}" in v or v == "${{ github.head_ref }}" for v in env.values()), env
+        assert all("_CI }}" in v or v in ("${{ github.head_ref }}", "github-oidc") for v in env.values()), env
         if any("secrets." in v for v in env.values()): assert j["environment"] == "ci"
+        if env.get("DATABRICKS_AUTH_TYPE") == "github-oidc":  # the identity token's subject names environment ci: the
+            assert j["environment"] == "ci" and "DATABRICKS_CLIENT_SECRET" not in env  # PR service principal's policy trusts only it
     az = load(ROOT/"pipelines"/"azure"/"ci.yml")
     assert az["variables"] == [{"group": "mlops-nb-ci"}]
     for s in [s for j in jobs(ROOT/"pipelines"/"azure"/"ci.yml") for s in steps(j)]:
@@ -277,14 +280,16 @@ def test_the_batch_job_reads_the_stores_secrets_only_in_its_scoring_step():
     want = {"MLOPS_NB_BATCH_INPUT", "MLOPS_NB_BATCH_OUTPUT", *STORE}
     gh = load(ROOT/".github"/"workflows"/"batch.yml")["jobs"]["batch"]
     score = [s for s in gh["steps"] if s.get("name") == "score/batch"]
-    assert len(score) == 1 and set(score[0]["env"]) == want
+    federated = want - {"DATABRICKS_CLIENT_SECRET"} | {"DATABRICKS_AUTH_TYPE"}  # GitHub's OIDC federation: no client secret
+    assert len(score) == 1 and set(score[0]["env"]) == federated and score[0]["env"]["DATABRICKS_AUTH_TYPE"] == "github-oidc"
     for s in gh["steps"]:
         if s is not score[0]: assert "env" not in s, s  # checkout, python, setup: no secret
     for var, v in score[0]["env"].items():
+        if var == "DATABRICKS_AUTH_TYPE": continue
         kind = CLOUD_ENV[var].kind
         assert v == (f"${{{{ secrets.{var} }}}}" if kind == "secret" else f"${{{{ vars.{var} }}}}"), (var, v)
     assert CLOUD_ENV["MLOPS_NB_BATCH_INPUT"].kind == CLOUD_ENV["MLOPS_NB_BATCH_OUTPUT"].kind == "variable"
-    assert gh["environment"] == "trusted" and gh["permissions"] == {"contents": "read"}
+    assert gh["environment"] == "trusted" and gh["permissions"] == {"contents": "read", "id-token": "write"}
     assert gh["steps"][0]["with"] == {"persist-credentials": False, "ref": "main"}  # a manual run from a branch scores with main's code
     az = load(ROOT/"pipelines"/"azure"/"batch.yml")
     assert az["variables"] == [{"group": "mlops-nb-data"}, {"group": "mlops-nb-tracking"}]  # not the registry's, no secure file
@@ -304,7 +309,9 @@ def test_github_hardening():
         assert doc["permissions"] == {}, path.name
         for jid, j in doc["jobs"].items():
             if (path.name, jid) == ("docs.yml", "deploy"): continue  # the Pages deployment: test_docs_workflow
-            assert j["permissions"] == {"contents": "read"}, (path.name, jid)
+            federated = any(s.get("env", {}).get("DATABRICKS_AUTH_TYPE") == "github-oidc" for s in j.get("steps", []))
+            assert j["permissions"] == {"contents": "read", **({"id-token": "write"} if federated else {})}, (path.name, jid)
+            assert not any("DATABRICKS_CLIENT_SECRET" in s.get("env", {}) for s in j.get("steps", [])), (path.name, jid)  # OIDC: none stored
             for s in j.get("steps", []):
                 if s.get("uses", "").startswith("actions/checkout@"): assert s["with"]["persist-credentials"] is False, (path.name, jid)
         for line in re.findall(r"^\s*(?:- )?uses: (.*)$", text, flags=re.M):
