@@ -473,13 +473,24 @@ def resolve_job(self:DatabricksRunner, ref:int|str # a job id, its name in the w
     "The id of the deployed job `ref` names; a one-line error when none or several match."
     if isinstance(ref, int) or str(ref).isdigit(): return int(ref)
     declared = declared_jobs(project_root(self.notebook.resolve().parent))  # the notebook's project
-    for name in dict.fromkeys([str(ref), declared.get(str(ref))]):
-        if not name: continue
+    names = [n for n in dict.fromkeys([str(ref), declared.get(str(ref))]) if n]
+    for name in names:
         found = self._call("jobs list", lambda: [j.job_id for j in self.w.jobs.list(name=name)])
         if len(found) > 1: raise DatabricksError(f"{len(found)} jobs are named {name!r} (ids {', '.join(map(str, found))}): pass the id")
         if found: return found[0]
+    # a bundle's development target deploys "[dev USER] NAME": this identity's own copy
+    me = self._call("current user", lambda: self.w.current_user.me().user_name)
+    dev = self._call("jobs list", lambda: [(j.job_id, j.settings.name) for j in self.w.jobs.list()
+                                           if j.creator_user_name == me and j.settings and _dev_name(j.settings.name) in names])
+    if len(dev) > 1: raise DatabricksError(f"{len(dev)} development jobs match {ref!r} ({', '.join(f'{n!r}: {i}' for i, n in dev)}): pass the id")
+    if dev: return dev[0][0]
     raise DatabricksError(f"no job named {ref!r} in the workspace: deploy the bundle first (databricks bundle deploy -t TARGET), "
-                          "or pass the job's id (development targets prefix the names)")
+                          "or pass the job's id (a development target's copy counts only when you deployed it)")
+
+def _dev_name(name:str|None)->str|None:
+    "NAME of a job a development target deployed as `[dev USER] NAME`; None for any other name."
+    m = re.fullmatch(r"\[dev [^\]]+\] (.+)", name or "")
+    return m.group(1) if m else None
 
 DatabricksRunner.resolve_job = resolve_job
 

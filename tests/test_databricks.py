@@ -28,6 +28,7 @@ from mlops_nb.databricks import DatabricksRunner, DatabricksError
 
 TOKEN = "dapi-SECRET-token-0123456789"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+ME = "jane.doe@example.com"  # the identity the stand-in's tokens belong to
 CLIENT_ID, CLIENT_SECRET, TENANT = "sp-0b7c", "dose-SECRET-oauth-9876543210", "tenant-1"
 GH_REQUEST_TOKEN = "ghs-SECRET-actions-request-token"  # what GitHub gives a job with `id-token: write` to ask for ID tokens
 RESULT = {"run_id": "mlflow-run-1", "mode": "test", "metrics": {"accuracy": 0.81}, "registered_version": None,
@@ -40,6 +41,7 @@ class FakeDatabricks:
     def __init__(self):
         self.requests, self.notebooks, self.files, self.runs, self.busy = [], {}, {}, {}, {}
         self.jobs = {}  # job_id -> name, for jobs/list (a deployed bundle's jobs)
+        self.job_creators = {}  # job_id -> the user who deployed it (default: ME, the caller)
         self.uc = {}  # Unity Catalog models: full name -> {"aliases": {alias: version}, "versions": {version: dict}, ...}
         self.catalogs, self.uc_page = {"dev", "staging", "prod"}, 1000  # catalogs that exist; the most versions a search page holds
         self.issued = []  # access tokens the OAuth endpoints handed out
@@ -174,8 +176,10 @@ class FakeDatabricks:
 
     # jobs
     def GET_api_2_2_jobs_list(self, q, b):
-        found = [{"job_id": i, "settings": {"name": n}} for i, n in self.jobs.items() if n.lower() == q.get("name", n).lower()]
+        found = [{"job_id": i, "creator_user_name": self.job_creators.get(i, ME), "settings": {"name": n}}
+                 for i, n in self.jobs.items() if n.lower() == q.get("name", n).lower()]
         return 200, {"jobs": found, "has_more": False}
+    def GET_api_2_0_preview_scim_v2_Me(self, q, b): return 200, {"id": "7", "userName": ME}
     def _new_run(self, kind, body):
         with self.lock:
             self.next_id += 2
@@ -810,6 +814,23 @@ def test_run_now_a_bundle_job_by_key_name_or_id(fake, tmp_path):
         DatabricksRunner(tmp_path/"nbs"/"train.ipynb", client=fake.client(), job="nope").submit(make_params())
     with pytest.raises(DatabricksError, match=r"^2 jobs are named 'twin' \(ids 502, 503\): pass the id"):
         DatabricksRunner(tmp_path/"nbs"/"train.ipynb", client=fake.client(), job="twin").submit(make_params())
+
+
+def test_run_now_finds_the_callers_development_copy(fake, tmp_path):
+    "A bundle's development target deploys `[dev USER] NAME`: the caller's own copy is run, never a colleague's."
+    (tmp_path/"resources").mkdir(); (tmp_path/"nbs").mkdir()
+    (tmp_path/"resources"/"retrain.yml").write_text("resources:\n  jobs:\n    retrain:\n      name: churn-retrain\n")
+    (tmp_path/"nbs"/"train.ipynb").write_text("{}"); (tmp_path/"pyproject.toml").write_text("")
+    fake.jobs.update({601: "[dev john_roe] churn-retrain", 602: "[dev jane_doe] churn-retrain", 603: "[dev jane_doe] churn-other"})
+    fake.job_creators.update({601: "john.roe@example.com"})
+    fake.scenario = "SUCCESS"
+    for ref in ("retrain", "churn-retrain"):
+        h = DatabricksRunner(tmp_path/"nbs"/"train.ipynb", client=fake.client(), job=ref, poll_s=0.05).submit(make_params())
+        assert h.wait(30).run_id == "mlflow-run-1" and fake.runs[h.run_id]["body"]["job_id"] == 602
+    fake.job_creators[602] = "john.roe@example.com"  # nobody's copy is the caller's: none is guessed
+    with pytest.raises(DatabricksError, match=r"^no job named 'retrain' in the workspace: .*counts only when you deployed it\)$"):
+        DatabricksRunner(tmp_path/"nbs"/"train.ipynb", client=fake.client(), job="retrain").submit(make_params())
+    for i in (601, 602, 603): del fake.jobs[i]
 
 
 def test_unity_catalog_names_checked_before_anything_is_sent(fake, nb, monkeypatch):
