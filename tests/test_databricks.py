@@ -819,12 +819,13 @@ def test_run_now_a_bundle_job_by_key_name_or_id(fake, tmp_path):
 def test_run_now_finds_the_callers_development_copy(fake, tmp_path):
     "A bundle's development target deploys `[dev USER] NAME`: the caller's own copy is run, never a colleague's."
     (tmp_path/"resources").mkdir(); (tmp_path/"nbs").mkdir()
-    (tmp_path/"resources"/"retrain.yml").write_text("resources:\n  jobs:\n    retrain:\n      name: churn-retrain\n")
+    (tmp_path/"resources"/"retrain.yml").write_text("resources:\n  jobs:\n    retrain:\n      name: wine-retrain\n")
     (tmp_path/"nbs"/"train.ipynb").write_text("{}"); (tmp_path/"pyproject.toml").write_text("")
-    fake.jobs.update({601: "[dev john_roe] churn-retrain", 602: "[dev jane_doe] churn-retrain", 603: "[dev jane_doe] churn-other"})
+    fake.jobs.update({601: "[dev john_roe] wine-retrain", 602: "[dev jane_doe] wine-retrain", 603: "[dev jane_doe] wine-other"})
     fake.job_creators.update({601: "john.roe@example.com"})
     fake.scenario = "SUCCESS"
-    for ref in ("retrain", "churn-retrain"):
+    assert not [n for n in fake.jobs.values() if n == "wine-retrain"]  # only development copies (the fake is shared)
+    for ref in ("retrain", "wine-retrain"):
         h = DatabricksRunner(tmp_path/"nbs"/"train.ipynb", client=fake.client(), job=ref, poll_s=0.05).submit(make_params())
         assert h.wait(30).run_id == "mlflow-run-1" and fake.runs[h.run_id]["body"]["job_id"] == 602
     fake.job_creators[602] = "john.roe@example.com"  # nobody's copy is the caller's: none is guessed
