@@ -1,5 +1,6 @@
 """Shared pytest fixtures (tests/ and api/): an isolated state folder per module, the real CLI, data, model folders."""
-import json, os, subprocess, sys
+import json, os, subprocess, sys, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 import pytest
 
@@ -23,6 +24,32 @@ def side_venv(script, what):
         if os.environ.get("CI"): pytest.fail(f"scripts/{script} failed: {reason}")
         pytest.skip(f"scripts/{script} could not build {what} (no access to PyPI?): {reason}")
     return p.stdout.strip().splitlines()[-1]
+
+
+class Recorder:
+    """A loopback HTTP server that records every request (method, path) in `seen` and answers 404: a cloud nobody should
+    contact. `kubeconfig` writes a kubeconfig whose every context points at it."""
+    def __init__(self):
+        self.seen = seen = []
+        class Handler(BaseHTTPRequestHandler):
+            def _any(self):
+                seen.append((self.command, self.path))
+                self.send_response(404); self.send_header("content-length", "0"); self.end_headers()
+            do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = do_HEAD = _any
+            def log_message(self, *a): pass
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def kubeconfig(self, path, contexts=("prod", "staging")):
+        "Write a kubeconfig at `path` (current context: the first) whose every context is this server; return the path."
+        import yaml
+        path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Config", "current-context": contexts[0],
+            "clusters": [{"name": "c", "cluster": {"server": self.url}}], "users": [{"name": "u", "user": {"token": "t"}}],
+            "contexts": [{"name": n, "context": {"cluster": "c", "user": "u"}} for n in contexts]}))
+        return path
+
+    def close(self): self.server.shutdown(); self.server.server_close()
 
 
 def cli_json(*args, env=None, **kw):

@@ -327,6 +327,11 @@ def cores()->int:
     "CPU cores this process may use."
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
+def _exported(name:str):
+    """This module's `name` as its installed copy defines it: what another process (a spawned worker, a Spark executor)
+    can import by reference; a function defined in a notebook would have to be pickled by value, and cannot be."""
+    return getattr(importlib.import_module("mlops_nb.batch"), name)
+
 def score_local(bm:BatchModel, # the model
                 files:list, # input files
                 tmp:Path, # folder for the part files
@@ -338,12 +343,10 @@ def score_local(bm:BatchModel, # the model
     check_columns(files, bm.problem)
     tasks = plan_tasks(files, csv_bytes)
     if not tasks: raise DataError(f"{files[0]}: no rows to score")
-    # spawned workers import the exported module (a function defined in a notebook cannot be sent to them)
-    mod = importlib.import_module("mlops_nb.batch")
-    pool = multiprocessing.get_context("spawn").Pool(min(workers or cores(), len(tasks)), mod._init_worker, (str(bm.path),))
+    pool = multiprocessing.get_context("spawn").Pool(min(workers or cores(), len(tasks)), _exported("_init_worker"), (str(bm.path),))
     err = None
     try:
-        run = partial(mod._run_task, columns=list(batch_schema(bm.problem)), batch_rows=batch_rows, out_dir=str(tmp))
+        run = partial(_exported("_run_task"), columns=list(batch_schema(bm.problem)), batch_rows=batch_rows, out_dir=str(tmp))
         done = list(pool.imap_unordered(run, [asdict(t) for t in tasks]))  # plain data: a notebook's classes cannot be sent
         pool.close()
     except BaseException as e: err = e; pool.terminate()
@@ -428,8 +431,7 @@ def score_spark(spark, # the session
     except ProblemError: ref, root = None, None
     env, name = {"ref": ref, "root": str(root) if root else None}, ship_model(spark, bm)
     ddl = ", ".join(f"`{c}` {_SPARK_TYPES[k]}" for c, k in output_columns(bm.problem).items())
-    # the function Spark pickles refers to the exported module (a notebook's own definitions would be pickled by value)
-    scored = df.select(*cols).mapInPandas(partial(importlib.import_module("mlops_nb.batch").spark_batches, name=name, problem_env=env), ddl)
+    scored = df.select(*cols).mapInPandas(partial(_exported("spark_batches"), name=name, problem_env=env), ddl)
     old = spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch")
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_rows))
     try: scored.write.mode("errorifexists").parquet(dest)

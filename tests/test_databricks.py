@@ -799,38 +799,42 @@ def test_cli_m2m_never_prints_the_secret(fake, state, nb):
 
 # --- jobs declared in the bundle --------------------------------------------------------------------------------------
 
+def _bundle_project(root, name):
+    "A project whose bundle declares job `retrain` named `name`; return its training notebook."
+    (root/"resources").mkdir(); (root/"nbs").mkdir()
+    (root/"resources"/"retrain.yml").write_text(f"resources:\n  jobs:\n    retrain:\n      name: {name}\n")
+    (root/"nbs"/"train.ipynb").write_text("{}"); (root/"pyproject.toml").write_text("")
+    return root/"nbs"/"train.ipynb"
+
+
 def test_run_now_a_bundle_job_by_key_name_or_id(fake, tmp_path):
     "`job` as the bundle's key, the job's name, or its id; a name that matches nothing or several is one line."
-    (tmp_path/"resources").mkdir(); (tmp_path/"nbs").mkdir()
-    (tmp_path/"resources"/"retrain.yml").write_text("resources:\n  jobs:\n    retrain:\n      name: churn-retrain\n")
-    (tmp_path/"nbs"/"train.ipynb").write_text("{}"); (tmp_path/"pyproject.toml").write_text("")
+    book = _bundle_project(tmp_path, "churn-retrain")
     fake.jobs.update({501: "churn-retrain", 502: "twin", 503: "twin"})
     fake.scenario = "SUCCESS"
     for ref in ("retrain", "churn-retrain", "501", 501):
-        h = DatabricksRunner(tmp_path/"nbs"/"train.ipynb", client=fake.client(), job=ref, poll_s=0.05).submit(make_params(mode="full"))
+        h = DatabricksRunner(book, client=fake.client(), job=ref, poll_s=0.05).submit(make_params(mode="full"))
         assert h.wait(30).run_id == "mlflow-run-1" and fake.runs[h.run_id]["body"]["job_id"] == 501
         assert fake.runs[h.run_id]["body"]["notebook_params"]["mode"] == "full"
     with pytest.raises(DatabricksError, match=r"^no job named 'nope' in the workspace: deploy the bundle first"):
-        DatabricksRunner(tmp_path/"nbs"/"train.ipynb", client=fake.client(), job="nope").submit(make_params())
+        DatabricksRunner(book, client=fake.client(), job="nope").submit(make_params())
     with pytest.raises(DatabricksError, match=r"^2 jobs are named 'twin' \(ids 502, 503\): pass the id"):
-        DatabricksRunner(tmp_path/"nbs"/"train.ipynb", client=fake.client(), job="twin").submit(make_params())
+        DatabricksRunner(book, client=fake.client(), job="twin").submit(make_params())
 
 
 def test_run_now_finds_the_callers_development_copy(fake, tmp_path):
     "A bundle's development target deploys `[dev USER] NAME`: the caller's own copy is run, never a colleague's."
-    (tmp_path/"resources").mkdir(); (tmp_path/"nbs").mkdir()
-    (tmp_path/"resources"/"retrain.yml").write_text("resources:\n  jobs:\n    retrain:\n      name: wine-retrain\n")
-    (tmp_path/"nbs"/"train.ipynb").write_text("{}"); (tmp_path/"pyproject.toml").write_text("")
+    book = _bundle_project(tmp_path, "wine-retrain")
     fake.jobs.update({601: "[dev john_roe] wine-retrain", 602: "[dev jane_doe] wine-retrain", 603: "[dev jane_doe] wine-other"})
     fake.job_creators.update({601: "john.roe@example.com"})
     fake.scenario = "SUCCESS"
     assert not [n for n in fake.jobs.values() if n == "wine-retrain"]  # only development copies (the fake is shared)
     for ref in ("retrain", "wine-retrain"):
-        h = DatabricksRunner(tmp_path/"nbs"/"train.ipynb", client=fake.client(), job=ref, poll_s=0.05).submit(make_params())
+        h = DatabricksRunner(book, client=fake.client(), job=ref, poll_s=0.05).submit(make_params())
         assert h.wait(30).run_id == "mlflow-run-1" and fake.runs[h.run_id]["body"]["job_id"] == 602
     fake.job_creators[602] = "john.roe@example.com"  # nobody's copy is the caller's: none is guessed
     with pytest.raises(DatabricksError, match=r"^no job named 'retrain' in the workspace: .*counts only when you deployed it\)$"):
-        DatabricksRunner(tmp_path/"nbs"/"train.ipynb", client=fake.client(), job="retrain").submit(make_params())
+        DatabricksRunner(book, client=fake.client(), job="retrain").submit(make_params())
     for i in (601, 602, 603): del fake.jobs[i]
 
 

@@ -640,16 +640,6 @@ def test_cli_deploy_rolls_out_and_rolls_back(tmp_path, fake, state):
 
 # --- audit finding 11: a documentation cell that deploys must not deploy under "Run All" or nbconvert ---------------
 
-class _Recorder(BaseHTTPRequestHandler):
-    "Any request at all is recorded and answered 404: a cluster nobody should contact."
-    seen: list = []
-    def _any(self):
-        type(self).seen.append((self.command, self.path))
-        self.send_response(404); self.send_header("content-length", "0"); self.end_headers()
-    do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _any
-    def log_message(self, *a): pass
-
-
 def test_executing_the_kube_notebook_with_nbconvert_deploys_nothing(tmp_path, monkeypatch):
     """nbconvert (like papermill and "Run All") ignores `#| eval: false`: the example deploy cell must do nothing unless
     MLOPS_NB_DOC_DEPLOY_CONTEXT names a context. Every kubeconfig context points at a recorder; executing the whole
@@ -657,27 +647,20 @@ def test_executing_the_kube_notebook_with_nbconvert_deploys_nothing(tmp_path, mo
     import subprocess, sys
     import nbformat
     from nbconvert.preprocessors import ExecutePreprocessor
-    from conftest import ROOT
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{srv.server_address[1]}"
-    cfg = tmp_path/"kubeconfig"
-    cfg.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Config", "current-context": "prod",
-        "clusters": [{"name": "c", "cluster": {"server": url}}], "users": [{"name": "u", "user": {"token": "t"}}],
-        "contexts": [{"name": n, "context": {"cluster": "c", "user": "u"}} for n in ("prod", "staging")]}))
-    monkeypatch.setenv("KUBECONFIG", str(cfg))
+    from conftest import ROOT, Recorder
+    rec = Recorder()
+    monkeypatch.setenv("KUBECONFIG", str(rec.kubeconfig(tmp_path/"kubeconfig")))
     monkeypatch.delenv("MLOPS_NB_DOC_DEPLOY_CONTEXT", raising=False)
     # the one library notebook with cells nbdev skips (`eval: false`) is this one: a new one must be covered here too
     skipping = {f.name for f in (ROOT/"nbs").glob("*.ipynb") if any(c.cell_type == "code" and "#| eval: false" in c.source
                                                                     for c in nbformat.read(f, as_version=4).cells)}
     assert skipping == {"10_kube.ipynb"}, skipping
-    _Recorder.seen = []
     try:
         nb = nbformat.read(ROOT/"nbs"/"10_kube.ipynb", as_version=4)
         ExecutePreprocessor(timeout=600, kernel_name="python3").preprocess(nb, {"metadata": {"path": str(ROOT/"nbs")}})
-        assert _Recorder.seen == [], _Recorder.seen
+        assert rec.seen == [], rec.seen
         cell = next(c.source for c in nb.cells if c.cell_type == "code" and "MLOPS_NB_DOC_DEPLOY_CONTEXT" in c.source)
         p = subprocess.run([sys.executable, "-c", "from mlops_nb.kube import *\n" + cell.replace("#| eval: false", "")],
                            env={**os.environ, "MLOPS_NB_DOC_DEPLOY_CONTEXT": "staging"}, capture_output=True, text=True, timeout=300)
-        assert p.returncode != 0 and _Recorder.seen, (p.returncode, _Recorder.seen)  # with the variable it went to the cluster
-    finally: srv.shutdown()
+        assert p.returncode != 0 and rec.seen, (p.returncode, rec.seen)  # with the variable it went to the cluster
+    finally: rec.close()

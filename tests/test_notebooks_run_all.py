@@ -7,46 +7,30 @@ cloud" points at a recorder: the kubeconfig's every context and the Databricks c
 local container engine is left as it is: it is no cloud, and nbdev-test meets it the same way). The recorder must see
 no request at all. A control first proves each of them is wired (a client built from
 the same configuration does reach the recorder), so the main assertion can fail."""
-import os, subprocess, sys, threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import os, subprocess, sys
+from types import SimpleNamespace
 
-import pytest, yaml
+import pytest
 nbformat = pytest.importorskip("nbformat")
 from nbconvert.preprocessors import ExecutePreprocessor
-from conftest import ROOT
+from conftest import ROOT, Recorder
 
 LIBRARY_NBS = sorted((ROOT/"nbs").glob("[0-9]*.ipynb")) + sorted((ROOT/"nbs"/"examples").glob("*.ipynb"))
 
 
-class _Recorder(BaseHTTPRequestHandler):
-    "Any request at all is recorded and answered 404: a cloud nobody should contact."
-    seen: list = []
-    def _any(self):
-        type(self).seen.append((self.command, self.path))
-        self.send_response(404); self.send_header("content-length", "0"); self.end_headers()
-    do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = do_HEAD = _any
-    def log_message(self, *a): pass
-
-
 @pytest.fixture(scope="module")
-def cloud_env(tmp_path_factory):
-    "Environment variables that send Kubernetes and Databricks clients to a recorder on loopback."
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{srv.server_address[1]}"
-    d = tmp_path_factory.mktemp("clouds")
-    (d/"kubeconfig").write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Config", "current-context": "prod",
-        "clusters": [{"name": "c", "cluster": {"server": url}}], "users": [{"name": "u", "user": {"token": "t"}}],
-        "contexts": [{"name": n, "context": {"cluster": "c", "user": "u"}} for n in ("prod", "staging", "dev")]}))
-    (d/"databrickscfg").write_text(f"[DEFAULT]\nhost = {url}\ntoken = dapi-recorder\n")
+def cloud(tmp_path_factory):
+    "A recorder on loopback (`seen`) and the environment (`env`) that sends Kubernetes and Databricks clients to it."
+    rec, d = Recorder(), tmp_path_factory.mktemp("clouds")
+    (d/"databrickscfg").write_text(f"[DEFAULT]\nhost = {rec.url}\ntoken = dapi-recorder\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABRICKS_", "ARM_", "AZURE_", "MLFLOW_", "MLOPS_NB_"))}
-    env.update(KUBECONFIG=str(d/"kubeconfig"), DATABRICKS_CONFIG_FILE=str(d/"databrickscfg"), AZURE_CONFIG_DIR=str(d/"azure"), MLOPS_NB_HOME=str(d/"state"))
-    _Recorder.seen = []
-    yield env
-    srv.shutdown()
+    env.update(KUBECONFIG=str(rec.kubeconfig(d/"kubeconfig", ("prod", "staging", "dev"))), DATABRICKS_CONFIG_FILE=str(d/"databrickscfg"),
+               AZURE_CONFIG_DIR=str(d/"azure"), MLOPS_NB_HOME=str(d/"state"))
+    yield SimpleNamespace(env=env, seen=rec.seen)
+    rec.close()
 
 
-def test_the_recorders_are_what_clients_would_call(cloud_env):
+def test_the_recorders_are_what_clients_would_call(cloud):
     "The control: a Kubernetes and a Databricks client built from this environment each reach the recorder."
     code = """
 import contextlib
@@ -55,20 +39,19 @@ with contextlib.suppress(Exception):
 with contextlib.suppress(Exception):
     from databricks.sdk import WorkspaceClient; WorkspaceClient().clusters.list().__next__()
 """
-    _Recorder.seen = []
-    subprocess.run([sys.executable, "-c", code], env=cloud_env, capture_output=True, text=True, timeout=300, check=True)
-    paths = [p for _, p in _Recorder.seen]
+    cloud.seen.clear()
+    subprocess.run([sys.executable, "-c", code], env=cloud.env, capture_output=True, text=True, timeout=300, check=True)
+    paths = [p for _, p in cloud.seen]
     assert any(p.startswith("/api/v1/namespaces") for p in paths), paths
     assert any("/api/2." in p for p in paths), paths
-    _Recorder.seen = []
 
 
 @pytest.mark.parametrize("nb", LIBRARY_NBS, ids=lambda p: p.relative_to(ROOT/"nbs").as_posix())
-def test_library_notebook_runs_all_under_nbconvert_and_calls_no_cloud(nb, cloud_env, monkeypatch):
+def test_library_notebook_runs_all_under_nbconvert_and_calls_no_cloud(nb, cloud, monkeypatch):
     # The kernel inherits the test process's environment: use exactly the recorder's.
     for k in list(os.environ): monkeypatch.delenv(k)
-    for k, v in cloud_env.items(): monkeypatch.setenv(k, v)
-    _Recorder.seen = []
+    for k, v in cloud.env.items(): monkeypatch.setenv(k, v)
+    cloud.seen.clear()
     book = nbformat.read(nb, as_version=4)
     ExecutePreprocessor(timeout=900, kernel_name="python3").preprocess(book, {"metadata": {"path": str(nb.parent)}})
-    assert _Recorder.seen == [], f"{nb.name} contacted the configured cloud: {_Recorder.seen}"
+    assert cloud.seen == [], f"{nb.name} contacted the configured cloud: {cloud.seen}"
