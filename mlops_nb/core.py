@@ -6,7 +6,7 @@ Docs: https://mlops-nb.github.io/mlops_nb/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #00-core-002
 from __future__ import annotations
-import importlib, os, re, subprocess, types
+import importlib, os, re, subprocess, tomllib, types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,6 +134,13 @@ def lazy_module(name:str # module to import on first use
     return _LazyModule(name)
 
 # %% ../nbs/00_core.ipynb #00-core-021
+def _source_folders(top:Path # the repository's top folder
+                   )->list:
+    "Folders whose untracked files change what a run does: nbdev's notebook and library folders, and `api`."
+    try: cfg = tomllib.loads((top/"pyproject.toml").read_text()).get("tool", {}).get("nbdev", {})
+    except (OSError, tomllib.TOMLDecodeError): cfg = {}
+    return [cfg.get("nbs_path", "nbs"), cfg.get("lib_path", "src"), "api"]
+
 def git_info(path:Path|str|None=None # a file or folder inside the repository
             )->dict:
     "The git commit of the repository holding `path` and whether its work tree is dirty ('unknown' outside git)."
@@ -144,5 +151,7 @@ def git_info(path:Path|str|None=None # a file or folder inside the repository
         return r.stdout.strip() if r.returncode == 0 else None
     commit = git("rev-parse", "HEAD")
     if commit is None: return {"commit": "unknown", "dirty": "unknown"}
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": "true" if status else "false"}
+    changed = git("status", "--porcelain", "--untracked-files=no")
+    top = Path(git("rev-parse", "--show-toplevel") or cwd)
+    new = git("ls-files", "--others", "--exclude-standard", "--", *(str(top/f) for f in _source_folders(top)))
+    return {"commit": commit, "dirty": "true" if changed or new else "false"}

@@ -51,14 +51,24 @@ def store_lock(uri:str|None=None # tracking URI (default: the configured one)
 
 # %% ../nbs/03_tracking.ipynb #03-tracking-009
 _clients = {}
+_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+def _use_uris(t:str, r:str):
+    "Point MLflow's fluent API at tracking URI `t` and registry URI `r`, leaving `os.environ` as the caller had it."
+    import mlflow
+    before = {k: os.environ.get(k) for k in _URI_VARS}
+    mlflow.set_tracking_uri(t)  # MLflow also writes MLFLOW_*_URI into os.environ for subprocesses: undone below
+    mlflow.set_registry_uri(r)
+    for k, v in before.items():
+        if v is None: os.environ.pop(k, None)
+        else: os.environ[k] = v
 
 def client():
     "An `MlflowClient` on the configured tracking and registry URIs (store created on first use, under the lock)."
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no phoning home from CI or air-gapped machines
-    import mlflow
     from mlflow.tracking import MlflowClient
     t, r = tracking_uri(), registry_uri()
-    mlflow.set_tracking_uri(t); mlflow.set_registry_uri(r)  # the fluent API (log_model) follows the same store
+    _use_uris(t, r)  # the fluent API (log_model) follows the same store
     if (t, r) not in _clients:
         for name in ("alembic", "mlflow.store.db.utils"): logging.getLogger(name).setLevel(logging.WARNING)
         c = MlflowClient(tracking_uri=t, registry_uri=r)

@@ -3,8 +3,17 @@ without them), and say so when skipped. They touch nothing but what they name.""
 import json, os
 import pytest
 
-databricks = pytest.mark.skipif(not (os.environ.get("DATABRICKS_HOST") and os.environ.get("DATABRICKS_TOKEN")),
-                                reason="live Databricks: set DATABRICKS_HOST and DATABRICKS_TOKEN")
+
+
+def _databricks_credentials():
+    "Whether the environment names a workspace and a credential the runner accepts (the pipelines use OAuth M2M or OIDC)."
+    from mlops_nb.databricks import credential_kind
+    return bool(os.environ.get("DATABRICKS_HOST") and credential_kind())
+
+
+databricks = pytest.mark.skipif(not _databricks_credentials(),
+                                reason="live Databricks: set DATABRICKS_HOST and a credential (DATABRICKS_CLIENT_ID and "
+                                       "DATABRICKS_CLIENT_SECRET, or DATABRICKS_TOKEN)")
 azure = pytest.mark.skipif(not all(os.environ.get(v) for v in ("AZURE_SUBSCRIPTION_ID", "AZUREML_RESOURCE_GROUP", "AZUREML_WORKSPACE")),
                            reason="live Azure ML: set AZURE_SUBSCRIPTION_ID, AZUREML_RESOURCE_GROUP, AZUREML_WORKSPACE and a credential")
 
@@ -23,13 +32,13 @@ def test_databricks_workspace_answers_and_folder_is_writable():
 
 
 @databricks
-@pytest.mark.skipif(not os.environ.get("DATABRICKS_CLUSTER"), reason="live Databricks run: set DATABRICKS_CLUSTER (job-cluster JSON) and MLOPS_NB_LIBRARY")
+@pytest.mark.skipif(not os.environ.get("DATABRICKS_CLUSTER"), reason="live Databricks run: set DATABRICKS_CLUSTER (job-cluster JSON)")
 def test_databricks_test_mode_run():
-    "The training notebook in test mode as a real one-time job run."
+    """The training notebook in test mode as a real one-time job run, with the checkout's own wheel attached, as the
+    pipelines run it (`mlops-nb train --runner databricks --wheel`)."""
     from mlops_nb.databricks import DatabricksRunner
     from mlops_nb.params import make_params
-    r = DatabricksRunner(branch="mlops-nb-live-check", cluster=json.loads(os.environ["DATABRICKS_CLUSTER"]),
-                         libraries=[os.environ["MLOPS_NB_LIBRARY"]] if os.environ.get("MLOPS_NB_LIBRARY") else None)
+    r = DatabricksRunner(branch="mlops-nb-live-check", cluster=json.loads(os.environ["DATABRICKS_CLUSTER"]), wheel=True)
     res = r.submit(make_params(mode="test")).wait(3600)
     assert res.mode == "test" and res.registered_version is None and "roc_auc" in res.metrics
 
