@@ -113,12 +113,14 @@ def artifact_root()->Path:
     return state_dir()/"artifacts"
 
 # %% ../nbs/00_core.ipynb #00-core-016b
+_SECRET_FIELD = r"[A-Za-z0-9_.-]*(?:passw(?:or)?d|pwd|token|secret|key|sig|signature|credential)[A-Za-z0-9_.-]*"
+
 def redact_uri(uri:str # a URI or setting that may hold credentials
               )->str:
-    "`uri` with any password, user-info token or secret-looking query value replaced by `***`."
-    s = re.sub(r"(?<=://)([^/@:\s]*):[^@/\s]*@", r"\1:***@", str(uri))  # user:password@
-    s = re.sub(r"(?<=://)([^/@:\s]+)@", "***@", s)  # token@
-    return re.sub(r"(?i)([?&](?:password|passwd|pwd|token|secret|key|sig|access_token)=)[^&\s]*", r"\1***", s)
+    "`uri` with any password, user-info token or secret-looking query or connection-string value replaced by `***`."
+    s = re.sub(r"(?<=://)([^/@:\s?#]*):[^\s?#]*@", r"\1:***@", str(uri))  # user:password@ (up to the last @)
+    s = re.sub(r"(?<=://)([^/@:\s?#]+)@", "***@", s)  # token@
+    return re.sub(rf"(?i)((?:^|[?&;\s]){_SECRET_FIELD}=)[^&;\s]*", r"\1***", s)
 
 # %% ../nbs/00_core.ipynb #00-core-018
 class _LazyModule(types.ModuleType):

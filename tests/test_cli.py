@@ -93,6 +93,19 @@ def test_tracking_uri_is_configuration(tmp_path, state):
     assert (tmp_path/"other.db").exists()
 
 
+def test_config_never_prints_a_credential(tmp_path, state):
+    "Every credential form the second audit found printed by `config` is hidden, in text and --json output."
+    forms = {"MLOPS_NB_TRACKING_URI": "postgresql://u:S3CRETb/x@db/mlflow",
+             "MLOPS_NB_REGISTRY_URI": "https://ws.example/mlflow?api_key=S3CRETk&x=1"}
+    env = {**os.environ, **forms}
+    for extra in ([], ["--json"]):
+        out = run_cli("config", *extra, env=env, check=True).stdout
+        assert "S3CRET" not in out and "db/mlflow" in out and "ws.example" in out, out
+    for uri in ("s3://b/p?region=x&access_key=S3CRETa", "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=S3CRETz==;x=y"):
+        p = run_cli("config", env={**os.environ, "MLOPS_NB_TRACKING_URI": uri})
+        assert p.returncode == 0 and "S3CRET" not in p.stdout + p.stderr, p.stdout + p.stderr
+
+
 def test_default_state_is_project_local_not_cwd(tmp_path):
     "Without MLOPS_NB_HOME, state goes to <project>/.mlops_nb even when run from a subfolder."
     from conftest import ROOT
