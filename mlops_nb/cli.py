@@ -313,7 +313,7 @@ def _current(a, problem)->tuple:
         if a.labels: raise MlopsNbError("--labels joins labels to an inference log: pass its folder as --current")
         if a.window: raise MlopsNbError("--window keeps the last days of an inference log: pass its folder as --current")
         return problem.load(p, require_label=False), None
-    log = read_log(p, since=time.time() - a.window*86400 if a.window else None)
+    log = read_log(p, since=time.time() - a.window*86400 if a.window else None, warn=lambda m: _say(f"warning: {m}"))
     shadow = shadow_summary(log, problem.kind)
     if a.labels: log = join_labels(log, read_table(a.labels, infer_types=True), problem.target, a.labels_key)
     schema = {**problem.inputs, problem.target: problem.target_spec_}

@@ -6,7 +6,7 @@ Docs: https://mlops-nb.github.io/mlops_nb/inference_log.html.md"""
 
 # %% ../nbs/08a_inference_log.ipynb #08a-log-002
 from __future__ import annotations
-import os, queue, random, threading, time
+import json, logging, os, queue, random, threading, time
 from pathlib import Path
 import numpy as np
 from .core import DataError, EnvVar, lazy_module
@@ -44,8 +44,14 @@ def log_schema(columns:dict, # column -> `ColumnSpec` of what requests carry (in
     return pa.schema(fields)
 
 # %% ../nbs/08a_inference_log.ipynb #08a-log-006
+_logger = logging.getLogger("mlops_nb.inference_log")
+
+def _log_warning(event:str, **fields):
+    "Where an `InferenceLog` reports when none is given: Python's logging, as one line."
+    _logger.warning("%s %s", event, json.dumps(fields, default=str))
+
 class InferenceLog:
-    "A background writer of inference records: bounded queue, Parquet row groups, rotation, counted drops."
+    "A background writer of inference records: bounded queue, Parquet row groups, rotation, counted and reported drops."
     def __init__(self, folder:str|Path, # where the Parquet files go (created)
                  columns:dict, # column -> `ColumnSpec`: the request fields to keep
                  kind:str, # problem kind
@@ -54,11 +60,15 @@ class InferenceLog:
                  max_queue:int=10_000, # requests waiting to be written; more are dropped
                  rotate_rows:int=100_000, # rows a file holds before the next one starts
                  rotate_seconds:float=300, # age at which a file is closed even if it is not full
-                 flush_seconds:float=0.2 # how often buffered rows are written (often and small: the GIL is held briefly)
+                 flush_seconds:float=0.2, # how often buffered rows are written (often and small: the GIL is held briefly)
+                 retry_seconds:float=5, # after a write error, rows are dropped (and counted) this long before a retry
+                 report=None # `report(event, **fields)` when dropping starts and ends (default: Python's logging)
                 ):
         if not 0 <= float(sample) <= 1: raise ValueError(f"sample={sample!r} is not allowed: use a share between 0 and 1")
-        self.folder, self.columns, self.kind, self.labels, self.sample = Path(folder), dict(columns), kind, labels, float(sample)
+        self.folder, self.columns, self.kind, self.labels = Path(folder), dict(columns), kind, labels
+        self.sample, self.report = float(sample), report or _log_warning
         self.rotate_rows, self.rotate_seconds, self.flush_seconds = rotate_rows, rotate_seconds, flush_seconds
+        self.retry_seconds, self._retry_at, self._dropping = retry_seconds, 0.0, False
         self.q = queue.Queue(maxsize=max_queue)
         self.rows_written = self.files_written = 0
         self.dropped = {"queue_full": 0, "disk": 0}
@@ -77,93 +87,151 @@ class InferenceLog:
            )->bool:
         "Queue one request's records for writing (sampled); never blocks. Return whether it was kept."
         if not sampled and self.sample < 1 and random.random() >= self.sample: return False
-        try: self.q.put_nowait((records, outputs, meta, shadow)); return True
-        except queue.Full: self.dropped["queue_full"] += len(records); return False
+        try:
+            self.q.put_nowait((records, outputs, meta, shadow))
+            return True
+        except queue.Full:
+            self._drop("queue_full", len(records), "the writer cannot keep up (queue full)")
+            return False
 
-# %% ../nbs/08a_inference_log.ipynb #08a-log-007
-def _rows(self:InferenceLog, item)->dict:
-    "Columns of one queued request."
-    records, outputs, meta, shadow = item
-    out = np.asarray(outputs, dtype="float64")
-    n = len(records)
-    def pred(o):
-        if self.kind == "regression": return [float(v) for v in o], [None] * n
-        return [self.labels[int(i)] for i in o.argmax(1)], o.tolist()
-    cols = {c: [r.get(c) for r in records] for c in self.columns}
-    p, probs = pred(out)
-    cols.update(_request_id=[meta["request_id"]] * n, _row=list(range(n)), _time=[int(meta["time"] * 1000)] * n,
-                _latency_ms=[meta["latency_ms"]] * n, _model=[meta["model"]] * n, _version=[meta["version"]] * n,
-                _prediction=p, _probabilities=probs)
-    if shadow is not None:
-        sv, so = shadow
-        sp, sprobs = pred(np.asarray(so, dtype="float64"))
-        cols.update(_shadow_version=[sv] * n, _shadow_prediction=sp, _shadow_probabilities=sprobs)
-    else: cols.update(_shadow_version=[None] * n, _shadow_prediction=[None] * n, _shadow_probabilities=[None] * n)
-    return cols
+    def _drop(self, reason:str, n:int, why:str):
+        "Count `n` dropped rows; say so once when dropping starts."
+        self.dropped[reason] += n
+        if not self._dropping:
+            self._dropping = True
+            self.report("inference_log_dropping", folder=str(self.folder), why=why,
+                        note="requests are still answered; the log misses rows until it can write again")
 
-def _write(self:InferenceLog, batch:list):
-    "Append `batch` (queued requests) to the current file as one row group; rotate when it is full or old."
-    import pyarrow as pa, pyarrow.parquet as pq
-    schema = log_schema(self.columns, self.kind)
-    cols = {f.name: [] for f in schema}
-    for item in batch:
-        for k, v in self._rows(item).items(): cols[k] += v
-    n = len(cols["_row"])
-    try:
-        table = pa.Table.from_pydict(cols, schema=schema)
-        if self._writer is None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self._seq += 1
-            self._path = self.folder/f"inference-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}-{self._seq:04d}.parquet"
-            self._writer, self._file_rows, self._opened = pq.ParquetWriter(str(self._path) + ".tmp", schema), 0, time.time()
-        self._writer.write_table(table)
-        self._file_rows += n; self.rows_written += n
-        if self._file_rows >= self.rotate_rows or time.time() - self._opened >= self.rotate_seconds: self._close()
-    except (OSError, pa.ArrowException) as e:  # a full or failing disk: drop, count, keep serving
-        self.dropped["disk"] += n; self.last_error = f"{type(e).__name__}: {e}"
-        self._abandon()
+    def _resumed(self):
+        "Say once that rows are written again, with what was dropped meanwhile."
+        if self._dropping:
+            self._dropping = False
+            self.report("inference_log_writing_again", folder=str(self.folder), dropped=dict(self.dropped))
 
-def _close(self:InferenceLog):
-    "Finish the current file and give it its final name."
-    if self._writer is None: return
-    w, p = self._writer, self._path
-    self._writer = None
-    w.close(); os.replace(str(p) + ".tmp", p); self.files_written += 1
+    def _rows(self, item)->dict:
+        "Columns of one queued request."
+        records, outputs, meta, shadow = item
+        out = np.asarray(outputs, dtype="float64")
+        n = len(records)
+        def pred(o):
+            if self.kind == "regression": return [float(v) for v in o], [None] * n
+            return [self.labels[int(i)] for i in o.argmax(1)], o.tolist()
+        cols = {c: [r.get(c) for r in records] for c in self.columns}
+        p, probs = pred(out)
+        cols.update(_request_id=[meta["request_id"]] * n, _row=list(range(n)), _time=[int(meta["time"] * 1000)] * n,
+                    _latency_ms=[meta["latency_ms"]] * n, _model=[meta["model"]] * n, _version=[meta["version"]] * n,
+                    _prediction=p, _probabilities=probs)
+        if shadow is not None:
+            sv, so = shadow
+            sp, sprobs = pred(np.asarray(so, dtype="float64"))
+            cols.update(_shadow_version=[sv] * n, _shadow_prediction=sp, _shadow_probabilities=sprobs)
+        else: cols.update(_shadow_version=[None] * n, _shadow_prediction=[None] * n, _shadow_probabilities=[None] * n)
+        return cols
 
-def _abandon(self:InferenceLog):
-    "Drop the current file after a write error (its complete row groups are kept if it can still be closed)."
-    try: self._close()
-    except Exception: self._writer = None
+    def _table(self, batch:list):
+        "The Arrow table of queued requests."
+        import pyarrow as pa
+        schema = log_schema(self.columns, self.kind)
+        cols = {f.name: [] for f in schema}
+        for item in batch:
+            for k, v in self._rows(item).items(): cols[k] += v
+        return pa.Table.from_pydict(cols, schema=schema)
 
-def _run(self:InferenceLog):
-    "The writer thread: drain the queue every `flush_seconds`, write, rotate; finish the file when stopped."
-    while not self._stop.is_set() or not self.q.empty():
-        batch, deadline = [], time.time() + self.flush_seconds
-        while time.time() < deadline and len(batch) < 256:
-            try: batch.append(self.q.get(timeout=max(0.01, deadline - time.time())))
-            except queue.Empty:
-                if self._stop.is_set(): break
-        if batch: self._write(batch)
-        elif self._writer is not None and time.time() - self._opened >= self.rotate_seconds: self._close()
-    try: self._close()
-    except Exception as e: self.last_error = f"{type(e).__name__}: {e}"
+    def _write(self, batch:list):
+        "Append `batch` (queued requests) to the current file as one row group; rotate when it is full or old."
+        import pyarrow as pa, pyarrow.parquet as pq
+        n = sum(len(item[0]) for item in batch)
+        if time.time() < self._retry_at: return self._drop("disk", n, self.last_error)  # backing off: the disk is untouched
+        try:
+            table = self._table(batch)
+            if self._writer is None:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self._seq += 1
+                stamp = time.strftime('%Y%m%dT%H%M%S', time.gmtime())
+                self._path = self.folder/f"inference-{stamp}-{os.getpid()}-{self._seq:04d}.parquet"
+                self._opened, self._file_rows = time.time(), 0
+                self._writer = pq.ParquetWriter(str(self._path) + ".tmp", table.schema)
+            self._writer.write_table(table)
+            self._file_rows += n
+            self.rows_written += n
+            if self._file_rows >= self.rotate_rows or time.time() - self._opened >= self.rotate_seconds: self._close()
+        except (OSError, pa.ArrowException) as e:  # a full or failing disk: drop, count, say so once, keep serving
+            self.last_error = f"{type(e).__name__}: {e}"
+            self._retry_at = time.time() + self.retry_seconds
+            self._abandon()
+            return self._drop("disk", n, self.last_error)
+        self._resumed()
 
-def _shutdown(self:InferenceLog, timeout:float=10):
-    "Write what is queued, close the current file, stop the thread."
-    self._stop.set(); self._thread.join(timeout)
+    def _close(self):
+        "Finish the current file and give it its final name."
+        if self._writer is None: return
+        w, p = self._writer, self._path
+        self._writer = None
+        w.close()
+        os.replace(str(p) + ".tmp", p)
+        self.files_written += 1
+        self._file_rows = 0
 
-InferenceLog._rows, InferenceLog._write, InferenceLog._close, InferenceLog._abandon = _rows, _write, _close, _abandon
-InferenceLog._run, InferenceLog.close = _run, _shutdown
+    def _abandon(self):
+        "After a write error: keep the current file if it closes and reads back whole, else delete it (it is ours)."
+        import pyarrow.parquet as pq
+        w, rows = self._writer, self._file_rows
+        if w is None and rows == 0: return  # no file open
+        tmp = Path(str(self._path) + ".tmp")
+        self._writer, self._file_rows = None, 0
+        try:
+            if w is not None: w.close()
+            whole = rows > 0 and pq.read_metadata(tmp).num_rows == rows and pq.read_table(tmp).num_rows == rows
+            if whole:
+                os.replace(tmp, self._path)
+                self.files_written += 1
+                return
+        except Exception: pass
+        tmp.unlink(missing_ok=True)  # half a file is never renamed, and no temporary is left
+        self.rows_written -= rows
+        self.dropped["disk"] += rows
+
+    def _run(self):
+        "The writer thread: drain the queue every `flush_seconds`, write, rotate; finish the file when stopped."
+        while not self._stop.is_set() or not self.q.empty():
+            batch, deadline = [], time.time() + self.flush_seconds
+            while time.time() < deadline and len(batch) < 256:
+                try: batch.append(self.q.get(timeout=max(0.01, deadline - time.time())))
+                except queue.Empty:
+                    if self._stop.is_set(): break
+            if batch: self._write(batch)
+            elif self._writer is not None and time.time() - self._opened >= self.rotate_seconds: self._finish()
+        self._finish()
+
+    def _finish(self):
+        "Close the current file; a failure keeps what reads back whole and drops the rest."
+        try: self._close()
+        except Exception as e:
+            self.last_error = f"{type(e).__name__}: {e}"
+            self._abandon()
+
+    def close(self, timeout:float=10):
+        "Write what is queued, close the current file, stop the thread."
+        self._stop.set()
+        self._thread.join(timeout)
+
 
 # %% ../nbs/08a_inference_log.ipynb #08a-log-013
 def read_log(path:str|Path, # a log folder (its complete *.parquet files) or one file
-             since:float|None=None # only rows answered at or after this time (seconds since the epoch)
+             since:float|None=None, # only rows answered at or after this time (seconds since the epoch)
+             warn=None # called with one line for each file that cannot be read (default: Python's logging)
             )->pd.DataFrame:
-    "The inference log at `path` as one frame; a `DataError` when there is nothing to read."
+    "The inference log at `path` as one frame, unreadable files skipped; a `DataError` when there is nothing to read."
     p = Path(path)
     files = sorted(p.glob("*.parquet")) if p.is_dir() else [p] if p.exists() else []
     if not files: raise DataError(f"{p}: no inference log files (*.parquet) here; serve with --log-dir {p} first")
-    df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    frames = []
+    for f in files:
+        try: frames.append(pd.read_parquet(f))
+        except Exception as e:  # a truncated or foreign file: the others still count
+            (warn or _logger.warning)(f"{f}: skipped, not a readable Parquet file ({type(e).__name__})")
+    if not frames: raise DataError(f"{p}: none of its {len(files)} inference log file(s) can be read")
+    df = pd.concat(frames, ignore_index=True)
     if since is not None: df = df[df["_time"] >= pd.Timestamp(since, unit="s", tz="UTC")].reset_index(drop=True)
     if len(df) == 0: raise DataError(f"{p}: the inference log has no rows" + (" since then" if since else ""))
     return df

@@ -469,7 +469,7 @@ async def _start_extras(self:ScoringApp):
     if self.log_dir and importlib.util.find_spec("pyarrow") is None:
         self.swap_error = "the inference log writes Parquet and needs pyarrow: build the image with `mlops-nb package --inference-log`"
         raise MlopsNbError(self.swap_error)
-    if self.log_dir: self.log = InferenceLog(self.log_dir, rt.request_schema, rt.kind, rt.labels, self.log_sample)
+    if self.log_dir: self.log = InferenceLog(self.log_dir, rt.request_schema, rt.kind, rt.labels, self.log_sample, report=log_event)
     if self.shadow_ref:
         try: self.shadow = await asyncio.get_running_loop().run_in_executor(self.load_pool, lambda: load_runtime(self.shadow_ref).verify(rt.schema))
         except Exception as e:

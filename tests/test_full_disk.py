@@ -1,0 +1,51 @@
+"""The inference log on a real full disk (a small tmpfs mounted for the test, as root): requests are all answered, the
+server says once that it drops rows, no truncated `.parquet` and no `.tmp` is left, and `monitor` reads what is whole,
+skipping an unreadable part with a warning (issue 18, audit finding 5)."""
+import json, os, subprocess
+import pytest
+from conftest import run_cli
+from test_server import Server
+from test_live_traffic import _listings
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    "A 96 KiB tmpfs: a disk that fills after a few thousand logged rows."
+    d = tmp_path/"disk"
+    d.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(d)], capture_output=True, text=True)
+    if r.returncode:
+        if os.environ.get("CI"): pytest.fail(f"cannot mount a tmpfs for the full-disk test: {r.stderr.strip()}")
+        pytest.skip(f"mounting a tmpfs needs root: {r.stderr.strip()}")
+    yield d
+    subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+def test_the_inference_log_on_a_full_disk(full_disk, tmp_path, model_dir, data_dir, state):
+    log_dir = full_disk/"log"
+    s = Server(tmp_path, "--model", model_dir, "--log-dir", log_dir)
+    _, recs = _listings(2023, 500, 5)
+    try:
+        for i in range(20):  # 10 000 rows: far more than 96 KiB of Parquet holds
+            st, body = s.request("POST", "/score", json.dumps(recs).encode(), {"content-type": "application/json"})[:2]
+            assert st == 200, body  # the log never fails a request
+        metrics = s.get("/metrics")[1]
+    finally: server_log = s.stop()
+    events = [json.loads(line)["event"] for line in server_log.splitlines() if line.startswith("{")]
+    assert events.count("inference_log_dropping") == 1, server_log[-2000:]  # said once, not once a flush
+    dropped = [ln for ln in metrics.splitlines() if ln.startswith('mlops_nb_inference_log_dropped_total{reason="disk"}')]
+    assert dropped and float(dropped[0].split()[-1]) > 0, metrics
+    assert not list(log_dir.glob("*.tmp")), sorted(p.name for p in log_dir.iterdir())
+    import pandas as pd
+    for f in log_dir.glob("*.parquet"): pd.read_parquet(f)  # whatever is there reads whole
+    p = run_cli("monitor", "--reference", data_dir/"2021.parquet", "--current", log_dir, "--json")
+    assert p.returncode in (0, 2) and "Traceback" not in p.stderr, p.stderr  # rows that were kept, or one line
+    # a truncated part (as an older writer could leave) beside a whole one: monitor skips it with a warning
+    whole = tmp_path/"whole"
+    s = Server(tmp_path, "--model", model_dir, "--log-dir", whole)
+    try: assert s.request("POST", "/score", json.dumps(recs[:50]).encode(), {"content-type": "application/json"})[0] == 200
+    finally: s.stop()
+    (whole/"inference-truncated.parquet").write_bytes(b"PAR1" + b"\0" * 64)
+    p = run_cli("monitor", "--reference", data_dir/"2021.parquet", "--current", whole, "--json")
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    assert "inference-truncated.parquet: skipped" in p.stderr and json.loads(p.stdout)["rows"]["current"] == 50
