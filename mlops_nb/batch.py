@@ -205,7 +205,9 @@ def plan_tasks(files:list, # input files
         if f.suffix.lower() == ".parquet":
             md, first = pq.ParquetFile(f).metadata, 0
             for g in range(md.num_row_groups):
-                out.append(Task(len(out), str(f), "parquet", g, first)); first += md.row_group(g).num_rows
+                n = md.row_group(g).num_rows
+                if n: out.append(Task(len(out), str(f), "parquet", g, first))  # an empty group is no task, as an empty CSV
+                first += n
         else:
             size = f.stat().st_size
             with open(f, "rb") as fh: head = len(fh.readline())
@@ -302,6 +304,9 @@ def temp_beside(out:Path)->Path:
 def check_output(out:Path, overwrite:bool)->None:
     "A `DataError` when `out` exists and may not be replaced."
     if out.is_file(): raise DataError(f"{out}: is a file; the output is a folder of Parquet parts: choose another path")
+    if not out.parent.is_dir():
+        what = "is a file, not a folder" if out.parent.exists() else "does not exist"
+        raise DataError(f"{out}: its parent {out.parent} {what}: create the folder or choose another output path")
     if out.exists() and not overwrite: raise DataError(f"{out}: already exists; pass --overwrite to replace it, or choose another folder")
     if out.is_dir() and not (out/"_mlops_nb_batch.json").is_file() and any(out.iterdir()):
         raise DataError(f"{out}: is not an output of mlops-nb score (no _mlops_nb_batch.json), so --overwrite does not replace it: choose another folder")
@@ -473,6 +478,8 @@ def score_batch(model:str|Path|None, # model folder or registry reference (None:
     if engine not in ENGINES: raise ParamError(f"engine={engine!r} is not allowed: use local or spark")
     if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
         raise ParamError(f"batch_rows={batch_rows!r} is not allowed: use a whole number >= 1")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ParamError(f"workers={workers!r} is not allowed: use a whole number >= 1 (or none: one per core)")
     say = say or (lambda *a: None)
     t0, bm = time.perf_counter(), batch_model(model)
     remote = engine == "spark" and (_is_uri(str(input)) or _is_uri(str(output)))
@@ -493,6 +500,7 @@ def score_batch(model:str|Path|None, # model folder or registry reference (None:
             else:
                 tmp.mkdir()
                 rows, reason = score_local(bm, files, tmp, batch_rows, workers)
+            if rows == 0: raise DataError(f"{files[0]}: no rows to score")  # the same for every format and engine
             secs = time.perf_counter() - t0
             commit_output(tmp, out, {**meta, "rows": rows, "seconds": round(secs, 3), "fast_path": reason or "columnar"}, overwrite)
         except BaseException:

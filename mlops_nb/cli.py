@@ -184,6 +184,8 @@ def cmd_serve(a):
     from mlops_nb.core import MLOPS_NB_MODEL, MLOPS_NB_API_KEY, MLOPS_NB_ADMIN_TOKEN
     from mlops_nb.server import serve, load_entry, free_port
     if a.workers < 1: raise MlopsNbError(f"--workers {a.workers} is not allowed: use 1 or more")
+    if not (a.watch == 0 or 0 < a.watch < float("inf")):  # a negative or NaN interval would poll in a busy loop
+        raise MlopsNbError(f"--watch {a.watch:g} is not allowed: use seconds > 0 between checks, or 0 (off)")
     check_address(a.host, a.port)  # a bad host, a port out of range or in use: one line, before any model loads
     load_entry(a.entry)  # a missing entry script is a one-line error before the server starts
     port = a.port or free_port(a.host)
@@ -739,6 +741,11 @@ def main(argv:list|None=None # arguments (default: sys.argv[1:])
               or "interrupted", file=sys.stderr); return 130
     except BrokenPipeError:  # the reader went away (`mlops-nb models list | head -1`): stop quietly, as Unix tools do
         _quiet_stdout(); return 141
+    except OSError as e:  # a path the user gave that cannot be read or written: one line naming it, as Unix tools do
+        if not e.filename: raise
+        also = f" -> {e.filename2}" if e.filename2 else ""
+        print(f"error: {e.filename}{also}: {e.strerror or type(e).__name__}; check the path", file=sys.stderr)
+        return 2
     finally:
         if old is not None: signal.signal(signal.SIGTERM, old)
         if old_int is not None: signal.signal(signal.SIGINT, old_int)

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['MLOPS_NB_HOME', 'MLOPS_NB_TRACKING_URI', 'MLOPS_NB_REGISTRY_URI', 'MLOPS_NB_EXPERIMENT', 'MLOPS_NB_MODEL_NAME',
-           'MLOPS_NB_TRAIN_THREADS', 'MLOPS_NB_MODEL', 'MLOPS_NB_API_KEY', 'MLOPS_NB_ADMIN_TOKEN',
-           'MLOPS_NB_MODEL_ROOTS', 'ENV_VARS', 'SECRET_VARS', 'DATABRICKS_CREDENTIALS', 'MlopsNbError', 'DataError',
-           'ParamError', 'RegistryError', 'RegistrationRefused', 'RunFailed', 'EnvVar', 'project_root', 'state_dir',
-           'tracking_uri', 'registry_uri', 'artifact_root', 'redact_uri', 'lazy_module', 'git_info']
+__all__ = ['SECRET_FILE_MAX', 'MLOPS_NB_HOME', 'MLOPS_NB_TRACKING_URI', 'MLOPS_NB_REGISTRY_URI', 'MLOPS_NB_EXPERIMENT',
+           'MLOPS_NB_MODEL_NAME', 'MLOPS_NB_TRAIN_THREADS', 'MLOPS_NB_MODEL', 'MLOPS_NB_API_KEY',
+           'MLOPS_NB_ADMIN_TOKEN', 'MLOPS_NB_MODEL_ROOTS', 'ENV_VARS', 'SECRET_VARS', 'DATABRICKS_CREDENTIALS',
+           'MlopsNbError', 'DataError', 'ParamError', 'RegistryError', 'RegistrationRefused', 'RunFailed', 'EnvVar',
+           'project_root', 'state_dir', 'tracking_uri', 'registry_uri', 'artifact_root', 'redact_uri', 'lazy_module',
+           'git_info']
 
 # %% ../nbs/00_core.ipynb #00-core-005
 class MlopsNbError(Exception):
@@ -39,6 +40,8 @@ class RunFailed(MlopsNbError):
     exit_code = 1
 
 # %% ../nbs/00_core.ipynb #00-core-008
+SECRET_FILE_MAX = 64 * 1024  # bytes a secret file may hold
+
 @dataclass(frozen=True)
 class EnvVar:
     "An environment variable with a type and a default."
@@ -52,9 +55,14 @@ class EnvVar:
         path = os.environ.get(f"{self.name}_FILE", "") if self.from_file else ""
         if v != "" and path != "": raise MlopsNbError(f"both {self.name} and {self.name}_FILE are set: unset one of them")
         if path == "": return v if v != "" else self.default
-        try: v = Path(path).read_text().rstrip("\r\n")
+        try:
+            with open(path, "rb") as f: raw = f.read(SECRET_FILE_MAX + 1)  # bounded: /dev/zero is not a secret
+            v = raw.decode("utf-8").rstrip("\r\n")
         except (OSError, UnicodeDecodeError) as e:
             raise MlopsNbError(f"{self.name}_FILE={path}: cannot read it ({getattr(e, 'strerror', None) or type(e).__name__}); mount the secret there or unset the variable") from None
+        if len(raw) > SECRET_FILE_MAX:
+            raise MlopsNbError(f"{self.name}_FILE={path}: more than {SECRET_FILE_MAX // 1024} KiB, so not a secret file; "
+                               "name the file that holds the secret")
         if v == "": raise MlopsNbError(f"{self.name}_FILE={path}: the file is empty; put the secret in it or unset the variable")
         return v
     def __repr__(self): return f"EnvVar({self.name})"

@@ -18,8 +18,8 @@ from .serving import (RequestError, _registry_version, check_model_source, json_
 
 # %% auto #0
 __all__ = ['BUCKETS', 'ADMIN_MAX_BODY', 'DOCS_HTML', 'ROUTES', 'PUBLIC', 'MAX_HEADER_BYTES', 'HEADER_TIMEOUT', 'BODY_TIMEOUT',
-           'MAX_CONNECTIONS', 'load_entry', 'Metrics', 'log_event', 'ScoringApp', 'app_from_env', 'serve', 'free_port',
-           'http_status', 'start_server', 'swap_model']
+           'MAX_CONNECTIONS', 'PRESSURE', 'PRESSED_HEADER_TIMEOUT', 'PROBES', 'load_entry', 'Metrics', 'log_event',
+           'ScoringApp', 'app_from_env', 'serve', 'free_port', 'http_status', 'start_server', 'swap_model']
 
 # %% ../nbs/08_server.ipynb #08-server-005
 def load_entry(path:str|Path|None=None # entry script (default: `api/score.py` of the project, if there is one)
@@ -484,6 +484,9 @@ MAX_HEADER_BYTES = 16_384  # request line and headers
 HEADER_TIMEOUT = float(EnvVar("MLOPS_NB_HEADER_TIMEOUT", "10", "Seconds a client may take to send the request line and headers.").get())
 BODY_TIMEOUT = float(EnvVar("MLOPS_NB_BODY_TIMEOUT", "30", "Seconds a client may take to send a request body.").get())
 MAX_CONNECTIONS = int(EnvVar("MLOPS_NB_MAX_CONNECTIONS", "256", "Connections (and requests) a server process takes at once; more get 503.").get())
+PRESSURE = 0.75  # share of MAX_CONNECTIONS open above which connections that sent no complete headers are cut short
+PRESSED_HEADER_TIMEOUT = 1.0  # seconds such a connection then has to finish its headers
+PROBES = (b"/health", b"/ready", b"/ping", b"/v2/health/live", b"/v2/health/ready")  # answered even at the cap
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 _PROTOCOL = []
@@ -494,16 +497,27 @@ def __getattr__(name):  # PEP 562: uvicorn finds the protocol by its import stri
     return _PROTOCOL[0]
 
 def _protocol_class():
-    "uvicorn's httptools protocol with a cap on header bytes and a deadline for the headers."
+    """uvicorn's httptools protocol with a cap on header bytes, a deadline for the headers (short under connection
+    pressure), and probes answered when the connection cap is reached."""
     import httptools
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     class LimitedHttpTools(HttpToolsProtocol):
         def connection_made(self, transport):
-            super().connection_made(transport); self._begin()
+            super().connection_made(transport)
+            self._pressed = False
+            self._begin()
+            if len(self.connections) > PRESSURE * MAX_CONNECTIONS: self._press_all()
         def _begin(self):
             self._hbytes = 0
             if getattr(self, "_deadline", None): self._deadline.cancel()
-            self._deadline = self.loop.call_later(HEADER_TIMEOUT, self._too_slow)
+            wait = PRESSED_HEADER_TIMEOUT if self._pressed else HEADER_TIMEOUT
+            self._deadline = self.loop.call_later(wait, self._too_slow)
+        def _press_all(self):
+            "Near the cap: every connection still waiting for its headers gets a short deadline (idle sockets go)."
+            for c in list(self.connections):
+                if not getattr(c, "_pressed", True) and getattr(c, "_deadline", None):
+                    c._pressed = True
+                    c._begin()
         def _too_slow(self):
             if self.transport is not None and not self.transport.is_closing(): self._refuse(408, "Request Timeout")
         def _refuse(self, status:int, reason:str):
@@ -514,12 +528,26 @@ def _protocol_class():
             if self._hbytes > MAX_HEADER_BYTES:
                 self._refuse(431, "Request Header Fields Too Large")
                 raise httptools.HttpParserCallbackError("headers too large")
-        def on_message_begin(self): super().on_message_begin(); self._begin()
-        def on_url(self, url): self._count(len(url)); super().on_url(url)
-        def on_header(self, name, value): self._count(len(name) + len(value)); super().on_header(name, value)
+        def on_message_begin(self):
+            super().on_message_begin()
+            self._begin()
+        def on_url(self, url):
+            self._count(len(url))
+            super().on_url(url)
+        def on_header(self, name, value):
+            self._count(len(name) + len(value))
+            super().on_header(name, value)
         def on_headers_complete(self):
-            if self._deadline: self._deadline.cancel(); self._deadline = None
-            super().on_headers_complete()
+            if self._deadline:
+                self._deadline.cancel()
+                self._deadline = None
+            if self.limit_concurrency is None or not self._is_probe(): return super().on_headers_complete()
+            limit, self.limit_concurrency = self.limit_concurrency, None  # a liveness probe must not see 503 at the cap
+            try: super().on_headers_complete()
+            finally: self.limit_concurrency = limit
+        def _is_probe(self)->bool:
+            try: return httptools.parse_url(self.url).path in PROBES
+            except httptools.HttpParserInvalidURLError: return False
         def connection_lost(self, exc):
             if getattr(self, "_deadline", None): self._deadline.cancel()
             super().connection_lost(exc)

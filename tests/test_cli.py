@@ -206,3 +206,42 @@ def test_a_full_disk_is_one_line_and_loses_nothing(tmp_path, state):
         assert p.stderr.strip().splitlines()[-1].startswith(f"error: {out}: cannot be written"), p.stderr
         assert (out.read_bytes() == b"what the user had") if name.startswith("old") else not out.exists()
     assert sorted(f.name for f in tmp_path.iterdir()) == ["old.parquet"]  # no temporary file left either
+
+
+def _assert_ends_with_one_error(p, *words):
+    "Exit code 2; stderr: progress lines, then one line starting with `error:` that holds `words`; no traceback."
+    lines = [l for l in p.stderr.splitlines() if l.strip()]
+    assert p.returncode == 2 and "Traceback" not in p.stderr, (p.returncode, p.stderr)
+    assert lines[-1].startswith("error: ") and sum(l.startswith("error") for l in lines) == 1, p.stderr
+    for w in words: assert w in lines[-1], (w, lines[-1])
+
+
+def _zero_row_inputs(d):
+    "The same zero-row table as CSV and as Parquet."
+    import pandas as pd
+    from mlops_nb.examples.ottawa import generate_listings
+    empty = generate_listings(2021, 20, seed=0).head(0)
+    empty.to_csv(d/"zero.csv", index=False)
+    empty.to_parquet(d/"zero.parquet")
+    return d/"zero.csv", d/"zero.parquet"
+
+
+def test_the_second_audits_command_lines_get_one_line(tmp_path, state, model_dir):
+    """Audit 2, finding 6: paths that cannot be written, a negative worker count or watch interval, an endless secret
+    file, zero-row input: each one line, exit 2, no traceback; zero rows the same for CSV and Parquet."""
+    data = tmp_path/"in.csv"
+    run_cli("data", "generate", "--year", "2021", "--rows", "200", "--out", data, check=True)
+    score = ("score", "--model", model_dir, "--input", data)
+    _assert_one_line_error(run_cli(*score, "--output", "/proc/nope/out"), "/proc/nope")
+    _assert_one_line_error(run_cli(*score, "--output", data/"sub"), "in.csv", "is a file")
+    _assert_one_line_error(run_cli(*score, "--output", tmp_path/"o", "--workers", "-1"), "workers=-1")
+    # these two say what they are doing first: then one error line
+    _assert_ends_with_one_error(run_cli("new", "/proc/x/p", "--data", data, "--target", "sold_above_ask"), "/proc/x")
+    _assert_ends_with_one_error(run_cli("data", "generate", "--rows", "10", "--out", "/proc/x/y.csv"), "/proc/x")
+    for watch in ("-1", "nan"): _assert_one_line_error(run_cli("serve", "--watch", watch, "--port", "0"), "--watch")
+    secret = run_cli("serve", "--model", model_dir, "--port", "0", env={**os.environ, "MLOPS_NB_API_KEY_FILE": "/dev/zero"})
+    _assert_one_line_error(secret, "MLOPS_NB_API_KEY_FILE=/dev/zero", "not a secret file")
+    for f in _zero_row_inputs(tmp_path):
+        out = tmp_path/f"out-{f.suffix[1:]}"
+        _assert_ends_with_one_error(run_cli("score", "--model", model_dir, "--input", f, "--output", out), "no rows to score")
+        assert not out.exists()

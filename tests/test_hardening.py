@@ -403,3 +403,26 @@ def test_slow_clients_are_cut_off_and_memory_stays_bounded(limited):
 def test_a_client_that_never_finishes_its_headers_is_closed(limited):
     out = _raw(limited.port, b"POST /score HTTP/1.1\r\nhost: x\r\n", wait=6)
     assert out.startswith(b"HTTP/1.1 408"), out[:100]
+
+
+def test_idle_connections_do_not_exhaust_the_server(tmp_path, model_dir, state):
+    """Audit 2, finding 2: 300 idle TCP connections (the cap is 256) used to make every request, /health included,
+    answer 503 until the header timeout. Now /health answers 200 at once, the idle sockets are closed early (well before
+    their 60 s header timeout here), and scoring answers again."""
+    import socket
+    s = Server(tmp_path, "--model", model_dir, env={"MLOPS_NB_HEADER_TIMEOUT": "60"})
+    idle = []
+    try:
+        for _ in range(300): idle.append(socket.create_connection(("127.0.0.1", s.port), timeout=30))
+        assert s.get("/health")[0] == 200 and s.get("/ready")[0] == 200  # probes, even at the cap
+        closed, end = 0, time.time() + 30
+        for c in idle:  # each idle socket is answered 408 and closed by the server, long before 60 s
+            c.settimeout(max(0.1, end - time.time()))
+            try: got = c.recv(4096)
+            except (socket.timeout, ConnectionResetError): got = b"?"
+            closed += got == b"" or got.startswith(b"HTTP/1.1 408")
+        assert closed == 300, closed
+        assert s.score(GOOD)[0] == 200
+    finally:
+        for c in idle: c.close()
+        s.stop()
