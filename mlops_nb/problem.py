@@ -6,7 +6,7 @@ Docs: https://mlops-nb.github.io/mlops_nb/problem.html.md"""
 
 # %% ../nbs/01a_problem.ipynb #01a-problem-002
 from __future__ import annotations
-import importlib, json, math, os, re, sys, tomllib
+import importlib, inspect, json, math, os, re, sys, tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -17,7 +17,8 @@ pd = lazy_module("pandas")  # loaded on first use: serving images run without pa
 
 # %% auto #0
 __all__ = ['pd', 'PROBLEM_KINDS', 'METRICS', 'DECAY_METRICS', 'MLOPS_NB_PROBLEM', 'METRIC_NEEDS', 'ProblemError', 'Metric',
-           'predict_outputs', 'metrics_of', 'Problem', 'problem_ref', 'load_problem', 'problem_from_json']
+           'predict_outputs', 'metrics_of', 'Problem', 'problem_slots', 'problem_ref', 'load_problem',
+           'problem_from_json']
 
 # %% ../nbs/01a_problem.ipynb #01a-problem-006
 PROBLEM_KINDS = {"binary": "two classes; the model returns the probability of each, the second is the positive one",
@@ -152,6 +153,11 @@ class Problem:
     trusted_types: tuple = ()  # types its models hold beyond mlops_nb's list (e.g. an estimator's internals), trusted when loaded
 
     def __post_init__(self): _check_problem(self)
+
+# %% ../nbs/01a_problem.ipynb #01a-problem-008b
+def problem_slots()->str:
+    "The slots for a problem's own code and choices, with signatures and examples, as `help(Problem)` lists them."
+    return inspect.cleandoc(Problem.__doc__).split("\n\n", 1)[1]
 
 # %% ../nbs/01a_problem.ipynb #01a-problem-010
 def _bad(p, what:str): return ProblemError(f"problem {p.name!r}: {what}")
