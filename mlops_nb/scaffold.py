@@ -136,8 +136,9 @@ def problem_notebook(p:Problem, # the inferred declaration
               f"    example={p.example!r},\n{_SLOT_HINT})", "problem-005"),
         _cell("markdown", "## What else a problem can declare\n\n" + problem_slots() + "\n\nEach is a keyword "
               "of `Problem(...)`, and `help(Problem)` shows this list too. `Metric` is imported from "
-              "`mlops_nb.problem`; its function gets the encoded targets (class indices, or values) and the model's outputs, and is code "
-              "of this module: a logged model records only the metric's name and direction.", "problem-005a"),
+              "`mlops_nb.problem`; its function gets the encoded targets (class indices, or values) and the model's "
+              "outputs, and is code of this module: a logged model records only the metric's name and direction.",
+              "problem-005a"),
         _cell("markdown", "The data matches the declaration, and the example is a valid request:", "problem-006"),
         _cell("code", f"from mlops_nb.data import check_record\ndf = PROBLEM.load(\"../data/{data_file}\")\n"
               f"assert len(df) == {rows} and list(df.columns) == list(PROBLEM.schema())\n"
