@@ -2,7 +2,7 @@
 false alarm 1, lower is better, and the cost is the primary metric. Runs log it, the best version is the cheapest, a
 threshold on it gates promotion, the challenger is compared on it, and monitoring watches it for decay. The logged
 model records only its name and direction: its function comes from the configured problem, or a one-line error."""
-import dataclasses, os, sys
+import dataclasses, os
 import pytest
 from conftest import run_cli, cli_json
 
