@@ -333,7 +333,7 @@ def problem_from_json(d:dict # `Problem.as_json()`, as a logged model records it
 def _recorded_metrics(d:dict)->list:
     "The metrics a logged model records (name -> higher is better): built-in names, `Metric`s without their function."
     known, needs = METRICS[d["kind"]], "value" if d["kind"] == "regression" else "label"
-    return [m if m in known else Metric(m, None, bool(h), needs) for m, h in d["metrics"].items()]
+    return [m if m in known else Metric(m, None, h, needs) for m, h in d["metrics"].items()]
 
 def _metric_specs(self:Problem)->list:
     "The metrics to compute, primary first; a recorded `Metric` without its function takes the configured problem's."
