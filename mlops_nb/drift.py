@@ -232,7 +232,7 @@ def model_metrics(model, # fitted pipeline, or a `Runtime` (its `.pipeline` is u
     y = problem.encode(df[problem.target])
     if problem.kind != "regression" and len(np.unique(y)) < 2:
         raise DataError(f"{label} data: {problem.target!r} holds one class only; its metrics need at least two")
-    return metrics_of(problem.kind, y, predict_outputs(getattr(model, "pipeline", model), df, problem.kind), problem.metric_names)
+    return metrics_of(problem.kind, y, predict_outputs(getattr(model, "pipeline", model), df, problem.kind), problem.metric_specs())
 
 def _ref_metric(m:dict, k:str):
     "Metric `k` of logged metrics `m` (or its `val_` form), or None."

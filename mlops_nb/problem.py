@@ -6,7 +6,7 @@ Docs: https://mlops-nb.github.io/mlops_nb/problem.html.md"""
 
 # %% ../nbs/01a_problem.ipynb #01a-problem-002
 from __future__ import annotations
-import importlib, json, math, os, re, sys, tomllib
+import importlib, inspect, json, math, os, re, sys, tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -16,8 +16,9 @@ from .data import ColumnSpec, check_record, load_table
 pd = lazy_module("pandas")  # loaded on first use: serving images run without pandas
 
 # %% auto #0
-__all__ = ['pd', 'PROBLEM_KINDS', 'METRICS', 'DECAY_METRICS', 'MLOPS_NB_PROBLEM', 'predict_outputs', 'metrics_of', 'ProblemError',
-           'Problem', 'problem_ref', 'load_problem', 'problem_from_json']
+__all__ = ['pd', 'PROBLEM_KINDS', 'METRICS', 'DECAY_METRICS', 'MLOPS_NB_PROBLEM', 'METRIC_NEEDS', 'ProblemError', 'Metric',
+           'predict_outputs', 'metrics_of', 'Problem', 'problem_slots', 'problem_ref', 'load_problem',
+           'problem_from_json']
 
 # %% ../nbs/01a_problem.ipynb #01a-problem-006
 PROBLEM_KINDS = {"binary": "two classes; the model returns the probability of each, the second is the positive one",
@@ -28,6 +29,34 @@ METRICS = {"binary": {"roc_auc": True, "accuracy": True, "log_loss": False},  # 
            "regression": {"rmse": False, "mae": False, "r2": True}}
 DECAY_METRICS = {"binary": ["accuracy", "roc_auc"], "multiclass": ["accuracy", "f1_macro"], "regression": ["r2"]}
 MLOPS_NB_PROBLEM = EnvVar("MLOPS_NB_PROBLEM", None, "The problem declaration as `module:attribute` (default: `[tool.mlops_nb] problem` in pyproject.toml).")
+
+# %% ../nbs/01a_problem.ipynb #01a-problem-006e
+class ProblemError(MlopsNbError):
+    "A problem declaration that cannot work; the message names the field and how to fix it."
+
+METRIC_NEEDS = {"proba": "per-class probabilities, shape (n, classes): classification",
+                "label": "predicted class indices (the most probable class), shape (n,): classification",
+                "value": "predicted values, shape (n,): regression"}
+_METRIC_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+_RESERVED = ("val_", "train_", "baseline_")  # prefixes of the metrics mlops_nb logs itself
+
+@dataclass(frozen=True)
+class Metric:
+    "A problem's own metric: `fn(y, out) -> float` and its direction; logged, selected on, gated like a built-in one."
+    name: str  # the logged metric: lower-case letters, digits and '_'
+    fn: Callable|None  # (y, out) -> float: `y` encoded targets (`Problem.encode`), `out` as `needs` says; None: unknown
+    higher_is_better: bool  # False for a cost or a loss
+    needs: str = "label"  # what `fn` gets as `out`: 'proba', 'label' or 'value' (`METRIC_NEEDS`)
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not _METRIC_NAME.fullmatch(self.name) or self.name.startswith(_RESERVED):
+            raise ProblemError(f"metric name {self.name!r} is not allowed: use lower-case letters, digits and '_', "
+                               f"not starting with {', '.join(_RESERVED)}")
+        what = f"metric {self.name!r}"
+        if self.fn is not None and not callable(self.fn): raise ProblemError(f"{what}: fn must be a function (y, out)")
+        if not isinstance(self.higher_is_better, bool): raise ProblemError(f"{what}: higher_is_better must be a bool")
+        if self.needs not in METRIC_NEEDS:
+            raise ProblemError(f"{what}: needs {self.needs!r} is not one of {', '.join(METRIC_NEEDS)}")
 
 # %% ../nbs/01a_problem.ipynb #01a-problem-006b
 def predict_outputs(model, # a fitted pipeline or estimator
@@ -40,9 +69,9 @@ def predict_outputs(model, # a fitted pipeline or estimator
 def metrics_of(kind:str, # problem kind
                y:np.ndarray, # true targets, encoded (`Problem.encode`)
                out:np.ndarray, # `predict_outputs`
-               names:list|None=None # metrics to compute (default: all of the kind's)
+               names:list|None=None # built-in names and `Metric`s to compute (default: all of the kind's)
               )->dict:
-    "The kind's metrics of outputs `out` against `y`."
+    "The metrics `names` of outputs `out` against `y`, by name."
     from sklearn import metrics as M  # scikit-learn loads only when metrics are computed: this module stays light
     y = np.asarray(y)
     if kind == "regression":
@@ -55,17 +84,48 @@ def metrics_of(kind:str, # problem kind
         pred = out.argmax(1)
         fns = {"accuracy": lambda: M.accuracy_score(y, pred), "log_loss": lambda: M.log_loss(y, out, labels=list(range(k))),
                "roc_auc": lambda: M.roc_auc_score(y, out[:, 1]), "f1_macro": lambda: M.f1_score(y, pred, average="macro")}
-    return {m: float(fns[m]()) for m in (names or METRICS[kind])}
+    value = lambda m: _custom_value(m, y, out) if isinstance(m, Metric) else float(fns[m]())
+    return {m.name if isinstance(m, Metric) else m: value(m) for m in (names or METRICS[kind])}
+
+def _custom_value(m:Metric, y:np.ndarray, out:np.ndarray)->float:
+    "The value of a problem's own metric `m`."
+    if m.fn is None: raise ProblemError(f"metric {m.name!r} has no function here: it is code of the problem's module")
+    v = m.fn(y, out.argmax(1) if m.needs == "label" else out)
+    try: return float(v)
+    except (TypeError, ValueError):
+        raise ProblemError(f"metric {m.name!r} returned {type(v).__name__}, not a number") from None
 
 # %% ../nbs/01a_problem.ipynb #01a-problem-008
-class ProblemError(MlopsNbError):
-    "A problem declaration that cannot work; the message names the field and how to fix it."
-
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
 @dataclass(frozen=True)
 class Problem:
-    "What a project's model is about: inputs, target, kind, model, metrics, names; built once, read by everything."
+    """What a project's model is about: inputs, target, kind, model, metrics, names; built once, read by everything.
+
+    Slots for the problem's own code and choices (all optional; functions are best defined in the problem's module):
+
+    - derive(df: DataFrame) -> DataFrame: raw inputs to features (floats and strings), inside the logged model.
+      e.g. `derive=lambda df: df.assign(age=2024 - df["year_built"])`
+    - derive_record(record: dict) -> dict: the same for one record; enables the fast scoring path.
+      e.g. `derive_record=lambda r: {**r, "age": 2024 - r["year_built"]}`
+    - estimator(seed: int) -> unfitted scikit-learn estimator, the pipeline's last step.
+      e.g. `estimator=lambda seed: LogisticRegression(max_iter=500, random_state=seed)`
+    - train_epoch(estimator, X, y, epoch: int) -> None: one epoch of training, in place (X: features, y: encoded).
+      e.g. `train_epoch=lambda est, X, y, epoch: est.partial_fit(X, y, classes=[0, 1])`
+    - metrics: list of built-in names (`METRICS[kind]`) and `Metric(name, fn(y, out) -> float, higher_is_better,
+      needs='label'|'proba'|'value')`, primary first.
+      e.g. `metrics=["roc_auc", "accuracy"]`
+      e.g. `metrics=[Metric("cost", cost, higher_is_better=False), "roc_auc"]` with
+      `def cost(y, pred): return float(np.mean(5 * ((y == 1) & (pred == 0)) + ((y == 0) & (pred == 1))))`
+    - thresholds: dict, metric -> the worst value a version may have to be promoted (in the metric's direction).
+      e.g. `thresholds={"roc_auc": 0.7, "cost": 0.5}`
+    - trusted_types: tuple of 'module.Type' names its models hold beyond mlops_nb's trusted list.
+      e.g. `trusted_types=("mypkg.features.MyTransformer",)`
+    - postprocess(answers: list[dict], records: list[dict]) -> list[dict]: the API's answers, changed.
+      e.g. `postprocess=lambda answers, records: [{**a, "urgent": a["probability"] > 0.9} for a in answers]`
+    - generate(period: int, rows: int, seed: int) -> DataFrame of labelled rows, with `default_period`: synthetic data.
+      e.g. `generate=make_rows, default_period=2024`
+    """
     name: str  # lower-case words joined by '-': the default experiment, registered model and deployment name
     inputs: dict  # raw input column -> `ColumnSpec`: what the model takes and the API accepts
     target: str  # the label column of the training files
@@ -78,8 +138,8 @@ class Problem:
     derive: Callable|None = None  # DataFrame of raw inputs -> DataFrame of features (floats and strings); default: `raw_features`
     derive_record: Callable|None = None  # the same for one record (dict -> dict); enables the fast scoring path
     estimator: Callable|None = None  # seed -> unfitted scikit-learn estimator (default: gradient boosting that grows per epoch)
-    train_epoch: Callable|None = None  # (estimator, X, y, epoch, epochs) -> None: one epoch of training (default: `grow_epoch`)
-    metrics: list|None = None  # metric names of `METRICS[kind]` to log, primary first (default: all of them)
+    train_epoch: Callable|None = None  # (estimator, X, y, epoch) -> None: one epoch (default: see `train_epochs`)
+    metrics: list|None = None  # names of `METRICS[kind]` and `Metric`s to log, primary first (default: built-in ones)
     primary_metric: str|None = None  # metric that selects the best version (default: the first of `metrics`)
     thresholds: dict = field(default_factory=dict)  # metric -> the worst value a version may have to be promoted
     example: dict|None = None  # one raw input record (docs, OpenAPI, smoke tests)
@@ -94,8 +154,29 @@ class Problem:
 
     def __post_init__(self): _check_problem(self)
 
+# %% ../nbs/01a_problem.ipynb #01a-problem-008b
+def problem_slots()->str:
+    "The slots for a problem's own code and choices, with signatures and examples, as `help(Problem)` lists them."
+    return inspect.cleandoc(Problem.__doc__).split("\n\n", 1)[1]
+
 # %% ../nbs/01a_problem.ipynb #01a-problem-010
 def _bad(p, what:str): return ProblemError(f"problem {p.name!r}: {what}")
+
+def _check_metrics(p:Problem):
+    "Raise `ProblemError` if a metric of `p` is unknown, declared twice, or cannot be computed for its kind."
+    known, own = METRICS[p.kind], [m for m in (p.metrics or []) if isinstance(m, Metric)]
+    unknown = [str(m) for m in (p.metrics or []) if not isinstance(m, Metric) and m not in known]
+    if unknown:
+        raise _bad(p, f"unknown metric(s) {', '.join(unknown)} for a {p.kind} problem: "
+                      f"use {', '.join(known)} or a Metric")
+    taken = [m.name for m in own if m.name in known]
+    if taken: raise _bad(p, f"metric(s) {', '.join(taken)} are built-in names of a {p.kind} problem: rename yours")
+    names = p.metric_names
+    twice = sorted({m for m in names if names.count(m) > 1})
+    if twice: raise _bad(p, f"metric(s) {', '.join(twice)} declared twice")
+    fits = ("value",) if p.kind == "regression" else ("proba", "label")
+    bad = [m.name for m in own if m.needs not in fits]
+    if bad: raise _bad(p, f"metric(s) {', '.join(bad)} of a {p.kind} problem need {' or '.join(fits)}")
 
 def _check_problem(p:Problem):
     "Raise `ProblemError` naming the first field of `p` that cannot work."
@@ -115,9 +196,7 @@ def _check_problem(p:Problem):
         if p.kind == "binary" and n != 2: raise _bad(p, f"a binary problem has 2 classes, not {n}: use kind='multiclass'")
         if p.kind == "multiclass" and n < 3: raise _bad(p, "a multiclass problem has 3 or more classes: use kind='binary'")
         if p.labels is not None and len(p.labels) != n: raise _bad(p, f"labels has {len(p.labels)} names for {n} classes")
-    known = METRICS[p.kind]
-    unknown = [m for m in (p.metrics or []) if m not in known]
-    if unknown: raise _bad(p, f"unknown metric(s) {', '.join(unknown)} for a {p.kind} problem: use {', '.join(known)}")
+    _check_metrics(p)
     if p.primary_metric is not None and p.primary_metric not in p.metric_names:
         raise _bad(p, f"primary_metric {p.primary_metric!r} is not among its metrics {', '.join(p.metric_names)}")
     bad = [m for m in p.thresholds if m not in p.metric_names]
@@ -128,9 +207,15 @@ def _check_problem(p:Problem):
         if errs: raise _bad(p, f"its example does not match its inputs: {errs[0][0]}: {errs[0][1]}")
 
 # %% ../nbs/01a_problem.ipynb #01a-problem-012
-def _metric_names(self:Problem)->list: return list(self.metrics or METRICS[self.kind])
+def _metric_name(m)->str: return m.name if isinstance(m, Metric) else m
+def _metric_names(self:Problem)->list: return [_metric_name(m) for m in self.metrics or METRICS[self.kind]]
 def _primary(self:Problem)->str: return self.primary_metric or self.metric_names[0]
-def _directions(self:Problem)->dict: return {m: METRICS[self.kind][m] for m in self.metric_names}
+def _directions(self:Problem)->dict:
+    higher = lambda m: m.higher_is_better if isinstance(m, Metric) else METRICS[self.kind][m]
+    return {_metric_name(m): higher(m) for m in self.metrics or METRICS[self.kind]}
+def _decay_metrics(self:Problem)->list:
+    own = [m.name for m in self.metrics or [] if isinstance(m, Metric)]  # declared because they matter: watched
+    return own + [m for m in DECAY_METRICS[self.kind] if m in self.metric_names] or [self.primary]
 def _class_labels(self:Problem)->list|None:
     return None if self.classes is None else [str(l) for l in (self.labels or self.classes)]
 
@@ -141,8 +226,7 @@ Problem.class_labels = property(_class_labels, doc="Display names of the classes
 Problem.experiment_name = property(lambda self: self.experiment or self.name, doc="The MLflow experiment.")
 Problem.registered_model = property(lambda self: self.model_name or self.name, doc="The registered model name.")
 Problem.deployment_name = property(lambda self: self.deployment or self.name, doc="The Deployment and Service name.")
-Problem.decay_metrics = property(lambda self: [m for m in DECAY_METRICS[self.kind] if m in self.metric_names] or [self.primary],
-                                 doc="Metrics whose drop on fresh labelled data calls for retraining.")
+Problem.decay_metrics = property(_decay_metrics, doc="Metrics whose drop on fresh labelled data calls for retraining.")
 
 # %% ../nbs/01a_problem.ipynb #01a-problem-013
 def _target_spec(self:Problem)->ColumnSpec:
@@ -243,7 +327,30 @@ def problem_from_json(d:dict # `Problem.as_json()`, as a logged model records it
     inputs = {s["name"]: ColumnSpec.from_dict({k: v for k, v in s.items() if k != "name"}) for s in d["inputs"]}  # a list: order kept
     return Problem(name=d["problem"], inputs=inputs, target=d["target"],
                    kind=d["kind"], classes=classes, labels=d.get("labels") if classes is not None else None,
-                   keys={c: ColumnSpec("str", required=False) for c in d.get("keys", [])}, metrics=list(d["metrics"]),
+                   keys={c: ColumnSpec("str", required=False) for c in d.get("keys", [])}, metrics=_recorded_metrics(d),
                    primary_metric=d.get("primary_metric"), description=d.get("description", ""), example=d.get("example"))
 
+def _recorded_metrics(d:dict)->list:
+    "The metrics a logged model records (name -> higher is better): built-in names, `Metric`s without their function."
+    known, needs = METRICS[d["kind"]], "value" if d["kind"] == "regression" else "label"
+    return [m if m in known else Metric(m, None, h, needs) for m, h in d["metrics"].items()]
+
+def _metric_specs(self:Problem)->list:
+    "The metrics to compute, primary first; a recorded `Metric` without its function takes the configured problem's."
+    specs = list(self.metrics or METRICS[self.kind])
+    missing = [m.name for m in specs if isinstance(m, Metric) and m.fn is None]
+    if not missing: return specs
+    try: own, why = load_problem(), ""
+    except ProblemError as e: own, why = None, f" ({e})"
+    if own is not None and own.name != self.name: why = f" (the configured problem is {own.name!r})"
+    usable = own is not None and not why
+    fns = {m.name: m for m in (own.metrics or []) if isinstance(m, Metric) and m.fn is not None} if usable else {}
+    lost = [n for n in missing if n not in fns]
+    if lost:
+        raise ProblemError(f"metric(s) {', '.join(lost)} of problem {self.name!r} are code of its module, not recorded "
+                           "with the model: run where that problem is configured (pyproject.toml or MLOPS_NB_PROBLEM)"
+                           + why)
+    return [fns[m.name] if isinstance(m, Metric) and m.fn is None else m for m in specs]
+
 Problem.as_json = _as_json
+Problem.metric_specs = _metric_specs

@@ -29,7 +29,7 @@ def score_version(name:str, version:int, # a registered version
     "The metrics of registered version `version` of `name` on labelled rows `df` (its own problem's metrics)."
     rt = load_runtime(f"models:/{name}/{version}")
     p = rt.problem
-    return metrics_of(p.kind, p.encode(df[p.target]), predict_outputs(rt.pipeline, df, p.kind), p.metric_names)
+    return metrics_of(p.kind, p.encode(df[p.target]), predict_outputs(rt.pipeline, df, p.kind), p.metric_specs())
 
 def challenge(challenger:int, # registered version trained on recent data
               eval_df, # recent labelled rows, the same for both models

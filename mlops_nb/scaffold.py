@@ -13,7 +13,7 @@ import numpy as np
 from .core import MlopsNbError, DataError, lazy_module
 from .data import ColumnSpec, read_table
 from .pipeline import PipelineSettings, write_pipelines
-from .problem import Problem, ProblemError, PROBLEM_KINDS
+from .problem import Problem, ProblemError, PROBLEM_KINDS, problem_slots
 pd = lazy_module("pandas")
 
 # %% auto #0
@@ -102,6 +102,17 @@ def _cell(kind:str, source:str, cid:str, tags=None)->dict:
     if kind == "code": c.update(execution_count=None, outputs=[])
     return c
 
+_SLOT_HINT = """\
+    # more slots (see the list below, or help(Problem)), e.g.:
+    # derive=add_features,  # DataFrame of raw inputs -> DataFrame of features, inside the model
+    # estimator=lambda seed: LogisticRegression(max_iter=500, random_state=seed),  # seed -> unfitted estimator
+    # metrics=[Metric("cost", cost, higher_is_better=False), "accuracy"],  # built-in names and your own, primary first
+    # thresholds={"accuracy": 0.8},  # metric -> the worst value a version may have to be promoted
+    # trusted_types=("mypkg.features.MyTransformer",),  # types its models hold beyond mlops_nb's trusted list
+    # postprocess=add_advice,  # (answers, records) -> answers: the API's answers, changed
+    # train_epoch=one_epoch,  # (estimator, X, y, epoch) -> None: one epoch of training
+"""
+
 def problem_notebook(p:Problem, # the inferred declaration
                      notes:dict, # input/key column -> what was observed
                      data_file:str, # the data file's name in data/
@@ -117,12 +128,17 @@ def problem_notebook(p:Problem, # the inferred declaration
         _cell("markdown", f"`mlops-nb new` inferred this declaration from `data/{data_file}` ({rows} rows). **Review it**: the\n"
               "kind of each input, its bounds (a request outside them is refused), its categories (a request with another\n"
               "value is refused), which columns are inputs at all; then `nbdev-export`. What was observed is noted beside\n"
-              "each column. Derived features, another estimator, metrics and validation thresholds are fields of\n"
-              "`Problem` too (see `mlops_nb.problem`).", "problem-003"),
+              "each column. Derived features, another estimator, metrics and validation thresholds are slots of\n"
+              "`Problem` too: see the list below the declaration.", "problem-003"),
         _cell("code", f"#| export\nINPUTS = {{\n{lines(p.inputs)}\n}}\nKEYS = {{\n{lines(p.keys)}\n}}", "problem-004"),
         _cell("code", f"#| export\nPROBLEM = Problem(\n    name={p.name!r},\n    description={p.description!r},\n"
               f"    inputs=INPUTS, keys=KEYS, target={p.target!r}, kind={p.kind!r},{cls}\n"
-              f"    example={p.example!r},\n)", "problem-005"),
+              f"    example={p.example!r},\n{_SLOT_HINT})", "problem-005"),
+        _cell("markdown", "## What else a problem can declare\n\n" + problem_slots() + "\n\nEach is a keyword "
+              "of `Problem(...)`, and `help(Problem)` shows this list too. `Metric` is imported from "
+              "`mlops_nb.problem`; its function gets the encoded targets (class indices, or values) and the model's "
+              "outputs, and is code of this module: a logged model records only the metric's name and direction.",
+              "problem-005a"),
         _cell("markdown", "The data matches the declaration, and the example is a valid request:", "problem-006"),
         _cell("code", f"from mlops_nb.data import check_record\ndf = PROBLEM.load(\"../data/{data_file}\")\n"
               f"assert len(df) == {rows} and list(df.columns) == list(PROBLEM.schema())\n"

@@ -178,7 +178,7 @@ def evaluate(problem:Problem, # the declared problem
              df:pd.DataFrame # labelled raw rows
             )->dict:
     "The problem's metrics of `model` on the labelled rows `df`."
-    return metrics_of(problem.kind, problem.encode(df[problem.target]), predict_outputs(model, df, problem.kind), problem.metric_names)
+    return metrics_of(problem.kind, problem.encode(df[problem.target]), predict_outputs(model, df, problem.kind), problem.metric_specs())
 
 def check_not_constant(out:np.ndarray # `predict_outputs` on the evaluation rows
                       ):
@@ -220,7 +220,7 @@ def train_epochs(problem:Problem, # the declared problem
             elif e == 1: est.fit(Xt, y_train)
             out_t, out_v = predict_outputs(est, Xt, problem.kind), predict_outputs(est, Xv, problem.kind)
         loss = mean_squared_error(y_train, out_t) if problem.kind == "regression" else log_loss(y_train, out_t, labels=list(range(out_t.shape[1])))
-        m = {"train_loss": float(loss), **{f"val_{k}": v for k, v in metrics_of(problem.kind, y_val, out_v, problem.metric_names).items()}}
+        m = {"train_loss": float(loss), **{f"val_{k}": v for k, v in metrics_of(problem.kind, y_val, out_v, problem.metric_specs()).items()}}
         history.append(m)
         if on_epoch: on_epoch(e, m)
     return history
