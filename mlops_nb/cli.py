@@ -589,12 +589,13 @@ def _parser()->argparse.ArgumentParser:
     dp.add_argument("--name", default=None, help="Deployment and Service name (default: the problem's deployment name)")
     dp.add_argument("--namespace", default="default", help="Kubernetes namespace (default: default)")
     dp.add_argument("--allow-from", action="append", default=None, metavar="PEER",
-                    help="kubernetes, repeatable: who may connect to the server's port through the NetworkPolicy: pods of the "
-                         "namespace by label (app=gateway), every pod of another namespace (ingress-nginx:*), or some of them "
-                         "(monitoring:app=prometheus) (default: every pod of the namespace)")
+                    help="kubernetes, repeatable: who may connect to the server's port through the NetworkPolicy: "
+                         "pods of the namespace by label (app=gateway), every pod of another namespace "
+                         "(ingress-nginx:*), or some of them (monitoring:app=prometheus) (default: every pod of the "
+                         "namespace)")
     dp.add_argument("--no-network-policy", dest="network_policy", action="store_false",
-                    help="kubernetes: render no NetworkPolicy (default: one, first: ingress to the server's port only from "
-                         "--allow-from, egress only to DNS)")
+                    help="kubernetes: render no NetworkPolicy (default: one, first: ingress to the server's port "
+                         "only from --allow-from, egress only to DNS)")
     dp.add_argument("--replicas", type=int, default=2, help="replicas (default: 2)")
     dp.add_argument("--hpa", action="store_true", help="add a HorizontalPodAutoscaler on CPU")
     dp.add_argument("--api-key-secret", default=None, help="name of a Secret whose key api-key is the server's API key (mounted as a file, MLOPS_NB_API_KEY_FILE)")

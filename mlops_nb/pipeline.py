@@ -348,7 +348,7 @@ CLOUD_ENV = {
     "MLOPS_NB_SHADOW_LOG": CloudVar("variable", "data"), # when set, promotion waits for a shadow period in this inference log
     "MLOPS_NB_MIN_SHADOW_ROWS": CloudVar("variable", "data"), # the rows that shadow period asks for (default 1000)
     "KUBECONFIG": CloudVar("file", "kubeconfig", github="KUBE_CONFIG"),
-    "MLOPS_NB_NAMESPACE": CloudVar("variable", "kubeconfig", default="namespace"), # where deploy rolls out (Azure: a pipeline variable)
+    "MLOPS_NB_NAMESPACE": CloudVar("variable", "kubeconfig", default="namespace"), # deploy's namespace
 }
 CI_SUFFIX, CI_GROUP = "_CI", "ci"
 SECRET_ENVIRONMENTS = {"ci": "ci", "production": "trusted"} # GitHub: the environment holding each credential set's secrets
@@ -382,7 +382,7 @@ class PipelineSettings:
     python: str = "3.11" # Python on GitHub's runners
     optional: tuple = () # optional pipelines this project gets too (see `Cloud.requires`), e.g. ("docs",)
     github_auth: str = "oidc" # GitHub: Databricks through OIDC federation (no stored secret), or "secret" (the OAuth M2M pair)
-    namespace: str|None = None # Kubernetes namespace deploy rolls out to, unless the variable MLOPS_NB_NAMESPACE says (default: name)
+    namespace: str|None = None # deploy's Kubernetes namespace, unless MLOPS_NB_NAMESPACE is set (default: name)
     def __post_init__(self):
         checked = [("name", self.name, _SLUG), ("prefix", self.prefix, _SLUG), ("main", self.main, _BRANCH)]
         for what, v, pat in checked + ([("namespace", self.namespace, _SLUG)] if self.namespace is not None else []):
@@ -397,18 +397,20 @@ class PipelineSettings:
         if not isinstance(self.optional, tuple): raise PipelineError(f"pipeline setting optional={self.optional!r}: use a tuple of pipeline names")
         if self.github_auth not in ("oidc", "secret"): raise PipelineError(f"pipeline setting github_auth={self.github_auth!r}: use oidc or secret")
     @property
-    def literals(self)->dict: return {"main": self.main, "api_key_secret": f"{self.name}-api-key", "window": str(self.window),
-                                      "namespace": self.namespace or self.name}
+    def literals(self)->dict:
+        return {"main": self.main, "api_key_secret": f"{self.name}-api-key", "window": str(self.window),
+                "namespace": self.namespace or self.name}
 
 def project_settings(root:Path|str|None=None # the project folder (default: this project)
                     )->PipelineSettings:
-    "The pipeline settings of the project at `root`: its problem's Deployment name, its optional pipelines, `[tool.mlops_nb]`."
+    "The pipeline settings of the project at `root`: its Deployment name, optional pipelines, `[tool.mlops_nb]`."
     root = Path(root) if root else _root()
     cfg = tomllib.loads((root/"pyproject.toml").read_text()) if (root/"pyproject.toml").exists() else {}
     optional = tuple(n for n, c in CLOUD.items() if c.requires and (root/c.requires).exists())  # CLOUD: declared below
     own = cfg.get("tool", {}).get("mlops_nb", {})
     auth = own.get("github_auth", "oidc")  # "secret" where no federation policy can be set
-    return PipelineSettings(load_problem(start=root).deployment_name, optional=optional, github_auth=auth, namespace=own.get("namespace"))
+    name = load_problem(start=root).deployment_name
+    return PipelineSettings(name, optional=optional, github_auth=auth, namespace=own.get("namespace"))
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-038
 _FIELD = re.compile(r"\{(\w+)(?:\[(\w+)\])?\}")
@@ -470,7 +472,7 @@ class Cloud:
     "When a pipeline runs in the cloud, its jobs, and the credentials it gets."
     about: str # what it does (the files' first comment)
     jobs: tuple # its `Job`s, in order
-    pull_request: bool = False # on every pull request to the main branch (no paths filter: any file may change the result)
+    pull_request: bool = False # on every pull request to the main branch (no paths filter)
     push: bool = False # on every commit to the main branch
     schedule: bool = False # on the schedule of the settings' field `cron` names
     cron: str = "cron" # the `PipelineSettings` field holding its schedule
@@ -486,7 +488,7 @@ class Cloud:
 
 CLOUD = {
     "ci": Cloud(
-        "CI: every pull request to the main branch runs the training notebook in test mode (seeded 5% sample, one epoch, "
+        "CI: every pull request to {main} runs the training notebook in test mode (seeded 5% sample, one epoch, "
         "nothing registered) as a Databricks job in a workspace folder of its own, and the whole test suite; either failing "
         "fails the pull request.",
         jobs=(Job("notebook-test-mode", "training notebook in test mode", ("train-test",), 30),
@@ -531,13 +533,14 @@ CLOUD = {
         push=True, manual=True, after="train",
         notes={"github": "Secrets reach only the steps that need them: the store's and the registry's are secrets of the "
                          "environment trusted (deployment branches: {main} only), KUBE_CONFIG a secret of the environment "
-                         "production (required reviewers). It deploys to the namespace the variable MLOPS_NB_NAMESPACE names (default: "
-                         "{namespace}); create it, and the Secret {api_key_secret} in it, first.",
+                         "production (required reviewers). It deploys to the namespace the variable "
+                         "MLOPS_NB_NAMESPACE names (default: {namespace}); create it, and the Secret {api_key_secret} "
+                         "in it, first.",
                "azure": "It deploys to the namespace of the pipeline variable MLOPS_NB_NAMESPACE ({namespace}: the "
-                        "project setting namespace under [tool.mlops_nb], default the Deployment's name); create it, and the "
-                        "Secret {api_key_secret} in it, first. Secrets come from the variable groups {prefix}-tracking and {prefix}-registry and the secure file "
-                        "kubeconfig; they reach only the steps that map them. Approvals and checks are configured on "
-                        "the production environment."}),
+                        "project setting namespace under [tool.mlops_nb], default the Deployment's name); create it, "
+                        "and the Secret {api_key_secret} in it, first. Secrets come from the variable groups "
+                        "{prefix}-tracking and {prefix}-registry and the secure file kubeconfig; they reach only the "
+                        "steps that map them. Approvals and checks are configured on the production environment."}),
     "monitor": Cloud(
         "Monitoring, daily: the drift of the live traffic the server logged (its inference log, the last {window} days) from "
         "the champion's training data, and the champion's age; when retraining is advised, the train pipeline runs.",
@@ -690,7 +693,8 @@ def _github_value(src:tuple, cloud:Cloud, producers:dict)->str:
     "The GitHub Actions expression of an environment source."
     kind, key = src[0], src[1]
     if kind == "secret": return f"${{{{ secrets.{_cloud_name(key, cloud)} }}}}"
-    if kind == "variable" and len(src) > 2: return f"${{{{ vars.{_cloud_name(key, cloud)} || '{src[2]}' }}}}"  # a checked slug
+    if kind == "variable" and len(src) > 2:  # unset: its default, a checked slug
+        return f"${{{{ vars.{_cloud_name(key, cloud)} || '{src[2]}' }}}}"
     if kind == "variable": return f"${{{{ vars.{_cloud_name(key, cloud)} }}}}"
     if kind == "file": return f"${{{{ runner.temp }}}}/{CLOUD_ENV[key].group}"
     if kind == "input": return INPUTS[key].github
@@ -727,9 +731,9 @@ def _widest(*grants:dict)->dict:
     return out
 
 def _github_permissions(name:str, settings:PipelineSettings, _calls:tuple=())->dict[str, dict]:
-    """Job id -> token permissions of each job of pipeline `name`'s workflow. A job that calls another workflow gets what
-    that workflow's jobs request (`_widest`, through the workflows it calls in turn): GitHub refuses to run a called job
-    that asks for more than its caller grants, and granting more would be more than it needs."""
+    """Job id -> token permissions of each job of pipeline `name`'s workflow. A job that calls another workflow gets
+    what that workflow's jobs request (`_widest`, through the workflows it calls in turn): GitHub refuses to run a
+    called job that asks for more than its caller grants, and granting more would be more than it needs."""
     if name in _calls: raise PipelineError(f"pipelines {' -> '.join((*_calls, name))} start one another in a loop")
     out = {}
     for j, rows in _plan(name, settings):
@@ -806,7 +810,8 @@ def _azure_groups(name:str, settings:PipelineSettings)->list[str]:
             for src in row["env"].values():
                 macro = re.fullmatch(r"\$\((\w+)\)", _azure_value(src, c))  # $(NAME) of a group's variable
                 base = macro.group(1).removesuffix(CI_SUFFIX) if macro else None
-                if base not in CLOUD_ENV or CLOUD_ENV[base].kind == "file" or CLOUD_ENV[base].default: continue  # defaults: below
+                if base not in CLOUD_ENV or CLOUD_ENV[base].kind == "file": continue
+                if CLOUD_ENV[base].default: continue  # a pipeline variable of the file instead (azure_pipeline)
                 g = f"{settings.prefix}-{CI_GROUP if c.credentials == CI_GROUP else CLOUD_ENV[base].group}"
                 if g not in groups: groups.append(g)
     return groups
@@ -831,9 +836,10 @@ def azure_pipeline(name:str, # ci, train or deploy
                                            "trigger": {**on_main, **({"tags": [when[1]]} if when else {})}}]}
     doc["pool"] = {"vmImage": "ubuntu-latest"}
     groups = _azure_groups(name, settings)
-    defaults = {_cloud_name(src[1], c): src[2] for _, rows in _plan(name, settings) for row in rows for src in row["env"].values()
-                if src[0] == "variable" and len(src) > 2}  # a variable with a default: a pipeline variable of the file
-    if groups or defaults: doc["variables"] = [*({"name": k, "value": v} for k, v in defaults.items()), *({"group": g} for g in groups)]
+    defaults = {_cloud_name(src[1], c): src[2] for _, rows in _plan(name, settings) for row in rows
+                for src in row["env"].values() if src[0] == "variable" and len(src) > 2}  # a variable with a default
+    variables = [*({"name": k, "value": v} for k, v in defaults.items()), *({"group": g} for g in groups)]
+    if variables: doc["variables"] = variables
     staged = any(j.needs for j in c.jobs)
     stage_of = {j.id: _azure_id(j.id).capitalize() for j in c.jobs}
     producer = {row["out"]: j.id for j, rows in plan for row in rows if row["publish"]}

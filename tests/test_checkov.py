@@ -20,9 +20,9 @@ PINNED = "127.0.0.1:5000/ottawa-housing:3-b287060@sha256:" + "4c" * 32  # as `ml
 SKIPS = {
     "kubernetes": {
         "CKV_K8S_21": "The default namespace should not be used: the namespace is the deploying team's choice "
-                      "(`deploy --namespace`); the CLI's own default is `default`, which only the cli-defaults set uses: "
-                      "the deploy pipeline names one (MLOPS_NB_NAMESPACE), and test_kubernetes_manifests holds its set "
-                      "and the production set to this check",
+                      "(`deploy --namespace`); the CLI's own default is `default`, which only the cli-defaults set "
+                      "uses: the deploy pipeline names one (MLOPS_NB_NAMESPACE), and test_kubernetes_manifests holds "
+                      "its set and the production set to this check",
     },
     "dockerfile": {},
 }
@@ -70,8 +70,8 @@ def scanned(checkov, tmp_path_factory, model_dir, state, monkeypatch_module):
         p = run_cli(*argv, "--dry-run", "--manifests", root/"scan"/"k8s"/name, env=_env_without_a_cluster())
         assert p.returncode == 0 and "validated (strict)" in p.stderr, (name, p.stderr[-2000:])
     line, env = _pipeline_rollout()
-    p = subprocess.run(["bash", "-c", f"{line} --dry-run --manifests {root/'scan'/'k8s'/'pipeline'}"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run(["bash", "-c", f"{line} --dry-run --manifests {root/'scan'/'k8s'/'pipeline'}"], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0 and "validated (strict)" in p.stderr, p.stderr[-2000:]
     # the wheels do not change the Dockerfile: skip collecting them (pip download and a wheel build)
     monkeypatch_module.setattr(package, "collect_wheels", lambda reqs, dest, progress=None: dest.mkdir(parents=True, exist_ok=True))

@@ -189,7 +189,7 @@ RUNNER_VARS = {"PWD", "GITHUB_PATH"}  # set by bash or the runner, not by anyone
 # --- which pull requests run ci: derived from the tracked files and the two systems' path filters ---------------------
 
 def _glob(pattern):
-    "A path filter's pattern as a regex: `**` any characters, `*` and `?` any but '/' (GitHub's and Azure DevOps' globs)."
+    "A path filter's pattern as a regex: `**` any characters, `*` and `?` any but '/' (GitHub's and Azure's globs)."
     out = ""
     for part in re.split(r"(\*\*/?|\*|\?)", pattern):
         out += {"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}.get(part, re.escape(part))
@@ -206,7 +206,7 @@ def _github_runs_ci(trigger, path):
 
 
 def _azure_runs_ci(pr, path):
-    "Whether Azure DevOps starts a `pr` trigger for a change of `path` alone (paths include / exclude: prefixes or wildcards)."
+    "Whether Azure DevOps starts a `pr` trigger for a change of `path` alone (include / exclude: prefixes or globs)."
     if pr == "none": return False
     paths = pr.get("paths", {}) if isinstance(pr, dict) else {}
     hit = lambda p: _glob(p).fullmatch(path) or path == p.rstrip("/") or path.startswith(p.rstrip("/") + "/")
@@ -215,26 +215,30 @@ def _azure_runs_ci(pr, path):
 
 
 def test_the_path_filter_readers_see_what_a_filter_leaves_out():
-    "The two readers above fail the test below for any filter that misses a file (here: the old one, nbs/** and the like)."
+    "The two readers above fail the test below for any filter that misses a file (here: the old one, nbs/** and so on)."
     old = ["nbs/**", "mlops_nb/**", "api/**", "pipelines/**", "tests/**", "pyproject.toml"]
-    for path, runs in [("nbs/12_pipeline.ipynb", True), ("pyproject.toml", True), ("scripts/setup", False), ("conftest.py", False),
-                       (".github/workflows/ci.yml", False), ("requirements.lock", False), ("resources/train.yml", False)]:
+    for path, runs in [("nbs/12_pipeline.ipynb", True), ("pyproject.toml", True), ("scripts/setup", False),
+                       ("conftest.py", False), (".github/workflows/ci.yml", False), ("requirements.lock", False),
+                       ("resources/train.yml", False)]:
         assert _github_runs_ci({"branches": ["main"], "paths": old}, path) is runs, path
         assert bool(_azure_runs_ci({"branches": {"include": ["main"]}, "paths": {"include": old}}, path)) is runs, path
-    assert not _github_runs_ci({"paths-ignore": ["**/*.md"]}, "docs/x.md") and _github_runs_ci({"paths": ["**", "!*.md"]}, "a/b.md")
-    assert not _azure_runs_ci({"paths": {"exclude": ["docs"]}}, "docs/x.md") and not _azure_runs_ci("none", "nbs/x.ipynb")
+    assert not _github_runs_ci({"paths-ignore": ["**/*.md"]}, "docs/x.md")
+    assert _github_runs_ci({"paths": ["**", "!*.md"]}, "a/b.md")  # `*` stops at '/'
+    assert not _azure_runs_ci({"paths": {"exclude": ["docs"]}}, "docs/x.md")
+    assert not _azure_runs_ci("none", "nbs/x.ipynb")
 
 
 def test_every_tracked_file_runs_ci_on_both_platforms():
-    """A pull request that changes any one tracked file alone runs ci, on GitHub and on Azure DevOps. No file is exempt as
-    documentation: the README and CHANGELOG are checked by the tests too (tests/test_project.py), the workflows,
-    scripts/setup, the lock files, conftest.py and the bundle decide what the tests run with."""
+    """A pull request that changes any one tracked file alone runs ci, on GitHub and on Azure DevOps. No file is
+    exempt as documentation: the README and CHANGELOG are checked by the tests too (tests/test_project.py); the
+    workflows, scripts/setup, the lock files, conftest.py and the bundle decide what the tests run with."""
     if not (ROOT/".git").exists(): pytest.skip("not a git checkout: no tracked files to derive the paths from")
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     assert len(tracked) > 100 and "scripts/setup" in tracked
-    gh, az = on(load(ROOT/".github"/"workflows"/"ci.yml"))["pull_request"], load(ROOT/"pipelines"/"azure"/"ci.yml")["pr"]
+    gh = on(load(ROOT/".github"/"workflows"/"ci.yml"))["pull_request"]
+    az = load(ROOT/"pipelines"/"azure"/"ci.yml")["pr"]
     assert not [f for f in tracked if not _github_runs_ci(gh, f)], "GitHub's ci skips pull requests changing only these"
-    assert not [f for f in tracked if not _azure_runs_ci(az, f)], "Azure DevOps' ci skips pull requests changing only these"
+    assert not [f for f in tracked if not _azure_runs_ci(az, f)], "Azure's ci skips pull requests changing only these"
 
 
 @pytest.mark.parametrize("path", FILES, ids=ids)
@@ -397,7 +401,7 @@ def _permissions(doc, job):
 
 
 def _requested(docs, name, calls=()):
-    "What the jobs of workflow `name` request, per scope the strongest: a calling job also what its callee's jobs request."
+    "What the jobs of workflow `name` request, per scope the strongest; a calling job also what its callee's request."
     assert name not in calls, f"workflows call one another in a loop: {calls + (name,)}"
     doc, wants = docs[name], []
     for j in doc["jobs"].values():
@@ -408,14 +412,14 @@ def _requested(docs, name, calls=()):
 
 
 def _caller_violations(docs):
-    "(workflow, job, grants, needs) of every job calling a workflow of this repository without granting exactly its needs."
+    "(workflow, job, grants, needs) of each job calling a workflow of this repository granting other than it needs."
     bad = []
     for name, doc in docs.items():
         for jid, j in doc["jobs"].items():
             if not j.get("uses", "").startswith("./.github/workflows/"): continue
             grants = {k: v for k, v in _permissions(doc, j).items() if v != "none"}
             needs = _requested(docs, Path(j["uses"]).name)
-            if grants != needs: bad.append((name, jid, grants, needs))  # less: GitHub refuses the run; more: not least privilege
+            if grants != needs: bad.append((name, jid, grants, needs))  # less: GitHub refuses the run; more: excess
     return bad
 
 
@@ -427,29 +431,33 @@ def test_callers_grant_what_the_called_workflows_request():
     callers = [(n, jid) for n, d in docs.items() for jid, j in d["jobs"].items() if "uses" in j]
     assert sorted(callers) == [("monitor.yml", "train"), ("train.yml", "deploy")]  # the check below is not vacuous
     assert _caller_violations(docs) == []
-    # the check catches the defect it replaced: a caller granting only contents: read to jobs that need an identity token
+    # the check catches the defect it replaced: a caller granting only contents: read to jobs needing an identity token
     docs["monitor.yml"]["jobs"]["train"]["permissions"] = {"contents": "read"}
-    assert _caller_violations(docs) == [("monitor.yml", "train", {"contents": "read"}, {"contents": "read", "id-token": "write"})]
-    docs["monitor.yml"]["jobs"]["train"]["permissions"] = {"contents": "write", "id-token": "write"}  # and one granting more
+    want = {"contents": "read", "id-token": "write"}
+    assert _caller_violations(docs) == [("monitor.yml", "train", {"contents": "read"}, want)]
+    docs["monitor.yml"]["jobs"]["train"]["permissions"] = {**want, "contents": "write"}  # and more than needed
     assert [v[:2] for v in _caller_violations(docs)] == [("monitor.yml", "train")]
 
 
 def test_a_new_projects_workflows_too(tmp_path):
-    """What `mlops-nb new` writes for a team's table: its callers grant what their callees request, and a change of any of
-    its files runs ci on both platforms; with the OAuth pair instead of OIDC (`github_auth="secret"`) the callers too."""
+    """What `mlops-nb new` writes for a team's table: its callers grant what their callees request, and a change of any
+    of its files runs ci on both platforms; with the OAuth pair instead of OIDC (`github_auth="secret"`) the callers
+    too."""
     from mlops_nb.examples.sklearn_tables import table
     from mlops_nb.pipeline import PipelineSettings, render_pipelines
     from mlops_nb.scaffold import new_project
     table("breast-cancer").to_csv(tmp_path/"cells.csv", index=False)
     proj = Path(new_project(tmp_path/"tumours", tmp_path/"cells.csv", "target")["path"])
     docs = {p.name: load(p) for p in sorted((proj/".github"/"workflows").glob("*.yml"))}
-    assert docs["train.yml"]["jobs"]["deploy"]["uses"] == "./.github/workflows/deploy.yml" and _caller_violations(docs) == []
+    assert docs["train.yml"]["jobs"]["deploy"]["uses"] == "./.github/workflows/deploy.yml"
+    assert _caller_violations(docs) == []
     gh, az = on(docs["ci.yml"])["pull_request"], load(proj/"pipelines"/"azure"/"ci.yml")["pr"]
     files = [str(f.relative_to(proj)) for f in proj.rglob("*") if f.is_file()]
     assert "scripts/setup" in files and not [f for f in files if not (_github_runs_ci(gh, f) and _azure_runs_ci(az, f))]
     m2m = render_pipelines(PipelineSettings("tumours", github_auth="secret"))
     docs = {Path(rel).name: yaml.safe_load(text) for rel, text in m2m.items() if rel.startswith(".github/")}
-    assert _caller_violations(docs) == [] and docs["monitor.yml"]["jobs"]["train"]["permissions"] == {"contents": "read"}
+    assert _caller_violations(docs) == []
+    assert docs["monitor.yml"]["jobs"]["train"]["permissions"] == {"contents": "read"}
 
 
 def test_the_pinned_shas_are_the_declared_ones():
