@@ -241,8 +241,11 @@ def _deploy_kubernetes(a):
     from mlops_nb.core import state_dir
     if not a.image: raise MlopsNbError("--target kubernetes needs --image REGISTRY/NAME:TAG (from `mlops-nb package --push`)")
     name = a.name or _deployment_name()
+    if a.allow_from and not a.network_policy:
+        raise MlopsNbError("--allow-from shapes the NetworkPolicy: drop --no-network-policy, or drop --allow-from")
     ms = render_manifests(a.image, name=name, namespace=a.namespace, replicas=a.replicas, hpa=a.hpa,
-                          api_key_secret=a.api_key_secret, inference_log=a.inference_log, log_claim=a.log_claim)
+                          api_key_secret=a.api_key_secret, inference_log=a.inference_log, log_claim=a.log_claim,
+                          network_policy=a.network_policy, allow_from=a.allow_from)
     validate_manifests(ms)
     files = write_manifests(ms, a.manifests or state_dir()/"k8s"/name)
     _say(f"manifests validated (strict) and written: {', '.join(str(f) for f in files)}")
@@ -587,6 +590,14 @@ def _parser()->argparse.ArgumentParser:
     dp.add_argument("--dry-run", action="store_true", help="print the manifests / what would change; apply nothing")
     dp.add_argument("--name", default=None, help="Deployment and Service name (default: the problem's deployment name)")
     dp.add_argument("--namespace", default="default", help="Kubernetes namespace (default: default)")
+    dp.add_argument("--allow-from", action="append", default=None, metavar="PEER",
+                    help="kubernetes, repeatable: who may connect to the server's port through the NetworkPolicy: "
+                         "pods of the namespace by label (app=gateway), every pod of another namespace "
+                         "(ingress-nginx:*), or some of them (monitoring:app=prometheus) (default: every pod of the "
+                         "namespace)")
+    dp.add_argument("--no-network-policy", dest="network_policy", action="store_false",
+                    help="kubernetes: render no NetworkPolicy (default: one, first: ingress to the server's port "
+                         "only from --allow-from, egress only to DNS)")
     dp.add_argument("--replicas", type=int, default=2, help="replicas (default: 2)")
     dp.add_argument("--hpa", action="store_true", help="add a HorizontalPodAutoscaler on CPU")
     dp.add_argument("--api-key-secret", default=None, help="name of a Secret whose key api-key is the server's API key (mounted as a file, MLOPS_NB_API_KEY_FILE)")

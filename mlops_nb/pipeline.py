@@ -76,7 +76,8 @@ PIPELINES = {
         Step("build", "context", "mlops-nb package --model champion --context-only {home}/build/pipeline --json", out="package",
              unless="engine", timeout=900),
         Step("deploy", "rollout", "mlops-nb deploy --target kubernetes --image {package[image]} --json", when="kubeconfig", timeout=900,
-             cloud="mlops-nb deploy --target kubernetes --image {package[image]} --api-key-secret {api_key_secret} --timeout 600 --json",
+             cloud="mlops-nb deploy --target kubernetes --image {package[image]} --namespace {MLOPS_NB_NAMESPACE} "
+                   "--api-key-secret {api_key_secret} --timeout 600 --json",
              cloud_env=("KUBECONFIG",)),
         Step("deploy", "dry-run", "mlops-nb deploy --target kubernetes --image {package[image]} --dry-run", unless="kubeconfig", timeout=300),
     ],
@@ -327,6 +328,7 @@ class CloudVar:
     kind: str # secret, variable or file
     group: str # Azure DevOps: variable group (PREFIX-GROUP) holding it; for a file, its secure file's name
     github: str|None = None # GitHub: the secret holding a file's content (files only)
+    default: str|None = None # a variable the project need not set: the `PipelineSettings.literals` key of its default
 
 CLOUD_ENV = {
     "MLOPS_NB_TRACKING_URI": CloudVar("secret", "tracking"),
@@ -346,6 +348,7 @@ CLOUD_ENV = {
     "MLOPS_NB_SHADOW_LOG": CloudVar("variable", "data"), # when set, promotion waits for a shadow period in this inference log
     "MLOPS_NB_MIN_SHADOW_ROWS": CloudVar("variable", "data"), # the rows that shadow period asks for (default 1000)
     "KUBECONFIG": CloudVar("file", "kubeconfig", github="KUBE_CONFIG"),
+    "MLOPS_NB_NAMESPACE": CloudVar("variable", "kubeconfig", default="namespace"), # deploy's namespace
 }
 CI_SUFFIX, CI_GROUP = "_CI", "ci"
 SECRET_ENVIRONMENTS = {"ci": "ci", "production": "trusted"} # GitHub: the environment holding each credential set's secrets
@@ -365,13 +368,11 @@ INPUTS = {
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-035
 _SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _BRANCH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,99}")
-_PATH = re.compile(r"[A-Za-z0-9_.*/-]+")
 
 @dataclass(frozen=True)
 class PipelineSettings:
     "What differs between projects in their cloud pipelines; everything else comes from `PIPELINES` and `CLOUD`."
     name: str # the Deployment's name (the problem's); its API key Secret is `NAME-api-key`
-    paths: tuple = ("nbs/**", "api/**", "pipelines/**", "tests/**", "pyproject.toml") # changes that run ci on a pull request
     prefix: str = "mlops-nb" # Azure DevOps: variable groups PREFIX-ci, -tracking, -registry, -data; the train pipeline PREFIX-train
     main: str = "main" # the branch pull requests target, and that is retrained and deployed
     cron: str = "30 6 * * 1" # retraining schedule (UTC): after the data refresh
@@ -381,11 +382,11 @@ class PipelineSettings:
     python: str = "3.11" # Python on GitHub's runners
     optional: tuple = () # optional pipelines this project gets too (see `Cloud.requires`), e.g. ("docs",)
     github_auth: str = "oidc" # GitHub: Databricks through OIDC federation (no stored secret), or "secret" (the OAuth M2M pair)
+    namespace: str|None = None # deploy's Kubernetes namespace, unless MLOPS_NB_NAMESPACE is set (default: name)
     def __post_init__(self):
-        for what, v, pat in [("name", self.name, _SLUG), ("prefix", self.prefix, _SLUG), ("main", self.main, _BRANCH)]:
+        checked = [("name", self.name, _SLUG), ("prefix", self.prefix, _SLUG), ("main", self.main, _BRANCH)]
+        for what, v, pat in checked + ([("namespace", self.namespace, _SLUG)] if self.namespace is not None else []):
             if not isinstance(v, str) or not pat.fullmatch(v): raise PipelineError(f"pipeline setting {what}={v!r} is not allowed: use {pat.pattern}")
-        bad = [p for p in self.paths if not _PATH.fullmatch(p)]
-        if bad or not self.paths: raise PipelineError(f"pipeline setting paths: {bad or 'none'}: use paths or globs (letters, digits, _ . * / -)")
         for what in ("cron", "monitor_cron", "batch_cron"):
             v = getattr(self, what)
             if not isinstance(v, str) or len(v.split()) != 5 or not re.fullmatch(r"[0-9*/,\- ]+", v):
@@ -396,21 +397,28 @@ class PipelineSettings:
         if not isinstance(self.optional, tuple): raise PipelineError(f"pipeline setting optional={self.optional!r}: use a tuple of pipeline names")
         if self.github_auth not in ("oidc", "secret"): raise PipelineError(f"pipeline setting github_auth={self.github_auth!r}: use oidc or secret")
     @property
-    def literals(self)->dict: return {"main": self.main, "api_key_secret": f"{self.name}-api-key", "window": str(self.window)}
+    def literals(self)->dict:
+        return {"main": self.main, "api_key_secret": f"{self.name}-api-key", "window": str(self.window),
+                "namespace": self.namespace or self.name}
 
 def project_settings(root:Path|str|None=None # the project folder (default: this project)
                     )->PipelineSettings:
-    "The pipeline settings of the project at `root`: its problem's Deployment name, its notebook and package folders."
+    "The pipeline settings of the project at `root`: its Deployment name, optional pipelines, `[tool.mlops_nb]`."
     root = Path(root) if root else _root()
     cfg = tomllib.loads((root/"pyproject.toml").read_text()) if (root/"pyproject.toml").exists() else {}
-    lib = cfg.get("tool", {}).get("nbdev", {}).get("lib_path")
-    paths = ("nbs/**", *([f"{lib}/**"] if lib else []), "api/**", "pipelines/**", "tests/**", "pyproject.toml")
     optional = tuple(n for n, c in CLOUD.items() if c.requires and (root/c.requires).exists())  # CLOUD: declared below
-    auth = cfg.get("tool", {}).get("mlops_nb", {}).get("github_auth", "oidc")  # "secret" where no federation policy can be set
-    return PipelineSettings(load_problem(start=root).deployment_name, paths=paths, optional=optional, github_auth=auth)
+    own = cfg.get("tool", {}).get("mlops_nb", {})
+    auth = own.get("github_auth", "oidc")  # "secret" where no federation policy can be set
+    name = load_problem(start=root).deployment_name
+    return PipelineSettings(name, optional=optional, github_auth=auth, namespace=own.get("namespace"))
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-038
 _FIELD = re.compile(r"\{(\w+)(?:\[(\w+)\])?\}")
+
+def _cloud_source(key:str, settings:PipelineSettings)->tuple:
+    "(kind, name) of a `CLOUD_ENV` name; (kind, name, value) for a variable whose default is a setting."
+    v = CLOUD_ENV[key]
+    return (v.kind, key, settings.literals[v.default]) if v.default else (v.kind, key)
 
 def cloud_command(step:Step, # a step of `cloud_steps`
                   settings:PipelineSettings # the project's settings
@@ -422,14 +430,14 @@ def cloud_command(step:Step, # a step of `cloud_steps`
         if sub: name, src = f"{key}_{sub}".upper(), ("output", key, sub)
         elif key in settings.literals: return shlex.quote(settings.literals[key])
         elif key in INPUTS: name, src = INPUTS[key].env, ("input", key)
-        elif key in CLOUD_ENV: name, src = key, (CLOUD_ENV[key].kind, key)
+        elif key in CLOUD_ENV: name, src = key, _cloud_source(key, settings)
         else: raise PipelineError(f"step {step.label}: the cloud has no value for {{{m.group(0)[1:-1]}}} in {step.cloud or step.cmd!r}")
         env[name] = src
         return f'"${name}"'
     line = _FIELD.sub(field, step.cloud or step.cmd)
     for n in step.cloud_env:
         if n not in CLOUD_ENV: raise PipelineError(f"step {step.label}: {n} is not declared in CLOUD_ENV")
-        env.setdefault(n, (CLOUD_ENV[n].kind, n))
+        env.setdefault(n, _cloud_source(n, settings))
     return line, env
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-043
@@ -464,7 +472,7 @@ class Cloud:
     "When a pipeline runs in the cloud, its jobs, and the credentials it gets."
     about: str # what it does (the files' first comment)
     jobs: tuple # its `Job`s, in order
-    pull_request: bool = False # on pull requests to the main branch that change the settings' `paths`
+    pull_request: bool = False # on every pull request to the main branch (no paths filter)
     push: bool = False # on every commit to the main branch
     schedule: bool = False # on the schedule of the settings' field `cron` names
     cron: str = "cron" # the `PipelineSettings` field holding its schedule
@@ -480,7 +488,7 @@ class Cloud:
 
 CLOUD = {
     "ci": Cloud(
-        "CI: a pull request that changes the project runs the training notebook in test mode (seeded 5% sample, one epoch, "
+        "CI: every pull request to {main} runs the training notebook in test mode (seeded 5% sample, one epoch, "
         "nothing registered) as a Databricks job in a workspace folder of its own, and the whole test suite; either failing "
         "fails the pull request.",
         jobs=(Job("notebook-test-mode", "training notebook in test mode", ("train-test",), 30),
@@ -525,10 +533,14 @@ CLOUD = {
         push=True, manual=True, after="train",
         notes={"github": "Secrets reach only the steps that need them: the store's and the registry's are secrets of the "
                          "environment trusted (deployment branches: {main} only), KUBE_CONFIG a secret of the environment "
-                         "production (required reviewers).",
-               "azure": "Secrets come from the variable groups {prefix}-tracking and {prefix}-registry and the secure file "
-                        "kubeconfig; they reach only the steps that map them. Approvals and checks are configured on "
-                        "the production environment."}),
+                         "production (required reviewers). It deploys to the namespace the variable "
+                         "MLOPS_NB_NAMESPACE names (default: {namespace}); create it, and the Secret {api_key_secret} "
+                         "in it, first.",
+               "azure": "It deploys to the namespace of the pipeline variable MLOPS_NB_NAMESPACE ({namespace}: the "
+                        "project setting namespace under [tool.mlops_nb], default the Deployment's name); create it, "
+                        "and the Secret {api_key_secret} in it, first. Secrets come from the variable groups "
+                        "{prefix}-tracking and {prefix}-registry and the secure file kubeconfig; they reach only the "
+                        "steps that map them. Approvals and checks are configured on the production environment."}),
     "monitor": Cloud(
         "Monitoring, daily: the drift of the live traffic the server logged (its inference log, the last {window} days) from "
         "the champion's training data, and the champion's age; when retraining is advised, the train pipeline runs.",
@@ -681,6 +693,8 @@ def _github_value(src:tuple, cloud:Cloud, producers:dict)->str:
     "The GitHub Actions expression of an environment source."
     kind, key = src[0], src[1]
     if kind == "secret": return f"${{{{ secrets.{_cloud_name(key, cloud)} }}}}"
+    if kind == "variable" and len(src) > 2:  # unset: its default, a checked slug
+        return f"${{{{ vars.{_cloud_name(key, cloud)} || '{src[2]}' }}}}"
     if kind == "variable": return f"${{{{ vars.{_cloud_name(key, cloud)} }}}}"
     if kind == "file": return f"${{{{ runner.temp }}}}/{CLOUD_ENV[key].group}"
     if kind == "input": return INPUTS[key].github
@@ -706,6 +720,29 @@ def _action_step(a:Action)->dict:
     "The `uses:` step of a pinned action."
     return {**({"id": a.id} if a.id else {}), "uses": f"{a.uses}@{ACTIONS[a.uses][0]}", **({"with": dict(a.inputs)} if a.inputs else {})}
 
+_LEVELS = ("none", "read", "write") # a GitHub token permission's levels, weakest first
+
+def _widest(*grants:dict)->dict:
+    "Per scope, the strongest level any of `grants` asks for (scopes none of them asks for are left out)."
+    out = {}
+    for g in grants:
+        for scope, level in g.items():
+            if _LEVELS.index(level) > _LEVELS.index(out.get(scope, "none")): out[scope] = level
+    return out
+
+def _github_permissions(name:str, settings:PipelineSettings, _calls:tuple=())->dict[str, dict]:
+    """Job id -> token permissions of each job of pipeline `name`'s workflow. A job that calls another workflow gets
+    what that workflow's jobs request (`_widest`, through the workflows it calls in turn): GitHub refuses to run a
+    called job that asks for more than its caller grants, and granting more would be more than it needs."""
+    if name in _calls: raise PipelineError(f"pipelines {' -> '.join((*_calls, name))} start one another in a loop")
+    out = {}
+    for j, rows in _plan(name, settings):
+        federated = settings.github_auth == "oidc" and any(FEDERATED in row["env"] for row in rows)
+        out[j.id] = {**(j.permissions or {"contents": "read"}), **({"id-token": "write"} if federated else {})}
+    for n in [n for n, o in CLOUD.items() if o.after == name]:
+        out[n] = _widest(*_github_permissions(n, settings, (*_calls, name)).values())
+    return out
+
 def github_workflow(name:str, # ci, train, deploy or docs
                     settings:PipelineSettings # the project's settings
                    )->str:
@@ -713,7 +750,7 @@ def github_workflow(name:str, # ci, train, deploy or docs
     c, plan = CLOUD[name], _plan(name, settings)
     if "github" not in c.platforms: raise PipelineError(f"pipeline {name} is not generated for GitHub Actions")
     on = {}
-    if c.pull_request: on["pull_request"] = {"branches": [settings.main], "paths": list(settings.paths)}
+    if c.pull_request: on["pull_request"] = {"branches": [settings.main]}  # no paths filter: every change is tested
     if c.push: on["push"] = {"branches": [settings.main]}
     if c.schedule: on["schedule"] = [{"cron": getattr(settings, c.cron)}]
     if c.event: on["repository_dispatch"] = {"types": [c.event]}
@@ -724,6 +761,7 @@ def github_workflow(name:str, # ci, train, deploy or docs
            "concurrency": {"group": f"{name}-${{{{ github.ref }}}}" if c.pull_request else name, "cancel-in-progress": c.pull_request},
            "defaults": {"run": {"shell": "bash"}}, "jobs": {}}
     producers = {row["out"]: j.id for j, rows in plan for row in rows if row["publish"]}
+    permissions = _github_permissions(name, settings)
     for j, rows in plan:
         steps = [*_checkout(settings.main if c.checkout_main else None),
                  {"uses": f"actions/setup-python@{ACTIONS['actions/setup-python'][0]}", "with": {"python-version": settings.python}},
@@ -742,10 +780,9 @@ def github_workflow(name:str, # ci, train, deploy or docs
         steps += [_action_step(a) for a in j.actions]
         secret = any(src[0] in ("secret", "file") for row in rows for src in row["env"].values())
         environment = j.environment or (SECRET_ENVIRONMENTS[c.credentials] if secret else None)
-        federated = settings.github_auth == "oidc" and any(FEDERATED in row["env"] for row in rows)
         job = {"name": j.title, **({"needs": j.needs} if j.needs else {}), "runs-on": "ubuntu-latest", "timeout-minutes": j.timeout,
                **({"environment": environment} if environment else {}),
-               "permissions": {**(j.permissions or {"contents": "read"}), **({"id-token": "write"} if federated else {})}}
+               "permissions": permissions[j.id]}
         outs = {k: f"${{{{ steps.{row['out']}.outputs.{k} }}}}" for row in rows for k in row["publish"]}
         if outs: job["outputs"] = outs
         doc["jobs"][j.id] = {**job, "steps": steps}
@@ -753,7 +790,7 @@ def github_workflow(name:str, # ci, train, deploy or docs
         when = _started_by(n)  # ... and, started on an output, when that output is true
         doc["jobs"][n] = {"name": f"the {n} pipeline", "needs": [j.id for j, _ in plan],
                           **({"if": f"needs.{producers[when[0]]}.outputs.{when[1]} == 'true'"} if when else {}),
-                          "permissions": {"contents": "read"}, "uses": f"./.github/workflows/{n}.yml"}
+                          "permissions": permissions[n], "uses": f"./.github/workflows/{n}.yml"}
     return _text(_header(name, "github", settings), doc)
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-050
@@ -774,6 +811,7 @@ def _azure_groups(name:str, settings:PipelineSettings)->list[str]:
                 macro = re.fullmatch(r"\$\((\w+)\)", _azure_value(src, c))  # $(NAME) of a group's variable
                 base = macro.group(1).removesuffix(CI_SUFFIX) if macro else None
                 if base not in CLOUD_ENV or CLOUD_ENV[base].kind == "file": continue
+                if CLOUD_ENV[base].default: continue  # a pipeline variable of the file instead (azure_pipeline)
                 g = f"{settings.prefix}-{CI_GROUP if c.credentials == CI_GROUP else CLOUD_ENV[base].group}"
                 if g not in groups: groups.append(g)
     return groups
@@ -790,7 +828,7 @@ def azure_pipeline(name:str, # ci, train or deploy
     if "azure" not in c.platforms: raise PipelineError(f"pipeline {name} is not generated for Azure DevOps (GitHub only)")
     on_main = {"branches": {"include": [settings.main]}}
     doc = {"trigger": on_main if c.push else "none",
-           "pr": {**on_main, "paths": {"include": list(settings.paths)}} if c.pull_request else "none"}
+           "pr": on_main if c.pull_request else "none"}  # no paths filter: every change is tested
     if c.schedule: doc["schedules"] = [{"cron": getattr(settings, c.cron), "displayName": f"{name} schedule", **on_main, "always": True}]
     if c.after:
         when = _started_by(name)  # started on an output: only by runs tagged with its key
@@ -798,7 +836,10 @@ def azure_pipeline(name:str, # ci, train or deploy
                                            "trigger": {**on_main, **({"tags": [when[1]]} if when else {})}}]}
     doc["pool"] = {"vmImage": "ubuntu-latest"}
     groups = _azure_groups(name, settings)
-    if groups: doc["variables"] = [{"group": g} for g in groups]
+    defaults = {_cloud_name(src[1], c): src[2] for _, rows in _plan(name, settings) for row in rows
+                for src in row["env"].values() if src[0] == "variable" and len(src) > 2}  # a variable with a default
+    variables = [*({"name": k, "value": v} for k, v in defaults.items()), *({"group": g} for g in groups)]
+    if variables: doc["variables"] = variables
     staged = any(j.needs for j in c.jobs)
     stage_of = {j.id: _azure_id(j.id).capitalize() for j in c.jobs}
     producer = {row["out"]: j.id for j, rows in plan for row in rows if row["publish"]}

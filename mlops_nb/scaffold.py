@@ -249,4 +249,4 @@ def _write(root:Path, p:Problem, notes:dict, values:dict, data:Path, df):
     (root/pkg/"problem.py").write_text(export_module(nb, "../nbs/00_problem.ipynb"))
     (root/"data").mkdir()
     shutil.copyfile(data, root/"data"/values["data_file"])
-    write_pipelines(root, PipelineSettings(p.deployment_name, paths=("nbs/**", f"{pkg}/**", "api/**", "pipelines/**", "tests/**", "pyproject.toml")))
+    write_pipelines(root, PipelineSettings(p.deployment_name))

@@ -1,5 +1,6 @@
-"""checkov (PyPI) on what mlops-nb ships: the Kubernetes manifests `mlops_nb.kube` renders and the Dockerfile
-`mlops_nb.package.write_context` writes.
+"""checkov (PyPI) on what mlops-nb ships: the Kubernetes manifests `mlops-nb deploy --target kubernetes` writes (a real
+process: with the CLI's defaults, with the deploy pipeline's own rollout line, and with the options a production deploy
+adds) and the Dockerfile `mlops_nb.package.write_context` writes.
 
 checkov runs from its own venv (scripts/checkov-venv: its pins conflict with the development environment), offline
 (BC_SKIP_MAPPING and --skip-download: no call to its platform's API; it would otherwise try one and print a traceback),
@@ -7,23 +8,51 @@ and once for both frameworks, since it takes about 10 s to start. Every check th
 SKIPS with its reason. Any other failure fails the test, and so does a listed check that no longer fails (its reason is
 then stale: remove it).
 """
-import json, os, subprocess
+import json, os, subprocess, sys
+from pathlib import Path
 import pytest
-from conftest import side_venv
+from conftest import ROOT, run_cli, side_venv
 
 pytest.importorskip("kubernetes_validate")
-from mlops_nb.kube import render_manifests, validate_manifests, write_manifests
 
 PINNED = "127.0.0.1:5000/ottawa-housing:3-b287060@sha256:" + "4c" * 32  # as `mlops-nb package --push` prints it
 
 SKIPS = {
     "kubernetes": {
         "CKV_K8S_21": "The default namespace should not be used: the namespace is the deploying team's choice "
-                      "(`deploy --namespace`, render_manifests(namespace=)); mlops-nb cannot pick one for them, and these "
-                      "manifests are rendered with the CLI's default, `default`",
+                      "(`deploy --namespace`); the CLI's own default is `default`, which only the cli-defaults set "
+                      "uses: the deploy pipeline names one (MLOPS_NB_NAMESPACE), and test_kubernetes_manifests holds "
+                      "its set and the production set to this check",
     },
     "dockerfile": {},
 }
+
+
+# what `mlops-nb deploy --target kubernetes` writes with a pushed image: with every default of the CLI; and as a
+# production deploy would: an autoscaler, a policy admitting the ingress controller, the API key, an inference log on a
+# claim, a namespace of its own. The deploy pipeline's set ("pipeline") is rendered from its generated rollout line.
+_DEPLOY = ("deploy", "--target", "kubernetes", "--image", PINNED)
+MANIFEST_SETS = {
+    "cli-defaults": _DEPLOY,
+    "production": (*_DEPLOY, "--namespace", "scoring", "--hpa", "--allow-from", "ingress-nginx:*", "--api-key-secret",
+                   "scoring-api-key", "--inference-log", "--log-claim", "scoring-logs"),
+}
+
+
+def _env_without_a_cluster():
+    "This environment without KUBECONFIG: a dry run then renders, validates and writes, and contacts nothing."
+    return {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+
+
+def _pipeline_rollout():
+    """(line, env): the deploy pipeline's cloud rollout step as both generated files run it, and the environment its
+    variables have there when the project sets nothing (the image as `package --push` prints it)."""
+    from mlops_nb.pipeline import cloud_command, cloud_steps, project_settings
+    settings = project_settings(ROOT)
+    line, env = cloud_command(next(s for s in cloud_steps("deploy") if s.name == "rollout"), settings)
+    assert set(env) == {"PACKAGE_IMAGE", "MLOPS_NB_NAMESPACE", "KUBECONFIG"}, env
+    values = {"PACKAGE_IMAGE": PINNED, "MLOPS_NB_NAMESPACE": env["MLOPS_NB_NAMESPACE"][2]}  # the variable's default
+    return line, {**_env_without_a_cluster(), **values, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
 
 
 @pytest.fixture(scope="module")
@@ -34,17 +63,16 @@ def checkov():
 
 @pytest.fixture(scope="module")
 def scanned(checkov, tmp_path_factory, model_dir, state, monkeypatch_module):
-    "checkov's JSON report per framework, for two manifest sets and a Dockerfile written by write_context."
+    "checkov's JSON report per framework, for three manifest sets (k8s/SET/) and a Dockerfile written by write_context."
     import mlops_nb.package as package
     root = tmp_path_factory.mktemp("checkov")
-    # what a deploy renders with a pushed image: an autoscaler, a policy admitting the ingress controller, the API key,
-    # an inference log on a claim; and two plain replicas with the default policy
-    for name, kw in (("hpa", dict(hpa=True, network_policy=True, allow_from=["ingress-nginx:*"], api_key_secret="scoring-api-key",
-                                  inference_log=True, log_claim="scoring-logs", labels={"model-version": 3})),
-                     ("replicas", dict(replicas=2, network_policy=True))):
-        ms = render_manifests(PINNED, **kw)
-        validate_manifests(ms)
-        write_manifests(ms, root/"scan"/"k8s"/name)
+    for name, argv in MANIFEST_SETS.items():
+        p = run_cli(*argv, "--dry-run", "--manifests", root/"scan"/"k8s"/name, env=_env_without_a_cluster())
+        assert p.returncode == 0 and "validated (strict)" in p.stderr, (name, p.stderr[-2000:])
+    line, env = _pipeline_rollout()
+    p = subprocess.run(["bash", "-c", f"{line} --dry-run --manifests {root/'scan'/'k8s'/'pipeline'}"], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and "validated (strict)" in p.stderr, p.stderr[-2000:]
     # the wheels do not change the Dockerfile: skip collecting them (pip download and a wheel build)
     monkeypatch_module.setattr(package, "collect_wheels", lambda reqs, dest, progress=None: dest.mkdir(parents=True, exist_ok=True))
     ctx = package.write_context(model_dir, root/"image", base_image="python:3.11-slim", registry="127.0.0.1:5000")
@@ -78,8 +106,15 @@ def _judge(report, framework):
 def test_kubernetes_manifests(scanned):
     s = _judge(scanned["kubernetes"], "kubernetes")
     assert s["parsing_errors"] == 0 and s["passed"] >= 80  # the checks ran (84 pass with checkov 3.3.30)
-    passed = {c["check_id"] for c in scanned["kubernetes"]["results"]["passed_checks"]}
+    results = scanned["kubernetes"]["results"]
+    passed = {c["check_id"] for c in results["passed_checks"]}
     assert {"CKV_K8S_43", "CKV2_K8S_6", "CKV_K8S_15", "CKV_K8S_35"} <= passed  # image by digest (so pulled by digest), pods covered by a NetworkPolicy, the API key a file
+    sets = lambda checks, check_id: {Path(c["file_path"]).parent.name for c in checks if c["check_id"] == check_id}
+    # every set, the CLI's defaults included, has its pods covered by a NetworkPolicy
+    assert sets(results["passed_checks"], "CKV2_K8S_6") == {"cli-defaults", "pipeline", "production"}
+    # the skipped namespace check fails only where the CLI's default is used: the pipeline's and production's pass it
+    assert sets(results["failed_checks"], "CKV_K8S_21") == {"cli-defaults"}
+    assert {"pipeline", "production"} <= sets(results["passed_checks"], "CKV_K8S_21")
 
 
 def test_dockerfile(scanned):

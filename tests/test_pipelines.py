@@ -2,7 +2,9 @@
 `mlops_nb.pipeline` generates from its one definition; every job has a timeout; every step is one line naming a real
 command; untrusted values reach commands only as quoted environment variables; pull requests get no production secret;
 actions are pinned; only the Pages deployment and the jobs calling Databricks (GitHub's OIDC federation: `id-token:
-write`, no client secret) get more than `contents: read`; zizmor and check-jsonschema pass; dry
+write`, no client secret) get more than `contents: read`, and a job calling another workflow grants exactly what that
+workflow's jobs request (derived from the files); a change of any tracked file runs ci on both platforms (derived from
+`git ls-files` and the path filters); zizmor and check-jsonschema pass; dry
 runs of `mlops_nb.pipeline`; the local train, monitor and batch pipelines end to end in a fresh state folder."""
 import difflib, importlib.util, json, os, re, shlex, stat, subprocess, sys
 from functools import cache
@@ -135,8 +137,7 @@ def test_every_step_is_one_line_naming_a_real_command(path):
 
 def test_triggers():
     az, gh = {p.name: load(p) for p in AZURE}, {p.name: load(p) for p in GITHUB}
-    assert "nbs/**" in az["ci.yml"]["pr"]["paths"]["include"] and az["ci.yml"]["trigger"] == "none"
-    assert "nbs/**" in on(gh["ci.yml"])["pull_request"]["paths"]
+    assert az["ci.yml"]["trigger"] == "none" and "pull_request" in on(gh["ci.yml"])  # which changes: the test below
     assert az["train.yml"]["schedules"][0]["cron"] and on(gh["train.yml"])["schedule"][0]["cron"]
     assert {"repository_dispatch", "workflow_dispatch"} <= set(on(gh["train.yml"]))
     assert [s["stage"] for s in az["deploy.yml"]["stages"]] == ["Test", "Build", "Deploy"]
@@ -182,6 +183,62 @@ def _env_refs(text):
 
 
 RUNNER_VARS = {"PWD", "GITHUB_PATH"}  # set by bash or the runner, not by anyone who can open a pull request
+
+
+
+# --- which pull requests run ci: derived from the tracked files and the two systems' path filters ---------------------
+
+def _glob(pattern):
+    "A path filter's pattern as a regex: `**` any characters, `*` and `?` any but '/' (GitHub's and Azure's globs)."
+    out = ""
+    for part in re.split(r"(\*\*/?|\*|\?)", pattern):
+        out += {"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}.get(part, re.escape(part))
+    return re.compile(out)
+
+
+def _github_runs_ci(trigger, path):
+    "Whether GitHub starts a `pull_request` trigger for a change of `path` alone (paths / paths-ignore, `!` negations)."
+    if "paths-ignore" in trigger: return not any(_glob(p).fullmatch(path) for p in trigger["paths-ignore"])
+    hit = False
+    for p in trigger.get("paths", ["**"]):  # the last matching pattern decides
+        if _glob(p.removeprefix("!")).fullmatch(path): hit = not p.startswith("!")
+    return hit
+
+
+def _azure_runs_ci(pr, path):
+    "Whether Azure DevOps starts a `pr` trigger for a change of `path` alone (include / exclude: prefixes or globs)."
+    if pr == "none": return False
+    paths = pr.get("paths", {}) if isinstance(pr, dict) else {}
+    hit = lambda p: _glob(p).fullmatch(path) or path == p.rstrip("/") or path.startswith(p.rstrip("/") + "/")
+    included = "include" not in paths or any(hit(p) for p in paths["include"])  # no include: every path
+    return included and not any(hit(p) for p in paths.get("exclude", []))
+
+
+def test_the_path_filter_readers_see_what_a_filter_leaves_out():
+    "The two readers above fail the test below for any filter that misses a file (here: the old one, nbs/** and so on)."
+    old = ["nbs/**", "mlops_nb/**", "api/**", "pipelines/**", "tests/**", "pyproject.toml"]
+    for path, runs in [("nbs/12_pipeline.ipynb", True), ("pyproject.toml", True), ("scripts/setup", False),
+                       ("conftest.py", False), (".github/workflows/ci.yml", False), ("requirements.lock", False),
+                       ("resources/train.yml", False)]:
+        assert _github_runs_ci({"branches": ["main"], "paths": old}, path) is runs, path
+        assert bool(_azure_runs_ci({"branches": {"include": ["main"]}, "paths": {"include": old}}, path)) is runs, path
+    assert not _github_runs_ci({"paths-ignore": ["**/*.md"]}, "docs/x.md")
+    assert _github_runs_ci({"paths": ["**", "!*.md"]}, "a/b.md")  # `*` stops at '/'
+    assert not _azure_runs_ci({"paths": {"exclude": ["docs"]}}, "docs/x.md")
+    assert not _azure_runs_ci("none", "nbs/x.ipynb")
+
+
+def test_every_tracked_file_runs_ci_on_both_platforms():
+    """A pull request that changes any one tracked file alone runs ci, on GitHub and on Azure DevOps. No file is
+    exempt as documentation: the README and CHANGELOG are checked by the tests too (tests/test_project.py); the
+    workflows, scripts/setup, the lock files, conftest.py and the bundle decide what the tests run with."""
+    if not (ROOT/".git").exists(): pytest.skip("not a git checkout: no tracked files to derive the paths from")
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    assert len(tracked) > 100 and "scripts/setup" in tracked
+    gh = on(load(ROOT/".github"/"workflows"/"ci.yml"))["pull_request"]
+    az = load(ROOT/"pipelines"/"azure"/"ci.yml")["pr"]
+    assert not [f for f in tracked if not _github_runs_ci(gh, f)], "GitHub's ci skips pull requests changing only these"
+    assert not [f for f in tracked if not _azure_runs_ci(az, f)], "Azure's ci skips pull requests changing only these"
 
 
 @pytest.mark.parametrize("path", FILES, ids=ids)
@@ -309,6 +366,7 @@ def test_github_hardening():
         assert doc["permissions"] == {}, path.name
         for jid, j in doc["jobs"].items():
             if (path.name, jid) == ("docs.yml", "deploy"): continue  # the Pages deployment: test_docs_workflow
+            if "uses" in j: continue  # a call of another workflow: test_callers_grant_what_the_called_workflows_request
             federated = any(s.get("env", {}).get("DATABRICKS_AUTH_TYPE") == "github-oidc" for s in j.get("steps", []))
             assert j["permissions"] == {"contents": "read", **({"id-token": "write"} if federated else {})}, (path.name, jid)
             assert not any("DATABRICKS_CLIENT_SECRET" in s.get("env", {}) for s in j.get("steps", [])), (path.name, jid)  # OIDC: none stored
@@ -320,6 +378,86 @@ def test_github_hardening():
             assert m, f"{path.name}: {line!r} is not pinned by a full commit SHA with its version in a comment"
             assert len(set(m.group(2))) > 4 and not re.search(r"dead|beef|placeholder", line, re.I), f"{path.name}: {line!r} looks like a placeholder SHA"
         assert "defaults:\n  run:\n    shell: bash" in text  # bash -eo pipefail: a failing command fails its pipe
+
+
+
+_LEVEL = {"none": 0, "read": 1, "write": 2}  # a GitHub token permission's levels
+
+
+def _widest(*grants):
+    "Per scope, the strongest level of `grants` (scopes at none left out)."
+    out = {}
+    for g in grants:
+        for scope, level in g.items():
+            if _LEVEL[level] > _LEVEL[out.get(scope, "none")]: out[scope] = level
+    return out
+
+
+def _permissions(doc, job):
+    "A job's own `permissions`, else its workflow's (a called workflow's job without either requests nothing more)."
+    p = job.get("permissions", doc.get("permissions", {}))
+    assert isinstance(p, dict), f"{p!r}: use per-scope permissions, never read-all / write-all"
+    return p
+
+
+def _requested(docs, name, calls=()):
+    "What the jobs of workflow `name` request, per scope the strongest; a calling job also what its callee's request."
+    assert name not in calls, f"workflows call one another in a loop: {calls + (name,)}"
+    doc, wants = docs[name], []
+    for j in doc["jobs"].values():
+        wants.append(_permissions(doc, j))
+        if j.get("uses", "").startswith("./.github/workflows/"):
+            wants.append(_requested(docs, Path(j["uses"]).name, calls + (name,)))
+    return _widest(*wants)
+
+
+def _caller_violations(docs):
+    "(workflow, job, grants, needs) of each job calling a workflow of this repository granting other than it needs."
+    bad = []
+    for name, doc in docs.items():
+        for jid, j in doc["jobs"].items():
+            if not j.get("uses", "").startswith("./.github/workflows/"): continue
+            grants = {k: v for k, v in _permissions(doc, j).items() if v != "none"}
+            needs = _requested(docs, Path(j["uses"]).name)
+            if grants != needs: bad.append((name, jid, grants, needs))  # less: GitHub refuses the run; more: excess
+    return bad
+
+
+def test_callers_grant_what_the_called_workflows_request():
+    """GitHub refuses to start a called workflow's job that requests more than the calling job grants ("is requesting
+    'id-token: write', but is only allowed 'id-token: none'"): every job with `uses: ./.github/workflows/X.yml` grants,
+    per scope, the strongest level X's jobs request (through the workflows X calls), and nothing more."""
+    docs = {p.name: load(p) for p in GITHUB}
+    callers = [(n, jid) for n, d in docs.items() for jid, j in d["jobs"].items() if "uses" in j]
+    assert sorted(callers) == [("monitor.yml", "train"), ("train.yml", "deploy")]  # the check below is not vacuous
+    assert _caller_violations(docs) == []
+    # the check catches the defect it replaced: a caller granting only contents: read to jobs needing an identity token
+    docs["monitor.yml"]["jobs"]["train"]["permissions"] = {"contents": "read"}
+    want = {"contents": "read", "id-token": "write"}
+    assert _caller_violations(docs) == [("monitor.yml", "train", {"contents": "read"}, want)]
+    docs["monitor.yml"]["jobs"]["train"]["permissions"] = {**want, "contents": "write"}  # and more than needed
+    assert [v[:2] for v in _caller_violations(docs)] == [("monitor.yml", "train")]
+
+
+def test_a_new_projects_workflows_too(tmp_path):
+    """What `mlops-nb new` writes for a team's table: its callers grant what their callees request, and a change of any
+    of its files runs ci on both platforms; with the OAuth pair instead of OIDC (`github_auth="secret"`) the callers
+    too."""
+    from mlops_nb.examples.sklearn_tables import table
+    from mlops_nb.pipeline import PipelineSettings, render_pipelines
+    from mlops_nb.scaffold import new_project
+    table("breast-cancer").to_csv(tmp_path/"cells.csv", index=False)
+    proj = Path(new_project(tmp_path/"tumours", tmp_path/"cells.csv", "target")["path"])
+    docs = {p.name: load(p) for p in sorted((proj/".github"/"workflows").glob("*.yml"))}
+    assert docs["train.yml"]["jobs"]["deploy"]["uses"] == "./.github/workflows/deploy.yml"
+    assert _caller_violations(docs) == []
+    gh, az = on(docs["ci.yml"])["pull_request"], load(proj/"pipelines"/"azure"/"ci.yml")["pr"]
+    files = [str(f.relative_to(proj)) for f in proj.rglob("*") if f.is_file()]
+    assert "scripts/setup" in files and not [f for f in files if not (_github_runs_ci(gh, f) and _azure_runs_ci(az, f))]
+    m2m = render_pipelines(PipelineSettings("tumours", github_auth="secret"))
+    docs = {Path(rel).name: yaml.safe_load(text) for rel, text in m2m.items() if rel.startswith(".github/")}
+    assert _caller_violations(docs) == []
+    assert docs["monitor.yml"]["jobs"]["train"]["permissions"] == {"contents": "read"}
 
 
 def test_the_pinned_shas_are_the_declared_ones():
