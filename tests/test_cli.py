@@ -218,7 +218,6 @@ def _assert_ends_with_one_error(p, *words):
 
 def _zero_row_inputs(d):
     "The same zero-row table as CSV and as Parquet."
-    import pandas as pd
     from mlops_nb.examples.ottawa import generate_listings
     empty = generate_listings(2021, 20, seed=0).head(0)
     empty.to_csv(d/"zero.csv", index=False)
