@@ -376,7 +376,7 @@ def _route(path:str)->tuple:
 def _model_error(self:ScoringApp, name:str, version:str|None):
     "A 404 body when `name`/`version` is not the served model (its registered name or its problem's name), else None."
     rt = self.runtime
-    names = {n for n in (rt.info.name, rt.problem.registered_model, rt.problem.name) if n} if rt else set()
+    names = {n for n in (rt.info.name, rt.problem.name) if n} if rt else set()
     if rt is None: return {"error": "model not loaded yet"}
     if name not in names: return {"error": f"model {name!r} not found: this server serves {' or '.join(sorted(names))}"}
     if version is not None and version != rt.info.version: return {"error": f"version {version!r} of {name!r} not found: serving {rt.info.version or 'an unversioned folder'}"}
