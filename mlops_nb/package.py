@@ -39,7 +39,7 @@ OWN_PACKAGES = {"mlops_nb", "mlops-nb"}  # installed from the wheel built here, 
 
 def needs_pandas(rt # a loaded `serving.Runtime`
                 )->bool:
-    "Whether serving `rt` builds DataFrames: no proven fast path (the pipeline's), or one running `derive` without `derive_record`."
+    "Whether serving `rt` builds DataFrames: the pipeline path, or a fast path running `derive` (no `derive_record`)."
     return rt.fast is None or rt.fast.needs_pandas
 
 def image_requirements(model_dir:Path, # model folder with its pinned requirements.txt
@@ -227,7 +227,8 @@ def write_context(model:str|Path|None, # model folder or registry reference (def
     say(f"loading model {model or 'champion'} and verifying its fast scoring path")
     rt = load_runtime(model)
     if rt.fast is None: say(f"no proven fast scoring path ({rt.fast_reason}): the image includes pandas for the pipeline path")
-    elif rt.fast.needs_pandas: say("the problem derives its features with `derive` alone: the image includes pandas (a `derive_record` leaves it out)")
+    elif rt.fast.needs_pandas:
+        say("the problem derives its features with `derive` alone: the image includes pandas (derive_record spares it)")
     info = rt.info.as_dict()
     base = base_image or MLOPS_NB_BASE_IMAGE.get()
     out = Path(out or state_dir()/"build"/f"{info['name'] or 'model'}-v{info['version'] or 'dev'}").expanduser().absolute()

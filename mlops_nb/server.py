@@ -294,7 +294,8 @@ async def _invocations(self:ScoringApp, scope, receive, send, h, rid):
     body, err = await self._body(receive, h, ("application/json", "text/csv"))
     if err: return err
     try:
-        records = mlflow_records(body, h.get("content-type", "").split(";")[0].strip().lower(), self.runtime.request_schema)
+        ctype = h.get("content-type", "").split(";")[0].strip().lower()
+        records = mlflow_records(body, ctype, self.runtime.request_schema)
         _, _, outputs, _ = await self._infer(records, {"request_id": rid, "t0": scope["mlops_nb.t0"]})
     except RequestError as e: return e.status, _err("invalid request", e.errors)
     return 200, {"predictions": outputs}
@@ -362,7 +363,8 @@ ROUTES = {"/score": "POST", "/invocations": "POST", "/admin/model": "POST", "/he
           "/v2": "GET", "/v2/health/live": "GET", "/v2/health/ready": "GET"}
 PUBLIC = {"/health", "/ready", "/ping", "/openapi.json", "/docs", "/admin/model", "/v2", "/v2/health/live", "/v2/health/ready"}
 _V2_MODEL = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?")
-_ENDPOINT = re.compile(r"/endpoints/([^/]+)/invocations")  # MLflow's deployments client: predict(endpoint=NAME, inputs=...)
+# where MLflow's deployments client for an http URI posts: predict(endpoint=NAME, inputs=...)
+_ENDPOINT = re.compile(r"/endpoints/([^/]+)/invocations")
 
 def _route(path:str)->tuple:
     "(route key, methods allowed, model name, model version) of a request path."

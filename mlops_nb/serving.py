@@ -209,7 +209,7 @@ def _missing(v, s:ColumnSpec)->bool:
     return v is None or (isinstance(v, float) and v != v) or (v == "NaT" and s.kind == "datetime")
 
 def _as_missing(records:list, schema:dict)->list:
-    "`records` with MLflow's missing values as ours: an optional field left out (its default), null where it is required or nullable."
+    "`records` with MLflow's missing values as ours: left out of an optional field (so defaulted), else null."
     for r in records:
         for c in [c for c, v in r.items() if c in schema and _missing(v, schema[c])]:
             s = schema[c]
@@ -237,7 +237,7 @@ def mlflow_records(body:bytes, # the request body
                    ctype:str, # its content type (application/json or text/csv)
                    schema:dict # the model's request schema
                   )->list:
-    "The records of a request in MLflow's scoring protocol, its missing values resolved; a `RequestError` naming what is wrong."
+    "The records of a request in MLflow's scoring protocol, missing values resolved; else a `RequestError` saying why."
     if ctype == "text/csv": return _as_missing(csv_records(body, schema), schema)
     payload, constants = _loads_mlflow(body)
     records = _mlflow_shape(payload)
@@ -340,7 +340,7 @@ def v2_response(outputs:np.ndarray, # the model's outputs
 
 # %% ../nbs/07_serving.ipynb #07-serving-013
 class FastModel:
-    "The pipeline's outputs computed from records without its DataFrame steps (same features, same matrix, same estimator)."
+    "The pipeline's outputs from records without its DataFrame steps (same features, same matrix, same estimator)."
     def __init__(self, pipeline, kind:str):
         steps = getattr(pipeline, "steps", None)
         if not steps or len(steps) != 3: raise ValueError("not a three-step pipeline (features, prep, model)")
@@ -453,8 +453,8 @@ def _fast_path(self:Runtime):
 def _verified(self:Runtime, fast):
     "Without pandas: the fast path as verified when the model was packaged, or an error."
     if fast.needs_pandas:
-        raise ModelLoadError(f"model in {self.model_dir}: its problem derives features with `derive` on a DataFrame and pandas is "
-                             "not installed: install pandas, or declare `derive_record` too")
+        raise ModelLoadError(f"model in {self.model_dir}: its problem derives features with `derive` on a DataFrame "
+                             "and pandas is not installed: install pandas, or declare `derive_record` too")
     p = self.model_dir/"mlops_nb_model.json"
     diff = json.loads(p.read_text()).get("fast_path_max_abs_diff") if p.exists() else None
     if diff is None or diff > FAST_PATH_TOLERANCE:

@@ -88,7 +88,7 @@ class Features(TransformerMixin, BaseEstimator):
 
     def frame(self, records:list # raw input records
              )->pd.DataFrame:
-        "Features of a batch of records through one DataFrame; a field a record leaves out gets its default, as in `record`."
+        "Features of a batch of records through one DataFrame, each left-out field given its default as in `record`."
         d = self.defaults or {}
         return self.transform(pd.DataFrame([{**d, **r} for r in records] if d else records, columns=list(self.kinds)))
 

@@ -1,7 +1,8 @@
-"""MLflow's own clients against a real `mlops-nb serve`, called exactly as a user calls them: `ScoringServerClient.invoke`
-(MLflow's JSON, a missing value as NaN) and `mlflow.deployments.get_deploy_client(URL).predict(endpoint=...)`. The
-model is the Ottawa problem with its features written once (`derive`, no `derive_record`) and one optional input, so
-the same server also proves the fast path works from `derive` alone."""
+"""MLflow's own clients against a real `mlops-nb serve`, called exactly as a user calls them:
+`ScoringServerClient.invoke` (MLflow's JSON, a missing value as NaN) and
+`mlflow.deployments.get_deploy_client(URL).predict(endpoint=...)`. The model is the Ottawa problem with its features
+written once (`derive`, no `derive_record`) and one optional input, so the same server also proves the fast path works
+from `derive` alone."""
 import dataclasses, json, math
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ KEY = "api-key-for-mlflow-clients"
 
 @pytest.fixture(scope="module")
 def once(tmp_path_factory, state):
-    "(problem, fitted pipeline, model folder named as registry version 1): Ottawa with `derive` only, `days_on_market` optional."
+    "(problem, fitted pipeline, model folder as registry version 1): Ottawa, `derive` only, `days_on_market` optional."
     from conftest import save_model
     from mlops_nb.data import ColumnSpec
     from mlops_nb.examples.ottawa import PROBLEM
@@ -20,7 +21,8 @@ def once(tmp_path_factory, state):
     p = dataclasses.replace(PROBLEM, derive_record=None, inputs=inputs)
     d = tmp_path_factory.mktemp("once")/"model"
     model = save_model(d, problem=p)
-    (d/"mlops_nb_model.json").write_text(json.dumps({"name": "ottawa-housing-classifier", "version": "1", "run_id": "run-1"}))
+    named = {"name": "ottawa-housing-classifier", "version": "1", "run_id": "run-1"}
+    (d/"mlops_nb_model.json").write_text(json.dumps(named))
     return p, model, d
 
 
@@ -75,18 +77,19 @@ def test_nan_in_a_required_field_is_a_422_naming_it(server, frame):
         c.invoke(frame.assign(sqft=frame.sqft.astype(float).where(frame.index != 2)))
     body = json.loads(str(e.value).split("response: ", 1)[1].rstrip(")"))
     assert body["detail"] == [{"loc": [2, "sqft"], "msg": "must not be null"}]
-    st, out = server.request("POST", "/invocations", json.dumps({"inputs": [{**frame.iloc[0].to_dict(), "sqft": math.inf}]}).encode(),
-                             {"content-type": "application/json"})[:2]
+    body = json.dumps({"inputs": [{**frame.iloc[0].to_dict(), "sqft": math.inf}]}).encode()  # written as Infinity
+    st, out = server.request("POST", "/invocations", body, {"content-type": "application/json"})[:2]
     assert st == 422 and out["detail"][0]["loc"] == [0, "sqft"] and "finite" in out["detail"][0]["msg"]
 
 
 @pytest.mark.parametrize("name", ["ottawa-housing-classifier", "ottawa-housing"])
 def test_deploy_client_predict_as_a_user_writes_it(server, frame, want, name):
-    "get_deploy_client(URL) is MLflow's gateway client: predict(endpoint=NAME, inputs=...) posts to /endpoints/NAME/invocations."
+    "get_deploy_client(URL) is MLflow's gateway client: predict(endpoint=NAME, inputs=BODY) posts to that endpoint."
     from mlflow.deployments import get_deploy_client
     client = get_deploy_client(f"http://127.0.0.1:{server.port}")
     assert type(client).__name__ == "MlflowDeploymentClient"
-    out = client.predict(endpoint=name, inputs={"dataframe_split": json.loads(frame.to_json(orient="split"))})  # gaps as null
+    split = json.loads(frame.to_json(orient="split"))  # gaps as null: the client's requests refuses to send NaN
+    out = client.predict(endpoint=name, inputs={"dataframe_split": split})
     assert np.abs(np.asarray(out["predictions"], dtype=float) - want).max() <= 1e-9
     out = client.predict(endpoint=name, inputs={"dataframe_records": json.loads(frame.to_json(orient="records"))})
     assert np.abs(np.asarray(out["predictions"], dtype=float) - want).max() <= 1e-9
@@ -96,7 +99,7 @@ def test_deploy_client_errors(server, frame):
     from mlflow.deployments import get_deploy_client
     from requests.exceptions import HTTPError
     client = get_deploy_client(f"http://127.0.0.1:{server.port}")
-    with pytest.raises(HTTPError, match="'wine' not found: this server serves ottawa-housing or ottawa-housing-classifier"):
+    with pytest.raises(HTTPError, match="'wine' not found: this server serves ottawa-housing or ottawa-housing-clas"):
         client.predict(endpoint="wine", inputs={"dataframe_records": []})
     with pytest.raises(AttributeError):  # MLflow's own client needs endpoint=: without it, it sends nothing
         client.predict(deployment_name="ottawa-housing", inputs={"dataframe_records": []})

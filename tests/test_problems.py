@@ -200,11 +200,11 @@ def test_the_ottawa_model_is_the_api_too(model_dir, tmp_path, state):
 
 
 def test_a_fast_path_that_fails_falls_back_and_says_so(tmp_path, state):
-    "A derive_record that is not derive's twin: the server scores through the pipeline, and /version and the log say why."
+    "A derive_record that is not derive's twin: the server scores through the pipeline; /version and the log say why."
     import dataclasses
     from conftest import save_model
     from mlops_nb.examples.ottawa import PROBLEM, derive, generate_listings
-    slow = dataclasses.replace(PROBLEM, derive_record=derive)  # a slip: the DataFrame function where the per-record one goes
+    slow = dataclasses.replace(PROBLEM, derive_record=derive)  # a slip: the DataFrame function as the per-record one
     save_model(tmp_path/"model", problem=slow)
     df = generate_listings(2022, 20, seed=2)
     records = json.loads(df[list(PROBLEM.inputs)].assign(listing_date=df.listing_date.dt.strftime("%Y-%m-%d")).to_json(orient="records"))
