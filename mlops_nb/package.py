@@ -20,8 +20,8 @@ from .train import code_path, problem_modules
 # %% auto #0
 __all__ = ['MLOPS_NB_REGISTRY', 'MLOPS_NB_BASE_IMAGE', 'MLOPS_NB_REGISTRY_USERNAME', 'MLOPS_NB_REGISTRY_PASSWORD',
            'SERVING_RUNTIME', 'NOT_IN_IMAGE', 'OWN_PACKAGES', 'DOCKERFILE', 'CONTEXT_MARKER', 'PackageError',
-           'image_requirements', 'collect_wheels', 'own_wheel', 'BuildContext', 'image_tag', 'write_context', 'engine',
-           'build_image', 'registry_auth', 'push_image', 'pinned_reference', 'run_image']
+           'needs_pandas', 'image_requirements', 'collect_wheels', 'own_wheel', 'BuildContext', 'image_tag',
+           'write_context', 'engine', 'build_image', 'registry_auth', 'push_image', 'pinned_reference', 'run_image']
 
 # %% ../nbs/09_package.ipynb #09-package-005
 class PackageError(MlopsNbError):
@@ -37,8 +37,13 @@ NOT_IN_IMAGE = {"mlflow", "mlflow-skinny", "pandas"}  # the model's requirements
 # %% ../nbs/09_package.ipynb #09-package-006
 OWN_PACKAGES = {"mlops_nb", "mlops-nb"}  # installed from the wheel built here, never downloaded
 
+def needs_pandas(rt # a loaded `serving.Runtime`
+                )->bool:
+    "Whether serving `rt` builds DataFrames: the pipeline path, or a fast path running `derive` (no `derive_record`)."
+    return rt.fast is None or rt.fast.needs_pandas
+
 def image_requirements(model_dir:Path, # model folder with its pinned requirements.txt
-                       pandas:bool=False, # keep pandas: the model needs the pipeline path (no proven fast path)
+                       pandas:bool=False, # keep pandas: scoring builds DataFrames (see `needs_pandas`)
                        pyarrow:bool=False # the inference log writes Parquet (pyarrow, about 170 MB)
                       )->list:
     "Pinned requirements of the image: the model's (less MLflow, pandas unless needed, and mlops_nb) and the serving runtime's."
@@ -222,6 +227,8 @@ def write_context(model:str|Path|None, # model folder or registry reference (def
     say(f"loading model {model or 'champion'} and verifying its fast scoring path")
     rt = load_runtime(model)
     if rt.fast is None: say(f"no proven fast scoring path ({rt.fast_reason}): the image includes pandas for the pipeline path")
+    elif rt.fast.needs_pandas:
+        say("the problem derives its features with `derive` alone: the image includes pandas (derive_record spares it)")
     info = rt.info.as_dict()
     base = base_image or MLOPS_NB_BASE_IMAGE.get()
     out = Path(out or state_dir()/"build"/f"{info['name'] or 'model'}-v{info['version'] or 'dev'}").expanduser().absolute()
@@ -241,7 +248,7 @@ def write_context(model:str|Path|None, # model folder or registry reference (def
         shutil.copytree(rt.model_dir, tmp/"model", ignore=shutil.ignore_patterns("*.tmp*"))
         meta = {**info, "fast_path_max_abs_diff": rt.max_abs_diff}
         (tmp/"model"/"mlops_nb_model.json").write_text(json.dumps(meta, indent=2))
-        reqs = image_requirements(rt.model_dir, pandas=rt.fast is None, pyarrow=inference_log)
+        reqs = image_requirements(rt.model_dir, pandas=needs_pandas(rt), pyarrow=inference_log)
         (tmp/"requirements.txt").write_text("\n".join(reqs) + "\n")
         collect_wheels(reqs, tmp/"wheels", say)
         env = (f" MLOPS_NB_PROBLEM={ref}" if ref else "") + (f" MLOPS_NB_INFERENCE_LOG={INFERENCE_LOG_DIR}" if inference_log else "")

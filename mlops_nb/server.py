@@ -290,11 +290,12 @@ async def _score(self:ScoringApp, scope, receive, send, h, rid):
     return 200, {"predictions": self.post(answers, records, used) if self.post else answers}
 
 async def _invocations(self:ScoringApp, scope, receive, send, h, rid):
-    "POST /invocations: MLflow's scoring protocol (dataframe_split, dataframe_records, instances, inputs, CSV)."
+    "POST /invocations (and /endpoints/NAME/invocations): MLflow's scoring protocol, its JSON with NaN, or CSV."
     body, err = await self._body(receive, h, ("application/json", "text/csv"))
     if err: return err
     try:
-        records = mlflow_records(body, h.get("content-type", "").split(";")[0].strip().lower(), self.runtime.schema)
+        ctype = h.get("content-type", "").split(";")[0].strip().lower()
+        records = mlflow_records(body, ctype, self.runtime.request_schema)
         _, _, outputs, _ = await self._infer(records, {"request_id": rid, "t0": scope["mlops_nb.t0"]})
     except RequestError as e: return e.status, _err("invalid request", e.errors)
     return 200, {"predictions": outputs}
@@ -312,7 +313,6 @@ async def _v2_infer(self:ScoringApp, scope, receive, send, h, rid):
 
 ScoringApp._body, ScoringApp._infer, ScoringApp._score = _body, _infer, _score
 ScoringApp._invocations, ScoringApp._v2_infer = _invocations, _v2_infer
-
 
 # %% ../nbs/08_server.ipynb #08-server-020
 async def _admin(self:ScoringApp, scope, receive, send, h, rid):
@@ -363,16 +363,20 @@ ROUTES = {"/score": "POST", "/invocations": "POST", "/admin/model": "POST", "/he
           "/v2": "GET", "/v2/health/live": "GET", "/v2/health/ready": "GET"}
 PUBLIC = {"/health", "/ready", "/ping", "/openapi.json", "/docs", "/admin/model", "/v2", "/v2/health/live", "/v2/health/ready"}
 _V2_MODEL = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?")
+# where MLflow's deployments client for an http URI posts: predict(endpoint=NAME, inputs=...)
+_ENDPOINT = re.compile(r"/endpoints/([^/]+)/invocations")
 
 def _route(path:str)->tuple:
-    "(route key, methods allowed, v2 model name, v2 version) of a request path."
+    "(route key, methods allowed, model name, model version) of a request path."
     if path in ROUTES: return path, ROUTES[path], None, None
     m = _V2_MODEL.fullmatch(path)
     if m: return "v2" + (m.group(3) or ""), "POST" if m.group(3) == "/infer" else "GET", m.group(1), m.group(2)
+    m = _ENDPOINT.fullmatch(path)
+    if m: return "endpoint", "POST", m.group(1), None
     return None, None, None, None
 
-def _v2_model_error(self:ScoringApp, name:str, version:str|None):
-    "A 404 body when `name`/`version` is not the served model, else None."
+def _model_error(self:ScoringApp, name:str, version:str|None):
+    "A 404 body when `name`/`version` is not the served model (its registered name or its problem's name), else None."
     rt = self.runtime
     names = {n for n in (rt.info.name, rt.problem.name) if n} if rt else set()
     if rt is None: return {"error": "model not loaded yet"}
@@ -380,7 +384,7 @@ def _v2_model_error(self:ScoringApp, name:str, version:str|None):
     if version is not None and version != rt.info.version: return {"error": f"version {version!r} of {name!r} not found: serving {rt.info.version or 'an unversioned folder'}"}
     return None
 
-ScoringApp._v2_model_error = _v2_model_error
+ScoringApp._model_error = _model_error
 
 async def _call(self:ScoringApp, scope, receive, send):
     "The ASGI entry point."
@@ -390,7 +394,7 @@ async def _call(self:ScoringApp, scope, receive, send):
     scope["mlops_nb.t0"] = t0
     rid = h.get("x-request-id", "")
     if not _SAFE_ID.fullmatch(rid): rid = uuid.uuid4().hex[:16]  # echoed and logged only when short and safe
-    route, allow, v2_name, v2_version = _route(path)
+    route, allow, name, version = _route(path)
     ctype = b"application/json"
     try:
         public = route in PUBLIC
@@ -401,11 +405,12 @@ async def _call(self:ScoringApp, scope, receive, send):
             status, body = 401, _err("API key required: Authorization: Bearer KEY or X-API-Key: KEY")
         elif path == "/score": status, body = await self._score(scope, receive, send, h, rid)
         elif path == "/invocations": status, body = await self._invocations(scope, receive, send, h, rid)
-        elif route and route.startswith("v2"):
-            err = self._v2_model_error(v2_name, v2_version)
+        elif route == "endpoint" or (route and route.startswith("v2")):
+            err = self._model_error(name, version)
             if err: status, body = (503 if self.runtime is None else 404), err
+            elif route == "endpoint": status, body = await self._invocations(scope, receive, send, h, rid)
             elif route == "v2/infer": status, body = await self._v2_infer(scope, receive, send, h, rid)
-            elif route == "v2/ready": status, body = 200, {"name": v2_name, "ready": True}
+            elif route == "v2/ready": status, body = 200, {"name": name, "ready": True}
             else: status, body = 200, v2_metadata(self.runtime)
         elif path == "/v2": status, body = 200, {"name": "mlops_nb", "version": __version__, "extensions": ["binary_tensor_data"]}
         elif path == "/v2/health/live": status, body = 200, {"live": True}
@@ -428,8 +433,9 @@ async def _call(self:ScoringApp, scope, receive, send):
         log_event("error", error_id=eid, request_id=rid, path=path, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
         status, body = 500, {"error": "internal error: the server logged it under this error id", "error_id": eid}
     await _send(send, status, body, rid, ctype, allow if status == 405 else None)
-    self.metrics.observe(path if path in ("/score", "/invocations", "/health", "/ready", "/version", "/metrics")
-                         else "/v2/infer" if route == "v2/infer" else "other", status, time.perf_counter() - t0)
+    known = path in ("/score", "/invocations", "/health", "/ready", "/version", "/metrics")
+    label = path if known else {"v2/infer": "/v2/infer", "endpoint": "/invocations"}.get(route, "other")
+    self.metrics.observe(label, status, time.perf_counter() - t0)
     if self.access_log: log_event("request", request_id=rid, path=path, status=status, ms=round((time.perf_counter() - t0) * 1000, 2))
 
 async def _lifespan(self:ScoringApp, receive, send):

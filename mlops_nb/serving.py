@@ -193,14 +193,32 @@ def records_of(payload, # parsed JSON of a request to /score (or Azure ML's run(
 
 _MLFLOW_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 
-def mlflow_records(body:bytes, # the request body
-                   ctype:str, # its content type (application/json or text/csv)
-                   schema:dict # the model's input schema
-                  )->list:
-    "The records of a request in MLflow's scoring protocol; a `RequestError` naming what is wrong with its shape."
-    if ctype == "text/csv": return csv_records(body, schema)
-    try: payload = _loads(body)
-    except ValueError as e: raise _bad(f"invalid JSON: {e}") from None
+def _loads_mlflow(body:bytes)->tuple:
+    "(payload, whether it held NaN or Infinity) of a JSON body in MLflow's dialect, which writes those constants."
+    try: return _loads(body), False
+    except ValueError as e:
+        if b"NaN" not in body and b"Infinity" not in body: raise _bad(f"invalid JSON: {e}") from None
+    try:  # orjson refuses the constants: the standard parser reads them (a slower path, for these bodies only)
+        payload = json.loads(body)
+        json.dumps(payload, ensure_ascii=False).encode()  # what orjson also refuses: strings with lone surrogates
+    except (ValueError, RecursionError) as e: raise _bad(f"invalid JSON: {e}") from None
+    return payload, True
+
+def _missing(v, s:ColumnSpec)->bool:
+    "Whether `v` is a missing value in MLflow's dialect: null, NaN, or a date's 'NaT' (what pandas writes)."
+    return v is None or (isinstance(v, float) and v != v) or (v == "NaT" and s.kind == "datetime")
+
+def _as_missing(records:list, schema:dict)->list:
+    "`records` with MLflow's missing values as ours: left out of an optional field (so defaulted), else null."
+    for r in records:
+        for c in [c for c, v in r.items() if c in schema and _missing(v, schema[c])]:
+            s = schema[c]
+            if s.required or s.nullable: r[c] = None  # validation names a required one: "must not be null"
+            else: del r[c]
+    return records
+
+def _mlflow_shape(payload)->list:
+    "The records of a parsed body in one of MLflow's shapes."
     keys = [k for k in _MLFLOW_KEYS if isinstance(payload, dict) and k in payload]
     if not isinstance(payload, dict) or len(keys) != 1 or set(payload) - {keys[0]}:
         raise _bad(f"expected an object with exactly one of {', '.join(_MLFLOW_KEYS)} (MLflow's scoring protocol)")
@@ -214,6 +232,17 @@ def mlflow_records(body:bytes, # the request body
     if not isinstance(v, list) or not all(isinstance(r, dict) for r in v):
         raise _bad(f"{k} must be a list of records (objects naming their columns)")
     return v
+
+def mlflow_records(body:bytes, # the request body
+                   ctype:str, # its content type (application/json or text/csv)
+                   schema:dict # the model's request schema
+                  )->list:
+    "The records of a request in MLflow's scoring protocol, missing values resolved; else a `RequestError` saying why."
+    if ctype == "text/csv": return _as_missing(csv_records(body, schema), schema)
+    payload, constants = _loads_mlflow(body)
+    records = _mlflow_shape(payload)
+    # a body without NaN, null or NaT has no missing value to resolve: the common case skips the walk
+    return _as_missing(records, schema) if constants or b"null" in body or b'"NaT"' in body else records
 
 def csv_records(body:bytes, # CSV text with a header row
                 schema:dict # the model's input schema: its kinds type the values
@@ -311,13 +340,14 @@ def v2_response(outputs:np.ndarray, # the model's outputs
 
 # %% ../nbs/07_serving.ipynb #07-serving-013
 class FastModel:
-    "The pipeline's outputs computed from records without pandas (same features, same matrix, same estimator)."
+    "The pipeline's outputs from records without its DataFrame steps (same features, same matrix, same estimator)."
     def __init__(self, pipeline, kind:str):
         steps = getattr(pipeline, "steps", None)
         if not steps or len(steps) != 3: raise ValueError("not a three-step pipeline (features, prep, model)")
         self.features, prep, self.est = (s for _, s in steps)
-        if not hasattr(self.features, "record") or not getattr(self.features, "per_record", False):
-            raise ValueError("its first step has no per-record features (declare derive_record with derive)")
+        if not all(hasattr(self.features, a) for a in ("record", "frame", "per_record")):
+            raise ValueError(f"its first step ({type(self.features).__name__}) is not mlops_nb's Features")
+        self.per_record = bool(self.features.per_record)  # else the problem's derive runs on one DataFrame per batch
         self.kind, self.numeric, self.onehot, width = kind, [], [], 0
         for name, enc, cols in getattr(prep, "transformers_", []):
             if enc == "drop" or not len(cols): continue
@@ -333,14 +363,24 @@ class FastModel:
     def matrix(self, records:list # raw input records
               )->np.ndarray:
         "The transformed feature matrix of `records`."
-        rows = [self.features.record(r) for r in records]
-        X = np.zeros((len(rows), self.width))
-        for c, j in self.numeric: X[:, j] = [r[c] for r in rows]
+        if self.per_record:
+            rows = [self.features.record(r) for r in records]
+            column = lambda c: [r[c] for r in rows]
+        else:
+            F = self.features.frame(records)
+            column = lambda c: F[c].to_numpy()
+        X = np.zeros((len(records), self.width))
+        for c, j in self.numeric: X[:, j] = column(c)
         for c, index in self.onehot:
-            for i, r in enumerate(rows):
-                j = index.get(r[c])
+            for i, v in enumerate(column(c)):
+                j = index.get(v)
                 if j is not None: X[i, j] = 1.0  # unknown categories: all zeros, as handle_unknown='ignore'
         return X
+
+    @property
+    def needs_pandas(self)->bool:
+        "Whether it builds a DataFrame (the problem's `derive` without `derive_record`)."
+        return not self.per_record
 
     def predict(self, records:list)->np.ndarray:
         "Probabilities (n, classes) or values (n,) for raw records."
@@ -405,12 +445,16 @@ def _fast_path(self:Runtime):
     # the pipeline path and the check need pandas; a serving image does not have it
     if importlib.util.find_spec("pandas") is None: return self._verified(fast)
     if not rows: return None, None, "no input example to prove it equal"
-    diff = float(np.max(np.abs(fast.predict(rows) - self.pipeline_predict(rows))))
+    try: diff = float(np.max(np.abs(fast.predict(rows) - self.pipeline_predict(rows))))
+    except Exception as e: return None, None, f"fails on the input example ({type(e).__name__}: {e})"
     if diff > FAST_PATH_TOLERANCE: return None, diff, f"differs from the pipeline by {diff:.3g} on the input example"
     return fast, diff, None
 
 def _verified(self:Runtime, fast):
     "Without pandas: the fast path as verified when the model was packaged, or an error."
+    if fast.needs_pandas:
+        raise ModelLoadError(f"model in {self.model_dir}: its problem derives features with `derive` on a DataFrame "
+                             "and pandas is not installed: install pandas, or declare `derive_record` too")
     p = self.model_dir/"mlops_nb_model.json"
     diff = json.loads(p.read_text()).get("fast_path_max_abs_diff") if p.exists() else None
     if diff is None or diff > FAST_PATH_TOLERANCE:

@@ -83,8 +83,14 @@ class Features(TransformerMixin, BaseEstimator):
 
     @property
     def per_record(self)->bool:
-        "Whether `record` computes the same features one record at a time."
+        "Whether `record` computes the same features one record at a time (else `frame` computes them, with pandas)."
         return self.derive is None or self.derive_record is not None
+
+    def frame(self, records:list # raw input records
+             )->pd.DataFrame:
+        "Features of a batch of records through one DataFrame, each left-out field given its default as in `record`."
+        d = self.defaults or {}
+        return self.transform(pd.DataFrame([{**d, **r} for r in records] if d else records, columns=list(self.kinds)))
 
     def record(self, r:dict)->dict:
         "Features of one raw record."

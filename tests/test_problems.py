@@ -199,12 +199,12 @@ def test_the_ottawa_model_is_the_api_too(model_dir, tmp_path, state):
     assert np.abs(pyfunc - served).max() <= 1e-6 and np.abs(pyfunc - ours).max() <= 1e-6
 
 
-def test_a_pipeline_the_fast_path_does_not_understand_falls_back_and_says_so(tmp_path, state):
-    "Derived features without their per-record twin: the server scores through the pipeline, and /version and the log say why."
+def test_a_fast_path_that_fails_falls_back_and_says_so(tmp_path, state):
+    "A derive_record that is not derive's twin: the server scores through the pipeline; /version and the log say why."
     import dataclasses
     from conftest import save_model
-    from mlops_nb.examples.ottawa import PROBLEM, generate_listings
-    slow = dataclasses.replace(PROBLEM, derive_record=None)  # the same derive, no per-record version
+    from mlops_nb.examples.ottawa import PROBLEM, derive, generate_listings
+    slow = dataclasses.replace(PROBLEM, derive_record=derive)  # a slip: the DataFrame function as the per-record one
     save_model(tmp_path/"model", problem=slow)
     df = generate_listings(2022, 20, seed=2)
     records = json.loads(df[list(PROBLEM.inputs)].assign(listing_date=df.listing_date.dt.strftime("%Y-%m-%d")).to_json(orient="records"))
@@ -212,7 +212,7 @@ def test_a_pipeline_the_fast_path_does_not_understand_falls_back_and_says_so(tmp
     srv = Process([CLI, "serve", "--model", tmp_path/"model", "--port", "{port}"], tmp_path, env, "/ready", tmp_path/"serve.log")
     try:
         with urllib.request.urlopen(srv.url + "/version") as r: v = json.loads(r.read())
-        assert v["fast_path"] is False and "per-record" in v["fast_path_fallback"], v
+        assert v["fast_path"] is False and v["fast_path_fallback"].startswith("fails on the input example"), v
         st, body = post(srv.url + "/score", records)
         assert st == 200
     finally: srv.stop()
@@ -220,4 +220,4 @@ def test_a_pipeline_the_fast_path_does_not_understand_falls_back_and_says_so(tmp
     want = mlflow.pyfunc.load_model(str(tmp_path/"model")).predict(df[list(PROBLEM.inputs)].assign(listing_date=df.listing_date.dt.strftime("%Y-%m-%d")))
     got = np.array([[a["probabilities"][l] for l in PROBLEM.class_labels] for a in body["predictions"]])
     assert np.abs(got - want).max() <= 1e-9
-    assert '"fast_path_fallback": "pipeline not understood: its first step has no per-record features' in Path(srv.log).read_text()
+    assert '"fast_path_fallback": "fails on the input example' in Path(srv.log).read_text()
