@@ -13,13 +13,14 @@ from .core import DataError, lazy_module
 from .drift import (KS_MAX_N, DriftReport, FeatureDrift, _judge, _psi, _verdict, as_thresholds, metric_decay,
                             model_age_days, model_metrics, quantile_edges, watched_features)
 from .problem import Problem
+from .tracking import client
 pd = lazy_module("pandas")
 
 # %% auto #0
-__all__ = ['pd', 'PROFILE_VERSION', 'GRID', 'BINS', 'MAX_LEVELS', 'OTHER', 'KS_EXACT_BELOW', 'numeric_profile',
-           'categorical_profile', 'Profile', 'profile_of', 'current_counts', 'add_counts', 'ks_from_cdfs',
-           'numeric_scores', 'categorical_psi', 'drift_from_counts', 'profile_drift', 'spark_counts',
-           'partition_counts']
+__all__ = ['pd', 'PROFILE_VERSION', 'GRID', 'BINS', 'MAX_LEVELS', 'OTHER', 'KS_EXACT_BELOW', 'PROFILE_ARTIFACT',
+           'numeric_profile', 'categorical_profile', 'Profile', 'profile_of', 'current_counts', 'add_counts',
+           'ks_from_cdfs', 'numeric_scores', 'categorical_psi', 'drift_from_counts', 'profile_drift', 'spark_counts',
+           'partition_counts', 'log_profile', 'run_profile']
 
 # %% ../nbs/14b_reference.ipynb #14b-ref-005
 PROFILE_VERSION = 1
@@ -229,3 +230,22 @@ def _exported_partition_counts():
     "This module's `partition_counts` as the installed package defines it (what a Spark worker can import by reference)."
     import importlib
     return importlib.import_module("mlops_nb.reference").partition_counts
+
+# %% ../nbs/14b_reference.ipynb #14b-ref-026
+PROFILE_ARTIFACT = "reference_profile.json"
+
+def log_profile(profile:Profile, # the profile of the run's training rows
+                run_id:str # the run
+               ):
+    "Log `profile` with run `run_id`, where `run_profile` finds it."
+    client().log_dict(run_id, profile.as_json(), PROFILE_ARTIFACT)
+
+def run_profile(run_id:str # a run (of a registered version)
+               )->Profile|None:
+    "The reference profile logged with run `run_id`, or None when it logged none."
+    import tempfile
+    from mlflow.exceptions import MlflowException
+    with tempfile.TemporaryDirectory() as d:
+        try: path = client().download_artifacts(run_id, PROFILE_ARTIFACT, d)
+        except (MlflowException, OSError): return None
+        with open(path) as f: return Profile.from_json(json.load(f))
