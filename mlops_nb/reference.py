@@ -12,6 +12,7 @@ import numpy as np
 from .core import DataError, lazy_module
 from .drift import (KS_MAX_N, DriftReport, FeatureDrift, _judge, _psi, _verdict, as_thresholds, metric_decay,
                             model_age_days, model_metrics, quantile_edges, watched_features)
+from .drift_spark import sample_frame, typed_frame
 from .problem import Problem
 from .tracking import client
 pd = lazy_module("pandas")
@@ -20,7 +21,7 @@ pd = lazy_module("pandas")
 __all__ = ['pd', 'PROFILE_VERSION', 'GRID', 'BINS', 'MAX_LEVELS', 'OTHER', 'KS_EXACT_BELOW', 'PROFILE_ARTIFACT',
            'numeric_profile', 'categorical_profile', 'Profile', 'profile_of', 'current_counts', 'add_counts',
            'ks_from_cdfs', 'numeric_scores', 'categorical_psi', 'drift_from_counts', 'profile_drift', 'spark_counts',
-           'partition_counts', 'log_profile', 'run_profile']
+           'partition_counts', 'spark_profile_drift', 'log_profile', 'run_profile']
 
 # %% ../nbs/14b_reference.ipynb #14b-ref-005
 PROFILE_VERSION = 1
@@ -230,6 +231,25 @@ def _exported_partition_counts():
     "This module's `partition_counts` as the installed package defines it (what a Spark worker can import by reference)."
     import importlib
     return importlib.import_module("mlops_nb.reference").partition_counts
+
+def spark_profile_drift(profile:Profile, # the reference profile
+                        current, # Spark DataFrame of recent rows; with the target and a model, decay is measured
+                        thresholds=None, # `DriftThresholds`, a dict of them, or None
+                        model=None, # fitted pipeline or `Runtime`
+                        reference_metrics:dict|None=None, # the model's metrics at training time
+                        model_created=None, # the model's creation time, for the age check
+                        problem:Problem|None=None, # the declaration (default: the one a `Runtime` model recorded)
+                        max_n:int=KS_MAX_N # rows of current data the decay is measured on at most (a seeded sample)
+                       )->DriftReport:
+    "`profile_drift` of a Spark DataFrame: counts in one pass; decay, when labelled, on a bounded sample."
+    problem = problem if problem is not None else getattr(model, "problem", None)
+    counts = spark_counts(current, profile)
+    sample = None
+    if model is not None and problem is not None and problem.target in current.columns:
+        cols = [c for c in [*problem.inputs, problem.target] if c in current.columns]
+        raw = sample_frame(current, counts["rows"], cols, max_n, 1)
+        sample = typed_frame(raw, problem, "current", require_label=True)
+    return profile_drift(profile, sample, thresholds, model, reference_metrics, model_created, problem, counts)
 
 # %% ../nbs/14b_reference.ipynb #14b-ref-026
 PROFILE_ARTIFACT = "reference_profile.json"
