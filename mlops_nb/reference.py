@@ -100,10 +100,11 @@ def current_counts(df:pd.DataFrame, # current rows (all of them, or one partitio
         if p["kind"] == "numeric":
             a = pd.to_numeric(df[c], errors="coerce").to_numpy("float64", na_value=np.nan)
             ok = np.isfinite(a)
-            x = a[ok]
-            fine = np.bincount(np.searchsorted(p["grid"], x, side="left"), minlength=len(p["grid"]) + 1)
+            x = np.sort(a[ok])  # sorted, the grid's cumulative counts are len(grid) searches, not one a row
+            upto = np.searchsorted(x, p["grid"], side="right")  # rows <= each grid point
+            fine = np.diff(np.concatenate(([0], upto, [len(x)])))  # rows in (g[j-1], g[j]], then above the last
             out["features"][c] = {"n": int(len(x)), "missing": int((~ok).sum()), "fine": fine.tolist(),
-                                  "min": float(x.min()) if len(x) else None, "max": float(x.max()) if len(x) else None}
+                                  "min": float(x[0]) if len(x) else None, "max": float(x[-1]) if len(x) else None}
         else:
             vc = pd.Series(df[c], dtype=object).map(_level).value_counts(dropna=False)
             out["features"][c] = {"levels": [[None if pd.isna(k) else k, int(v)] for k, v in vc.items()]}
