@@ -225,8 +225,10 @@ def new_project(dest:str|Path, # folder of the new project (must not exist, or b
               "data_file": data_file, "rows": len(df), "kind": p.kind, "target": target, "target_repr": repr(target),
               "model_name": p.registered_model, "n_inputs": len(p.inputs), "metrics": ", ".join(p.metric_names),
               "classes_line": "" if p.classes is None else f", classes {', '.join(map(repr, p.class_labels))}",
-              "mlops_nb_source": f"`{VENDOR}/{wheel.name}`, the wheel of the mlops_nb that made this project" if wheel
-                                 else "`mlops_nb` from your package index"}
+              "mlops_nb_source": f"mlops_nb comes from `{VENDOR}/{wheel.name}`, the wheel of the mlops_nb that made this\n"
+                                 f"project (it was not installed from a package index): commit `{VENDOR}/`; once mlops_nb is on\n"
+                                 f"your package index, delete `{VENDOR}/` and setup takes mlops_nb from there." if wheel
+                                 else "mlops_nb comes from your package index, as did the mlops_nb that made this project."}
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.new", dir=dest.parent))
     try:
