@@ -688,7 +688,10 @@ def _parser()->argparse.ArgumentParser:
     nw = cmd(sub, "new", cmd_new, "Writes a new nbdev project for your problem into DIR (which must not exist, or be empty: "
              "nothing is written over): the problem declaration inferred from your table (kinds, bounds, categories; review "
              "it in nbs/00_problem.ipynb), the training notebook, api/score.py, scripts, profiles, pipelines for GitHub "
-             "Actions and Azure DevOps, tests and a README with its two commands. The project uses mlops_nb as a library.")
+             "Actions and Azure DevOps, tests and a README with its two commands. The project uses mlops_nb as a library: "
+             "when this mlops_nb was not installed from a package index (a source checkout, a wheel file), its wheel goes "
+             "in the project's vendor/ and the project's scripts/setup installs it; MLOPS_NB_SPEC, set when running "
+             "scripts/setup, overrides that (a pip requirement such as mlops_nb==0.2.0, a wheel file or a checkout).")
     nw.add_argument("dir", help="folder of the new project; its name is the problem's name unless --name")
     nw.add_argument("--data", required=True, help="your labelled table, .csv or .parquet (copied into the project's data/)")
     nw.add_argument("--target", required=True, help="the label column")

@@ -17,9 +17,9 @@ from .problem import load_problem
 __all__ = ['STORE', 'REGISTRY', 'DOCS_SITE', 'PIPELINES', 'OUTPUT_CONDITIONS', 'CONDITIONS', 'CLOUD_FACTS', 'CLOUD_ENV',
            'CI_SUFFIX', 'CI_GROUP', 'SECRET_ENVIRONMENTS', 'INPUTS', 'ACTIONS', 'CLOUD', 'GENERATED', 'FEDERATED',
            'PipelineError', 'PipelineFailed', 'Step', 'render', 'argv_of', 'check_line', 'run_step', 'PipelineResult',
-           'run_pipeline', 'cloud_steps', 'CloudVar', 'Input', 'PipelineSettings', 'project_settings', 'cloud_command',
-           'Job', 'Action', 'Cloud', 'check_cloud', 'generated', 'github_workflow', 'azure_pipeline',
-           'render_pipelines', 'write_pipelines']
+           'run_pipeline', 'cloud_steps', 'CloudVar', 'Input', 'PipelineSettings', 'optional_pipelines',
+           'project_settings', 'cloud_command', 'Job', 'Action', 'Cloud', 'check_cloud', 'generated', 'github_workflow',
+           'azure_pipeline', 'render_pipelines', 'write_pipelines']
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-005
 class PipelineError(MlopsNbError):
@@ -401,12 +401,17 @@ class PipelineSettings:
         return {"main": self.main, "api_key_secret": f"{self.name}-api-key", "window": str(self.window),
                 "namespace": self.namespace or self.name}
 
+def optional_pipelines(root:Path|str # a project folder
+                      )->tuple:
+    "The optional pipelines the project at `root` gets: those whose `Cloud.requires` file it has (e.g. scripts/docs.py)."
+    return tuple(n for n, c in CLOUD.items() if c.requires and (Path(root)/c.requires).exists())  # CLOUD: declared below
+
 def project_settings(root:Path|str|None=None # the project folder (default: this project)
                     )->PipelineSettings:
     "The pipeline settings of the project at `root`: its Deployment name, optional pipelines, `[tool.mlops_nb]`."
     root = Path(root) if root else _root()
     cfg = tomllib.loads((root/"pyproject.toml").read_text()) if (root/"pyproject.toml").exists() else {}
-    optional = tuple(n for n, c in CLOUD.items() if c.requires and (root/c.requires).exists())  # CLOUD: declared below
+    optional = optional_pipelines(root)
     own = cfg.get("tool", {}).get("mlops_nb", {})
     auth = own.get("github_auth", "oidc")  # "secret" where no federation policy can be set
     name = load_problem(start=root).deployment_name

@@ -6,19 +6,20 @@ Docs: https://mlops-nb.github.io/mlops_nb/scaffold.html.md"""
 
 # %% ../nbs/16_scaffold.ipynb #16-scaffold-002
 from __future__ import annotations
-import importlib.resources, json, math, re, shutil, tempfile, time
+import importlib.metadata, importlib.resources, json, math, re, shutil, tempfile, time
 from importlib.metadata import version as _pkg_version
 from pathlib import Path
 import numpy as np
 from .core import MlopsNbError, DataError, lazy_module
 from .data import ColumnSpec, read_table
-from .pipeline import PipelineSettings, write_pipelines
+from .package import own_wheel, _checkout
+from .pipeline import PipelineSettings, optional_pipelines, write_pipelines
 from .problem import Problem, ProblemError, PROBLEM_KINDS, problem_slots
 pd = lazy_module("pandas")
 
 # %% auto #0
-__all__ = ['pd', 'MAX_CATEGORIES', 'TEMPLATES', 'infer_column', 'infer_target', 'problem_notebook', 'export_module',
-           'infer_problem', 'new_project']
+__all__ = ['pd', 'MAX_CATEGORIES', 'TEMPLATES', 'VENDOR', 'infer_column', 'infer_target', 'problem_notebook', 'export_module',
+           'infer_problem', 'install_origin', 'mlops_nb_wheel', 'new_project']
 
 # %% ../nbs/16_scaffold.ipynb #16-scaffold-005
 MAX_CATEGORIES = 50  # text columns with at most this many distinct values get their categories declared
@@ -140,7 +141,8 @@ def problem_notebook(p:Problem, # the inferred declaration
               "outputs, and is code of this module: a logged model records only the metric's name and direction.",
               "problem-005a"),
         _cell("markdown", "The data matches the declaration, and the example is a valid request:", "problem-006"),
-        _cell("code", f"from mlops_nb.data import check_record\ndf = PROBLEM.load(\"../data/{data_file}\")\n"
+        _cell("code", f"from mlops_nb.core import project_root\nfrom mlops_nb.data import check_record\n"
+              f"df = PROBLEM.load(project_root()/\"data\"/\"{data_file}\")  # wherever it runs: nbs/, the project, _proc/\n"
               f"assert len(df) == {rows} and list(df.columns) == list(PROBLEM.schema())\n"
               "assert check_record(PROBLEM.example, PROBLEM.inputs) == []\nPROBLEM.kind, PROBLEM.primary, len(PROBLEM.inputs)", "problem-007"),
     ]
@@ -184,6 +186,25 @@ def infer_problem(df:pd.DataFrame, # the team's labelled table
     except ProblemError as e: raise MlopsNbError(str(e)) from None
     return p, notes
 
+# %% ../nbs/16_scaffold.ipynb #16-scaffold-014b
+VENDOR = "vendor"  # the folder of a new project holding the wheel of the mlops_nb that made it
+
+def install_origin(direct_url:str|None, # the distribution's direct_url.json text (PEP 610), None when it has none
+                   checkout:Path|None=None # the source checkout the package runs from, if any
+                  )->str:
+    "How a distribution was installed: `checkout` (a source folder), `url` (a wheel, a folder, a VCS URL) or `index`."
+    if checkout is not None: return "checkout"
+    if direct_url is None: return "index"
+    return "checkout" if json.loads(direct_url).get("dir_info", {}).get("editable") else "url"
+
+def mlops_nb_wheel(progress=None # called with one line of progress
+                  )->Path|None:
+    "The wheel a new project installs mlops_nb from: the running mlops_nb's, or None when it came from a package index."
+    try: direct = importlib.metadata.distribution("mlops_nb").read_text("direct_url.json")
+    except importlib.metadata.PackageNotFoundError: direct = None
+    if install_origin(direct, _checkout()) == "index": return None
+    return next(own_wheel(progress).glob("mlops_nb-*.whl"))
+
 # %% ../nbs/16_scaffold.ipynb #16-scaffold-015
 def _render(text:str, values:dict)->str:
     "`text` with each `{{key}}` of `values` filled in."
@@ -212,15 +233,22 @@ def new_project(dest:str|Path, # folder of the new project (must not exist, or b
     df = read_table(data, infer_types=True)
     p, notes = infer_problem(df, target, kind, name, source=str(data))
     say(f"{data.name}: {len(df)} rows; target {target!r} ({p.kind}); {len(p.inputs)} input(s), {len(p.keys)} key(s)")
+    wheel = mlops_nb_wheel(say)
+    say(f"mlops_nb: {VENDOR}/{wheel.name} (not from a package index: the project carries its wheel)" if wheel
+        else "mlops_nb: from the package index")
     data_file = re.sub(r"[^A-Za-z0-9._-]", "_", data.name)
     values = {"name": name, "package": package, "description": p.description, "mlops_nb_version": _pkg_version("mlops_nb"),
               "data_file": data_file, "rows": len(df), "kind": p.kind, "target": target, "target_repr": repr(target),
               "model_name": p.registered_model, "n_inputs": len(p.inputs), "metrics": ", ".join(p.metric_names),
-              "classes_line": "" if p.classes is None else f", classes {', '.join(map(repr, p.class_labels))}"}
+              "classes_line": "" if p.classes is None else f", classes {', '.join(map(repr, p.class_labels))}",
+              "mlops_nb_source": f"mlops_nb comes from `{VENDOR}/{wheel.name}`, the wheel of the mlops_nb that made this\n"
+                                 f"project (it was not installed from a package index): commit `{VENDOR}/`; once mlops_nb is on\n"
+                                 f"your package index, delete `{VENDOR}/` and setup takes mlops_nb from there." if wheel
+                                 else "mlops_nb comes from your package index, as did the mlops_nb that made this project."}
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.new", dir=dest.parent))
     try:
-        _write(tmp, p, notes, values, data, df)
+        _write(tmp, p, notes, values, data, df, wheel)
         if dest.exists(): dest.rmdir()  # an empty folder: ours takes its place
         tmp.rename(dest)
     except BaseException:
@@ -228,10 +256,11 @@ def new_project(dest:str|Path, # folder of the new project (must not exist, or b
     files = sorted(str(f.relative_to(dest)) for f in dest.rglob("*") if f.is_file())
     say(f"wrote {len(files)} files to {dest} in {time.time() - t0:.1f} s")
     return {"path": str(dest), "name": name, "package": package, "kind": p.kind, "target": target, "classes": p.classes,
-            "inputs": list(p.inputs), "keys": list(p.keys), "rows": len(df), "files": files, "seconds": round(time.time() - t0, 2)}
+            "inputs": list(p.inputs), "keys": list(p.keys), "rows": len(df), "files": files,
+            "mlops_nb": f"{VENDOR}/{wheel.name}" if wheel else "index", "seconds": round(time.time() - t0, 2)}
 
 # %% ../nbs/16_scaffold.ipynb #16-scaffold-016
-def _write(root:Path, p:Problem, notes:dict, values:dict, data:Path, df):
+def _write(root:Path, p:Problem, notes:dict, values:dict, data:Path, df, wheel:Path|None):
     "Write every file of the new project into `root`."
     pkg = values["package"]
     for src in sorted(TEMPLATES.rglob("*")):
@@ -249,4 +278,7 @@ def _write(root:Path, p:Problem, notes:dict, values:dict, data:Path, df):
     (root/pkg/"problem.py").write_text(export_module(nb, "../nbs/00_problem.ipynb"))
     (root/"data").mkdir()
     shutil.copyfile(data, root/"data"/values["data_file"])
-    write_pipelines(root, PipelineSettings(p.deployment_name))
+    if wheel is not None:
+        (root/VENDOR).mkdir()
+        shutil.copyfile(wheel, root/VENDOR/wheel.name)
+    write_pipelines(root, PipelineSettings(p.deployment_name, optional=optional_pipelines(root)))

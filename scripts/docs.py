@@ -36,7 +36,11 @@ the docs, without executing any cell:
 (`nbdev-proc-nbs` is not used: it executes the notebooks' code cells to evaluate `show_doc`, which is slow here and
 fails on notebooks whose test cells need state from hidden cells.)
 
-Pages: `nbs/index.ipynb` is the home page, `nbs/tutorials/*.ipynb` the tutorials, the numbered library notebooks
+The same file builds the docs of every project `mlops-nb new` makes (mlops_nb's templates hold a copy that
+tests/test_library.py keeps equal to this one): the package and the site's title come from `[tool.nbdev]` in the
+project's pyproject.toml (`lib_path`, `title`).
+
+Pages: `nbs/index.ipynb` is the home page (a project without one gets its README.md), `nbs/tutorials/*.ipynb` the tutorials, the numbered library notebooks
 the API reference (one page per module) and `nbs/train.ipynb` the training notebook. Each page is nbconvert's
 `basic` template (no MathJax, no require.js, no CDN) inside one shared layout with a sidebar; the site is
 self-contained: no asset outside it, no http(s) script or stylesheet, relative links only, so it works from a
@@ -54,7 +58,9 @@ from urllib.parse import urlsplit, unquote
 
 ROOT = Path(__file__).resolve().parent.parent
 NBS = ROOT/"nbs"
-LIB = "mlops_nb"
+_NBDEV = tomllib.loads((ROOT/"pyproject.toml").read_text()).get("tool", {}).get("nbdev", {})
+LIB = _NBDEV.get("lib_path", "mlops_nb")   # the package whose exported functions get their show_doc
+TITLE = _NBDEV.get("title", LIB)           # the site's name (brand and page titles)
 
 _re_dir = re.compile(r"^\s*#\s*\|\s*(.*?)\s*$")
 _re_ansi = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -197,7 +203,8 @@ class Page:
         self.title = self.summary = ""
 
 def collect_pages() -> list[Page]:
-    pages = [Page(NBS/"index.ipynb", "index.html", "home")]
+    home = NBS/"index.ipynb" if (NBS/"index.ipynb").exists() else ROOT/"README.md"
+    pages = [Page(home, "index.html", "home")]
     pages += [Page(p, f"tutorials/{p.stem}.html", "tutorials") for p in sorted((NBS/"tutorials").glob("*.ipynb"))]
     pages += [Page(p, f"{p.stem}.html", "api") for p in sorted(NBS.glob("[0-9]*.ipynb"))]
     if (NBS/"train.ipynb").exists(): pages.append(Page(NBS/"train.ipynb", "train.html", "notebooks"))
@@ -210,7 +217,7 @@ def sidebar(pages: list[Page], cur: Page) -> str:
     def link(p: Page, label: str) -> str:
         cls = ' class="active" aria-current="page"' if p is cur else ""
         return f'<li><a href="{relpath(p.rel, cur.rel)}"{cls}>{html.escape(label)}</a></li>'
-    out = [f'<nav class="sidebar" aria-label="Site"><a class="brand" href="{relpath("index.html", cur.rel)}">mlops_nb</a>']
+    out = [f'<nav class="sidebar" aria-label="Site"><a class="brand" href="{relpath("index.html", cur.rel)}">{html.escape(TITLE)}</a>']
     for sec, head in (("home", None), ("tutorials", "Tutorials"), ("api", "API reference"), ("notebooks", "Notebooks")):
         ps = [p for p in pages if p.section == sec]
         if not ps: continue
@@ -229,26 +236,31 @@ def layout(pages: list[Page], cur: Page, body: str) -> str:
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{html.escape(cur.title)} – mlops_nb</title>{desc}
+<title>{html.escape(cur.title)} – {html.escape(TITLE)}</title>{desc}
 <link rel="icon" href="data:,">
 <link rel="stylesheet" href="{css}">
 </head><body><div class="layout">
 {sidebar(pages, cur)}
 <main id="content">
 {body}
-<footer>Generated from <code>nbs/{cur.src.relative_to(NBS).as_posix()}</code> by <code>scripts/docs.py</code> (nbconvert fallback for <code>nbdev-docs</code>).</footer>
+<footer>Generated from <code>{cur.src.relative_to(ROOT).as_posix()}</code> by <code>scripts/docs.py</code> (nbconvert fallback for <code>nbdev-docs</code>).</footer>
 </main></div></body></html>
 """
 
-def build(out: Path) -> list[Page]:
+def read_page(src: Path):
+    "A page's notebook: the notebook itself, or a markdown file (a README) as a notebook of one markdown cell."
     import nbformat
+    if src.suffix == ".md": return nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(src.read_text())])
+    return nbformat.read(src, as_version=4)
+
+def build(out: Path) -> list[Page]:
     t0 = time.time()
     sys.path.insert(0, str(ROOT))      # show_doc imports the exported package from this checkout
     pages = collect_pages()
     exp = exporter()
     bodies = {}
     for p in pages:
-        nb = nbformat.read(p.src, as_version=4)
+        nb = read_page(p.src)
         p.title, p.summary = title_summary(nb, p.src.stem)
         nb = process(nb)
         body, _ = exp.from_notebook_node(nb)

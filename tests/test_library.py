@@ -1,7 +1,9 @@
 """mlops_nb as a library: its wheel installed into a fresh virtual environment outside any checkout, then
-`mlops-nb new` on a team's CSV; in the generated project, unchanged, the README's test command and main command pass.
+`mlops-nb new` on a team's CSV; in the generated project, unchanged, with no MLOPS_NB_SPEC and mlops_nb on no package
+index, its scripts/setup installs the mlops_nb the project recorded (vendor/), and the README's test command (api/ tests
+included), main command and docs build pass.
 Also: the package's templates are the files this repository itself uses (one definition of each)."""
-import os, subprocess, sys
+import json, os, subprocess, sys
 import pytest
 from conftest import ROOT
 
@@ -9,9 +11,10 @@ TEMPLATES = ROOT/"mlops_nb"/"templates"
 
 
 @pytest.mark.parametrize("template,ours", [("api/score.py.tmpl", "api/score.py"), ("nbs/train.ipynb", "nbs/train.ipynb"),
+                                           ("scripts/docs.py.tmpl", "scripts/docs.py"),
                                            *[(f"pipelines/{p.name}.tmpl", f"pipelines/{p.name}") for p in sorted((ROOT/"pipelines").glob("*.py"))]])
 def test_templates_are_the_files_this_project_uses(template, ours):
-    "A new project gets the same entry script, training notebook and pipeline scripts as this one: no second copy drifts."
+    "A new project gets the same entry script, training notebook, docs builder and pipeline scripts as this one: no second copy drifts."
     assert (TEMPLATES/template).read_text() == (ROOT/ours).read_text(), f"{template} differs from {ours}: copy one onto the other"
 
 
@@ -41,16 +44,34 @@ def test_wheel_new_project_and_its_two_commands(fresh_venv):
     table("breast-cancer").to_csv(work/"cells.csv", index=False)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_NB_", "VIRTUAL_ENV", "PYTHON"))}
     env["PATH"] = f"{venv/'bin'}:{env['PATH']}"
-    p = subprocess.run(["mlops-nb", "new", "tumours", "--data", "cells.csv", "--target", "target"], cwd=work, env=env,
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run(["mlops-nb", "new", "tumours", "--data", "cells.csv", "--target", "target"], cwd=work,
+                       env={**env, "MLOPS_NB_HOME": str(t/"home")}, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     proj = work/"tumours"
     assert "mlops_nb" not in {q.name for q in proj.iterdir()}  # a project of its own: mlops_nb is a library
-    env.update(MLOPS_NB_VENV=str(venv), MLOPS_NB_SPEC=f"{wheel}[runner,serve,kube,project]")
-    for cmd in (["bash", "scripts/test"], ["bash", "scripts/run"]):  # the README's two commands, unchanged
+    # installed from a wheel (not from an index): the project carries that mlops_nb, repacked from the installed files
+    [vendored] = (proj/"vendor").glob("mlops_nb-*.whl")
+    assert vendored.name == wheel.name
+    # a fresh machine: no mlops_nb installed and none on the package index; the project's setup must use vendor/
+    subprocess.run([str(venv/"bin"/"python"), "-m", "pip", "uninstall", "-y", "-q", "mlops_nb"], check=True, capture_output=True)
+    env.update(MLOPS_NB_VENV=str(venv), PIP_CONSTRAINT=str(ROOT/"requirements.lock"))  # the venv holds the other dependencies
+    assert not [k for k in env if k.startswith("MLOPS_NB_") and k != "MLOPS_NB_VENV"]
+    def run(*cmd):
         p = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, timeout=1800)
         assert p.returncode == 0, f"{' '.join(cmd)} -> {p.returncode}\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}"
-    assert "passed" in subprocess.run(["bash", "scripts/test", "-q"], cwd=proj, env=env, capture_output=True, text=True).stdout
+        return p.stdout
+    out = run("bash", "scripts/test")  # the README's two commands, unchanged
+    direct = json.loads(next((venv/"lib").glob("python3*/site-packages/mlops_nb-*.dist-info/direct_url.json")).read_text())
+    assert direct["url"] == vendored.as_uri(), direct  # pip found mlops_nb where the project recorded it
+    assert "no champion registered yet" in out  # api/ is collected; its tests wait for a champion
+    run("bash", "scripts/run")
+    out = run("bash", "scripts/test", "-q", "-rA")
+    assert "PASSED api/test_score.py::test_the_example_scores" in out and "SKIPPED" not in out, out[-3000:]
     assert (proj/".mlops_nb"/"build"/"champion"/"Dockerfile").exists()
+    # the docs: the nbconvert site (no Quarto here), and nbdev's own processing, which runs the problem notebook's cells
+    # from the project folder (its data path must not depend on the working directory)
+    assert "check: 3 pages, every relative link resolves" in run(str(venv/"bin"/"python"), "scripts/docs.py", "--check")
+    assert {"index.html", "00_problem.html", "train.html"} <= {f.name for f in (proj/"_site").iterdir()}
+    run(str(venv/"bin"/"nbdev-proc-nbs"))
     p = subprocess.run([str(venv/"bin"/"python"), "pipelines/generate.py", "--check"], cwd=proj, env=env, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr  # its pipelines are what mlops_nb generates for it

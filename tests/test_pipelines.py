@@ -495,7 +495,7 @@ def test_docs_workflow():
 def test_a_project_without_the_docs_script_gets_no_docs_pipeline(tmp_path):
     from mlops_nb.pipeline import PipelineSettings, render_pipelines, project_settings
     assert project_settings(ROOT).optional == ("docs",)
-    files = render_pipelines(PipelineSettings("churn-model"))  # what `mlops-nb new` writes: no scripts/docs.py there
+    files = render_pipelines(PipelineSettings("churn-model"))  # a project without scripts/docs.py: no optional pipeline
     assert sorted(files) == sorted(f"{d}/{n}.yml" for d in (".github/workflows", "pipelines/azure") for n in ("batch", "ci", "deploy", "monitor", "train"))
 
 
