@@ -188,7 +188,7 @@ def sample_rows(df:pd.DataFrame, # labelled rows
                 frac:float, # fraction of rows to keep, in (0, 1]
                 seed:int # sampling seed
                )->pd.DataFrame:
-    "A seeded sample of `frac` of the rows (with the floors above), stratified by class, plus `coverage_rows`; in order"
+    "A seeded, stratified sample of `frac` of the rows (with the floors above) plus `coverage_rows`, in row order."
     if frac >= 1: return df.reset_index(drop=True)
     cover = np.concatenate(list(coverage_rows(df, problem, seed).values()))
     return df.iloc[np.union1d(_fraction_rows(df, problem, frac, seed), cover)].reset_index(drop=True)
@@ -249,9 +249,9 @@ def train_eval_rows(df:pd.DataFrame, # labelled rows
     tr, ev = (used[p] for p in _split_positions(df.iloc[used], problem, 0, eval_frac))  # a fixed hold-out
     y = np.zeros(len(df), dtype=int) if problem.kind == "regression" else problem.encode(df[problem.target])
     tr, ev = _keep_in_training(tr, ev, cover, y, seed)
-    reasons = ", ".join(f"{k} ({len(v)} rows)" for k, v in why.items() if len(v)) or "nothing to cover"
-    note = (f"test mode: {len(keep)} sampled rows ({frac:g} of {len(df)}) + {len(np.setdiff1d(cover, keep))} added "
-            f"so training sees the inputs' {reasons}")
+    reasons = ", ".join(f"{k} ({len(v)} rows)" for k, v in why.items() if len(v))
+    note = f"test mode: {len(keep)} sampled rows ({frac:g} of {len(df)}) + {len(np.setdiff1d(cover, keep))} added"
+    if reasons: note += f" so training sees the inputs' {reasons}"
     return df.iloc[tr].reset_index(drop=True), df.iloc[ev].reset_index(drop=True), note
 
 # %% ../nbs/04_train.ipynb #04-train-014
