@@ -76,7 +76,9 @@ def cmd_train(a):
     from mlops_nb.runner import LocalRunner, run_training
     kw = make_params(mode=a.mode, data_path=a.data, sample_frac=a.sample_frac, epochs=a.epochs, seed=a.seed,
                      eval_path=a.eval_data).as_dict()  # refuse bad values before anything starts
-    _say(f"training in {kw['mode']} mode ({kw['sample_frac']:g} of the rows, at least a floor; {kw['epochs']} epoch(s)) "
+    frac, epochs = kw["sample_frac"], kw["epochs"]
+    rows = "all the rows" if frac >= 1 else f"a seeded {frac:g} sample with floors, plus coverage rows"
+    _say(f"training in {kw['mode']} mode ({rows}; {epochs} epoch{'s' * (epochs != 1)}) "
          f"on {a.data or 'generated data'} ...")
     if a.runner == "databricks": res = _train_databricks(a, kw)
     elif a.runner == "local":
@@ -84,8 +86,9 @@ def cmd_train(a):
         res = run_training(runner, timeout=a.timeout, **kw)
     else: raise MlopsNbError(f"--runner {a.runner!r} is not allowed: use local or databricks")
     reg = f"registered as version {res.registered_version}" if res.registered_version else "not registered (test mode)"
-    _emit(res.as_dict(), a.json, f"run {res.run_id} ({res.mode}): {_fmt_metrics(res.metrics)}\n"
-                                 f"model {reg}\nexecuted notebook: {res.output_notebook}")
+    note = res.extra.get("sample_note")  # what test mode added to its sample
+    _emit(res.as_dict(), a.json, (f"{note}\n" if note else "") + f"run {res.run_id} ({res.mode}): "
+          f"{_fmt_metrics(res.metrics)}\nmodel {reg}\nexecuted notebook: {res.output_notebook}")
 
 # %% ../nbs/06_cli.ipynb #06-cli-011
 def _git_branch()->str|None:
@@ -127,7 +130,9 @@ def cmd_models_best(a):
     s = best_version(a.metric, higher_is_better=False if a.lower_is_better else None, eval_fingerprint=a.eval_fingerprint, name=a.name)
     out = {**s.version.as_dict(), "metric": s.metric, "value": s.version.metrics[s.metric],
            "compared": [v.version for v in s.compared], "skipped": {str(k): r for k, r in s.skipped.items()}}
-    _emit(out, a.json, f"v{s.version.version}: {s.metric}={out['value']:.4f}\n{s.note}")
+    left_out = "; ".join(f"v{v} ({r})" for v, r in sorted(s.skipped.items()))
+    _emit(out, a.json, f"v{s.version.version}: {s.metric}={out['value']:.4f}, the best of {len(s.compared)} comparable "
+                       "version(s)" + (f"; not compared: {left_out}" if left_out else ""))  # one line: the version once
 
 def cmd_models_promote(a):
     "Point an alias at a version."

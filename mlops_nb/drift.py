@@ -15,9 +15,9 @@ from .problem import Problem, metrics_of, predict_outputs
 pd = lazy_module("pandas")  # loaded on first use: `import mlops_nb` stays fast
 
 # %% auto #0
-__all__ = ['pd', 'EPS', 'KS_MAX_N', 'DriftThresholds', 'as_thresholds', 'quantile_edges', 'psi_numeric', 'psi_categorical',
-           'ks_test', 'FeatureDrift', 'DriftReport', 'feature_drift', 'model_metrics', 'metric_decay', 'model_age_days',
-           'watched_features', 'drift_report']
+__all__ = ['pd', 'EPS', 'KS_MAX_N', 'OVERLAP_SHARE', 'DriftThresholds', 'as_thresholds', 'quantile_edges', 'psi_numeric',
+           'psi_categorical', 'ks_test', 'FeatureDrift', 'DriftReport', 'feature_drift', 'model_metrics',
+           'metric_decay', 'model_age_days', 'row_overlap', 'watched_features', 'drift_report']
 
 # %% ../nbs/14_drift.ipynb #14-drift-006
 @dataclass(frozen=True)
@@ -155,6 +155,7 @@ class DriftReport:
     model_age_days: float|None = None
     reasons: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)  # seconds per step
+    overlap: dict|None = None  # current rows that are also reference rows (`row_overlap`); None when not measured
 
     @property
     def drifted(self)->list: return [n for n, f in self.features.items() if f.drifted]
@@ -164,10 +165,10 @@ class DriftReport:
     def retrain(self)->bool: return bool(self.reasons)
 
     def as_dict(self)->dict:
-        "A JSON-ready dict: drift, retrain, reasons, drifted, features, decay, rows, model_age_days, thresholds."
+        "A JSON-ready dict: drift, retrain, reasons, drifted, features, decay, rows, overlap, model age, thresholds."
         return {"drift": self.drift, "retrain": self.retrain, "reasons": list(self.reasons), "drifted": self.drifted,
                 "features": {n: f.as_dict() for n, f in self.features.items()}, "decay": self.decay, "rows": dict(self.rows),
-                "model_age_days": self.model_age_days, "thresholds": self.thresholds.as_dict()}
+                "overlap": self.overlap, "model_age_days": self.model_age_days, "thresholds": self.thresholds.as_dict()}
 
     def text(self)->str:
         "A table for people: one line per feature, then decay and the verdict."
@@ -176,9 +177,16 @@ class DriftReport:
                *(f"{n:<16} {f.kind:<11} {f.psi:>7.3f} {fmt(f.ks_stat, '.3f'):>8} {fmt(f.ks_pvalue, '.2g'):>9}  "
                  f"{'YES' if f.drifted else 'no'}" for n, f in self.features.items())]
         out.append(f"rows: reference {self.rows['reference']}, current {self.rows['current']}")
+        o = self.overlap
+        if o and (o["same_data"] or o["share"] >= OVERLAP_SHARE):
+            same = "the same rows as the reference" if o["same_data"] else "also reference rows"
+            out.append(f"overlap: {o['rows']} of {self.rows['current']} current rows ({o['share']:.0%}) are {same}: "
+                       "drift and decay measured on rows the model may have been trained on say little")
         for m, d in (self.decay or {}).items():
-            out.append(f"{m:<9} reference {fmt(d['reference'], '.4f')}  current {d['current']:.4f}  "
-                       f"worse by {fmt(d['drop'], '+.4f')}")
+            drop = d["drop"]  # > 0: worse, whichever way the metric points
+            change = "-" if drop is None else "unchanged" if drop == 0 else \
+                     f"{'worse' if drop > 0 else 'better'} by {abs(drop):.4f}"
+            out.append(f"{m:<9} reference {fmt(d['reference'], '.4f')}  current {d['current']:.4f}  {change}")
         if self.model_age_days is not None: out.append(f"model age: {self.model_age_days:.1f} days")
         out.append(f"drift: {'yes' if self.drift else 'no'}; retrain: {'yes' if self.retrain else 'no'}")
         out += [f"  - {r}" for r in self.reasons]
@@ -260,6 +268,20 @@ def model_age_days(created, # datetime, or milliseconds since the epoch (`ModelV
     else: c = datetime.fromtimestamp(float(created)/1000, tz=timezone.utc)
     return ((now or datetime.now(timezone.utc)) - c).total_seconds()/86400
 
+# %% ../nbs/14_drift.ipynb #14-drift-023b
+OVERLAP_SHARE = 0.1  # share of current rows equal to reference rows from which the report says so
+
+def row_overlap(reference_df:pd.DataFrame, current_df:pd.DataFrame, # the two frames
+                cols:list # columns compared (those in both frames)
+               )->dict:
+    "How many current rows equal a reference row on `cols`, their share, and whether both frames hold the same rows."
+    cols = [c for c in cols if c in reference_df.columns and c in current_df.columns]
+    if not cols: return {"rows": 0, "share": 0.0, "same_data": False}
+    ref, cur = (pd.util.hash_pandas_object(df[cols], index=False).to_numpy() for df in (reference_df, current_df))
+    seen = np.isin(cur, ref)
+    n = int(seen.sum())
+    return {"rows": n, "share": n / len(cur), "same_data": bool(seen.all() and np.isin(ref, cur).all())}
+
 # %% ../nbs/14_drift.ipynb #14-drift-024
 def _verdict(features:dict, decay:dict|None, watch:list, age:float|None, t:DriftThresholds)->list:
     "The reasons to retrain, one line each."
@@ -304,5 +326,6 @@ def drift_report(reference_df:pd.DataFrame, # rows the model was trained on (or 
         decay = metric_decay(reference_metrics or {}, model_metrics(model, current_df, problem), problem.directions)
         timings["decay"] = time.perf_counter() - t0
     age = None if model_created is None else model_age_days(model_created, now)
+    overlap = row_overlap(reference_df, current_df, [*problem.inputs] if problem is not None else numeric + categorical)
     return DriftReport(feats, {"reference": len(reference_df), "current": len(current_df)}, t, decay, age,
-                       _verdict(feats, decay, problem.decay_metrics if problem else [], age, t), timings)
+                       _verdict(feats, decay, problem.decay_metrics if problem else [], age, t), timings, overlap)

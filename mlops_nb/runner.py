@@ -6,7 +6,7 @@ Docs: https://mlops-nb.github.io/mlops_nb/runner.html.md"""
 
 # %% ../nbs/05_runner.ipynb #05-runner-002
 from __future__ import annotations
-import json, os, signal, subprocess, sys
+import json, os, signal, subprocess, sys, threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from .core import MlopsNbError, RunFailed, state_dir, project_root
@@ -72,11 +72,27 @@ def _orphaned(a:dict):
         end_run(run_id, "FAILED")
     except Exception as e: print(f"could not mark run {run_id} FAILED: {e}", file=sys.stderr)
 
-def _interrupt(signum, frame): raise KeyboardInterrupt
+_stop_requested = threading.Event()  # set in the child when it is told to stop: only then is its kernel interrupted
+
+def _interrupt(signum, frame):
+    _stop_requested.set()
+    raise KeyboardInterrupt
+
+def _kernel_manager_class():
+    "Jupyter's kernel manager, minus the interrupt it sends every kernel it shuts down unless the run is stopped."
+    from jupyter_client import AsyncKernelManager  # papermill imports it anyway, in the child only
+    class KernelManager(AsyncKernelManager):
+        async def _async_interrupt_kernel(self):
+            # papermill's last request (kernel_info) may leave the kernel inside its handler when the shutdown's SIGINT
+            # arrives: a successful run then ends with "[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel."
+            if getattr(self, "shutting_down", False) and not _stop_requested.is_set(): return
+            await super()._async_interrupt_kernel()
+    return KernelManager
 
 def _execute_child():
     "Child process entry: import papermill, then run it with the JSON arguments read from stdin."
     signal.signal(signal.SIGTERM, _interrupt)  # the runner's death (PR_SET_PDEATHSIG) stops papermill like Ctrl-C
+    signal.signal(signal.SIGINT, _interrupt)  # the runner's cancel
     import papermill as pm  # imported while the parent validates the data and creates the tracking run
     line = sys.stdin.readline()
     if not line.strip(): sys.exit(3)  # the parent gave up before the run started
@@ -85,7 +101,7 @@ def _execute_child():
     try:
         pm.execute_notebook(a["input"], a["output"], parameters=a["parameters"], cwd=a["cwd"],
                             progress_bar=a["progress"], kernel_name=a.get("kernel"),
-                            execution_timeout=a.get("execution_timeout"))
+                            execution_timeout=a.get("execution_timeout"), kernel_manager_class=_kernel_manager_class())
     except pm.PapermillExecutionError: rc = 1  # the runner reads the failing cell from the output notebook
     except KeyboardInterrupt: rc = 130  # (the interrupted cell may also surface as an execution error above)
     if os.getppid() != a["parent"]: _orphaned(a); rc = rc or 3  # nobody is left to read the result

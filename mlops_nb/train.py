@@ -17,10 +17,11 @@ from .problem import Problem, metrics_of, predict_outputs
 pd = lazy_module("pandas")  # loaded on first use: serving images run without pandas
 
 # %% auto #0
-__all__ = ['pd', 'MIN_SAMPLE_PER_CLASS', 'MIN_SAMPLE_ROWS', 'MODEL_PACKAGES', 'TRUSTED_TYPES', 'as_dates', 'raw_features',
-           'raw_record', 'Features', 'features_of', 'example_frame', 'default_estimator', 'build_model', 'sample_rows',
-           'split_rows', 'evaluate', 'check_not_constant', 'train_epochs', 'pinned_requirements', 'problem_modules',
-           'model_types', 'signature_of', 'input_example', 'log_model', 'save_model', 'code_path', 'finish_notebook']
+__all__ = ['pd', 'COVER_NULL_ROWS', 'COVER_CATEGORIES', 'MIN_SAMPLE_PER_CLASS', 'MIN_SAMPLE_ROWS', 'MODEL_PACKAGES',
+           'TRUSTED_TYPES', 'as_dates', 'raw_features', 'raw_record', 'Features', 'features_of', 'example_frame',
+           'default_estimator', 'build_model', 'coverage_rows', 'sample_rows', 'split_rows', 'train_eval_rows',
+           'evaluate', 'check_not_constant', 'train_epochs', 'pinned_requirements', 'problem_modules', 'model_types',
+           'signature_of', 'input_example', 'log_model', 'save_model', 'code_path', 'finish_notebook']
 
 # %% ../nbs/04_train.ipynb #04-train-005
 def as_dates(s)->pd.Series:
@@ -138,17 +139,47 @@ def build_model(problem:Problem, # the declared problem
     est = problem.estimator(seed) if problem.estimator else default_estimator(problem.kind, seed)
     return Pipeline([("features", feats), ("prep", ColumnTransformer(parts)), ("model", est)])
 
+# %% ../nbs/04_train.ipynb #04-train-010b
+COVER_NULL_ROWS = 3  # rows with a null a test-mode sample covers for each input column that has nulls
+COVER_CATEGORIES = 50  # categories of a text input (rarest first) a test-mode sample covers with a row each
+
+def _category_rows(s:pd.Series, rng)->np.ndarray:
+    "Positions of one row (seeded) of each category of `s`, rarest first, at most `COVER_CATEGORIES`."
+    codes = pd.factorize(s)[0]  # -1: a null
+    order = rng.permutation(len(codes))  # the seed picks the row that stands for a category
+    cats, first = np.unique(codes[order], return_index=True)
+    rows, counts = order[first[cats >= 0]], np.bincount(codes[codes >= 0])[cats[cats >= 0]]
+    tie = rng.permutation(len(rows))  # and breaks ties between equally rare categories
+    return rows[tie][np.argsort(counts[tie], kind="stable")[:COVER_CATEGORIES]]
+
+def _extreme_rows(s:pd.Series, kind:str, rng)->np.ndarray:
+    "Positions of a row (seeded among ties) with the smallest value of `s` and one with the largest (numbers or dates)."
+    v = as_dates(s) if kind == "datetime" else pd.to_numeric(s, errors="coerce")
+    if v.isna().all(): return np.array([], dtype=int)
+    return np.array([rng.choice(np.flatnonzero((v == x).to_numpy())) for x in (v.min(), v.max())])
+
+def coverage_rows(df:pd.DataFrame, # labelled rows
+                  problem:Problem, # the declared problem
+                  seed:int # choice seed
+                 )->dict:
+    "Positions of rows that show training what all of `df` holds, by reason: missing values, categories, min and max."
+    rng = np.random.default_rng(seed)
+    found = {"missing values": [], "categories": [], "min and max": []}
+    for c, spec in problem.inputs.items():
+        if c not in df.columns: continue  # an optional input the file leaves out
+        s = df[c]
+        null = np.flatnonzero(s.isna().to_numpy())
+        if len(null): found["missing values"].append(rng.choice(null, min(len(null), COVER_NULL_ROWS), replace=False))
+        if spec.kind in ("str", "bool") or spec.categories: found["categories"].append(_category_rows(s, rng))
+        if spec.kind in ("int", "float", "datetime"): found["min and max"].append(_extreme_rows(s, spec.kind, rng))
+    return {k: np.unique(np.concatenate([np.array([], dtype=int), *v])).astype(int) for k, v in found.items()}
+
 # %% ../nbs/04_train.ipynb #04-train-011
 MIN_SAMPLE_PER_CLASS = 50  # rows of each class a sample keeps at least (classification)
 MIN_SAMPLE_ROWS = 200  # rows a sample keeps at least (regression)
 
-def sample_rows(df:pd.DataFrame, # labelled rows
-                problem:Problem, # the declared problem
-                frac:float, # fraction of rows to keep, in (0, 1]
-                seed:int # sampling seed
-               )->pd.DataFrame:
-    "A seeded sample of `frac` of the rows (with the floors above), stratified by class, in the original row order."
-    if frac >= 1: return df.reset_index(drop=True)
+def _fraction_rows(df:pd.DataFrame, problem:Problem, frac:float, seed:int)->np.ndarray:
+    "Positions of a seeded `frac` of the rows (with the floors above), stratified by class, sorted."
     rng = np.random.default_rng(seed)
     if problem.kind == "regression": groups = [np.arange(len(df))]
     else:
@@ -156,14 +187,20 @@ def sample_rows(df:pd.DataFrame, # labelled rows
         groups = [np.flatnonzero(y == k) for k in range(len(problem.classes))]
     floor = MIN_SAMPLE_ROWS if problem.kind == "regression" else MIN_SAMPLE_PER_CLASS
     keep = [g if len(g) <= floor else rng.choice(g, size=max(round(frac*len(g)), floor), replace=False) for g in groups]
-    return df.iloc[np.sort(np.concatenate(keep))].reset_index(drop=True)
+    return np.sort(np.concatenate(keep))
 
-def split_rows(df:pd.DataFrame, # labelled rows
-               problem:Problem, # the declared problem
-               seed:int, # split seed
-               eval_frac:float=0.2 # share held out for evaluation
-              )->tuple:
-    "A seeded train / evaluation split, stratified by class; a `DataError` when too few rows (of a class) to learn."
+def sample_rows(df:pd.DataFrame, # labelled rows
+                problem:Problem, # the declared problem
+                frac:float, # fraction of rows to keep, in (0, 1]
+                seed:int # sampling seed
+               )->pd.DataFrame:
+    "A seeded, stratified sample of `frac` of the rows (with the floors above) plus `coverage_rows`, in row order."
+    if frac >= 1: return df.reset_index(drop=True)
+    cover = np.concatenate(list(coverage_rows(df, problem, seed).values()))
+    return df.iloc[np.union1d(_fraction_rows(df, problem, frac, seed), cover)].reset_index(drop=True)
+
+def _split_positions(df:pd.DataFrame, problem:Problem, seed:int, eval_frac:float)->tuple:
+    "Positions of a seeded train / evaluation split of `df` (see `split_rows`)."
     from sklearn.model_selection import train_test_split
     if len(df) < 20: raise DataError(f"{len(df)} rows are too few to train and evaluate: use at least 20 (a larger file or sample_frac)")
     strat = None
@@ -175,8 +212,53 @@ def split_rows(df:pd.DataFrame, # labelled rows
             raise DataError(f"{len(df)} rows are too few to train and evaluate: class(es) {', '.join(few)} need at least 2 rows each "
                             "(use a larger file or a larger sample_frac)")
         strat = y
-    tr, ev = train_test_split(df, test_size=eval_frac, random_state=seed, stratify=strat)
-    return tr.sort_index().reset_index(drop=True), ev.sort_index().reset_index(drop=True)
+    return train_test_split(np.arange(len(df)), test_size=eval_frac, random_state=seed, stratify=strat)
+
+def split_rows(df:pd.DataFrame, # labelled rows
+               problem:Problem, # the declared problem
+               seed:int, # split seed
+               eval_frac:float=0.2 # share held out for evaluation
+              )->tuple:
+    "A seeded train / evaluation split, stratified by class; a `DataError` when too few rows (of a class) to learn."
+    tr, ev = _split_positions(df, problem, seed, eval_frac)
+    return df.iloc[tr].sort_index().reset_index(drop=True), df.iloc[ev].sort_index().reset_index(drop=True)
+
+# %% ../nbs/04_train.ipynb #04-train-012b
+def _keep_in_training(tr:np.ndarray, ev:np.ndarray, # positions of the training and evaluation rows
+                      must:np.ndarray, # positions that belong in training
+                      y:np.ndarray, # class of each position (all 0 for regression)
+                      seed:int)->tuple:
+    "Swap each row of `must` that `ev` holds with a seeded row of its class from `tr` outside `must`."
+    rng = np.random.default_rng(seed)
+    for k in np.unique(y[ev]):
+        out = ev[np.isin(ev, must) & (y[ev] == k)]
+        spare = tr[~np.isin(tr, must) & (y[tr] == k)]
+        n = min(len(out), len(spare))
+        if n == 0: continue
+        back = rng.choice(spare, size=n, replace=False)
+        tr = np.concatenate([np.setdiff1d(tr, back), out[:n]])
+        ev = np.concatenate([np.setdiff1d(ev, out[:n]), back])
+    return np.sort(tr), np.sort(ev)
+
+def train_eval_rows(df:pd.DataFrame, # labelled rows
+                    problem:Problem, # the declared problem
+                    frac:float, # fraction of rows to keep, in (0, 1] (1: full mode)
+                    seed:int, # sampling seed
+                    eval_frac:float=0.2 # share held out for evaluation
+                   )->tuple:
+    "A run's training and evaluation rows (coverage rows in training), and one line saying what test mode added."
+    df = df.reset_index(drop=True)
+    if frac >= 1: return (*split_rows(df, problem, seed=0, eval_frac=eval_frac), "")
+    keep, why = _fraction_rows(df, problem, frac, seed), coverage_rows(df, problem, seed)
+    cover = np.concatenate(list(why.values()))
+    used = np.union1d(keep, cover)
+    tr, ev = (used[p] for p in _split_positions(df.iloc[used], problem, 0, eval_frac))  # a fixed hold-out
+    y = np.zeros(len(df), dtype=int) if problem.kind == "regression" else problem.encode(df[problem.target])
+    tr, ev = _keep_in_training(tr, ev, cover, y, seed)
+    reasons = ", ".join(f"{k} ({len(v)} rows)" for k, v in why.items() if len(v))
+    note = f"test mode: {len(keep)} sampled rows ({frac:g} of {len(df)}) + {len(np.setdiff1d(cover, keep))} added"
+    if reasons: note += f" so training sees the inputs' {reasons}"
+    return df.iloc[tr].reset_index(drop=True), df.iloc[ev].reset_index(drop=True), note
 
 # %% ../nbs/04_train.ipynb #04-train-014
 def evaluate(problem:Problem, # the declared problem

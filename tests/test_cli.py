@@ -120,6 +120,12 @@ def test_monitor_json_contract(tmp_path, state):
         cli_json("data", "generate", "--year", year, "--rows", "3000", "--seed", seed, "--out", tmp_path/f"{year}-{seed}.parquet")
     same = cli_json("monitor", "--reference", tmp_path/"2021-0.parquet", "--current", tmp_path/"2021-1.parquet")
     assert same["drift"] is False and same["retrain"] is False and set(same["features"]) >= {"list_price", "neighbourhood"}
+    assert same["overlap"] == {"rows": 0, "share": 0.0, "same_data": False}
+    itself = run_cli("monitor", "--reference", tmp_path/"2021-0.parquet", "--current", tmp_path/"2021-0.parquet", check=True)
+    said = [l for l in itself.stdout.splitlines() if l.startswith("overlap: ")]
+    assert said == ["overlap: 3000 of 3000 current rows (100%) are the same rows as the reference: drift and decay "
+                    "measured on rows the model may have been trained on say little"], itself.stdout
+    assert "overlap" not in run_cli("monitor", "--reference", tmp_path/"2021-0.parquet", "--current", tmp_path/"2021-1.parquet").stdout
     moved = cli_json("monitor", "--reference", tmp_path/"2021-0.parquet", "--current", tmp_path/"2023-0.parquet")
     assert moved["drift"] is True and "days_on_market" in moved["drifted"] and moved["decay"] is None
     p = run_cli("monitor", "--reference", tmp_path/"2021-0.parquet", "--current", tmp_path/"2023-0.parquet", "--fail-on-retrain")

@@ -1,5 +1,5 @@
 """The training notebook through the real runner: papermill, a real kernel, MLflow on SQLite."""
-import json, re, signal, subprocess, time
+import json, os, re, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
 from conftest import CLI, run_cli, cli_json
@@ -34,17 +34,19 @@ def test_test_mode_json_contract(test_run):
 def test_test_mode_is_a_seeded_stratified_5pct_sample_and_one_epoch(test_run, data_dir):
     from mlops_nb.data import data_fingerprint
     from mlops_nb.examples.ottawa import PROBLEM
-    from mlops_nb.train import sample_rows, split_rows, MIN_SAMPLE_PER_CLASS
+    from mlops_nb.train import sample_rows, train_eval_rows, _fraction_rows, MIN_SAMPLE_PER_CLASS
     table = PROBLEM.load(data_dir/"2021.parquet")
-    used = sample_rows(table, PROBLEM, 0.05, 42)
-    y = PROBLEM.encode(used[PROBLEM.target])
+    used = sample_rows(table, PROBLEM, 0.05, 42)  # the seeded fraction plus coverage rows
+    assert test_run["train_rows"] + test_run["eval_rows"] == len(used)
+    y = PROBLEM.encode(table.iloc[_fraction_rows(table, PROBLEM, 0.05, 42)][PROBLEM.target])
     counts = [int((y == k).sum()) for k in (0, 1)]
-    assert test_run["train_rows"] + test_run["eval_rows"] == len(used) == sum(counts)
     assert min(counts) == MIN_SAMPLE_PER_CLASS and max(counts) == round(0.05 * int((PROBLEM.encode(table[PROBLEM.target]) == 1).sum()))
     assert test_run["epochs"] == 1
-    tr, ev = split_rows(used, PROBLEM, 0)
+    tr, ev, note = train_eval_rows(table, PROBLEM, 0.05, 42)
     assert test_run["data_fingerprint"] == data_fingerprint(tr)  # the fingerprint of the rows actually used
     assert test_run["eval_fingerprint"] == data_fingerprint(ev)
+    assert test_run["sample_note"] == note and note.startswith(f"test mode: {len(y)} sampled rows (0.05 of 4000) + ")
+    assert "categories" in note and "min and max" in note, note
 
 
 def test_run_lineage_and_metrics_are_tracked(test_run):
@@ -190,3 +192,76 @@ def test_interrupt_marks_the_run_failed(sig, state, data_dir):
     run = [r for r in _runs() if r.info.run_id not in before]
     assert len(run) == 1 and run[0].info.status == "FAILED" and run[0].data.tags["mlops_nb.error"] == "interrupted"
     assert (state/"runs"/run[0].info.run_id/"train.ipynb").exists()
+
+
+GAPPY = """
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from mlops_nb.data import ColumnSpec
+from mlops_nb.problem import Problem
+INPUTS = {"a": ColumnSpec("float", nullable=True), "b": ColumnSpec("float"), "colour": ColumnSpec("str")}
+NO_IMPUTER = Problem("gappy", INPUTS, "y", "binary", classes=[0, 1], estimator=lambda seed: LogisticRegression())
+IMPUTED = Problem("gappy", INPUTS, "y", "binary", classes=[0, 1],
+                  estimator=lambda seed: make_pipeline(SimpleImputer(), LogisticRegression()))
+"""
+
+
+@pytest.fixture(scope="module")
+def gappy(tmp_path_factory):
+    "A project folder with 2 000 rows, 1% of them with a null in column `a`, and two problems over them."
+    import numpy as np, pandas as pd
+    d = tmp_path_factory.mktemp("gappy")
+    (d/"gappy_problem.py").write_text(GAPPY)
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"a": rng.normal(size=2000), "b": rng.normal(size=2000), "colour": rng.choice(["red", "green"], 2000)})
+    df.loc[rng.choice(2000, 20, replace=False), "a"] = np.nan
+    df["y"] = (df.b + rng.normal(scale=0.5, size=2000) > 0).astype(int)
+    df.to_csv(d/"gappy.csv", index=False)
+    return d
+
+
+@pytest.mark.parametrize("ref", ["NO_IMPUTER", "IMPUTED"])
+def test_test_mode_sees_the_nulls_a_full_run_sees(gappy, state, ref):
+    "The pull-request check fails like the full run would for a model that cannot take NaN, and passes with an imputer."
+    env = {**os.environ, "MLOPS_NB_PROBLEM": f"gappy_problem:{ref}",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(gappy), os.environ.get("PYTHONPATH")) if p)}
+    p = run_cli("train", "--mode", "test", "--data", gappy/"gappy.csv", "--quiet", env=env)
+    if ref == "NO_IMPUTER":
+        assert p.returncode == 1 and "raised ValueError: Input X contains NaN" in p.stderr, p.stderr
+        return
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.startswith("training in test mode (a seeded 0.05 sample with floors, plus coverage rows; 1 epoch) ")
+    note = p.stdout.splitlines()[0]  # then the run's result
+    assert re.match(r"test mode: \d+ sampled rows \(0\.05 of 2000\) \+ \d+ added so training sees", note), p.stdout
+    assert "missing values (3 rows)" in note and "categories (2 rows)" in note, note
+    lines = [l for l in (p.stderr + p.stdout).splitlines() if l.strip()]
+    assert not [l for l in lines if "ERROR" in l], lines  # no kernel noise after a successful run
+    assert len(lines) == len(set(lines)), lines  # nothing printed twice
+
+
+SLOW_KERNEL_INFO = """import time
+kernel = get_ipython().kernel
+reply = kernel.shell_handlers["kernel_info_request"]
+async def slow_kernel_info(*a):
+    await reply(*a)
+    time.sleep(2)  # still in the handler after the reply, as a busy machine may be
+kernel.shell_handlers["kernel_info_request"] = slow_kernel_info"""
+
+
+def test_a_successful_run_ends_without_a_kernel_error(tmp_path):
+    """jupyter_client interrupts every kernel it shuts down; papermill's last request is kernel_info, so a kernel still in
+    that handler logs `[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel.` at the end of a successful run. The
+    runner's child shuts its kernel down without the interrupt (plain papermill shows the line: the test can fail)."""
+    import nbformat
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(SLOW_KERNEL_INFO)],
+                                  metadata={"kernelspec": {"name": "python3", "display_name": "python3", "language": "python"}})
+    nbformat.write(nb, tmp_path/"in.ipynb")
+    args = {"input": str(tmp_path/"in.ipynb"), "output": str(tmp_path/"out.ipynb"), "parameters": {}, "cwd": str(tmp_path),
+            "parent": os.getpid(), "progress": False}
+    child = subprocess.run([sys.executable, "-c", "from mlops_nb.runner import _execute_child; _execute_child()"],
+                           input=json.dumps(args) + "\n", capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0 and "KeyboardInterrupt" not in child.stderr and "ERROR" not in child.stderr, child.stderr
+    plain = subprocess.run([str(Path(sys.executable).parent/"papermill"), tmp_path/"in.ipynb", tmp_path/"plain.ipynb",
+                            "--no-progress-bar"], capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 0 and "KeyboardInterrupt caught in kernel" in plain.stderr, plain.stderr
