@@ -339,11 +339,35 @@ def _monitor_spark(a, problem, thresholds, model, ref_metrics, created):
     return spark_drift_report(ref, cur, thresholds=thresholds, model=model, reference_metrics=ref_metrics, model_created=created,
                               problem=problem)
 
+def _reference_profile(a, model):
+    "The reference profile the model's run logged (used when --reference is left out), or a one-line error."
+    from mlops_nb.reference import run_profile
+    if model is None:
+        raise MlopsNbError("pass --reference DATA (e.g. the training data), or --model VERSION to compare with the profile "
+                           "its run logged of its training rows")
+    prof = run_profile(model.info.run_id) if model.info.run_id else None
+    if prof is None:
+        raise MlopsNbError(f"model {a.model} has no reference profile (its run logged none: trained before mlops_nb logged "
+                           "profiles, or a folder whose run is in another store): pass --reference with its training data")
+    _say(f"reference: the profile of the {prof.rows} rows {model.info.name or 'the model'} "
+         f"v{model.info.version or '?'} was trained on")
+    return prof
+
+def _monitor_spark_profile(a, problem, profile, thresholds, model, ref_metrics, created):
+    "The drift report on Spark against a reference profile: the current data read once."
+    from mlops_nb.drift_spark import read_spark_table, spark_session
+    from mlops_nb.reference import spark_profile_drift
+    if a.labels or a.window:
+        raise MlopsNbError("--labels and --window read an inference log, which the local engine reads: use --engine local")
+    current = read_spark_table(spark_session(a.spark_master), a.current)
+    return spark_profile_drift(profile, current, thresholds, model, ref_metrics, created, problem)
+
 def cmd_monitor(a):
     "Compare current data with a reference: feature drift, model decay, and whether to retrain."
     if a.window is not None and not 0 < a.window <= 366: raise MlopsNbError(f"--window {a.window:g} is not allowed: use days in (0, 366]")
     from mlops_nb.drift import drift_report, DriftThresholds
     from mlops_nb.problem import load_problem
+    from mlops_nb.reference import profile_drift
     if a.engine not in ("local", "spark"): raise MlopsNbError(f"--engine {a.engine!r} is not allowed: use local or spark")
     prof = {}
     if a.profile or os.environ.get("MLOPS_NB_PROFILE"):
@@ -364,12 +388,17 @@ def cmd_monitor(a):
                 ref_metrics, created = mv.metrics, mv.created
             except RegistryError as e: _say(f"no registry metrics ({e}); scoring the model on the reference data")
     problem = model.problem if model is not None else load_problem()  # a model's own problem, else the project's
-    if a.engine == "spark": rep, shadow = _monitor_spark(a, problem, thresholds, model, ref_metrics, created), None
+    profile = _reference_profile(a, model) if a.reference is None else None
+    if a.engine == "spark" and profile is not None:
+        rep, shadow = _monitor_spark_profile(a, problem, profile, thresholds, model, ref_metrics, created), None
+    elif a.engine == "spark": rep, shadow = _monitor_spark(a, problem, thresholds, model, ref_metrics, created), None
     else:
-        ref = problem.load(a.reference, require_label=False)
         cur, shadow = _current(a, problem)
-        rep = drift_report(ref, cur, thresholds=thresholds, model=model, reference_metrics=ref_metrics, model_created=created,
-                           problem=problem)
+        if profile is not None: rep = profile_drift(profile, cur, thresholds, model, ref_metrics, created, problem)
+        else:
+            ref = problem.load(a.reference, require_label=False)
+            rep = drift_report(ref, cur, thresholds=thresholds, model=model, reference_metrics=ref_metrics,
+                               model_created=created, problem=problem)
     out = rep.as_dict()
     text = rep.text()
     if shadow:
@@ -616,7 +645,8 @@ def _parser()->argparse.ArgumentParser:
 
     mo = cmd(sub, "monitor", cmd_monitor, "Per-feature drift (PSI, KS) between two data files; with the target in the "
              "current file and --model, the model's decay against its logged metrics; and a retrain verdict with reasons.")
-    mo.add_argument("--reference", required=True, help="reference data (CSV/Parquet), e.g. the training data")
+    mo.add_argument("--reference", default=None, help="reference data (CSV/Parquet), e.g. the training data (default: "
+                    "the reference profile the --model version's run logged of its training rows)")
     mo.add_argument("--current", required=True, help="recent data (CSV/Parquet; with the target column, decay is measured), "
                     "or the folder of a server's inference log (serve --log-dir): drift on what the API actually saw")
     mo.add_argument("--labels", default=None, help="labels that arrived later (CSV/Parquet with the target and request_id [+ row], "

@@ -115,6 +115,29 @@ def test_full_mode_registers_a_version(full_run, data_dir):
     assert out.shape == (5, 2) and abs(out.sum(1) - 1).max() < 1e-9
 
 
+def test_monitor_needs_no_reference_data_after_a_full_run(full_run, data_dir, tmp_path):
+    """The run logged the reference profile of its training rows: `monitor --model VERSION` without --reference gives
+    the verdict that --reference with those same rows gives (issue 17, item 1); a run without a profile: one line."""
+    from mlops_nb.data import write_table
+    from mlops_nb.examples.ottawa import PROBLEM
+    from mlops_nb.train import train_eval_rows
+    v = str(full_run["registered_version"])
+    train_df, _, _ = train_eval_rows(PROBLEM.load(data_dir/"2021.parquet"), PROBLEM, 1, 42)  # the run's training rows
+    write_table(train_df, tmp_path/"train.parquet")
+    for current in ("2023.parquet", "2021.parquet"):
+        rows = cli_json("monitor", "--model", v, "--reference", tmp_path/"train.parquet", "--current", data_dir/current)
+        prof = cli_json("monitor", "--model", v, "--current", data_dir/current)
+        assert prof["rows"] == rows["rows"] and (prof["drift"], prof["drifted"]) == (rows["drift"], rows["drifted"])
+        for c, f in rows["features"].items():
+            assert abs(f["psi"] - prof["features"][c]["psi"]) < 1e-6 and f["reasons"] == prof["features"][c]["reasons"], c
+    from mlops_nb.tracking import client, experiment_id
+    bare = client().create_run(experiment_id()).info.run_id  # as a version from before profiles would have
+    from mlops_nb.reference import run_profile
+    assert run_profile(bare) is None
+    p = run_cli("monitor", "--current", data_dir/"2023.parquet")
+    assert p.returncode == 2 and "pass --reference DATA" in p.stderr and "Traceback" not in p.stderr
+
+
 def test_select_and_promote_through_cli(full_run, data_dir):
     second = cli_json("train", "--mode", "full", "--epochs", "1", "--seed", "7", "--data", data_dir/"2021.parquet", "--quiet")
     assert second["eval_fingerprint"] == full_run["eval_fingerprint"]  # same data, fixed hold-out: comparable
