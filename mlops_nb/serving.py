@@ -496,7 +496,11 @@ def load_runtime(source:str|Path|None=None # model folder or registry reference 
     "A `Runtime` for a model folder or a registry reference."
     d = model_folder(source)
     meta, info = read_model_dir(d)
-    return Runtime(load_sklearn(d, meta), meta, info, d)
+    try: pipeline = load_sklearn(d, meta)
+    except ModuleNotFoundError as e:  # e.g. a LightGBM or XGBoost model where that library is not installed
+        raise ModelLoadError(f"{d}: the model needs the {(e.name or '?').split('.')[0]} package, which is not installed here: "
+                             f"install the model's requirements ({d/'requirements.txt'})") from None
+    return Runtime(pipeline, meta, info, d)
 
 # %% ../nbs/07_serving.ipynb #07-serving-017c
 def model_roots()->list:

@@ -2,7 +2,7 @@
 notebook in test and full mode (epoch by epoch), the registered model (skops, the library pinned), loaded by
 `load_runtime` on its fast path, answering through a real `mlops-nb serve` process, and batch-scored by `mlops-nb score`.
 Outside CI the file is skipped when a library is missing; CI installs both with [dev]."""
-import importlib, json, os
+import importlib, json, os, sys
 from pathlib import Path
 import numpy as np
 import pytest
@@ -22,10 +22,9 @@ import pandas as pd
 from test_problems import Process, post
 from conftest import CLI
 
-# (problem reference, library); every kind, each library twice
+# (problem reference, library): every kind, both libraries (nbs/04_train checks LightGBM regression in-process, skops included)
 PROBLEMS = [("mlops_nb.examples.boosters:BREAST_CANCER_LIGHTGBM", "lightgbm"),
             ("mlops_nb.examples.boosters:WINE_XGBOOST", "xgboost"),
-            ("mlops_nb.examples.boosters:DIABETES_LIGHTGBM", "lightgbm"),
             ("mlops_nb.examples.boosters:DIABETES_XGBOOST", "xgboost")]
 PACKAGED = {"breast-cancer-lightgbm", "wine-xgboost"}  # the problems whose image build context is checked
 EPOCHS, PER_EPOCH = 3, 25  # full mode's epochs here; the examples' trees (rounds) per epoch
@@ -55,8 +54,8 @@ def trained(request, state, tmp_path_factory):
 
 
 def _records(problem, df, n=40)->list:
-    "The first `n` rows' raw inputs, as a client sends them."
-    return json.loads(df[list(problem.inputs)].head(n).to_json(orient="records"))
+    "The first `n` rows' raw inputs (the tables' inputs are all numbers), as a client sends them."
+    return [{k: float(v) for k, v in r.items()} for r in df[list(problem.inputs)].head(n).to_dict("records")]  # full precision
 
 
 def _outputs(problem, answers:list)->np.ndarray:
@@ -131,7 +130,8 @@ def test_batch_scored_by_mlops_nb_score(trained):
     assert res["rows"] == len(trained["df"]) and res["version"] == "1"
     got = pd.read_parquet(out)
     assert got["source_row"].tolist() == list(range(len(trained["df"])))
-    want = load_runtime(trained["uri"]).pipeline_predict(_records(p, trained["df"], len(trained["df"])))
+    csv = pd.read_csv(t/"data.csv")  # what the scorer read
+    want = load_runtime(trained["uri"]).pipeline_predict(_records(p, csv, len(csv)))
     cols = ["value"] if p.kind == "regression" else [f"probability_{l}" for l in p.class_labels]
     assert np.abs(got[cols].to_numpy().reshape(want.shape) - want).max() <= 1e-6
 
@@ -148,3 +148,14 @@ def test_image_context_installs_the_library(trained):
     dockerfile = (d/"Dockerfile").read_text()
     assert ("/opt/venv/lib/libgomp.so.1" in dockerfile) == (lib == "lightgbm")  # XGBoost ships its own OpenMP runtime
     assert ("LD_LIBRARY_PATH=/opt/venv/lib" in dockerfile) == (lib == "lightgbm")
+
+
+def test_a_missing_library_is_named(trained, monkeypatch):
+    "Loading the model where its library is not installed: a `ModelLoadError` naming the package, not a traceback."
+    from mlops_nb.serving import ModelLoadError, load_runtime, model_folder
+    lib = trained["library"]
+    d = model_folder(trained["uri"])
+    for name in [m for m in list(sys.modules) if m == lib or m.startswith(f"{lib}.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # `import lightgbm...` now fails as if not installed
+    with pytest.raises(ModelLoadError, match=f"needs the {lib} package, which is not installed here.*requirements.txt"):
+        load_runtime(d)
