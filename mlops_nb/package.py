@@ -19,9 +19,10 @@ from .train import code_path, problem_modules
 
 # %% auto #0
 __all__ = ['MLOPS_NB_REGISTRY', 'MLOPS_NB_BASE_IMAGE', 'MLOPS_NB_REGISTRY_USERNAME', 'MLOPS_NB_REGISTRY_PASSWORD',
-           'SERVING_RUNTIME', 'NOT_IN_IMAGE', 'OWN_PACKAGES', 'DOCKERFILE', 'CONTEXT_MARKER', 'PackageError',
-           'needs_pandas', 'image_requirements', 'collect_wheels', 'own_wheel', 'BuildContext', 'image_tag',
-           'write_context', 'engine', 'build_image', 'registry_auth', 'push_image', 'pinned_reference', 'run_image']
+           'SERVING_RUNTIME', 'NOT_IN_IMAGE', 'OWN_PACKAGES', 'DOCKERFILE', 'OPENMP_LINK', 'NEEDS_OPENMP',
+           'CONTEXT_MARKER', 'PackageError', 'needs_pandas', 'image_requirements', 'collect_wheels', 'own_wheel',
+           'BuildContext', 'image_tag', 'write_context', 'engine', 'build_image', 'registry_auth', 'push_image',
+           'pinned_reference', 'run_image']
 
 # %% ../nbs/09_package.ipynb #09-package-005
 class PackageError(MlopsNbError):
@@ -152,7 +153,7 @@ RUN python3 -m venv /opt/venv \\
 # stage 2: base + runtime + entry script + model, running as a non-root user
 FROM {base}
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PATH=/opt/venv/bin:$PATH PYTHONPATH=/app/code{env}
-COPY --from=runtime /opt/venv /opt/venv
+COPY --from=runtime /opt/venv /opt/venv{openmp}
 RUN echo "app:x:10001:10001:mlops_nb:/nonexistent:/usr/sbin/nologin" >> /etc/passwd && echo "app:x:10001:" >> /etc/group
 COPY app/ /app/
 # the model, last: a new model version rebuilds only this layer
@@ -164,6 +165,13 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \\
   CMD ["python3", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/ready', timeout=2).status != 200)"]
 ENTRYPOINT ["mlops-nb", "serve", "--host", "0.0.0.0", "--port", "8080", "--model", "/model"{entry}]
 """
+
+# LightGBM links the system's OpenMP runtime (libgomp.so.1), which slim and minimal base images lack; the venv holds
+# scikit-learn's copy (the same runtime, under a private name): LightGBM loads that one, and one runtime serves both
+OPENMP_LINK = """
+RUN ln -s "$(ls /opt/venv/lib/python3*/site-packages/*.libs/libgomp*.so* | head -n 1)" /opt/venv/lib/libgomp.so.1
+ENV LD_LIBRARY_PATH=/opt/venv/lib"""
+NEEDS_OPENMP = {"lightgbm"}  # requirements whose libraries need `OPENMP_LINK`
 
 @dataclass
 class BuildContext:
@@ -252,7 +260,8 @@ def write_context(model:str|Path|None, # model folder or registry reference (def
         (tmp/"requirements.txt").write_text("\n".join(reqs) + "\n")
         collect_wheels(reqs, tmp/"wheels", say)
         env = (f" MLOPS_NB_PROBLEM={ref}" if ref else "") + (f" MLOPS_NB_INFERENCE_LOG={INFERENCE_LOG_DIR}" if inference_log else "")
-        (tmp/"Dockerfile").write_text(DOCKERFILE.format(base=base, env=env,
+        openmp = OPENMP_LINK if any(re.split(r"[<>=!~\[; ]", r, 1)[0].lower() in NEEDS_OPENMP for r in reqs) else ""
+        (tmp/"Dockerfile").write_text(DOCKERFILE.format(base=base, env=env, openmp=openmp,
                                                         entry=', "--entry", "/app/score.py"' if entry else ""))
         (tmp/".dockerignore").write_text("**/__pycache__\n" + CONTEXT_MARKER + "\n")
         tag = image_tag(info, registry)

@@ -13,7 +13,7 @@ import numpy as np
 from .core import MlopsNbError, MLOPS_NB_MODEL_ROOTS, state_dir, registry_uri, redact_uri
 from .data import ColumnSpec, check_record
 from .problem import ProblemError, load_problem, problem_from_json
-from .train import TRUSTED_TYPES, problem_modules
+from .train import BOOSTER_TYPES, TRUSTED_TYPES, problem_modules
 from .tracking import GIT_COMMIT_TAG, model_name, resolve_version
 try: from orjson import loads as _loads  # the serve extra: request bodies parse 3-5x faster (its errors are ValueErrors)
 except ImportError: from json import loads as _loads
@@ -85,7 +85,7 @@ def load_sklearn(d:Path, # model folder
     mods, declared = _trusted()
     try: found = skops.io.get_untrusted_types(file=path)
     except Exception as e: raise ModelLoadError(f"{d}: {path.name} is not a readable skops file ({type(e).__name__})") from None
-    untrusted = [t for t in found if t not in TRUSTED_TYPES and t not in declared and t.rpartition(".")[0] not in mods]
+    untrusted = [t for t in found if t not in TRUSTED_TYPES + BOOSTER_TYPES and t not in declared and t.rpartition(".")[0] not in mods]
     if untrusted:
         raise ModelLoadError(f"{d}: the model uses types mlops_nb does not trust: {', '.join(untrusted[:5])} (trusted are "
                              "mlops_nb's fixed list and the functions of the configured problem's module: set MLOPS_NB_PROBLEM "
@@ -540,7 +540,11 @@ def load_runtime(source:str|Path|None=None # model folder or registry reference 
     "A `Runtime` for a model folder or a registry reference."
     d = model_folder(source)
     meta, info = read_model_dir(d)
-    return Runtime(load_sklearn(d, meta), meta, info, d)
+    try: pipeline = load_sklearn(d, meta)
+    except ModuleNotFoundError as e:  # e.g. a LightGBM or XGBoost model where that library is not installed
+        raise ModelLoadError(f"{d}: the model needs the {(e.name or '?').split('.')[0]} package, which is not installed here: "
+                             f"install the model's requirements ({d/'requirements.txt'})") from None
+    return Runtime(pipeline, meta, info, d)
 
 # %% ../nbs/07_serving.ipynb #07-serving-017c
 def model_roots()->list:

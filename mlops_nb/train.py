@@ -17,11 +17,12 @@ from .problem import Problem, metrics_of, predict_outputs
 pd = lazy_module("pandas")  # loaded on first use: serving images run without pandas
 
 # %% auto #0
-__all__ = ['pd', 'COVER_NULL_ROWS', 'COVER_CATEGORIES', 'MIN_SAMPLE_PER_CLASS', 'MIN_SAMPLE_ROWS', 'MODEL_PACKAGES',
-           'TRUSTED_TYPES', 'as_dates', 'raw_features', 'raw_record', 'Features', 'features_of', 'example_frame',
-           'default_estimator', 'build_model', 'coverage_rows', 'sample_rows', 'split_rows', 'train_eval_rows',
-           'evaluate', 'check_not_constant', 'train_epochs', 'pinned_requirements', 'problem_modules', 'model_types',
-           'signature_of', 'input_example', 'log_model', 'save_model', 'code_path', 'finish_notebook']
+__all__ = ['pd', 'COVER_NULL_ROWS', 'COVER_CATEGORIES', 'MIN_SAMPLE_PER_CLASS', 'MIN_SAMPLE_ROWS', 'CONTINUED_FIT',
+           'MODEL_PACKAGES', 'TRUSTED_TYPES', 'BOOSTER_TYPES', 'as_dates', 'raw_features', 'raw_record', 'Features',
+           'features_of', 'example_frame', 'default_estimator', 'build_model', 'coverage_rows', 'sample_rows',
+           'split_rows', 'train_eval_rows', 'evaluate', 'check_not_constant', 'continued_fit', 'train_epochs',
+           'pinned_requirements', 'problem_modules', 'model_types', 'signature_of', 'input_example', 'log_model',
+           'save_model', 'code_path', 'booster_requirements', 'finish_notebook']
 
 # %% ../nbs/04_train.ipynb #04-train-005
 def as_dates(s)->pd.Series:
@@ -275,6 +276,15 @@ def check_not_constant(out:np.ndarray # `predict_outputs` on the evaluation rows
         raise DataError("the trained model gives every evaluation row the same answer: it learnt nothing from the data "
                         "(too few rows, or no signal); use more data or a larger sample_frac")
 
+# %% ../nbs/04_train.ipynb #04-train-014c
+# estimator type or base class -> the `fit` keyword arguments that continue training the fitted estimator
+CONTINUED_FIT = {"lightgbm.sklearn.LGBMModel": lambda est: {"init_model": est.booster_},
+                 "xgboost.sklearn.XGBModel": lambda est: {"xgb_model": est.get_booster()}}
+
+def continued_fit(est):
+    "The function giving `fit`'s arguments that continue training `est` (from `CONTINUED_FIT`, by its type's MRO), or None."
+    return next((CONTINUED_FIT[n] for n in (f"{c.__module__}.{c.__qualname__}" for c in type(est).__mro__) if n in CONTINUED_FIT), None)
+
 # %% ../nbs/04_train.ipynb #04-train-015
 def _grow_param(est)->str|None:
     "The parameter a warm-started estimator grows per epoch, if any."
@@ -297,12 +307,14 @@ def train_epochs(problem:Problem, # the declared problem
         if missing: raise DataError(f"the training rows have no row of class(es) {', '.join(problem.class_labels[k] for k in missing)}; use more data")
     Xt, Xv = pre.fit_transform(train_df), pre.transform(val_df)
     grow = _grow_param(est); per_epoch = est.get_params()[grow] if grow else None
+    resume = continued_fit(est)
     threads = int(MLOPS_NB_TRAIN_THREADS.get()) or None
     history = []
     for e in range(1, epochs + 1):
         with threadpool_limits(limits=threads, user_api="openmp"):
             if problem.train_epoch is not None: problem.train_epoch(est, Xt, y_train, e)
             elif grow: est.set_params(**{grow: per_epoch * e}).fit(Xt, y_train)
+            elif resume: est.fit(Xt, y_train, **(resume(est) if e > 1 else {}))
             elif hasattr(est, "partial_fit"):
                 est.partial_fit(Xt, y_train, **({} if problem.kind == "regression" or e > 1 else {"classes": np.arange(len(problem.classes))}))
             elif e == 1: est.fit(Xt, y_train)
@@ -354,8 +366,9 @@ def _flavor_args(problem:Problem, model, rows)->dict:
     "What `log_model` and `save_model` give MLflow's sklearn flavour."
     # MLflow's own servers import the problem's code from the model folder; mlops_nb's servers never do (see serving)
     code = sorted({code_path(m) for m in problem_modules(problem) if m.split(".")[0] != "mlops_nb"})
+    types = model_types(model)
     return dict(signature=signature_of(problem), input_example=input_example(problem, rows),
-                pip_requirements=pinned_requirements(), serialization_format="skops", skops_trusted_types=model_types(model),
+                pip_requirements=pinned_requirements() + booster_requirements(types), serialization_format="skops", skops_trusted_types=types,
                 pyfunc_predict_fn="predict" if problem.kind == "regression" else "predict_proba",
                 metadata={"mlops_nb": problem.as_json()}, code_paths=[str(c) for c in code] or None)
 
@@ -385,6 +398,22 @@ def code_path(module:str)->Path:
     if p.name == "__init__.py": p = p.parent
     for _ in range(module.count(".")): p = p.parent
     return p
+
+# %% ../nbs/04_train.ipynb #04-train-019b
+# the boosting libraries' estimators and boosters that models may hold: with LightGBM's evaluation history (an OrderedDict)
+# and, once training continued from a booster, the booster's reference to that start (a predictor saved without its handle)
+BOOSTER_TYPES = ["collections.OrderedDict", "lightgbm.basic.Booster", "lightgbm.basic._InnerPredictor",
+                 "lightgbm.sklearn.LGBMClassifier", "lightgbm.sklearn.LGBMRegressor",
+                 "xgboost.core.Booster", "xgboost.sklearn.XGBClassifier", "xgboost.sklearn.XGBRegressor",
+                 "xgboost.sklearn.XGBRFClassifier", "xgboost.sklearn.XGBRFRegressor"]
+
+def booster_requirements(types:list # the model's types (`model_types`)
+                        )->list:
+    "The pinned distributions of the boosting libraries whose types the model holds (none for scikit-learn's own models)."
+    from importlib.metadata import packages_distributions
+    libs = sorted({t.split(".")[0] for t in types if t in BOOSTER_TYPES and t.split(".")[0] != "collections"})
+    dists = packages_distributions()
+    return [f"{d}=={_pkg_version(d)}" for lib in libs for d in sorted(set(dists.get(lib, [lib])))]
 
 # %% ../nbs/04_train.ipynb #04-train-021
 def finish_notebook(params, # the notebook's `RunParams`

@@ -217,3 +217,39 @@ def test_deploy_local_image_replaces_only_when_ready(built, containers, model_di
         assert p.returncode == 2 and "did not become ready" in p.stderr and version() == "2"
     finally:
         for c in containers.containers.list(all=True, filters={"name": "mlops-nb-test-local"}): c.remove(force=True)
+
+
+@pytest.mark.parametrize("ref", ["mlops_nb.examples.boosters:BREAST_CANCER_LIGHTGBM", "mlops_nb.examples.boosters:WINE_XGBOOST"],
+                         ids=["lightgbm", "xgboost"])
+def test_boosting_library_images_answer(ref, tmp_path, containers, state, monkeypatch):
+    """A LightGBM and an XGBoost model's images on the minimal base image: the library installed from the model's
+    requirements (LightGBM pointed at the venv's OpenMP runtime: the base has no libgomp), answers equal to the pipeline's."""
+    import numpy as np
+    from mlops_nb.examples.boosters import table
+    from mlops_nb.package import build_image, run_image, write_context
+    from mlops_nb.problem import load_problem
+    from mlops_nb.serving import load_runtime
+    from conftest import save_model
+    problem = load_problem(ref)
+    pytest.importorskip(problem.name.rsplit("-", 1)[1])
+    d = tmp_path/"model"
+    save_model(d, problem=problem, data=table(problem), epochs=2)
+    (d/"mlops_nb_model.json").write_text(json.dumps({"name": problem.name, "version": "1", "run_id": "run-1"}))
+    # no MLOPS_NB_PROBLEM in the image: the example module declares its problems from pandas frames, and the image has no pandas
+    monkeypatch.delenv("MLOPS_NB_PROBLEM", raising=False)
+    monkeypatch.chdir(tmp_path)
+    ctx = write_context(d, tmp_path/"ctx", registry="localhost")
+    assert ("libgomp.so.1" in (ctx.path/"Dockerfile").read_text()) == problem.name.endswith("lightgbm")
+    build_image(ctx, containers)
+    c, url = run_image(ctx.tag, containers, timeout=120)
+    try:
+        records = [{k: float(v) for k, v in r.items()} for r in table(problem)[list(problem.inputs)].head(30).to_dict("records")]
+        req = urllib.request.Request(url + "/score", data=json.dumps(records).encode(), headers={"content-type": "application/json"})
+        answers = json.loads(urllib.request.urlopen(req, timeout=60).read())["predictions"]
+        version = json.loads(urllib.request.urlopen(url + "/version", timeout=10).read())
+    finally:
+        c.remove(force=True)
+        containers.images.remove(ctx.tag, force=True)
+    assert version["fast_path"] is True, version
+    got = np.array([[a["probabilities"][l] for l in problem.class_labels] for a in answers])
+    assert np.abs(got - load_runtime(d).pipeline_predict(records)).max() <= 1e-6
