@@ -383,11 +383,12 @@ class Runtime:
         self.fast, self.max_abs_diff, self.fast_reason = self._fast_path()
 
     def example(self)->list:
-        "The logged input example as raw records."
+        "The logged input example as raw records, a missing value as null (MLflow writes it as NaN), as a client sends it."
         p = self.model_dir/"input_example.json"
         if not p.exists(): return []
         ex = json.loads(p.read_text())
-        return [dict(zip(ex["columns"], row)) for row in ex["data"]]
+        missing = lambda v: isinstance(v, float) and v != v
+        return [{c: None if missing(v) else v for c, v in zip(ex["columns"], row)} for row in ex["data"]]
 
     def pipeline_predict(self, records:list)->np.ndarray:
         "Outputs through the full pipeline (DataFrame in)."
