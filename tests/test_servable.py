@@ -5,11 +5,10 @@ promotable and served. A model holding a class nothing trusts fails the run befo
 the exact line to add to the problem; a version without the servable verdict is never promoted; a model worse than
 predicting the mean is registered but not promoted, with both figures."""
 import json, os, sys
-from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, run_cli
+from conftest import run_cli
 
 TEAM_MODULE = '''
 import dataclasses
