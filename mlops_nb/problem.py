@@ -150,7 +150,9 @@ class Problem:
     experiment: str|None = None  # MLflow experiment (default: `name`)
     model_name: str|None = None  # registered model (default: `name`)
     deployment: str|None = None  # Kubernetes Deployment and Service (default: `name`)
-    trusted_types: tuple = ()  # types its models hold beyond mlops_nb's list (e.g. an estimator's internals), trusted when loaded
+    # classes its models hold beyond mlops_nb's list (`train.TRUSTED_TYPES`), e.g. ("mypkg.steps.Clipper",): trusted when a
+    # model is loaded; the load error names the exact line to add. Only classes: a function here lets a model file call it
+    trusted_types: tuple = ()
 
     def __post_init__(self): _check_problem(self)
 

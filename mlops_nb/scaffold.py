@@ -130,7 +130,9 @@ def problem_notebook(p:Problem, # the inferred declaration
               "kind of each input, its bounds (a request outside them is refused), its categories (a request with another\n"
               "value is refused), which columns are inputs at all; then `nbdev-export`. What was observed is noted beside\n"
               "each column. Derived features, another estimator, metrics and validation thresholds are slots of\n"
-              "`Problem` too: see the list below the declaration.", "problem-003"),
+              "`Problem` too: see the list below the declaration; so is `trusted_types`, the classes of your own an\n"
+              "estimator holds that servers may construct (a model that cannot be served is never registered, and the\n"
+              "error names them).", "problem-003"),
         _cell("code", f"#| export\nINPUTS = {{\n{lines(p.inputs)}\n}}\nKEYS = {{\n{lines(p.keys)}\n}}", "problem-004"),
         _cell("code", f"#| export\nPROBLEM = Problem(\n    name={p.name!r},\n    description={p.description!r},\n"
               f"    inputs=INPUTS, keys=KEYS, target={p.target!r}, kind={p.kind!r},{cls}\n"

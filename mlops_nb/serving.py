@@ -6,13 +6,13 @@ Docs: https://mlops-nb.github.io/mlops_nb/serving.html.md"""
 
 # %% ../nbs/07_serving.ipynb #07-serving-002
 from __future__ import annotations
-import importlib.util, json, os, re, shutil, tempfile
+import importlib.util, json, os, re, shutil, sys, tempfile
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 from .core import MlopsNbError, MLOPS_NB_MODEL_ROOTS, state_dir, registry_uri, redact_uri
 from .data import ColumnSpec, check_record
-from .problem import ProblemError, load_problem, problem_from_json
+from .problem import ProblemError, load_problem, problem_from_json, problem_ref
 from .train import BOOSTER_TYPES, TRUSTED_TYPES, problem_modules
 from .tracking import GIT_COMMIT_TAG, model_name, resolve_version
 try: from orjson import loads as _loads  # the serve extra: request bodies parse 3-5x faster (its errors are ValueErrors)
@@ -22,7 +22,8 @@ except ImportError: from json import loads as _loads
 __all__ = ['MAX_ROWS', 'V2_DATATYPES', 'V2_OUTPUT', 'FAST_PATH_TOLERANCE', 'ModelLoadError', 'find_model_dir', 'ModelInfo',
            'read_model_dir', 'load_sklearn', 'RequestError', 'validate_payload', 'json_schema', 'answers', 'score',
            'records_of', 'mlflow_records', 'csv_records', 'v2_metadata', 'v2_records', 'v2_response', 'FastModel',
-           'Runtime', 'fetch_model', 'model_folder', 'load_runtime', 'model_roots', 'check_model_source']
+           'Runtime', 'fetch_model', 'model_folder', 'load_runtime', 'model_roots', 'check_model_source',
+           'check_answers', 'servable_main']
 
 # %% ../nbs/07_serving.ipynb #07-serving-005
 class ModelLoadError(MlopsNbError):
@@ -69,6 +70,21 @@ def _trusted()->tuple:
     except ProblemError: return set(), set()
     return problem_modules(p), set(p.trusted_types)
 
+def _trust_fix(untrusted:list, # the types to trust
+               made_by:str|None # the problem that made the model (its MLmodel metadata)
+              )->str:
+    "How to trust `untrusted`: the exact line to add to the configured problem, or which problem to configure."
+    try: p, ref = load_problem(), problem_ref()[0]
+    except ProblemError: p = ref = None
+    if p is None or (made_by and made_by != p.name):
+        return (f"set MLOPS_NB_PROBLEM or [tool.mlops_nb] problem to the problem that made it ({made_by or 'unknown'}); "
+                "if it is configured and the types are still refused, declare them in its trusted_types")
+    mod = ref.partition(":")[0]
+    where = getattr(sys.modules.get(mod), "__file__", None) or mod
+    names = ", ".join(f'"{t}"' for t in sorted({*p.trusted_types, *untrusted}))
+    return (f"if you trust these classes, add trusted_types=({names},) to Problem(...) in {where} "
+            "(only classes: a function there would let a model file run it)")
+
 def load_sklearn(d:Path, # model folder
                  meta:dict # its MLmodel metadata
                 ):
@@ -85,11 +101,12 @@ def load_sklearn(d:Path, # model folder
     mods, declared = _trusted()
     try: found = skops.io.get_untrusted_types(file=path)
     except Exception as e: raise ModelLoadError(f"{d}: {path.name} is not a readable skops file ({type(e).__name__})") from None
-    untrusted = [t for t in found if t not in TRUSTED_TYPES + BOOSTER_TYPES and t not in declared and t.rpartition(".")[0] not in mods]
+    trusted = set(TRUSTED_TYPES + BOOSTER_TYPES) | declared
+    untrusted = [t for t in found if t not in trusted and t.rpartition(".")[0] not in mods]
     if untrusted:
-        raise ModelLoadError(f"{d}: the model uses types mlops_nb does not trust: {', '.join(untrusted[:5])} (trusted are "
-                             "mlops_nb's fixed list and the functions of the configured problem's module: set MLOPS_NB_PROBLEM "
-                             "or [tool.mlops_nb] problem to the problem that made it)")
+        made_by = ((meta.get("metadata") or {}).get("mlops_nb") or {}).get("problem")
+        raise ModelLoadError(f"{d}: the model uses types mlops_nb does not trust: {', '.join(untrusted)}; "
+                             + _trust_fix(untrusted, made_by if isinstance(made_by, str) else None))
     return skops.io.load(path, trusted=[t for t in found if t not in untrusted])
 
 # %% ../nbs/07_serving.ipynb #07-serving-008
@@ -407,11 +424,12 @@ class Runtime:
         self.fast, self.max_abs_diff, self.fast_reason = self._fast_path()
 
     def example(self)->list:
-        "The logged input example as raw records."
+        "The logged input example as raw records, a missing value as null (MLflow writes it as NaN), as a client sends it."
         p = self.model_dir/"input_example.json"
         if not p.exists(): return []
         ex = json.loads(p.read_text())
-        return [dict(zip(ex["columns"], row)) for row in ex["data"]]
+        missing = lambda v: isinstance(v, float) and v != v
+        return [{c: None if missing(v) else v for c, v in zip(ex["columns"], row)} for row in ex["data"]]
 
     def pipeline_predict(self, records:list)->np.ndarray:
         "Outputs through the full pipeline (DataFrame in)."
@@ -572,3 +590,36 @@ def check_model_source(ref, # a model reference sent by a client
         raise ModelLoadError(f"model folder {ref!r} is not under an allowed root ({', '.join(map(str, roots))}); "
                              "set MLOPS_NB_MODEL_ROOTS on the server to allow it")
     return str(real)
+
+# %% ../nbs/07_serving.ipynb #07-serving-020br
+def check_answers(model_dir:str|Path, # a model folder
+                  records:list|None=None, # raw records as JSON carries them
+                  expected:list|None=None, # the trained model's outputs for `records`
+                  rtol:float=1e-7, atol:float=1e-9 # how close the served answers must be
+                 )->dict:
+    "Load `model_dir` as `mlops-nb serve` does and check its answers to its input example and to `records`; else raise."
+    rt = load_runtime(model_dir).verify()
+    out = {"ok": True, "example_rows": len(rt.example()), "rows": 0, "max_abs_diff": 0.0, "fast_path": rt.fast is not None}
+    if not records: return out
+    try: got = np.asarray(rt.predict(records), dtype="float64")
+    except Exception as e:
+        raise ModelLoadError(f"the served model fails on the evaluation rows sent as records ({type(e).__name__}: {e})") from None
+    want = np.asarray(expected, dtype="float64")
+    if got.shape != want.shape: raise ModelLoadError(f"the served model answers {got.shape} outputs where training gave {want.shape}")
+    close = np.isclose(got, want, rtol=rtol, atol=atol, equal_nan=True)
+    if not close.all():
+        i = int(np.flatnonzero(~close.reshape(len(got), -1).all(1))[0])
+        raise ModelLoadError(f"the served model answers evaluation row {i} with {np.round(got[i], 6).tolist()} where the "
+                             f"trained model gave {np.round(want[i], 6).tolist()}: its features must come out the same from "
+                             "records as JSON carries them (missing values as null, dates as text) as from the training table; "
+                             "check the problem's derive and derive_record")
+    return {**out, "rows": len(records), "max_abs_diff": float(np.nanmax(np.abs(got - want), initial=0))}
+
+def servable_main(request:str # path of a JSON file: {"model": folder, "records": [...], "expected": [...]}
+                 ):
+    "The fresh process of `tracking.check_servable`: check, then print one JSON line (`ok`, or the `error`)."
+    req = json.loads(Path(request).read_text())
+    try: out = check_answers(req["model"], req.get("records"), req.get("expected"))
+    except MlopsNbError as e: out = {"ok": False, "error": str(e)}
+    except Exception as e: out = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+    print(json.dumps(out))

@@ -6,7 +6,7 @@ Docs: https://mlops-nb.github.io/mlops_nb/tracking.html.md"""
 
 # %% ../nbs/03_tracking.ipynb #03-tracking-002
 from __future__ import annotations
-import contextlib, fcntl, logging, os, re, socket, time
+import contextlib, fcntl, json, logging, os, re, socket, subprocess, sys, tempfile, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse, unquote
@@ -16,12 +16,13 @@ from .problem import load_problem
 
 # %% auto #0
 __all__ = ['TAG', 'MODE_TAG', 'DATA_FP_TAG', 'EVAL_FP_TAG', 'GIT_COMMIT_TAG', 'GIT_DIRTY_TAG', 'NOTEBOOK_TAG', 'VERSION_TAG',
-           'OWNER_TAG', 'ERROR_TAG', 'GATES_TAG', 'FORCED_TAG', 'UC_REGISTRY_URI', 'sqlite_path', 'store_lock',
-           'client', 'experiment_name', 'model_name', 'uc_model_name', 'registered_name', 'experiment_id',
-           'lineage_tags', 'process_owner', 'owner_alive', 'create_run', 'end_run', 'run_status', 'sweep_runs',
-           'start_notebook_run', 'log_data_lineage', 'ModelVersionInfo', 'gate_failures', 'register_model',
-           'list_versions', 'latest_version', 'metric_direction', 'Selection', 'best_version', 'promote',
-           'version_for_alias', 'resolve_version', 'analyze_sqlite', 'best_run']
+           'OWNER_TAG', 'ERROR_TAG', 'GATES_TAG', 'FORCED_TAG', 'SERVABLE_TAG', 'SERVABLE_CHECK_TAG', 'BASELINE_PREFIX',
+           'UC_REGISTRY_URI', 'sqlite_path', 'store_lock', 'client', 'experiment_name', 'model_name', 'uc_model_name',
+           'registered_name', 'experiment_id', 'lineage_tags', 'process_owner', 'owner_alive', 'create_run', 'end_run',
+           'run_status', 'sweep_runs', 'start_notebook_run', 'log_data_lineage', 'ModelVersionInfo', 'baseline_failure',
+           'gate_failures', 'check_servable', 'servable_note', 'register_model', 'list_versions', 'latest_version',
+           'metric_direction', 'Selection', 'best_version', 'promote', 'version_for_alias', 'resolve_version',
+           'analyze_sqlite', 'best_run']
 
 # %% ../nbs/03_tracking.ipynb #03-tracking-005
 TAG = "mlops_nb."  # prefix of every tag this package writes
@@ -29,6 +30,8 @@ MODE_TAG, DATA_FP_TAG, EVAL_FP_TAG = TAG+"mode", TAG+"data_fingerprint", TAG+"ev
 GIT_COMMIT_TAG, GIT_DIRTY_TAG, NOTEBOOK_TAG = TAG+"git_commit", TAG+"git_dirty", TAG+"notebook"
 VERSION_TAG, OWNER_TAG, ERROR_TAG = TAG+"registered_version", TAG+"owner", TAG+"error"
 GATES_TAG, FORCED_TAG = TAG+"gates", TAG+"forced"
+SERVABLE_TAG, SERVABLE_CHECK_TAG = TAG+"servable", TAG+"servable_check"
+BASELINE_PREFIX = "baseline_"  # a run logs its baseline's metrics under these names (`baseline_r2`)
 
 # %% ../nbs/03_tracking.ipynb #03-tracking-007
 def sqlite_path(uri:str # a tracking URI
@@ -268,37 +271,84 @@ class ModelVersionInfo:
         return {"name": self.name, "version": self.version, "run_id": self.run_id, "created": self.created,
                 "aliases": self.aliases, "eval_fingerprint": self.eval_fingerprint,
                 "data_fingerprint": self.tags.get(DATA_FP_TAG, ""), "git_commit": self.tags.get(GIT_COMMIT_TAG, ""),
-                "gates": self.tags.get(TAG+"gates", ""), "metrics": self.metrics}
+                "gates": self.tags.get(TAG+"gates", ""), "servable": self.tags.get(SERVABLE_TAG, ""), "metrics": self.metrics}
 
 # %% ../nbs/03_tracking.ipynb #03-tracking-019g
 def _thresholds(thresholds:dict|None, name:str)->tuple:
-    "(thresholds, metric directions) for model `name`: given, else the problem's when it is the problem's model."
+    "(thresholds, metric directions, primary metric or None) for model `name`: the problem's when it is the problem's model."
     try: p = load_problem()
     except MlopsNbError: p = None
     mine = p is not None and name == (MLOPS_NB_MODEL_NAME.get() or p.registered_model)
     if thresholds is None: thresholds = dict(p.thresholds) if mine else {}
-    return thresholds, (p.directions if p is not None else {})
+    return thresholds, (p.directions if p is not None else {}), (p.primary if mine else None)
+
+def baseline_failure(metrics:dict, # a run's metrics, with its baseline's (`baseline_<metric>`)
+                     metric:str|None, # the metric that decides (the problem's primary metric)
+                     higher_is_better:bool=True # its direction
+                    )->str|None:
+    "Why the model of `metrics` is not better than its baseline on `metric`; None when it is, or no baseline was logged."
+    v, b = metrics.get(metric), metrics.get(f"{BASELINE_PREFIX}{metric}")
+    if v is None or b is None or ((v > b) if higher_is_better else (v < b)): return None
+    return f"not better than the baseline: {metric} {v:.4f} {'<=' if higher_is_better else '>='} baseline {b:.4f}"
 
 def gate_failures(metrics:dict, # a version's metrics
                   thresholds:dict|None=None, # metric -> worst acceptable value (default: the problem's, for its model)
                   name:str|None=None # registered model name
                  )->list:
-    "Why `metrics` fail the validation gates, one line each (empty: they pass)."
-    thresholds, directions = _thresholds(thresholds, name or model_name())
+    "Why `metrics` fail the validation gates, one line each (empty: they pass); the problem's model must beat its baseline."
+    thresholds, directions, primary = _thresholds(thresholds, name or model_name())
     out = []
     for m, worst in thresholds.items():
         v = metrics.get(m)
         higher = directions.get(m, True)
         if v is None: out.append(f"no {m} metric (gate {'>=' if higher else '<='} {worst:g})")
         elif (v < worst) if higher else (v > worst): out.append(f"{m} {v:.4f} {'<' if higher else '>'} {worst:g}")
-    return out
+    below = baseline_failure(metrics, primary, directions.get(primary, True)) if primary else None
+    return out + ([below] if below else [])
+
+# %% ../nbs/03_tracking.ipynb #03-tracking-019t
+# the child imports the serving module by name: serving imports this module, so this module does not import it
+_SERVABLE_CHILD = "import sys; from mlops_nb.serving import servable_main; servable_main(sys.argv[1])"
+
+def check_servable(model_uri:str, # the logged model (runs:/…, models:/…, `ModelInfo.model_uri`) or a model folder
+                   records:list|None=None, # raw records as JSON carries them (default: the input example only)
+                   expected:list|None=None, # the trained model's outputs for `records` (`train.servable_rows`)
+                   timeout:float=600 # seconds the fresh process may take
+                  )->dict:
+    "Load the model as `mlops-nb serve` does, in a fresh process, and check its answers; a `RegistrationRefused` saying why not."
+    import mlflow
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="mlops-nb-servable-") as tmp:
+        d = Path(model_uri).expanduser()
+        if not d.is_dir(): d = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
+        req = Path(tmp)/"servable-request.json"
+        req.write_text(json.dumps({"model": str(d), "records": records, "expected": expected}))
+        try: p = subprocess.run([sys.executable, "-c", _SERVABLE_CHILD, str(req)], capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise RegistrationRefused(f"the model cannot be served: loading and scoring it took more than {timeout:g} s") from None
+    lines = p.stdout.strip().splitlines()
+    try: out = json.loads(lines[-1]) if lines else {}
+    except ValueError: out = {}
+    if not isinstance(out, dict) or out.get("ok") is not True:
+        why = out.get("error") if isinstance(out, dict) else None
+        why = why or (p.stderr.strip().splitlines() or [f"the checking process exited with code {p.returncode}"])[-1]
+        raise RegistrationRefused(f"the model cannot be served, so it cannot be registered: {why}")
+    return {**out, "seconds": round(time.monotonic() - start, 2)}
+
+def servable_note(check:dict # what `check_servable` returned
+                 )->str:
+    "One line: what the servable check answered and what it cost."
+    rows = f"{check.get('example_rows', 0)} example and {check.get('rows', 0)} evaluation rows"
+    return f"{rows} answered as trained (largest difference {check.get('max_abs_diff', 0):.2g}) in {check['seconds']:.1f} s"
 
 # %% ../nbs/03_tracking.ipynb #03-tracking-020
 def register_model(run_id:str, # the full-mode run that logged the model
                    model_uri:str, # the logged model (`ModelInfo.model_uri`)
-                   name:str|None=None # registered model name (default: `model_name()`)
+                   name:str|None=None, # registered model name (default: `model_name()`)
+                   records:list|None=None, # evaluation rows as records, to check the served model's answers with
+                   expected:list|None=None # the trained model's outputs for `records` (see `train.servable_rows`)
                   )->int:
-    "Register the model of full-mode run `run_id` as a new version of `name`; refuse any other run."
+    "Register the model of full-mode run `run_id` as a new version of `name`, once it is shown to serve; refuse any other run."
     from mlflow.exceptions import MlflowException
     name = registered_name(name)
     c = client()
@@ -313,7 +363,9 @@ def register_model(run_id:str, # the full-mode run that logged the model
     if run.info.status == "RUNNING" and owner_alive(tags.get(OWNER_TAG, "")) is False:
         raise RegistrationRefused(f"run {run_id}: the process that owns it ({tags[OWNER_TAG]}) is gone; "
                                   "an orphaned run registers nothing")
+    check = check_servable(model_uri, records, expected)
     vtags = {k: tags[k] for k in (DATA_FP_TAG, EVAL_FP_TAG, GIT_COMMIT_TAG, GIT_DIRTY_TAG, MODE_TAG) if k in tags}
+    vtags.update({SERVABLE_TAG: "passed", SERVABLE_CHECK_TAG: servable_note(check)})
     with store_lock():
         try: c.create_registered_model(name)
         except MlflowException as e:
@@ -421,7 +473,7 @@ def best_version(metric:str|None=None, # metric logged by the runs (default: the
 def promote(version:int, # version to point the alias at
             alias:str="champion", # alias name
             name:str|None=None, # registered model name
-            force:bool=False, # promote even if the version fails its gates (recorded on the version)
+            force:bool=False, # promote even if the version fails its gates (recorded; not if it never passed the servable check)
             thresholds:dict|None=None # gates (default: the problem's)
            )->int|None:
     "Point `alias` at `version` of `name` in one registry write, if it passes its gates; return the version it pointed at before."
@@ -431,6 +483,10 @@ def promote(version:int, # version to point the alias at
     if int(version) not in versions:
         raise RegistryError(f"model '{name}' has no version {version}: known versions are "
                             f"{', '.join(map(str, sorted(versions))) or 'none'} (see `mlops-nb models list`)")
+    if versions[int(version)].tags.get(SERVABLE_TAG) != "passed":
+        raise RegistryError(f"version {version} of '{name}' was never shown to load and answer as `mlops-nb serve` loads it "
+                            "(registered by an older mlops_nb or another tool): it is not promoted, and --force does not "
+                            "override this; retrain with this mlops_nb (`mlops-nb train --mode full`)")
     fails = gate_failures(versions[int(version)].metrics, thresholds, name)
     if fails and not force:
         raise RegistryError(f"version {version} of '{name}' fails its validation gates ({'; '.join(fails)}): it is not promoted; "

@@ -14,15 +14,17 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin  # this module builds and loads models: scikit-learn is needed
 from .core import DataError, MLOPS_NB_TRAIN_THREADS, lazy_module
 from .problem import Problem, metrics_of, predict_outputs
+from .tracking import BASELINE_PREFIX, baseline_failure
 pd = lazy_module("pandas")  # loaded on first use: serving images run without pandas
 
 # %% auto #0
 __all__ = ['pd', 'COVER_NULL_ROWS', 'COVER_CATEGORIES', 'MIN_SAMPLE_PER_CLASS', 'MIN_SAMPLE_ROWS', 'CONTINUED_FIT',
-           'MODEL_PACKAGES', 'TRUSTED_TYPES', 'BOOSTER_TYPES', 'as_dates', 'raw_features', 'raw_record', 'Features',
-           'features_of', 'example_frame', 'default_estimator', 'build_model', 'coverage_rows', 'sample_rows',
-           'split_rows', 'train_eval_rows', 'evaluate', 'check_not_constant', 'continued_fit', 'train_epochs',
+           'MODEL_PACKAGES', 'TRUSTED_TYPES', 'SERVABLE_ROWS', 'BOOSTER_TYPES', 'as_dates', 'raw_features',
+           'raw_record', 'Features', 'features_of', 'example_frame', 'default_estimator', 'build_model',
+           'coverage_rows', 'sample_rows', 'split_rows', 'train_eval_rows', 'evaluate', 'check_not_constant',
+           'continued_fit', 'train_epochs', 'baseline_outputs', 'evaluate_baseline', 'versus_baseline',
            'pinned_requirements', 'problem_modules', 'model_types', 'signature_of', 'input_example', 'log_model',
-           'save_model', 'code_path', 'booster_requirements', 'finish_notebook']
+           'save_model', 'code_path', 'servable_rows', 'booster_requirements', 'finish_notebook']
 
 # %% ../nbs/04_train.ipynb #04-train-005
 def as_dates(s)->pd.Series:
@@ -325,11 +327,55 @@ def train_epochs(problem:Problem, # the declared problem
         if on_epoch: on_epoch(e, m)
     return history
 
+# %% ../nbs/04_train.ipynb #04-train-016br
+def baseline_outputs(problem:Problem, # the declared problem
+                     train_df:pd.DataFrame, # labelled raw rows the model trained on
+                     n:int # rows to answer
+                    )->np.ndarray:
+    "What a model that learnt nothing answers for `n` rows: the training class frequencies, or the training mean."
+    y = problem.encode(train_df[problem.target])
+    if problem.kind == "regression": return np.full(n, float(np.mean(y)))
+    return np.tile(np.bincount(y, minlength=len(problem.classes)) / len(y), (n, 1))
+
+def evaluate_baseline(problem:Problem, # the declared problem
+                      train_df:pd.DataFrame, # labelled raw rows the model trained on
+                      eval_df:pd.DataFrame # labelled raw rows it is evaluated on
+                     )->dict:
+    "The problem's metrics of `baseline_outputs` on `eval_df`, named `baseline_<metric>`."
+    out = baseline_outputs(problem, train_df, len(eval_df))
+    m = metrics_of(problem.kind, problem.encode(eval_df[problem.target]), out, problem.metric_names)
+    return {f"{BASELINE_PREFIX}{k}": v for k, v in m.items()}
+
+def versus_baseline(problem:Problem, # the declared problem
+                    metrics:dict, # the model's metrics (`evaluate`)
+                    baseline:dict # the baseline's (`evaluate_baseline`)
+                   )->str:
+    "One line: the primary metric of the model and of its baseline, and what follows when the model is not better."
+    m = problem.primary
+    head = f"{m}: model {metrics[m]:.4f}, baseline {baseline[BASELINE_PREFIX + m]:.4f}"
+    below = baseline_failure({**metrics, **baseline}, m, problem.directions[m])
+    if below: return f"{head}: {below}; a full run registers it, but it is not promoted (unless forced)"
+    return f"{head}: better than the baseline"
+
 # %% ../nbs/04_train.ipynb #04-train-018
 MODEL_PACKAGES = ["scikit-learn", "numpy", "pandas", "scipy", "skops", "mlops_nb"]
-# types every model of ours may hold beyond what skops trusts by default; a problem adds the functions of its own module
-TRUSTED_TYPES = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor", "sklearn.tree._tree.Tree",
-                 "mlops_nb.train.Features"]
+# Types (classes only, never functions) that standard scikit-learn pipelines hold beyond what skops trusts by default,
+# found by fitting them and asking `skops.io.get_untrusted_types` (see below); a problem adds its own `trusted_types`
+# and the functions of its own module. Loading constructs these classes from their saved state, and nothing else.
+TRUSTED_TYPES = [
+    "mlops_nb.train.Features",
+    "numpy.dtype",  # SimpleImputer and every tree keep the dtypes they were fitted on
+    "sklearn.tree._tree.Tree",  # DecisionTree*, RandomForest*, ExtraTrees*, GradientBoosting*, AdaBoost, Bagging
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",  # HistGradientBoosting*
+    "sklearn.utils._bunch.Bunch",  # Stacking*, Voting* (named_estimators_)
+    "sklearn.neighbors._kd_tree.KDTree", "sklearn.neighbors._ball_tree.BallTree",  # KNeighbors*, RadiusNeighbors*
+    *(f"sklearn.metrics._dist_metrics.{m}Distance64" for m in ("Euclidean", "Manhattan", "Chebyshev", "Minkowski")),
+    "sklearn.impute._iterative.IterativeImputer", "sklearn.impute._iterative._ImputerTriplet",
+    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",  # MLP*
+    "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
+    "sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration",  # CalibratedClassifierCV
+    "scipy.interpolate._bsplines.BSpline",  # SplineTransformer
+]
 _MLFLOW_TYPES = {"str": "string", "int": "long", "float": "double", "bool": "boolean", "datetime": "string"}
 
 def pinned_requirements()->list:
@@ -354,10 +400,11 @@ def signature_of(problem:Problem):
     return ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(np.dtype("float64"), shape)]))
 
 def input_example(problem:Problem, # the declared problem
-                  rows:pd.DataFrame # raw rows (the first three are kept)
+                  rows:pd.DataFrame, # raw rows (the first `n` are kept)
+                  n:int=3 # rows to keep
                  )->pd.DataFrame:
     "Raw input rows as JSON would carry them (dates as ISO text), for the logged model's input example."
-    ex = rows[[c for c in problem.inputs if c in rows.columns]].head(3).reset_index(drop=True)
+    ex = rows[[c for c in problem.inputs if c in rows.columns]].head(n).reset_index(drop=True)
     for c, s in problem.inputs.items():
         if s.kind == "datetime" and c in ex: ex[c] = as_dates(ex[c]).dt.strftime("%Y-%m-%d")
     return ex
@@ -368,7 +415,8 @@ def _flavor_args(problem:Problem, model, rows)->dict:
     code = sorted({code_path(m) for m in problem_modules(problem) if m.split(".")[0] != "mlops_nb"})
     types = model_types(model)
     return dict(signature=signature_of(problem), input_example=input_example(problem, rows),
-                pip_requirements=pinned_requirements() + booster_requirements(types), serialization_format="skops", skops_trusted_types=types,
+                pip_requirements=pinned_requirements() + booster_requirements(types), serialization_format="skops",
+                skops_trusted_types=types,
                 pyfunc_predict_fn="predict" if problem.kind == "regression" else "predict_proba",
                 metadata={"mlops_nb": problem.as_json()}, code_paths=[str(c) for c in code] or None)
 
@@ -398,6 +446,23 @@ def code_path(module:str)->Path:
     if p.name == "__init__.py": p = p.parent
     for _ in range(module.count(".")): p = p.parent
     return p
+
+# %% ../nbs/04_train.ipynb #04-train-019d
+SERVABLE_ROWS = 200  # evaluation rows the served model must answer as the trained model did
+
+def _plain(v):
+    "A value as JSON carries it: missing as None, numpy scalars as Python's."
+    if v is None or (not isinstance(v, str) and pd.isna(v)): return None
+    return v.item() if isinstance(v, np.generic) else v
+
+def servable_rows(problem:Problem, # the declared problem
+                  model, # the fitted pipeline
+                  rows:pd.DataFrame, # labelled raw rows (the evaluation rows)
+                  n:int=SERVABLE_ROWS # rows to keep
+                 )->tuple:
+    "(the first `n` rows as JSON-ready records, the model's outputs for them as lists): what serving must reproduce."
+    records = [{c: _plain(v) for c, v in r.items()} for r in input_example(problem, rows, n).to_dict("records")]
+    return records, predict_outputs(model, rows.head(n), problem.kind).tolist()
 
 # %% ../nbs/04_train.ipynb #04-train-019b
 # the boosting libraries' estimators and boosters that models may hold: with LightGBM's evaluation history (an OrderedDict)
