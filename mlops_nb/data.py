@@ -193,6 +193,7 @@ def _value_error(v, s:ColumnSpec)->str|None:
     if v is None: return None if s.nullable else "must not be null"
     if s.kind in ("int", "float"):
         if isinstance(v, bool) or not isinstance(v, (int, float)): return f"expected a number, got {type(v).__name__}"
+        if isinstance(v, int) and abs(v) > 10**15: return "must be between -1e15 and 1e15"  # before any float of it
         if not math.isfinite(v): return "expected a finite number"
         if s.kind == "int" and v != int(v): return f"expected a whole number, got {v}"
         if s.min is not None and v < s.min: return f"must be >= {s.min:g}, got {v}"

@@ -14,7 +14,7 @@ from . import __version__
 from .core import EnvVar, MlopsNbError, project_root
 from .inference_log import InferenceLog
 from .serving import (RequestError, _registry_version, check_model_source, json_schema, load_runtime, mlflow_records,
-                               records_of, v2_metadata, v2_records, v2_response, validate_payload)
+                               records_of, v2_header_length, v2_metadata, v2_records, v2_response, validate_payload)
 
 # %% auto #0
 __all__ = ['BUCKETS', 'ADMIN_MAX_BODY', 'DOCS_HTML', 'ROUTES', 'PUBLIC', 'MAX_HEADER_BYTES', 'HEADER_TIMEOUT', 'BODY_TIMEOUT',
@@ -305,8 +305,8 @@ async def _v2_infer(self:ScoringApp, scope, receive, send, h, rid):
     body, err = await self._body(receive, h, ("application/json", "application/octet-stream", ""))
     if err: return err
     try:
-        hl = h.get("inference-header-content-length")
-        records, req_id = v2_records(body, int(hl) if hl and hl.isdigit() else None, self.runtime.schema)
+        length = v2_header_length(h.get("inference-header-content-length"))
+        records, req_id = v2_records(body, length, self.runtime.schema)
         _, _, outputs, used = await self._infer(records, {"request_id": rid, "t0": scope["mlops_nb.t0"]})
     except RequestError as e: return e.status, {"error": e.errors[0]["msg"] if len(e.errors) == 1 else "invalid request", "detail": e.errors}
     return 200, v2_response(outputs, used, req_id)

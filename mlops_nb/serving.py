@@ -21,9 +21,9 @@ except ImportError: from json import loads as _loads
 # %% auto #0
 __all__ = ['MAX_ROWS', 'V2_DATATYPES', 'V2_OUTPUT', 'FAST_PATH_TOLERANCE', 'ModelLoadError', 'find_model_dir', 'ModelInfo',
            'read_model_dir', 'load_sklearn', 'RequestError', 'validate_payload', 'json_schema', 'answers', 'score',
-           'records_of', 'mlflow_records', 'csv_records', 'v2_metadata', 'v2_records', 'v2_response', 'FastModel',
-           'Runtime', 'fetch_model', 'model_folder', 'load_runtime', 'model_roots', 'check_model_source',
-           'check_answers', 'servable_main']
+           'records_of', 'mlflow_records', 'csv_records', 'v2_metadata', 'v2_header_length', 'v2_records',
+           'v2_response', 'FastModel', 'Runtime', 'fetch_model', 'model_folder', 'load_runtime', 'model_roots',
+           'check_model_source', 'check_answers', 'servable_main']
 
 # %% ../nbs/07_serving.ipynb #07-serving-005
 class ModelLoadError(MlopsNbError):
@@ -186,6 +186,7 @@ def _split_records(d, what:str)->list:
         raise _bad(f"{what} must be an object with 'columns' (a list of names) and 'data' (a list of rows)")
     cols = d["columns"]
     if not all(isinstance(c, str) for c in cols): raise _bad(f"{what}.columns must be names (strings)")
+    if len(set(cols)) != len(cols): raise _bad(f"{what}.columns names a column more than once: send each column once")
     if "index" in d and (not isinstance(d["index"], list) or len(d["index"]) != len(d["data"])):
         raise _bad(f"{what}.index must be a list with one entry per row of data ({len(d['data'])})")
     out = []
@@ -270,6 +271,8 @@ def csv_records(body:bytes, # CSV text with a header row
     except (UnicodeDecodeError, csv.Error) as e: raise _bad(f"invalid CSV: {e}") from None
     if len(rows) < 2: raise _bad("CSV needs a header row and at least one row of values")
     head = rows[0]
+    dup = sorted({c for c in head if head.count(c) > 1})
+    if dup: raise _bad(f"CSV header names {', '.join(map(repr, dup[:5]))} more than once: send each column once")
     def typed(c, v):
         k = schema[c].kind if c in schema else "str"
         try:
@@ -312,6 +315,14 @@ def _v2_binary(buf:bytes, datatype:str, name:str)->list:
     a = np.frombuffer(buf, dtype=_V2_NUMPY[datatype])
     return a.tolist()
 
+def v2_header_length(value:str|None # the Inference-Header-Content-Length header, if sent
+                    )->int|None:
+    "The JSON header's length in bytes (binary data extension), None when not sent; a 400 when it is not a byte count."
+    if not value: return None
+    if not re.fullmatch(r"[0-9]{1,12}", value):
+        raise _bad(f"inference-header-content-length {value[:40]!r} is not a byte count")
+    return int(value)
+
 def v2_records(body:bytes, # the request body
                header_length:int|None, # Inference-Header-Content-Length (binary extension), or None
                schema:dict # the model's input schema
@@ -327,7 +338,10 @@ def v2_records(body:bytes, # the request body
         if not isinstance(t, dict) or not isinstance(t.get("name"), str) or not isinstance(t.get("shape"), list):
             raise _bad(f"inputs[{i}] must be a tensor {{name, shape, datatype, data}}")
         name, shape = t["name"], t["shape"]
-        size = (t.get("parameters") or {}).get("binary_data_size")
+        if name in cols: raise _bad(f"input {name!r} is sent twice: send each column once")
+        params = t.get("parameters")
+        if params is not None and not isinstance(params, dict): raise _bad(f"input {name!r}: parameters must be an object")
+        size = (params or {}).get("binary_data_size")
         if size is not None:
             if header_length is None: raise _bad(f"input {name!r}: binary data without an Inference-Header-Content-Length header")
             if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= len(body) - pos:

@@ -134,3 +134,28 @@ def test_malformed_requests_are_400s_never_500s(server, records):
     csv = ",".join(cols) + "\n" + ",".join(str(records[0][c]) for c in cols) + "\n"
     plain = post(server, "/invocations", csv.encode(), "text/csv")
     assert plain[0] == 200 and post(server, "/invocations", b"\xef\xbb\xbf" + csv.encode(), "text/csv") == plain
+
+
+def test_the_second_audits_protocol_bodies_are_4xx(server, records):
+    """Audit 2, finding 1: a 400-digit CSV number, a v2 tensor whose `parameters` is a list, text or a number, and a
+    header length of '²' were 500s; a duplicate v2 tensor or CSV column silently used the last value."""
+    url = "/v2/models/ottawa-housing-classifier/infer"
+    cols = list(records[0])
+    row = [str(records[0][c]) for c in cols]
+    huge = ",".join(cols) + "\n" + ",".join("1" * 400 if c == "bedrooms" else v for c, v in zip(cols, row)) + "\n"
+    st, out = post(server, "/invocations", huge.encode(), "text/csv")
+    assert st == 422 and "bedrooms" in json.dumps(out) and "between -1e15 and 1e15" in json.dumps(out), (st, out)
+    for params in ([1, 2], "binary", 7):
+        st, out = post(server, url, {"inputs": [{"name": "sqft", "shape": [1], "datatype": "FP64", "data": [1.0], "parameters": params}]})
+        assert st == 400 and "parameters must be an object" in out["error"], (params, st, out)
+    head = json.dumps({"inputs": [{"name": "sqft", "shape": [1], "datatype": "FP64", "data": [1.0]}]}).encode()
+    st, out = server.request("POST", url, head, {"content-type": "application/json", "inference-header-content-length": "²"})[:2]
+    assert st == 400 and "is not a byte count" in out["error"], (st, out)
+    tensors = [{"name": c, "shape": [1], "datatype": "BYTES" if isinstance(v, str) else "FP64", "data": [v]} for c, v in records[0].items()]
+    st, out = post(server, url, {"inputs": tensors + [{**tensors[0], "data": [records[1][tensors[0]["name"]]]}]})
+    assert st == 400 and "is sent twice" in out["error"], (st, out)
+    twice = ",".join(cols + [cols[0]]) + "\n" + ",".join(row + [row[0]]) + "\n"
+    st, out = post(server, "/invocations", twice.encode(), "text/csv")
+    assert st == 400 and "more than once" in json.dumps(out), (st, out)
+    st, out = post(server, "/invocations", {"dataframe_split": {"columns": cols + [cols[0]], "data": [row + [row[0]]]}})
+    assert st == 400 and "more than once" in json.dumps(out), (st, out)
