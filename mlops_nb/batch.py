@@ -14,7 +14,7 @@ import numpy as np
 from .core import DataError, MlopsNbError, ParamError, lazy_module
 from .data import ColumnSpec, check_table
 from .drift_spark import spark_error, spark_session
-from .problem import Problem, ProblemError, problem_from_json, problem_ref
+from .problem import Problem, ProblemError, prediction_columns, problem_from_json, problem_ref
 from .serving import FAST_PATH_TOLERANCE, ModelInfo, ModelLoadError, Runtime, load_runtime, model_folder, read_model_dir
 pd = lazy_module("pandas")  # loaded on first use
 
@@ -66,11 +66,7 @@ def id_columns(problem:Problem)->list:
 def output_columns(problem:Problem)->dict:
     "Output column -> kind ('str', 'int', 'float'), in order."
     ids = {c: "str" for c in problem.keys} or {"source_file": "str", "source_row": "int"}
-    if problem.kind == "regression": pred = {"value": "float"}
-    else:
-        pred = {"label": "str", **({"probability": "float"} if problem.kind == "binary" else {})}
-        pred.update({f"probability_{l}": "float" for l in problem.class_labels})
-    return {**ids, **pred, "model": "str", "version": "str"}
+    return {**ids, **prediction_columns(problem)}  # a key cannot be one of these: `Problem` refuses it
 
 # %% ../nbs/17_batch.ipynb #17-batch-012
 def answer_frame(problem:Problem, # the model's problem

@@ -11,18 +11,17 @@ from pathlib import Path
 import numpy as np
 from .core import DataError, EnvVar, lazy_module
 from .drift import psi_numeric
+from .problem import META, SHADOW  # the log's own columns: a problem may not use them
 pd = lazy_module("pandas")
 
 # %% auto #0
-__all__ = ['pd', 'MLOPS_NB_INFERENCE_LOG', 'INFERENCE_LOG_DIR', 'MLOPS_NB_INFERENCE_LOG_SAMPLE', 'META', 'SHADOW', 'log_schema',
-           'InferenceLog', 'read_log', 'join_labels', 'shadow_summary', 'check_shadow_period']
+__all__ = ['pd', 'MLOPS_NB_INFERENCE_LOG', 'INFERENCE_LOG_DIR', 'MLOPS_NB_INFERENCE_LOG_SAMPLE', 'log_schema', 'InferenceLog',
+           'read_log', 'join_labels', 'shadow_summary', 'check_shadow_period']
 
 # %% ../nbs/08a_inference_log.ipynb #08a-log-005
 MLOPS_NB_INFERENCE_LOG = EnvVar("MLOPS_NB_INFERENCE_LOG", None, "Folder the scoring server writes its inference log to (Parquet). Default: none.")
 INFERENCE_LOG_DIR = "/var/lib/mlops_nb/inference"  # where an image (`package --inference-log`) logs: a mounted volume
 MLOPS_NB_INFERENCE_LOG_SAMPLE = EnvVar("MLOPS_NB_INFERENCE_LOG_SAMPLE", "1", "Share of requests the inference log keeps (0 to 1).")
-META = ("_request_id", "_row", "_time", "_latency_ms", "_model", "_version", "_prediction", "_probabilities")
-SHADOW = ("_shadow_version", "_shadow_prediction", "_shadow_probabilities")
 
 def _arrow_type(kind:str):
     "The Arrow type of an input column of `kind` (dates as ISO text, as they arrived)."
@@ -36,11 +35,9 @@ def log_schema(columns:dict, # column -> `ColumnSpec` of what requests carry (in
     import pyarrow as pa
     pred = pa.float64() if kind == "regression" else pa.string()
     fields = [pa.field(c, _arrow_type(s.kind)) for c, s in columns.items()]
-    fields += [pa.field("_request_id", pa.string()), pa.field("_row", pa.int32()), pa.field("_time", pa.timestamp("ms", tz="UTC")),
-               pa.field("_latency_ms", pa.float64()), pa.field("_model", pa.string()), pa.field("_version", pa.string()),
-               pa.field("_prediction", pred), pa.field("_probabilities", pa.list_(pa.float64())),
-               pa.field("_shadow_version", pa.string()), pa.field("_shadow_prediction", pred),
-               pa.field("_shadow_probabilities", pa.list_(pa.float64()))]
+    probs = pa.list_(pa.float64())
+    types = [pa.string(), pa.int32(), pa.timestamp("ms", tz="UTC"), pa.float64(), pa.string(), pa.string(), pred, probs]
+    fields += [pa.field(c, t) for c, t in zip(META + SHADOW, types + [pa.string(), pred, probs], strict=True)]
     return pa.schema(fields)
 
 # %% ../nbs/08a_inference_log.ipynb #08a-log-006

@@ -6,7 +6,7 @@ Docs: https://mlops-nb.github.io/mlops_nb/problem.html.md"""
 
 # %% ../nbs/01a_problem.ipynb #01a-problem-002
 from __future__ import annotations
-import importlib, inspect, json, math, os, re, sys, tomllib
+import importlib, inspect, json, math, os, re, sys, tomllib, unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -16,9 +16,9 @@ from .data import ColumnSpec, check_record, load_table
 pd = lazy_module("pandas")  # loaded on first use: serving images run without pandas
 
 # %% auto #0
-__all__ = ['pd', 'PROBLEM_KINDS', 'METRICS', 'DECAY_METRICS', 'MLOPS_NB_PROBLEM', 'METRIC_NEEDS', 'ProblemError', 'Metric',
-           'predict_outputs', 'metrics_of', 'Problem', 'problem_slots', 'problem_ref', 'load_problem',
-           'problem_from_json']
+__all__ = ['pd', 'PROBLEM_KINDS', 'METRICS', 'DECAY_METRICS', 'MLOPS_NB_PROBLEM', 'METRIC_NEEDS', 'META', 'SHADOW', 'DATE_PARTS',
+           'ProblemError', 'Metric', 'predict_outputs', 'metrics_of', 'Problem', 'problem_slots', 'prediction_columns',
+           'problem_ref', 'load_problem', 'problem_from_json']
 
 # %% ../nbs/01a_problem.ipynb #01a-problem-006
 PROBLEM_KINDS = {"binary": "two classes; the model returns the probability of each, the second is the positive one",
@@ -198,6 +198,7 @@ def _check_problem(p:Problem):
         if p.kind == "binary" and n != 2: raise _bad(p, f"a binary problem has 2 classes, not {n}: use kind='multiclass'")
         if p.kind == "multiclass" and n < 3: raise _bad(p, "a multiclass problem has 3 or more classes: use kind='binary'")
         if p.labels is not None and len(p.labels) != n: raise _bad(p, f"labels has {len(p.labels)} names for {n} classes")
+    _check_columns(p)
     _check_metrics(p)
     if p.primary_metric is not None and p.primary_metric not in p.metric_names:
         raise _bad(p, f"primary_metric {p.primary_metric!r} is not among its metrics {', '.join(p.metric_names)}")
@@ -251,6 +252,49 @@ def _load(self:Problem, path:str|Path, # a .csv or .parquet file
 
 Problem.target_spec_ = property(_target_spec, doc="The target's `ColumnSpec`, declared or inferred.")
 Problem.schema, Problem.load = _schema, _load
+
+# %% ../nbs/01a_problem.ipynb #01a-problem-013b
+# the inference log's own columns
+META = ("_request_id", "_row", "_time", "_latency_ms", "_model", "_version", "_prediction", "_probabilities")
+SHADOW = ("_shadow_version", "_shadow_prediction", "_shadow_probabilities")  # the log's columns of a shadow model
+DATE_PARTS = ("year", "month", "dayofweek")  # default features of a date column `d`: d_year, d_month, d_dayofweek
+_UNWRITABLE = ("Cc", "Zl", "Zp", "Cs")  # control characters (NEL too), line/paragraph separators, lone surrogates
+
+def prediction_columns(p:Problem)->dict:
+    "Column -> kind ('str', 'float') of what batch scoring writes after a row's ids: its prediction, model and version."
+    if p.kind == "regression": pred = {"value": "float"}
+    else:
+        pred = {"label": "str", **({"probability": "float"} if p.kind == "binary" else {})}
+        pred.update({f"probability_{l}": "float" for l in p.class_labels})
+    return {**pred, "model": "str", "version": "str"}
+
+def _unwritable(c:str)->str|None:
+    "The first character of name `c` that cannot be written into files and logs, if any."
+    return next((ch for ch in c if unicodedata.category(ch) in _UNWRITABLE), None)
+
+def _check_columns(p:Problem):
+    "Raise `ProblemError` for a column name that cannot be written, or that is a name mlops_nb adds."
+    roles = {**{c: "key" for c in p.keys}, **{c: "extra" for c in p.extra}, **{c: "input" for c in p.inputs}}
+    for c, role in {**roles, p.target: "target"}.items():
+        if not isinstance(c, str) or not c: raise _bad(p, f"{role} column {c!r} has no name: name it with text")
+        ch = _unwritable(c)
+        if ch is not None:
+            raise _bad(p, f"{role} column {c!r} holds the control or line-break character {ch!r}, which cannot be "
+                          "written into files and logs: rename the column")
+        if c in META + SHADOW:
+            raise _bad(p, f"{role} column {c!r} is a column the inference log adds: rename the column")
+    made = {}  # default feature -> the input it comes from
+    for c, s in p.inputs.items() if p.derive is None else ():
+        for f in [f"{c}_{part}" for part in DATE_PARTS] if s.kind == "datetime" else [c]:
+            if f in made:
+                parts = ", ".join(f"d_{x}" for x in DATE_PARTS)
+                raise _bad(p, f"inputs {made[f]!r} and {c!r} both give the default feature {f!r} (a date column d "
+                              f"gives {parts}): rename the column, or declare `derive`")
+            made[f] = c
+    out = prediction_columns(p)
+    taken = [k for k in p.keys if k in out]
+    if taken:
+        raise _bad(p, f"key column {taken[0]!r} is a column batch scoring writes ({', '.join(out)}): rename the column")
 
 # %% ../nbs/01a_problem.ipynb #01a-problem-014
 def _encode(self:Problem, y)->np.ndarray:

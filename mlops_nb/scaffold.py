@@ -208,6 +208,16 @@ def mlops_nb_wheel(progress=None # called with one line of progress
     return next(own_wheel(progress).glob("mlops_nb-*.whl"))
 
 # %% ../nbs/16_scaffold.ipynb #16-scaffold-015
+def _toml_escaped(s:str)->str:
+    "`s` escaped to go between the quotes of a TOML basic string: JSON's escapes are TOML's, and DEL is escaped too."
+    return json.dumps(s, ensure_ascii=False)[1:-1].replace("\x7f", "\\u007f")
+
+def _md_code(s:str)->str:
+    "`s` as a Markdown code span, fenced by more backticks than it holds in a row."
+    fence = "`" * (max(map(len, re.findall("`+", s)), default=0) + 1)
+    pad = " " if s.startswith("`") or s.endswith("`") else ""
+    return f"{fence}{pad}{s}{pad}{fence}"
+
 def _render(text:str, values:dict)->str:
     "`text` with each `{{key}}` of `values` filled in."
     return re.sub(r"\{\{(\w+)\}\}", lambda m: str(values[m.group(1)]), text)
@@ -240,7 +250,9 @@ def new_project(dest:str|Path, # folder of the new project (must not exist, or b
         else "mlops_nb: from the package index")
     data_file = re.sub(r"[^A-Za-z0-9._-]", "_", data.name)
     values = {"name": name, "package": package, "description": p.description, "mlops_nb_version": _pkg_version("mlops_nb"),
-              "data_file": data_file, "rows": len(df), "kind": p.kind, "target": target, "target_repr": repr(target),
+              "data_file": data_file, "rows": len(df), "kind": p.kind,
+              "target_md": _md_code(target), "target_repr": repr(target),
+              "description_toml": _toml_escaped(p.description),
               "model_name": p.registered_model, "n_inputs": len(p.inputs), "metrics": ", ".join(p.metric_names),
               "classes_line": "" if p.classes is None else f", classes {', '.join(map(repr, p.class_labels))}",
               "mlops_nb_source": f"mlops_nb comes from `{VENDOR}/{wheel.name}`, the wheel of the mlops_nb that made this\n"

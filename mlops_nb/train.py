@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin  # this module builds and loads models: scikit-learn is needed
 from .core import DataError, MLOPS_NB_TRAIN_THREADS, lazy_module
-from .problem import Problem, metrics_of, predict_outputs
+from .problem import DATE_PARTS, Problem, metrics_of, predict_outputs
 from .tracking import BASELINE_PREFIX, baseline_failure
 pd = lazy_module("pandas")  # loaded on first use: serving images run without pandas
 
@@ -42,7 +42,7 @@ def raw_features(X:pd.DataFrame, # raw input records
         if k == "str": out[c] = s.astype(object).where(s.notna(), "").astype(str)
         elif k == "datetime":
             d = as_dates(s)
-            for part in ("year", "month", "dayofweek"): out[f"{c}_{part}"] = getattr(d.dt, part).astype("float64")
+            for part in DATE_PARTS: out[f"{c}_{part}"] = getattr(d.dt, part).astype("float64")
         else: out[c] = pd.to_numeric(s.astype(object).where(s.notna(), np.nan), errors="coerce").astype("float64")
     return pd.DataFrame(out, index=X.index)
 
@@ -52,6 +52,8 @@ def _date(v):
     if isinstance(v, (datetime, date)): return v if type(v) is date else v.date()
     try: return date.fromisoformat(str(v)[:10])
     except ValueError: return None
+
+_DATE_PART = {"year": lambda d: d.year, "month": lambda d: d.month, "dayofweek": lambda d: d.weekday()}
 
 def raw_record(r:dict, # one raw input record
                kinds:dict # input column -> column kind
@@ -63,8 +65,7 @@ def raw_record(r:dict, # one raw input record
         if k == "str": out[c] = "" if v is None else str(v)
         elif k == "datetime":
             d = _date(v)
-            for part, get in (("year", lambda d: d.year), ("month", lambda d: d.month), ("dayofweek", lambda d: d.weekday())):
-                out[f"{c}_{part}"] = float(get(d)) if d else math.nan
+            for part in DATE_PARTS: out[f"{c}_{part}"] = float(_DATE_PART[part](d)) if d else math.nan
         else: out[c] = math.nan if v is None else float(v)
     return out
 
