@@ -300,9 +300,9 @@ def temp_beside(out:Path)->Path:
 def check_output(out:Path, overwrite:bool)->None:
     "A `DataError` when `out` exists and may not be replaced."
     if out.is_file(): raise DataError(f"{out}: is a file; the output is a folder of Parquet parts: choose another path")
-    if not out.parent.is_dir():
-        what = "is a file, not a folder" if out.parent.exists() else "does not exist"
-        raise DataError(f"{out}: its parent {out.parent} {what}: create the folder or choose another output path")
+    parent = next((p for p in out.parents if p.exists()), None)  # missing folders are created when scoring starts
+    if parent is not None and not parent.is_dir():
+        raise DataError(f"{out}: {parent} is a file, not a folder: choose another output path")
     if out.exists() and not overwrite: raise DataError(f"{out}: already exists; pass --overwrite to replace it, or choose another folder")
     if out.is_dir() and not (out/"_mlops_nb_batch.json").is_file() and any(out.iterdir()):
         raise DataError(f"{out}: is not an output of mlops-nb score (no _mlops_nb_batch.json), so --overwrite does not replace it: choose another folder")
@@ -460,6 +460,11 @@ class BatchResult:
         "A JSON-ready dict, with rows per second."
         return {**asdict(self), "rows_per_s": round(self.rows/self.seconds, 1) if self.seconds else None}
 
+def _make_folder(d:Path):
+    "Create folder `d` (and its parents) for the output, or a `DataError` saying why it cannot be."
+    try: d.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise DataError(f"{d}: cannot create the output's folder ({e.strerror or type(e).__name__})") from None
+
 def score_batch(model:str|Path|None, # model folder or registry reference (None: the champion)
                 input:str|Path, # .parquet/.csv file, folder or glob (spark: also a URI Spark reads)
                 output:str|Path, # output folder (must not exist unless `overwrite`)
@@ -492,6 +497,7 @@ def score_batch(model:str|Path|None, # model folder or registry reference (None:
     else:
         tmp = temp_beside(out)
         try:
+            _make_folder(out.parent)
             if engine == "spark": rows = score_spark(spark or spark_session(), bm, files, str(tmp), batch_rows)
             else:
                 tmp.mkdir()
