@@ -394,6 +394,7 @@ class PipelineSettings:
     optional: tuple = () # optional pipelines this project gets too (see `Cloud.requires`), e.g. ("docs",)
     github_auth: str = "oidc" # GitHub: Databricks through OIDC federation (no stored secret), or "secret" (the OAuth M2M pair)
     namespace: str|None = None # deploy's Kubernetes namespace, unless MLOPS_NB_NAMESPACE is set (default: name)
+    bundle: bool = False # the project has a Databricks Asset Bundle (databricks.yml): ci validates it, deploy deploys it
     def __post_init__(self):
         checked = [("name", self.name, _SLUG), ("prefix", self.prefix, _SLUG), ("main", self.main, _BRANCH)]
         for what, v, pat in checked + ([("namespace", self.namespace, _SLUG)] if self.namespace is not None else []):
@@ -426,7 +427,8 @@ def project_settings(root:Path|str|None=None # the project folder (default: this
     own = cfg.get("tool", {}).get("mlops_nb", {})
     auth = own.get("github_auth", "oidc")  # "secret" where no federation policy can be set
     name = load_problem(start=root).deployment_name
-    return PipelineSettings(name, optional=optional, github_auth=auth, namespace=own.get("namespace"))
+    return PipelineSettings(name, optional=optional, github_auth=auth, namespace=own.get("namespace"),
+                            bundle=(root/"databricks.yml").exists())
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-038
 _FIELD = re.compile(r"\{(\w+)(?:\[(\w+)\])?\}")
@@ -623,12 +625,14 @@ def _started_by(name:str)->tuple|None:
 
 def _plan(name:str, settings:PipelineSettings)->list[tuple[Job, list[dict]]]:
     "Each job of pipeline `name` with its steps: label, line, env (name -> source), out, keys to publish."
-    c, steps = CLOUD[name], {s.name: s for s in cloud_steps(name)}
-    placed = [n for j in c.jobs for n in j.steps]
+    c = CLOUD[name]
+    steps = {s.name: s for s in cloud_steps(name) if settings.bundle or not s.cmd.startswith("databricks bundle ")}
+    jobs = [j for j in c.jobs if not j.steps or any(n in steps for n in j.steps)]  # no bundle: no bundle job
+    placed = [n for j in jobs for n in j.steps]
     if sorted(placed) != sorted(steps) or len(set(placed)) != len(placed):
         raise PipelineError(f"pipeline {name}: cloud jobs run {placed}, the cloud steps are {list(steps)}: each exactly once")
     plan, produced = [], {}
-    for j in c.jobs:
+    for j in jobs:
         rows = []
         for n in j.steps:
             line, env = cloud_command(steps[n], settings)

@@ -455,6 +455,8 @@ def test_a_new_projects_workflows_too(tmp_path):
     docs = {p.name: load(p) for p in sorted((proj/".github"/"workflows").glob("*.yml"))}
     assert docs["train.yml"]["jobs"]["deploy"]["uses"] == "./.github/workflows/deploy.yml"
     assert _caller_violations(docs) == []
+    assert not (proj/"databricks.yml").exists() and "bundle-validate" not in docs["ci.yml"]["jobs"]  # no bundle: no bundle jobs
+    assert "bundle" not in docs["deploy.yml"]["jobs"] and "databricks bundle" not in (proj/"pipelines"/"azure"/"deploy.yml").read_text()
     gh, az = on(docs["ci.yml"])["pull_request"], load(proj/"pipelines"/"azure"/"ci.yml")["pr"]
     files = [str(f.relative_to(proj)) for f in proj.rglob("*") if f.is_file()]
     assert "scripts/setup" in files and not [f for f in files if not (_github_runs_ci(gh, f) and _azure_runs_ci(az, f))]
