@@ -15,9 +15,9 @@ from .pipeline import PIPELINES, CLOUD, PipelineError, PipelineSettings, Step, c
 from .problem import load_problem
 
 # %% auto #0
-__all__ = ['TARGETS', 'BUNDLE_VALUES', 'NOTEBOOK_COMMANDS', 'RUNNER_FLAGS', 'BUNDLE_JOBS', 'GENERATED', 'Target',
-           'profile_cluster', 'quartz_cron', 'bundle_line', 'task_of', 'on_cluster', 'BundleJob', 'job_cluster',
-           'bundle_jobs', 'render_bundle', 'write_bundle']
+__all__ = ['TARGETS', 'ACCESS', 'BUNDLE_VALUES', 'NOTEBOOK_COMMANDS', 'RUNNER_FLAGS', 'BUNDLE_JOBS', 'MODEL_REFS', 'GENERATED',
+           'Target', 'bundle_access', 'profile_cluster', 'quartz_cron', 'bundle_line', 'task_of', 'on_cluster',
+           'BundleJob', 'job_cluster', 'bundle_jobs', 'ml_artifacts', 'render_bundle', 'write_bundle']
 
 # %% ../nbs/11a_bundle.ipynb #11a-bundle-006
 @dataclass(frozen=True)
@@ -27,13 +27,37 @@ class Target:
     mode: str|None = None # development or production (None: neither)
     default: bool = False # the target `databricks bundle deploy` uses without `-t`
     paused: bool = False # schedules and triggers deployed paused (development mode pauses them anyway)
+    run_as_principal: bool = False # its jobs run as the service principal (`run_as`); False: as whoever deploys
     about: str = "" # a comment for people
 
 TARGETS = {
     "dev": Target("dev", "development", default=True, about="each developer's own copy: names prefixed, triggers paused"),
-    "staging": Target("staging", paused=True, about="what CI deploys and runs; schedules and triggers paused"),
-    "prod": Target("prod", "production", about="one shared deployment under /Workspace/Shared; schedules and triggers run"),
+    "staging": Target("staging", paused=True, run_as_principal=True, about="what CI deploys and runs; schedules and triggers paused"),
+    "prod": Target("prod", "production", run_as_principal=True,
+                   about="one shared deployment under /Workspace/Shared; schedules and triggers run"),
+    "test": Target("test", paused=True, run_as_principal=True, about="what pull requests validate (databricks bundle validate -t test)"),
 }
+
+ACCESS = { # `[tool.mlops_nb]` key -> (what it is, the placeholder until a platform team sets it)
+    "service_principal": ("application id (a UUID) of the service principal the jobs of test, staging and prod run as",
+                          "00000000-0000-0000-0000-000000000000"),
+    "admin_group": ("workspace group that manages the deployed jobs and the experiment (CAN_MANAGE)", "admins"),
+    "reader_group": ("workspace group that sees the jobs' runs (CAN_VIEW) and reads the experiment (CAN_READ)", "users"),
+    "model_readers": ("Unity Catalog principal allowed to load and run the registered model (EXECUTE)", "account users"),
+}
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+def bundle_access(root:Path # the project folder
+                 )->dict:
+    "Who runs and who may see the bundle's resources: `ACCESS`'s keys from `[tool.mlops_nb]`, else their placeholders."
+    f = Path(root)/"pyproject.toml"
+    own = tomllib.loads(f.read_text()).get("tool", {}).get("mlops_nb", {}) if f.exists() else {}
+    out = {k: own.get(k, default) for k, (_, default) in ACCESS.items()}
+    if not isinstance(out["service_principal"], str) or not _UUID.fullmatch(out["service_principal"]):
+        raise PipelineError(f"[tool.mlops_nb] service_principal={out['service_principal']!r}: use the service principal's application id (a lowercase UUID)")
+    bad = [k for k in ACCESS if k != "service_principal" and not (isinstance(out[k], str) and re.fullmatch(r"[\w .@-]{1,255}", out[k]))]
+    if bad: raise PipelineError(f"[tool.mlops_nb] {bad[0]}={out[bad[0]]!r}: use a group name (letters, digits, space, . _ @ -)")
+    return out
 
 _CLUSTER_KEYS = ("spark_version", "node_type_id", "num_workers")
 
@@ -170,10 +194,16 @@ BUNDLE_JOBS = {
                          "training data, and the retraining verdict."),
 }
 
+_M = "${resources.registered_models.model."
+MODEL_REFS = { # what the jobs log to and register as: the declared resources' names as deployed (dev mode prefixes them)
+    "experiment": "${resources.experiments.experiment.name}",
+    "model": f"{_M}catalog_name}}.{_M}schema_name}}.{_M}name}}",
+}
+
 def job_cluster(settings:PipelineSettings, problem_ref:str|None)->dict:
     "The job cluster every job runs on: the target's node type and runtime, the store's variables, single-user access."
-    env = {"MLOPS_NB_TRACKING_URI": "databricks", "MLOPS_NB_REGISTRY_URI": "databricks-uc", "MLOPS_NB_EXPERIMENT": "${var.experiment}",
-           "MLOPS_NB_MODEL_NAME": "${var.catalog}.${var.schema}.${var.model_name}", **({"MLOPS_NB_PROBLEM": problem_ref} if problem_ref else {})}
+    env = {"MLOPS_NB_TRACKING_URI": "databricks", "MLOPS_NB_REGISTRY_URI": "databricks-uc", "MLOPS_NB_EXPERIMENT": MODEL_REFS["experiment"],
+           "MLOPS_NB_MODEL_NAME": MODEL_REFS["model"], **({"MLOPS_NB_PROBLEM": problem_ref} if problem_ref else {})}
     return {"job_cluster_key": "main", "new_cluster": {"spark_version": "${var.spark_version}", "node_type_id": "${var.node_type_id}",
             "num_workers": "${var.num_workers}", "data_security_mode": "SINGLE_USER", "spark_env_vars": env}}
 
@@ -218,7 +248,7 @@ GENERATED = ("GENERATED by mlops_nb.bundle.write_bundle from mlops_nb.pipeline's
              "BUNDLE_JOBS and TARGETS (nbs/12_pipeline.ipynb, nbs/11a_bundle.ipynb): edit those and run "
              "`python pipelines/generate.py`, never this file; tests/test_bundle.py fails when it differs.")
 
-def _variables(settings:PipelineSettings, model:str, experiment:str, cluster:dict)->dict:
+def _variables(settings:PipelineSettings, model:str, experiment:str, cluster:dict, access:dict)->dict:
     "The bundle's variables: description and default."
     uc = lambda s: re.sub(r"[^A-Za-z0-9_]", "_", s)
     v = {
@@ -234,8 +264,25 @@ def _variables(settings:PipelineSettings, model:str, experiment:str, cluster:dic
         "batch_input": ("the data batch scoring reads: a file, folder or glob", "/Volumes/${var.catalog}/${var.schema}/batch/input/"),
         "batch_output": ("the folder batch scoring replaces with the new scores", "/Volumes/${var.catalog}/${var.schema}/batch/scores/"),
         **{k: (f"job cluster: {k}", cluster[k]) for k in _CLUSTER_KEYS if k in cluster},
+        **{k: (about, access[k]) for k, (about, _) in ACCESS.items()},
     }
     return {k: {"description": d, "default": x} for k, (d, x) in v.items()}
+
+def _target(t:Target)->dict:
+    "A target's mode, identity and permissions (its variables are added by `render_bundle`)."
+    d = {**({"mode": t.mode} if t.mode else {}), **({"default": True} if t.default else {})}
+    if t.mode == "production": d["workspace"] = {"root_path": "/Workspace/Shared/.bundle/${bundle.name}/${bundle.target}"}
+    if t.paused and t.mode != "development": d["presets"] = {"trigger_pause_status": "PAUSED"}
+    if t.run_as_principal: d["run_as"] = {"service_principal_name": "${var.service_principal}"}
+    d["permissions"] = [{"level": "CAN_MANAGE", "group_name": "${var.admin_group}"}, {"level": "CAN_VIEW", "group_name": "${var.reader_group}"}]
+    return d
+
+def ml_artifacts(settings:PipelineSettings)->dict:
+    "The registered model (Unity Catalog, EXECUTE granted to `model_readers`) and the MLflow experiment the jobs use."
+    model = {"name": "${var.model_name}", "catalog_name": "${var.catalog}", "schema_name": "${var.schema}",
+             "comment": f"The model of {settings.name} for the ${{bundle.target}} target, registered by its retraining job.",
+             "grants": [{"principal": "${var.model_readers}", "privileges": ["EXECUTE"]}]}
+    return {"registered_models": {"model": model}, "experiments": {"experiment": {"name": "${var.experiment}"}}}
 
 def _problem_ref(root:Path)->str|None:
     "The problem the project's pyproject.toml declares (`[tool.mlops_nb] problem`), or None."
@@ -262,26 +309,30 @@ def render_bundle(root:Path|str|None=None, # the project folder (default: this p
     root = Path(root or project_root() or Path.cwd())
     settings = settings or project_settings(root)
     problem = load_problem(start=root)
+    access = bundle_access(root)
     base = profile_cluster(root, next(t for t, v in TARGETS.items() if v.default))
     if set(base) != set(_CLUSTER_KEYS): raise PipelineError(f"profiles/dev.yaml: databricks.cluster needs {', '.join(_CLUSTER_KEYS)}")
     targets = {}
     for name, t in TARGETS.items():
-        d = {**({"mode": t.mode} if t.mode else {}), **({"default": True} if t.default else {})}
-        if t.mode == "production": d["workspace"] = {"root_path": "/Workspace/Shared/.bundle/${bundle.name}/${bundle.target}"}
-        if t.paused and t.mode != "development": d["presets"] = {"trigger_pause_status": "PAUSED"}
+        d = _target(t)
         own = {k: v for k, v in profile_cluster(root, name).items() if base.get(k) != v}
         d["variables"] = {"catalog": t.catalog, **own}
         targets[name] = d
     doc = {"bundle": {"name": settings.name},
            "include": ["resources/*.yml"],
-           "variables": _variables(settings, problem.model_name or problem.name, problem.experiment or problem.name, base),
+           "variables": _variables(settings, problem.model_name or problem.name, problem.experiment or problem.name, base, access),
            "artifacts": {"mlops_nb_wheel": {"type": "whl", "path": ".", "build": "python -m pip wheel --no-deps --wheel-dir dist .",
                                             "dynamic_version": True}},
            "targets": targets}
     about = (f"The Databricks Asset Bundle of {settings.name}: its jobs ({', '.join(BUNDLE_JOBS)}) in resources/*.yml, the "
-             "wheel built from this checkout, and the targets dev (the default: development mode), staging and prod, each "
-             "registering models in the Unity Catalog catalog of its name. Deploy: databricks bundle deploy -t staging")
+             "wheel built from this checkout, the registered model and experiment in resources/ml_artifacts.yml, and the "
+             "targets dev (the default: development mode, run as the deploying user), test, staging and prod (run as the "
+             "service principal), each registering models in the Unity Catalog catalog of its name. Deploy: databricks "
+             "bundle deploy -t staging")
     out = {"databricks.yml": _text(about, doc)}
+    out["resources/ml_artifacts.yml"] = _text("The registered model (Unity Catalog: CATALOG.SCHEMA.MODEL of the target's catalog; "
+                                              "EXECUTE granted to var.model_readers) and the MLflow experiment the jobs log to; "
+                                              "the targets' permissions apply to the experiment.", {"resources": ml_artifacts(settings)})
     ref = _problem_ref(root)
     for key, j in BUNDLE_JOBS.items():
         jobs = bundle_jobs(key, settings, ref)

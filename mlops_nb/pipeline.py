@@ -14,12 +14,12 @@ from .core import MlopsNbError, project_root, state_dir
 from .problem import load_problem
 
 # %% auto #0
-__all__ = ['STORE', 'REGISTRY', 'DOCS_SITE', 'PIPELINES', 'OUTPUT_CONDITIONS', 'CONDITIONS', 'CLOUD_FACTS', 'CLOUD_ENV',
-           'CI_SUFFIX', 'CI_GROUP', 'SECRET_ENVIRONMENTS', 'INPUTS', 'ACTIONS', 'CLOUD', 'GENERATED', 'FEDERATED',
-           'PipelineError', 'PipelineFailed', 'Step', 'render', 'argv_of', 'check_line', 'run_step', 'PipelineResult',
-           'run_pipeline', 'cloud_steps', 'CloudVar', 'Input', 'PipelineSettings', 'optional_pipelines',
-           'project_settings', 'cloud_command', 'Job', 'Action', 'Cloud', 'check_cloud', 'generated', 'github_workflow',
-           'azure_pipeline', 'render_pipelines', 'write_pipelines']
+__all__ = ['STORE', 'REGISTRY', 'BUNDLE_AUTH', 'DOCS_SITE', 'PIPELINES', 'OUTPUT_CONDITIONS', 'CONDITIONS', 'CLOUD_FACTS',
+           'CLOUD_ENV', 'CI_SUFFIX', 'CI_GROUP', 'SECRET_ENVIRONMENTS', 'INPUTS', 'ACTIONS', 'DATABRICKS_CLI', 'CLOUD',
+           'GENERATED', 'FEDERATED', 'PipelineError', 'PipelineFailed', 'Step', 'render', 'argv_of', 'check_line',
+           'run_step', 'PipelineResult', 'run_pipeline', 'cloud_steps', 'CloudVar', 'Input', 'PipelineSettings',
+           'optional_pipelines', 'project_settings', 'cloud_command', 'Job', 'Action', 'Cloud', 'check_cloud',
+           'generated', 'github_workflow', 'azure_pipeline', 'render_pipelines', 'write_pipelines']
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-005
 class PipelineError(MlopsNbError):
@@ -49,6 +49,7 @@ class Step:
 STORE = ("MLOPS_NB_TRACKING_URI", "MLOPS_NB_REGISTRY_URI", "DATABRICKS_HOST", "DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET") # tracking store and model registry (OAuth M2M)
 REGISTRY = ("MLOPS_NB_REGISTRY", "MLOPS_NB_REGISTRY_USERNAME", "MLOPS_NB_REGISTRY_PASSWORD") # image registry
 _DATABRICKS = "--runner databricks --cluster {DATABRICKS_CLUSTER} --wheel" # the checkout's own wheel on the cluster
+BUNDLE_AUTH = ("DATABRICKS_HOST", "DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET") # what `databricks bundle` authenticates with
 DOCS_SITE = "_site" # the folder the docs pipeline builds the site into (git-ignored), and publishes from
 
 PIPELINES = {
@@ -57,6 +58,7 @@ PIPELINES = {
              cloud=f"mlops-nb train --mode test {_DATABRICKS} --branch {{branch}} --timeout 1200 --json",
              cloud_env=("MLOPS_NB_TRACKING_URI", "DATABRICKS_HOST", "DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET")),
         Step("test", "test-suite", "python -m pytest -q", when="cloud", timeout=2700),
+        Step("test", "bundle-validate", "databricks bundle validate -t test", when="cloud", timeout=300, cloud_env=BUNDLE_AUTH),
     ],
     "train": [
         Step("data", "generate", "mlops-nb data generate --period {period} --rows {rows} --out {data}", unless="own_data", timeout=600),
@@ -80,6 +82,7 @@ PIPELINES = {
                    "--api-key-secret {api_key_secret} --timeout 600 --json",
              cloud_env=("KUBECONFIG",)),
         Step("deploy", "dry-run", "mlops-nb deploy --target kubernetes --image {package[image]} --dry-run", unless="kubeconfig", timeout=300),
+        Step("deploy", "bundle", "databricks bundle deploy -t prod", when="cloud", timeout=1200, cloud_env=BUNDLE_AUTH),
     ],
     "monitor": [
         Step("monitor", "drift", "mlops-nb monitor --reference {reference} --current {current} --window {window} --model champion --json",
@@ -158,7 +161,8 @@ def argv_of(line:str # a rendered one-line command
         exe = Path(sys.executable).parent/"mlops-nb"
         return [str(exe) if exe.exists() else "mlops-nb", *args[1:]]
     if args[0] == "python": return [sys.executable, *args[1:]]
-    raise PipelineError(f"{line!r}: a step runs `mlops-nb ...` or `python ...`, nothing else")
+    if args[:2] == ["databricks", "bundle"]: return args  # the Databricks CLI (not on PyPI): cloud steps only
+    raise PipelineError(f"{line!r}: a step runs `mlops-nb ...`, `python ...` or `databricks bundle ...`, nothing else")
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-017
 def check_line(line:str, # a rendered one-line command
@@ -187,7 +191,14 @@ def check_line(line:str, # a rendered one-line command
         p = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60, cwd=_root())
         if p.returncode: raise PipelineError(f"{line!r}: `{args[1]} --help` exited {p.returncode}")
         return
-    raise PipelineError(f"{line!r}: a step runs `mlops-nb ...` or `python ...`, nothing else")
+    if args[:2] == ["databricks", "bundle"]:
+        if len(args) != 5 or args[2] not in ("validate", "deploy") or args[3] != "-t":
+            raise PipelineError(f"{line!r}: a bundle step is `databricks bundle validate|deploy -t TARGET`")
+        f = _root()/"databricks.yml"
+        targets = (yaml.safe_load(f.read_text()) or {}).get("targets", {}) if f.exists() else {}
+        if f.exists() and args[4] not in targets: raise PipelineError(f"{line!r}: databricks.yml has no target {args[4]!r}")
+        return
+    raise PipelineError(f"{line!r}: a step runs `mlops-nb ...`, `python ...` or `databricks bundle ...`, nothing else")
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-020
 def _kill(p:subprocess.Popen):
@@ -383,6 +394,7 @@ class PipelineSettings:
     optional: tuple = () # optional pipelines this project gets too (see `Cloud.requires`), e.g. ("docs",)
     github_auth: str = "oidc" # GitHub: Databricks through OIDC federation (no stored secret), or "secret" (the OAuth M2M pair)
     namespace: str|None = None # deploy's Kubernetes namespace, unless MLOPS_NB_NAMESPACE is set (default: name)
+    bundle: bool = False # the project has a Databricks Asset Bundle (databricks.yml): ci validates it, deploy deploys it
     def __post_init__(self):
         checked = [("name", self.name, _SLUG), ("prefix", self.prefix, _SLUG), ("main", self.main, _BRANCH)]
         for what, v, pat in checked + ([("namespace", self.namespace, _SLUG)] if self.namespace is not None else []):
@@ -415,7 +427,8 @@ def project_settings(root:Path|str|None=None # the project folder (default: this
     own = cfg.get("tool", {}).get("mlops_nb", {})
     auth = own.get("github_auth", "oidc")  # "secret" where no federation policy can be set
     name = load_problem(start=root).deployment_name
-    return PipelineSettings(name, optional=optional, github_auth=auth, namespace=own.get("namespace"))
+    return PipelineSettings(name, optional=optional, github_auth=auth, namespace=own.get("namespace"),
+                            bundle=(root/"databricks.yml").exists())
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-038
 _FIELD = re.compile(r"\{(\w+)(?:\[(\w+)\])?\}")
@@ -457,6 +470,7 @@ class Job:
     environment: str|None = None # deployment environment whose approvals (and, on GitHub, secrets) guard the job
     actions: tuple = () # GitHub: `Action`s run after the steps; a job of actions only gets no checkout and no setup
     permissions: dict|None = None # GitHub: the job's token permissions (default: contents: read)
+    databricks_cli: bool = False # installs the Databricks CLI (pinned: `DATABRICKS_CLI`) before its `databricks bundle` steps
 
 @dataclass(frozen=True)
 class Action:
@@ -470,7 +484,10 @@ ACTIONS = { # action -> (full commit SHA, the release it is); bump both together
     "actions/setup-python": ("a26af69be951a213d495a4c3e4e4022e16d87065", "v5.6.0"),
     "actions/upload-pages-artifact": ("fc324d3547104276b827a68afc52ff2a11cc49c9", "v5.0.0"),
     "actions/deploy-pages": ("cd2ce8fcbc39b97be8ca5fce6e763baed58fa128", "v5.0.0"),
+    "databricks/setup-cli": ("6bb7075f85b326f8b9ce160933dfe9bcd63c8121", "v1.13.0"), # the CLI whose bundle schema tests/ check
 }
+DATABRICKS_CLI = ("curl -fsSL https://raw.githubusercontent.com/databricks/setup-cli/"
+                  f"{ACTIONS['databricks/setup-cli'][0]}/install.sh | sudo sh") # Azure DevOps: the same release's install script
 
 @dataclass(frozen=True)
 class Cloud:
@@ -497,7 +514,8 @@ CLOUD = {
         "nothing registered) as a Databricks job in a workspace folder of its own, and the whole test suite; either failing "
         "fails the pull request.",
         jobs=(Job("notebook-test-mode", "training notebook in test mode", ("train-test",), 30),
-              Job("test-suite", "test suite", ("test-suite",), 45)),
+              Job("test-suite", "test suite", ("test-suite",), 45),
+              Job("bundle-validate", "Databricks Asset Bundle: validate the test target", ("bundle-validate",), 15, databricks_cli=True)),
         pull_request=True, credentials="ci",
         notes={"github": "Make both jobs required status checks. Its secrets and variables are the *_CI ones of the "
                          "environment ci (a CI workspace and token that reach nothing in production); the production ones "
@@ -534,7 +552,8 @@ CLOUD = {
         "rollout of that image: waits for readiness, rolls back a version that is not ready).",
         jobs=(Job("test", "API tests and local deploy test", ("api-tests", "local-deploy"), 30),
               Job("build", "build and push the champion's image", ("image",), 45, needs="test"),
-              Job("deploy", "Kubernetes rollout", ("rollout",), 30, needs="build", environment="production")),
+              Job("deploy", "Kubernetes rollout", ("rollout",), 30, needs="build", environment="production"),
+              Job("bundle", "deploy the Databricks Asset Bundle to prod", ("bundle",), 30, needs="test", databricks_cli=True)),
         push=True, manual=True, after="train",
         notes={"github": "Secrets reach only the steps that need them: the store's and the registry's are secrets of the "
                          "environment trusted (deployment branches: {main} only), KUBE_CONFIG a secret of the environment "
@@ -606,12 +625,14 @@ def _started_by(name:str)->tuple|None:
 
 def _plan(name:str, settings:PipelineSettings)->list[tuple[Job, list[dict]]]:
     "Each job of pipeline `name` with its steps: label, line, env (name -> source), out, keys to publish."
-    c, steps = CLOUD[name], {s.name: s for s in cloud_steps(name)}
-    placed = [n for j in c.jobs for n in j.steps]
+    c = CLOUD[name]
+    steps = {s.name: s for s in cloud_steps(name) if settings.bundle or not s.cmd.startswith("databricks bundle ")}
+    jobs = [j for j in c.jobs if not j.steps or any(n in steps for n in j.steps)]  # no bundle: no bundle job
+    placed = [n for j in jobs for n in j.steps]
     if sorted(placed) != sorted(steps) or len(set(placed)) != len(placed):
         raise PipelineError(f"pipeline {name}: cloud jobs run {placed}, the cloud steps are {list(steps)}: each exactly once")
     plan, produced = [], {}
-    for j in c.jobs:
+    for j in jobs:
         rows = []
         for n in j.steps:
             line, env = cloud_command(steps[n], settings)
@@ -771,6 +792,7 @@ def github_workflow(name:str, # ci, train, deploy or docs
         steps = [*_checkout(settings.main if c.checkout_main else None),
                  {"uses": f"actions/setup-python@{ACTIONS['actions/setup-python'][0]}", "with": {"python-version": settings.python}},
                  {"name": "setup", "run": 'bash scripts/setup && echo "$PWD/.venv/bin" >> "$GITHUB_PATH"'}] if rows else []
+        if j.databricks_cli: steps.append(_action_step(Action("databricks/setup-cli")))
         written = set()
         for row in rows:
             for var, src in row["env"].items():
@@ -852,6 +874,7 @@ def azure_pipeline(name:str, # ci, train or deploy
     for j, rows in plan:
         steps = [{"checkout": "self", "persistCredentials": False},
                  {"script": 'bash scripts/setup && echo "##vso[task.prependpath]$PWD/.venv/bin"', "displayName": "setup"}]
+        if j.databricks_cli: steps.append({"script": DATABRICKS_CLI, "displayName": "databricks cli"})
         variables, fetched = {}, set()
         for row in rows:
             for var, src in row["env"].items():

@@ -16,7 +16,7 @@ from mlops_nb.pipeline import project_settings
 pytest.importorskip("databricks.sdk")
 from test_databricks import TOKEN, fake, no_credentials  # noqa: F401  the Databricks stand-in and its fixtures, reused
 
-FILES = ["databricks.yml", *(f"resources/{k}.yml" for k in BUNDLE_JOBS)]
+FILES = ["databricks.yml", *(f"resources/{k}.yml" for k in BUNDLE_JOBS), "resources/ml_artifacts.yml"]
 SCHEMA = ROOT/"tests"/"schemas"/"databricks-bundle.schema.json.gz"
 PYPROJECT = tomllib.loads((ROOT/"pyproject.toml").read_text())
 
@@ -25,7 +25,7 @@ def load(rel): return yaml.safe_load((ROOT/rel).read_text())
 
 def jobs():
     "Every job the bundle declares: key -> (file, job)."
-    return {k: (rel, j) for rel in FILES[1:] for k, j in load(rel)["resources"]["jobs"].items()}
+    return {k: (rel, j) for rel in FILES[1:] for k, j in load(rel)["resources"].get("jobs", {}).items()}
 
 def tasks():
     return [(key, t) for key, (_, j) in jobs().items() for t in j["tasks"]]
@@ -34,7 +34,9 @@ def resolve(s, target):
     "`s` with the bundle's ${var.NAME} references replaced by their values in `target` (defaults, then the target's)."
     root = load("databricks.yml")
     values = {**{k: v["default"] for k, v in root["variables"].items()}, **root["targets"][target].get("variables", {})}
+    arts = load("resources/ml_artifacts.yml")["resources"]  # ${resources.KIND.KEY.FIELD}: the declared value (no dev prefix here)
     for _ in range(10):
+        s = re.sub(r"\$\{resources\.(\w+)\.(\w+)\.(\w+)\}", lambda m: str(arts[m.group(1)][m.group(2)][m.group(3)]), s)
         s = re.sub(r"\$\{var\.(\w+)\}", lambda m: str(values[m.group(1)]), s)
     return s.replace("${bundle.target}", target)
 
@@ -177,8 +179,8 @@ def test_schedules_and_the_file_arrival_trigger():
 def test_targets_map_to_unity_catalog_catalogs():
     from mlops_nb.databricks import uc_model_name
     root = load("databricks.yml")
-    assert list(root["targets"]) == ["dev", "staging", "prod"] == list(TARGETS)
-    assert {t: d["variables"]["catalog"] for t, d in root["targets"].items()} == {"dev": "dev", "staging": "staging", "prod": "prod"}
+    assert list(root["targets"]) == ["dev", "staging", "prod", "test"] == list(TARGETS)
+    assert {t: d["variables"]["catalog"] for t, d in root["targets"].items()} == {t: t for t in TARGETS}
     assert [t for t, d in root["targets"].items() if d.get("default")] == ["dev"]
     assert root["targets"]["dev"]["mode"] == "development" and root["targets"]["prod"]["mode"] == "production"
     assert root["targets"]["prod"]["workspace"]["root_path"].startswith("/Workspace/Shared/")
@@ -231,3 +233,68 @@ def test_a_bundle_job_not_deployed_is_one_line(fake, state):  # noqa: F811
     p = run_cli("train", "--runner", "databricks", "--job", "monitor", "--mode", "test", env=env)
     assert p.returncode != 0 and "Traceback" not in p.stderr
     assert "no job named 'monitor' in the workspace: deploy the bundle first (databricks bundle deploy -t TARGET)" in p.stderr
+
+
+# --- who runs, who sees -----------------------------------------------------------------------------------------------
+
+def test_jobs_outside_dev_run_as_the_service_principal():
+    "dev runs as the deploying user (development mode); test, staging and prod as the service principal, on every job."
+    from mlops_nb.bundle import ACCESS, bundle_access
+    root = load("databricks.yml")
+    assert "run_as" not in root and "run_as" not in root["targets"]["dev"] and root["targets"]["dev"]["mode"] == "development"
+    for t in ("test", "staging", "prod"):
+        assert root["targets"][t]["run_as"] == {"service_principal_name": "${var.service_principal}"}, t
+        assert re.fullmatch(r"[0-9a-f-]{36}", resolve("${var.service_principal}", t)), t  # an application id, not a name
+        assert all("run_as" not in j for _, j in jobs().values())  # no job overrides its target's identity
+    assert {k: root["variables"][k]["default"] for k in ACCESS} == bundle_access(ROOT)
+
+
+def test_every_target_has_permissions_for_the_groups():
+    root = load("databricks.yml")
+    assert "permissions" not in root  # per target, so each can differ
+    for t, d in root["targets"].items():
+        levels = {p.get("group_name"): p["level"] for p in d["permissions"]}
+        assert levels == {"${var.admin_group}": "CAN_MANAGE", "${var.reader_group}": "CAN_VIEW"}, t
+
+
+def test_the_registered_model_and_experiment_are_declared_and_the_jobs_use_them():
+    """The registered model is the Unity Catalog name the jobs register (MLOPS_NB_MODEL_NAME, what
+    mlops_nb.tracking.registered_name checks) in every target's catalog, with EXECUTE granted; the experiment is the
+    one the jobs log to."""
+    from mlops_nb.databricks import uc_model_name
+    from mlops_nb.problem import load_problem
+    arts = load("resources/ml_artifacts.yml")["resources"]
+    model, exp = arts["registered_models"]["model"], arts["experiments"]["experiment"]
+    assert model["grants"] == [{"principal": "${var.model_readers}", "privileges": ["EXECUTE"]}]
+    assert resolve(model["grants"][0]["principal"], "prod") == "account users"
+    problem = load_problem(start=ROOT)
+    for t in TARGETS:
+        uc = resolve(f"{model['catalog_name']}.{model['schema_name']}.{model['name']}", t)
+        assert uc_model_name(uc) == uc and uc.startswith(f"{t}.") and uc.endswith(re.sub(r"\W", "_", problem.model_name or problem.name))
+        for key, (_, j) in jobs().items():
+            for c in j.get("job_clusters", []):
+                env = c["new_cluster"]["spark_env_vars"]
+                assert resolve(env["MLOPS_NB_MODEL_NAME"], t) == uc and resolve(env["MLOPS_NB_EXPERIMENT"], t) == resolve(exp["name"], t)
+    env = jobs()["retrain"][1]["job_clusters"][0]["new_cluster"]["spark_env_vars"]
+    assert env["MLOPS_NB_MODEL_NAME"].startswith("${resources.registered_models.model.")  # the deployed (dev: prefixed) name
+
+
+def test_what_mlops_nb_registers_is_the_declared_model(monkeypatch):
+    "With the job cluster's environment, mlops_nb.tracking registers under the bundle's model name."
+    from mlops_nb import tracking
+    env = jobs()["retrain"][1]["job_clusters"][0]["new_cluster"]["spark_env_vars"]
+    for k in ("MLOPS_NB_MODEL_NAME", "MLOPS_NB_REGISTRY_URI"): monkeypatch.setenv(k, resolve(env[k], "prod"))
+    arts = load("resources/ml_artifacts.yml")["resources"]["registered_models"]["model"]
+    assert tracking.registered_name() == resolve(f"{arts['catalog_name']}.{arts['schema_name']}.{arts['name']}", "prod")
+
+
+def test_a_bad_service_principal_is_one_line(tmp_path):
+    "A display name where the application id belongs fails generation, naming the setting."
+    import shutil
+    for rel in ("pyproject.toml", "profiles"):
+        (shutil.copytree if (ROOT/rel).is_dir() else shutil.copy)(ROOT/rel, tmp_path/rel)
+    f = tmp_path/"pyproject.toml"
+    f.write_text(f.read_text().replace("[tool.mlops_nb]\n", '[tool.mlops_nb]\nservice_principal = "ml-deployer"\n', 1))
+    p = subprocess.run([sys.executable, str(ROOT/"pipelines"/"generate.py"), "--bundle", "--check", "--root", str(tmp_path)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert p.returncode == 2 and "service_principal='ml-deployer'" in p.stderr and "Traceback" not in p.stderr, p.stderr

@@ -98,7 +98,8 @@ def test_both_platforms_run_the_definitions_steps_in_order(name):
     from mlops_nb.pipeline import cloud_steps
     want = [s.label for s in cloud_steps(name)]
     gh = [s["name"] for j in jobs(ROOT/".github"/"workflows"/f"{name}.yml") for s in steps(j) if "run" in s and s["name"] not in ("setup", "kubeconfig")]
-    az = [s["displayName"] for j in jobs(ROOT/"pipelines"/"azure"/f"{name}.yml") for s in steps(j) if "script" in s and s["displayName"] != "setup"]
+    az = [s["displayName"] for j in jobs(ROOT/"pipelines"/"azure"/f"{name}.yml") for s in steps(j)
+          if "script" in s and s["displayName"] not in ("setup", "databricks cli")]
     assert gh == az == want
 
 
@@ -119,14 +120,17 @@ def test_parses_and_every_job_has_a_timeout(path):
 @pytest.mark.parametrize("path", FILES, ids=ids)
 def test_every_step_is_one_line_naming_a_real_command(path):
     from mlops_nb.cli import _parser
-    seen = []
+    from mlops_nb.pipeline import DATABRICKS_CLI
+    seen, targets = [], load(ROOT/"databricks.yml")["targets"]
     for step, text in scripts(path):
         assert "\n" not in text.strip(), f"{path.name}: a step is one line: {text!r}"
+        if text == DATABRICKS_CLI: continue  # Azure: the pinned release's install script (test_the_databricks_cli_is_pinned)
         for args in commands(text):
             if args[0] == "mlops-nb":
                 a = _parser().parse_args(args[1:])  # SystemExit: unknown subcommand or flag
                 assert hasattr(a, "fn"), text
             elif args[:2] == ["python", "-m"]: assert importlib.util.find_spec(args[2]), text
+            elif args[:2] == ["databricks", "bundle"]: assert args[2:4] in (["validate", "-t"], ["deploy", "-t"]) and args[4] in targets, text
             elif args[0] == "python":
                 assert args[1].startswith(("pipelines/", "scripts/")) and (ROOT/args[1]).exists(), text
                 assert script_help(args[1]) == 0, f"{args[1]} --help failed"
@@ -140,9 +144,9 @@ def test_triggers():
     assert az["ci.yml"]["trigger"] == "none" and "pull_request" in on(gh["ci.yml"])  # which changes: the test below
     assert az["train.yml"]["schedules"][0]["cron"] and on(gh["train.yml"])["schedule"][0]["cron"]
     assert {"repository_dispatch", "workflow_dispatch"} <= set(on(gh["train.yml"]))
-    assert [s["stage"] for s in az["deploy.yml"]["stages"]] == ["Test", "Build", "Deploy"]
+    assert [s["stage"] for s in az["deploy.yml"]["stages"]] == ["Test", "Build", "Deploy", "Bundle"]
     assert az["deploy.yml"]["trigger"]["branches"]["include"] == ["main"] and on(gh["deploy.yml"])["push"]["branches"] == ["main"]
-    assert [j.get("needs") for j in gh["deploy.yml"]["jobs"].values()] == [None, "test", "build"]
+    assert [j.get("needs") for j in gh["deploy.yml"]["jobs"].values()] == [None, "test", "build", "test"]  # the bundle after the tests
     # a successful re-training deploys: GitHub calls the deploy workflow after the training job; Azure triggers on train runs of main
     call = gh["train.yml"]["jobs"]["deploy"]
     assert (call["needs"], call["uses"]) == (["retrain"], "./.github/workflows/deploy.yml")
@@ -451,6 +455,8 @@ def test_a_new_projects_workflows_too(tmp_path):
     docs = {p.name: load(p) for p in sorted((proj/".github"/"workflows").glob("*.yml"))}
     assert docs["train.yml"]["jobs"]["deploy"]["uses"] == "./.github/workflows/deploy.yml"
     assert _caller_violations(docs) == []
+    assert not (proj/"databricks.yml").exists() and "bundle-validate" not in docs["ci.yml"]["jobs"]  # no bundle: no bundle jobs
+    assert "bundle" not in docs["deploy.yml"]["jobs"] and "databricks bundle" not in (proj/"pipelines"/"azure"/"deploy.yml").read_text()
     gh, az = on(docs["ci.yml"])["pull_request"], load(proj/"pipelines"/"azure"/"ci.yml")["pr"]
     files = [str(f.relative_to(proj)) for f in proj.rglob("*") if f.is_file()]
     assert "scripts/setup" in files and not [f for f in files if not (_github_runs_ci(gh, f) and _azure_runs_ci(az, f))]
@@ -739,3 +745,23 @@ def test_local_batch_pipeline_scores_with_the_champion(trained, state, tmp_path,
     (tmp_path/"mine").mkdir(); (tmp_path/"mine"/"keep.txt").write_text("keep")
     r = run_pipeline("batch", input=str(tmp_path/"in"), output=str(tmp_path/"mine"), say=lambda *_: None)
     assert r.rc == 1 and "not an output of mlops-nb score" in r.error and (tmp_path/"mine"/"keep.txt").read_text() == "keep"
+
+
+def test_the_bundle_is_validated_on_pull_requests_and_deployed_from_main():
+    """ci validates the bundle's test target with the CI credentials; deploy deploys prod with the production ones; both
+    install the Databricks CLI pinned to one release (GitHub: the action by commit SHA; Azure: that commit's install script)."""
+    from mlops_nb.pipeline import ACTIONS, DATABRICKS_CLI
+    sha = ACTIONS["databricks/setup-cli"][0]
+    assert sha in DATABRICKS_CLI and DATABRICKS_CLI.endswith("/install.sh | sudo sh")
+    for name, line, creds in (("ci", "databricks bundle validate -t test", "_CI"), ("deploy", "databricks bundle deploy -t prod", "")):
+        gh = [j for j in jobs(ROOT/".github"/"workflows"/f"{name}.yml") if any(s.get("run") == line for s in steps(j))]
+        assert len(gh) == 1, name
+        uses = [s.get("uses", "") for s in steps(gh[0])]
+        assert f"databricks/setup-cli@{sha}" in uses and uses.index(f"databricks/setup-cli@{sha}") < len(uses) - 1, name
+        step = next(s for s in steps(gh[0]) if s.get("run") == line)
+        assert step["env"]["DATABRICKS_HOST"] == f"${{{{ secrets.DATABRICKS_HOST{creds} }}}}", name
+        az = [j for j in jobs(ROOT/"pipelines"/"azure"/f"{name}.yml") if any(s.get("script") == line for s in steps(j))]
+        assert len(az) == 1, name
+        texts = [s.get("script") for s in steps(az[0])]
+        assert texts.index(DATABRICKS_CLI) < texts.index(line), name
+        assert next(s for s in steps(az[0]) if s.get("script") == line)["env"]["DATABRICKS_HOST"] == f"$(DATABRICKS_HOST{creds})", name
