@@ -58,6 +58,16 @@ def cli_json(*args, env=None, **kw):
     return json.loads(p.stdout)
 
 
+def cli_json_here(*args):
+    """`mlops-nb ... --json` in this process (`mlops_nb.cli.main`, what the executable runs), its stdout parsed: for
+    answers of commands whose process other tests start (each start imports mlflow again, seconds each)."""
+    import contextlib, io
+    from mlops_nb.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err): rc = main([*map(str, args), "--json"])
+    if rc != 0: raise AssertionError(f"mlops-nb {' '.join(map(str, args))} -> {rc}\n{err.getvalue()}")
+    return json.loads(out.getvalue())
+
 
 @pytest.fixture(scope="module")
 def state(tmp_path_factory, monkeypatch_module):
