@@ -58,6 +58,17 @@ def cli_json(*args, env=None, **kw):
     return json.loads(p.stdout)
 
 
+def cli_json_here(*args):
+    """`mlops-nb ... --json` in this process (`mlops_nb.cli.main`, what the executable runs), its stdout parsed: for
+    answers of commands whose process other tests start (each start imports mlflow again, seconds each)."""
+    import contextlib, io
+    from mlops_nb.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err): rc = main([*map(str, args), "--json"])
+    if rc != 0: raise AssertionError(f"mlops-nb {' '.join(map(str, args))} -> {rc}\n{err.getvalue()}")
+    return json.loads(out.getvalue())
+
+
 @pytest.fixture(scope="module")
 def state(tmp_path_factory, monkeypatch_module):
     "A fresh state folder (tracking DB, artifacts, runs) for this module, for in-process calls and subprocesses."
@@ -152,12 +163,38 @@ def _mlflow_env_restored():
         else: os.environ[k] = v
 
 
-EARLY = ("test_notebooks_run_all.py",)  # the longest file (one worker takes it whole): started first, it ends with the rest
 LATE = ("test_azmlinfsrv.py", "test_checkov.py", "test_azureml_mlflow.py", "test_package.py")  # need a side venv or podman
+HEAD = 4  # units started before any LATE one: minutes in which `bash scripts/test` builds those in the background
+
+# Seconds each work unit (a file; one notebook of test_notebooks_run_all; the Spark group) took on one worker of
+# `bash scripts/test` (2 workers, 2 cores, a loaded machine: 67 minutes then, 20 when quiet). Only the order matters;
+# units not listed count as short.
+SECONDS = {"test_problems.py": 1041, "test_library.py": 785, "test_training.py": 674, "spark": 661,
+           "test_package.py": 425, "test_hardening.py": 376, "test_docs.py": 372, "test_cli.py": 368,
+           "test_retrain.py": 366, "test_pipelines.py": 362, "test_live_traffic.py": 343, "test_batch.py": 281,
+           "test_server.py": 242, "test_kube.py": 226, "test_unity_catalog.py": 190, "test_databricks.py": 186,
+           "test_gates.py": 94, "test_azureml_mlflow.py": 93, "test_project.py": 78, "07_serving.ipynb": 77,
+           "test_fuzz.py": 64, "test_bundle.py": 63, "05_runner.ipynb": 62, "03_tracking.ipynb": 48,
+           "04_train.ipynb": 35, "test_azmlinfsrv.py": 34, "12_pipeline.ipynb": 34, "06_cli.ipynb": 34,
+           "14_drift.ipynb": 34, "test_checkov.py": 28, "test_drift.py": 21, "13_backends.ipynb": 20}
 
 
+def _group_name(mark): return str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))  # as xdist reads it
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(session, config, items):
-    """The files that need a side venv or the container services run last (their order kept): `bash scripts/test`
-    builds and starts those in the background while the other tests run, instead of the suite waiting for them. The
-    longest file runs first."""
-    items.sort(key=lambda item: (item.path.name not in EARLY) + (item.path.name in LATE))
+    """The order two workers take the work in (`--dist loadgroup --no-loadscope-reorder`; xdist's default reorders by
+    test count, which left the 13-minute test_library file for the end). Each file is one unit (an `xdist_group` of
+    its name: its module fixtures stay in one process) unless its tests name another group: each notebook of
+    test_notebooks_run_all is a unit, and the Spark tests share one, so that one JVM serves them. The longest units
+    start first and the short ones fill the end evenly on both workers; the units that need a side venv or the container
+    services come after the first HEAD: `bash scripts/test` builds and starts those in the background meanwhile."""
+    for item in items:
+        if not item.get_closest_marker("xdist_group"): item.add_marker(pytest.mark.xdist_group(item.path.name))
+    group = {item: _group_name(item.get_closest_marker("xdist_group")) for item in items}
+    units = sorted(dict.fromkeys(group.values()), key=lambda g: -SECONDS.get(g, 0))  # stable: ties keep their order
+    late = {item.path.name for item in items if item.path.name in LATE}
+    head = [g for g in units if g not in late][:HEAD]
+    rank = {g: i for i, g in enumerate(head + sorted((g for g in units if g not in head), key=lambda g: -SECONDS.get(g, 0)))}
+    items.sort(key=lambda item: rank[group[item]])

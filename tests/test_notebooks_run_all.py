@@ -6,7 +6,11 @@ nbconvert, every cell including the ones nbdev-test skips, while each place a ce
 cloud" points at a recorder: the kubeconfig's every context and the Databricks config file's DEFAULT profile (the
 local container engine is left as it is: it is no cloud, and nbdev-test meets it the same way). The recorder must see
 no request at all. A control first proves each of them is wired (a client built from
-the same configuration does reach the recorder), so the main assertion can fail."""
+the same configuration does reach the recorder), so the main assertion can fail.
+
+The notebooks whose cells start a local Spark session (14a_drift_spark, 17_batch) run every cell the same way but in
+this process (execnb's shell, as nbdev-test runs notebooks, with nothing skipped), on the suite's one shared Spark
+session: no kernel and no JVM of their own (a JVM start and cold Python workers cost each of them tens of seconds)."""
 import os, subprocess, sys
 from types import SimpleNamespace
 
@@ -14,8 +18,17 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 from nbconvert.preprocessors import ExecutePreprocessor
 from conftest import ROOT, Recorder
+from spark_fixtures import spark  # noqa: F401 (the shared session fixture)
 
 LIBRARY_NBS = sorted((ROOT/"nbs").glob("[0-9]*.ipynb")) + sorted((ROOT/"nbs"/"examples").glob("*.ipynb"))
+
+
+def starts_spark(nb):
+    "Whether a code cell of notebook `nb` starts a local Spark session."
+    return any('spark_session("local' in c.source for c in nbformat.read(nb, as_version=4).cells if c.cell_type == "code")
+
+
+SPARK_NBS = {nb for nb in LIBRARY_NBS if starts_spark(nb)}
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +59,35 @@ with contextlib.suppress(Exception):
     assert any("/api/2." in p for p in paths), paths
 
 
-@pytest.mark.parametrize("nb", LIBRARY_NBS, ids=lambda p: p.relative_to(ROOT/"nbs").as_posix())
-def test_library_notebook_runs_all_under_nbconvert_and_calls_no_cloud(nb, cloud, monkeypatch):
+def test_the_spark_notebooks_are_found():
+    "The in-process route below is taken by the notebooks that start Spark, and only by them."
+    assert sorted(nb.name for nb in SPARK_NBS) == ["14a_drift_spark.ipynb", "17_batch.ipynb"]
+
+
+def run_in_this_process(nb, monkeypatch):
+    "Execute every cell of notebook `nb` here, in its folder, as a kernel would; raise what a cell raises."
+    from execnb.shell import CaptureShell
+    from fastcore.nbio import read_nb
+    from IPython.core.interactiveshell import InteractiveShell
+    from mlops_nb import tracking
+    monkeypatch.chdir(nb.parent)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the shell adds the notebook's folder
+    tracking._clients.clear()  # clients of the recorder's state folder, not this module's
+    try: CaptureShell(nb).run_all(read_nb(nb), exc_stop=True, cell_timeout=900)
+    finally:
+        InteractiveShell.clear_instance()
+        tracking._clients.clear()
+
+
+@pytest.mark.parametrize("nb", [pytest.param(nb, marks=pytest.mark.xdist_group("spark" if nb in SPARK_NBS else nb.name))
+                                for nb in LIBRARY_NBS], ids=lambda p: p.relative_to(ROOT/"nbs").as_posix())
+def test_library_notebook_runs_all_under_nbconvert_and_calls_no_cloud(nb, cloud, monkeypatch, request):
+    if nb in SPARK_NBS: request.getfixturevalue("spark")  # the shared session, started in this process's own environment
     # The kernel inherits the test process's environment: use exactly the recorder's.
     for k in list(os.environ): monkeypatch.delenv(k)
     for k, v in cloud.env.items(): monkeypatch.setenv(k, v)
     cloud.seen.clear()
-    book = nbformat.read(nb, as_version=4)
-    ExecutePreprocessor(timeout=900, kernel_name="python3").preprocess(book, {"metadata": {"path": str(nb.parent)}})
+    if nb in SPARK_NBS: run_in_this_process(nb, monkeypatch)  # every cell, here, on the shared session
+    else: ExecutePreprocessor(timeout=900, kernel_name="python3").preprocess(nbformat.read(nb, as_version=4),
+                                                                             {"metadata": {"path": str(nb.parent)}})
     assert cloud.seen == [], f"{nb.name} contacted the configured cloud: {cloud.seen}"

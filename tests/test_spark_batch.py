@@ -9,6 +9,8 @@ from mlops_nb.core import DataError
 from mlops_nb.examples.ottawa import generate_listings
 from mlops_nb.serving import load_runtime, score
 
+pytestmark = pytest.mark.xdist_group("spark")  # one worker, one JVM for every Spark test
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):

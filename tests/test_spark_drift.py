@@ -8,6 +8,8 @@ from mlops_nb.drift import drift_report
 from mlops_nb.drift_spark import spark_drift_report
 from mlops_nb.examples.ottawa import generate_listings
 
+pytestmark = pytest.mark.xdist_group("spark")  # one worker, one JVM for every Spark test
+
 
 def test_cli_monitor_engine_spark_gives_the_local_report(spark, state, model_dir, tmp_path, capsys):  # noqa: F811
     from mlops_nb.cli import main

@@ -2,7 +2,7 @@
 import json, os, re, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
-from conftest import CLI, run_cli, cli_json
+from conftest import CLI, run_cli, cli_json, cli_json_here
 
 
 def _runs(status=None):
@@ -139,18 +139,20 @@ def test_monitor_needs_no_reference_data_after_a_full_run(full_run, data_dir, tm
 
 
 def test_select_and_promote_through_cli(full_run, data_dir):
+    "The models commands in this process (the executable runs them in test_versions_on_other_data_are_not_compared, "
+    "test_gates and test_cli); the training, and the refused promotion's one line and exit code, in its own."
     second = cli_json("train", "--mode", "full", "--epochs", "1", "--seed", "7", "--data", data_dir/"2021.parquet", "--quiet")
     assert second["eval_fingerprint"] == full_run["eval_fingerprint"]  # same data, fixed hold-out: comparable
-    listed = cli_json("models", "list")
+    listed = cli_json_here("models", "list")
     assert [x["version"] for x in listed][:2] == [second["registered_version"], full_run["registered_version"]]
-    best = cli_json("models", "best", "--metric", "roc_auc")
+    best = cli_json_here("models", "best", "--metric", "roc_auc")
     want = max([full_run, second], key=lambda r: r["metrics"]["roc_auc"])
     assert best["version"] == want["registered_version"] and best["value"] == pytest.approx(want["metrics"]["roc_auc"])
-    low = cli_json("models", "best", "--metric", "log_loss", "--lower-is-better")
+    low = cli_json_here("models", "best", "--metric", "log_loss", "--lower-is-better")
     assert low["version"] == min([full_run, second], key=lambda r: r["metrics"]["log_loss"])["registered_version"]
-    out = cli_json("models", "promote", best["version"], "--alias", "champion")
+    out = cli_json_here("models", "promote", best["version"], "--alias", "champion")
     assert out == {"alias": "champion", "version": best["version"], "previous": None, "forced": False}
-    assert {x["version"]: x["aliases"] for x in cli_json("models", "list")}[best["version"]] == ["champion"]
+    assert {x["version"]: x["aliases"] for x in cli_json_here("models", "list")}[best["version"]] == ["champion"]
     p = run_cli("models", "promote", "999")
     assert p.returncode == 2 and "has no version 999" in p.stderr
 
