@@ -344,7 +344,7 @@ def evaluate_baseline(problem:Problem, # the declared problem
                      )->dict:
     "The problem's metrics of `baseline_outputs` on `eval_df`, named `baseline_<metric>`."
     out = baseline_outputs(problem, train_df, len(eval_df))
-    m = metrics_of(problem.kind, problem.encode(eval_df[problem.target]), out, problem.metric_names)
+    m = metrics_of(problem.kind, problem.encode(eval_df[problem.target]), out, problem.metric_specs())  # custom ones too
     return {f"{BASELINE_PREFIX}{k}": v for k, v in m.items()}
 
 def versus_baseline(problem:Problem, # the declared problem
