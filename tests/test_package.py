@@ -95,10 +95,14 @@ def test_container_answers_the_http_cases(built, containers, model_dir, monkeypa
 
 
 def test_push_pull_digest(built, containers):
+    """The pushed digest is what the registry serves, pulled by that digest: a tag is mutable, and the local deploy
+    pipeline of test_pipelines (on the other worker) pushes its own champion under the same name and version."""
     assert built["digest"].startswith("sha256:")
+    repo = built["tag"].rsplit(":", 1)[0]
     containers.images.remove(built["tag"], force=True)
-    img = containers.images.pull(built["tag"])
+    img = containers.images.pull(f"{repo}@{built['digest']}")
     assert any(d.endswith(built["digest"]) for d in img.attrs["RepoDigests"]), img.attrs["RepoDigests"]
+    img.tag(repo, built["tag"].rsplit(":", 1)[1])  # the later tests find it by its tag again
 
 
 def test_pinned_reference_is_what_the_registry_serves(built, containers):
