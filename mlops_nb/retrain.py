@@ -16,7 +16,7 @@ from .runner import LocalRunner, run_training
 from .server import free_port, start_server, swap_model
 from .serving import load_runtime, fetch_model
 from . import tracking
-from .tracking import version_for_alias, promote, client, resolve_version, metric_direction, gate_failures
+from .tracking import version_for_alias, promote, client, resolve_version, metric_direction, gate_failures, SERVABLE_TAG
 pd = lazy_module("pandas")
 
 # %% auto #0
@@ -44,6 +44,8 @@ def challenge(challenger:int, # registered version trained on recent data
     new = score_version(ch.name, challenger, eval_df)
     old = score_version(ch.name, champ_v, eval_df) if champ_v and champ_v != challenger else None
     fails = gate_failures(new, name=ch.name) + gate_failures(ch.metrics, name=ch.name)  # on the recent data, and as trained
+    if ch.tags.get(SERVABLE_TAG) != "passed":  # registered before the check, or by another tool: `promote` refuses it
+        fails.append("never shown to load and answer as `mlops-nb serve` loads it (no servable check)")
     better = not fails and (old is None or (new[metric] > old[metric] if higher else new[metric] < old[metric]))
     fp = data_fingerprint(eval_df)
     if better: promote(challenger, alias, ch.name)
