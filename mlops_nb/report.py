@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 from .core import DataError, ParamError, lazy_module
 from .data import check_table, read_table
-from .drift import OVERLAP_SHARE, _psi, drift_report, model_metrics, quantile_edges
+from .drift import OVERLAP_SHARE, drift_report, model_metrics, quantile_edges
 from .inference_log import join_labels, read_log
 from .problem import Problem
-from .reference import OTHER, Profile, _level, profile_drift, profile_of
+from .reference import OTHER, Profile, _level, profile_drift
 pd = lazy_module("pandas")
 
 # %% auto #0
