@@ -10,7 +10,8 @@ import re, shlex, tomllib
 from dataclasses import dataclass
 from pathlib import Path
 import yaml
-from .core import project_root
+from .cli import command_options
+from .core import MlopsNbError, project_root
 from .pipeline import PIPELINES, CLOUD, PipelineError, PipelineSettings, Step, cloud_steps, project_settings
 from .problem import load_problem
 
@@ -124,23 +125,9 @@ def bundle_line(step:Step, # a cloud step
 
 # %% ../nbs/11a_bundle.ipynb #11a-bundle-015
 def _flags(args:list[str])->dict:
-    "The options given in `mlops-nb CMD [SUBCMD] ...` arguments: dest -> value (True for a flag without one), read with the CLI's parser."
-    import argparse
-    from mlops_nb.cli import _parser
-    p, rest, said = _parser(), list(args[1:]), "mlops-nb"
-    while True:  # down the commands and subcommands
-        sub = next((a for a in p._actions if isinstance(a, argparse._SubParsersAction)), None)
-        if sub is None or not rest or rest[0].startswith("-"): break
-        if rest[0] not in sub.choices: raise PipelineError(f"{' '.join(args)}: {said} has no command {rest[0]!r}")
-        p, said, rest = sub.choices[rest[0]], f"{said} {rest[0]}", rest[1:]
-    opts = {o: a for a in p._actions for o in a.option_strings}
-    out, it = {}, iter(rest)
-    for a in it:
-        if not a.startswith("-"): continue  # a positional argument
-        act = opts.get(a)
-        if act is None: raise PipelineError(f"{' '.join(args)}: {said} has no option {a!r}")
-        out[act.dest] = True if act.nargs == 0 else next(it, None)
-    return out
+    "The options given in `mlops-nb CMD [SUBCMD] ...` arguments: dest -> value (True for a flag without one)."
+    try: return command_options(args[1:])  # the CLI's own parser: a typo in a step fails here
+    except MlopsNbError as e: raise PipelineError(str(e)) from None
 
 def task_of(step:Step, # a cloud step that runs on Databricks
             settings:PipelineSettings, # the project's settings

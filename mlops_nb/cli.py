@@ -11,9 +11,10 @@ from pathlib import Path
 from .core import MlopsNbError
 
 # %% auto #0
-__all__ = ['cmd_data_generate', 'cmd_data_check', 'cmd_train', 'cmd_models_list', 'cmd_models_best', 'cmd_models_promote',
-           'cmd_config', 'cmd_runs_sweep', 'check_address', 'cmd_serve', 'cmd_package', 'cmd_deploy', 'RetrainAdvised',
-           'cmd_monitor', 'cmd_score', 'cmd_simulate', 'cmd_pipeline', 'cmd_demo', 'cmd_new', 'main', 'console', 'task']
+__all__ = ['parser', 'main', 'cmd_data_generate', 'cmd_data_check', 'cmd_train', 'cmd_models_list', 'cmd_models_best',
+           'cmd_models_promote', 'check_address', 'cmd_serve', 'cmd_package', 'cmd_deploy', 'RetrainAdvised',
+           'cmd_monitor', 'cmd_score', 'cmd_simulate', 'cmd_pipeline', 'cmd_new', 'cmd_config', 'cmd_runs_sweep',
+           'cmd_demo', 'commands', 'command_options', 'console', 'task']
 
 # %% ../nbs/06_cli.ipynb #06-cli-005
 def _say(*a):
@@ -27,6 +28,123 @@ def _emit(obj, as_json:bool, text:str):
 def _fmt_metrics(m:dict)->str:
     "Metrics as `name=value` pairs."
     return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(m.items()))
+
+# %% ../nbs/06_cli.ipynb #06-cli-031a
+# name -> function adding a command (or a group) and its arguments, in the order of `mlops-nb --help`
+_COMMAND_GROUPS = {}
+
+def _command_group(declare):
+    "Register `declare(sub)`, which adds one command (or a group of subcommands) to `mlops-nb`'s subparsers `sub`."
+    _COMMAND_GROUPS[declare.__name__] = declare  # a cell run again replaces its group, in place
+    return declare
+
+# %% ../nbs/06_cli.ipynb #06-cli-031c
+def _command(parent, # subparsers of `mlops-nb` or of a command group
+             name:str, # the command's name
+             fn, # the `cmd_*` function it runs
+             help:str # its line in the list of commands; its description is `fn`'s docstring, then `help`
+            )->argparse.ArgumentParser:
+    "The parser of a command that runs `fn`, for the caller to declare the command's arguments on."
+    # argparse %-formats a command's help but not its description: write `help` with plain % signs
+    s = parent.add_parser(name, help=help.replace("%", "%%"), description=f"{fn.__doc__} {help}",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.set_defaults(fn=fn)
+    return s
+
+def _group(parent, # subparsers of `mlops-nb`
+           name:str, # the group's name, e.g. models
+           help:str, # its line in the list of commands
+           description:str # what `mlops-nb NAME --help` says
+          ):
+    "A command group (`mlops-nb models ...`): the subparsers its subcommands are added to."
+    g = parent.add_parser(name, help=help, description=description)
+    return g.add_subparsers(dest="sub", metavar="SUBCOMMAND")
+
+def _json_flag(s:argparse.ArgumentParser):
+    "The `--json` flag every command that reports something has."
+    s.add_argument("--json", action="store_true", help="print one JSON object on stdout (progress stays on stderr)")
+
+# %% ../nbs/06_cli.ipynb #06-cli-032
+_DESCRIPTION = ("Notebook-first MLOps for a declared problem: run the training notebook in test or full mode, track "
+                "and register models, select and promote versions, serve, package, deploy, monitor. The problem is the "
+                "project's `[tool.mlops_nb] problem` (or MLOPS_NB_PROBLEM); `mlops-nb new` starts a project.")
+_EXAMPLES = """examples:
+  mlops-nb new my-project --data table.csv --target label
+  mlops-nb demo
+  mlops-nb data check data/2021.parquet
+  mlops-nb train --mode test --data data/2021.parquet
+  mlops-nb train --mode full --data data/2021.parquet --json
+  mlops-nb models best
+  mlops-nb models promote 3 --alias champion
+  mlops-nb serve --model champion
+  mlops-nb package --push
+  mlops-nb deploy --target kubernetes --image IMAGE --dry-run
+  mlops-nb monitor --reference data/2021.parquet --current data/2023.parquet --model champion
+  mlops-nb score --input 'data/*.parquet' --output scores/today
+  mlops-nb serve --model champion --log-dir logs/inference
+  mlops-nb pipeline train
+  mlops-nb pipeline monitor --current logs/inference
+  mlops-nb pipeline batch --input 'data/*.parquet' --output scores
+
+state (tracking DB, artifacts, executed notebooks) lives in .mlops_nb/ of the project;
+MLOPS_NB_HOME moves it, MLOPS_NB_TRACKING_URI points at another MLflow store."""
+
+def parser()->argparse.ArgumentParser:
+    "The `mlops-nb` argument parser: the global options, then the commands of every registered group."
+    p = argparse.ArgumentParser(prog="mlops-nb", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description=_DESCRIPTION, epilog=_EXAMPLES)
+    p.add_argument("--profile", default=None, help="profile in profiles/ choosing the tracking backend: local (SQLite, "
+                   "the default), dev (Databricks), prod (Azure ML); default: MLOPS_NB_PROFILE")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+    for declare in _COMMAND_GROUPS.values(): declare(sub)
+    return p
+
+# %% ../nbs/06_cli.ipynb #06-cli-033
+def _sigterm(signum, frame): raise KeyboardInterrupt
+
+def _quiet_stdout():
+    "Point stdout at /dev/null: the reader has gone, and the interpreter's final flush must not fail again."
+    try: os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError): pass
+
+def main(argv:list|None=None # arguments (default: sys.argv[1:])
+        )->int:
+    "Entry point of `mlops-nb`: run a command; user errors print one line and exit non-zero."
+    in_main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, _sigterm) if in_main else None  # SIGTERM stops a run like Ctrl-C
+    # a background job of a non-interactive shell (some CI agents) starts with SIGINT ignored: Ctrl-C must still stop us
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler) if in_main else None
+    try:
+        p = parser()
+        a = p.parse_args(argv)
+        if not hasattr(a, "fn"):
+            sub = {"data": "generate|check", "models": "list|best|promote", "runs": "sweep"}.get(a.cmd)
+            if sub: p.exit(2, f"mlops-nb {a.cmd}: choose a subcommand ({sub}); see `mlops-nb {a.cmd} --help`\n")
+            p.print_help()
+            return 0 if a.cmd is None else 2
+        if a.profile or os.environ.get("MLOPS_NB_PROFILE"):
+            from mlops_nb.backends import activate_profile
+            activate_profile(a.profile)
+        a.fn(a)
+        return 0
+    except MlopsNbError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt as e:  # what was cleaned up (a run marked FAILED) is in the exception's notes
+        print("; ".join(["interrupted: " + n if i == 0 else n for i, n in enumerate(getattr(e, "__notes__", []))])
+              or "interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader went away (`mlops-nb models list | head -1`): stop quietly, as Unix tools do
+        _quiet_stdout()
+        return 141
+    except OSError as e:  # a path the user gave that cannot be read or written: one line naming it, as Unix tools do
+        if not e.filename: raise
+        also = f" -> {e.filename2}" if e.filename2 else ""
+        print(f"error: {e.filename}{also}: {e.strerror or type(e).__name__}; check the path", file=sys.stderr)
+        return 2
+    finally:
+        if old is not None: signal.signal(signal.SIGTERM, old)
+        if old_int is not None: signal.signal(signal.SIGINT, old_int)
 
 # %% ../nbs/06_cli.ipynb #06-cli-007
 def _class_shares(problem, df)->dict:
@@ -68,6 +186,26 @@ def cmd_data_check(a):
             "fingerprint": data_fingerprint(df)}
     _emit(info, a.json, f"{info['path']}: {info['rows']} rows match the schema of {problem.name} ({_shares_text(info)}; "
                         f"fingerprint {info['fingerprint']})")
+
+# %% ../nbs/06_cli.ipynb #06-cli-007b
+@_command_group
+def _data_args(sub):
+    "`mlops-nb data generate|check`."
+    dsub = _group(sub, "data", "check (or generate) the problem's data", "Check (or generate) the problem's data.")
+    g = _command(dsub, "generate", cmd_data_generate, "Write seeded synthetic data of one period (Parquet or CSV by "
+                 "extension); only for problems that declare a generator (e.g. one period is a year of a drifting "
+                 "market).")
+    g.add_argument("--period", "--year", dest="period", type=int, default=None, help="period (e.g. market year) of the "
+                   "data; the generator drifts from period to period (default: the problem's)")
+    g.add_argument("--rows", type=int, default=20_000, help="number of rows (default: 20000)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    g.add_argument("--out", required=True, help="output file, .parquet or .csv")
+    _json_flag(g)
+    c = _command(dsub, "check", cmd_data_check, "Validate a CSV/Parquet file against the problem's schema (one line "
+                 "naming the file, column and row of the first problem).")
+    c.add_argument("path", help="file to check")
+    c.add_argument("--no-label", action="store_true", help="data to score: the target column may be absent")
+    _json_flag(c)
 
 # %% ../nbs/06_cli.ipynb #06-cli-009
 def cmd_train(a):
@@ -112,6 +250,48 @@ def _train_databricks(a, kw:dict):
     _say(f"Databricks run {h.run_id}: {h.run_page_url}")
     return h.wait(a.timeout)
 
+# %% ../nbs/06_cli.ipynb #06-cli-011b
+@_command_group
+def _train_args(sub):
+    "`mlops-nb train`: the run, its data and sample, and where it runs (here, or a Databricks job)."
+    t = _command(sub, "train", cmd_train, "Runs the training notebook with papermill and tracks the run. Test mode: "
+                 "seeded 5% sample, one epoch, nothing registered (the pull-request check). Full mode: all rows, "
+                 "metrics logged, model registered.")
+    # --mode is checked by make_params, with the rest of the notebook's parameters
+    t.add_argument("--mode", required=True, help="test (PR check) or full (registers a version)")
+    t.add_argument("--data", default="", help="training data (CSV/Parquet); default: generated data, for problems with "
+                   "a generator")
+    t.add_argument("--sample-frac", default=None, help="fraction of rows to use (default: 0.05 in test mode, 1 in "
+                   "full)")
+    t.add_argument("--epochs", default=None, help="training epochs (default: 1 in test mode, 10 in full)")
+    t.add_argument("--seed", default=None, help="seed for sampling and the model (default: 42); the evaluation "
+                   "hold-out does not change with it")
+    t.add_argument("--eval-data", default="", help="evaluation file (default: a seeded 20%% hold-out)")
+    t.add_argument("--notebook", default=None, help="training notebook (default: nbs/train.ipynb of the project)")
+    t.add_argument("--timeout", type=float, default=None, help="cancel the run after this many seconds")
+    t.add_argument("--cell-timeout", type=int, default=None, help="fail a cell that runs longer than this many seconds")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--runner", default="local", help="local (papermill here) or databricks (a job in the workspace of "
+                   "DATABRICKS_HOST; credentials: DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET, or "
+                   "DATABRICKS_TOKEN, or ARM_*)")
+    t.add_argument("--branch", default=None, help="databricks: branch of this run; PR branches get their own workspace "
+                   "folder (default: from CI or git)")
+    t.add_argument("--databricks-folder", default=None, help="databricks: workspace folder (default: "
+                   "MLOPS_NB_DATABRICKS_FOLDER or /Shared/mlops_nb)")
+    t.add_argument("--cluster", default=None, help="databricks: new job cluster as JSON, e.g. '{\"spark_version\": "
+                   "\"15.4.x-cpu-ml-scala2.12\", \"node_type_id\": \"Standard_DS3_v2\", \"num_workers\": 1}' "
+                   "(GPU node types allowed)")
+    t.add_argument("--existing-cluster-id", default=None, help="databricks: run on this cluster instead")
+    t.add_argument("--job", "--job-id", dest="job", default=None, help="databricks: run this deployed job now (its id, "
+                   "its name, or its key in the bundle's resources/*.yml) instead of a one-time run")
+    t.add_argument("--wheel", action="store_true", help="databricks: build this checkout's wheel, upload it to the "
+                   "branch's folder (or MLOPS_NB_DATABRICKS_WHEELS) and install it on the cluster")
+    t.add_argument("--poll-s", type=float, default=10, help="databricks: seconds between status checks (default: 10)")
+    t.add_argument("--library", action="append", default=None, help="databricks: a pip requirement, a local wheel "
+                   "(uploaded) or a wheel in the workspace (/Volumes/..., /Workspace/...) to install on the cluster "
+                   "(repeatable)")
+    _json_flag(t)
+
 # %% ../nbs/06_cli.ipynb #06-cli-013
 def cmd_models_list(a):
     "List registered versions."
@@ -149,22 +329,36 @@ def cmd_models_promote(a):
     out = {"alias": a.alias, "version": a.version, "previous": prev, "forced": a.force}
     _emit(out, a.json, f"{a.alias} -> v{a.version}" + (f" (was v{prev})" if prev else ""))
 
-# %% ../nbs/06_cli.ipynb #06-cli-015
-def cmd_config(a):
-    "Show the resolved configuration."
-    from mlops_nb.core import ENV_VARS, SECRET_VARS, state_dir, tracking_uri, registry_uri, redact_uri
-    show = lambda v: v if v is None else redact_uri(v)  # a URI may hold a password: never print it
-    out = {"state_dir": str(state_dir()), "tracking_uri": show(tracking_uri()), "registry_uri": show(registry_uri()),
-           **{v.name: ("***" if v.get() else None) if v.name in SECRET_VARS else show(v.get()) for v in ENV_VARS}}
-    _emit(out, a.json, "\n".join(f"{k}: {v}" for k, v in out.items()))
-
-def cmd_runs_sweep(a):
-    "Mark RUNNING runs whose owner is gone (or that are too old to check) FAILED."
-    from mlops_nb.tracking import sweep_runs
-    if not a.max_age_hours > 0: raise MlopsNbError(f"--max-age-hours {a.max_age_hours:g} is not allowed: use a positive number")
-    out = sweep_runs(a.max_age_hours, dry_run=a.dry_run)
-    verb = "would mark" if a.dry_run else "marked"
-    _emit(out, a.json, "\n".join(f"{verb} run {r['run_id']} FAILED: {r['why']}" for r in out) or "no stale runs")
+# %% ../nbs/06_cli.ipynb #06-cli-013b
+@_command_group
+def _models_args(sub):
+    "`mlops-nb models list|best|promote`."
+    msub = _group(sub, "models", "list, select and promote registered versions",
+                  "List, select and promote registered model versions.")
+    ml = _command(msub, "list", cmd_models_list, "Registered versions, newest first, with aliases, evaluation data and "
+                  "metrics.")
+    mb = _command(msub, "best", cmd_models_best, "The best version by a logged metric, among versions evaluated on the "
+                  "same data.")
+    mb.add_argument("--metric", default=None, help="metric name, e.g. roc_auc, f1_macro, rmse (default: the problem's "
+                    "primary metric)")
+    mb.add_argument("--lower-is-better", action="store_true", help="pick the smallest value (default: the problem's "
+                    "direction for the metric)")
+    mb.add_argument("--eval-fingerprint", default=None, help="compare versions evaluated on this data (default: the "
+                    "latest version's)")
+    mp = _command(msub, "promote", cmd_models_promote, "Point an alias (e.g. champion) at a version, in one registry "
+                  "write.")
+    mp.add_argument("version", type=int, help="version number")
+    mp.add_argument("--alias", default="champion", help="alias to move (default: champion)")
+    mp.add_argument("--force", action="store_true", help="promote a version that fails its validation gates (the "
+                    "problem's thresholds, or the profile's gates:); recorded on the version")
+    mp.add_argument("--after-shadow", default=None, metavar="LOG_DIR", help="promote only after a shadow period: the "
+                    "version must have answered --min-shadow-rows logged requests as the shadow (serve --shadow, "
+                    "--log-dir LOG_DIR)")
+    mp.add_argument("--min-shadow-rows", type=int, default=1000, help="rows the shadow period asks for (default: 1000)")
+    for s in (ml, mb, mp):  # every subcommand ends with the same two options
+        s.add_argument("--name", default=None, help="registered model name (default: MLOPS_NB_MODEL_NAME or the "
+                       "problem's)")
+        _json_flag(s)
 
 # %% ../nbs/06_cli.ipynb #06-cli-017
 def check_address(host:str, # interface to bind: a name or an address
@@ -208,6 +402,34 @@ def cmd_serve(a):
           admin_token=MLOPS_NB_ADMIN_TOKEN.get(), watch=a.watch, access_log=a.access_log, max_batch=a.max_batch,
           log_dir=log_dir, log_sample=sample, shadow=a.shadow)
 
+# %% ../nbs/06_cli.ipynb #06-cli-017b
+@_command_group
+def _serve_args(sub):
+    "`mlops-nb serve`: the model, the address, the workers and the inference log."
+    sv = _command(sub, "serve", cmd_serve, "Runs the scoring API (api/score.py's contract) with adaptive "
+                  "micro-batching. Secrets from the environment: MLOPS_NB_API_KEY requires a key on /score; "
+                  "MLOPS_NB_ADMIN_TOKEN enables POST /admin/model to swap versions without dropping requests. "
+                  "MLOPS_NB_API_KEY_FILE and MLOPS_NB_ADMIN_TOKEN_FILE read them from files instead (mounted secrets).")
+    sv.add_argument("--model", default=None, help="model folder or registry reference: models:/NAME@champion, "
+                    "models:/NAME/3, champion, latest, 3, best:roc_auc (default: MLOPS_NB_MODEL or the champion)")
+    sv.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1; 0.0.0.0 in a "
+                    "container)")
+    sv.add_argument("--port", type=int, default=8080, help="port (default: 8080; 0: any free port)")
+    sv.add_argument("--workers", type=int, default=1, help="worker processes (default: 1; swap them with --watch)")
+    sv.add_argument("--entry", default=None, help="entry script with preprocess/postprocess (default: api/score.py)")
+    sv.add_argument("--watch", type=float, default=0, help="seconds between checks of the registry alias; swap when it "
+                    "moves (default: off)")
+    sv.add_argument("--max-batch", type=int, default=256, help="rows per model call (default: 256)")
+    sv.add_argument("--access-log", action="store_true", help="log every request as a JSON line")
+    sv.add_argument("--log-dir", default=None, help="keep an inference log here: sampled requests, answers, model, "
+                    "request id, time, latency, as Parquet (default: MLOPS_NB_INFERENCE_LOG; none); `mlops-nb monitor "
+                    "--current DIR` reads it")
+    sv.add_argument("--log-sample", default=None, help="share of requests the inference log keeps (default: "
+                    "MLOPS_NB_INFERENCE_LOG_SAMPLE or 1)")
+    sv.add_argument("--shadow", default=None, help="a candidate model (folder or registry reference) scored on the "
+                    "same requests after the answer, never delaying or failing it; both answers go to the inference "
+                    "log")
+
 # %% ../nbs/06_cli.ipynb #06-cli-019
 def cmd_package(a):
     "Build (and push) the image of a model version."
@@ -224,6 +446,27 @@ def cmd_package(a):
     text = (f"build context: {ctx.path}" if a.context_only else f"image {ctx.tag} ({out['size_mb']} MB)") + \
            (f"\npushed: {out['image']}" if out["digest"] else "")
     _emit(out, a.json, text)
+
+# %% ../nbs/06_cli.ipynb #06-cli-019b
+@_command_group
+def _package_args(sub):
+    "`mlops-nb package`: the model, the base image, the registry, and whether to push."
+    pk = _command(sub, "package", cmd_package, "Builds a container image holding the model, api/score.py and the "
+                  "serving runtime (no MLflow, no pandas), through the Docker Engine API (Docker or Podman's service "
+                  "at DOCKER_HOST), tagged REGISTRY/NAME:VERSION-GITSHA. Registry credentials come from "
+                  "MLOPS_NB_REGISTRY_USERNAME/PASSWORD.")
+    pk.add_argument("--model", default=None, help="model folder or registry reference (default: the champion)")
+    pk.add_argument("--push", action="store_true", help="push the image to the registry after building it")
+    pk.add_argument("--context-only", default=None, metavar="DIR", help="only write the build context (Dockerfile, "
+                    "wheels, app, model) to DIR")
+    pk.add_argument("--base-image", default=None, help="base image (default: MLOPS_NB_BASE_IMAGE or python:3.11-slim)")
+    pk.add_argument("--registry", default=None, help="registry host[:port] to tag for (default: MLOPS_NB_REGISTRY or "
+                    "127.0.0.1:5000)")
+    pk.add_argument("--entry", default=None, help="entry script (default: api/score.py)")
+    pk.add_argument("--inference-log", action="store_true", help="the image logs inference (sampled requests and "
+                    "answers, Parquet) to /var/lib/mlops_nb/inference, a volume deploy mounts; adds pyarrow (about "
+                    "170 MB)")
+    _json_flag(pk)
 
 # %% ../nbs/06_cli.ipynb #06-cli-021
 def _kube_client(context:str|None):
@@ -299,6 +542,46 @@ def cmd_deploy(a):
     "Deploy a model image to Kubernetes or locally."
     if a.target not in ("local", "kubernetes"): raise MlopsNbError(f"--target {a.target!r} is not allowed: use local or kubernetes")
     return _deploy_kubernetes(a) if a.target == "kubernetes" else _deploy_local(a)
+
+# %% ../nbs/06_cli.ipynb #06-cli-022b
+@_command_group
+def _deploy_args(sub):
+    "`mlops-nb deploy`: the target, the image or model, and the Kubernetes objects around it."
+    dp = _command(sub, "deploy", cmd_deploy, "Kubernetes: render and strictly validate the manifests (Deployment with "
+                  "a rolling update that keeps old pods until new ones are ready, probes, limits, non-root read-only "
+                  "pods; a Service whose name and port never change; optional HPA), apply them server-side with your "
+                  "kubeconfig, wait, and roll back if the new version is not ready. Local: run the image (or hot-swap "
+                  "the local server's model).")
+    dp.add_argument("--target", default="local", help="local or kubernetes (default: local)")
+    dp.add_argument("--image", default=None, help="image REGISTRY/NAME:TAG (from `mlops-nb package --push`)")
+    dp.add_argument("--model", default=None, help="local, without an image: model reference to serve or swap in "
+                    "(default: champion)")
+    dp.add_argument("--dry-run", action="store_true", help="print the manifests / what would change; apply nothing")
+    dp.add_argument("--name", default=None, help="Deployment and Service name (default: the problem's deployment name)")
+    dp.add_argument("--namespace", default="default", help="Kubernetes namespace (default: default)")
+    dp.add_argument("--allow-from", action="append", default=None, metavar="PEER",
+                    help="kubernetes, repeatable: who may connect to the server's port through the NetworkPolicy: "
+                         "pods of the namespace by label (app=gateway), every pod of another namespace "
+                         "(ingress-nginx:*), or some of them (monitoring:app=prometheus) (default: every pod of the "
+                         "namespace)")
+    dp.add_argument("--no-network-policy", dest="network_policy", action="store_false",
+                    help="kubernetes: render no NetworkPolicy (default: one, first: ingress to the server's port "
+                         "only from --allow-from, egress only to DNS)")
+    dp.add_argument("--replicas", type=int, default=2, help="replicas (default: 2)")
+    dp.add_argument("--hpa", action="store_true", help="add a HorizontalPodAutoscaler on CPU")
+    dp.add_argument("--api-key-secret", default=None, help="name of a Secret whose key api-key is the server's API key "
+                    "(mounted as a file, MLOPS_NB_API_KEY_FILE)")
+    dp.add_argument("--inference-log", action="store_true", help="mount a volume for the image's inference log "
+                    "(package --inference-log)")
+    dp.add_argument("--log-claim", default=None, help="the inference log's PersistentVolumeClaim (default: an "
+                    "emptyDir, lost with the pod)")
+    dp.add_argument("--manifests", default=None, help="folder to write the manifests to (default: the state folder's "
+                    "k8s/NAME)")
+    dp.add_argument("--context", default=None, help="kubeconfig context (default: the current one)")
+    dp.add_argument("--port", type=int, default=8080, help="local: loopback port (default: 8080)")
+    dp.add_argument("--timeout", type=float, default=600, help="seconds to wait for readiness / the rollout (default: "
+                    "600)")
+    _json_flag(dp)
 
 # %% ../nbs/06_cli.ipynb #06-cli-024
 class RetrainAdvised(MlopsNbError):
@@ -416,6 +699,41 @@ def cmd_monitor(a):
     _emit(out, a.json, text)
     if a.fail_on_retrain and rep.retrain: raise RetrainAdvised("retraining advised: " + "; ".join(rep.reasons))
 
+# %% ../nbs/06_cli.ipynb #06-cli-024d
+@_command_group
+def _monitor_args(sub):
+    "`mlops-nb monitor`: the two data sets (or an inference log and late labels), the model, thresholds, the report."
+    mo = _command(sub, "monitor", cmd_monitor, "Per-feature drift (PSI, KS) between two data files; with the target in "
+                  "the current file and --model, the model's decay against its logged metrics; and a retrain verdict "
+                  "with reasons.")
+    mo.add_argument("--reference", default=None, help="reference data (CSV/Parquet), e.g. the training data (default: "
+                    "the reference profile the --model version's run logged of its training rows)")
+    mo.add_argument("--current", required=True, help="recent data (CSV/Parquet; with the target column, decay is "
+                    "measured), or the folder of a server's inference log (serve --log-dir): drift on what the API "
+                    "actually saw")
+    mo.add_argument("--labels", default=None, help="labels that arrived later (CSV/Parquet with the target and "
+                    "request_id [+ row], or a key column): joined to the inference log to measure decay")
+    mo.add_argument("--labels-key", default=None, help="the column labels and logged requests share (default: "
+                    "request_id and row)")
+    mo.add_argument("--window", type=float, default=None, metavar="DAYS", help="with an inference log: only the "
+                    "requests of the last DAYS days, e.g. 7 (default: all of it)")
+    mo.add_argument("--model", default=None, help="model folder or registry reference: champion, latest, 3, "
+                    "best:roc_auc, models:/NAME@champion (default: no decay or age check)")
+    mo.add_argument("--threshold", action="append", default=None, metavar="KEY=VALUE", help="override a threshold: "
+                    "psi, ks_pvalue, ks_stat, metric_drop, max_age_days (repeatable)")
+    mo.add_argument("--fail-on-retrain", action="store_true", help="exit 1 when retraining is advised (for pipelines)")
+    mo.add_argument("--engine", default="local", help="local (pandas, here) or spark (the same scores from "
+                    "aggregations and bounded samples; --reference and --current may then be folders, globs or URIs "
+                    "Spark reads)")
+    mo.add_argument("--spark-master", default=None, help="spark: master when no session is active (default: "
+                    "MLOPS_NB_SPARK_MASTER or local[*])")
+    mo.add_argument("--html", default=None, metavar="FILE", help="also write a self-contained HTML report: PSI bars, "
+                    "reference against current distributions of the drifted features, decay, estimates, and metrics "
+                    "per window of an inference log")
+    mo.add_argument("--report-window", default="1D", metavar="DURATION", help="--html with an inference log folder: "
+                    "the length of a window (default: 1D, a day; e.g. 12h, 7D)")
+    _json_flag(mo)
+
 # %% ../nbs/06_cli.ipynb #06-cli-024b
 def cmd_score(a):
     "Score every row of Parquet/CSV files with a model: keys, predictions, model and version, in a folder of Parquet parts."
@@ -430,6 +748,31 @@ def cmd_score(a):
     _emit(out, a.json, f"scored {res.rows} rows of {res.files} file(s) with {res.model or 'the model'} v{res.version or '?'} "
                        f"({res.engine} engine, {res.seconds:.1f} s, {out['rows_per_s']} rows/s) -> {res.output}")
 
+# %% ../nbs/06_cli.ipynb #06-cli-024h
+@_command_group
+def _score_args(sub):
+    "`mlops-nb score`: the model, the input and output, and the engine."
+    sc = _command(sub, "score", cmd_score, "Batch scoring: every row of the input through the model's fast path, with "
+                  "its key columns, the prediction (label and probabilities, or value), model and version, into a "
+                  "folder of Parquet parts written aside and renamed into place at the end (an interrupted run leaves "
+                  "no output). Bad input: one line naming the file, column and row.")
+    sc.add_argument("--model", default=None, help="model folder or registry reference: champion, latest, 3, "
+                    "models:/NAME@champion (default: the champion)")
+    sc.add_argument("--input", required=True, help="a .parquet/.csv file, a folder of them or a glob (quote it); "
+                    "spark: also a URI")
+    sc.add_argument("--output", required=True, help="output folder (must not exist, unless --overwrite); spark: also "
+                    "a URI")
+    sc.add_argument("--engine", default="local", help="local (a process per core, each loading the model once) or "
+                    "spark (mapInPandas; local[*] here, a cluster in production)")
+    sc.add_argument("--batch-rows", type=int, default=100_000, help="rows per slice (local) or Arrow batch (spark); "
+                    "memory grows with it, not with the input (default: 100000)")
+    sc.add_argument("--workers", type=int, default=None, help="local: processes (default: one per core)")
+    sc.add_argument("--overwrite", action="store_true", help="replace an existing output folder (only once the new one "
+                    "is complete)")
+    sc.add_argument("--spark-master", default=None, help="spark: master when no session is active (default: "
+                    "MLOPS_NB_SPARK_MASTER or local[*])")
+    _json_flag(sc)
+
 # %% ../nbs/06_cli.ipynb #06-cli-026
 def cmd_simulate(a):
     "Simulate several periods of drifting data: drift checks, retraining, challenger vs champion, zero-downtime swaps, a report."
@@ -441,16 +784,139 @@ def cmd_simulate(a):
                      f"{r['champion'][m]:.3f}  {r['decision']}" for r in res["periods"])
     _emit(res, a.json, f"{m} per period\n{text}\nrequests: {res['requests_ok']} answered, {res['requests_failed']} failed\nreport: {res['report']}")
 
+# %% ../nbs/06_cli.ipynb #06-cli-026b
+@_command_group
+def _simulate_args(sub):
+    "`mlops-nb simulate`: the periods, their size, and which tracking store it uses."
+    si = _command(sub, "simulate", cmd_simulate, "For problems with a data generator: trains and serves a model on the "
+                  "first period, then each period checks drift and decay, retrains when needed, promotes a challenger "
+                  "only if it beats the champion on that period's data, and swaps it into the running server while a "
+                  "client keeps calling it. Writes report.html (the metric per period with and without retraining, "
+                  "drift, versions) and report.json. Works in a tracking store of its own (<out>/state) unless "
+                  "--use-configured-registry.")
+    si.add_argument("--first-period", "--first-year", dest="first_period", type=int, default=None,
+                    help="first period (default: the problem's default period minus two)")
+    si.add_argument("--periods", "--years", dest="periods", type=int, default=5, 
+                    help="periods to simulate (default: 5)")
+    si.add_argument("--rows", type=int, default=8000, help="rows per period (default: 8000)")
+    si.add_argument("--epochs", type=int, default=None, help="full-run epochs (default: 10)")
+    si.add_argument("--out", default=None, help="report folder (default: the state folder's simulation/)")
+    si.add_argument("--use-configured-registry", action="store_true", help="register and promote in the configured "
+                    "tracking store (careful: on a shared server this moves the production champion)")
+    _json_flag(si)
+
 # %% ../nbs/06_cli.ipynb #06-cli-028
 def cmd_pipeline(a):
     "Run a pipeline's steps here, or print and check them."
     from mlops_nb.pipeline import run_pipeline, PipelineFailed
     res = run_pipeline(a.name, dry_run=a.dry_run, runner=a.runner, period=a.period, rows=a.rows, epochs=a.epochs,
                        data=a.data, trigger=a.trigger, reference=a.reference, current=a.current, window=a.window,
-                       input=a.input, output=a.output, say=_say, parse=_parser().parse_args)
+                       input=a.input, output=a.output, say=_say, parse=parser().parse_args)
     if res.error and not a.json: raise PipelineFailed(res.error)
     _emit(res.as_dict(), a.json, res.summary())
     if res.error: raise PipelineFailed(res.error)
+
+# %% ../nbs/06_cli.ipynb #06-cli-028b
+@_command_group
+def _pipeline_args(sub):
+    "`mlops-nb pipeline NAME`: which pipeline, and the options of its steps."
+    pl = _command(sub, "pipeline", cmd_pipeline, "Runs the steps of a pipeline here, on the embedded defaults, as "
+                  "pipelines/azure/ and .github/workflows/ run them in the cloud: ci (the training notebook in test "
+                  "mode), train (data, full-mode run, best version, promote champion), deploy (API tests and a local "
+                  "deploy test, image build, Kubernetes rollout or its dry run), monitor (drift of the live traffic in "
+                  "the inference log; the train pipeline when retraining is advised), batch (every row of the data to "
+                  "score through the champion, nightly in the cloud, into a folder of Parquet parts), docs (build and "
+                  "check the site). Prints [pipeline/stage/step] lines; stops at the first failing step (exit 1).")
+    pl.add_argument("name", choices=["ci", "train", "deploy", "monitor", "batch", "docs"],
+                    help="pipeline to run: ci, train, deploy, monitor, batch or docs")
+    pl.add_argument("--dry-run", action="store_true", help="print each command and check that it exists; run nothing")
+    pl.add_argument("--runner", default="local", help="where to run (default: local; the cloud runs the YAML "
+                    "pipelines)")
+    pl.add_argument("--period", "--year", dest="period", type=int, default=None, help="train: period of the generated "
+                    "data (default: the problem's)")
+    pl.add_argument("--rows", type=int, default=20_000, help="train: rows to generate (default: 20000)")
+    pl.add_argument("--epochs", type=int, default=None, help="train: full-run epochs (default: 10)")
+    pl.add_argument("--data", default=None, help="train (and monitor, when it retrains): train on this data file "
+                    "instead of generated data")
+    pl.add_argument("--trigger", action="store_true", help="train: run the deploy pipeline after promoting the "
+                    "champion")
+    pl.add_argument("--reference", default=None, help="monitor: the champion's training data (default: the train "
+                    "pipeline's generated data)")
+    pl.add_argument("--current", default=None, help="monitor: the inference log folder (default: "
+                    "MLOPS_NB_INFERENCE_LOG, else the state folder's inference-log/)")
+    pl.add_argument("--window", type=float, default=7, metavar="DAYS", help="monitor: days of live traffic to look at "
+                    "(default: 7)")
+    pl.add_argument("--input", default=None, help="batch: the data to score, a .parquet/.csv file, a folder or a glob "
+                    "(quote it) (default: MLOPS_NB_BATCH_INPUT, else the train pipeline's generated data)")
+    pl.add_argument("--output", default=None, help="batch: the scores' folder, replaced once the new scores are "
+                    "complete (default: MLOPS_NB_BATCH_OUTPUT, else the state folder's batch/scores/)")
+    _json_flag(pl)
+
+# %% ../nbs/06_cli.ipynb #06-cli-030b
+def cmd_new(a):
+    "Start a project for your own table: an nbdev project whose problem is inferred from the data."
+    from mlops_nb.scaffold import new_project
+    out = new_project(a.dir, a.data, a.target, kind=a.kind, name=a.name, say=_say)
+    _emit(out, a.json, f"{out['path']}: {out['name']} ({out['kind']}, target {out['target']!r}, {len(out['inputs'])} inputs)\n"
+                       f"review nbs/00_problem.ipynb, then:\n  cd {out['path']}\n  bash scripts/run     # the main job\n"
+                       f"  bash scripts/test    # every test")
+
+# %% ../nbs/06_cli.ipynb #06-cli-030d
+@_command_group
+def _new_args(sub):
+    "`mlops-nb new DIR`: the folder, the table and its label."
+    nw = _command(sub, "new", cmd_new, "Writes a new nbdev project for your problem into DIR (which must not exist, or "
+                  "be empty: nothing is written over): the problem declaration inferred from your table (kinds, "
+                  "bounds, categories; review it in nbs/00_problem.ipynb), the training notebook, api/score.py, "
+                  "scripts, profiles, pipelines for GitHub Actions and Azure DevOps, tests and a README with its two "
+                  "commands. The project uses mlops_nb as a library: when this mlops_nb was not installed from a "
+                  "package index (a source checkout, a wheel file), its wheel goes in the project's vendor/ and the "
+                  "project's scripts/setup installs it; MLOPS_NB_SPEC, set when running scripts/setup, overrides that "
+                  "(a pip requirement such as mlops_nb==0.2.0, a wheel file or a checkout).")
+    nw.add_argument("dir", help="folder of the new project; its name is the problem's name unless --name")
+    nw.add_argument("--data", required=True, help="your labelled table, .csv or .parquet (copied into the project's "
+                    "data/)")
+    nw.add_argument("--target", required=True, help="the label column")
+    nw.add_argument("--kind", default=None, help="binary, multiclass or regression (default: inferred from the target)")
+    nw.add_argument("--name", default=None, help="problem name: lower-case letters, digits and '-' (default: from DIR)")
+    _json_flag(nw)
+
+# %% ../nbs/06_cli.ipynb #06-cli-015
+def cmd_config(a):
+    "Show the resolved configuration."
+    from mlops_nb.core import ENV_VARS, SECRET_VARS, state_dir, tracking_uri, registry_uri, redact_uri
+    show = lambda v: v if v is None else redact_uri(v)  # a URI may hold a password: never print it
+    out = {"state_dir": str(state_dir()), "tracking_uri": show(tracking_uri()), "registry_uri": show(registry_uri()),
+           **{v.name: ("***" if v.get() else None) if v.name in SECRET_VARS else show(v.get()) for v in ENV_VARS}}
+    _emit(out, a.json, "\n".join(f"{k}: {v}" for k, v in out.items()))
+
+def cmd_runs_sweep(a):
+    "Mark RUNNING runs whose owner is gone (or that are too old to check) FAILED."
+    from mlops_nb.tracking import sweep_runs
+    if not a.max_age_hours > 0: raise MlopsNbError(f"--max-age-hours {a.max_age_hours:g} is not allowed: use a positive number")
+    out = sweep_runs(a.max_age_hours, dry_run=a.dry_run)
+    verb = "would mark" if a.dry_run else "marked"
+    _emit(out, a.json, "\n".join(f"{verb} run {r['run_id']} FAILED: {r['why']}" for r in out) or "no stale runs")
+
+# %% ../nbs/06_cli.ipynb #06-cli-015a
+@_command_group
+def _config_args(sub):
+    "`mlops-nb config`."
+    _json_flag(_command(sub, "config", cmd_config, "Where state lives and which tracking store is used (passwords in "
+                        "URIs are shown as ***)."))
+
+@_command_group
+def _runs_args(sub):
+    "`mlops-nb runs sweep`."
+    rsub = _group(sub, "runs", "housekeeping of tracking runs", "Housekeeping of tracking runs.")
+    rs = _command(rsub, "sweep", cmd_runs_sweep, "Every run records the process that owns it. Marks FAILED the RUNNING "
+                  "runs whose owner is gone (same host, process ended: killed with its runner, or a lost kernel), and "
+                  "those older than --max-age-hours whose owner cannot be checked from this host. Never touches a run "
+                  "whose owner lives.")
+    rs.add_argument("--max-age-hours", type=float, default=24, help="RUNNING runs older than this whose owner cannot "
+                    "be checked are stale (default: 24)")
+    rs.add_argument("--dry-run", action="store_true", help="only list what would be marked")
+    _json_flag(rs)
 
 # %% ../nbs/06_cli.ipynb #06-cli-030
 def cmd_demo(a):
@@ -489,328 +955,52 @@ def cmd_demo(a):
            "champion": sel.version.version, "previous_champion": prev}
     _emit(out, a.json, f"champion is now v{sel.version.version} ({m}={sel.version.metrics[m]:.4f})" + (f", was v{prev}" if prev else ""))
 
-# %% ../nbs/06_cli.ipynb #06-cli-030b
-def cmd_new(a):
-    "Start a project for your own table: an nbdev project whose problem is inferred from the data."
-    from mlops_nb.scaffold import new_project
-    out = new_project(a.dir, a.data, a.target, kind=a.kind, name=a.name, say=_say)
-    _emit(out, a.json, f"{out['path']}: {out['name']} ({out['kind']}, target {out['target']!r}, {len(out['inputs'])} inputs)\n"
-                       f"review nbs/00_problem.ipynb, then:\n  cd {out['path']}\n  bash scripts/run     # the main job\n"
-                       f"  bash scripts/test    # every test")
-
-# %% ../nbs/06_cli.ipynb #06-cli-032
-def _parser()->argparse.ArgumentParser:
-    "The `mlops-nb` argument parser."
-    P = argparse.ArgumentParser
-    fmt = argparse.RawDescriptionHelpFormatter
-    p = P(prog="mlops-nb", formatter_class=fmt, description="Notebook-first MLOps for a declared problem: run the training "
-          "notebook in test or full mode, track and register models, select and promote versions, serve, package, deploy, "
-          "monitor. The problem is the project's `[tool.mlops_nb] problem` (or MLOPS_NB_PROBLEM); `mlops-nb new` starts a project.",
-          epilog="examples:\n  mlops-nb new my-project --data table.csv --target label\n  mlops-nb demo\n"
-                 "  mlops-nb data check data/2021.parquet\n"
-                 "  mlops-nb train --mode test --data data/2021.parquet\n  mlops-nb train --mode full --data data/2021.parquet --json\n"
-                 "  mlops-nb models best\n  mlops-nb models promote 3 --alias champion\n"
-                 "  mlops-nb serve --model champion\n  mlops-nb package --push\n  mlops-nb deploy --target kubernetes --image IMAGE --dry-run\n"
-                 "  mlops-nb monitor --reference data/2021.parquet --current data/2023.parquet --model champion\n"
-                 "  mlops-nb score --input 'data/*.parquet' --output scores/today\n"
-                 "  mlops-nb serve --model champion --log-dir logs/inference\n"
-                 "  mlops-nb pipeline train\n  mlops-nb pipeline monitor --current logs/inference\n"
-                 "  mlops-nb pipeline batch --input 'data/*.parquet' --output scores\n\n"
-                 "state (tracking DB, artifacts, executed notebooks) lives in .mlops_nb/ of the project;\n"
-                 "MLOPS_NB_HOME moves it, MLOPS_NB_TRACKING_URI points at another MLflow store.")
-    p.add_argument("--profile", default=None, help="profile in profiles/ choosing the tracking backend: local (SQLite, the "
-                   "default), dev (Databricks), prod (Azure ML); default: MLOPS_NB_PROFILE")
-    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
-    def cmd(parent, name, fn, help):
-        s = parent.add_parser(name, help=help, description=fn.__doc__ + " " + help, formatter_class=fmt)
-        s.set_defaults(fn=fn); return s
-    def js(s): s.add_argument("--json", action="store_true", help="print one JSON object on stdout (progress stays on stderr)")
-
-    d = sub.add_parser("data", help="check (or generate) the problem's data", description="Check (or generate) the problem's data.")
-    dsub = d.add_subparsers(dest="sub", metavar="SUBCOMMAND")
-    g = cmd(dsub, "generate", cmd_data_generate, "Write seeded synthetic data of one period (Parquet or CSV by extension); "
-            "only for problems that declare a generator (e.g. one period is a year of a drifting market).")
-    g.add_argument("--period", "--year", dest="period", type=int, default=None, help="period (e.g. market year) of the data; "
-                   "the generator drifts from period to period (default: the problem's)")
-    g.add_argument("--rows", type=int, default=20_000, help="number of rows (default: 20000)")
-    g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    g.add_argument("--out", required=True, help="output file, .parquet or .csv")
-    js(g)
-    c = cmd(dsub, "check", cmd_data_check, "Validate a CSV/Parquet file against the problem's schema (one line naming the "
-            "file, column and row of the first problem).")
-    c.add_argument("path", help="file to check")
-    c.add_argument("--no-label", action="store_true", help="data to score: the target column may be absent")
-    js(c)
-
-    t = cmd(sub, "train", cmd_train, "Runs the training notebook with papermill and tracks the run. Test mode: seeded 5%% "
-            "sample, one epoch, nothing registered (the pull-request check). Full mode: all rows, metrics logged, model registered.")
-    t.add_argument("--mode", required=True, help="test (PR check) or full (registers a version)")  # validated by make_params
-    t.add_argument("--data", default="", help="training data (CSV/Parquet); default: generated data, for problems with a generator")
-    t.add_argument("--sample-frac", default=None, help="fraction of rows to use (default: 0.05 in test mode, 1 in full)")
-    t.add_argument("--epochs", default=None, help="training epochs (default: 1 in test mode, 10 in full)")
-    t.add_argument("--seed", default=None, help="seed for sampling and the model (default: 42); the evaluation hold-out does not change with it")
-    t.add_argument("--eval-data", default="", help="evaluation file (default: a seeded 20%% hold-out)")
-    t.add_argument("--notebook", default=None, help="training notebook (default: nbs/train.ipynb of the project)")
-    t.add_argument("--timeout", type=float, default=None, help="cancel the run after this many seconds")
-    t.add_argument("--cell-timeout", type=int, default=None, help="fail a cell that runs longer than this many seconds")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
-    t.add_argument("--runner", default="local", help="local (papermill here) or databricks (a job in the workspace of "
-                   "DATABRICKS_HOST; credentials: DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET, or DATABRICKS_TOKEN, or ARM_*)")
-    t.add_argument("--branch", default=None, help="databricks: branch of this run; PR branches get their own workspace folder (default: from CI or git)")
-    t.add_argument("--databricks-folder", default=None, help="databricks: workspace folder (default: MLOPS_NB_DATABRICKS_FOLDER or /Shared/mlops_nb)")
-    t.add_argument("--cluster", default=None, help='databricks: new job cluster as JSON, e.g. \'{"spark_version": "15.4.x-cpu-ml-scala2.12", '
-                   '"node_type_id": "Standard_DS3_v2", "num_workers": 1}\' (GPU node types allowed)')
-    t.add_argument("--existing-cluster-id", default=None, help="databricks: run on this cluster instead")
-    t.add_argument("--job", "--job-id", dest="job", default=None, help="databricks: run this deployed job now (its id, its name, or "
-                   "its key in the bundle's resources/*.yml) instead of a one-time run")
-    t.add_argument("--wheel", action="store_true", help="databricks: build this checkout's wheel, upload it to the branch's "
-                   "folder (or MLOPS_NB_DATABRICKS_WHEELS) and install it on the cluster")
-    t.add_argument("--poll-s", type=float, default=10, help="databricks: seconds between status checks (default: 10)")
-    t.add_argument("--library", action="append", default=None, help="databricks: a pip requirement, a local wheel (uploaded) or "
-                   "a wheel in the workspace (/Volumes/..., /Workspace/...) to install on the cluster (repeatable)")
-    js(t)
-
-    m = sub.add_parser("models", help="list, select and promote registered versions",
-                       description="List, select and promote registered model versions.")
-    msub = m.add_subparsers(dest="sub", metavar="SUBCOMMAND")
-    def name(s): s.add_argument("--name", default=None, help="registered model name (default: MLOPS_NB_MODEL_NAME or the problem's)")
-    ml = cmd(msub, "list", cmd_models_list, "Registered versions, newest first, with aliases, evaluation data and metrics."); name(ml); js(ml)
-    mb = cmd(msub, "best", cmd_models_best, "The best version by a logged metric, among versions evaluated on the same data.")
-    mb.add_argument("--metric", default=None, help="metric name, e.g. roc_auc, f1_macro, rmse (default: the problem's primary metric)")
-    mb.add_argument("--lower-is-better", action="store_true", help="pick the smallest value (default: the problem's direction for the metric)")
-    mb.add_argument("--eval-fingerprint", default=None, help="compare versions evaluated on this data (default: the latest version's)")
-    name(mb); js(mb)
-    mp = cmd(msub, "promote", cmd_models_promote, "Point an alias (e.g. champion) at a version, in one registry write.")
-    mp.add_argument("version", type=int, help="version number")
-    mp.add_argument("--alias", default="champion", help="alias to move (default: champion)")
-    mp.add_argument("--force", action="store_true", help="promote a version that fails its validation gates (the problem's "
-                    "thresholds, or the profile's gates:); recorded on the version")
-    mp.add_argument("--after-shadow", default=None, metavar="LOG_DIR", help="promote only after a shadow period: the version "
-                    "must have answered --min-shadow-rows logged requests as the shadow (serve --shadow, --log-dir LOG_DIR)")
-    mp.add_argument("--min-shadow-rows", type=int, default=1000, help="rows the shadow period asks for (default: 1000)")
-    name(mp); js(mp)
-
-    sv = cmd(sub, "serve", cmd_serve, "Runs the scoring API (api/score.py's contract) with adaptive micro-batching. "
-             "Secrets from the environment: MLOPS_NB_API_KEY requires a key on /score; MLOPS_NB_ADMIN_TOKEN enables "
-             "POST /admin/model to swap versions without dropping requests. MLOPS_NB_API_KEY_FILE and "
-             "MLOPS_NB_ADMIN_TOKEN_FILE read them from files instead (mounted secrets).")
-    sv.add_argument("--model", default=None, help="model folder or registry reference: models:/NAME@champion, models:/NAME/3, "
-                    "champion, latest, 3, best:roc_auc (default: MLOPS_NB_MODEL or the champion)")
-    sv.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1; 0.0.0.0 in a container)")
-    sv.add_argument("--port", type=int, default=8080, help="port (default: 8080; 0: any free port)")
-    sv.add_argument("--workers", type=int, default=1, help="worker processes (default: 1; swap them with --watch)")
-    sv.add_argument("--entry", default=None, help="entry script with preprocess/postprocess (default: api/score.py)")
-    sv.add_argument("--watch", type=float, default=0, help="seconds between checks of the registry alias; swap when it moves (default: off)")
-    sv.add_argument("--max-batch", type=int, default=256, help="rows per model call (default: 256)")
-    sv.add_argument("--access-log", action="store_true", help="log every request as a JSON line")
-    sv.add_argument("--log-dir", default=None, help="keep an inference log here: sampled requests, answers, model, request id, "
-                    "time, latency, as Parquet (default: MLOPS_NB_INFERENCE_LOG; none); `mlops-nb monitor --current DIR` reads it")
-    sv.add_argument("--log-sample", default=None, help="share of requests the inference log keeps (default: MLOPS_NB_INFERENCE_LOG_SAMPLE or 1)")
-    sv.add_argument("--shadow", default=None, help="a candidate model (folder or registry reference) scored on the same requests "
-                    "after the answer, never delaying or failing it; both answers go to the inference log")
-
-    pk = cmd(sub, "package", cmd_package, "Builds a container image holding the model, api/score.py and the serving runtime "
-             "(no MLflow, no pandas), through the Docker Engine API (Docker or Podman's service at DOCKER_HOST), tagged "
-             "REGISTRY/NAME:VERSION-GITSHA. Registry credentials come from MLOPS_NB_REGISTRY_USERNAME/PASSWORD.")
-    pk.add_argument("--model", default=None, help="model folder or registry reference (default: the champion)")
-    pk.add_argument("--push", action="store_true", help="push the image to the registry after building it")
-    pk.add_argument("--context-only", default=None, metavar="DIR", help="only write the build context (Dockerfile, wheels, app, model) to DIR")
-    pk.add_argument("--base-image", default=None, help="base image (default: MLOPS_NB_BASE_IMAGE or python:3.11-slim)")
-    pk.add_argument("--registry", default=None, help="registry host[:port] to tag for (default: MLOPS_NB_REGISTRY or 127.0.0.1:5000)")
-    pk.add_argument("--entry", default=None, help="entry script (default: api/score.py)")
-    pk.add_argument("--inference-log", action="store_true", help="the image logs inference (sampled requests and answers, "
-                    "Parquet) to /var/lib/mlops_nb/inference, a volume deploy mounts; adds pyarrow (about 170 MB)")
-    js(pk)
-
-    dp = cmd(sub, "deploy", cmd_deploy, "Kubernetes: render and strictly validate the manifests (Deployment with a rolling update "
-             "that keeps old pods until new ones are ready, probes, limits, non-root read-only pods; a Service whose name "
-             "and port never change; optional HPA), apply them server-side with your kubeconfig, wait, and roll back if "
-             "the new version is not ready. Local: run the image (or hot-swap the local server's model).")
-    dp.add_argument("--target", default="local", help="local or kubernetes (default: local)")
-    dp.add_argument("--image", default=None, help="image REGISTRY/NAME:TAG (from `mlops-nb package --push`)")
-    dp.add_argument("--model", default=None, help="local, without an image: model reference to serve or swap in (default: champion)")
-    dp.add_argument("--dry-run", action="store_true", help="print the manifests / what would change; apply nothing")
-    dp.add_argument("--name", default=None, help="Deployment and Service name (default: the problem's deployment name)")
-    dp.add_argument("--namespace", default="default", help="Kubernetes namespace (default: default)")
-    dp.add_argument("--allow-from", action="append", default=None, metavar="PEER",
-                    help="kubernetes, repeatable: who may connect to the server's port through the NetworkPolicy: "
-                         "pods of the namespace by label (app=gateway), every pod of another namespace "
-                         "(ingress-nginx:*), or some of them (monitoring:app=prometheus) (default: every pod of the "
-                         "namespace)")
-    dp.add_argument("--no-network-policy", dest="network_policy", action="store_false",
-                    help="kubernetes: render no NetworkPolicy (default: one, first: ingress to the server's port "
-                         "only from --allow-from, egress only to DNS)")
-    dp.add_argument("--replicas", type=int, default=2, help="replicas (default: 2)")
-    dp.add_argument("--hpa", action="store_true", help="add a HorizontalPodAutoscaler on CPU")
-    dp.add_argument("--api-key-secret", default=None, help="name of a Secret whose key api-key is the server's API key (mounted as a file, MLOPS_NB_API_KEY_FILE)")
-    dp.add_argument("--inference-log", action="store_true", help="mount a volume for the image's inference log (package --inference-log)")
-    dp.add_argument("--log-claim", default=None, help="the inference log's PersistentVolumeClaim (default: an emptyDir, lost with the pod)")
-    dp.add_argument("--manifests", default=None, help="folder to write the manifests to (default: the state folder's k8s/NAME)")
-    dp.add_argument("--context", default=None, help="kubeconfig context (default: the current one)")
-    dp.add_argument("--port", type=int, default=8080, help="local: loopback port (default: 8080)")
-    dp.add_argument("--timeout", type=float, default=600, help="seconds to wait for readiness / the rollout (default: 600)")
-    js(dp)
-
-    mo = cmd(sub, "monitor", cmd_monitor, "Per-feature drift (PSI, KS) between two data files; with the target in the "
-             "current file and --model, the model's decay against its logged metrics; and a retrain verdict with reasons.")
-    mo.add_argument("--reference", default=None, help="reference data (CSV/Parquet), e.g. the training data (default: "
-                    "the reference profile the --model version's run logged of its training rows)")
-    mo.add_argument("--current", required=True, help="recent data (CSV/Parquet; with the target column, decay is measured), "
-                    "or the folder of a server's inference log (serve --log-dir): drift on what the API actually saw")
-    mo.add_argument("--labels", default=None, help="labels that arrived later (CSV/Parquet with the target and request_id [+ row], "
-                    "or a key column): joined to the inference log to measure decay")
-    mo.add_argument("--labels-key", default=None, help="the column labels and logged requests share (default: request_id and row)")
-    mo.add_argument("--window", type=float, default=None, metavar="DAYS", help="with an inference log: only the requests of the "
-                    "last DAYS days, e.g. 7 (default: all of it)")
-    mo.add_argument("--model", default=None, help="model folder or registry reference: champion, latest, 3, best:roc_auc, "
-                    "models:/NAME@champion (default: no decay or age check)")
-    mo.add_argument("--threshold", action="append", default=None, metavar="KEY=VALUE", help="override a threshold: psi, "
-                    "ks_pvalue, ks_stat, metric_drop, max_age_days (repeatable)")
-    mo.add_argument("--fail-on-retrain", action="store_true", help="exit 1 when retraining is advised (for pipelines)")
-    mo.add_argument("--engine", default="local", help="local (pandas, here) or spark (the same scores from aggregations and "
-                    "bounded samples; --reference and --current may then be folders, globs or URIs Spark reads)")
-    mo.add_argument("--spark-master", default=None, help="spark: master when no session is active (default: MLOPS_NB_SPARK_MASTER or local[*])")
-    mo.add_argument("--html", default=None, metavar="FILE", help="also write a self-contained HTML report: PSI bars, "
-                    "reference against current distributions of the drifted features, decay, estimates, and metrics "
-                    "per window of an inference log")
-    mo.add_argument("--report-window", default="1D", metavar="DURATION", help="--html with an inference log folder: "
-                    "the length of a window (default: 1D, a day; e.g. 12h, 7D)")
-    js(mo)
-
-    sc = cmd(sub, "score", cmd_score, "Batch scoring: every row of the input through the model's fast path, with its key "
-             "columns, the prediction (label and probabilities, or value), model and version, into a folder of Parquet "
-             "parts written aside and renamed into place at the end (an interrupted run leaves no output). Bad input: one "
-             "line naming the file, column and row.")
-    sc.add_argument("--model", default=None, help="model folder or registry reference: champion, latest, 3, models:/NAME@champion (default: the champion)")
-    sc.add_argument("--input", required=True, help="a .parquet/.csv file, a folder of them or a glob (quote it); spark: also a URI")
-    sc.add_argument("--output", required=True, help="output folder (must not exist, unless --overwrite); spark: also a URI")
-    sc.add_argument("--engine", default="local", help="local (a process per core, each loading the model once) or spark "
-                    "(mapInPandas; local[*] here, a cluster in production)")
-    sc.add_argument("--batch-rows", type=int, default=100_000, help="rows per slice (local) or Arrow batch (spark); memory "
-                    "grows with it, not with the input (default: 100000)")
-    sc.add_argument("--workers", type=int, default=None, help="local: processes (default: one per core)")
-    sc.add_argument("--overwrite", action="store_true", help="replace an existing output folder (only once the new one is complete)")
-    sc.add_argument("--spark-master", default=None, help="spark: master when no session is active (default: MLOPS_NB_SPARK_MASTER or local[*])")
-    js(sc)
-
-    si = cmd(sub, "simulate", cmd_simulate, "For problems with a data generator: trains and serves a model on the first "
-             "period, then each period checks drift and decay, retrains when needed, promotes a challenger only if it beats "
-             "the champion on that period's data, and swaps it into the running server while a client keeps calling it. "
-             "Writes report.html (the metric per period with and without retraining, drift, versions) and report.json. "
-             "Works in a tracking store of its own (<out>/state) unless --use-configured-registry.")
-    si.add_argument("--first-period", "--first-year", dest="first_period", type=int, default=None,
-                    help="first period (default: the problem's default period minus two)")
-    si.add_argument("--periods", "--years", dest="periods", type=int, default=5, help="periods to simulate (default: 5)")
-    si.add_argument("--rows", type=int, default=8000, help="rows per period (default: 8000)")
-    si.add_argument("--epochs", type=int, default=None, help="full-run epochs (default: 10)")
-    si.add_argument("--out", default=None, help="report folder (default: the state folder's simulation/)")
-    si.add_argument("--use-configured-registry", action="store_true", help="register and promote in the configured tracking "
-                    "store (careful: on a shared server this moves the production champion)")
-    js(si)
-
-    pl = cmd(sub, "pipeline", cmd_pipeline, "Runs the steps of a pipeline here, on the embedded defaults, as "
-             "pipelines/azure/ and .github/workflows/ run them in the cloud: ci (the training notebook in test mode), train "
-             "(data, full-mode run, best version, promote champion), deploy (API tests and a local deploy test, image build, "
-             "Kubernetes rollout or its dry run), monitor (drift of the live traffic in the inference log; the train pipeline "
-             "when retraining is advised), batch (every row of the data to score through the champion, nightly in the cloud, "
-             "into a folder of Parquet parts), docs (build and check the site). Prints [pipeline/stage/step] lines; stops at the "
-             "first failing step (exit 1).")
-    pl.add_argument("name", choices=["ci", "train", "deploy", "monitor", "batch", "docs"], help="pipeline to run: ci, train, deploy, monitor, batch or docs")
-    pl.add_argument("--dry-run", action="store_true", help="print each command and check that it exists; run nothing")
-    pl.add_argument("--runner", default="local", help="where to run (default: local; the cloud runs the YAML pipelines)")
-    pl.add_argument("--period", "--year", dest="period", type=int, default=None, help="train: period of the generated data (default: the problem's)")
-    pl.add_argument("--rows", type=int, default=20_000, help="train: rows to generate (default: 20000)")
-    pl.add_argument("--epochs", type=int, default=None, help="train: full-run epochs (default: 10)")
-    pl.add_argument("--data", default=None, help="train (and monitor, when it retrains): train on this data file instead of generated data")
-    pl.add_argument("--trigger", action="store_true", help="train: run the deploy pipeline after promoting the champion")
-    pl.add_argument("--reference", default=None, help="monitor: the champion's training data (default: the train pipeline's generated data)")
-    pl.add_argument("--current", default=None, help="monitor: the inference log folder (default: MLOPS_NB_INFERENCE_LOG, else "
-                    "the state folder's inference-log/)")
-    pl.add_argument("--window", type=float, default=7, metavar="DAYS", help="monitor: days of live traffic to look at (default: 7)")
-    pl.add_argument("--input", default=None, help="batch: the data to score, a .parquet/.csv file, a folder or a glob (quote it) "
-                    "(default: MLOPS_NB_BATCH_INPUT, else the train pipeline's generated data)")
-    pl.add_argument("--output", default=None, help="batch: the scores' folder, replaced once the new scores are complete "
-                    "(default: MLOPS_NB_BATCH_OUTPUT, else the state folder's batch/scores/)")
-    js(pl)
-
-    nw = cmd(sub, "new", cmd_new, "Writes a new nbdev project for your problem into DIR (which must not exist, or be empty: "
-             "nothing is written over): the problem declaration inferred from your table (kinds, bounds, categories; review "
-             "it in nbs/00_problem.ipynb), the training notebook, api/score.py, scripts, profiles, pipelines for GitHub "
-             "Actions and Azure DevOps, tests and a README with its two commands. The project uses mlops_nb as a library: "
-             "when this mlops_nb was not installed from a package index (a source checkout, a wheel file), its wheel goes "
-             "in the project's vendor/ and the project's scripts/setup installs it; MLOPS_NB_SPEC, set when running "
-             "scripts/setup, overrides that (a pip requirement such as mlops_nb==0.2.0, a wheel file or a checkout).")
-    nw.add_argument("dir", help="folder of the new project; its name is the problem's name unless --name")
-    nw.add_argument("--data", required=True, help="your labelled table, .csv or .parquet (copied into the project's data/)")
-    nw.add_argument("--target", required=True, help="the label column")
-    nw.add_argument("--kind", default=None, help="binary, multiclass or regression (default: inferred from the target)")
-    nw.add_argument("--name", default=None, help="problem name: lower-case letters, digits and '-' (default: from DIR)")
-    js(nw)
-
-    cf = cmd(sub, "config", cmd_config, "Where state lives and which tracking store is used (passwords in URIs are shown as ***)."); js(cf)
-
-    r = sub.add_parser("runs", help="housekeeping of tracking runs", description="Housekeeping of tracking runs.")
-    rsub = r.add_subparsers(dest="sub", metavar="SUBCOMMAND")
-    rs = cmd(rsub, "sweep", cmd_runs_sweep, "Every run records the process that owns it. Marks FAILED the RUNNING runs "
-             "whose owner is gone (same host, process ended: killed with its runner, or a lost kernel), and those older "
-             "than --max-age-hours whose owner cannot be checked from this host. Never touches a run whose owner lives.")
-    rs.add_argument("--max-age-hours", type=float, default=24, help="RUNNING runs older than this whose owner cannot be checked are stale (default: 24)")
-    rs.add_argument("--dry-run", action="store_true", help="only list what would be marked")
-    js(rs)
-
-    dm = cmd(sub, "demo", cmd_demo, "For problems with a data generator: generate data, test-mode run, two full runs "
-             "(registered), select the best, promote champion.")
-    dm.add_argument("--period", "--year", dest="period", type=int, default=None, help="period to generate (default: the problem's)")
+# %% ../nbs/06_cli.ipynb #06-cli-030h
+@_command_group
+def _demo_args(sub):
+    "`mlops-nb demo`: the data to generate, the seeds of the full runs, and where things go."
+    dm = _command(sub, "demo", cmd_demo, "For problems with a data generator: generate data, test-mode run, two full "
+                  "runs (registered), select the best, promote champion.")
+    dm.add_argument("--period", "--year", dest="period", type=int, default=None, help="period to generate (default: "
+                    "the problem's)")
     dm.add_argument("--rows", type=int, default=20_000, help="rows to generate (default: 20000)")
     dm.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="one full run per seed (default: 1 2)")
     dm.add_argument("--epochs", type=int, default=None, help="full-run epochs (default: 10)")
     dm.add_argument("--data-dir", default=None, help="where to write the data (default: the state folder's data/)")
     dm.add_argument("--notebook", default=None, help="training notebook (default: nbs/train.ipynb)")
     dm.add_argument("--quiet", action="store_true", help="no progress bars")
-    js(dm)
-    return p
+    _json_flag(dm)
 
-# %% ../nbs/06_cli.ipynb #06-cli-033
-def _sigterm(signum, frame): raise KeyboardInterrupt
+# %% ../nbs/06_cli.ipynb #06-cli-032c
+def _subcommands(p:argparse.ArgumentParser)->dict:
+    "The commands under `p`, name -> parser (none for a command without subcommands)."
+    # argparse keeps them in a private action: this is the one place that reads it
+    found = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(found[0].choices) if found else {}
 
-def _quiet_stdout():
-    "Point stdout at /dev/null: the reader has gone, and the interpreter's final flush must not fail again."
-    try: os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except (OSError, ValueError): pass
+def commands()->list[list[str]]:
+    "Every command of `mlops-nb` as its words, e.g. `['models', 'promote']`, each group before its subcommands."
+    def walk(p, words):
+        for name, s in _subcommands(p).items():
+            yield words + [name]
+            yield from walk(s, words + [name])
+    return list(walk(parser(), []))
 
-def main(argv:list|None=None # arguments (default: sys.argv[1:])
-        )->int:
-    "Entry point of `mlops-nb`: run a command; user errors print one line and exit non-zero."
-    in_main = threading.current_thread() is threading.main_thread()
-    old = signal.signal(signal.SIGTERM, _sigterm) if in_main else None  # SIGTERM stops a run like Ctrl-C
-    # a background job of a non-interactive shell (some CI agents) starts with SIGINT ignored: Ctrl-C must still stop us
-    old_int = signal.signal(signal.SIGINT, signal.default_int_handler) if in_main else None
-    try:
-        p = _parser()
-        a = p.parse_args(argv)
-        if not hasattr(a, "fn"):
-            sub = {"data": "generate|check", "models": "list|best|promote", "runs": "sweep"}.get(a.cmd)
-            if sub: p.exit(2, f"mlops-nb {a.cmd}: choose a subcommand ({sub}); see `mlops-nb {a.cmd} --help`\n")
-            p.print_help(); return 0 if a.cmd is None else 2
-        if a.profile or os.environ.get("MLOPS_NB_PROFILE"):
-            from mlops_nb.backends import activate_profile
-            activate_profile(a.profile)
-        a.fn(a); return 0
-    except MlopsNbError as e:
-        print(f"error: {e}", file=sys.stderr); return e.exit_code
-    except KeyboardInterrupt as e:  # what was cleaned up (a run marked FAILED) is in the exception's notes
-        print("; ".join(["interrupted: " + n if i == 0 else n for i, n in enumerate(getattr(e, "__notes__", []))])
-              or "interrupted", file=sys.stderr); return 130
-    except BrokenPipeError:  # the reader went away (`mlops-nb models list | head -1`): stop quietly, as Unix tools do
-        _quiet_stdout(); return 141
-    except OSError as e:  # a path the user gave that cannot be read or written: one line naming it, as Unix tools do
-        if not e.filename: raise
-        also = f" -> {e.filename2}" if e.filename2 else ""
-        print(f"error: {e.filename}{also}: {e.strerror or type(e).__name__}; check the path", file=sys.stderr)
-        return 2
-    finally:
-        if old is not None: signal.signal(signal.SIGTERM, old)
-        if old_int is not None: signal.signal(signal.SIGINT, old_int)
+def command_options(argv:list[str] # an `mlops-nb` command line without `mlops-nb`, e.g. ['models', 'best', '--json']
+                   )->dict:
+    "The options `argv` gives, dest -> value (True for a flag), without running it or checking values; a typo fails."
+    p, rest, said = parser(), list(argv), "mlops-nb"
+    while (subs := _subcommands(p)) and rest and not rest[0].startswith("-"):  # down the commands and subcommands
+        if rest[0] not in subs: raise MlopsNbError(f"mlops-nb {' '.join(argv)}: {said} has no command {rest[0]!r}")
+        p, said, rest = subs[rest[0]], f"{said} {rest[0]}", rest[1:]
+    options = {o: a for a in p._actions for o in a.option_strings}
+    out, it = {}, iter(rest)
+    for word in it:
+        if not word.startswith("-"): continue  # a positional argument
+        act = options.get(word)
+        if act is None: raise MlopsNbError(f"mlops-nb {' '.join(argv)}: {said} has no option {word!r}")
+        out[act.dest] = True if act.nargs == 0 else next(it, None)
+    return out
 
 # %% ../nbs/06_cli.ipynb #06-cli-035
 def console():

@@ -166,7 +166,7 @@ def argv_of(line:str # a rendered one-line command
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-017
 def check_line(line:str, # a rendered one-line command
-               parse=None # the CLI's `parse_args` (`mlops_nb.cli._parser().parse_args`), to check `mlops-nb` lines
+               parse=None # the CLI's `parse_args` (`mlops_nb.cli.parser().parse_args`), to check `mlops-nb` lines
               )->None:
     "Raise `PipelineError` unless `line` names an existing command with valid flags."
     if line.startswith("pipeline:"):

@@ -113,8 +113,8 @@ def test_the_schema_check_catches_real_mistakes(tmp_path):
 # --- what the tasks run -----------------------------------------------------------------------------------------------
 
 def test_every_task_names_a_notebook_script_or_entry_point_that_exists():
-    from mlops_nb.cli import _parser
-    parse = _parser().parse_args
+    from mlops_nb.cli import parser
+    parse = parser().parse_args
     seen = set()
     for key, t in tasks():
         kind = next(k for k in ("notebook_task", "spark_python_task", "python_wheel_task", "run_job_task") if k in t)

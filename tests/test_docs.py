@@ -138,14 +138,14 @@ def _tutorial_commands():
                 for cmd in re.findall(r"\bsh(?:_json)?\(\"([^\"]+)\"", src): yield nb.name, cmd
 
 def test_every_cli_example_in_the_tutorials_parses():
-    from mlops_nb.cli import _parser
+    from mlops_nb.cli import parser
     seen = 0
     for name, line in _tutorial_commands():
         for seg in re.split(r"\s*(?:&&|\|\||;|\|)\s*", line):
             try: args = shlex.split(seg, comments=True)
             except ValueError: continue                          # a shell line continued in prose (a JSON value spanning lines)
             if args and args[0].endswith("mlops-nb"):
-                try: a = _parser().parse_args(args[1:])
+                try: a = parser().parse_args(args[1:])
                 except SystemExit: pytest.fail(f"{name}: {seg!r} does not parse with the current CLI")
                 assert hasattr(a, "fn"), f"{name}: {seg!r} names no command"
                 seen += 1

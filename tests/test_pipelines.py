@@ -119,7 +119,7 @@ def test_parses_and_every_job_has_a_timeout(path):
 
 @pytest.mark.parametrize("path", FILES, ids=ids)
 def test_every_step_is_one_line_naming_a_real_command(path):
-    from mlops_nb.cli import _parser
+    from mlops_nb.cli import parser
     from mlops_nb.pipeline import DATABRICKS_CLI
     seen, targets = [], load(ROOT/"databricks.yml")["targets"]
     for step, text in scripts(path):
@@ -127,7 +127,7 @@ def test_every_step_is_one_line_naming_a_real_command(path):
         if text == DATABRICKS_CLI: continue  # Azure: the pinned release's install script (test_the_databricks_cli_is_pinned)
         for args in commands(text):
             if args[0] == "mlops-nb":
-                a = _parser().parse_args(args[1:])  # SystemExit: unknown subcommand or flag
+                a = parser().parse_args(args[1:])  # SystemExit: unknown subcommand or flag
                 assert hasattr(a, "fn"), text
             elif args[:2] == ["python", "-m"]: assert importlib.util.find_spec(args[2]), text
             elif args[:2] == ["databricks", "bundle"]: assert args[2:4] in (["validate", "-t"], ["deploy", "-t"]) and args[4] in targets, text
@@ -507,9 +507,9 @@ def test_a_project_without_the_docs_script_gets_no_docs_pipeline(tmp_path):
 
 def test_the_cli_runs_every_pipeline():
     "`mlops-nb pipeline NAME` for every pipeline of the definition (each generated file says it is the local equivalent)."
-    from mlops_nb.cli import _parser
+    from mlops_nb.cli import parser
     from mlops_nb.pipeline import PIPELINES
-    choices = next(a for a in _parser()._subparsers._group_actions[0].choices["pipeline"]._actions if a.dest == "name").choices
+    choices = next(a for a in parser()._subparsers._group_actions[0].choices["pipeline"]._actions if a.dest == "name").choices
     assert sorted(choices) == sorted(PIPELINES), "the choices of `mlops-nb pipeline` are a list in nbs/06_cli.ipynb: keep it equal to PIPELINES"
 
 
@@ -612,8 +612,8 @@ def test_dry_run_lists_and_checks_the_commands(name, tmp_path, monkeypatch):
     from mlops_nb.pipeline import run_pipeline
     monkeypatch.setenv("MLOPS_NB_HOME", str(tmp_path))
     lines = []
-    from mlops_nb.cli import _parser
-    r = run_pipeline(name, dry_run=True, say=lines.append, parse=_parser().parse_args)
+    from mlops_nb.cli import parser
+    r = run_pipeline(name, dry_run=True, say=lines.append, parse=parser().parse_args)
     assert r.rc == 0 and r.error is None, lines
     ran = [l for l in lines if "would run: " in l]
     assert ran and all(l.startswith(f"[{name}/") for l in ran)
@@ -622,8 +622,8 @@ def test_dry_run_lists_and_checks_the_commands(name, tmp_path, monkeypatch):
 
 
 def test_cli_pipeline_dry_run():
-    from mlops_nb.cli import _parser
-    if "pipeline" not in _parser()._subparsers._group_actions[0].choices: pytest.skip("mlops-nb pipeline is not wired yet")
+    from mlops_nb.cli import parser
+    if "pipeline" not in parser()._subparsers._group_actions[0].choices: pytest.skip("mlops-nb pipeline is not wired yet")
     p = subprocess.run([str(BIN/"mlops-nb"), "pipeline", "train", "--dry-run"], capture_output=True,
                        text=True, cwd=ROOT, timeout=120)
     assert p.returncode == 0, p.stderr
