@@ -796,7 +796,7 @@ def _simulate_args(sub):
                   "--use-configured-registry.")
     si.add_argument("--first-period", "--first-year", dest="first_period", type=int, default=None,
                     help="first period (default: the problem's default period minus two)")
-    si.add_argument("--periods", "--years", dest="periods", type=int, default=5, 
+    si.add_argument("--periods", "--years", dest="periods", type=int, default=5,
                     help="periods to simulate (default: 5)")
     si.add_argument("--rows", type=int, default=8000, help="rows per period (default: 8000)")
     si.add_argument("--epochs", type=int, default=None, help="full-run epochs (default: 10)")

@@ -2,17 +2,19 @@
 import os
 import pytest
 from conftest import run_cli, cli_json
+from mlops_nb.cli import commands
 
-COMMANDS = [[], ["data"], ["data", "generate"], ["data", "check"], ["train"], ["models"], ["models", "list"],
-            ["models", "best"], ["models", "promote"], ["config"], ["serve"], ["package"], ["deploy"], ["monitor"], ["simulate"], ["pipeline"], ["demo"]]
+COMMANDS = [[], *commands()]  # every command and subcommand, as the parser declares them
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "mlops-nb")
 def test_help_everywhere(cmd):
+    "Every command's help, through the installed executable: no argparse `%%` artefact, no traceback."
     p = run_cli(*cmd, "--help")
     assert p.returncode == 0, p.stderr
-    assert p.stdout.startswith("usage: mlops-nb"), p.stdout
+    assert p.stdout.startswith(" ".join(["usage: mlops-nb", *cmd])), p.stdout
     assert len(p.stdout.splitlines()) > 3
+    assert "%%" not in p.stdout and "Traceback" not in p.stdout + p.stderr, p.stdout + p.stderr
 
 
 def test_help_lists_commands():
