@@ -132,9 +132,8 @@ def median_breakdown(bs:list)->dict:
 
 def default_rows()->int:
     "The CLI's default `data generate --rows`."
-    from mlops_nb.cli import _parser
-    sub = _parser()._subparsers._group_actions[0].choices["data"]._subparsers._group_actions[0].choices["generate"]
-    return sub.get_default("rows")
+    from mlops_nb.cli import parser
+    return parser().parse_args(["data", "generate", "--out", "unused.parquet"]).rows
 
 def create_store()->float:
     "Create the fresh tracking store in a subprocess (schema migrations); return its wall time."
