@@ -75,7 +75,8 @@ def test_the_files_exist():
 
 def test_the_files_are_generated_from_the_one_definition():
     "Regenerate every cloud file from mlops_nb.pipeline (PIPELINES, CLOUD) and fail on any difference."
-    from mlops_nb.pipeline import project_settings, render_pipelines
+    from mlops_nb.pipeline import project_settings
+    from mlops_nb.pipeline_files import render_pipelines
     expected = render_pipelines(project_settings(ROOT))
     assert sorted(expected) == sorted(ids(p) for p in FILES)
     diffs = []
@@ -448,7 +449,8 @@ def test_a_new_projects_workflows_too(tmp_path):
     of its files runs ci on both platforms; with the OAuth pair instead of OIDC (`github_auth="secret"`) the callers
     too."""
     from mlops_nb.examples.sklearn_tables import table
-    from mlops_nb.pipeline import PipelineSettings, render_pipelines
+    from mlops_nb.pipeline import PipelineSettings
+    from mlops_nb.pipeline_files import render_pipelines
     from mlops_nb.scaffold import new_project
     table("breast-cancer").to_csv(tmp_path/"cells.csv", index=False)
     proj = Path(new_project(tmp_path/"tumours", tmp_path/"cells.csv", "target")["path"])
@@ -499,7 +501,8 @@ def test_docs_workflow():
 
 
 def test_a_project_without_the_docs_script_gets_no_docs_pipeline(tmp_path):
-    from mlops_nb.pipeline import PipelineSettings, render_pipelines, project_settings
+    from mlops_nb.pipeline import PipelineSettings, project_settings
+    from mlops_nb.pipeline_files import render_pipelines
     assert project_settings(ROOT).optional == ("docs",)
     files = render_pipelines(PipelineSettings("churn-model"))  # a project without scripts/docs.py: no optional pipeline
     assert sorted(files) == sorted(f"{d}/{n}.yml" for d in (".github/workflows", "pipelines/azure") for n in ("batch", "ci", "deploy", "monitor", "train"))
@@ -609,7 +612,7 @@ def test_secret_file_writes_a_private_file_and_prints_nothing_of_it(tmp_path):
 
 @pytest.mark.parametrize("name", ["ci", "train", "deploy", "monitor", "batch", "docs"])
 def test_dry_run_lists_and_checks_the_commands(name, tmp_path, monkeypatch):
-    from mlops_nb.pipeline import run_pipeline
+    from mlops_nb.pipeline_run import run_pipeline
     monkeypatch.setenv("MLOPS_NB_HOME", str(tmp_path))
     lines = []
     from mlops_nb.cli import _parser
@@ -631,7 +634,7 @@ def test_cli_pipeline_dry_run():
 
 
 def test_a_failing_step_stops_the_pipeline(state):
-    from mlops_nb.pipeline import run_pipeline
+    from mlops_nb.pipeline_run import run_pipeline
     lines = []
     r = run_pipeline("train", rows=0, say=lines.append)
     assert r.rc == 1 and [s["status"] for s in r.steps] == ["failed"]
@@ -642,7 +645,7 @@ def test_a_failing_step_stops_the_pipeline(state):
 @pytest.fixture(scope="module")
 def trained(state):
     "The train pipeline, run once here on generated data: (result, its progress lines)."
-    from mlops_nb.pipeline import run_pipeline
+    from mlops_nb.pipeline_run import run_pipeline
     lines = []
     return run_pipeline("train", rows=1500, epochs=1, say=lines.append), lines
 
@@ -680,7 +683,7 @@ def test_local_monitor_pipeline_retrains_on_a_drifted_week_only(trained, state, 
     from mlops_nb import tracking
     from mlops_nb.data import write_table
     from mlops_nb.examples.ottawa import generate_listings
-    from mlops_nb.pipeline import run_pipeline
+    from mlops_nb.pipeline_run import run_pipeline
     monkeypatch.delenv("MLOPS_NB_INFERENCE_LOG", raising=False)
     r, lines = trained
     assert r.rc == 0, "\n".join(lines)
@@ -709,7 +712,7 @@ def test_local_batch_pipeline_scores_with_the_champion(trained, state, tmp_path,
     import pandas as pd
     from mlops_nb import tracking
     from mlops_nb.examples.ottawa import generate_listings
-    from mlops_nb.pipeline import run_pipeline
+    from mlops_nb.pipeline_run import run_pipeline
     for k in ("MLOPS_NB_BATCH_INPUT", "MLOPS_NB_BATCH_OUTPUT"): monkeypatch.delenv(k, raising=False)
     r, lines = trained
     assert r.rc == 0, "\n".join(lines)
