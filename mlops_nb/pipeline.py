@@ -151,9 +151,11 @@ class Input:
     env: str # the environment variable
     github: str # GitHub Actions expression of the value
     azure: str # Azure DevOps macro of the value
+    gitlab: str = "" # GitLab CI variable expression of the value ("": the job has it under `env` already)
 
 INPUTS = {
-    "branch": Input("BRANCH", "${{ github.head_ref }}", "$(System.PullRequest.SourceBranch)"),
+    "branch": Input("BRANCH", "${{ github.head_ref }}", "$(System.PullRequest.SourceBranch)",
+                    "$CI_MERGE_REQUEST_SOURCE_BRANCH_NAME"),
     "data": Input("DATA_PATH", "${{ inputs.data_path || github.event.client_payload.data_path || vars.DATA_PATH }}", "$(DATA_PATH)"),
 }
 
@@ -174,6 +176,7 @@ class PipelineSettings:
     python: str = "3.11" # Python on GitHub's runners
     optional: tuple = () # optional pipelines this project gets too (see `Cloud.requires`), e.g. ("docs",)
     github_auth: str = "oidc" # GitHub: Databricks through OIDC federation (no stored secret), or "secret" (the OAuth M2M pair)
+    gitlab_auth: str = "oidc" # GitLab: Databricks through the job's OIDC ID token (`id_tokens`), or "secret" (the OAuth M2M pair)
     namespace: str|None = None # deploy's Kubernetes namespace, unless MLOPS_NB_NAMESPACE is set (default: name)
     bundle: bool = False # the project has a Databricks Asset Bundle (databricks.yml): ci validates it, deploy deploys it
     def __post_init__(self):
@@ -188,7 +191,9 @@ class PipelineSettings:
             raise PipelineError(f"pipeline setting window={self.window!r} is not allowed: use whole days, 1 to 366")
         if not re.fullmatch(r"3\.\d{1,2}", self.python): raise PipelineError(f"pipeline setting python={self.python!r}: use 3.X")
         if not isinstance(self.optional, tuple): raise PipelineError(f"pipeline setting optional={self.optional!r}: use a tuple of pipeline names")
-        if self.github_auth not in ("oidc", "secret"): raise PipelineError(f"pipeline setting github_auth={self.github_auth!r}: use oidc or secret")
+        for what in ("github_auth", "gitlab_auth"):
+            if getattr(self, what) not in ("oidc", "secret"):
+                raise PipelineError(f"pipeline setting {what}={getattr(self, what)!r}: use oidc or secret")
     @property
     def literals(self)->dict:
         return {"main": self.main, "api_key_secret": f"{self.name}-api-key", "window": str(self.window),
@@ -271,7 +276,7 @@ class Cloud:
     credentials: str = "production" # `ci`: only the *_CI secrets and variables (pull requests)
     checkout_main: bool = False # check out the main branch whatever started the run
     notes: dict = field(default_factory=dict) # platform (github, azure) -> more comment, with {settings} fields
-    platforms: tuple = ("github", "azure") # where it is generated
+    platforms: tuple = ("github", "azure", "gitlab") # where it is generated
     requires: str|None = None # a project file its steps run: only projects with it get the pipeline (`PipelineSettings.optional`)
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-042
@@ -288,6 +293,8 @@ CLOUD = {
                          "environment ci (a CI workspace and token that reach nothing in production); the production ones "
                          "live in the environment trusted, restricted to {main}, out of a pull request's reach. The branch "
                          "name reaches the command only as a quoted environment variable.",
+               "gitlab": "ci: every merge request to {main} (no `changes:` filter). Its jobs read the *_CI variables (not protected, "
+                         "a CI workspace and token that reach nothing in production) under the names the steps read.",
                "azure": "Make this pipeline a build validation of the {main} branch policy. Link only the variable group "
                         "{prefix}-ci (the *_CI variables: a CI workspace and token that reach nothing in production) and "
                         "never authorise the production groups for this pipeline (give them a branch control check: "
@@ -307,6 +314,10 @@ CLOUD = {
                          "Drop the schedule once the event is wired. The monitor workflow calls this one when it advises "
                          "retraining. Secrets and variables come from the environment trusted (deployment branches: {main} "
                          "only). The deploy job runs .github/workflows/deploy.yml.",
+               "gitlab": "train: a pipeline schedule on {main} with the variable MLOPS_NB_PIPELINE=train ({cron}, UTC), the data job's "
+                         "pipeline trigger (variables MLOPS_NB_PIPELINE=train and DATA_PATH), a run by hand with the same "
+                         "variables, or monitoring's child pipeline when it advises retraining; a successful run then runs "
+                         "deploy's jobs in the same pipeline.",
                "azure": "When: on the schedule that follows the data refresh ({cron}, UTC). To train on the refresh itself, "
                         "replace `schedules` with a pipeline resource trigger on the data job's pipeline. A {prefix}-monitor "
                         "run tagged retrain starts it too. Name this "
@@ -327,6 +338,9 @@ CLOUD = {
                          "production (required reviewers). It deploys to the namespace the variable "
                          "MLOPS_NB_NAMESPACE names (default: {namespace}); create it, and the Secret {api_key_secret} "
                          "in it, first.",
+               "gitlab": "deploy: every push to {main}. Its rollout job runs in the environment production (protect it: required "
+                         "approvals) with resource_group production, so deployments never overlap; KUBECONFIG is a File "
+                         "variable of that environment, protected; MLOPS_NB_NAMESPACE defaults to {namespace}.",
                "azure": "It deploys to the namespace of the pipeline variable MLOPS_NB_NAMESPACE ({namespace}: the "
                         "project setting namespace under [tool.mlops_nb], default the Deployment's name); create it, "
                         "and the Secret {api_key_secret} in it, first. Secrets come from the variable groups "
@@ -343,6 +357,9 @@ CLOUD = {
                          "copies there) and MLOPS_NB_MONITOR_REFERENCE (the champion's training data) and the store's "
                          "secrets come from the environment trusted. When the verdict is retrain, the train job runs "
                          ".github/workflows/train.yml.",
+               "gitlab": "monitor: a pipeline schedule with MLOPS_NB_PIPELINE=monitor ({monitor_cron}, UTC). Its verdict is the "
+                         "dotenv report of the monitor job; the trigger job monitor:train runs the child pipeline that "
+                         "job wrote: the train pipeline when retraining is advised, else one job saying why not.",
                "azure": "When: {monitor_cron} (UTC). Name this pipeline {prefix}-monitor in Azure DevOps: a run whose "
                         "verdict is retrain is tagged retrain, and the train pipeline's pipeline resource trigger starts on "
                         "that tag. The variables MLOPS_NB_INFERENCE_LOG (the inference log's folder as the agent reads it: "
@@ -360,6 +377,7 @@ CLOUD = {
                          "store's secrets (to load the champion), come from the environment trusted. The local engine uses "
                          "every core of the runner with bounded memory; data beyond one machine runs the batch notebook "
                          "(nbs/batch.ipynb, engine spark) as a Databricks job instead.",
+               "gitlab": "batch: a pipeline schedule with MLOPS_NB_PIPELINE=batch ({batch_cron}, UTC).",
                "azure": "When: {batch_cron} (UTC). Name this pipeline {prefix}-batch in Azure DevOps. The variables "
                         "MLOPS_NB_BATCH_INPUT and MLOPS_NB_BATCH_OUTPUT (paths as the agent reads them: a self-hosted agent "
                         "with the data share mounted) live in the group {prefix}-data, the store's secrets in "
@@ -397,9 +415,9 @@ def project_settings(root:Path|str|None=None # the project folder (default: this
     cfg = tomllib.loads((root/"pyproject.toml").read_text()) if (root/"pyproject.toml").exists() else {}
     optional = optional_pipelines(root)
     own = cfg.get("tool", {}).get("mlops_nb", {})
-    auth = own.get("github_auth", "oidc")  # "secret" where no federation policy can be set
+    auth = {k: own.get(k, "oidc") for k in ("github_auth", "gitlab_auth")}  # "secret" where no federation policy can be set
     name = load_problem(start=root).deployment_name
-    return PipelineSettings(name, optional=optional, github_auth=auth, namespace=own.get("namespace"),
+    return PipelineSettings(name, optional=optional, **auth, namespace=own.get("namespace"),
                             bundle=(root/"databricks.yml").exists())
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-048
@@ -458,21 +476,22 @@ def check_cloud(settings:PipelineSettings # the project's settings
     bad = [n for n in settings.optional if n not in CLOUD or not CLOUD[n].requires]
     if bad: raise PipelineError(f"pipeline setting optional: {bad} are not optional pipelines: use {', '.join(n for n, c in CLOUD.items() if c.requires)}")
     for name, c in CLOUD.items():
-        if not c.platforms or not set(c.platforms) <= {"github", "azure"}: raise PipelineError(f"pipeline {name}: platforms {c.platforms}: use github, azure")
+        if not c.platforms or not set(c.platforms) <= {"github", "azure", "gitlab"}:
+            raise PipelineError(f"pipeline {name}: platforms {c.platforms}: use github, azure, gitlab")
         for j in c.jobs:
-            if j.actions and "azure" in c.platforms: raise PipelineError(f"pipeline {name}: job {j.id} runs GitHub actions: generate it for github only")
+            if j.actions and set(c.platforms) != {"github"}: raise PipelineError(f"pipeline {name}: job {j.id} runs GitHub actions: generate it for github only")
             unpinned = [a.uses for a in j.actions if a.uses not in ACTIONS]
             if unpinned: raise PipelineError(f"pipeline {name}: job {j.id} uses {', '.join(unpinned)}, which ACTIONS does not pin")
         cloud_plan(name, settings)
 
 def generated(settings:PipelineSettings, # the project's settings
-              platform:str # github or azure
+              platform:str # github, azure or gitlab
              )->list[str]:
     "The pipelines a project gets on `platform`: those of `CLOUD` generated there, the optional ones its settings name."
     return [n for n, c in CLOUD.items() if platform in c.platforms and (c.requires is None or n in settings.optional)]
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-053
-GENERATED = ("GENERATED by mlops_nb.pipeline.write_pipelines from PIPELINES and CLOUD (nbs/12_pipeline.ipynb): edit those "
+GENERATED = ("GENERATED by mlops_nb.pipeline_files.write_pipelines from PIPELINES and CLOUD (nbs/12_pipeline.ipynb): edit those "
              "and run `python pipelines/generate.py`, never this file; tests/test_pipelines.py fails when it differs.")
 
 class _Dumper(yaml.SafeDumper):
@@ -480,12 +499,13 @@ class _Dumper(yaml.SafeDumper):
     def increase_indent(self, flow=False, indentless=False): return super().increase_indent(flow, False)
     def ignore_aliases(self, data): return True  # repeat values: anchors (&id001) are legal but nobody reads them
 
-def pipeline_text(header:list[str], doc:dict)->str:
+def pipeline_text(header:list[str], doc:dict, spaced:bool=True)->str:
     "`doc` as YAML under `header` comment lines, a blank line between top-level keys, pinned actions' versions as comments."
     body = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=100_000, default_flow_style=False, allow_unicode=True)
     body = re.sub(r"\n(?=[^\s#])", "\n\n", body)  # a blank line between top-level keys...
-    head, sep, jobs = body.rpartition("\njobs:\n") if "\njobs:\n" in body else body.rpartition("\nstages:\n")
-    body = head + sep + re.sub(r"\n(?=  \S)", "\n\n", jobs)  # ...and between jobs or stages
+    if spaced:  # ...and between the jobs or stages under `jobs:` or `stages:` (GitLab's jobs are top-level keys)
+        head, sep, jobs = body.rpartition("\njobs:\n") if "\njobs:\n" in body else body.rpartition("\nstages:\n")
+        body = head + sep + re.sub(r"\n(?=  \S)", "\n\n", jobs)
     for action, (sha, version) in ACTIONS.items(): body = body.replace(f"uses: {action}@{sha}\n", f"uses: {action}@{sha} # {version}\n")
     lines = []
     for part in "\n".join(header).split("\n"):  # prose wrapped at 118 columns; indented lines (commands) kept whole

@@ -1,4 +1,4 @@
-"""`write_pipelines` writes every cloud pipeline file of a project (GitHub Actions and Azure DevOps) from the one definition in `mlops_nb.pipeline`; with `check=True` it only says which differ.
+"""`write_pipelines` writes every cloud pipeline file of a project (GitHub Actions, Azure DevOps and GitLab CI/CD) from the one definition in `mlops_nb.pipeline`; with `check=True` it only says which differ.
 
 Docs: https://mlops-nb.github.io/mlops_nb/pipeline_files.html.md"""
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from .azure_devops import azure_pipeline
 from .github_actions import github_workflow
+from .gitlab_ci import gitlab_ci
 from .pipeline import PipelineSettings, check_cloud, generated, project_settings
 
 # %% auto #0
@@ -20,9 +21,10 @@ def render_pipelines(settings:PipelineSettings # the project's settings
     "Every cloud pipeline file of a project: path under the project -> YAML text."
     check_cloud(settings)
     return {**{f".github/workflows/{n}.yml": github_workflow(n, settings) for n in generated(settings, "github")},
-            **{f"pipelines/azure/{n}.yml": azure_pipeline(n, settings) for n in generated(settings, "azure")}}
+            **{f"pipelines/azure/{n}.yml": azure_pipeline(n, settings) for n in generated(settings, "azure")},
+            **({".gitlab-ci.yml": gitlab_ci(settings)} if generated(settings, "gitlab") else {})}
 
-def write_pipelines(dest_root:Path|str, # project folder: .github/workflows/*.yml and pipelines/azure/*.yml are written under it
+def write_pipelines(dest_root:Path|str, # project folder: .github/workflows/, pipelines/azure/ and .gitlab-ci.yml are written under it
                     settings:PipelineSettings|None=None, # default: `project_settings(dest_root)`
                     check:bool=False # write nothing: only say which files differ
                    )->list[str]:
