@@ -7,11 +7,12 @@ Docs: https://mlops-nb.github.io/mlops_nb/azure_devops.html.md"""
 # %% ../nbs/12c_azure_devops.ipynb #12c-azure-devops-002
 from __future__ import annotations
 import re
-from .pipeline import (CI_GROUP, CI_SUFFIX, CLOUD, CLOUD_ENV, DATABRICKS_CLI, INPUTS, Cloud, PipelineError,
-                               PipelineSettings, cloud_name, cloud_plan, file_header, pipeline_text, started_by)
+from .pipeline import (CI_GROUP, CI_SUFFIX, CLOUD, CLOUD_ENV, DATABRICKS_CLI, FEDERATED, INPUTS, Cloud,
+                               PipelineError, PipelineSettings, cloud_name, cloud_plan, file_header, pipeline_text,
+                               started_by)
 
 # %% auto #0
-__all__ = ['azure_pipeline']
+__all__ = ['AZURE_CLI_AUTH', 'service_connection', 'azure_pipeline']
 
 # %% ../nbs/12c_azure_devops.ipynb #12c-azure-devops-005
 def _azure_value(src:tuple, cloud:Cloud)->str:
@@ -40,6 +41,25 @@ def _azure_id(s:str)->str:
     "An Azure DevOps job or stage name: letters, digits and '_'."
     return s.replace("-", "_")
 
+# %% ../nbs/12c_azure_devops.ipynb #12c-azure-devops-011
+AZURE_CLI_AUTH = "azure-cli" # databricks-sdk's and the Databricks CLI's auth type inside an AzureCLI@2 task
+
+def service_connection(cloud:Cloud, # the pipeline's declaration
+                       settings:PipelineSettings # the project's settings
+                      )->str:
+    "The service connection (workload identity federation) a pipeline's Databricks steps run under."
+    return f"{settings.prefix}-databricks" + ("-ci" if cloud.credentials == CI_GROUP else "")
+
+def _azure_step(row:dict, line:str, cloud:Cloud, settings:PipelineSettings)->dict:
+    "The step running `line`: a script, or, calling Databricks with `azure_auth='wif'`, an AzureCLI@2 task."
+    env = {var: _azure_value(src, cloud) for var, src in row["env"].items()}
+    head = {"displayName": row["label"], **({"name": row["out"]} if row["publish"] else {})}
+    if FEDERATED not in env or settings.azure_auth != "wif": return {"script": line, **head, **({"env": env} if env else {})}
+    env = {k: v for k, v in env.items() if k not in (FEDERATED, "DATABRICKS_CLIENT_ID")}  # the connection's identity
+    inputs = {"azureSubscription": service_connection(cloud, settings), "scriptType": "bash",
+              "scriptLocation": "inlineScript", "inlineScript": line}
+    return {"task": "AzureCLI@2", **head, "inputs": inputs, "env": {**env, "DATABRICKS_AUTH_TYPE": AZURE_CLI_AUTH}}
+
 # %% ../nbs/12c_azure_devops.ipynb #12c-azure-devops-008
 def azure_pipeline(name:str, # ci, train or deploy
                    settings:PipelineSettings # the project's settings
@@ -55,6 +75,7 @@ def azure_pipeline(name:str, # ci, train or deploy
         when = started_by(name)  # started on an output: only by runs tagged with its key
         doc["resources"] = {"pipelines": [{"pipeline": c.after, "source": f"{settings.prefix}-{c.after}",
                                            "trigger": {**on_main, **({"tags": [when[1]]} if when else {})}}]}
+    if any(j.environment for j, _ in plan): doc["lockBehavior"] = "sequential"  # with the environment's Exclusive Lock
     doc["pool"] = {"vmImage": "ubuntu-latest"}
     groups = _azure_groups(name, settings)
     defaults = {cloud_name(src[1], c): src[2] for _, rows in cloud_plan(name, settings) for row in rows
@@ -80,9 +101,7 @@ def azure_pipeline(name:str, # ci, train or deploy
                     variables[var] = f"$[ stageDependencies.{stage_of[p]}.{_azure_id(p)}.outputs['{src[1]}.{src[2]}'] ]"
             line = row["line"] + (f" | python pipelines/publish_output.py {' '.join(row['publish'])}" if row["publish"] else "")
             line += "".join(f" --tag {k}" for k in row["tags"])
-            st = {"script": line, "displayName": row["label"], **({"name": row["out"]} if row["publish"] else {})}
-            if row["env"]: st["env"] = {var: _azure_value(src, c) for var, src in row["env"].items()}
-            steps.append(st)
+            steps.append(_azure_step(row, line, c, settings))
         head = {"displayName": j.title}
         if j.environment:
             job = {"deployment": _azure_id(j.id), **head, "environment": j.environment, "timeoutInMinutes": j.timeout,

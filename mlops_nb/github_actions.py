@@ -6,11 +6,11 @@ Docs: https://mlops-nb.github.io/mlops_nb/github_actions.html.md"""
 
 # %% ../nbs/12b_github_actions.ipynb #12b-github-actions-002
 from __future__ import annotations
-from .pipeline import (ACTIONS, CLOUD, CLOUD_ENV, INPUTS, SECRET_ENVIRONMENTS, Action, Cloud, PipelineError,
-                               PipelineSettings, cloud_name, cloud_plan, file_header, pipeline_text, started_by)
+from .pipeline import (ACTIONS, CLOUD, CLOUD_ENV, FEDERATED, INPUTS, SECRET_ENVIRONMENTS, Action, Cloud, PipelineError,
+                               GENERATED, PipelineSettings, cloud_name, cloud_plan, file_header, pipeline_text, started_by)
 
 # %% auto #0
-__all__ = ['FEDERATED', 'github_workflow']
+__all__ = ['github_workflow', 'dependabot_config']
 
 # %% ../nbs/12b_github_actions.ipynb #12b-github-actions-005
 def _github_value(src:tuple, cloud:Cloud, producers:dict)->str:
@@ -23,8 +23,6 @@ def _github_value(src:tuple, cloud:Cloud, producers:dict)->str:
     if kind == "file": return f"${{{{ runner.temp }}}}/{CLOUD_ENV[key].group}"
     if kind == "input": return INPUTS[key].github
     return f"${{{{ needs.{producers[key]}.outputs.{src[2]} }}}}"
-
-FEDERATED = "DATABRICKS_CLIENT_SECRET" # on GitHub with github_auth="oidc", replaced by the job's OIDC identity token
 
 def _github_env(env:dict, cloud:Cloud, producers:dict, settings:PipelineSettings)->dict:
     """A step's `env:` on GitHub. With OIDC federation the Databricks client secret is not stored at all: databricks-sdk
@@ -120,3 +118,17 @@ def github_workflow(name:str, # ci, train, deploy or docs
                           **({"if": f"needs.{producers[when[0]]}.outputs.{when[1]} == 'true'"} if when else {}),
                           "permissions": permissions[n], "uses": f"./.github/workflows/{n}.yml"}
     return pipeline_text(file_header(name, "github", settings), doc)
+
+# %% ../nbs/12b_github_actions.ipynb #12b-github-actions-021
+def dependabot_config(settings:PipelineSettings # the project's settings
+                     )->str:
+    "`.github/dependabot.yml`: weekly update pull requests for the pinned actions and the Python dependencies."
+    header = ["Dependabot: a weekly pull request for the actions pinned by SHA in .github/workflows, and one for the "
+              "Python dependencies. The workflows are generated: apply an action's bump to ACTIONS in "
+              "nbs/12_pipeline.ipynb and run `python pipelines/generate.py` (tests/test_pipelines.py fails until then).",
+              "", GENERATED]
+    updates = [{"package-ecosystem": ecosystem, "directory": "/", "target-branch": settings.main,
+                "schedule": {"interval": "weekly"}, "cooldown": {"default-days": 7}, "open-pull-requests-limit": 5,
+                "groups": {group: {"patterns": ["*"]}}}  # one pull request per ecosystem
+               for ecosystem, group in (("github-actions", "actions"), ("pip", "python"))]
+    return pipeline_text(header, {"version": 2, "updates": updates}, spaced=False)

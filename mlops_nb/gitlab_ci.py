@@ -6,11 +6,11 @@ Docs: https://mlops-nb.github.io/mlops_nb/gitlab_ci.html.md"""
 
 # %% ../nbs/12d_gitlab_ci.ipynb #12d-gitlab-ci-002
 from __future__ import annotations
-from .pipeline import (CI_GROUP, CLOUD, DATABRICKS_CLI, GENERATED, INPUTS, SECRET_ENVIRONMENTS, Cloud, Job,
+from .pipeline import (CI_GROUP, CLOUD, DATABRICKS_CLI, FEDERATED, GENERATED, INPUTS, SECRET_ENVIRONMENTS, Cloud, Job,
                                PipelineSettings, cloud_name, cloud_plan, generated, pipeline_text, started_by)
 
 # %% auto #0
-__all__ = ['FEDERATED', 'OIDC_TOKEN', 'OUTPUTS', 'NEXT', 'DATABRICKS_CLI_GITLAB', 'RESOURCE_GROUP', 'GITLAB_ABOUT', 'gitlab_ci']
+__all__ = ['OIDC_TOKEN', 'OUTPUTS', 'NEXT', 'DATABRICKS_CLI_GITLAB', 'RESOURCE_GROUP', 'GITLAB_ABOUT', 'gitlab_ci']
 
 # %% ../nbs/12d_gitlab_ci.ipynb #12d-gitlab-ci-005
 _MR = '$CI_PIPELINE_SOURCE == "merge_request_event"'
@@ -32,7 +32,6 @@ def _gitlab_rules(name:str, settings:PipelineSettings)->list[dict]:
     return rules
 
 # %% ../nbs/12d_gitlab_ci.ipynb #12d-gitlab-ci-008
-FEDERATED = "DATABRICKS_CLIENT_SECRET" # replaced by the job's ID token with gitlab_auth="oidc"
 OIDC_TOKEN = "DATABRICKS_OIDC_TOKEN" # the variable databricks-sdk's env-oidc auth reads (DATABRICKS_OIDC_TOKEN_ENV's default)
 
 def _gitlab_value(var:str, src:tuple, cloud:Cloud)->str|None:

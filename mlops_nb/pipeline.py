@@ -15,10 +15,11 @@ from .problem import load_problem
 
 # %% auto #0
 __all__ = ['STORE', 'REGISTRY', 'BUNDLE_AUTH', 'DOCS_SITE', 'PIPELINES', 'OUTPUT_CONDITIONS', 'CLOUD_FACTS', 'CLOUD_ENV',
-           'CI_SUFFIX', 'CI_GROUP', 'SECRET_ENVIRONMENTS', 'INPUTS', 'ACTIONS', 'DATABRICKS_CLI', 'CLOUD', 'GENERATED',
-           'PipelineError', 'PipelineFailed', 'Step', 'cloud_steps', 'CloudVar', 'Input', 'PipelineSettings',
-           'cloud_command', 'Job', 'Action', 'Cloud', 'project_folder', 'optional_pipelines', 'project_settings',
-           'started_by', 'cloud_plan', 'check_cloud', 'generated', 'pipeline_text', 'file_header', 'cloud_name']
+           'CI_SUFFIX', 'CI_GROUP', 'FEDERATED', 'SECRET_ENVIRONMENTS', 'INPUTS', 'ACTIONS', 'DATABRICKS_CLI', 'CLOUD',
+           'GENERATED', 'PipelineError', 'PipelineFailed', 'Step', 'cloud_steps', 'CloudVar', 'Input',
+           'PipelineSettings', 'cloud_command', 'Job', 'Action', 'Cloud', 'project_folder', 'optional_pipelines',
+           'project_settings', 'started_by', 'cloud_plan', 'check_cloud', 'generated', 'pipeline_text', 'file_header',
+           'cloud_name']
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-006
 class PipelineError(MlopsNbError):
@@ -143,6 +144,7 @@ CLOUD_ENV = {
     "MLOPS_NB_NAMESPACE": CloudVar("variable", "kubeconfig", default="namespace"), # deploy's namespace
 }
 CI_SUFFIX, CI_GROUP = "_CI", "ci"
+FEDERATED = "DATABRICKS_CLIENT_SECRET" # never stored with federation (GitHub, GitLab: OIDC; Azure DevOps: WIF): the job's identity replaces it
 SECRET_ENVIRONMENTS = {"ci": "ci", "production": "trusted"} # GitHub: the environment holding each credential set's secrets
 
 @dataclass(frozen=True)
@@ -177,6 +179,7 @@ class PipelineSettings:
     optional: tuple = () # optional pipelines this project gets too (see `Cloud.requires`), e.g. ("docs",)
     github_auth: str = "oidc" # GitHub: Databricks through OIDC federation (no stored secret), or "secret" (the OAuth M2M pair)
     gitlab_auth: str = "oidc" # GitLab: Databricks through the job's OIDC ID token (`id_tokens`), or "secret" (the OAuth M2M pair)
+    azure_auth: str = "wif" # Azure DevOps: Databricks through a workload identity federation service connection, or "secret"
     namespace: str|None = None # deploy's Kubernetes namespace, unless MLOPS_NB_NAMESPACE is set (default: name)
     bundle: bool = False # the project has a Databricks Asset Bundle (databricks.yml): ci validates it, deploy deploys it
     def __post_init__(self):
@@ -191,9 +194,9 @@ class PipelineSettings:
             raise PipelineError(f"pipeline setting window={self.window!r} is not allowed: use whole days, 1 to 366")
         if not re.fullmatch(r"3\.\d{1,2}", self.python): raise PipelineError(f"pipeline setting python={self.python!r}: use 3.X")
         if not isinstance(self.optional, tuple): raise PipelineError(f"pipeline setting optional={self.optional!r}: use a tuple of pipeline names")
-        for what in ("github_auth", "gitlab_auth"):
-            if getattr(self, what) not in ("oidc", "secret"):
-                raise PipelineError(f"pipeline setting {what}={getattr(self, what)!r}: use oidc or secret")
+        for what, federated in (("github_auth", "oidc"), ("gitlab_auth", "oidc"), ("azure_auth", "wif")):
+            if getattr(self, what) not in (federated, "secret"):
+                raise PipelineError(f"pipeline setting {what}={getattr(self, what)!r}: use {federated} or secret")
     @property
     def literals(self)->dict:
         return {"main": self.main, "api_key_secret": f"{self.name}-api-key", "window": str(self.window),
@@ -298,7 +301,8 @@ CLOUD = {
                "azure": "Make this pipeline a build validation of the {main} branch policy. Link only the variable group "
                         "{prefix}-ci (the *_CI variables: a CI workspace and token that reach nothing in production) and "
                         "never authorise the production groups for this pipeline (give them a branch control check: "
-                        "{main} only); the branch name reaches the command only as a quoted environment variable."}),
+                        "{main} only); its Databricks steps run under the service connection {prefix}-databricks-ci "
+                        "(workload identity federation, the CI service principal); the branch name reaches the command only as a quoted environment variable."}),
     "train": Cloud(
         "Re-training: the main branch's training notebook in full mode on the refreshed data (DATA_PATH) registers a "
         "version; the best version by the problem's primary metric, among versions evaluated on the same data, is "
@@ -323,7 +327,10 @@ CLOUD = {
                         "run tagged retrain starts it too. Name this "
                         "pipeline {prefix}-train in Azure DevOps: a completed run on {main} starts the deploy pipeline. "
                         "Variable groups {prefix}-tracking and {prefix}-data: authorised for this pipeline and deploy "
-                        "only, with a branch control check ({main})."}),
+                        "only, with a branch control check ({main}). Its Databricks steps run under the service "
+                        "connection {prefix}-databricks (workload identity federation); the notebook run may last four "
+                        "hours, longer than a federated Azure CLI login is renewed: back that connection with a managed "
+                        "identity, or set azure_auth = \"secret\" (see nbs/12c_azure_devops.ipynb)."}),
     "deploy": Cloud(
         "Deployment, on every commit to main and after every successful re-training: test (the API tests, then serve the "
         "champion and score its example), build (the champion's image, pushed to the registry), deploy (Kubernetes "
@@ -345,7 +352,9 @@ CLOUD = {
                         "project setting namespace under [tool.mlops_nb], default the Deployment's name); create it, "
                         "and the Secret {api_key_secret} in it, first. Secrets come from the variable groups "
                         "{prefix}-tracking and {prefix}-registry and the secure file kubeconfig; they reach only the "
-                        "steps that map them. Approvals and checks are configured on the production environment."}),
+                        "steps that map them. Approvals and checks are configured on the production environment: add its "
+                        "Exclusive Lock check, which with this file's lockBehavior sequential lets one run at a time "
+                        "deploy, the later runs waiting in order."}),
     "monitor": Cloud(
         "Monitoring, daily: the drift of the live traffic the server logged (its inference log, the last {window} days) from "
         "the champion's training data, and the champion's age; when retraining is advised, the train pipeline runs.",
@@ -415,7 +424,7 @@ def project_settings(root:Path|str|None=None # the project folder (default: this
     cfg = tomllib.loads((root/"pyproject.toml").read_text()) if (root/"pyproject.toml").exists() else {}
     optional = optional_pipelines(root)
     own = cfg.get("tool", {}).get("mlops_nb", {})
-    auth = {k: own.get(k, "oidc") for k in ("github_auth", "gitlab_auth")}  # "secret" where no federation policy can be set
+    auth = {k: own.get(k, v) for k, v in (("github_auth", "oidc"), ("gitlab_auth", "oidc"), ("azure_auth", "wif"))}  # or "secret"
     name = load_problem(start=root).deployment_name
     return PipelineSettings(name, optional=optional, **auth, namespace=own.get("namespace"),
                             bundle=(root/"databricks.yml").exists())

@@ -8,7 +8,7 @@ Docs: https://mlops-nb.github.io/mlops_nb/pipeline_files.html.md"""
 from __future__ import annotations
 from pathlib import Path
 from .azure_devops import azure_pipeline
-from .github_actions import github_workflow
+from .github_actions import dependabot_config, github_workflow
 from .gitlab_ci import gitlab_ci
 from .pipeline import PipelineSettings, check_cloud, generated, project_settings
 
@@ -20,7 +20,9 @@ def render_pipelines(settings:PipelineSettings # the project's settings
                     )->dict[str, str]:
     "Every cloud pipeline file of a project: path under the project -> YAML text."
     check_cloud(settings)
-    return {**{f".github/workflows/{n}.yml": github_workflow(n, settings) for n in generated(settings, "github")},
+    github = generated(settings, "github")
+    return {**{f".github/workflows/{n}.yml": github_workflow(n, settings) for n in github},
+            **({".github/dependabot.yml": dependabot_config(settings)} if github else {}),
             **{f"pipelines/azure/{n}.yml": azure_pipeline(n, settings) for n in generated(settings, "azure")},
             **({".gitlab-ci.yml": gitlab_ci(settings)} if generated(settings, "gitlab") else {})}
 

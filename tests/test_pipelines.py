@@ -42,10 +42,14 @@ def steps(job):
     return job.get("steps", [])
 
 
+def text_of(s):
+    "The command text of a run:/script:/bash: step or of an AzureCLI@2 task's inline script (None for other steps)."
+    return s.get("run") or s.get("script") or s.get("bash") or s.get("inputs", {}).get("inlineScript")
+
+
 def scripts(path):
-    "(step, command text) of every run:/script:/bash: step."
-    return [(s, s.get("run") or s.get("script") or s.get("bash")) for j in jobs(path) for s in steps(j)
-            if s.get("run") or s.get("script") or s.get("bash")]
+    "(step, command text) of every run:/script:/bash: step and AzureCLI@2 task."
+    return [(s, text_of(s)) for j in jobs(path) for s in steps(j) if text_of(s)]
 
 
 def commands(text):
@@ -81,7 +85,7 @@ def test_the_files_are_generated_from_the_one_definition():
     from mlops_nb.pipeline import project_settings
     from mlops_nb.pipeline_files import render_pipelines
     expected = render_pipelines(project_settings(ROOT))
-    assert sorted(expected) == sorted([*map(ids, FILES), ".gitlab-ci.yml"])
+    assert sorted(expected) == sorted([*map(ids, FILES), ".gitlab-ci.yml", ".github/dependabot.yml"])
     diffs = []
     for rel, text in expected.items():
         have = (ROOT/rel).read_text()
@@ -103,7 +107,7 @@ def test_both_platforms_run_the_definitions_steps_in_order(name):
     want = [s.label for s in cloud_steps(name)]
     gh = [s["name"] for j in jobs(ROOT/".github"/"workflows"/f"{name}.yml") for s in steps(j) if "run" in s and s["name"] not in ("setup", "kubeconfig")]
     az = [s["displayName"] for j in jobs(ROOT/"pipelines"/"azure"/f"{name}.yml") for s in steps(j)
-          if "script" in s and s["displayName"] not in ("setup", "databricks cli")]
+          if text_of(s) and s["displayName"] not in ("setup", "databricks cli")]
     assert gh == az == want
 
 
@@ -275,7 +279,7 @@ def _bash(script, folder, env):
 
 
 def _ci_step(path):
-    return next(s for j in jobs(path) for s in steps(j) if "--branch" in (s.get("run") or s.get("script") or ""))
+    return next(s for j in jobs(path) for s in steps(j) if "--branch" in (text_of(s) or ""))
 
 
 def test_a_hostile_branch_name_reaches_the_command_only_as_text(stub_cli):
@@ -288,7 +292,7 @@ def test_a_hostile_branch_name_reaches_the_command_only_as_text(stub_cli):
     az = _ci_step(ROOT/"pipelines"/"azure"/"ci.yml")
     macros = {"System.PullRequest.SourceBranch": HOSTILE_BRANCH, "DATABRICKS_CLUSTER_CI": CLUSTER_JSON}
     paste = lambda s: re.sub(r"\$\(([\w.]+)\)", lambda m: macros.get(m.group(1), "x"), s)
-    for script, env in [(gh["run"], env), (paste(az["script"]), {k: paste(v) for k, v in az["env"].items()})]:
+    for script, env in [(gh["run"], env), (paste(text_of(az)), {k: paste(v) for k, v in az["env"].items()})]:
         out = _bash(script, stub_cli, env)
         assert "INJECTED-42" not in out, out
         args = json.loads(out)
@@ -324,10 +328,12 @@ def test_pull_requests_get_no_production_secrets():
     az = load(ROOT/"pipelines"/"azure"/"ci.yml")
     assert az["variables"] == [{"group": "mlops-nb-ci"}]
     for s in [s for j in jobs(ROOT/"pipelines"/"azure"/"ci.yml") for s in steps(j)]:
-        for v in s.get("env", {}).values():
+        for var, v in s.get("env", {}).items():
+            if (var, v) == ("DATABRICKS_AUTH_TYPE", "azure-cli"): continue  # the CI service connection's identity
             name = re.fullmatch(r"\$\(([\w.]+)\)", v).group(1)
             assert name.endswith("_CI") or name.startswith("System."), (s["displayName"], v)
-        assert "task" not in s  # no secure file
+        if "task" in s:  # no secure file: only the CI service connection (workload identity federation)
+            assert (s["task"], s["inputs"]["azureSubscription"]) == ("AzureCLI@2", "mlops-nb-databricks-ci"), s
 
 
 def test_production_secrets_live_in_protected_environments():
@@ -359,11 +365,13 @@ def test_the_batch_job_reads_the_stores_secrets_only_in_its_scoring_step():
     az = load(ROOT/"pipelines"/"azure"/"batch.yml")
     assert az["variables"] == [{"group": "mlops-nb-data"}, {"group": "mlops-nb-tracking"}]  # not the registry's, no secure file
     steps_ = az["jobs"][0]["steps"]
-    assert not any("task" in s for s in steps_)
     score = [s for s in steps_ if s.get("displayName") == "score/batch"]
-    assert len(score) == 1 and set(score[0]["env"]) == want and all(v == f"$({k})" for k, v in score[0]["env"].items())
+    assert [s.get("task") for s in steps_ if "task" in s] == ["AzureCLI@2"] == [score[0]["task"]]  # no secure file
+    wif = want - {"DATABRICKS_CLIENT_SECRET", "DATABRICKS_CLIENT_ID"} | {"DATABRICKS_AUTH_TYPE"}  # the service connection's identity
+    assert len(score) == 1 and set(score[0]["env"]) == wif and score[0]["inputs"]["azureSubscription"] == "mlops-nb-databricks"
+    assert all(v == f"$({k})" for k, v in score[0]["env"].items() if k != "DATABRICKS_AUTH_TYPE")
     assert [s for s in steps_ if "env" in s] == score
-    for line in (gh["steps"][-1]["run"], score[0]["script"]):
+    for line in (gh["steps"][-1]["run"], text_of(score[0])):
         assert line == 'mlops-nb score --model champion --input "$MLOPS_NB_BATCH_INPUT" --output "$MLOPS_NB_BATCH_OUTPUT" --overwrite --json'
 
 
@@ -468,7 +476,7 @@ def test_a_new_projects_workflows_too(tmp_path):
     files = [str(f.relative_to(proj)) for f in proj.rglob("*") if f.is_file()]
     assert "scripts/setup" in files and not [f for f in files if not (_github_runs_ci(gh, f) and _azure_runs_ci(az, f))]
     m2m = render_pipelines(PipelineSettings("tumours", github_auth="secret"))
-    docs = {Path(rel).name: yaml.safe_load(text) for rel, text in m2m.items() if rel.startswith(".github/")}
+    docs = {Path(rel).name: yaml.safe_load(text) for rel, text in m2m.items() if rel.startswith(".github/workflows/")}
     assert _caller_violations(docs) == []
     assert docs["monitor.yml"]["jobs"]["train"]["permissions"] == {"contents": "read"}
 
@@ -511,7 +519,7 @@ def test_a_project_without_the_docs_script_gets_no_docs_pipeline(tmp_path):
     assert project_settings(ROOT).optional == ("docs",)
     files = render_pipelines(PipelineSettings("churn-model"))  # a project without scripts/docs.py: no optional pipeline
     assert sorted(files) == sorted([*(f"{d}/{n}.yml" for d in (".github/workflows", "pipelines/azure") for n in ("batch", "ci", "deploy", "monitor", "train")),
-                                    ".gitlab-ci.yml"])
+                                    ".gitlab-ci.yml", ".github/dependabot.yml"])
 
 
 def test_the_cli_runs_every_pipeline():
@@ -523,7 +531,7 @@ def test_the_cli_runs_every_pipeline():
 
 
 def test_zizmor_finds_nothing_at_medium_or_above():
-    p = subprocess.run([tool("zizmor"), "--offline", "--format", "json", ".github/workflows/"], capture_output=True, text=True,
+    p = subprocess.run([tool("zizmor"), "--offline", "--format", "json", ".github/workflows/", ".github/dependabot.yml"], capture_output=True, text=True,
                        cwd=ROOT, timeout=120)
     findings = json.loads(p.stdout)
     serious = [(f["ident"], f["determinations"]["severity"], f["locations"][0]["symbolic"]["key"]) for f in findings
@@ -769,11 +777,11 @@ def test_the_bundle_is_validated_on_pull_requests_and_deployed_from_main():
         assert f"databricks/setup-cli@{sha}" in uses and uses.index(f"databricks/setup-cli@{sha}") < len(uses) - 1, name
         step = next(s for s in steps(gh[0]) if s.get("run") == line)
         assert step["env"]["DATABRICKS_HOST"] == f"${{{{ secrets.DATABRICKS_HOST{creds} }}}}", name
-        az = [j for j in jobs(ROOT/"pipelines"/"azure"/f"{name}.yml") if any(s.get("script") == line for s in steps(j))]
+        az = [j for j in jobs(ROOT/"pipelines"/"azure"/f"{name}.yml") if any(text_of(s) == line for s in steps(j))]
         assert len(az) == 1, name
-        texts = [s.get("script") for s in steps(az[0])]
+        texts = [text_of(s) for s in steps(az[0])]
         assert texts.index(DATABRICKS_CLI) < texts.index(line), name
-        assert next(s for s in steps(az[0]) if s.get("script") == line)["env"]["DATABRICKS_HOST"] == f"$(DATABRICKS_HOST{creds})", name
+        assert next(s for s in steps(az[0]) if text_of(s) == line)["env"]["DATABRICKS_HOST"] == f"$(DATABRICKS_HOST{creds})", name
 
 
 # --- GitLab CI/CD: one file, every pipeline ---------------------------------------------------------------------------
@@ -937,3 +945,51 @@ def test_gitlab_scripts_expand_only_quoted_variables_the_job_has(stub_cli):
     out = _bash(job["script"][0], stub_cli, {"BRANCH": HOSTILE_BRANCH, "DATABRICKS_CLUSTER": CLUSTER_JSON})
     args = json.loads(out)
     assert "INJECTED-42" not in out and args[args.index("--branch") + 1] == HOSTILE_BRANCH
+
+
+# --- shorter-lived credentials: Azure DevOps through workload identity federation, one deployment at a time, Dependabot ---
+
+def test_azure_calls_databricks_through_a_federated_service_connection_only():
+    """No Azure DevOps step reads a Databricks client secret (or client id): every step that calls Databricks is an
+    AzureCLI@2 task under the service connection of its credentials (PREFIX-databricks-ci for pull requests), with
+    databricks-sdk's azure-cli auth; every other step is a plain script or a secure file's download."""
+    for path in AZURE:
+        ci = path.name == "ci.yml"
+        for j in jobs(path):
+            for s in steps(j):
+                env = s.get("env", {})
+                assert not {"DATABRICKS_CLIENT_SECRET", "DATABRICKS_CLIENT_ID"} & set(env), (path.name, s["displayName"])
+                if "DATABRICKS_HOST" in env:
+                    assert s["task"] == "AzureCLI@2" and env["DATABRICKS_AUTH_TYPE"] == "azure-cli", (path.name, s)
+                    assert s["inputs"] == {"azureSubscription": "mlops-nb-databricks" + ("-ci" if ci else ""), "scriptType": "bash",
+                                           "scriptLocation": "inlineScript", "inlineScript": text_of(s)}
+                else: assert s.get("task") in (None, "DownloadSecureFile@1"), (path.name, s)
+    # the OAuth pair stays one setting away, for connections that cannot be federated
+    from mlops_nb.azure_devops import azure_pipeline
+    from mlops_nb.pipeline import PipelineSettings
+    m2m = yaml.safe_load(azure_pipeline("batch", PipelineSettings("churn", azure_auth="secret")))
+    assert m2m["jobs"][0]["steps"][-1]["env"]["DATABRICKS_CLIENT_SECRET"] == "$(DATABRICKS_CLIENT_SECRET)"
+
+
+def test_azure_deploys_one_run_at_a_time():
+    "A pipeline with a deployment job waits for the environment's exclusive lock in order (lockBehavior: sequential)."
+    for path in AZURE:
+        doc = load(path)
+        deploys = any("deployment" in j for j in jobs(path))
+        assert doc.get("lockBehavior") == ("sequential" if deploys else None), path.name
+    assert load(ROOT/"pipelines"/"azure"/"deploy.yml")["lockBehavior"] == "sequential"
+    assert "Exclusive Lock" in (ROOT/"pipelines"/"azure"/"deploy.yml").read_text()  # the check to add, documented
+
+
+def test_dependabot_keeps_the_actions_and_python_dependencies_current():
+    "Both ecosystems, weekly, from the repository root; the file matches Dependabot's public schema."
+    doc = load(ROOT/".github"/"dependabot.yml")
+    assert doc["version"] == 2
+    assert [(u["package-ecosystem"], u["directory"], u["schedule"]["interval"]) for u in doc["updates"]] == [
+        ("github-actions", "/", "weekly"), ("pip", "/", "weekly")]
+    p = subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.dependabot", str(ROOT/".github"/"dependabot.yml")],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    doc["updates"][0]["schedule"]["interval"] = "hourly"  # the schema check is not vacuous
+    assert subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.dependabot", "-"], input=yaml.safe_dump(doc),
+                          capture_output=True, text=True, timeout=120).returncode == 1
