@@ -54,7 +54,8 @@ def _azure_step(row:dict, line:str, cloud:Cloud, settings:PipelineSettings)->dic
     "The step running `line`: a script, or, calling Databricks with `azure_auth='wif'`, an AzureCLI@2 task."
     env = {var: _azure_value(src, cloud) for var, src in row["env"].items()}
     head = {"displayName": row["label"], **({"name": row["out"]} if row["publish"] else {})}
-    if FEDERATED not in env or settings.azure_auth != "wif": return {"script": line, **head, **({"env": env} if env else {})}
+    if FEDERATED not in env or settings.azure_auth != "wif":
+        return {"script": line, **head, **({"env": env} if env else {})}
     env = {k: v for k, v in env.items() if k not in (FEDERATED, "DATABRICKS_CLIENT_ID")}  # the connection's identity
     inputs = {"azureSubscription": service_connection(cloud, settings), "scriptType": "bash",
               "scriptLocation": "inlineScript", "inlineScript": line}
@@ -75,7 +76,7 @@ def azure_pipeline(name:str, # ci, train or deploy
         when = started_by(name)  # started on an output: only by runs tagged with its key
         doc["resources"] = {"pipelines": [{"pipeline": c.after, "source": f"{settings.prefix}-{c.after}",
                                            "trigger": {**on_main, **({"tags": [when[1]]} if when else {})}}]}
-    if any(j.environment for j, _ in plan): doc["lockBehavior"] = "sequential"  # with the environment's Exclusive Lock
+    if any(j.environment for j, _ in plan): doc["lockBehavior"] = "sequential"  # with the environment's exclusive lock
     doc["pool"] = {"vmImage": "ubuntu-latest"}
     groups = _azure_groups(name, settings)
     defaults = {cloud_name(src[1], c): src[2] for _, rows in cloud_plan(name, settings) for row in rows

@@ -32,7 +32,7 @@ def _gitlab_rules(name:str, settings:PipelineSettings)->list[dict]:
     return rules
 
 # %% ../nbs/12d_gitlab_ci.ipynb #12d-gitlab-ci-008
-OIDC_TOKEN = "DATABRICKS_OIDC_TOKEN" # the variable databricks-sdk's env-oidc auth reads (DATABRICKS_OIDC_TOKEN_ENV's default)
+OIDC_TOKEN = "DATABRICKS_OIDC_TOKEN" # what databricks-sdk's env-oidc auth reads (DATABRICKS_OIDC_TOKEN_ENV's default)
 
 def _gitlab_value(var:str, src:tuple, cloud:Cloud)->str|None:
     "The value a job's `variables:` maps to `var`, or None when GitLab already gives the job `var` itself."
@@ -84,11 +84,12 @@ def _gitlab_job(name:str, j:Job, rows:list[dict], settings:PipelineSettings)->di
     if variables: job["variables"] = variables
     script = [DATABRICKS_CLI_GITLAB] if j.databricks_cli else []
     for row in rows:
-        publish = f" | python pipelines/publish_output.py {' '.join(row['publish'])} --name {row['out']}" if row["publish"] else ""
-        script.append(row["line"] + publish + "".join(f" --tag {k}" for k in row["tags"]))
+        publish = f" | python pipelines/publish_output.py {' '.join(row['publish'])} --name {row['out']}"
+        script.append(row["line"] + (publish if row["publish"] else "") + "".join(f" --tag {k}" for k in row["tags"]))
     job["script"] = script
     if any(row["publish"] for row in rows):
-        job["artifacts"] = {**({"paths": [NEXT]} if any(row["tags"] for row in rows) else {}), "reports": {"dotenv": OUTPUTS}}
+        child = any(row["tags"] for row in rows)  # it writes the child pipeline of the pipeline it starts
+        job["artifacts"] = {**({"paths": [NEXT]} if child else {}), "reports": {"dotenv": OUTPUTS}}
     return job
 
 # %% ../nbs/12d_gitlab_ci.ipynb #12d-gitlab-ci-014
@@ -109,13 +110,14 @@ def _stages(names:list[str])->list[str]:
     for n in names: visit(n)
     return out
 
-GITLAB_ABOUT = ("GitLab CI/CD: every pipeline of the project in one file. A merge request to {main} runs ci; a push to the "
-                "protected branch {main} runs deploy; a pipeline of {main} with the variable MLOPS_NB_PIPELINE=NAME (a "
-                "pipeline schedule, a run by hand, a pipeline trigger) runs pipeline NAME. Protect {main}; keep the "
-                "production variables protected and scoped to the environments trusted and production, the *_CI ones "
-                "unprotected. With gitlab_auth oidc (default) no Databricks secret is stored: each job calling Databricks "
-                "gets an ID token whose audience is the workspace URL (DATABRICKS_HOST); the service principal's "
-                "federation policy trusts this project's refs (issuer: the GitLab instance URL).")
+GITLAB_ABOUT = ("GitLab CI/CD: every pipeline of the project in one file. A merge request to {main} runs ci; a push "
+                "to the protected branch {main} runs deploy; a pipeline of {main} with the variable "
+                "MLOPS_NB_PIPELINE=NAME (a pipeline schedule, a run by hand, a pipeline trigger) runs pipeline NAME. "
+                "Protect {main}; keep the production variables protected and scoped to the environments trusted and "
+                "production, the *_CI ones unprotected. With gitlab_auth oidc (default) no Databricks secret is "
+                "stored: each job calling Databricks gets an ID token whose audience is the workspace URL "
+                "(DATABRICKS_HOST); the service principal's federation policy trusts this project's refs (issuer: "
+                "the GitLab instance URL).")
 
 def gitlab_ci(settings:PipelineSettings # the project's settings
              )->str:
