@@ -6,7 +6,7 @@ Docs: https://mlops-nb.github.io/mlops_nb/pipeline.html.md"""
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-002
 from __future__ import annotations
-import re, shlex, textwrap, tomllib
+import importlib, re, shlex, textwrap, tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 import yaml
@@ -531,3 +531,15 @@ def file_header(name:str, platform:str, settings:PipelineSettings)->list[str]:
 def cloud_name(name:str, cloud:Cloud)->str:
     "The name under which a pipeline of `cloud`'s credentials reads `name`."
     return name + CI_SUFFIX if cloud.credentials == CI_GROUP else name
+
+# %% ../nbs/12_pipeline.ipynb #12-pipeline-061
+_MOVED = {"CONDITIONS": "pipeline_run", "PipelineResult": "pipeline_run", "argv_of": "pipeline_run",
+          "check_line": "pipeline_run", "render": "pipeline_run", "run_pipeline": "pipeline_run",
+          "run_step": "pipeline_run", "github_workflow": "github_actions", "azure_pipeline": "azure_devops",
+          "render_pipelines": "pipeline_files", "write_pipelines": "pipeline_files"}
+
+def __getattr__(name:str):
+    "A name that moved to a module of its own (see `_MOVED`), imported on first use."
+    if name not in _MOVED: raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"mlops_nb.{_MOVED[name]}"), name)
+
