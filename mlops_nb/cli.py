@@ -808,7 +808,8 @@ def _simulate_args(sub):
 # %% ../nbs/06_cli.ipynb #06-cli-028
 def cmd_pipeline(a):
     "Run a pipeline's steps here, or print and check them."
-    from mlops_nb.pipeline import run_pipeline, PipelineFailed
+    from mlops_nb.pipeline import PipelineFailed
+    from mlops_nb.pipeline_run import run_pipeline
     res = run_pipeline(a.name, dry_run=a.dry_run, runner=a.runner, period=a.period, rows=a.rows, epochs=a.epochs,
                        data=a.data, trigger=a.trigger, reference=a.reference, current=a.current, window=a.window,
                        input=a.input, output=a.output, say=_say, parse=parser().parse_args)
