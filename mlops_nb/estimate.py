@@ -207,13 +207,11 @@ def model_checks(report:DriftReport, # the drift report of the current rows
                  current_df:pd.DataFrame, # the current rows (inputs; or a bounded sample of them)
                  problem:Problem # the model's problem
                 )->DriftReport:
-    "`report` with the estimated performance and the output drift, and their reasons to retrain."
+    "`report` with the estimated performance and the output drift; an estimated decay's reason to retrain."
     if profile is None or not profile.outputs or model is None or current_df is None or not len(current_df): return report
     t = report.thresholds
     out = predict_outputs(getattr(model, "pipeline", model), current_df, problem.kind)
     report.output, report.estimated = output_drift(profile, out, problem, t), estimate_metrics(profile, out, problem)
-    if report.output["drifted"]:
-        report.reasons.append(f"output drift: {report.output['column']} (psi {report.output['psi']:.3f} > {t.psi:g})")
     for k, e in (report.estimated or {}).items():
         if report.decay and k in report.decay: e["measured"] = report.decay[k]["current"]
         if report.decay is None and t.estimate and k in problem.decay_metrics and e["drop"] is not None \
