@@ -16,9 +16,9 @@ from .reference import Profile, current_counts, drift_from_counts, numeric_profi
 pd = lazy_module("pandas")
 
 # %% auto #0
-__all__ = ['pd', 'CAL_BINS', 'CAL_FOLDS', 'DRAWS', 'calibration_error', 'fit_maps', 'calibrate', 'calibration_of',
-           'expected_metrics', 'output_columns', 'output_frame', 'outputs_profile', 'with_outputs', 'estimate_metrics',
-           'output_drift', 'model_checks', 'spark_inputs']
+__all__ = ['pd', 'CAL_BINS', 'CAL_FOLDS', 'DRAWS', 'calibration_error', 'fit_maps', 'calibrate', 'estimated_specs',
+           'calibration_of', 'expected_metrics', 'output_columns', 'output_frame', 'outputs_profile', 'with_outputs',
+           'estimate_metrics', 'output_drift', 'model_checks', 'spark_inputs']
 
 # %% ../nbs/14c_estimate.ipynb #14c-est-005
 CAL_BINS = 10  # equal-width bins of the expected calibration error
@@ -76,6 +76,10 @@ def _cross_fitted(proba:np.ndarray, y:np.ndarray, folds:int, seed:int=0)->np.nda
     for tr, te in split.split(proba, y): out[te] = calibrate(proba[te], fit_maps(proba[tr], y[tr]))
     return out
 
+def estimated_specs(problem:Problem)->list:
+    "The metrics a classifier's estimate covers: the problem's own (primary first) and accuracy."
+    return [*problem.metric_specs(), *([] if "accuracy" in problem.metric_names else ["accuracy"])]
+
 def calibration_of(problem:Problem, # the model's problem (a classifier)
                    proba:np.ndarray, # the model's probabilities on the evaluation rows
                    y:np.ndarray # their labels, encoded
@@ -87,7 +91,7 @@ def calibration_of(problem:Problem, # the model's problem (a classifier)
     iso = bool(cv < raw)
     return {"method": "isotonic" if iso else "none", "maps": fit_maps(proba, y) if iso else [], "rows": int(len(y)),
             "calibration_error": float(min(cv, raw)), "calibration_error_raw": raw, "bins": CAL_BINS,
-            "metrics": metrics_of(problem.kind, y, proba, problem.metric_specs())}
+            "metrics": metrics_of(problem.kind, y, proba, estimated_specs(problem))}
 
 # %% ../nbs/14c_estimate.ipynb #14c-est-015
 DRAWS = 20  # label draws that estimate a problem's own metric
@@ -127,10 +131,8 @@ def expected_metrics(problem:Problem, # the model's problem (a classifier)
                      c:np.ndarray # the same, calibrated (`calibrate`)
                     )->dict:
     "Metric -> its expected value (None when it cannot be estimated): the problem's metrics and accuracy."
-    pred = proba.argmax(1)
-    specs = [*problem.metric_specs(), *([] if "accuracy" in problem.metric_names else ["accuracy"])]
-    out = {}
-    for m in specs:
+    pred, out = proba.argmax(1), {}
+    for m in estimated_specs(problem):
         if isinstance(m, Metric): out[m.name] = _drawn(problem, m, proba, c)
         elif m == "accuracy": out[m] = float(c[np.arange(len(pred)), pred].mean())
         elif m == "roc_auc": out[m] = _roc_auc(proba[:, 1], c[:, 1])

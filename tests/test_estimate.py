@@ -9,7 +9,7 @@ from conftest import cli_json, cli_json_here, run_cli
 from spark_fixtures import spark  # noqa: F401 (the shared session fixture)
 from mlops_nb.data import ColumnSpec
 from mlops_nb.drift import DriftThresholds
-from mlops_nb.estimate import model_checks, spark_inputs, with_outputs
+from mlops_nb.estimate import estimated_specs, model_checks, spark_inputs, with_outputs
 from mlops_nb.examples.ottawa import PROBLEM as OTTAWA, generate_listings
 from mlops_nb.examples.sklearn_tables import BREAST_CANCER, WINE, DIABETES, table
 from mlops_nb.problem import Problem, metrics_of, predict_outputs
@@ -57,7 +57,8 @@ def _estimate_and_measure(problem, model, prof, df):
     rep = model_checks(profile_drift(prof, df.drop(columns=[problem.target]), problem=problem), prof, model,
                        df.drop(columns=[problem.target]), problem)
     out = predict_outputs(model, df, problem.kind)
-    return {k: e["value"] for k, e in rep.estimated.items()}, metrics_of(problem.kind, problem.encode(df[problem.target]), out)
+    y = problem.encode(df[problem.target])
+    return {k: e["value"] for k, e in rep.estimated.items()}, metrics_of(problem.kind, y, out, estimated_specs(problem))
 
 
 def _flip(problem, df, region):
@@ -207,3 +208,21 @@ def test_spark_sample_gives_the_local_estimate(spark, seg):  # noqa: F811
     assert remote.output["psi"] == pytest.approx(local.output["psi"], abs=1e-12)
     for k, e in local.estimated.items(): assert remote.estimated[k]["value"] == pytest.approx(e["value"], abs=1e-9)
     assert remote.reasons == local.reasons
+
+
+def cost(y, pred):
+    "A problem's own metric: a missed sale above asking costs five times a false alarm."
+    return float(np.mean(5 * ((y == 1) & (pred == 0)) + ((y == 0) & (pred == 1))))
+
+
+def test_a_problems_own_metric_is_estimated_from_label_draws(ottawa):
+    from dataclasses import replace
+    from mlops_nb.problem import Metric
+    m, _ = ottawa
+    problem = replace(OTTAWA, metrics=[Metric("cost", cost, higher_is_better=False), "roc_auc"])
+    tr, ev = split_rows(generate_listings(2021, 20_000, seed=0), problem, seed=0)
+    prof = with_outputs(profile_of(tr, problem), problem, m, ev)
+    assert set(prof.calibration["metrics"]) == {"cost", "roc_auc", "accuracy"}
+    fresh = generate_listings(2021, 20_000, seed=8)
+    est, real = _estimate_and_measure(problem, m, prof, fresh[fresh.sqft > fresh.sqft.median()])
+    assert abs(est["cost"] - real["cost"]) < 0.03 and abs(est["accuracy"] - real["accuracy"]) < 0.03, (est, real)
