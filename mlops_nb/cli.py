@@ -376,7 +376,7 @@ def _outputs_profile(model, profile):
              "estimated performance or output drift; retrain to get them")
         return None
     if model.problem.kind == "regression":
-        _say(f"{name}: a regressor gives no confidence to estimate its error from: output drift only, no estimated metric")
+        _say(f"{name}: a regressor gives no confidence to estimate its error from: output drift only, no estimate")
     return profile
 
 def _model_checks(rep, profile, model, problem, cur, spark_current):
@@ -390,7 +390,7 @@ def _model_checks(rep, profile, model, problem, cur, spark_current):
     return model_checks(rep, profile, model, cur, problem)
 
 def cmd_monitor(a):
-    "Compare current data with a reference: feature and output drift, model decay (measured or estimated), and a verdict."
+    "Compare current data with a reference: feature and output drift, model decay (measured or estimated), a verdict."
     if a.window is not None and not 0 < a.window <= 366: raise MlopsNbError(f"--window {a.window:g} is not allowed: use days in (0, 366]")
     from mlops_nb.drift import drift_report, DriftThresholds
     from mlops_nb.problem import load_problem

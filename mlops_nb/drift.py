@@ -189,8 +189,9 @@ class DriftReport:
         out = [f"{'feature':<16} {'kind':<11} {'psi':>7} {'ks_stat':>8} {'ks_p':>9}  drifted",
                *(f"{n:<16} {f.kind:<11} {f.psi:>7.3f} {fmt(f.ks_stat, '.3f'):>8} {fmt(f.ks_pvalue, '.2g'):>9}  "
                  f"{'YES' if f.drifted else 'no'}" for n, f in self.features.items())]
-        if self.output: out.append(f"{'(model output)':<16} {'output':<11} {self.output['psi']:>7.3f} {'-':>8} {'-':>9}  "
-                                   f"{'YES' if self.output['drifted'] else 'no'}  ({self.output['column']})")
+        o = self.output
+        if o: out.append(f"{'(model output)':<16} {'output':<11} {o['psi']:>7.3f} {'-':>8} {'-':>9}  "
+                         f"{'YES' if o['drifted'] else 'no'}  ({o['column']})")
         out.append(f"rows: reference {self.rows['reference']}, current {self.rows['current']}")
         o = self.overlap
         if o and (o["same_data"] or o["share"] >= OVERLAP_SHARE):
@@ -204,8 +205,8 @@ class DriftReport:
             out.append(f"{m:<9} reference {fmt(d['reference'], '.4f')}  current {d['current']:.4f}  {change}")
         for m, e in (self.estimated or {}).items():
             seen = "" if e.get("measured") is None else f", measured {e['measured']:.4f}"
-            out.append(f"{m:<9} reference {fmt(e['reference'], '.4f')}  estimated {fmt(e['value'], '.4f')} without labels "
-                       f"(calibration error {e['calibration_error']:.3f}{seen})")
+            out.append(f"{m:<9} reference {fmt(e['reference'], '.4f')}  estimated {fmt(e['value'], '.4f')} "
+                       f"without labels (calibration error {e['calibration_error']:.3f}{seen})")
         if self.model_age_days is not None: out.append(f"model age: {self.model_age_days:.1f} days")
         out.append(f"drift: {'yes' if self.drift else 'no'}; retrain: {'yes' if self.retrain else 'no'}")
         out += [f"  - {r}" for r in self.reasons]

@@ -84,10 +84,10 @@ def calibration_of(problem:Problem, # the model's problem (a classifier)
                    proba:np.ndarray, # the model's probabilities on the evaluation rows
                    y:np.ndarray # their labels, encoded
                   )->dict:
-    "How calibrated the model is on the evaluation rows, the isotonic maps if they help, and the metrics measured there."
+    "How calibrated the model is on the evaluation rows, isotonic maps if they help, and the metrics measured there."
     proba, y = np.asarray(proba, "float64"), np.asarray(y)
     raw = calibration_error(proba, y)
-    cv = calibration_error(_cross_fitted(proba, y, CAL_FOLDS), y, proba.argmax(1)) if len(y) >= 2 * CAL_FOLDS else np.inf
+    cv = np.inf if len(y) < 2 * CAL_FOLDS else calibration_error(_cross_fitted(proba, y, CAL_FOLDS), y, proba.argmax(1))
     iso = bool(cv < raw)
     return {"method": "isotonic" if iso else "none", "maps": fit_maps(proba, y) if iso else [], "rows": int(len(y)),
             "calibration_error": float(min(cv, raw)), "calibration_error_raw": raw, "bins": CAL_BINS,
@@ -168,7 +168,8 @@ def with_outputs(profile:Profile, # the profile of the training rows (`reference
                 )->Profile:
     "`profile` with the model's outputs on the evaluation rows and, for a classifier, its calibration there."
     out = predict_outputs(getattr(model, "pipeline", model), eval_df, problem.kind)
-    cal = None if problem.kind == "regression" else calibration_of(problem, out, problem.encode(eval_df[problem.target]))
+    y = None if problem.kind == "regression" else problem.encode(eval_df[problem.target])
+    cal = None if y is None else calibration_of(problem, out, y)
     return replace(profile, outputs=outputs_profile(problem, out), calibration=cal)
 
 # %% ../nbs/14c_estimate.ipynb #14c-est-027
@@ -210,7 +211,8 @@ def model_checks(report:DriftReport, # the drift report of the current rows
                  problem:Problem # the model's problem
                 )->DriftReport:
     "`report` with the estimated performance and the output drift; an estimated decay's reason to retrain."
-    if profile is None or not profile.outputs or model is None or current_df is None or not len(current_df): return report
+    if profile is None or not profile.outputs or model is None: return report
+    if current_df is None or not len(current_df): return report
     t = report.thresholds
     out = predict_outputs(getattr(model, "pipeline", model), current_df, problem.kind)
     report.output, report.estimated = output_drift(profile, out, problem, t), estimate_metrics(profile, out, problem)

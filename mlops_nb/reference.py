@@ -71,7 +71,8 @@ class Profile:
 
     def as_json(self)->dict:
         d = {"version": self.version, "rows": self.rows, "features": self.features}
-        return {**d, **{k: v for k, v in (("outputs", self.outputs), ("calibration", self.calibration)) if v is not None}}
+        extra = {"outputs": self.outputs, "calibration": self.calibration}
+        return {**d, **{k: v for k, v in extra.items() if v is not None}}
 
     @classmethod
     def from_json(cls, d:dict):

@@ -119,9 +119,10 @@ def test_report_contract_and_verdict_switch(ottawa):
     for e in d["estimated"].values():
         assert {"value", "reference", "drop", "calibration_error", "calibration_error_raw", "measured"} <= set(e)
         assert e["measured"] is None and 0 <= e["calibration_error"] < 0.05
-    assert set(d["output"]) == {"psi", "drifted", "column", "columns", "rows"} and d["output"]["column"] == "p(above_asking)"
+    assert set(d["output"]) == {"psi", "drifted", "column", "columns", "rows"}
+    assert d["output"]["column"] == "p(above_asking)"
     assert "(model output)" in rep.text() and "estimated" in rep.text()
-    plain = profile_drift(Profile(prof.rows, prof.features), c23, problem=OTTAWA)  # a profile from before: nothing added
+    plain = profile_drift(Profile(prof.rows, prof.features), c23, problem=OTTAWA)  # a profile from before: no more
     assert model_checks(plain, Profile(prof.rows, prof.features), m, c23, OTTAWA).as_dict()["estimated"] is None
 
 
@@ -138,7 +139,7 @@ def test_output_drift_follows_the_outputs(ottawa):
 
 @pytest.mark.parametrize("problem,col", [(BREAST_CANCER, "mean radius"), (WINE, "alcohol"), (DIABETES, "bmi")])
 def test_sklearn_tables(problem, col):
-    "The scikit-learn tables: classifiers get their primary metric and accuracy estimated; a regressor, output drift only."
+    "The scikit-learn tables: a classifier's primary metric and accuracy are estimated; a regressor's outputs only."
     df = table(problem)
     tr, rest = split_rows(df, problem, seed=0, eval_frac=0.4)
     ev, cur = rest.iloc[: len(rest) // 2], rest.iloc[len(rest) // 2:]
@@ -165,7 +166,7 @@ def full_run(state, data_dir):
 
 
 def test_monitor_after_a_full_run(full_run, data_dir, tmp_path):
-    "The registered version's profile holds outputs and calibration: the report has both; a version from before: one line."
+    "A registered version's profile holds outputs and calibration, the report both; a version from before: one line."
     from mlops_nb.reference import log_profile, run_profile
     v = str(full_run["registered_version"])
     prof = run_profile(full_run["run_id"])
@@ -183,8 +184,10 @@ def test_monitor_after_a_full_run(full_run, data_dir, tmp_path):
     with_ref = cli_json_here("monitor", "--model", v, "--reference", data_dir/"2021.parquet",
                              "--current", tmp_path/"unlabelled.parquet")
     assert with_ref["estimated"] == unlabelled["estimated"] and with_ref["output"] == unlabelled["output"]
-    off = cli_json_here("monitor", "--model", v, "--current", tmp_path/"unlabelled.parquet", "--threshold", "estimate=off")
-    assert not any(r.startswith("estimated decay") for r in off["reasons"]) and off["estimated"] == unlabelled["estimated"]
+    off = cli_json_here("monitor", "--model", v, "--current", tmp_path/"unlabelled.parquet",
+                        "--threshold", "estimate=off")
+    assert not any(r.startswith("estimated decay") for r in off["reasons"])
+    assert off["estimated"] == unlabelled["estimated"]
     log_profile(Profile(prof.rows, prof.features), full_run["run_id"])  # the profile as versions logged it before
     p = run_cli("monitor", "--model", v, "--current", tmp_path/"unlabelled.parquet", "--json")
     assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
@@ -198,7 +201,7 @@ def test_monitor_after_a_full_run(full_run, data_dir, tmp_path):
 
 @pytest.mark.xdist_group("spark")
 def test_spark_sample_gives_the_local_estimate(spark, seg):  # noqa: F811
-    "Below `KS_MAX_N` rows the Spark engine's sample is every row: the same estimate and output PSI as the local engine."
+    "Below `KS_MAX_N` rows the Spark engine's sample is every row: the local engine's estimate and output PSI."
     m, prof = seg
     cur = segments(1, 6000, 9).query("x0 > 0").drop(columns=["segment"]).reset_index(drop=True)
     local = model_checks(profile_drift(prof, cur, problem=SEGMENTS), prof, m, cur, SEGMENTS)
