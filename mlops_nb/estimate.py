@@ -166,10 +166,11 @@ def with_outputs(profile:Profile, # the profile of the training rows (`reference
                  model, # the fitted pipeline (or a `Runtime`)
                  eval_df:pd.DataFrame # the labelled evaluation rows
                 )->Profile:
-    "`profile` with the model's outputs on the evaluation rows and, for a classifier, its calibration there."
+    "`profile` with the model's outputs on the evaluation rows; for a classifier, its calibration and estimates there."
     out = predict_outputs(getattr(model, "pipeline", model), eval_df, problem.kind)
     y = None if problem.kind == "regression" else problem.encode(eval_df[problem.target])
     cal = None if y is None else calibration_of(problem, out, y)
+    if cal: cal["estimated"] = expected_metrics(problem, out, calibrate(out, cal["maps"]))  # the baseline of a drop
     return replace(profile, outputs=outputs_profile(problem, out), calibration=cal)
 
 # %% ../nbs/14c_estimate.ipynb #14c-est-027
@@ -177,15 +178,16 @@ def estimate_metrics(profile:Profile, # the version's profile, with its calibrat
                      out:np.ndarray, # the model's probabilities on the current rows
                      problem:Problem # the model's problem
                     )->dict|None:
-    "Metric -> {value, reference, drop, calibration_error, calibration_error_raw, calibration, measured}; None: none."
+    "Metric -> {value, reference, reference_estimate, drop, calibration_error, ..., measured}; None: nothing estimated."
     cal = profile.calibration
     if problem.kind == "regression" or not cal or not len(out): return None
     values = expected_metrics(problem, out, calibrate(out, cal["maps"]))
     res = {}
     for k, v in values.items():
         if v is None: continue
-        r, higher = cal["metrics"].get(k), problem.directions.get(k, True)
-        res[k] = {"value": v, "reference": r, "drop": None if r is None else (r - v if higher else v - r),
+        r, base, higher = cal["metrics"].get(k), (cal.get("estimated") or {}).get(k), problem.directions.get(k, True)
+        res[k] = {"value": v, "reference": r, "reference_estimate": base,
+                  "drop": None if base is None else (base - v if higher else v - base),
                   "calibration_error": cal["calibration_error"], "calibration_error_raw": cal["calibration_error_raw"],
                   "calibration": cal["method"], "measured": None}
     return res
@@ -220,7 +222,8 @@ def model_checks(report:DriftReport, # the drift report of the current rows
         if report.decay and k in report.decay: e["measured"] = report.decay[k]["current"]
         if report.decay is None and t.estimate and k in problem.decay_metrics and e["drop"] is not None \
            and e["drop"] > t.metric_drop:
-            report.reasons.append(f"estimated decay (no labels): {k} {e['reference']:.4f} -> {e['value']:.4f} "
+            was = e["reference_estimate"]
+            report.reasons.append(f"estimated decay (no labels): {k} {was:.4f} -> {e['value']:.4f} "
                                   f"(drop {e['drop']:.4f} > {t.metric_drop:g})")
     return report
 

@@ -117,7 +117,7 @@ def test_report_contract_and_verdict_switch(ottawa):
     d = json.loads(json.dumps(rep.as_dict()))
     assert set(d["estimated"]) == {"roc_auc", "accuracy", "log_loss"}
     for e in d["estimated"].values():
-        assert {"value", "reference", "drop", "calibration_error", "calibration_error_raw", "measured"} <= set(e)
+        assert {"value", "reference", "reference_estimate", "drop", "calibration_error", "measured"} <= set(e)
         assert e["measured"] is None and 0 <= e["calibration_error"] < 0.05
     assert set(d["output"]) == {"psi", "drifted", "column", "columns", "rows"}
     assert d["output"]["column"] == "p(above_asking)"
