@@ -620,7 +620,7 @@ def _monitor_spark(a, problem, thresholds, model, ref_metrics, created):
     spark = spark_session(a.spark_master)
     ref, cur = read_spark_table(spark, a.reference), read_spark_table(spark, a.current)
     return spark_drift_report(ref, cur, thresholds=thresholds, model=model, reference_metrics=ref_metrics, model_created=created,
-                              problem=problem)
+                              problem=problem), cur
 
 def _reference_profile(a, model):
     "The reference profile the model's run logged (used when --reference is left out), or a one-line error."
@@ -643,10 +643,37 @@ def _monitor_spark_profile(a, problem, profile, thresholds, model, ref_metrics, 
     if a.labels or a.window:
         raise MlopsNbError("--labels and --window read an inference log, which the local engine reads: use --engine local")
     current = read_spark_table(spark_session(a.spark_master), a.current)
-    return spark_profile_drift(profile, current, thresholds, model, ref_metrics, created, problem)
+    return spark_profile_drift(profile, current, thresholds, model, ref_metrics, created, problem), current
+
+def _outputs_profile(model, profile):
+    "The version's profile if it holds the model's outputs (for the estimate and output drift), else None and one line."
+    from mlops_nb.reference import run_profile
+    from mlops_nb.core import DataError
+    if model is None: return None
+    if profile is None and model.info.run_id:
+        try: profile = run_profile(model.info.run_id)
+        except DataError: profile = None
+    name = f"{model.info.name or 'the model'} v{model.info.version or '?'}"
+    if profile is None or profile.outputs is None:
+        _say(f"{name}: its run logged no profile of the model's outputs (registered before mlops_nb logged them): no "
+             "estimated performance or output drift; retrain to get them")
+        return None
+    if model.problem.kind == "regression":
+        _say(f"{name}: a regressor gives no confidence to estimate its error from: output drift only, no estimate")
+    return profile
+
+def _model_checks(rep, profile, model, problem, cur, spark_current):
+    "`rep` with the estimated performance and the output drift (`mlops_nb.estimate`); on Spark, from a bounded sample."
+    from mlops_nb.estimate import model_checks, spark_inputs
+    if profile is None: return rep
+    if spark_current is not None:
+        cur = spark_inputs(spark_current, rep.rows["current"], problem)
+        _say(f"spark: estimated performance and output drift on {len(cur)} of the {rep.rows['current']} current rows "
+             "(a seeded sample, scored on the driver)")
+    return model_checks(rep, profile, model, cur, problem)
 
 def cmd_monitor(a):
-    "Compare current data with a reference: feature drift, model decay, and whether to retrain."
+    "Compare current data with a reference: feature and output drift, model decay (measured or estimated), a verdict."
     if a.window is not None and not 0 < a.window <= 366: raise MlopsNbError(f"--window {a.window:g} is not allowed: use days in (0, 366]")
     from mlops_nb.drift import drift_report, DriftThresholds
     from mlops_nb.problem import load_problem
@@ -673,9 +700,11 @@ def cmd_monitor(a):
             except RegistryError as e: _say(f"no registry metrics ({e}); scoring the model on the reference data")
     problem = model.problem if model is not None else load_problem()  # a model's own problem, else the project's
     profile = _reference_profile(a, model) if a.reference is None else None
+    outputs = _outputs_profile(model, profile)
+    spark_current = shadow = None
     if a.engine == "spark" and profile is not None:
-        rep, shadow = _monitor_spark_profile(a, problem, profile, thresholds, model, ref_metrics, created), None
-    elif a.engine == "spark": rep, shadow = _monitor_spark(a, problem, thresholds, model, ref_metrics, created), None
+        rep, spark_current = _monitor_spark_profile(a, problem, profile, thresholds, model, ref_metrics, created)
+    elif a.engine == "spark": rep, spark_current = _monitor_spark(a, problem, thresholds, model, ref_metrics, created)
     else:
         cur, shadow = _current(a, problem)
         if profile is not None: rep = profile_drift(profile, cur, thresholds, model, ref_metrics, created, problem)
@@ -683,6 +712,7 @@ def cmd_monitor(a):
             ref = problem.load(a.reference, require_label=False)
             rep = drift_report(ref, cur, thresholds=thresholds, model=model, reference_metrics=ref_metrics,
                                model_created=created, problem=problem)
+    rep = _model_checks(rep, outputs, model, problem, cur, spark_current)
     out = rep.as_dict()
     text = rep.text()
     if shadow:
@@ -693,8 +723,8 @@ def cmd_monitor(a):
         from mlops_nb.report import report_sections, write_html
         log = Path(a.current) if a.engine == "local" and Path(a.current).is_dir() else None
         out.update(report_sections(out, problem, cur, profile, ref, log, a.window, a.labels, a.labels_key,
-                                   a.report_window, thresholds=thresholds, model=model, reference_metrics=ref_metrics,
-                                   model_created=created))
+                                   a.report_window, outputs=outputs, thresholds=thresholds, model=model,
+                                   reference_metrics=ref_metrics, model_created=created))
         _say(f"report: {write_html(a.html, out)}")
     _emit(out, a.json, text)
     if a.fail_on_retrain and rep.retrain: raise RetrainAdvised("retraining advised: " + "; ".join(rep.reasons))
@@ -704,8 +734,9 @@ def cmd_monitor(a):
 def _monitor_args(sub):
     "`mlops-nb monitor`: the two data sets (or an inference log and late labels), the model, thresholds, the report."
     mo = _command(sub, "monitor", cmd_monitor, "Per-feature drift (PSI, KS) between two data files; with the target in "
-                  "the current file and --model, the model's decay against its logged metrics; and a retrain verdict "
-                  "with reasons.")
+                  "the current file and --model, the model's decay against its logged metrics (without it, a classifier's "
+                  "metrics estimated from its calibrated probabilities); the drift of the model's outputs; and a retrain "
+                  "verdict with reasons.")
     mo.add_argument("--reference", default=None, help="reference data (CSV/Parquet), e.g. the training data (default: "
                     "the reference profile the --model version's run logged of its training rows)")
     mo.add_argument("--current", required=True, help="recent data (CSV/Parquet; with the target column, decay is "
@@ -720,7 +751,7 @@ def _monitor_args(sub):
     mo.add_argument("--model", default=None, help="model folder or registry reference: champion, latest, 3, "
                     "best:roc_auc, models:/NAME@champion (default: no decay or age check)")
     mo.add_argument("--threshold", action="append", default=None, metavar="KEY=VALUE", help="override a threshold: "
-                    "psi, ks_pvalue, ks_stat, metric_drop, max_age_days (repeatable)")
+                    "psi, ks_pvalue, ks_stat, metric_drop, max_age_days, estimate=on|off (repeatable)")
     mo.add_argument("--fail-on-retrain", action="store_true", help="exit 1 when retraining is advised (for pipelines)")
     mo.add_argument("--engine", default="local", help="local (pandas, here) or spark (the same scores from "
                     "aggregations and bounded samples; --reference and --current may then be folders, globs or URIs "

@@ -28,6 +28,7 @@ class DriftThresholds:
     ks_stat: float = 0.1  # ...if its KS statistic (the effect size) is at least this
     metric_drop: float = 0.05  # absolute drop in accuracy or ROC AUC that calls for retraining
     max_age_days: float = 90  # model age (days since registration) that calls for retraining
+    estimate: bool = True  # an estimated drop (`mlops_nb.estimate`) calls for retraining when no labels measure one
 
     @classmethod
     def from_dict(cls, d:dict|None # e.g. a profile's `drift:` section; missing keys keep their defaults
@@ -43,8 +44,17 @@ class DriftThresholds:
         "The thresholds as a plain dict."
         return asdict(self)
 
+_SWITCH = {"true": True, "on": True, "yes": True, "1": True, "false": False, "off": False, "no": False, "0": False}
+
+def _switch(name, v)->bool:
+    "`v` as a bool: true or false, on or off, yes or no, 1 or 0 (a profile's YAML or `--threshold estimate=off`)."
+    s = str(v).strip().lower() if not isinstance(v, bool) else str(v).lower()
+    if s not in _SWITCH: raise ParamError(f"drift threshold {name}={v!r} is not allowed: use true or false (on, off)")
+    return _SWITCH[s]
+
 def _threshold(name, v):
-    "`v` as a finite number >= 0 (a p-value in (0, 1))."
+    "`v` as a finite number >= 0 (a p-value in (0, 1)); the `estimate` switch as a bool."
+    if name == "estimate": return _switch(name, v)
     allowed = "use a number in (0, 1)" if name == "ks_pvalue" else "use a number >= 0"
     try: f = float(v) if not isinstance(v, bool) else math.nan
     except (TypeError, ValueError): f = math.nan
@@ -156,6 +166,8 @@ class DriftReport:
     reasons: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)  # seconds per step
     overlap: dict|None = None  # current rows that are also reference rows (`row_overlap`); None when not measured
+    estimated: dict|None = None  # metric -> {value, reference, drop, calibration_error, ...} (`mlops_nb.estimate`)
+    output: dict|None = None  # drift of the model's outputs: {psi, drifted, column, columns} (`mlops_nb.estimate`)
 
     @property
     def drifted(self)->list: return [n for n, f in self.features.items() if f.drifted]
@@ -165,9 +177,10 @@ class DriftReport:
     def retrain(self)->bool: return bool(self.reasons)
 
     def as_dict(self)->dict:
-        "A JSON-ready dict: drift, retrain, reasons, drifted, features, decay, rows, overlap, model age, thresholds."
+        "A JSON-ready dict: drift, retrain, reasons, drifted, features, decay, estimated, output, rows, overlap, age..."
         return {"drift": self.drift, "retrain": self.retrain, "reasons": list(self.reasons), "drifted": self.drifted,
-                "features": {n: f.as_dict() for n, f in self.features.items()}, "decay": self.decay, "rows": dict(self.rows),
+                "features": {n: f.as_dict() for n, f in self.features.items()}, "decay": self.decay,
+                "estimated": self.estimated, "output": self.output, "rows": dict(self.rows),
                 "overlap": self.overlap, "model_age_days": self.model_age_days, "thresholds": self.thresholds.as_dict()}
 
     def text(self)->str:
@@ -176,6 +189,9 @@ class DriftReport:
         out = [f"{'feature':<16} {'kind':<11} {'psi':>7} {'ks_stat':>8} {'ks_p':>9}  drifted",
                *(f"{n:<16} {f.kind:<11} {f.psi:>7.3f} {fmt(f.ks_stat, '.3f'):>8} {fmt(f.ks_pvalue, '.2g'):>9}  "
                  f"{'YES' if f.drifted else 'no'}" for n, f in self.features.items())]
+        o = self.output
+        if o: out.append(f"{'(model output)':<16} {'output':<11} {o['psi']:>7.3f} {'-':>8} {'-':>9}  "
+                         f"{'YES' if o['drifted'] else 'no'}  ({o['column']})")
         out.append(f"rows: reference {self.rows['reference']}, current {self.rows['current']}")
         o = self.overlap
         if o and (o["same_data"] or o["share"] >= OVERLAP_SHARE):
@@ -187,6 +203,10 @@ class DriftReport:
             change = "-" if drop is None else "unchanged" if drop == 0 else \
                      f"{'worse' if drop > 0 else 'better'} by {abs(drop):.4f}"
             out.append(f"{m:<9} reference {fmt(d['reference'], '.4f')}  current {d['current']:.4f}  {change}")
+        for m, e in (self.estimated or {}).items():
+            seen = "" if e.get("measured") is None else f", measured {e['measured']:.4f}"
+            out.append(f"{m:<9} reference {fmt(e['reference'], '.4f')}  estimated {fmt(e['value'], '.4f')} "
+                       f"without labels (calibration error {e['calibration_error']:.3f}{seen})")
         if self.model_age_days is not None: out.append(f"model age: {self.model_age_days:.1f} days")
         out.append(f"drift: {'yes' if self.drift else 'no'}; retrain: {'yes' if self.retrain else 'no'}")
         out += [f"  - {r}" for r in self.reasons]

@@ -66,15 +66,20 @@ class Profile:
     rows: int
     features: dict  # name -> `numeric_profile` or `categorical_profile`
     version: int = PROFILE_VERSION
+    outputs: dict|None = None  # the model's outputs on the evaluation rows (`estimate.outputs_profile`); None: not kept
+    calibration: dict|None = None  # its calibration on them (`estimate.calibration_of`); None: not kept
 
-    def as_json(self)->dict: return {"version": self.version, "rows": self.rows, "features": self.features}
+    def as_json(self)->dict:
+        d = {"version": self.version, "rows": self.rows, "features": self.features}
+        extra = {"outputs": self.outputs, "calibration": self.calibration}
+        return {**d, **{k: v for k, v in extra.items() if v is not None}}
 
     @classmethod
     def from_json(cls, d:dict):
         "A profile read back from `as_json()`; a `DataError` when it is not one this mlops_nb reads."
         if not isinstance(d, dict) or d.get("version") != PROFILE_VERSION or not isinstance(d.get("features"), dict):
             raise DataError(f"not a reference profile of version {PROFILE_VERSION}: retrain to log one, or pass --reference")
-        return cls(int(d["rows"]), d["features"], d["version"])
+        return cls(int(d["rows"]), d["features"], d["version"], d.get("outputs"), d.get("calibration"))
 
 def profile_of(df:pd.DataFrame, # the reference rows (the training rows of a version)
                problem:Problem|None=None, # its problem: the watched features

@@ -14,6 +14,7 @@ import numpy as np
 from .core import DataError, ParamError, lazy_module
 from .data import check_table, read_table
 from .drift import OVERLAP_SHARE, drift_report, model_metrics, quantile_edges
+from .estimate import model_checks
 from .inference_log import join_labels, read_log
 from .problem import Problem
 from .reference import OTHER, Profile, _level, profile_drift
@@ -145,13 +146,15 @@ def log_windows(log, # an inference log (`inference_log.read_log`)
 def monitor_judge(problem:Problem, # the model's problem
                   profile:Profile|None=None, # the reference profile...
                   reference_df=None, # ...or the reference rows
+                  outputs:Profile|None=None, # a profile with the model's outputs: each report gets its estimate
                   **kw # thresholds, model, reference_metrics, model_created (as `profile_drift` takes them)
                  ):
     "`judge(current_df)`: the monitor's `DriftReport` of some current rows, against the profile or the reference rows."
     if profile is None and reference_df is None: raise ParamError("a judge needs the reference profile or rows")
     def judge(current_df):
-        if profile is not None: return profile_drift(profile, current_df, problem=problem, **kw)
-        return drift_report(reference_df, current_df, problem=problem, **kw)
+        if profile is not None: rep = profile_drift(profile, current_df, problem=problem, **kw)
+        else: rep = drift_report(reference_df, current_df, problem=problem, **kw)
+        return model_checks(rep, outputs, kw.get("model"), current_df, problem)  # as the monitor does (`estimate`)
     return judge
 
 def _measured(w, problem:Problem, model, labels, labels_key)->tuple:
@@ -197,6 +200,7 @@ def report_sections(report:dict, # `DriftReport.as_dict()`
                     window_days:float|None=None, # only the log's last days (`monitor --window`)
                     labels:str|Path|None=None, labels_key:str|None=None, # `monitor --labels`, `--labels-key`
                     every:str="1D", # window length
+                    outputs:Profile|None=None, # the version's profile with its outputs (estimates per window)
                     **kw # thresholds, model, reference_metrics, model_created: as the monitor used them
                    )->dict:
     "`distributions` of the drifted features and the log's `windows`, for `render`: the keys it could compute."
@@ -207,7 +211,7 @@ def report_sections(report:dict, # `DriftReport.as_dict()`
     if log_dir is not None:
         log = read_log(log_dir, since=time.time() - window_days * 86400 if window_days else None)
         lab = read_table(labels, infer_types=True) if labels else None
-        judge = monitor_judge(problem, profile, reference_df, **kw)
+        judge = monitor_judge(problem, profile, reference_df, outputs, **kw)
         out["windows"] = window_metrics(log, problem, judge, kw.get("model"), lab, labels_key, every)
     return out
 
