@@ -329,7 +329,8 @@ async def _admin(self:ScoringApp, scope, receive, send, h, rid):
     if body is None: return 413, _err(f"body larger than {ADMIN_MAX_BODY} bytes")
     try: req = orjson.loads(body)
     except orjson.JSONDecodeError: req = None
-    if not isinstance(req, dict) or not isinstance(req.get("model"), str) or set(req) - {"model", "wait"}:
+    if (not isinstance(req, dict) or not isinstance(req.get("model"), str) or set(req) - {"model", "wait"}
+            or not isinstance(req.get("wait", False), bool)):  # `"wait": "yes"` is no answer: it must not start a swap
         return 400, _err('expected {"model": "REF"} or {"model": "REF", "wait": true}')
     try: ref = check_model_source(req["model"])
     except MlopsNbError as e: return 422, _err("model reference refused", [{"loc": ["model"], "msg": str(e)}])
@@ -578,7 +579,8 @@ def serve(host:str="127.0.0.1", # interface to bind
     "Run the scoring server until interrupted."
     import uvicorn
     kw = dict(host=host, port=port, loop="uvloop", http="mlops_nb.server:LimitedHttpTools", log_level="warning", access_log=False, lifespan="on",
-              timeout_graceful_shutdown=10, limit_concurrency=MAX_CONNECTIONS, timeout_keep_alive=5)
+              timeout_graceful_shutdown=10, limit_concurrency=MAX_CONNECTIONS, timeout_keep_alive=5,
+              ws="none")  # no WebSocket endpoint: an Upgrade header is served as plain HTTP (it was a 500)
     if workers > 1:
         import tempfile
         # every worker counts into files here, and /metrics (whichever worker answers it) reads them all
