@@ -179,7 +179,8 @@ SECONDS = {"test_problems.py": 1041, "test_library.py": 785, "test_training.py":
            "14_drift.ipynb": 34, "test_checkov.py": 28, "test_drift.py": 21, "13_backends.ipynb": 20,
            # files added since, estimated from their authors' runs on the same loaded machine
            "test_boosters.py": 570, "test_servable.py": 270, "test_custom_metrics.py": 240, "test_names.py": 200,
-           "test_mlflow_clients.py": 120, "test_full_disk.py": 80, "08_server.ipynb": 60}
+           "test_mlflow_clients.py": 120, "test_full_disk.py": 80, "08_server.ipynb": 60,
+           "test_audit.py": 110, "test_scanners.py": 15}
 
 
 def _group_name(mark): return str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))  # as xdist reads it

@@ -1,10 +1,12 @@
 """checkov (PyPI) on what mlops-nb ships: the Kubernetes manifests `mlops-nb deploy --target kubernetes` writes (a real
 process: with the CLI's defaults, with the deploy pipeline's own rollout line, and with the options a production deploy
-adds) and the Dockerfile `mlops_nb.package.write_context` writes.
+adds), the Dockerfile `mlops_nb.package.write_context` writes, and every generated CI file (this repository's
+committed workflows and Azure pipelines, and the variants of tests/test_scanners.py) with checkov's GitHub Actions and
+Azure Pipelines checks; its secrets checks over all of it.
 
 checkov runs from its own venv (scripts/checkov-venv: its pins conflict with the development environment), offline
 (BC_SKIP_MAPPING and --skip-download: no call to its platform's API; it would otherwise try one and print a traceback),
-and once for both frameworks, since it takes about 10 s to start. Every check that fails but does not apply is listed in
+and once for all frameworks, since it takes about 10 s to start. Every check that fails but does not apply is listed in
 SKIPS with its reason. Any other failure fails the test, and so does a listed check that no longer fails (its reason is
 then stale: remove it).
 """
@@ -12,6 +14,7 @@ import json, os, subprocess, sys
 from pathlib import Path
 import pytest
 from conftest import ROOT, run_cli, side_venv
+from test_scanners import ci_trees, generated, kind
 
 pytest.importorskip("kubernetes_validate")
 
@@ -25,6 +28,15 @@ SKIPS = {
                       "its set and the production set to this check",
     },
     "dockerfile": {},
+    "github_actions": {
+        "CKV_GHA_7": "SLSA build-integrity check ('workflow_dispatch inputs MUST be empty'): train.yml's one input, "
+                     "`data_path`, is what a manual retraining trains on (a string passed to `mlops-nb train --data` "
+                     "as a quoted variable), not a parameter of a release build; the run records it as lineage, and "
+                     "the deploy workflow takes no inputs",
+    },
+    "azure_pipelines": {},
+    "gitlab_ci": {},
+    "secrets": {},
 }
 
 
@@ -78,9 +90,18 @@ def scanned(checkov, tmp_path_factory, model_dir, state, monkeypatch_module):
     ctx = package.write_context(model_dir, root/"image", base_image="python:3.11-slim", registry="127.0.0.1:5000")
     (root/"scan"/"docker").mkdir()
     (root/"scan"/"docker"/"Dockerfile").write_text((ctx.path/"Dockerfile").read_text())  # alone: the model folder holds YAML files too
+    # checkov finds an Azure pipeline only under the name azure-pipelines.yml: each in a folder of its own
+    for name, tree in ci_trees(tmp_path_factory).items():
+        for rel in generated(tree):
+            framework = kind(rel)[1]
+            if framework is None: continue
+            azure = f"azure/{Path(rel).stem}/azure-pipelines.yml"
+            dest = root/"scan"/"ci"/name/(azure if framework == "azure_pipelines" else rel)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text((tree/rel).read_text())
     env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "LOG_LEVEL": "WARNING"}
     p = subprocess.run([checkov, "--directory", str(root/"scan"),  # one folder: one JSON report per framework
-                        "--framework", "kubernetes", "dockerfile", "--skip-download", "--compact", "--output", "json"],
+                        "--framework", *SKIPS, "--skip-download", "--compact", "--output", "json"],
                        capture_output=True, text=True, timeout=600, env=env)
     assert p.returncode in (0, 1), p.stderr[-2000:]  # 1: some check failed (judged below)
     assert "prismacloud" not in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]  # offline, quietly
@@ -90,6 +111,7 @@ def scanned(checkov, tmp_path_factory, model_dir, state, monkeypatch_module):
 
 def _judge(report, framework):
     failed = {}
+    if report is None: report = {"results": {"failed_checks": []}, "summary": {}}  # checkov omits a framework with nothing
     for c in report["results"]["failed_checks"]:
         failed.setdefault(c["check_id"], []).append(f"{c['resource']} ({c['file_path']})")
     new = {k: v for k, v in failed.items() if k not in SKIPS[framework]}
@@ -98,6 +120,7 @@ def _judge(report, framework):
         f"{k} {next(c['check_name'] for c in report['results']['failed_checks'] if c['check_id'] == k)}: {', '.join(v)}" for k, v in new.items())
     assert not stale, f"checks in SKIPS that no longer fail (remove them): {stale}"
     s = report["summary"]
+    if not s: return s
     print(f"\ncheckov {framework}: {s['passed']} passed, {len(failed)} skipped with a reason ({', '.join(sorted(failed))}), "
           f"{s['resource_count']} resources, checkov {s['checkov_version']}")
     return s
@@ -120,3 +143,12 @@ def test_kubernetes_manifests(scanned):
 def test_dockerfile(scanned):
     s = _judge(scanned["dockerfile"], "dockerfile")
     assert s["parsing_errors"] == 0 and s["resource_count"] == 1 and s["passed"] >= 40
+
+
+def test_ci_files(scanned):
+    "checkov's GitHub Actions and Azure Pipelines checks on every generated CI file; its secrets checks on all it scans."
+    for framework, least in (("github_actions", 100), ("azure_pipelines", 10)):
+        s = _judge(scanned.get(framework), framework)
+        assert s["parsing_errors"] == 0 and s["passed"] >= least, (framework, s)  # the checks ran on every variant
+    _judge(scanned.get("gitlab_ci"), "gitlab_ci")
+    _judge(scanned.get("secrets"), "secrets")
