@@ -488,18 +488,28 @@ def test_no_command_prints_a_credential_of_an_unusable_store(state, tmp_path):
         if args[0] != "serve": assert len(lines) == 1, p.stderr  # the server also logs its failed start above the line
 
 
+def _cli_here(*args)->tuple:
+    "(exit code, stderr) of `mlops-nb ARGS` run in this process (`mlops_nb.cli.main`, what the executable runs)."
+    import contextlib, io
+    from mlops_nb.cli import main
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err): rc = main([*map(str, args)])
+    return rc, err.getvalue()
+
+
 def test_nothing_the_user_made_is_replaced(state, model_dir, tmp_path):
     """First audit finding 3 beyond `package`: `score --overwrite` into a folder mlops-nb did not write, and `new` in a
-    folder that holds something, are refused with one line; the user's files stay as they were."""
+    folder that holds something, are refused with one line; the user's files stay as they were. (In this process: the
+    refusals come before any work, and two more processes would each import MLflow again.)"""
     from mlops_nb.examples.ottawa import generate_listings
     data = tmp_path/"in.csv"
     generate_listings(2021, 50, seed=0).to_csv(data, index=False)
     mine = tmp_path/"mine"
     mine.mkdir()
     (mine/"notes.txt").write_text("keep me")
-    p = run_cli("score", "--model", model_dir, "--input", data, "--output", mine, "--overwrite")
-    assert p.returncode == 2 and "Traceback" not in p.stderr and "not an output of mlops-nb score" in p.stderr, p.stderr
-    p = run_cli("new", mine, "--data", data, "--target", "sold_above_ask")
-    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    rc, err = _cli_here("score", "--model", model_dir, "--input", data, "--output", mine, "--overwrite")
+    assert rc == 2 and err.strip().splitlines()[-1].startswith("error: ") and "not an output of mlops-nb score" in err, err
+    rc, err = _cli_here("new", mine, "--data", data, "--target", "sold_above_ask")
+    assert rc == 2 and err.strip().splitlines()[-1].startswith("error: ") and "is not an empty folder" in err, err
     assert sorted(f.name for f in mine.iterdir()) == ["notes.txt"] and (mine/"notes.txt").read_text() == "keep me"
     assert sorted(f.name for f in tmp_path.iterdir()) == ["in.csv", "mine"]  # no temporary left beside them either
