@@ -69,6 +69,17 @@ def cli_json_here(*args):
     return json.loads(out.getvalue())
 
 
+def cli_here(*args):
+    """`mlops-nb ARGS` run in this process (`mlops_nb.cli.main`, what the executable runs): a CompletedProcess with its
+    exit code, stdout and stderr. For commands refused before any work, where a new process would only import MLflow
+    again; never for one that would serve or wait."""
+    import contextlib, io
+    from mlops_nb.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err): rc = main([*map(str, args)])
+    return subprocess.CompletedProcess(["mlops-nb", *map(str, args)], rc, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="module")
 def state(tmp_path_factory, monkeypatch_module):
     "A fresh state folder (tracking DB, artifacts, runs) for this module, for in-process calls and subprocesses."

@@ -38,7 +38,7 @@ import http.client, json, os, re, shutil, socket, struct, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import pytest
-from conftest import GOOD, run_cli
+from conftest import GOOD, cli_here, run_cli
 from test_server import Server, ADMIN
 from test_hardening import _descendants
 
@@ -488,15 +488,6 @@ def test_no_command_prints_a_credential_of_an_unusable_store(state, tmp_path):
         if args[0] != "serve": assert len(lines) == 1, p.stderr  # the server also logs its failed start above the line
 
 
-def _cli_here(*args)->tuple:
-    "(exit code, stderr) of `mlops-nb ARGS` run in this process (`mlops_nb.cli.main`, what the executable runs)."
-    import contextlib, io
-    from mlops_nb.cli import main
-    err = io.StringIO()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err): rc = main([*map(str, args)])
-    return rc, err.getvalue()
-
-
 def test_nothing_the_user_made_is_replaced(state, model_dir, tmp_path):
     """First audit finding 3 beyond `package`: `score --overwrite` into a folder mlops-nb did not write, and `new` in a
     folder that holds something, are refused with one line; the user's files stay as they were. (In this process: the
@@ -507,9 +498,11 @@ def test_nothing_the_user_made_is_replaced(state, model_dir, tmp_path):
     mine = tmp_path/"mine"
     mine.mkdir()
     (mine/"notes.txt").write_text("keep me")
-    rc, err = _cli_here("score", "--model", model_dir, "--input", data, "--output", mine, "--overwrite")
-    assert rc == 2 and err.strip().splitlines()[-1].startswith("error: ") and "not an output of mlops-nb score" in err, err
-    rc, err = _cli_here("new", mine, "--data", data, "--target", "sold_above_ask")
-    assert rc == 2 and err.strip().splitlines()[-1].startswith("error: ") and "is not an empty folder" in err, err
+    for args, says in ((("score", "--model", model_dir, "--input", data, "--output", mine, "--overwrite"),
+                        "not an output of mlops-nb score"),
+                       (("new", mine, "--data", data, "--target", "sold_above_ask"), "is not an empty folder")):
+        p = cli_here(*args)
+        last = p.stderr.strip().splitlines()[-1]
+        assert p.returncode == 2 and last.startswith("error: ") and says in last, p.stderr
     assert sorted(f.name for f in mine.iterdir()) == ["notes.txt"] and (mine/"notes.txt").read_text() == "keep me"
     assert sorted(f.name for f in tmp_path.iterdir()) == ["in.csv", "mine"]  # no temporary left beside them either
