@@ -18,7 +18,8 @@ First audit (issue 13)
   10 simulate moves the user's champion   test_retrain
   11 papermill / nbconvert run deploys    test_hardening::test_a_notebook_run_by_papermill_itself_fails_its_run,
                                           test_notebooks_run_all
-  12 checkov, image policy, lock file     test_checkov; test_scanners (CI files); test_project
+  12 checkov, image policy, lock file     test_checkov (manifests, Dockerfile, CI files); test_package (the image
+                                          policy scoped to the loopback registry); test_library (the lock file)
   13 dates, bounds, constant time, 413    test_hardening::test_admin_body_limits_and_shape, test_fuzz; here: dates and
                                           bounds on /invocations (CSV, NaN JSON) and v2, which the fuzzer does not reach
 Second audit (issue 18)
@@ -33,6 +34,9 @@ Second audit (issue 18)
   and: a hot swap under load (first audit: 16 640 requests, 0 failed) is checked here answer by answer: every answer
   is wholly the old or wholly the new version, on all three protocols (replaces test_server's swap-under-load test,
   which counted failures only).
+Found by this replay and fixed: an `Upgrade: websocket` request was a 500; `/admin/model` took `"wait": "yes"` and
+started a swap in the background; a tracking store that cannot be used ended every command in a traceback that printed
+the URI's password.
 """
 import http.client, json, os, re, shutil, socket, struct, threading, time
 from concurrent.futures import ThreadPoolExecutor
