@@ -491,7 +491,7 @@ MAX_HEADER_BYTES = 16_384  # request line and headers
 HEADER_TIMEOUT = float(EnvVar("MLOPS_NB_HEADER_TIMEOUT", "10", "Seconds a client may take to send the request line and headers.").get())
 BODY_TIMEOUT = float(EnvVar("MLOPS_NB_BODY_TIMEOUT", "30", "Seconds a client may take to send a request body.").get())
 MAX_CONNECTIONS = int(EnvVar("MLOPS_NB_MAX_CONNECTIONS", "256", "Connections (and requests) a server process takes at once; more get 503.").get())
-PRESSURE = 0.75  # share of MAX_CONNECTIONS open above which connections that sent no complete headers are cut short
+PRESSURE = 0.75  # share of MAX_CONNECTIONS open above which idle connections (before or between requests) are cut short
 PRESSED_HEADER_TIMEOUT = 1.0  # seconds such a connection then has to finish its headers
 PROBES = (b"/health", b"/ready", b"/ping", b"/v2/health/live", b"/v2/health/ready")  # answered even at the cap
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -520,11 +520,23 @@ def _protocol_class():
             wait = PRESSED_HEADER_TIMEOUT if self._pressed else HEADER_TIMEOUT
             self._deadline = self.loop.call_later(wait, self._too_slow)
         def _press_all(self):
-            "Near the cap: every connection still waiting for its headers gets a short deadline (idle sockets go)."
+            "Near the cap: every connection waiting for its headers, or idle after a response, gets a short deadline."
             for c in list(self.connections):
-                if not getattr(c, "_pressed", True) and getattr(c, "_deadline", None):
+                if getattr(c, "_pressed", True): continue
+                if getattr(c, "_deadline", None):
                     c._pressed = True
                     c._begin()
+                elif getattr(c, "timeout_keep_alive_task", None):  # kept alive, idle: it would hold its slot 5 s
+                    c._pressed = True
+                    c._short_keep_alive()
+        def _short_keep_alive(self):
+            if self.timeout_keep_alive_task is not None:
+                self.timeout_keep_alive_task.cancel()
+                close = self.timeout_keep_alive_handler
+                self.timeout_keep_alive_task = self.loop.call_later(PRESSED_HEADER_TIMEOUT, close)
+        def on_response_complete(self):
+            super().on_response_complete()
+            if self._pressed: self._short_keep_alive()
         def _too_slow(self):
             if self.transport is not None and not self.transport.is_closing(): self._refuse(408, "Request Timeout")
         def _refuse(self, status:int, reason:str):
