@@ -258,7 +258,7 @@ def _server_errors(server)->list:
 
 
 def test_hostile_requests_get_4xx_never_5xx(server):
-    """About 300 malformed requests, bodies for every POST endpoint and broken HTTP, each on its own connection: each is
+    """About 200 malformed requests, bodies for every POST endpoint and broken HTTP, each on its own connection: each is
     answered with a 4xx (none is a 2xx, a 5xx or a dropped connection) and the server logs no internal error."""
     cases = _hostile()
     with ThreadPoolExecutor(8) as pool:
@@ -290,7 +290,9 @@ def test_a_header_trickled_byte_by_byte_is_cut_at_the_deadline(server):
         c.sendall(b"POST /score HTTP/1.1\r\nhost: x\r\nx-slow: ")
         while sent < 200 and got is None:  # up to 40 s of trickling: far beyond the deadline
             try: c.sendall(b"a")
-            except (BrokenPipeError, ConnectionResetError): got = b"closed"; break
+            except (BrokenPipeError, ConnectionResetError):
+                got = b"closed"  # closed without an answer: fails below
+                continue
             sent += 1
             c.settimeout(0.2)
             try: got = c.recv(4096)
