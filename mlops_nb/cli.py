@@ -375,6 +375,7 @@ def cmd_monitor(a):
         prof = load_profile(a.profile).get("drift") or {}
     thresholds = DriftThresholds.from_dict({**prof, **_thresholds(a)})
     model = ref_metrics = created = None
+    cur = ref = None  # the rows `--html` draws distributions from (the local engine's)
     if a.model:
         from mlops_nb.serving import load_runtime
         from mlops_nb.tracking import resolve_version
@@ -405,6 +406,13 @@ def cmd_monitor(a):
         out["shadow"] = shadow
         agree = f"agreement {shadow['agreement']:.1%}" if "agreement" in shadow else f"mean |difference| {shadow['mean_abs_difference']:.4g}"
         text += f"\nshadow v{','.join(shadow['versions']['shadow'])} on {shadow['rows']} logged rows: {agree}, PSI {shadow['psi']}"
+    if a.html:  # the page draws the dict `--json` prints, the distributions and the log's windows added to it
+        from mlops_nb.report import report_sections, write_html
+        log = Path(a.current) if a.engine == "local" and Path(a.current).is_dir() else None
+        out.update(report_sections(out, problem, cur, profile, ref, log, a.window, a.labels, a.labels_key,
+                                   a.report_window, thresholds=thresholds, model=model, reference_metrics=ref_metrics,
+                                   model_created=created))
+        _say(f"report: {write_html(a.html, out)}")
     _emit(out, a.json, text)
     if a.fail_on_retrain and rep.retrain: raise RetrainAdvised("retraining advised: " + "; ".join(rep.reasons))
 
@@ -436,7 +444,8 @@ def cmd_simulate(a):
 # %% ../nbs/06_cli.ipynb #06-cli-028
 def cmd_pipeline(a):
     "Run a pipeline's steps here, or print and check them."
-    from mlops_nb.pipeline import run_pipeline, PipelineFailed
+    from mlops_nb.pipeline import PipelineFailed
+    from mlops_nb.pipeline_run import run_pipeline
     res = run_pipeline(a.name, dry_run=a.dry_run, runner=a.runner, period=a.period, rows=a.rows, epochs=a.epochs,
                        data=a.data, trigger=a.trigger, reference=a.reference, current=a.current, window=a.window,
                        input=a.input, output=a.output, say=_say, parse=_parser().parse_args)
@@ -662,6 +671,11 @@ def _parser()->argparse.ArgumentParser:
     mo.add_argument("--engine", default="local", help="local (pandas, here) or spark (the same scores from aggregations and "
                     "bounded samples; --reference and --current may then be folders, globs or URIs Spark reads)")
     mo.add_argument("--spark-master", default=None, help="spark: master when no session is active (default: MLOPS_NB_SPARK_MASTER or local[*])")
+    mo.add_argument("--html", default=None, metavar="FILE", help="also write a self-contained HTML report: PSI bars, "
+                    "reference against current distributions of the drifted features, decay, estimates, and metrics "
+                    "per window of an inference log")
+    mo.add_argument("--report-window", default="1D", metavar="DURATION", help="--html with an inference log folder: "
+                    "the length of a window (default: 1D, a day; e.g. 12h, 7D)")
     js(mo)
 
     sc = cmd(sub, "score", cmd_score, "Batch scoring: every row of the input through the model's fast path, with its key "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64, hashlib, io, json, os, re, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 import yaml
+from fastcore.basics import patch
 from .core import MlopsNbError, RunFailed, EnvVar, project_root, state_dir, DATABRICKS_CREDENTIALS
 from .params import RunParams
 from .runner import RunResult, default_notebook
@@ -22,7 +23,7 @@ __all__ = ['DATABRICKS_HOST', 'DATABRICKS_CLIENT_ID', 'DATABRICKS_CLIENT_SECRET'
            'CREDENTIALS', 'SECRET_ENV', 'HOW_TO_AUTHENTICATE', 'DatabricksError', 'sanitise_branch', 'workspace_folder',
            'run_parameters', 'parameterized_notebook', 'mask', 'DatabricksRun', 'credential_kind', 'secrets_in_use',
            'workspace_client', 'cluster_env', 'library_spec', 'build_wheel', 'wheel_path', 'DatabricksRunner',
-           'upload_wheel', 'declared_jobs', 'resolve_job']
+           'upload_wheel', 'declared_jobs']
 
 # %% ../nbs/11_databricks.ipynb #11-databricks-005
 DATABRICKS_HOST = EnvVar("DATABRICKS_HOST", None, "Databricks workspace URL, e.g. `https://adb-123.azuredatabricks.net`.")
@@ -127,6 +128,7 @@ class DatabricksRun:
         return mask(s, self._secrets)
 
 # %% ../nbs/11_databricks.ipynb #11-databricks-015
+@patch
 def _poll(self:DatabricksRun, deadline:float|None):
     "`jobs.get_run` until a terminal state (returns the Run) or `deadline` (returns None), backing off on transient errors."
     errors = 0
@@ -147,8 +149,6 @@ def _poll(self:DatabricksRun, deadline:float|None):
             if left <= 0: return None
             pause = min(pause, left)
         self._sleep(pause)
-
-DatabricksRun._poll = _poll
 
 # %% ../nbs/11_databricks.ipynb #11-databricks-016
 def _result(self:DatabricksRun, run)->RunResult:
@@ -468,6 +468,7 @@ def declared_jobs(root:Path|str|None=None # the project (default: this one)
         out |= {k: (j or {}).get("name", k) for k, j in ((doc.get("resources") or {}).get("jobs") or {}).items()}
     return out
 
+@patch
 def resolve_job(self:DatabricksRunner, ref:int|str # a job id, its name in the workspace, or its key in the bundle
                )->int:
     "The id of the deployed job `ref` names; a one-line error when none or several match."
@@ -491,8 +492,6 @@ def _dev_name(name:str|None)->str|None:
     "NAME of a job a development target deployed as `[dev USER] NAME`; None for any other name."
     m = re.fullmatch(r"\[dev [^\]]+\] (.+)", name or "")
     return m.group(1) if m else None
-
-DatabricksRunner.resolve_job = resolve_job
 
 # %% ../nbs/11_databricks.ipynb #11-databricks-025
 def _task(self:DatabricksRunner, path:str, widgets:dict, libs:list):

@@ -32,7 +32,7 @@ MLOPS_NB_REGISTRY = EnvVar("MLOPS_NB_REGISTRY", "127.0.0.1:5000", "Container reg
 MLOPS_NB_BASE_IMAGE = EnvVar("MLOPS_NB_BASE_IMAGE", "python:3.11-slim", "Base image of model images.")
 MLOPS_NB_REGISTRY_USERNAME = EnvVar("MLOPS_NB_REGISTRY_USERNAME", None, "Registry user for pushes.")
 MLOPS_NB_REGISTRY_PASSWORD = EnvVar("MLOPS_NB_REGISTRY_PASSWORD", None, "Registry password or token for pushes. Secret.")
-SERVING_RUNTIME = ["uvicorn", "uvloop", "httptools", "orjson", "pyyaml", "threadpoolctl", "prometheus_client"]
+SERVING_RUNTIME = ["uvicorn", "uvloop", "httptools", "orjson", "pyyaml", "threadpoolctl", "prometheus_client", "fastcore"]
 NOT_IN_IMAGE = {"mlflow", "mlflow-skinny", "pandas"}  # the model's requirements that serving does not use
 
 # %% ../nbs/09_package.ipynb #09-package-006

@@ -1,4 +1,4 @@
-"""The pipelines (ci, train, deploy, monitor, batch, and docs) as data: `run_pipeline` runs them locally, step by step, through the `mlops-nb` CLI, and `write_pipelines` generates their GitHub Actions and Azure DevOps versions from the same steps.
+"""The pipelines (ci, train, deploy, monitor, batch, and docs) as data: their steps, and for the cloud their jobs, triggers, secrets and variables, the project's settings and the plan every renderer follows.
 
 Docs: https://mlops-nb.github.io/mlops_nb/pipeline.html.md"""
 
@@ -6,22 +6,22 @@ Docs: https://mlops-nb.github.io/mlops_nb/pipeline.html.md"""
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-002
 from __future__ import annotations
-import collections, contextlib, io, json, os, re, shlex, signal, subprocess, sys, tempfile, textwrap, threading, time, tomllib
+import importlib, re, shlex, textwrap, tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 import yaml
-from .core import MlopsNbError, project_root, state_dir
+from .core import MlopsNbError, project_root
 from .problem import load_problem
 
 # %% auto #0
-__all__ = ['STORE', 'REGISTRY', 'BUNDLE_AUTH', 'DOCS_SITE', 'PIPELINES', 'OUTPUT_CONDITIONS', 'CONDITIONS', 'CLOUD_FACTS',
-           'CLOUD_ENV', 'CI_SUFFIX', 'CI_GROUP', 'SECRET_ENVIRONMENTS', 'INPUTS', 'ACTIONS', 'DATABRICKS_CLI', 'CLOUD',
-           'GENERATED', 'FEDERATED', 'PipelineError', 'PipelineFailed', 'Step', 'render', 'argv_of', 'check_line',
-           'run_step', 'PipelineResult', 'run_pipeline', 'cloud_steps', 'CloudVar', 'Input', 'PipelineSettings',
-           'optional_pipelines', 'project_settings', 'cloud_command', 'Job', 'Action', 'Cloud', 'check_cloud',
-           'generated', 'github_workflow', 'azure_pipeline', 'render_pipelines', 'write_pipelines']
+__all__ = ['STORE', 'REGISTRY', 'BUNDLE_AUTH', 'DOCS_SITE', 'PIPELINES', 'OUTPUT_CONDITIONS', 'CLOUD_FACTS', 'CLOUD_ENV',
+           'CI_SUFFIX', 'CI_GROUP', 'FEDERATED', 'SECRET_ENVIRONMENTS', 'INPUTS', 'ACTIONS', 'DATABRICKS_CLI', 'CLOUD',
+           'GENERATED', 'PipelineError', 'PipelineFailed', 'Step', 'cloud_steps', 'CloudVar', 'Input',
+           'PipelineSettings', 'cloud_command', 'Job', 'Action', 'Cloud', 'project_folder', 'optional_pipelines',
+           'project_settings', 'started_by', 'cloud_plan', 'check_cloud', 'generated', 'pipeline_text', 'file_header',
+           'cloud_name']
 
-# %% ../nbs/12_pipeline.ipynb #12-pipeline-005
+# %% ../nbs/12_pipeline.ipynb #12-pipeline-006
 class PipelineError(MlopsNbError):
     "An unknown pipeline or runner, or a step that refers to a command that does not exist."
 
@@ -29,7 +29,7 @@ class PipelineFailed(MlopsNbError):
     "A pipeline step that failed: the message names the stage, the step, its command and its last words."
     exit_code = 1
 
-# %% ../nbs/12_pipeline.ipynb #12-pipeline-006
+# %% ../nbs/12_pipeline.ipynb #12-pipeline-009
 @dataclass(frozen=True)
 class Step:
     "One pipeline step: a one-line command with `{placeholders}`, here and in the cloud."
@@ -45,7 +45,7 @@ class Step:
     @property
     def label(self)->str: return f"{self.stage}/{self.name}"
 
-# %% ../nbs/12_pipeline.ipynb #12-pipeline-008
+# %% ../nbs/12_pipeline.ipynb #12-pipeline-012
 STORE = ("MLOPS_NB_TRACKING_URI", "MLOPS_NB_REGISTRY_URI", "DATABRICKS_HOST", "DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET") # tracking store and model registry (OAuth M2M)
 REGISTRY = ("MLOPS_NB_REGISTRY", "MLOPS_NB_REGISTRY_USERNAME", "MLOPS_NB_REGISTRY_PASSWORD") # image registry
 _DATABRICKS = "--runner databricks --cluster {DATABRICKS_CLUSTER} --wheel" # the checkout's own wheel on the cluster
@@ -102,228 +102,10 @@ PIPELINES = {
     ],
 }
 
-# %% ../nbs/12_pipeline.ipynb #12-pipeline-010
-def _engine_available()->bool:
-    "Whether a container engine answers (at DOCKER_HOST or the Docker socket)."
-    if not os.environ.get("DOCKER_HOST") and not Path("/var/run/docker.sock").exists(): return False
-    try:
-        from mlops_nb.package import engine
-        engine(); return True
-    except MlopsNbError: return False
-
+# %% ../nbs/12_pipeline.ipynb #12-pipeline-016
 OUTPUT_CONDITIONS = {"retrain": ("monitor", "retrain")} # condition -> (step output, key): holds when that key is true
 
-def _output_is_true(output:str, key:str): return lambda ctx: isinstance(ctx.get(output), dict) and ctx[output].get(key) is True
-
-CONDITIONS = {
-    "engine": lambda ctx: _engine_available(),
-    "kubeconfig": lambda ctx: bool(os.environ.get("KUBECONFIG")),
-    "trigger": lambda ctx: bool(ctx.get("trigger")),
-    "own_data": lambda ctx: bool(ctx.get("own_data")),
-    "cloud": lambda ctx: False,
-    **{name: _output_is_true(*src) for name, src in OUTPUT_CONDITIONS.items()},
-}
-_WHY_NOT = {"engine": "no container engine answers (start one, set DOCKER_HOST)", "kubeconfig": "KUBECONFIG is not set",
-            "trigger": "not triggered (trigger=False)", "own_data": "no data file given: generated data",
-            "cloud": "runs in the cloud pipelines only", "retrain": "monitoring advises no retraining"}
-_WHY = {"engine": "a container engine answers", "kubeconfig": "KUBECONFIG is set", "trigger": "triggered", "own_data": "training on the given data file",
-        "cloud": "runs here", "retrain": "retraining advised"}
-
-# %% ../nbs/12_pipeline.ipynb #12-pipeline-011
-def _holds(step:Step, ctx:dict)->tuple[bool, str]:
-    "Whether `step` runs under `ctx`, and why not when it does not."
-    if step.when and not CONDITIONS[step.when](ctx): return False, f"skipped: {_WHY_NOT[step.when]}"
-    if step.unless and CONDITIONS[step.unless](ctx): return False, f"skipped: {_WHY[step.unless]}"
-    return True, ""
-
-class _Later(dict):
-    "A step output that a dry run does not have yet: renders as `<name.key>`."
-    def __init__(self, name): super().__init__(); self.name = name
-    def __missing__(self, k): return f"<{self.name}.{k}>"
-
-def render(step:Step, # the step
-           ctx:dict # parameters and earlier outputs
-          )->str:
-    "The step's command line with its placeholders filled in."
-    try: return step.cmd.format(**ctx)
-    except (KeyError, IndexError) as e: raise PipelineError(f"step {step.label}: no value for placeholder {e} in {step.cmd!r}") from None
-
-# %% ../nbs/12_pipeline.ipynb #12-pipeline-014
-def _root()->Path:
-    "The project folder: where `pipelines/` and `api/` are."
-    return project_root() or Path.cwd()
-
-def argv_of(line:str # a rendered one-line command
-           )->list[str]:
-    "The argument list that runs `line` with this interpreter's `mlops-nb` and `python`."
-    args = shlex.split(line)
-    if args[0] == "mlops-nb":
-        exe = Path(sys.executable).parent/"mlops-nb"
-        return [str(exe) if exe.exists() else "mlops-nb", *args[1:]]
-    if args[0] == "python": return [sys.executable, *args[1:]]
-    if args[:2] == ["databricks", "bundle"]: return args  # the Databricks CLI (not on PyPI): cloud steps only
-    raise PipelineError(f"{line!r}: a step runs `mlops-nb ...`, `python ...` or `databricks bundle ...`, nothing else")
-
-# %% ../nbs/12_pipeline.ipynb #12-pipeline-017
-def check_line(line:str, # a rendered one-line command
-               parse=None # the CLI's `parse_args` (`mlops_nb.cli._parser().parse_args`), to check `mlops-nb` lines
-              )->None:
-    "Raise `PipelineError` unless `line` names an existing command with valid flags."
-    if line.startswith("pipeline:"):
-        if line.split(":", 1)[1] not in PIPELINES: raise PipelineError(f"{line!r}: no such pipeline")
-        return
-    args = shlex.split(line)
-    if args[0] == "mlops-nb":
-        if parse is None: raise PipelineError(f"{line!r}: no CLI parser to check it with (pass parse=)")
-        err = io.StringIO()
-        try:
-            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()): a = parse(args[1:])
-        except SystemExit: raise PipelineError(f"{line!r}: {err.getvalue().strip().splitlines()[-1]}") from None
-        if not hasattr(a, "fn"): raise PipelineError(f"{line!r}: names no command")
-        return
-    if args[:2] == ["python", "-m"]:
-        import importlib.util
-        if importlib.util.find_spec(args[2]) is None: raise PipelineError(f"{line!r}: module {args[2]} is not installed")
-        return
-    if args[0] == "python":
-        script = _root()/args[1]
-        if not script.exists(): raise PipelineError(f"{line!r}: {script} does not exist")
-        p = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60, cwd=_root())
-        if p.returncode: raise PipelineError(f"{line!r}: `{args[1]} --help` exited {p.returncode}")
-        return
-    if args[:2] == ["databricks", "bundle"]:
-        if len(args) != 5 or args[2] not in ("validate", "deploy") or args[3] != "-t":
-            raise PipelineError(f"{line!r}: a bundle step is `databricks bundle validate|deploy -t TARGET`")
-        f = _root()/"databricks.yml"
-        targets = (yaml.safe_load(f.read_text()) or {}).get("targets", {}) if f.exists() else {}
-        if f.exists() and args[4] not in targets: raise PipelineError(f"{line!r}: databricks.yml has no target {args[4]!r}")
-        return
-    raise PipelineError(f"{line!r}: a step runs `mlops-nb ...`, `python ...` or `databricks bundle ...`, nothing else")
-
-# %% ../nbs/12_pipeline.ipynb #12-pipeline-020
-def _kill(p:subprocess.Popen):
-    "Kill a child's process group."
-    with contextlib.suppress(ProcessLookupError): os.killpg(p.pid, signal.SIGKILL)
-
-def run_step(argv:list[str], # arguments to run
-             timeout:float, # seconds before the step is killed
-             say=None # called with each line of the step's progress
-            )->tuple[int, str, list[str]]:
-    "Run one step; return its exit code (124 on timeout), stdout and last stderr lines."
-    say = say or (lambda *_: None)
-    tail = collections.deque(maxlen=4)
-    with tempfile.TemporaryFile("w+") as out:
-        p = subprocess.Popen(argv, stdout=out, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, cwd=_root(),
-                             start_new_session=True)
-        fired = threading.Event()
-        timer = threading.Timer(timeout, lambda: (fired.set(), _kill(p))); timer.start()
-        try:
-            for line in p.stderr:
-                if line.strip(): say("    " + line.rstrip()); tail.append(line.strip())
-            rc = p.wait()
-        except BaseException: _kill(p); raise
-        finally: timer.cancel()
-        out.seek(0)
-        return (124 if fired.is_set() else rc), out.read(), list(tail)
-
-# %% ../nbs/12_pipeline.ipynb #12-pipeline-023
-@dataclass
-class PipelineResult:
-    "What a pipeline run did: each step's command, status and seconds; the outputs; the error that stopped it."
-    name: str # pipeline name
-    dry_run: bool # whether commands were only printed and checked
-    steps: list = field(default_factory=list) # one dict per step: step, cmd, status, seconds
-    outputs: dict = field(default_factory=dict) # JSON outputs of the steps with `out`
-    error: str|None = None # why the pipeline stopped, or None
-    @property
-    def rc(self)->int: return 1 if self.error else 0
-    def as_dict(self)->dict: return {"pipeline": self.name, "dry_run": self.dry_run, "ok": not self.error,
-                                     "error": self.error, "steps": self.steps, "outputs": self.outputs}
-    def summary(self)->str:
-        "One line for people."
-        done = sum(s["status"] in ("ok", "checked") for s in self.steps)
-        verb = "checked" if self.dry_run else "ran"
-        return f"pipeline {self.name}: FAILED: {self.error}" if self.error else f"pipeline {self.name}: {verb} {done} step(s), all ok"
-
-# %% ../nbs/12_pipeline.ipynb #12-pipeline-024
-def _generated(home:Path, period, what:str="the training data (--data PATH)")->tuple:
-    "(period, path) of the data the train pipeline generates in the state folder, for a problem with a generator."
-    problem = load_problem()
-    if problem.generate is None: raise PipelineError(f"problem {problem.name!r} has no data generator: pass {what}")
-    period = problem.default_period if period is None else period
-    return period, home/"data"/f"{problem.name}-{period}.parquet"
-
-def _params(name, home, period, rows, epochs, data, trigger, reference=None, current=None, window=7, input=None, output=None)->dict:
-    "The placeholder values of a run on the embedded defaults."
-    home = Path(home) if home else state_dir()
-    path = Path(data).expanduser().resolve() if data else None
-    if name == "train" and path is None: period, path = _generated(home, period)
-    if isinstance(window, bool) or not (isinstance(window, (int, float)) and 0 < window <= 366):
-        raise PipelineError(f"window {window!r} is not allowed: use days in (0, 366]")
-    out = {"home": str(home), "period": period, "rows": rows, "epochs": epochs or 10, "trigger": trigger,
-           "own_data": bool(data), "data": str(path or ""), "window": f"{window:g}"}
-    if name == "monitor":  # the champion's training data (by default what the train pipeline generated), and the folder serve --log-dir writes
-        ref = Path(reference).expanduser().resolve() if reference else _generated(home, period, "the champion's training data (--reference PATH)")[1]
-        out["reference"] = str(ref)
-        out["current"] = str(Path(current or os.environ.get("MLOPS_NB_INFERENCE_LOG") or home/"inference-log").expanduser().resolve())
-    if name == "batch":  # the data to score (by default what the train pipeline generated), and the scores' folder
-        src = input or os.environ.get("MLOPS_NB_BATCH_INPUT")
-        out["input"] = str(Path(src).expanduser().resolve()) if src else str(_generated(home, period, "the data to score (--input PATH)")[1])
-        out["output"] = str(Path(output or os.environ.get("MLOPS_NB_BATCH_OUTPUT") or home/"batch"/"scores").expanduser().resolve())
-    return out
-
-def run_pipeline(name:str, # ci, train, deploy, monitor, batch or docs
-                 dry_run:bool=False, # print and check each command; run nothing
-                 runner:str="local", # where to run: only `local` (the cloud runs pipelines/azure or .github/workflows)
-                 period:int|None=None, # train: period of the generated data (default: the problem's)
-                 rows:int=20_000, # train: rows to generate
-                 epochs:int|None=None, # train: full-run epochs (default: 10)
-                 data:str|None=None, # train: train on this file (checked) instead of generating data in the state folder
-                 trigger:bool=False, # train: run the deploy pipeline after promoting the champion
-                 reference:str|None=None, # monitor: the champion's training data (default: `data`, else the generated data)
-                 current:str|None=None, # monitor: the inference log folder (default: MLOPS_NB_INFERENCE_LOG, else HOME/inference-log)
-                 window:float=7, # monitor: only the last `window` days of the log
-                 input:str|None=None, # batch: the data to score, a file, folder or glob (default: MLOPS_NB_BATCH_INPUT, else the generated data)
-                 output:str|None=None, # batch: the scores' folder (default: MLOPS_NB_BATCH_OUTPUT, else HOME/batch/scores)
-                 say=None, # called with progress lines (default: print to stderr)
-                 parse=None # the CLI's `parse_args`, to check `mlops-nb` lines in a dry run
-                )->PipelineResult:
-    "Run (or, with `dry_run`, print and check) the steps of pipeline `name` locally; stop at the first failure."
-    say = say or (lambda *a: print(*a, file=sys.stderr, flush=True))
-    if name not in PIPELINES: raise PipelineError(f"pipeline {name!r} does not exist: use {', '.join(PIPELINES)}")
-    if runner != "local": raise PipelineError(f"runner {runner!r} is not allowed: use local (cloud runs go through "
-                                              "pipelines/azure/ or .github/workflows/)")
-    ctx = _params(name, None, period, rows, epochs, data, trigger, reference, current, window, input, output)
-    res = PipelineResult(name, dry_run)
-    for step in PIPELINES[name]:
-        ok, why = _holds(step, ctx)
-        if not ok:
-            say(f"[{name}/{step.label}] {why}"); res.steps.append({"step": step.label, "cmd": step.cmd, "status": "skipped"}); continue
-        line = render(step, {**{s.out: _Later(s.out) for s in PIPELINES[name] if s.out}, **ctx} if dry_run else ctx)
-        say(f"[{name}/{step.label}] {'would run: ' if dry_run else ''}{line}")
-        t0 = time.time()
-        if dry_run:
-            try: check_line(line, parse)
-            except PipelineError as e: res.error = f"[{name}/{step.label}] {e}"; say(res.error); return res
-            res.steps.append({"step": step.label, "cmd": line, "status": "checked"}); continue
-        if line.startswith("pipeline:"):
-            sub = run_pipeline(line.split(":", 1)[1], period=period, rows=rows, epochs=epochs, data=data, trigger=trigger, say=say, parse=parse)
-            rc, out, tail = sub.rc, "", [sub.error or ""]
-        else: rc, out, tail = run_step(argv_of(line), step.timeout, say)
-        secs = round(time.time() - t0, 1)
-        res.steps.append({"step": step.label, "cmd": line, "status": "ok" if rc == 0 else "failed", "seconds": secs, "rc": rc})
-        if rc:
-            why = "timed out after {:g} s".format(step.timeout) if rc == 124 else f"exited {rc}"
-            res.error = f"step {step.label} {why}: {line}" + (f"; last words: {tail[-1]}" if tail else "")
-            say(f"[{name}/{step.label}] FAILED ({secs} s): {res.error}"); return res
-        if step.out:
-            with contextlib.suppress(ValueError): ctx[step.out] = res.outputs[step.out] = json.loads(out)
-        else:
-            for l in out.splitlines(): say("    " + l)
-        say(f"[{name}/{step.label}] ok ({secs} s)")
-    return res
-
-# %% ../nbs/12_pipeline.ipynb #12-pipeline-030
+# %% ../nbs/12_pipeline.ipynb #12-pipeline-019
 CLOUD_FACTS = {"own_data": True, "engine": True, "kubeconfig": True, "trigger": False, "cloud": True, "retrain": False}
 
 def cloud_steps(name:str # ci, train, deploy, monitor, batch or docs
@@ -332,7 +114,7 @@ def cloud_steps(name:str # ci, train, deploy, monitor, batch or docs
     if name not in PIPELINES: raise PipelineError(f"pipeline {name!r} does not exist: use {', '.join(PIPELINES)}")
     return [s for s in PIPELINES[name] if (not s.when or CLOUD_FACTS[s.when]) and not (s.unless and CLOUD_FACTS[s.unless])]
 
-# %% ../nbs/12_pipeline.ipynb #12-pipeline-033
+# %% ../nbs/12_pipeline.ipynb #12-pipeline-022
 @dataclass(frozen=True)
 class CloudVar:
     "A secret, variable or secret file that cloud steps read from their environment."
@@ -362,6 +144,7 @@ CLOUD_ENV = {
     "MLOPS_NB_NAMESPACE": CloudVar("variable", "kubeconfig", default="namespace"), # deploy's namespace
 }
 CI_SUFFIX, CI_GROUP = "_CI", "ci"
+FEDERATED = "DATABRICKS_CLIENT_SECRET" # never stored with federation (GitHub, GitLab: OIDC; Azure DevOps: WIF): the job's identity replaces it
 SECRET_ENVIRONMENTS = {"ci": "ci", "production": "trusted"} # GitHub: the environment holding each credential set's secrets
 
 @dataclass(frozen=True)
@@ -370,13 +153,15 @@ class Input:
     env: str # the environment variable
     github: str # GitHub Actions expression of the value
     azure: str # Azure DevOps macro of the value
+    gitlab: str = "" # GitLab CI variable expression of the value ("": the job has it under `env` already)
 
 INPUTS = {
-    "branch": Input("BRANCH", "${{ github.head_ref }}", "$(System.PullRequest.SourceBranch)"),
+    "branch": Input("BRANCH", "${{ github.head_ref }}", "$(System.PullRequest.SourceBranch)",
+                    "$CI_MERGE_REQUEST_SOURCE_BRANCH_NAME"),
     "data": Input("DATA_PATH", "${{ inputs.data_path || github.event.client_payload.data_path || vars.DATA_PATH }}", "$(DATA_PATH)"),
 }
 
-# %% ../nbs/12_pipeline.ipynb #12-pipeline-035
+# %% ../nbs/12_pipeline.ipynb #12-pipeline-025
 _SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _BRANCH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,99}")
 
@@ -393,6 +178,8 @@ class PipelineSettings:
     python: str = "3.11" # Python on GitHub's runners
     optional: tuple = () # optional pipelines this project gets too (see `Cloud.requires`), e.g. ("docs",)
     github_auth: str = "oidc" # GitHub: Databricks through OIDC federation (no stored secret), or "secret" (the OAuth M2M pair)
+    gitlab_auth: str = "oidc" # GitLab: Databricks through the job's OIDC ID token (`id_tokens`), or "secret" (the OAuth M2M pair)
+    azure_auth: str = "wif" # Azure DevOps: Databricks through a workload identity federation service connection, or "secret"
     namespace: str|None = None # deploy's Kubernetes namespace, unless MLOPS_NB_NAMESPACE is set (default: name)
     bundle: bool = False # the project has a Databricks Asset Bundle (databricks.yml): ci validates it, deploy deploys it
     def __post_init__(self):
@@ -407,30 +194,15 @@ class PipelineSettings:
             raise PipelineError(f"pipeline setting window={self.window!r} is not allowed: use whole days, 1 to 366")
         if not re.fullmatch(r"3\.\d{1,2}", self.python): raise PipelineError(f"pipeline setting python={self.python!r}: use 3.X")
         if not isinstance(self.optional, tuple): raise PipelineError(f"pipeline setting optional={self.optional!r}: use a tuple of pipeline names")
-        if self.github_auth not in ("oidc", "secret"): raise PipelineError(f"pipeline setting github_auth={self.github_auth!r}: use oidc or secret")
+        for what, federated in (("github_auth", "oidc"), ("gitlab_auth", "oidc"), ("azure_auth", "wif")):
+            if getattr(self, what) not in (federated, "secret"):
+                raise PipelineError(f"pipeline setting {what}={getattr(self, what)!r}: use {federated} or secret")
     @property
     def literals(self)->dict:
         return {"main": self.main, "api_key_secret": f"{self.name}-api-key", "window": str(self.window),
                 "namespace": self.namespace or self.name}
 
-def optional_pipelines(root:Path|str # a project folder
-                      )->tuple:
-    "The optional pipelines the project at `root` gets: those whose `Cloud.requires` file it has (e.g. scripts/docs.py)."
-    return tuple(n for n, c in CLOUD.items() if c.requires and (Path(root)/c.requires).exists())  # CLOUD: declared below
-
-def project_settings(root:Path|str|None=None # the project folder (default: this project)
-                    )->PipelineSettings:
-    "The pipeline settings of the project at `root`: its Deployment name, optional pipelines, `[tool.mlops_nb]`."
-    root = Path(root) if root else _root()
-    cfg = tomllib.loads((root/"pyproject.toml").read_text()) if (root/"pyproject.toml").exists() else {}
-    optional = optional_pipelines(root)
-    own = cfg.get("tool", {}).get("mlops_nb", {})
-    auth = own.get("github_auth", "oidc")  # "secret" where no federation policy can be set
-    name = load_problem(start=root).deployment_name
-    return PipelineSettings(name, optional=optional, github_auth=auth, namespace=own.get("namespace"),
-                            bundle=(root/"databricks.yml").exists())
-
-# %% ../nbs/12_pipeline.ipynb #12-pipeline-038
+# %% ../nbs/12_pipeline.ipynb #12-pipeline-028
 _FIELD = re.compile(r"\{(\w+)(?:\[(\w+)\])?\}")
 
 def _cloud_source(key:str, settings:PipelineSettings)->tuple:
@@ -458,7 +230,7 @@ def cloud_command(step:Step, # a step of `cloud_steps`
         env.setdefault(n, _cloud_source(n, settings))
     return line, env
 
-# %% ../nbs/12_pipeline.ipynb #12-pipeline-043
+# %% ../nbs/12_pipeline.ipynb #12-pipeline-033
 @dataclass(frozen=True)
 class Job:
     "Steps of one pipeline that run together on one cloud machine, after the checkout and `bash scripts/setup`."
@@ -479,6 +251,7 @@ class Action:
     inputs: dict = field(default_factory=dict) # its `with:` inputs
     id: str|None = None # step id, for its outputs
 
+# %% ../nbs/12_pipeline.ipynb #12-pipeline-036
 ACTIONS = { # action -> (full commit SHA, the release it is); bump both together
     "actions/checkout": ("11bd71901bbe5b1630ceea73d27597364c9af683", "v4.2.2"),
     "actions/setup-python": ("a26af69be951a213d495a4c3e4e4022e16d87065", "v5.6.0"),
@@ -489,6 +262,7 @@ ACTIONS = { # action -> (full commit SHA, the release it is); bump both together
 DATABRICKS_CLI = ("curl -fsSL https://raw.githubusercontent.com/databricks/setup-cli/"
                   f"{ACTIONS['databricks/setup-cli'][0]}/install.sh | sudo sh") # Azure DevOps: the same release's install script
 
+# %% ../nbs/12_pipeline.ipynb #12-pipeline-039
 @dataclass(frozen=True)
 class Cloud:
     "When a pipeline runs in the cloud, its jobs, and the credentials it gets."
@@ -505,9 +279,10 @@ class Cloud:
     credentials: str = "production" # `ci`: only the *_CI secrets and variables (pull requests)
     checkout_main: bool = False # check out the main branch whatever started the run
     notes: dict = field(default_factory=dict) # platform (github, azure) -> more comment, with {settings} fields
-    platforms: tuple = ("github", "azure") # where it is generated
+    platforms: tuple = ("github", "azure", "gitlab") # where it is generated
     requires: str|None = None # a project file its steps run: only projects with it get the pipeline (`PipelineSettings.optional`)
 
+# %% ../nbs/12_pipeline.ipynb #12-pipeline-042
 CLOUD = {
     "ci": Cloud(
         "CI: every pull request to {main} runs the training notebook in test mode (seeded 5% sample, one epoch, "
@@ -521,10 +296,13 @@ CLOUD = {
                          "environment ci (a CI workspace and token that reach nothing in production); the production ones "
                          "live in the environment trusted, restricted to {main}, out of a pull request's reach. The branch "
                          "name reaches the command only as a quoted environment variable.",
+               "gitlab": "ci: every merge request to {main} (no `changes:` filter). Its jobs read the *_CI variables (not protected, "
+                         "a CI workspace and token that reach nothing in production) under the names the steps read.",
                "azure": "Make this pipeline a build validation of the {main} branch policy. Link only the variable group "
                         "{prefix}-ci (the *_CI variables: a CI workspace and token that reach nothing in production) and "
                         "never authorise the production groups for this pipeline (give them a branch control check: "
-                        "{main} only); the branch name reaches the command only as a quoted environment variable."}),
+                        "{main} only); its Databricks steps run under the service connection {prefix}-databricks-ci "
+                        "(workload identity federation, the CI service principal); the branch name reaches the command only as a quoted environment variable."}),
     "train": Cloud(
         "Re-training: the main branch's training notebook in full mode on the refreshed data (DATA_PATH) registers a "
         "version; the best version by the problem's primary metric, among versions evaluated on the same data, is "
@@ -540,12 +318,19 @@ CLOUD = {
                          "Drop the schedule once the event is wired. The monitor workflow calls this one when it advises "
                          "retraining. Secrets and variables come from the environment trusted (deployment branches: {main} "
                          "only). The deploy job runs .github/workflows/deploy.yml.",
+               "gitlab": "train: a pipeline schedule on {main} with the variable MLOPS_NB_PIPELINE=train ({cron}, UTC), the data job's "
+                         "pipeline trigger (variables MLOPS_NB_PIPELINE=train and DATA_PATH), a run by hand with the same "
+                         "variables, or monitoring's child pipeline when it advises retraining; a successful run then runs "
+                         "deploy's jobs in the same pipeline.",
                "azure": "When: on the schedule that follows the data refresh ({cron}, UTC). To train on the refresh itself, "
                         "replace `schedules` with a pipeline resource trigger on the data job's pipeline. A {prefix}-monitor "
                         "run tagged retrain starts it too. Name this "
                         "pipeline {prefix}-train in Azure DevOps: a completed run on {main} starts the deploy pipeline. "
                         "Variable groups {prefix}-tracking and {prefix}-data: authorised for this pipeline and deploy "
-                        "only, with a branch control check ({main})."}),
+                        "only, with a branch control check ({main}). Its Databricks steps run under the service "
+                        "connection {prefix}-databricks (workload identity federation); the notebook run may last four "
+                        "hours, longer than a federated Azure CLI login is renewed: back that connection with a managed "
+                        "identity, or set azure_auth = \"secret\" (see nbs/12c_azure_devops.ipynb)."}),
     "deploy": Cloud(
         "Deployment, on every commit to main and after every successful re-training: test (the API tests, then serve the "
         "champion and score its example), build (the champion's image, pushed to the registry), deploy (Kubernetes "
@@ -560,11 +345,16 @@ CLOUD = {
                          "production (required reviewers). It deploys to the namespace the variable "
                          "MLOPS_NB_NAMESPACE names (default: {namespace}); create it, and the Secret {api_key_secret} "
                          "in it, first.",
+               "gitlab": "deploy: every push to {main}. Its rollout job runs in the environment production (protect it: required "
+                         "approvals) with resource_group production, so deployments never overlap; KUBECONFIG is a File "
+                         "variable of that environment, protected; MLOPS_NB_NAMESPACE defaults to {namespace}.",
                "azure": "It deploys to the namespace of the pipeline variable MLOPS_NB_NAMESPACE ({namespace}: the "
                         "project setting namespace under [tool.mlops_nb], default the Deployment's name); create it, "
                         "and the Secret {api_key_secret} in it, first. Secrets come from the variable groups "
                         "{prefix}-tracking and {prefix}-registry and the secure file kubeconfig; they reach only the "
-                        "steps that map them. Approvals and checks are configured on the production environment."}),
+                        "steps that map them. Approvals and checks are configured on the production environment: add its "
+                        "Exclusive Lock check, which with this file's lockBehavior sequential lets one run at a time "
+                        "deploy, the later runs waiting in order."}),
     "monitor": Cloud(
         "Monitoring, daily: the drift of the live traffic the server logged (its inference log, the last {window} days) from "
         "the champion's training data, and the champion's age; when retraining is advised, the train pipeline runs.",
@@ -576,6 +366,9 @@ CLOUD = {
                          "copies there) and MLOPS_NB_MONITOR_REFERENCE (the champion's training data) and the store's "
                          "secrets come from the environment trusted. When the verdict is retrain, the train job runs "
                          ".github/workflows/train.yml.",
+               "gitlab": "monitor: a pipeline schedule with MLOPS_NB_PIPELINE=monitor ({monitor_cron}, UTC). Its verdict is the "
+                         "dotenv report of the monitor job; the trigger job monitor:train runs the child pipeline that "
+                         "job wrote: the train pipeline when retraining is advised, else one job saying why not.",
                "azure": "When: {monitor_cron} (UTC). Name this pipeline {prefix}-monitor in Azure DevOps: a run whose "
                         "verdict is retrain is tagged retrain, and the train pipeline's pipeline resource trigger starts on "
                         "that tag. The variables MLOPS_NB_INFERENCE_LOG (the inference log's folder as the agent reads it: "
@@ -593,6 +386,7 @@ CLOUD = {
                          "store's secrets (to load the champion), come from the environment trusted. The local engine uses "
                          "every core of the runner with bounded memory; data beyond one machine runs the batch notebook "
                          "(nbs/batch.ipynb, engine spark) as a Databricks job instead.",
+               "gitlab": "batch: a pipeline schedule with MLOPS_NB_PIPELINE=batch ({batch_cron}, UTC).",
                "azure": "When: {batch_cron} (UTC). Name this pipeline {prefix}-batch in Azure DevOps. The variables "
                         "MLOPS_NB_BATCH_INPUT and MLOPS_NB_BATCH_OUTPUT (paths as the agent reads them: a self-hosted agent "
                         "with the data share mounted) live in the group {prefix}-data, the store's secrets in "
@@ -614,16 +408,38 @@ CLOUD = {
 }
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-045
+def project_folder()->Path:
+    "The project folder: where `pipelines/` and `api/` are."
+    return project_root() or Path.cwd()
+
+def optional_pipelines(root:Path|str # a project folder
+                      )->tuple:
+    "The optional pipelines the project at `root` gets: those whose `Cloud.requires` file it has (e.g. scripts/docs.py)."
+    return tuple(n for n, c in CLOUD.items() if c.requires and (Path(root)/c.requires).exists())  # CLOUD: declared below
+
+def project_settings(root:Path|str|None=None # the project folder (default: this project)
+                    )->PipelineSettings:
+    "The pipeline settings of the project at `root`: its Deployment name, optional pipelines, `[tool.mlops_nb]`."
+    root = Path(root) if root else project_folder()
+    cfg = tomllib.loads((root/"pyproject.toml").read_text()) if (root/"pyproject.toml").exists() else {}
+    optional = optional_pipelines(root)
+    own = cfg.get("tool", {}).get("mlops_nb", {})
+    auth = {k: own.get(k, v) for k, v in (("github_auth", "oidc"), ("gitlab_auth", "oidc"), ("azure_auth", "wif"))}  # or "secret"
+    name = load_problem(start=root).deployment_name
+    return PipelineSettings(name, optional=optional, **auth, namespace=own.get("namespace"),
+                            bundle=(root/"databricks.yml").exists())
+
+# %% ../nbs/12_pipeline.ipynb #12-pipeline-048
 _SETUP_MINUTES = 10 # checkout and `bash scripts/setup` on a fresh agent
 
-def _started_by(name:str)->tuple|None:
+def started_by(name:str)->tuple|None:
     "(output, key) of `CLOUD[name].after`'s step that must be true for pipeline `name` to start; None: any successful run starts it."
     after = CLOUD[name].after
     step = next((s for s in PIPELINES[after] if s.cmd == f"pipeline:{name}"), None)
     if step is None: raise PipelineError(f"pipeline {name} runs after {after}, but {after} has no step `pipeline:{name}`")
     return OUTPUT_CONDITIONS.get(step.when)
 
-def _plan(name:str, settings:PipelineSettings)->list[tuple[Job, list[dict]]]:
+def cloud_plan(name:str, settings:PipelineSettings)->list[tuple[Job, list[dict]]]:
     "Each job of pipeline `name` with its steps: label, line, env (name -> source), out, keys to publish."
     c = CLOUD[name]
     steps = {s.name: s for s in cloud_steps(name) if settings.bundle or not s.cmd.startswith("databricks bundle ")}
@@ -652,9 +468,9 @@ def _plan(name:str, settings:PipelineSettings)->list[tuple[Job, list[dict]]]:
             if steps[n].out: produced[steps[n].out] = (j, row)
             rows.append(row)
         plan.append((j, rows))
-    if c.after: _started_by(name)
+    if c.after: started_by(name)
     for n in [n for n, o in CLOUD.items() if o.after == name]:  # a pipeline this one starts on an output: publish it, tag the run
-        when = _started_by(n)
+        when = started_by(n)
         if when is None: continue
         row = next((r for _, rows in plan for r in rows if r["out"] == when[0]), None)
         if row is None: raise PipelineError(f"pipeline {n} starts when {name}'s output {when[0]}[{when[1]}] is true, but no cloud step of {name} outputs {when[0]}")
@@ -669,21 +485,22 @@ def check_cloud(settings:PipelineSettings # the project's settings
     bad = [n for n in settings.optional if n not in CLOUD or not CLOUD[n].requires]
     if bad: raise PipelineError(f"pipeline setting optional: {bad} are not optional pipelines: use {', '.join(n for n, c in CLOUD.items() if c.requires)}")
     for name, c in CLOUD.items():
-        if not c.platforms or not set(c.platforms) <= {"github", "azure"}: raise PipelineError(f"pipeline {name}: platforms {c.platforms}: use github, azure")
+        if not c.platforms or not set(c.platforms) <= {"github", "azure", "gitlab"}:
+            raise PipelineError(f"pipeline {name}: platforms {c.platforms}: use github, azure, gitlab")
         for j in c.jobs:
-            if j.actions and "azure" in c.platforms: raise PipelineError(f"pipeline {name}: job {j.id} runs GitHub actions: generate it for github only")
+            if j.actions and set(c.platforms) != {"github"}: raise PipelineError(f"pipeline {name}: job {j.id} runs GitHub actions: generate it for github only")
             unpinned = [a.uses for a in j.actions if a.uses not in ACTIONS]
             if unpinned: raise PipelineError(f"pipeline {name}: job {j.id} uses {', '.join(unpinned)}, which ACTIONS does not pin")
-        _plan(name, settings)
+        cloud_plan(name, settings)
 
 def generated(settings:PipelineSettings, # the project's settings
-              platform:str # github or azure
+              platform:str # github, azure or gitlab
              )->list[str]:
     "The pipelines a project gets on `platform`: those of `CLOUD` generated there, the optional ones its settings name."
     return [n for n, c in CLOUD.items() if platform in c.platforms and (c.requires is None or n in settings.optional)]
 
-# %% ../nbs/12_pipeline.ipynb #12-pipeline-048
-GENERATED = ("GENERATED by mlops_nb.pipeline.write_pipelines from PIPELINES and CLOUD (nbs/12_pipeline.ipynb): edit those "
+# %% ../nbs/12_pipeline.ipynb #12-pipeline-053
+GENERATED = ("GENERATED by mlops_nb.pipeline_files.write_pipelines from PIPELINES and CLOUD (nbs/12_pipeline.ipynb): edit those "
              "and run `python pipelines/generate.py`, never this file; tests/test_pipelines.py fails when it differs.")
 
 class _Dumper(yaml.SafeDumper):
@@ -691,232 +508,38 @@ class _Dumper(yaml.SafeDumper):
     def increase_indent(self, flow=False, indentless=False): return super().increase_indent(flow, False)
     def ignore_aliases(self, data): return True  # repeat values: anchors (&id001) are legal but nobody reads them
 
-def _text(header:list[str], doc:dict)->str:
+def pipeline_text(header:list[str], doc:dict, spaced:bool=True)->str:
     "`doc` as YAML under `header` comment lines, a blank line between top-level keys, pinned actions' versions as comments."
     body = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=100_000, default_flow_style=False, allow_unicode=True)
     body = re.sub(r"\n(?=[^\s#])", "\n\n", body)  # a blank line between top-level keys...
-    head, sep, jobs = body.rpartition("\njobs:\n") if "\njobs:\n" in body else body.rpartition("\nstages:\n")
-    body = head + sep + re.sub(r"\n(?=  \S)", "\n\n", jobs)  # ...and between jobs or stages
+    if spaced:  # ...and between the jobs or stages under `jobs:` or `stages:` (GitLab's jobs are top-level keys)
+        head, sep, jobs = body.rpartition("\njobs:\n") if "\njobs:\n" in body else body.rpartition("\nstages:\n")
+        body = head + sep + re.sub(r"\n(?=  \S)", "\n\n", jobs)
     for action, (sha, version) in ACTIONS.items(): body = body.replace(f"uses: {action}@{sha}\n", f"uses: {action}@{sha} # {version}\n")
     lines = []
     for part in "\n".join(header).split("\n"):  # prose wrapped at 118 columns; indented lines (commands) kept whole
         lines += [part] if part.startswith("  ") else textwrap.wrap(part, 116, break_on_hyphens=False) or [""]
     return "".join(f"# {l}".rstrip() + "\n" for l in lines) + body
 
-def _header(name:str, platform:str, settings:PipelineSettings)->list[str]:
+def file_header(name:str, platform:str, settings:PipelineSettings)->list[str]:
     "The comment lines that open a generated file: what the pipeline does, the platform's notes, how to change it."
     c = CLOUD[name]
     fields = {**settings.__dict__, **settings.literals}
     return [c.about.format(**fields), *([c.notes[platform].format(**fields)] if platform in c.notes else []),
             f"Local equivalent: mlops-nb pipeline {name}", "", GENERATED]
 
-def _cloud_name(name:str, cloud:Cloud)->str:
+def cloud_name(name:str, cloud:Cloud)->str:
     "The name under which a pipeline of `cloud`'s credentials reads `name`."
     return name + CI_SUFFIX if cloud.credentials == CI_GROUP else name
 
-# %% ../nbs/12_pipeline.ipynb #12-pipeline-049
-def _github_value(src:tuple, cloud:Cloud, producers:dict)->str:
-    "The GitHub Actions expression of an environment source."
-    kind, key = src[0], src[1]
-    if kind == "secret": return f"${{{{ secrets.{_cloud_name(key, cloud)} }}}}"
-    if kind == "variable" and len(src) > 2:  # unset: its default, a checked slug
-        return f"${{{{ vars.{_cloud_name(key, cloud)} || '{src[2]}' }}}}"
-    if kind == "variable": return f"${{{{ vars.{_cloud_name(key, cloud)} }}}}"
-    if kind == "file": return f"${{{{ runner.temp }}}}/{CLOUD_ENV[key].group}"
-    if kind == "input": return INPUTS[key].github
-    return f"${{{{ needs.{producers[key]}.outputs.{src[2]} }}}}"
+# %% ../nbs/12_pipeline.ipynb #12-pipeline-061
+_MOVED = {"CONDITIONS": "pipeline_run", "PipelineResult": "pipeline_run", "argv_of": "pipeline_run",
+          "check_line": "pipeline_run", "render": "pipeline_run", "run_pipeline": "pipeline_run",
+          "run_step": "pipeline_run", "github_workflow": "github_actions", "azure_pipeline": "azure_devops",
+          "render_pipelines": "pipeline_files", "write_pipelines": "pipeline_files"}
 
-FEDERATED = "DATABRICKS_CLIENT_SECRET" # on GitHub with github_auth="oidc", replaced by the job's OIDC identity token
+def __getattr__(name:str):
+    "A name that moved to a module of its own (see `_MOVED`), imported on first use."
+    if name not in _MOVED: raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"mlops_nb.{_MOVED[name]}"), name)
 
-def _github_env(env:dict, cloud:Cloud, producers:dict, settings:PipelineSettings)->dict:
-    """A step's `env:` on GitHub. With OIDC federation the Databricks client secret is not stored at all: databricks-sdk
-    exchanges the job's identity token (the job gets `id-token: write`) for a workspace token."""
-    out = {}
-    for var, src in env.items():
-        if var == FEDERATED and settings.github_auth == "oidc": out["DATABRICKS_AUTH_TYPE"] = "github-oidc"
-        else: out[var] = _github_value(src, cloud, producers)
-    return out
-
-def _checkout(ref:str|None=None)->list[dict]:
-    "GitHub's checkout step, pinned, keeping no credentials in .git/config for later steps."
-    sha = ACTIONS["actions/checkout"][0]
-    return [{"uses": f"actions/checkout@{sha}", "with": {"persist-credentials": False, **({"ref": ref} if ref else {})}}]
-
-def _action_step(a:Action)->dict:
-    "The `uses:` step of a pinned action."
-    return {**({"id": a.id} if a.id else {}), "uses": f"{a.uses}@{ACTIONS[a.uses][0]}", **({"with": dict(a.inputs)} if a.inputs else {})}
-
-_LEVELS = ("none", "read", "write") # a GitHub token permission's levels, weakest first
-
-def _widest(*grants:dict)->dict:
-    "Per scope, the strongest level any of `grants` asks for (scopes none of them asks for are left out)."
-    out = {}
-    for g in grants:
-        for scope, level in g.items():
-            if _LEVELS.index(level) > _LEVELS.index(out.get(scope, "none")): out[scope] = level
-    return out
-
-def _github_permissions(name:str, settings:PipelineSettings, _calls:tuple=())->dict[str, dict]:
-    """Job id -> token permissions of each job of pipeline `name`'s workflow. A job that calls another workflow gets
-    what that workflow's jobs request (`_widest`, through the workflows it calls in turn): GitHub refuses to run a
-    called job that asks for more than its caller grants, and granting more would be more than it needs."""
-    if name in _calls: raise PipelineError(f"pipelines {' -> '.join((*_calls, name))} start one another in a loop")
-    out = {}
-    for j, rows in _plan(name, settings):
-        federated = settings.github_auth == "oidc" and any(FEDERATED in row["env"] for row in rows)
-        out[j.id] = {**(j.permissions or {"contents": "read"}), **({"id-token": "write"} if federated else {})}
-    for n in [n for n, o in CLOUD.items() if o.after == name]:
-        out[n] = _widest(*_github_permissions(n, settings, (*_calls, name)).values())
-    return out
-
-def github_workflow(name:str, # ci, train, deploy or docs
-                    settings:PipelineSettings # the project's settings
-                   )->str:
-    "The GitHub Actions workflow `.github/workflows/NAME.yml` of pipeline `name`."
-    c, plan = CLOUD[name], _plan(name, settings)
-    if "github" not in c.platforms: raise PipelineError(f"pipeline {name} is not generated for GitHub Actions")
-    on = {}
-    if c.pull_request: on["pull_request"] = {"branches": [settings.main]}  # no paths filter: every change is tested
-    if c.push: on["push"] = {"branches": [settings.main]}
-    if c.schedule: on["schedule"] = [{"cron": getattr(settings, c.cron)}]
-    if c.event: on["repository_dispatch"] = {"types": [c.event]}
-    inputs = {"inputs": {k: {"description": v, "required": False, "type": "string"} for k, v in c.inputs.items()}} if c.inputs else {}
-    if c.manual: on["workflow_dispatch"] = inputs
-    if c.after: on["workflow_call"] = inputs  # its jobs read their secrets from their environments, not from the caller
-    doc = {"name": name, "on": on, "permissions": {},
-           "concurrency": {"group": f"{name}-${{{{ github.ref }}}}" if c.pull_request else name, "cancel-in-progress": c.pull_request},
-           "defaults": {"run": {"shell": "bash"}}, "jobs": {}}
-    producers = {row["out"]: j.id for j, rows in plan for row in rows if row["publish"]}
-    permissions = _github_permissions(name, settings)
-    for j, rows in plan:
-        steps = [*_checkout(settings.main if c.checkout_main else None),
-                 {"uses": f"actions/setup-python@{ACTIONS['actions/setup-python'][0]}", "with": {"python-version": settings.python}},
-                 {"name": "setup", "run": 'bash scripts/setup && echo "$PWD/.venv/bin" >> "$GITHUB_PATH"'}] if rows else []
-        if j.databricks_cli: steps.append(_action_step(Action("databricks/setup-cli")))
-        written = set()
-        for row in rows:
-            for var, src in row["env"].items():
-                if src[0] == "file" and var not in written:  # the secret's content, in a private file for the step to find
-                    f = CLOUD_ENV[var]; written.add(var)
-                    steps.append({"name": var.lower(), "env": {f.github: f"${{{{ secrets.{f.github} }}}}", var: _github_value(src, c, producers)},
-                                  "run": f'python pipelines/secret_file.py {f.github} "${var}"'})
-            line = row["line"] + (f" | python pipelines/publish_output.py {' '.join(row['publish'])}" if row["publish"] else "")
-            st = {"name": row["label"], **({"id": row["out"]} if row["publish"] else {})}
-            if row["env"]: st["env"] = _github_env(row["env"], c, producers, settings)
-            steps.append({**st, "run": line})
-        steps += [_action_step(a) for a in j.actions]
-        secret = any(src[0] in ("secret", "file") for row in rows for src in row["env"].values())
-        environment = j.environment or (SECRET_ENVIRONMENTS[c.credentials] if secret else None)
-        job = {"name": j.title, **({"needs": j.needs} if j.needs else {}), "runs-on": "ubuntu-latest", "timeout-minutes": j.timeout,
-               **({"environment": environment} if environment else {}),
-               "permissions": permissions[j.id]}
-        outs = {k: f"${{{{ steps.{row['out']}.outputs.{k} }}}}" for row in rows for k in row["publish"]}
-        if outs: job["outputs"] = outs
-        doc["jobs"][j.id] = {**job, "steps": steps}
-    for n in [n for n, o in CLOUD.items() if o.after == name]:  # a reusable workflow: runs only when every job above succeeded
-        when = _started_by(n)  # ... and, started on an output, when that output is true
-        doc["jobs"][n] = {"name": f"the {n} pipeline", "needs": [j.id for j, _ in plan],
-                          **({"if": f"needs.{producers[when[0]]}.outputs.{when[1]} == 'true'"} if when else {}),
-                          "permissions": permissions[n], "uses": f"./.github/workflows/{n}.yml"}
-    return _text(_header(name, "github", settings), doc)
-
-# %% ../nbs/12_pipeline.ipynb #12-pipeline-050
-def _azure_value(src:tuple, cloud:Cloud)->str:
-    "The Azure DevOps macro of an environment source (an output: the job variable that holds it)."
-    kind, key = src[0], src[1]
-    if kind in ("secret", "variable"): return f"$({_cloud_name(key, cloud)})"
-    if kind == "file": return f"$({CLOUD_ENV[key].group}.secureFilePath)"
-    if kind == "input": return INPUTS[key].azure
-    return f"$({key.upper()}_{src[2].upper()})"
-
-def _azure_groups(name:str, settings:PipelineSettings)->list[str]:
-    "The variable groups pipeline `name` reads: PREFIX-ci for pull requests, else those of the names it reads."
-    c, groups = CLOUD[name], []
-    for _, rows in _plan(name, settings):
-        for row in rows:
-            for src in row["env"].values():
-                macro = re.fullmatch(r"\$\((\w+)\)", _azure_value(src, c))  # $(NAME) of a group's variable
-                base = macro.group(1).removesuffix(CI_SUFFIX) if macro else None
-                if base not in CLOUD_ENV or CLOUD_ENV[base].kind == "file": continue
-                if CLOUD_ENV[base].default: continue  # a pipeline variable of the file instead (azure_pipeline)
-                g = f"{settings.prefix}-{CI_GROUP if c.credentials == CI_GROUP else CLOUD_ENV[base].group}"
-                if g not in groups: groups.append(g)
-    return groups
-
-def _azure_id(s:str)->str:
-    "An Azure DevOps job or stage name: letters, digits and '_'."
-    return s.replace("-", "_")
-
-def azure_pipeline(name:str, # ci, train or deploy
-                   settings:PipelineSettings # the project's settings
-                  )->str:
-    "The Azure DevOps pipeline `pipelines/azure/NAME.yml` of pipeline `name`."
-    c, plan = CLOUD[name], _plan(name, settings)
-    if "azure" not in c.platforms: raise PipelineError(f"pipeline {name} is not generated for Azure DevOps (GitHub only)")
-    on_main = {"branches": {"include": [settings.main]}}
-    doc = {"trigger": on_main if c.push else "none",
-           "pr": on_main if c.pull_request else "none"}  # no paths filter: every change is tested
-    if c.schedule: doc["schedules"] = [{"cron": getattr(settings, c.cron), "displayName": f"{name} schedule", **on_main, "always": True}]
-    if c.after:
-        when = _started_by(name)  # started on an output: only by runs tagged with its key
-        doc["resources"] = {"pipelines": [{"pipeline": c.after, "source": f"{settings.prefix}-{c.after}",
-                                           "trigger": {**on_main, **({"tags": [when[1]]} if when else {})}}]}
-    doc["pool"] = {"vmImage": "ubuntu-latest"}
-    groups = _azure_groups(name, settings)
-    defaults = {_cloud_name(src[1], c): src[2] for _, rows in _plan(name, settings) for row in rows
-                for src in row["env"].values() if src[0] == "variable" and len(src) > 2}  # a variable with a default
-    variables = [*({"name": k, "value": v} for k, v in defaults.items()), *({"group": g} for g in groups)]
-    if variables: doc["variables"] = variables
-    staged = any(j.needs for j in c.jobs)
-    stage_of = {j.id: _azure_id(j.id).capitalize() for j in c.jobs}
-    producer = {row["out"]: j.id for j, rows in plan for row in rows if row["publish"]}
-    jobs = []
-    for j, rows in plan:
-        steps = [{"checkout": "self", "persistCredentials": False},
-                 {"script": 'bash scripts/setup && echo "##vso[task.prependpath]$PWD/.venv/bin"', "displayName": "setup"}]
-        if j.databricks_cli: steps.append({"script": DATABRICKS_CLI, "displayName": "databricks cli"})
-        variables, fetched = {}, set()
-        for row in rows:
-            for var, src in row["env"].items():
-                if src[0] == "file" and var not in fetched:
-                    f = CLOUD_ENV[var]; fetched.add(var)
-                    steps.append({"task": "DownloadSecureFile@1", "name": f.group, "displayName": f"secure file {f.group}", "inputs": {"secureFile": f.group}})
-                if src[0] == "output":
-                    p = producer[src[1]]
-                    variables[var] = f"$[ stageDependencies.{stage_of[p]}.{_azure_id(p)}.outputs['{src[1]}.{src[2]}'] ]"
-            line = row["line"] + (f" | python pipelines/publish_output.py {' '.join(row['publish'])}" if row["publish"] else "")
-            line += "".join(f" --tag {k}" for k in row["tags"])
-            st = {"script": line, "displayName": row["label"], **({"name": row["out"]} if row["publish"] else {})}
-            if row["env"]: st["env"] = {var: _azure_value(src, c) for var, src in row["env"].items()}
-            steps.append(st)
-        head = {"displayName": j.title}
-        if j.environment:
-            job = {"deployment": _azure_id(j.id), **head, "environment": j.environment, "timeoutInMinutes": j.timeout,
-                   **({"variables": variables} if variables else {}), "strategy": {"runOnce": {"deploy": {"steps": steps}}}}
-        else: job = {"job": _azure_id(j.id), **head, "timeoutInMinutes": j.timeout, **({"variables": variables} if variables else {}), "steps": steps}
-        jobs.append((j, job))
-    if staged: doc["stages"] = [{"stage": stage_of[j.id], **({"dependsOn": stage_of[j.needs]} if j.needs else {}), "jobs": [job]} for j, job in jobs]
-    else: doc["jobs"] = [job for _, job in jobs]
-    return _text(_header(name, "azure", settings), doc)
-
-# %% ../nbs/12_pipeline.ipynb #12-pipeline-051
-def render_pipelines(settings:PipelineSettings # the project's settings
-                    )->dict[str, str]:
-    "Every cloud pipeline file of a project: path under the project -> YAML text."
-    check_cloud(settings)
-    return {**{f".github/workflows/{n}.yml": github_workflow(n, settings) for n in generated(settings, "github")},
-            **{f"pipelines/azure/{n}.yml": azure_pipeline(n, settings) for n in generated(settings, "azure")}}
-
-def write_pipelines(dest_root:Path|str, # project folder: .github/workflows/*.yml and pipelines/azure/*.yml are written under it
-                    settings:PipelineSettings|None=None, # default: `project_settings(dest_root)`
-                    check:bool=False # write nothing: only say which files differ
-                   )->list[str]:
-    "Write the cloud pipelines of the project at `dest_root`; return the paths whose content changed (or would)."
-    root = Path(dest_root)
-    changed = []
-    for rel, text in render_pipelines(settings or project_settings(root)).items():
-        p = root/rel
-        if p.exists() and p.read_text() == text: continue
-        changed.append(rel)
-        if not check: p.parent.mkdir(parents=True, exist_ok=True); p.write_text(text)
-    return changed

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 import numpy as np
+from fastcore.basics import patch
 from .core import MlopsNbError, DataError, EnvVar, lazy_module, project_root
 from .data import ColumnSpec, check_record, load_table
 pd = lazy_module("pandas")  # loaded on first use: serving images run without pandas
@@ -211,28 +212,53 @@ def _check_problem(p:Problem):
 
 # %% ../nbs/01a_problem.ipynb #01a-problem-012
 def _metric_name(m)->str: return m.name if isinstance(m, Metric) else m
-def _metric_names(self:Problem)->list: return [_metric_name(m) for m in self.metrics or METRICS[self.kind]]
-def _primary(self:Problem)->str: return self.primary_metric or self.metric_names[0]
-def _directions(self:Problem)->dict:
+
+@patch(as_prop=True)
+def metric_names(self:Problem)->list:
+    "Metric names to log, primary first."
+    return [_metric_name(m) for m in self.metrics or METRICS[self.kind]]
+
+@patch(as_prop=True)
+def primary(self:Problem)->str:
+    "The metric that selects the best version."
+    return self.primary_metric or self.metric_names[0]
+
+@patch(as_prop=True)
+def directions(self:Problem)->dict:
+    "Metric -> higher is better."
     higher = lambda m: m.higher_is_better if isinstance(m, Metric) else METRICS[self.kind][m]
     return {_metric_name(m): higher(m) for m in self.metrics or METRICS[self.kind]}
-def _decay_metrics(self:Problem)->list:
+
+@patch(as_prop=True)
+def decay_metrics(self:Problem)->list:
+    "Metrics whose drop on fresh labelled data calls for retraining."
     own = [m.name for m in self.metrics or [] if isinstance(m, Metric)]  # declared because they matter: watched
     return own + [m for m in DECAY_METRICS[self.kind] if m in self.metric_names] or [self.primary]
-def _class_labels(self:Problem)->list|None:
+
+@patch(as_prop=True)
+def class_labels(self:Problem)->list|None:
+    "Display names of the classes (classification), else None."
     return None if self.classes is None else [str(l) for l in (self.labels or self.classes)]
 
-Problem.metric_names = property(_metric_names, doc="Metric names to log, primary first.")
-Problem.primary = property(_primary, doc="The metric that selects the best version.")
-Problem.directions = property(_directions, doc="Metric -> higher is better.")
-Problem.class_labels = property(_class_labels, doc="Display names of the classes (classification), else None.")
-Problem.experiment_name = property(lambda self: self.experiment or self.name, doc="The MLflow experiment.")
-Problem.registered_model = property(lambda self: self.model_name or self.name, doc="The registered model name.")
-Problem.deployment_name = property(lambda self: self.deployment or self.name, doc="The Deployment and Service name.")
-Problem.decay_metrics = property(_decay_metrics, doc="Metrics whose drop on fresh labelled data calls for retraining.")
+@patch(as_prop=True)
+def experiment_name(self:Problem)->str:
+    "The MLflow experiment."
+    return self.experiment or self.name
+
+@patch(as_prop=True)
+def registered_model(self:Problem)->str:
+    "The registered model name."
+    return self.model_name or self.name
+
+@patch(as_prop=True)
+def deployment_name(self:Problem)->str:
+    "The Deployment and Service name."
+    return self.deployment or self.name
+
 
 # %% ../nbs/01a_problem.ipynb #01a-problem-013
-def _target_spec(self:Problem)->ColumnSpec:
+@patch(as_prop=True)
+def target_spec_(self:Problem)->ColumnSpec:
     "How files store the target: declared, else from the type of the classes (or float for regression)."
     if self.target_spec is not None: return self.target_spec
     if self.kind == "regression": return ColumnSpec("float")
@@ -240,18 +266,17 @@ def _target_spec(self:Problem)->ColumnSpec:
     kind = "bool" if isinstance(c, (bool, np.bool_)) else "int" if isinstance(c, (int, np.integer)) else "float" if isinstance(c, float) else "str"
     return ColumnSpec(kind)
 
-def _schema(self:Problem)->dict:
+@patch
+def schema(self:Problem)->dict:
     "Every column of the problem's files: keys, inputs, extra columns and the target."
     return {**self.keys, **self.inputs, **self.extra, self.target: self.target_spec_}
 
-def _load(self:Problem, path:str|Path, # a .csv or .parquet file
-          require_label:bool=True # False for data to score: the target may be absent
-         )->pd.DataFrame:
+@patch
+def load(self:Problem, path:str|Path, # a .csv or .parquet file
+         require_label:bool=True # False for data to score: the target may be absent
+        )->pd.DataFrame:
     "The problem's columns of the file at `path`, checked and typed (see `data.load_table`)."
     return load_table(path, self.schema(), [self.target], require_label)
-
-Problem.target_spec_ = property(_target_spec, doc="The target's `ColumnSpec`, declared or inferred.")
-Problem.schema, Problem.load = _schema, _load
 
 # %% ../nbs/01a_problem.ipynb #01a-problem-013b
 # the inference log's own columns
@@ -297,7 +322,8 @@ def _check_columns(p:Problem):
         raise _bad(p, f"key column {taken[0]!r} is a column batch scoring writes ({', '.join(out)}): rename the column")
 
 # %% ../nbs/01a_problem.ipynb #01a-problem-014
-def _encode(self:Problem, y)->np.ndarray:
+@patch
+def encode(self:Problem, y)->np.ndarray:
     "Target values as the model sees them: class indices (classification) or float64 (regression)."
     y = np.asarray(y, dtype=object if self.kind != "regression" else "float64")
     if self.kind == "regression": return y
@@ -313,8 +339,6 @@ def _key(v):
     "A comparable key for a class value: 1, 1.0, True and numpy scalars of them compare as they print."
     v = v.item() if isinstance(v, np.generic) else v
     return ("b", v) if isinstance(v, bool) else ("n", float(v)) if isinstance(v, (int, float)) else ("s", str(v))
-
-Problem.encode = _encode
 
 # %% ../nbs/01a_problem.ipynb #01a-problem-016
 _loaded = {}
@@ -357,7 +381,8 @@ def load_problem(ref:str|None=None, # `module:attribute` (default: `problem_ref(
     return p
 
 # %% ../nbs/01a_problem.ipynb #01a-problem-018
-def _as_json(self:Problem)->dict:
+@patch
+def as_json(self:Problem)->dict:
     "The JSON description of the problem a logged model records (`metadata['mlops_nb']` of its MLmodel)."
     plain = lambda v: v.item() if isinstance(v, np.generic) else str(v) if isinstance(v, str) else v
     d = {"problem": self.name, "description": self.description, "kind": self.kind, "target": self.target,
@@ -381,7 +406,8 @@ def _recorded_metrics(d:dict)->list:
     known, needs = METRICS[d["kind"]], "value" if d["kind"] == "regression" else "label"
     return [m if m in known else Metric(m, None, h, needs) for m, h in d["metrics"].items()]
 
-def _metric_specs(self:Problem)->list:
+@patch
+def metric_specs(self:Problem)->list:
     "The metrics to compute, primary first; a recorded `Metric` without its function takes the configured problem's."
     specs = list(self.metrics or METRICS[self.kind])
     missing = [m.name for m in specs if isinstance(m, Metric) and m.fn is None]
@@ -397,6 +423,3 @@ def _metric_specs(self:Problem)->list:
                            "with the model: run where that problem is configured (pyproject.toml or MLOPS_NB_PROBLEM)"
                            + why)
     return [fns[m.name] if isinstance(m, Metric) and m.fn is None else m for m in specs]
-
-Problem.as_json = _as_json
-Problem.metric_specs = _metric_specs

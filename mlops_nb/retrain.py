@@ -12,11 +12,12 @@ from .core import MlopsNbError, ParamError, lazy_module, state_dir
 from .data import data_fingerprint, write_table
 from .drift import drift_report
 from .problem import load_problem, metrics_of, predict_outputs
+from .report import report_sections, write_html
 from .runner import LocalRunner, run_training
 from .server import free_port, start_server, swap_model
 from .serving import load_runtime, fetch_model
 from . import tracking
-from .tracking import version_for_alias, promote, client, resolve_version, metric_direction, gate_failures
+from .tracking import version_for_alias, promote, client, resolve_version, metric_direction, gate_failures, SERVABLE_TAG
 pd = lazy_module("pandas")
 
 # %% auto #0
@@ -44,6 +45,8 @@ def challenge(challenger:int, # registered version trained on recent data
     new = score_version(ch.name, challenger, eval_df)
     old = score_version(ch.name, champ_v, eval_df) if champ_v and champ_v != challenger else None
     fails = gate_failures(new, name=ch.name) + gate_failures(ch.metrics, name=ch.name)  # on the recent data, and as trained
+    if ch.tags.get(SERVABLE_TAG) != "passed":  # registered before the check, or by another tool: `promote` refuses it
+        fails.append("never shown to load and answer as `mlops-nb serve` loads it (no servable check)")
     better = not fails and (old is None or (new[metric] > old[metric] if higher else new[metric] < old[metric]))
     fp = data_fingerprint(eval_df)
     if better: promote(challenger, alias, ch.name)
@@ -141,6 +144,9 @@ def _simulate(problem, first, periods, rows, epochs, out, say)->dict:
                 rep = drift_report(reference, fresh, model=load_runtime(f"models:/{name}/{champ.version}"),
                                    reference_metrics=champ.metrics)
                 row.update(drifted=rep.drifted, max_psi=max(f.psi for f in rep.features.values()), reasons=rep.reasons)
+                page = rep.as_dict()  # the period's monitoring report, linked from the simulation's
+                page.update(report_sections(page, problem, fresh, reference_df=reference))
+                row["monitor_report"] = write_html(out/f"monitor-{period}.html", page).name
                 say(f"      drift: {', '.join(rep.drifted) or 'none'}; retrain: {'yes' if rep.retrain else 'no'}")
                 if rep.retrain:
                     res = run_training(runner, mode="full", data_path=str(lp), eval_path=str(ep), epochs=epochs)
@@ -190,9 +196,10 @@ def report_html(summary:dict)->str:
     "The simulation's report as one HTML page."
     rows, m = summary["periods"], summary["metric"]
     e = lambda v: html.escape(str(v))
+    link = lambda r: f'<a href="{e(r["monitor_report"])}">drift</a>' if r.get("monitor_report") else "-"
     tr = "".join(f"<tr><td>{r['period']}</td><td>{r['first_model'][m]:.3f}</td><td>{r['champion'][m]:.3f}</td>"
                  f"<td>v{e(r['champion_version'])}</td><td>{e(', '.join(r['drifted']) or '-')}</td>"
-                 f"<td>{'' if r['max_psi'] is None else format(r['max_psi'], '.3f')}</td><td>{e(r['decision'])}</td></tr>" for r in rows)
+                 f"<td>{'' if r['max_psi'] is None else format(r['max_psi'], '.3f')}</td><td>{e(r['decision'])}</td><td>{link(r)}</td></tr>" for r in rows)
     title = e(summary.get("description") or summary.get("problem", ""))
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>mlops_nb: {e(summary.get('problem', ''))} over {len(rows)} periods</title>
 <style>body{{font-family:sans-serif;max-width:70em;margin:2em auto}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}</style></head>
@@ -200,6 +207,6 @@ def report_html(summary:dict)->str:
 <p>{e(m)} on each period's fresh labelled data, for the first model (never retrained) and for the champion
 (retrained when drift or decay said so, promoted only when it beat the champion on that period's data).</p>
 {_svg_chart(rows, m)}
-<h2>Periods</h2><table><tr><th>period</th><th>first model {e(m)}</th><th>champion {e(m)}</th><th>champion</th><th>drifted features</th><th>max PSI</th><th>decision</th></tr>{tr}</table>
+<h2>Periods</h2><table><tr><th>period</th><th>first model {e(m)}</th><th>champion {e(m)}</th><th>champion</th><th>drifted features</th><th>max PSI</th><th>decision</th><th>monitoring report</th></tr>{tr}</table>
 <h2>Serving</h2><p>A client called the API throughout: {summary['requests_ok']} requests answered, {summary['requests_failed']} failed;
 versions that answered: {', '.join('v' + e(v) for v in summary['versions_served'])}. Simulation time: {summary['seconds']} s.</p></body></html>"""

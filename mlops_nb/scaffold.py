@@ -13,7 +13,8 @@ import numpy as np
 from .core import MlopsNbError, DataError, lazy_module
 from .data import ColumnSpec, read_table
 from .package import own_wheel, _checkout
-from .pipeline import PipelineSettings, optional_pipelines, write_pipelines
+from .pipeline import PipelineSettings, optional_pipelines
+from .pipeline_files import write_pipelines
 from .problem import Problem, ProblemError, PROBLEM_KINDS, problem_slots
 pd = lazy_module("pandas")
 

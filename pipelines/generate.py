@@ -13,7 +13,8 @@ def main(argv=None)->int:
     p.add_argument("--bundle", action="store_true", help="also write the Databricks Asset Bundle (default: when databricks.yml "
                    "exists; the jobs need profiles/dev.yaml's databricks cluster and the notebooks they run)")
     a = p.parse_args(argv)
-    from mlops_nb.pipeline import project_settings, write_pipelines
+    from mlops_nb.pipeline import project_settings
+    from mlops_nb.pipeline_files import write_pipelines
     from mlops_nb.bundle import write_bundle
     bundle = a.bundle or (Path(a.root)/"databricks.yml").exists()
     try:

@@ -1,8 +1,8 @@
 """checkov (PyPI) on what mlops-nb ships: the Kubernetes manifests `mlops-nb deploy --target kubernetes` writes (a real
 process: with the CLI's defaults, with the deploy pipeline's own rollout line, and with the options a production deploy
 adds), the Dockerfile `mlops_nb.package.write_context` writes, and every generated CI file (this repository's
-committed workflows and Azure pipelines, and the variants of tests/test_scanners.py) with checkov's GitHub Actions and
-Azure Pipelines checks; its secrets checks over all of it.
+committed workflows, .gitlab-ci.yml and Azure pipelines, and the variants of tests/test_scanners.py) with checkov's
+GitHub Actions, GitLab CI and Azure Pipelines checks; its secrets checks over all of it.
 
 checkov runs from its own venv (scripts/checkov-venv: its pins conflict with the development environment), offline
 (BC_SKIP_MAPPING and --skip-download: no call to its platform's API; it would otherwise try one and print a traceback),
@@ -29,13 +29,13 @@ SKIPS = {
     },
     "dockerfile": {},
     "github_actions": {
-        "CKV_GHA_7": "SLSA build-integrity check ('workflow_dispatch inputs MUST be empty'): train.yml's one input, "
-                     "`data_path`, is what a manual retraining trains on (a string passed to `mlops-nb train --data` "
-                     "as a quoted variable), not a parameter of a release build; the run records it as lineage, and "
-                     "the deploy workflow takes no inputs",
+        "CKV_GHA_7": "The build output cannot be affected by user parameters: train.yml's workflow_dispatch input "
+                     "data_path names the data file to re-train on by hand, which is the point of that input; it "
+                     "reaches the command only as a quoted environment variable, in the environment trusted "
+                     "(deployment branches: main), on main's code (the checkout's ref)",
     },
-    "azure_pipelines": {},
     "gitlab_ci": {},
+    "azure_pipelines": {},
     "secrets": {},
 }
 
@@ -145,10 +145,13 @@ def test_dockerfile(scanned):
     assert s["parsing_errors"] == 0 and s["resource_count"] == 1 and s["passed"] >= 40
 
 
-def test_ci_files(scanned):
-    "checkov's GitHub Actions and Azure Pipelines checks on every generated CI file; its secrets checks on all it scans."
-    for framework, least in (("github_actions", 100), ("azure_pipelines", 10)):
-        s = _judge(scanned.get(framework), framework)
-        assert s["parsing_errors"] == 0 and s["passed"] >= least, (framework, s)  # the checks ran on every variant
-    _judge(scanned.get("gitlab_ci"), "gitlab_ci")
-    _judge(scanned.get("secrets"), "secrets")
+def test_the_generated_pipelines(scanned):
+    """The generated CI files, as each framework finds them (in the one run of `scanned`): GitHub's workflows,
+    .gitlab-ci.yml, each Azure DevOps pipeline under the name checkov looks for (azure-pipelines.yml), committed and
+    as every variant of tests/test_scanners.py renders them; the secrets checks over everything scanned. No failure but
+    the ones explained in SKIPS."""
+    assert {"azure_pipelines", "github_actions", "gitlab_ci"} <= set(scanned), sorted(scanned)
+    for framework in ("azure_pipelines", "github_actions", "gitlab_ci"):
+        s = _judge(scanned[framework], framework)
+        assert s["parsing_errors"] == 0 and s["passed"] > 0, (framework, s)  # the checks ran on the files
+    _judge(scanned.get("secrets"), "secrets")  # checkov omits the report when nothing was found

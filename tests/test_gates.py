@@ -44,3 +44,18 @@ def test_the_challenger_step_checks_the_gates_first(model_dir, state):
     assert d["promoted"] is False and version_for_alias("champion") == champ
     assert "fails its validation gates (roc_auc 0.6500 < 0.7)" in d["reason"]
     assert client().get_model_version("ottawa-housing-classifier", str(weak)).tags["mlops_nb.challenge"] == d["reason"]
+
+
+def test_a_challenger_never_checked_for_serving_is_kept_out_with_its_reason(model_dir, state):
+    """A version registered before the servable check existed (or by another tool) loses the challenge with a recorded
+    reason, as `models promote` refuses it, instead of the challenger step failing midway."""
+    from mlops_nb.examples.ottawa import generate_listings
+    from mlops_nb.retrain import challenge
+    from mlops_nb.tracking import promote, version_for_alias, client, SERVABLE_TAG
+    champ, old = _version(0.9, model_dir), _version(0.99, model_dir)
+    promote(champ)
+    client().delete_model_version_tag("ottawa-housing-classifier", str(old), SERVABLE_TAG)
+    d = challenge(old, generate_listings(2021, 1000, seed=4))
+    assert d["promoted"] is False and version_for_alias("champion") == champ
+    assert "no servable check" in d["reason"] and d["reason"].startswith(f"kept v{champ}")
+    assert client().get_model_version("ottawa-housing-classifier", str(old)).tags["mlops_nb.challenge"] == d["reason"]

@@ -1,4 +1,5 @@
-"""The pipelines: the cloud files (ci, train, deploy, monitor, batch on both platforms; docs on GitHub only) are exactly what
+"""The pipelines: the cloud files (ci, train, deploy, monitor, batch on GitHub, Azure DevOps and GitLab; docs on GitHub
+only) are exactly what
 `mlops_nb.pipeline` generates from its one definition; every job has a timeout; every step is one line naming a real
 command; untrusted values reach commands only as quoted environment variables; pull requests get no production secret;
 actions are pinned; only the Pages deployment and the jobs calling Databricks (GitHub's OIDC federation: `id-token:
@@ -15,6 +16,7 @@ from conftest import ROOT, cli_json
 AZURE = sorted((ROOT/"pipelines"/"azure").glob("*.yml"))
 GITHUB = sorted((ROOT/".github"/"workflows").glob("*.yml"))
 FILES = AZURE + GITHUB
+GITLAB = ROOT/".gitlab-ci.yml"  # GitLab: one file, every pipeline (its own tests below)
 BIN = Path(sys.executable).parent
 HOSTILE_BRANCH = "feature/x;echo${IFS}INJECTED-$((6*7))"  # a valid git branch name
 CLUSTER_JSON = '{"spark_version": "15.4.x-cpu-ml-scala2.12", "node_type_id": "Standard_DS3_v2", "num_workers": 1}'
@@ -40,10 +42,14 @@ def steps(job):
     return job.get("steps", [])
 
 
+def text_of(s):
+    "The command text of a run:/script:/bash: step or of an AzureCLI@2 task's inline script (None for other steps)."
+    return s.get("run") or s.get("script") or s.get("bash") or s.get("inputs", {}).get("inlineScript")
+
+
 def scripts(path):
-    "(step, command text) of every run:/script:/bash: step."
-    return [(s, s.get("run") or s.get("script") or s.get("bash")) for j in jobs(path) for s in steps(j)
-            if s.get("run") or s.get("script") or s.get("bash")]
+    "(step, command text) of every run:/script:/bash: step and AzureCLI@2 task."
+    return [(s, text_of(s)) for j in jobs(path) for s in steps(j) if text_of(s)]
 
 
 def commands(text):
@@ -71,13 +77,15 @@ def tool(name):
 def test_the_files_exist():
     assert [p.name for p in AZURE] == ["batch.yml", "ci.yml", "deploy.yml", "monitor.yml", "train.yml"]
     assert [p.name for p in GITHUB] == ["batch.yml", "ci.yml", "deploy.yml", "docs.yml", "monitor.yml", "train.yml"]  # docs: GitHub Pages, GitHub only
+    assert GITLAB.exists()
 
 
 def test_the_files_are_generated_from_the_one_definition():
     "Regenerate every cloud file from mlops_nb.pipeline (PIPELINES, CLOUD) and fail on any difference."
-    from mlops_nb.pipeline import project_settings, render_pipelines
+    from mlops_nb.pipeline import project_settings
+    from mlops_nb.pipeline_files import render_pipelines
     expected = render_pipelines(project_settings(ROOT))
-    assert sorted(expected) == sorted(ids(p) for p in FILES)
+    assert sorted(expected) == sorted([*map(ids, FILES), ".gitlab-ci.yml", ".github/dependabot.yml"])
     diffs = []
     for rel, text in expected.items():
         have = (ROOT/rel).read_text()
@@ -99,7 +107,7 @@ def test_both_platforms_run_the_definitions_steps_in_order(name):
     want = [s.label for s in cloud_steps(name)]
     gh = [s["name"] for j in jobs(ROOT/".github"/"workflows"/f"{name}.yml") for s in steps(j) if "run" in s and s["name"] not in ("setup", "kubeconfig")]
     az = [s["displayName"] for j in jobs(ROOT/"pipelines"/"azure"/f"{name}.yml") for s in steps(j)
-          if "script" in s and s["displayName"] not in ("setup", "databricks cli")]
+          if text_of(s) and s["displayName"] not in ("setup", "databricks cli")]
     assert gh == az == want
 
 
@@ -271,7 +279,7 @@ def _bash(script, folder, env):
 
 
 def _ci_step(path):
-    return next(s for j in jobs(path) for s in steps(j) if "--branch" in (s.get("run") or s.get("script") or ""))
+    return next(s for j in jobs(path) for s in steps(j) if "--branch" in (text_of(s) or ""))
 
 
 def test_a_hostile_branch_name_reaches_the_command_only_as_text(stub_cli):
@@ -284,7 +292,7 @@ def test_a_hostile_branch_name_reaches_the_command_only_as_text(stub_cli):
     az = _ci_step(ROOT/"pipelines"/"azure"/"ci.yml")
     macros = {"System.PullRequest.SourceBranch": HOSTILE_BRANCH, "DATABRICKS_CLUSTER_CI": CLUSTER_JSON}
     paste = lambda s: re.sub(r"\$\(([\w.]+)\)", lambda m: macros.get(m.group(1), "x"), s)
-    for script, env in [(gh["run"], env), (paste(az["script"]), {k: paste(v) for k, v in az["env"].items()})]:
+    for script, env in [(gh["run"], env), (paste(text_of(az)), {k: paste(v) for k, v in az["env"].items()})]:
         out = _bash(script, stub_cli, env)
         assert "INJECTED-42" not in out, out
         args = json.loads(out)
@@ -320,10 +328,12 @@ def test_pull_requests_get_no_production_secrets():
     az = load(ROOT/"pipelines"/"azure"/"ci.yml")
     assert az["variables"] == [{"group": "mlops-nb-ci"}]
     for s in [s for j in jobs(ROOT/"pipelines"/"azure"/"ci.yml") for s in steps(j)]:
-        for v in s.get("env", {}).values():
+        for var, v in s.get("env", {}).items():
+            if (var, v) == ("DATABRICKS_AUTH_TYPE", "azure-cli"): continue  # the CI service connection's identity
             name = re.fullmatch(r"\$\(([\w.]+)\)", v).group(1)
             assert name.endswith("_CI") or name.startswith("System."), (s["displayName"], v)
-        assert "task" not in s  # no secure file
+        if "task" in s:  # no secure file: only the CI service connection (workload identity federation)
+            assert (s["task"], s["inputs"]["azureSubscription"]) == ("AzureCLI@2", "mlops-nb-databricks-ci"), s
 
 
 def test_production_secrets_live_in_protected_environments():
@@ -355,11 +365,13 @@ def test_the_batch_job_reads_the_stores_secrets_only_in_its_scoring_step():
     az = load(ROOT/"pipelines"/"azure"/"batch.yml")
     assert az["variables"] == [{"group": "mlops-nb-data"}, {"group": "mlops-nb-tracking"}]  # not the registry's, no secure file
     steps_ = az["jobs"][0]["steps"]
-    assert not any("task" in s for s in steps_)
     score = [s for s in steps_ if s.get("displayName") == "score/batch"]
-    assert len(score) == 1 and set(score[0]["env"]) == want and all(v == f"$({k})" for k, v in score[0]["env"].items())
+    assert [s.get("task") for s in steps_ if "task" in s] == ["AzureCLI@2"] == [score[0]["task"]]  # no secure file
+    wif = want - {"DATABRICKS_CLIENT_SECRET", "DATABRICKS_CLIENT_ID"} | {"DATABRICKS_AUTH_TYPE"}  # the service connection's identity
+    assert len(score) == 1 and set(score[0]["env"]) == wif and score[0]["inputs"]["azureSubscription"] == "mlops-nb-databricks"
+    assert all(v == f"$({k})" for k, v in score[0]["env"].items() if k != "DATABRICKS_AUTH_TYPE")
     assert [s for s in steps_ if "env" in s] == score
-    for line in (gh["steps"][-1]["run"], score[0]["script"]):
+    for line in (gh["steps"][-1]["run"], text_of(score[0])):
         assert line == 'mlops-nb score --model champion --input "$MLOPS_NB_BATCH_INPUT" --output "$MLOPS_NB_BATCH_OUTPUT" --overwrite --json'
 
 
@@ -448,7 +460,8 @@ def test_a_new_projects_workflows_too(tmp_path):
     of its files runs ci on both platforms; with the OAuth pair instead of OIDC (`github_auth="secret"`) the callers
     too."""
     from mlops_nb.examples.sklearn_tables import table
-    from mlops_nb.pipeline import PipelineSettings, render_pipelines
+    from mlops_nb.pipeline import PipelineSettings
+    from mlops_nb.pipeline_files import render_pipelines
     from mlops_nb.scaffold import new_project
     table("breast-cancer").to_csv(tmp_path/"cells.csv", index=False)
     proj = Path(new_project(tmp_path/"tumours", tmp_path/"cells.csv", "target")["path"])
@@ -457,11 +470,13 @@ def test_a_new_projects_workflows_too(tmp_path):
     assert _caller_violations(docs) == []
     assert not (proj/"databricks.yml").exists() and "bundle-validate" not in docs["ci.yml"]["jobs"]  # no bundle: no bundle jobs
     assert "bundle" not in docs["deploy.yml"]["jobs"] and "databricks bundle" not in (proj/"pipelines"/"azure"/"deploy.yml").read_text()
+    gl = load(proj/".gitlab-ci.yml")  # GitLab too, from the same definitions, without the bundle's jobs
+    assert "deploy:deploy" in gl and "databricks bundle" not in (proj/".gitlab-ci.yml").read_text()
     gh, az = on(docs["ci.yml"])["pull_request"], load(proj/"pipelines"/"azure"/"ci.yml")["pr"]
     files = [str(f.relative_to(proj)) for f in proj.rglob("*") if f.is_file()]
     assert "scripts/setup" in files and not [f for f in files if not (_github_runs_ci(gh, f) and _azure_runs_ci(az, f))]
     m2m = render_pipelines(PipelineSettings("tumours", github_auth="secret"))
-    docs = {Path(rel).name: yaml.safe_load(text) for rel, text in m2m.items() if rel.startswith(".github/")}
+    docs = {Path(rel).name: yaml.safe_load(text) for rel, text in m2m.items() if rel.startswith(".github/workflows/")}
     assert _caller_violations(docs) == []
     assert docs["monitor.yml"]["jobs"]["train"]["permissions"] == {"contents": "read"}
 
@@ -499,10 +514,12 @@ def test_docs_workflow():
 
 
 def test_a_project_without_the_docs_script_gets_no_docs_pipeline(tmp_path):
-    from mlops_nb.pipeline import PipelineSettings, render_pipelines, project_settings
+    from mlops_nb.pipeline import PipelineSettings, project_settings
+    from mlops_nb.pipeline_files import render_pipelines
     assert project_settings(ROOT).optional == ("docs",)
     files = render_pipelines(PipelineSettings("churn-model"))  # a project without scripts/docs.py: no optional pipeline
-    assert sorted(files) == sorted(f"{d}/{n}.yml" for d in (".github/workflows", "pipelines/azure") for n in ("batch", "ci", "deploy", "monitor", "train"))
+    assert sorted(files) == sorted([*(f"{d}/{n}.yml" for d in (".github/workflows", "pipelines/azure") for n in ("batch", "ci", "deploy", "monitor", "train")),
+                                    ".gitlab-ci.yml", ".github/dependabot.yml"])
 
 
 def test_the_cli_runs_every_pipeline():
@@ -514,7 +531,7 @@ def test_the_cli_runs_every_pipeline():
 
 
 def test_zizmor_finds_nothing_at_medium_or_above():
-    p = subprocess.run([tool("zizmor"), "--offline", "--format", "json", ".github/workflows/"], capture_output=True, text=True,
+    p = subprocess.run([tool("zizmor"), "--offline", "--format", "json", ".github/workflows/", ".github/dependabot.yml"], capture_output=True, text=True,
                        cwd=ROOT, timeout=120)
     findings = json.loads(p.stdout)
     serious = [(f["ident"], f["determinations"]["severity"], f["locations"][0]["symbolic"]["key"]) for f in findings
@@ -609,7 +626,7 @@ def test_secret_file_writes_a_private_file_and_prints_nothing_of_it(tmp_path):
 
 @pytest.mark.parametrize("name", ["ci", "train", "deploy", "monitor", "batch", "docs"])
 def test_dry_run_lists_and_checks_the_commands(name, tmp_path, monkeypatch):
-    from mlops_nb.pipeline import run_pipeline
+    from mlops_nb.pipeline_run import run_pipeline
     monkeypatch.setenv("MLOPS_NB_HOME", str(tmp_path))
     lines = []
     from mlops_nb.cli import _parser
@@ -631,7 +648,7 @@ def test_cli_pipeline_dry_run():
 
 
 def test_a_failing_step_stops_the_pipeline(state):
-    from mlops_nb.pipeline import run_pipeline
+    from mlops_nb.pipeline_run import run_pipeline
     lines = []
     r = run_pipeline("train", rows=0, say=lines.append)
     assert r.rc == 1 and [s["status"] for s in r.steps] == ["failed"]
@@ -642,7 +659,7 @@ def test_a_failing_step_stops_the_pipeline(state):
 @pytest.fixture(scope="module")
 def trained(state):
     "The train pipeline, run once here on generated data: (result, its progress lines)."
-    from mlops_nb.pipeline import run_pipeline
+    from mlops_nb.pipeline_run import run_pipeline
     lines = []
     return run_pipeline("train", rows=1500, epochs=1, say=lines.append), lines
 
@@ -680,7 +697,7 @@ def test_local_monitor_pipeline_retrains_on_a_drifted_week_only(trained, state, 
     from mlops_nb import tracking
     from mlops_nb.data import write_table
     from mlops_nb.examples.ottawa import generate_listings
-    from mlops_nb.pipeline import run_pipeline
+    from mlops_nb.pipeline_run import run_pipeline
     monkeypatch.delenv("MLOPS_NB_INFERENCE_LOG", raising=False)
     r, lines = trained
     assert r.rc == 0, "\n".join(lines)
@@ -709,7 +726,7 @@ def test_local_batch_pipeline_scores_with_the_champion(trained, state, tmp_path,
     import pandas as pd
     from mlops_nb import tracking
     from mlops_nb.examples.ottawa import generate_listings
-    from mlops_nb.pipeline import run_pipeline
+    from mlops_nb.pipeline_run import run_pipeline
     for k in ("MLOPS_NB_BATCH_INPUT", "MLOPS_NB_BATCH_OUTPUT"): monkeypatch.delenv(k, raising=False)
     r, lines = trained
     assert r.rc == 0, "\n".join(lines)
@@ -760,8 +777,219 @@ def test_the_bundle_is_validated_on_pull_requests_and_deployed_from_main():
         assert f"databricks/setup-cli@{sha}" in uses and uses.index(f"databricks/setup-cli@{sha}") < len(uses) - 1, name
         step = next(s for s in steps(gh[0]) if s.get("run") == line)
         assert step["env"]["DATABRICKS_HOST"] == f"${{{{ secrets.DATABRICKS_HOST{creds} }}}}", name
-        az = [j for j in jobs(ROOT/"pipelines"/"azure"/f"{name}.yml") if any(s.get("script") == line for s in steps(j))]
+        az = [j for j in jobs(ROOT/"pipelines"/"azure"/f"{name}.yml") if any(text_of(s) == line for s in steps(j))]
         assert len(az) == 1, name
-        texts = [s.get("script") for s in steps(az[0])]
+        texts = [text_of(s) for s in steps(az[0])]
         assert texts.index(DATABRICKS_CLI) < texts.index(line), name
-        assert next(s for s in steps(az[0]) if s.get("script") == line)["env"]["DATABRICKS_HOST"] == f"$(DATABRICKS_HOST{creds})", name
+        assert next(s for s in steps(az[0]) if text_of(s) == line)["env"]["DATABRICKS_HOST"] == f"$(DATABRICKS_HOST{creds})", name
+
+
+# --- GitLab CI/CD: one file, every pipeline ---------------------------------------------------------------------------
+
+def gitlab_jobs(doc):
+    "The jobs of a .gitlab-ci.yml (top-level keys with a script or a trigger)."
+    return {k: v for k, v in doc.items() if isinstance(v, dict) and ("script" in v or "trigger" in v)}
+
+
+PROTECTED_MAIN = '$CI_COMMIT_BRANCH == "main" && $CI_COMMIT_REF_PROTECTED == "true"'
+MERGE_REQUEST = '$CI_PIPELINE_SOURCE == "merge_request_event"'
+
+
+def _schema_check(*files):
+    return subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.gitlab-ci", *map(str, files)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_gitlab_matches_the_public_schema(tmp_path):
+    "The file, and the two child pipelines the monitor job can write (pipelines/publish_output.py --tag on GitLab)."
+    children = []
+    for verdict in ("true", "false"):
+        d = tmp_path/verdict
+        d.mkdir()
+        p = subprocess.run([sys.executable, str(ROOT/"pipelines"/"publish_output.py"), "retrain", "--name", "monitor", "--tag", "retrain"],
+                           input=f'{{"retrain": {verdict}}}', capture_output=True, text=True, cwd=d,
+                           env={**os.environ, "GITLAB_CI": "true"}, timeout=60)
+        assert p.returncode == 0, p.stderr
+        assert (d/"mlops-nb-outputs.env").read_text() == f"MONITOR_RETRAIN={verdict}\n"
+        children.append(d/"mlops-nb-next.yml")
+    assert load(children[0]) == {"include": [{"local": ".gitlab-ci.yml"}]}  # retrain: this very file, as a child pipeline
+    assert list(load(children[1])) == ["not-started"]
+    p = _schema_check(GITLAB, *children)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_the_gitlab_schema_check_catches_real_mistakes(tmp_path):
+    doc = load(GITLAB)
+    doc["deploy:deploy"]["timout"] = doc["deploy:deploy"].pop("timeout")
+    f = tmp_path/".gitlab-ci.yml"
+    f.write_text(yaml.safe_dump(doc))
+    assert _schema_check(f).returncode == 1
+
+
+def test_gitlab_runs_every_job_of_the_definitions_in_order():
+    "Every job of every pipeline's plan is a job PIPELINE:JOB in its pipeline's stage, running the plan's lines in order."
+    from mlops_nb.pipeline import CLOUD, cloud_plan, generated, project_settings, started_by
+    from mlops_nb.gitlab_ci import DATABRICKS_CLI_GITLAB
+    s, doc = project_settings(ROOT), load(GITLAB)
+    jobs_ = gitlab_jobs(doc)
+    names = generated(s, "gitlab")
+    assert sorted(names) == sorted(doc["stages"]) == ["batch", "ci", "deploy", "monitor", "train"]  # docs: GitHub only
+    for n in names:
+        if CLOUD[n].after: assert doc["stages"].index(CLOUD[n].after) < doc["stages"].index(n), n
+        for j, rows in cloud_plan(n, s):
+            job = jobs_.pop(f"{n}:{j.id}")
+            assert job["stage"] == n and job["timeout"] == f"{j.timeout} minutes"
+            lines = [l.split(" | python pipelines/publish_output.py")[0] for l in job["script"] if l != DATABRICKS_CLI_GITLAB]
+            assert lines == [r["line"] for r in rows], (n, j.id)
+            if j.needs: assert job["needs"] == [f"{n}:{j.needs}"]
+    # what is left: the job that starts the re-training as a child pipeline, only when monitoring advises it
+    assert list(jobs_) == ["monitor:train"] and started_by("train") == ("monitor", "retrain")
+    trigger = jobs_["monitor:train"]
+    assert trigger["trigger"] == {"include": [{"artifact": "mlops-nb-next.yml", "job": "monitor:monitor"}], "strategy": "depend"}
+    assert trigger["variables"] == {"MLOPS_NB_PIPELINE": "train"} and trigger["needs"] == ["monitor:monitor"]
+    assert doc["monitor:monitor"]["script"][-1].endswith("--name monitor --tag retrain")
+    assert doc["monitor:monitor"]["artifacts"]["paths"] == ["mlops-nb-next.yml"]
+    # a successful re-training deploys, in the same pipeline: deploy's first jobs wait for it when it is there
+    assert doc["deploy:test"]["needs"] == [{"job": "train:retrain", "optional": True}]
+    assert doc["default"]["before_script"] == ["bash scripts/setup", 'export PATH="$PWD/.venv/bin:$PATH"']
+
+
+def _rules(job): return [r["if"] for r in job["rules"]]
+
+
+def test_gitlab_production_runs_only_on_the_protected_main_branch():
+    """Merge requests run ci and nothing else; every other job runs only on the protected main branch (the production
+    variables are protected: GitLab does not even give them to other refs); the rollout is a deployment of the
+    environment production, one at a time (resource_group), and so is the bundle's deployment."""
+    doc = load(GITLAB)
+    assert _rules(doc["workflow"]) == [MERGE_REQUEST, PROTECTED_MAIN]
+    for name, job in gitlab_jobs(doc).items():
+        assert job["rules"] and all(set(r) == {"if"} for r in job["rules"]), name  # no when: never, no changes:
+        if name.startswith("ci:"):
+            assert _rules(job) == [f'{MERGE_REQUEST} && $CI_MERGE_REQUEST_TARGET_BRANCH_NAME == "main"'], name
+        else: assert all(r.endswith(f" && {PROTECTED_MAIN}") for r in _rules(job)), name
+    rollout = doc["deploy:deploy"]
+    assert rollout["environment"] == {"name": "production", "deployment_tier": "production"}
+    assert rollout["resource_group"] == doc["deploy:bundle"]["resource_group"] == "production"
+    assert [n for n, j in gitlab_jobs(doc).items() if "resource_group" in j] == ["deploy:deploy", "deploy:bundle"]
+    assert _rules(rollout) == [f'$CI_PIPELINE_SOURCE == "push" && {PROTECTED_MAIN}', f'$MLOPS_NB_PIPELINE == "deploy" && {PROTECTED_MAIN}',
+                               f'$MLOPS_NB_PIPELINE == "train" && {PROTECTED_MAIN}']
+
+
+def _keys(x):
+    "Every mapping key anywhere in a document."
+    if isinstance(x, dict): return set(x) | {k for v in x.values() for k in _keys(v)}
+    if isinstance(x, list): return {k for v in x for k in _keys(v)}
+    return set()
+
+
+def test_gitlab_no_change_skips_the_tests_and_merge_requests_get_no_production_names():
+    from mlops_nb.pipeline import CLOUD_ENV
+    doc = load(GITLAB)
+    assert not _keys(doc) & {"changes", "only", "except"}  # no path filter, no legacy only/except
+    for name, job in gitlab_jobs(doc).items():
+        if not name.startswith("ci:"): continue
+        assert job.get("environment", {"name": "ci"})["name"] == "ci", name
+        for var, v in job.get("variables", {}).items():  # every value read is the *_CI one, the branch, or a constant
+            assert v in ("env-oidc", "$CI_MERGE_REQUEST_SOURCE_BRANCH_NAME") or (v == f"${var}_CI" and var in CLOUD_ENV), (name, var, v)
+        for token in job.get("id_tokens", {}).values(): assert token == {"aud": "$DATABRICKS_HOST_CI"}, name
+
+
+def test_gitlab_calls_databricks_with_an_id_token_not_a_secret():
+    """With the default gitlab_auth="oidc", every job calling Databricks gets an ID token for the workspace URL in the
+    variable databricks-sdk's env-oidc auth reads by default, and no client secret is read; "secret" maps the pair."""
+    import inspect
+    from databricks.sdk import config, credentials_provider
+    from mlops_nb.gitlab_ci import OIDC_TOKEN, gitlab_ci
+    from mlops_nb.pipeline import PipelineSettings
+    src = inspect.getsource(credentials_provider.env_oidc)
+    assert '"env-oidc"' in inspect.getsource(credentials_provider) and f'env_var = "{OIDC_TOKEN}"' in src
+    attr = next(a for a in config.Config.attributes() if a.name == "oidc_token_env")
+    assert (attr.env, attr.auth) == ("DATABRICKS_OIDC_TOKEN_ENV", "env-oidc")  # unset in the jobs: the default name above
+    doc, text = load(GITLAB), GITLAB.read_text()
+    assert "DATABRICKS_CLIENT_SECRET" not in text
+    callers = [n for n, j in gitlab_jobs(doc).items() if j.get("variables", {}).get("DATABRICKS_AUTH_TYPE") == "env-oidc"]
+    assert sorted(callers) == sorted(n for n, j in gitlab_jobs(doc).items() if "id_tokens" in j)
+    assert {"ci:notebook-test-mode", "train:retrain", "deploy:bundle", "batch:batch"} <= set(callers)
+    for n in callers:
+        aud = "$DATABRICKS_HOST_CI" if n.startswith("ci:") else "$DATABRICKS_HOST"
+        assert doc[n]["id_tokens"] == {OIDC_TOKEN: {"aud": aud}}, n
+    m2m = yaml.safe_load(gitlab_ci(PipelineSettings("churn", gitlab_auth="secret")))
+    assert not any("id_tokens" in j for j in gitlab_jobs(m2m).values())
+    assert m2m["ci:notebook-test-mode"]["variables"]["DATABRICKS_CLIENT_SECRET"] == "$DATABRICKS_CLIENT_SECRET_CI"
+
+
+def test_gitlab_scripts_expand_only_quoted_variables_the_job_has(stub_cli):
+    "Every line names a real command (as on the other platforms), and every $NAME is double-quoted and given to the job."
+    from mlops_nb.cli import _parser
+    from mlops_nb.gitlab_ci import DATABRICKS_CLI_GITLAB
+    from mlops_nb.pipeline import CLOUD_ENV
+    doc = load(GITLAB)
+    for name, job in gitlab_jobs(doc).items():
+        have = set(CLOUD_ENV) | set(job.get("variables", {})) | {"PWD", "PATH"}
+        for need in job.get("needs", []):  # the dotenv reports of the jobs it needs: NAME_KEY
+            for line in doc[need if isinstance(need, str) else need["job"]].get("script", []):
+                m = re.search(r"publish_output\.py ([\w ]+?) --name (\w+)", line)
+                if m: have |= {f"{m.group(2)}_{k}".upper() for k in m.group(1).split()}
+        for text in job.get("script", []):
+            assert "\n" not in text and "${{" not in text and "$(" not in text, (name, text)
+            if text == DATABRICKS_CLI_GITLAB: continue
+            for var, quoted in _env_refs(text):
+                assert quoted and var in have, (name, var, text)
+            for args in commands(text):
+                if args[0] == "mlops-nb": assert hasattr(_parser().parse_args(args[1:]), "fn"), text
+                else: assert args[0] in ("python", "databricks"), text
+    # a hostile branch name reaches the command as text: GitLab puts it in the job's environment, bash expands it once
+    job = doc["ci:notebook-test-mode"]
+    assert job["variables"]["BRANCH"] == "$CI_MERGE_REQUEST_SOURCE_BRANCH_NAME"
+    out = _bash(job["script"][0], stub_cli, {"BRANCH": HOSTILE_BRANCH, "DATABRICKS_CLUSTER": CLUSTER_JSON})
+    args = json.loads(out)
+    assert "INJECTED-42" not in out and args[args.index("--branch") + 1] == HOSTILE_BRANCH
+
+
+# --- shorter-lived credentials: Azure DevOps through workload identity federation, one deployment at a time, Dependabot ---
+
+def test_azure_calls_databricks_through_a_federated_service_connection_only():
+    """No Azure DevOps step reads a Databricks client secret (or client id): every step that calls Databricks is an
+    AzureCLI@2 task under the service connection of its credentials (PREFIX-databricks-ci for pull requests), with
+    databricks-sdk's azure-cli auth; every other step is a plain script or a secure file's download."""
+    for path in AZURE:
+        ci = path.name == "ci.yml"
+        for j in jobs(path):
+            for s in steps(j):
+                env = s.get("env", {})
+                assert not {"DATABRICKS_CLIENT_SECRET", "DATABRICKS_CLIENT_ID"} & set(env), (path.name, s["displayName"])
+                if "DATABRICKS_HOST" in env:
+                    assert s["task"] == "AzureCLI@2" and env["DATABRICKS_AUTH_TYPE"] == "azure-cli", (path.name, s)
+                    assert s["inputs"] == {"azureSubscription": "mlops-nb-databricks" + ("-ci" if ci else ""), "scriptType": "bash",
+                                           "scriptLocation": "inlineScript", "inlineScript": text_of(s)}
+                else: assert s.get("task") in (None, "DownloadSecureFile@1"), (path.name, s)
+    # the OAuth pair stays one setting away, for connections that cannot be federated
+    from mlops_nb.azure_devops import azure_pipeline
+    from mlops_nb.pipeline import PipelineSettings
+    m2m = yaml.safe_load(azure_pipeline("batch", PipelineSettings("churn", azure_auth="secret")))
+    assert m2m["jobs"][0]["steps"][-1]["env"]["DATABRICKS_CLIENT_SECRET"] == "$(DATABRICKS_CLIENT_SECRET)"
+
+
+def test_azure_deploys_one_run_at_a_time():
+    "A pipeline with a deployment job waits for the environment's exclusive lock in order (lockBehavior: sequential)."
+    for path in AZURE:
+        doc = load(path)
+        deploys = any("deployment" in j for j in jobs(path))
+        assert doc.get("lockBehavior") == ("sequential" if deploys else None), path.name
+    assert load(ROOT/"pipelines"/"azure"/"deploy.yml")["lockBehavior"] == "sequential"
+    assert "Exclusive Lock" in (ROOT/"pipelines"/"azure"/"deploy.yml").read_text()  # the check to add, documented
+
+
+def test_dependabot_keeps_the_actions_and_python_dependencies_current():
+    "Both ecosystems, weekly, from the repository root; the file matches Dependabot's public schema."
+    doc = load(ROOT/".github"/"dependabot.yml")
+    assert doc["version"] == 2
+    assert [(u["package-ecosystem"], u["directory"], u["schedule"]["interval"]) for u in doc["updates"]] == [
+        ("github-actions", "/", "weekly"), ("pip", "/", "weekly")]
+    p = subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.dependabot", str(ROOT/".github"/"dependabot.yml")],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    doc["updates"][0]["schedule"]["interval"] = "hourly"  # the schema check is not vacuous
+    assert subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.dependabot", "-"], input=yaml.safe_dump(doc),
+                          capture_output=True, text=True, timeout=120).returncode == 1

@@ -39,6 +39,10 @@ def test_simulation_end_to_end(tmp_path, state):
     assert len(out["versions_served"]) == 1 + len(promoted)  # every promoted version answered the client
     page = Path(out["report"]).read_text()
     assert "<svg" in page and page.count("<polyline") == 2 and f"{out['requests_ok']} requests answered, 0 failed" in page
+    for y in later:  # each later period's monitoring report, linked from the simulation's
+        monitor = (tmp_path/"sim"/y["monitor_report"]).read_text()
+        assert f'<a href="{y["monitor_report"]}">' in page and "<h1>Monitoring report</h1>" in monitor
+        assert all(f'<h3 class="distribution">{n} ' in monitor for n in y["drifted"])
     assert json.loads((tmp_path/"sim"/"report.json").read_text())["requests_failed"] == 0
     # finding 10 of the audit: it worked in a store of its own and left the configured registry alone
     assert [(v.version, v.aliases) for v in list_versions()] == before and (tmp_path/"sim"/"state"/"mlflow.db").exists()

@@ -1,28 +1,29 @@
 """zizmor, check-jsonschema and checkov over every CI file mlops_nb generates, not only this repository's own: the
-files a project gets with the default settings, with the OAuth secret instead of GitHub's OIDC, a namespace, a bundle.
-Each finding is fixed or explained in a skip list with its reason (zizmor's below, checkov's in test_checkov); a
-finding that is in no list fails the test, and so does a listed one that no longer occurs (its reason is stale: remove
-it). A generated file of a kind no scanner here knows fails too, so a new target (GitLab CI, Dependabot) cannot ship
-unscanned.
+files a project gets with the default settings, and with stored secrets instead of OIDC and workload identity
+federation, a namespace and a bundle. Each finding is fixed or explained in a skip list with its reason (zizmor's
+below, checkov's in test_checkov); a finding that is in no list fails the test, and so does a listed one that no
+longer occurs (its reason is stale: remove it). A generated file of a kind no scanner here knows fails too, so a new
+target cannot ship unscanned.
 
-checkov runs in tests/test_checkov.py, in its one run (it takes about 10 s to start): its GitHub Actions, Azure
-Pipelines and secrets checks over `ci_trees` below (the committed files and every variant), beside the Kubernetes
-manifests `mlops-nb deploy` renders with its defaults, with the deploy pipeline's line and for production, and the
-image's Dockerfile; its skip list (SKIPS) is there. zizmor and check-jsonschema on this repository's committed
-workflows and Azure pipelines are in test_pipelines, the bundle against the Databricks CLI's schema in test_bundle.
+checkov runs in tests/test_checkov.py, in its one run (it takes about 10 s to start): its GitHub Actions, GitLab CI,
+Azure Pipelines and secrets checks over `ci_trees` below (the committed files and every variant), beside the
+Kubernetes manifests `mlops-nb deploy` renders with its defaults, with the deploy pipeline's line and for production,
+and the image's Dockerfile; its skip list (SKIPS) is there. zizmor and check-jsonschema on this repository's committed
+files are in test_pipelines, the bundle against the Databricks CLI's schema in test_bundle.
 """
 import json, subprocess
 from pathlib import Path
 import pytest, yaml
 from conftest import ROOT
-from mlops_nb.pipeline import PipelineSettings, render_pipelines
+from mlops_nb.pipeline import PipelineSettings
+from mlops_nb.pipeline_files import render_pipelines
 from test_pipelines import tool, _azure_scalars
 
 # the settings a project can choose that change what is generated (this repository's own are committed and scanned too)
 VARIANTS = {
     "new-project": PipelineSettings("churn-model"),
-    "secret-auth": PipelineSettings("churn-model", github_auth="secret", namespace="scoring", bundle=True,
-                                    optional=("docs",)),
+    "secrets-auth": PipelineSettings("churn-model", github_auth="secret", gitlab_auth="secret", azure_auth="secret",
+                                     namespace="scoring", bundle=True, optional=("docs",)),
 }
 
 ZIZMOR_SKIPS = {  # finding -> why it stays (zizmor --offline, every severity)
@@ -79,7 +80,7 @@ def test_every_generated_file_has_a_scanner(trees):
 def test_zizmor_on_every_variant(trees):
     found = {}
     for name in VARIANTS:
-        p = subprocess.run([tool("zizmor"), "--offline", "--format", "json", str(trees[name]/".github"/"workflows")],
+        p = subprocess.run([tool("zizmor"), "--offline", "--format", "json", str(trees[name]/".github")],
                            capture_output=True, text=True, timeout=120)
         assert p.returncode in (0, 10, 11, 12, 13, 14), p.stderr[-2000:]  # 1x: findings (judged below)
         for f in json.loads(p.stdout):
