@@ -69,6 +69,17 @@ def cli_json_here(*args):
     return json.loads(out.getvalue())
 
 
+def cli_here(*args):
+    """`mlops-nb ARGS` run in this process (`mlops_nb.cli.main`, what the executable runs): a CompletedProcess with its
+    exit code, stdout and stderr. For commands refused before any work, where a new process would only import MLflow
+    again; never for one that would serve or wait."""
+    import contextlib, io
+    from mlops_nb.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err): rc = main([*map(str, args)])
+    return subprocess.CompletedProcess(["mlops-nb", *map(str, args)], rc, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="module")
 def state(tmp_path_factory, monkeypatch_module):
     "A fresh state folder (tracking DB, artifacts, runs) for this module, for in-process calls and subprocesses."
@@ -180,7 +191,8 @@ SECONDS = {"test_problems.py": 1041, "test_library.py": 785, "test_training.py":
            # files added since, estimated from their authors' runs on the same loaded machine
            "test_boosters.py": 570, "test_servable.py": 270, "test_custom_metrics.py": 240, "test_names.py": 200,
            "test_mlflow_clients.py": 120, "test_full_disk.py": 80, "08_server.ipynb": 60,
-           "test_estimate.py": 420, "14c_estimate.ipynb": 40}
+           "test_estimate.py": 420, "14c_estimate.ipynb": 40, "test_audit.py": 110, "test_scanners.py": 15,
+           "test_report.py": 150, "14d_report.ipynb": 30}
 
 
 def _group_name(mark): return str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))  # as xdist reads it

@@ -329,7 +329,8 @@ async def _admin(self:ScoringApp, scope, receive, send, h, rid):
     if body is None: return 413, _err(f"body larger than {ADMIN_MAX_BODY} bytes")
     try: req = orjson.loads(body)
     except orjson.JSONDecodeError: req = None
-    if not isinstance(req, dict) or not isinstance(req.get("model"), str) or set(req) - {"model", "wait"}:
+    if (not isinstance(req, dict) or not isinstance(req.get("model"), str) or set(req) - {"model", "wait"}
+            or not isinstance(req.get("wait", False), bool)):  # `"wait": "yes"` is no answer: it must not start a swap
         return 400, _err('expected {"model": "REF"} or {"model": "REF", "wait": true}')
     try: ref = check_model_source(req["model"])
     except MlopsNbError as e: return 422, _err("model reference refused", [{"loc": ["model"], "msg": str(e)}])
@@ -490,7 +491,7 @@ MAX_HEADER_BYTES = 16_384  # request line and headers
 HEADER_TIMEOUT = float(EnvVar("MLOPS_NB_HEADER_TIMEOUT", "10", "Seconds a client may take to send the request line and headers.").get())
 BODY_TIMEOUT = float(EnvVar("MLOPS_NB_BODY_TIMEOUT", "30", "Seconds a client may take to send a request body.").get())
 MAX_CONNECTIONS = int(EnvVar("MLOPS_NB_MAX_CONNECTIONS", "256", "Connections (and requests) a server process takes at once; more get 503.").get())
-PRESSURE = 0.75  # share of MAX_CONNECTIONS open above which connections that sent no complete headers are cut short
+PRESSURE = 0.75  # share of MAX_CONNECTIONS open above which idle connections (before or between requests) are cut short
 PRESSED_HEADER_TIMEOUT = 1.0  # seconds such a connection then has to finish its headers
 PROBES = (b"/health", b"/ready", b"/ping", b"/v2/health/live", b"/v2/health/ready")  # answered even at the cap
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -519,11 +520,23 @@ def _protocol_class():
             wait = PRESSED_HEADER_TIMEOUT if self._pressed else HEADER_TIMEOUT
             self._deadline = self.loop.call_later(wait, self._too_slow)
         def _press_all(self):
-            "Near the cap: every connection still waiting for its headers gets a short deadline (idle sockets go)."
+            "Near the cap: every connection waiting for its headers, or idle after a response, gets a short deadline."
             for c in list(self.connections):
-                if not getattr(c, "_pressed", True) and getattr(c, "_deadline", None):
+                if getattr(c, "_pressed", True): continue
+                if getattr(c, "_deadline", None):
                     c._pressed = True
                     c._begin()
+                elif getattr(c, "timeout_keep_alive_task", None):  # kept alive, idle: it would hold its slot 5 s
+                    c._pressed = True
+                    c._short_keep_alive()
+        def _short_keep_alive(self):
+            if self.timeout_keep_alive_task is not None:
+                self.timeout_keep_alive_task.cancel()
+                close = self.timeout_keep_alive_handler
+                self.timeout_keep_alive_task = self.loop.call_later(PRESSED_HEADER_TIMEOUT, close)
+        def on_response_complete(self):
+            super().on_response_complete()
+            if self._pressed: self._short_keep_alive()
         def _too_slow(self):
             if self.transport is not None and not self.transport.is_closing(): self._refuse(408, "Request Timeout")
         def _refuse(self, status:int, reason:str):
@@ -578,7 +591,8 @@ def serve(host:str="127.0.0.1", # interface to bind
     "Run the scoring server until interrupted."
     import uvicorn
     kw = dict(host=host, port=port, loop="uvloop", http="mlops_nb.server:LimitedHttpTools", log_level="warning", access_log=False, lifespan="on",
-              timeout_graceful_shutdown=10, limit_concurrency=MAX_CONNECTIONS, timeout_keep_alive=5)
+              timeout_graceful_shutdown=10, limit_concurrency=MAX_CONNECTIONS, timeout_keep_alive=5,
+              ws="none")  # no WebSocket endpoint: an Upgrade header is served as plain HTTP (it was a 500)
     if workers > 1:
         import tempfile
         # every worker counts into files here, and /metrics (whichever worker answers it) reads them all

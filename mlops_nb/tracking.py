@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse, unquote
 from .core import (MlopsNbError, RegistryError, RegistrationRefused, MLOPS_NB_EXPERIMENT, MLOPS_NB_MODEL_NAME,
-                           tracking_uri, registry_uri, artifact_root, git_info)
+                           tracking_uri, registry_uri, artifact_root, git_info, redact_uri)
 from .problem import load_problem
 
 # %% auto #0
@@ -66,6 +66,12 @@ def _use_uris(t:str, r:str):
         if v is None: os.environ.pop(k, None)
         else: os.environ[k] = v
 
+def _unusable_store(uri:str, e:Exception)->str:
+    "One line saying the store at `uri` cannot be used and why, with every credential in either hidden."
+    why = redact_uri((str(e).strip().splitlines() or [type(e).__name__])[0])
+    return (f"cannot use the tracking store {redact_uri(uri)}: {type(e).__name__}: {why[:300]}; check MLOPS_NB_TRACKING_URI "
+            "(`mlops-nb config` shows it), that the store is up, and that its database driver is installed")
+
 def client():
     "An `MlflowClient` on the configured tracking and registry URIs (store created on first use, under the lock)."
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no phoning home from CI or air-gapped machines
@@ -74,8 +80,11 @@ def client():
     _use_uris(t, r)  # the fluent API (log_model) follows the same store
     if (t, r) not in _clients:
         for name in ("alembic", "mlflow.store.db.utils"): logging.getLogger(name).setLevel(logging.WARNING)
-        c = MlflowClient(tracking_uri=t, registry_uri=r)
-        with store_lock(t): c.search_experiments(max_results=1)  # creates/migrates a new SQLite store once
+        try:
+            c = MlflowClient(tracking_uri=t, registry_uri=r)  # a database store imports its driver here
+            with store_lock(t): c.search_experiments(max_results=1)  # creates/migrates a new SQLite store once
+        except MlopsNbError: raise
+        except Exception as e: raise RegistryError(_unusable_store(t, e)) from None
         _clients[(t, r)] = c
     return _clients[(t, r)]
 

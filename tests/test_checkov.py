@@ -1,10 +1,12 @@
 """checkov (PyPI) on what mlops-nb ships: the Kubernetes manifests `mlops-nb deploy --target kubernetes` writes (a real
 process: with the CLI's defaults, with the deploy pipeline's own rollout line, and with the options a production deploy
-adds) and the Dockerfile `mlops_nb.package.write_context` writes.
+adds), the Dockerfile `mlops_nb.package.write_context` writes, and every generated CI file (this repository's
+committed workflows, .gitlab-ci.yml and Azure pipelines, and the variants of tests/test_scanners.py) with checkov's
+GitHub Actions, GitLab CI and Azure Pipelines checks; its secrets checks over all of it.
 
 checkov runs from its own venv (scripts/checkov-venv: its pins conflict with the development environment), offline
 (BC_SKIP_MAPPING and --skip-download: no call to its platform's API; it would otherwise try one and print a traceback),
-and once for both frameworks, since it takes about 10 s to start. Every check that fails but does not apply is listed in
+and once for all frameworks, since it takes about 10 s to start. Every check that fails but does not apply is listed in
 SKIPS with its reason. Any other failure fails the test, and so does a listed check that no longer fails (its reason is
 then stale: remove it).
 """
@@ -12,6 +14,7 @@ import json, os, subprocess, sys
 from pathlib import Path
 import pytest
 from conftest import ROOT, run_cli, side_venv
+from test_scanners import ci_trees, generated, kind
 
 pytest.importorskip("kubernetes_validate")
 
@@ -33,6 +36,7 @@ SKIPS = {
     },
     "gitlab_ci": {},
     "azure_pipelines": {},
+    "secrets": {},
 }
 
 
@@ -86,9 +90,18 @@ def scanned(checkov, tmp_path_factory, model_dir, state, monkeypatch_module):
     ctx = package.write_context(model_dir, root/"image", base_image="python:3.11-slim", registry="127.0.0.1:5000")
     (root/"scan"/"docker").mkdir()
     (root/"scan"/"docker"/"Dockerfile").write_text((ctx.path/"Dockerfile").read_text())  # alone: the model folder holds YAML files too
+    # checkov finds an Azure pipeline only under the name azure-pipelines.yml: each in a folder of its own
+    for name, tree in ci_trees(tmp_path_factory).items():
+        for rel in generated(tree):
+            framework = kind(rel)[1]
+            if framework is None: continue
+            azure = f"azure/{Path(rel).stem}/azure-pipelines.yml"
+            dest = root/"scan"/"ci"/name/(azure if framework == "azure_pipelines" else rel)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text((tree/rel).read_text())
     env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "LOG_LEVEL": "WARNING"}
     p = subprocess.run([checkov, "--directory", str(root/"scan"),  # one folder: one JSON report per framework
-                        "--framework", "kubernetes", "dockerfile", "--skip-download", "--compact", "--output", "json"],
+                        "--framework", *SKIPS, "--skip-download", "--compact", "--output", "json"],
                        capture_output=True, text=True, timeout=600, env=env)
     assert p.returncode in (0, 1), p.stderr[-2000:]  # 1: some check failed (judged below)
     assert "prismacloud" not in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]  # offline, quietly
@@ -98,6 +111,7 @@ def scanned(checkov, tmp_path_factory, model_dir, state, monkeypatch_module):
 
 def _judge(report, framework):
     failed = {}
+    if report is None: report = {"results": {"failed_checks": []}, "summary": {}}  # checkov omits a framework with nothing
     for c in report["results"]["failed_checks"]:
         failed.setdefault(c["check_id"], []).append(f"{c['resource']} ({c['file_path']})")
     new = {k: v for k, v in failed.items() if k not in SKIPS[framework]}
@@ -106,6 +120,7 @@ def _judge(report, framework):
         f"{k} {next(c['check_name'] for c in report['results']['failed_checks'] if c['check_id'] == k)}: {', '.join(v)}" for k, v in new.items())
     assert not stale, f"checks in SKIPS that no longer fail (remove them): {stale}"
     s = report["summary"]
+    if not s: return s
     print(f"\ncheckov {framework}: {s['passed']} passed, {len(failed)} skipped with a reason ({', '.join(sorted(failed))}), "
           f"{s['resource_count']} resources, checkov {s['checkov_version']}")
     return s
@@ -130,22 +145,13 @@ def test_dockerfile(scanned):
     assert s["parsing_errors"] == 0 and s["resource_count"] == 1 and s["passed"] >= 40
 
 
-def test_the_generated_pipelines(checkov, tmp_path):
-    """The generated CI files, as each framework finds them: GitHub's workflows, .gitlab-ci.yml, and each Azure DevOps
-    pipeline under the name checkov looks for (azure-pipelines.yml). No failure but the one explained in SKIPS."""
-    import shutil
-    (tmp_path/".github").mkdir()
-    shutil.copytree(ROOT/".github"/"workflows", tmp_path/".github"/"workflows")
-    shutil.copy(ROOT/".gitlab-ci.yml", tmp_path/".gitlab-ci.yml")
-    for f in sorted((ROOT/"pipelines"/"azure").glob("*.yml")):
-        (tmp_path/"azure"/f.stem).mkdir(parents=True)
-        shutil.copy(f, tmp_path/"azure"/f.stem/"azure-pipelines.yml")
-    env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "LOG_LEVEL": "WARNING"}
-    p = subprocess.run([checkov, "--directory", str(tmp_path), "--framework", "github_actions", "gitlab_ci", "azure_pipelines",
-                        "--skip-download", "--compact", "--output", "json"], capture_output=True, text=True, timeout=600, env=env)
-    assert p.returncode in (0, 1) and "Traceback" not in p.stderr, p.stderr[-2000:]
-    reports = json.loads(p.stdout)
-    reports = {r["check_type"]: r for r in (reports if isinstance(reports, list) else [reports])}
-    assert sorted(reports) == ["azure_pipelines", "github_actions", "gitlab_ci"]
-    for framework, report in reports.items():
-        assert _judge(report, framework)["passed"] > 0, framework  # the checks ran on the files
+def test_the_generated_pipelines(scanned):
+    """The generated CI files, as each framework finds them (in the one run of `scanned`): GitHub's workflows,
+    .gitlab-ci.yml, each Azure DevOps pipeline under the name checkov looks for (azure-pipelines.yml), committed and
+    as every variant of tests/test_scanners.py renders them; the secrets checks over everything scanned. No failure but
+    the ones explained in SKIPS."""
+    assert {"azure_pipelines", "github_actions", "gitlab_ci"} <= set(scanned), sorted(scanned)
+    for framework in ("azure_pipelines", "github_actions", "gitlab_ci"):
+        s = _judge(scanned[framework], framework)
+        assert s["parsing_errors"] == 0 and s["passed"] > 0, (framework, s)  # the checks ran on the files
+    _judge(scanned.get("secrets"), "secrets")  # checkov omits the report when nothing was found

@@ -1,7 +1,7 @@
 """The `mlops-nb` CLI as a user runs it: help everywhere, one-line errors for bad input, nothing written to the cwd."""
 import os
 import pytest
-from conftest import run_cli, cli_json
+from conftest import run_cli, cli_json, cli_here
 from mlops_nb.cli import commands
 
 COMMANDS = [[], *commands()]  # every command and subcommand, as the parser declares them
@@ -235,20 +235,24 @@ def _zero_row_inputs(d):
 
 def test_the_second_audits_command_lines_get_one_line(tmp_path, state, model_dir):
     """Audit 2, finding 6: paths that cannot be written, a negative worker count or watch interval, an endless secret
-    file, zero-row input: each one line, exit 2, no traceback; zero rows the same for CSV and Parquet."""
+    file, zero-row input: each one line, exit 2, no traceback; zero rows the same for CSV and Parquet. The commands
+    refused before any work run the CLI's main in this process (each process would import MLflow again); `serve` runs
+    as the executable, so that a check that stopped refusing would time out instead of serving inside the test."""
     data = tmp_path/"in.csv"
-    run_cli("data", "generate", "--year", "2021", "--rows", "200", "--out", data, check=True)
+    assert cli_here("data", "generate", "--year", "2021", "--rows", "200", "--out", data).returncode == 0
     score = ("score", "--model", model_dir, "--input", data)
-    _assert_ends_with_one_error(run_cli(*score, "--output", "/proc/nope/out"), "/proc/nope")  # folders made when scoring starts
-    _assert_one_line_error(run_cli(*score, "--output", data/"sub"), "in.csv", "is a file")
-    _assert_one_line_error(run_cli(*score, "--output", tmp_path/"o", "--workers", "-1"), "workers=-1")
+    # the output folders are made when scoring starts: a progress line, then the error
+    _assert_ends_with_one_error(cli_here(*score, "--output", "/proc/nope/out"), "/proc/nope")
+    _assert_one_line_error(cli_here(*score, "--output", data/"sub"), "in.csv", "is a file")
+    _assert_one_line_error(cli_here(*score, "--output", tmp_path/"o", "--workers", "-1"), "workers=-1")
     # these two say what they are doing first: then one error line
-    _assert_ends_with_one_error(run_cli("new", "/proc/x/p", "--data", data, "--target", "sold_above_ask"), "/proc/x")
-    _assert_ends_with_one_error(run_cli("data", "generate", "--rows", "10", "--out", "/proc/x/y.csv"), "/proc/x")
+    _assert_ends_with_one_error(cli_here("new", "/proc/x/p", "--data", data, "--target", "sold_above_ask"), "/proc/x")
+    _assert_ends_with_one_error(cli_here("data", "generate", "--rows", "10", "--out", "/proc/x/y.csv"), "/proc/x")
     for watch in ("-1", "nan"): _assert_one_line_error(run_cli("serve", "--watch", watch, "--port", "0"), "--watch")
     secret = run_cli("serve", "--model", model_dir, "--port", "0", env={**os.environ, "MLOPS_NB_API_KEY_FILE": "/dev/zero"})
     _assert_one_line_error(secret, "MLOPS_NB_API_KEY_FILE=/dev/zero", "not a secret file")
     for f in _zero_row_inputs(tmp_path):
         out = tmp_path/f"out-{f.suffix[1:]}"
-        _assert_ends_with_one_error(run_cli("score", "--model", model_dir, "--input", f, "--output", out), "no rows to score")
+        p = cli_here("score", "--model", model_dir, "--input", f, "--output", out)
+        _assert_ends_with_one_error(p, "no rows to score")
         assert not out.exists()
