@@ -2,7 +2,6 @@
 of each step (also when a step fails). Run on a copy of the script whose setup, container engine and `mlops-nb` are
 stand-ins that record their arguments: the real steps are what `mlops-nb pipeline` and `simulate` test elsewhere."""
 import os, re, shutil, stat, subprocess
-from pathlib import Path
 from conftest import ROOT
 
 
