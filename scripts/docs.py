@@ -31,7 +31,9 @@ the docs, without executing any cell:
   `show_doc` (signature, parameter comments, docstring: the exported module is imported, nothing is run);
 - directive lines (`#| default_exp`, `#| eval: false`, ...) are removed from the code that is shown, and cells left
   empty are dropped; `#| echo: false` hides the code and keeps the outputs, `#| output: false` the reverse;
-- links between notebooks (`05_runner.ipynb#x`) become links between pages (`05_runner.html#x`).
+- links between notebooks (`05_runner.ipynb#x`) become links between pages (`05_runner.html#x`), and absolute links
+  into the project's own site (`[project.urls] Documentation` of pyproject.toml, what the README links to) become
+  relative ones, so the site works offline and `--check` verifies them.
 
 (`nbdev-proc-nbs` is not used: it executes the notebooks' code cells to evaluate `show_doc`, which is slow here and
 fails on notebooks whose test cells need state from hidden cells.)
@@ -40,7 +42,8 @@ The same file builds the docs of every project `mlops-nb new` makes (mlops_nb's 
 tests/test_library.py keeps equal to this one): the package and the site's title come from `[tool.nbdev]` in the
 project's pyproject.toml (`lib_path`, `title`).
 
-Pages: `nbs/index.ipynb` is the home page (a project without one gets its README.md), `nbs/tutorials/*.ipynb` the tutorials, the numbered library notebooks
+Pages: `nbs/index.ipynb` is the home page (a project without one gets its README.md), `nbs/manual/*.ipynb` the
+manual (markdown notebooks), `nbs/tutorials/*.ipynb` the tutorials, the numbered library notebooks
 the API reference (one page per module) and `nbs/train.ipynb` the training notebook. Each page is nbconvert's
 `basic` template (no MathJax, no require.js, no CDN) inside one shared layout with a sidebar; the site is
 self-contained: no asset outside it, no http(s) script or stylesheet, relative links only, so it works from a
@@ -58,9 +61,11 @@ from urllib.parse import urlsplit, unquote
 
 ROOT = Path(__file__).resolve().parent.parent
 NBS = ROOT/"nbs"
-_NBDEV = tomllib.loads((ROOT/"pyproject.toml").read_text()).get("tool", {}).get("nbdev", {})
+_PYPROJECT = tomllib.loads((ROOT/"pyproject.toml").read_text())
+_NBDEV = _PYPROJECT.get("tool", {}).get("nbdev", {})
 LIB = _NBDEV.get("lib_path", "mlops_nb")   # the package whose exported functions get their show_doc
 TITLE = _NBDEV.get("title", LIB)           # the site's name (brand and page titles)
+SITE_URL = str(_PYPROJECT.get("project", {}).get("urls", {}).get("Documentation", "")).rstrip("/")  # where it is published
 
 _re_dir = re.compile(r"^\s*#\s*\|\s*(.*?)\s*$")
 _re_ansi = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -166,6 +171,12 @@ def rewrite_links(body: str) -> str:
     "Relative `xx.ipynb` links -> `xx.html`."
     return _re_href.sub(lambda m: f"{m.group(1)}{m.group(2)}.html{m.group(3)}", body)
 
+def localise_links(body: str, rel: str) -> str:
+    "Absolute links into the published site (`SITE_URL/manual/x.html`) -> relative links from the page at `rel`."
+    if not SITE_URL: return body
+    pat = re.compile(r'(\s(?:href|src)=")' + re.escape(SITE_URL) + r'(?:/([^"#?]*))?((?:[#?][^"]*)?")')
+    return pat.sub(lambda m: f"{m.group(1)}{relpath(m.group(2) or 'index.html', rel)}{m.group(3)}", body)
+
 def strip_external_assets(body: str) -> str:
     "Outputs may carry <script src=https://...> (plotly, widgets...): the site must stay offline."
     body = re.sub(r'<script[^>]*\ssrc=["\'](?:https?:)?//[^>]*>\s*</script>', "", body, flags=re.I)
@@ -205,6 +216,7 @@ class Page:
 def collect_pages() -> list[Page]:
     home = NBS/"index.ipynb" if (NBS/"index.ipynb").exists() else ROOT/"README.md"
     pages = [Page(home, "index.html", "home")]
+    pages += [Page(p, f"manual/{p.stem}.html", "manual") for p in sorted((NBS/"manual").glob("*.ipynb"))]
     pages += [Page(p, f"tutorials/{p.stem}.html", "tutorials") for p in sorted((NBS/"tutorials").glob("*.ipynb"))]
     pages += [Page(p, f"{p.stem}.html", "api") for p in sorted(NBS.glob("[0-9]*.ipynb"))]
     if (NBS/"train.ipynb").exists(): pages.append(Page(NBS/"train.ipynb", "train.html", "notebooks"))
@@ -218,7 +230,7 @@ def sidebar(pages: list[Page], cur: Page) -> str:
         cls = ' class="active" aria-current="page"' if p is cur else ""
         return f'<li><a href="{relpath(p.rel, cur.rel)}"{cls}>{html.escape(label)}</a></li>'
     out = [f'<nav class="sidebar" aria-label="Site"><a class="brand" href="{relpath("index.html", cur.rel)}">{html.escape(TITLE)}</a>']
-    for sec, head in (("home", None), ("tutorials", "Tutorials"), ("api", "API reference"), ("notebooks", "Notebooks")):
+    for sec, head in (("home", None), ("manual", "Manual"), ("tutorials", "Tutorials"), ("api", "API reference"), ("notebooks", "Notebooks")):
         ps = [p for p in pages if p.section == sec]
         if not ps: continue
         if head: out.append(f"<h2>{head}</h2>")
@@ -266,7 +278,7 @@ def build(out: Path) -> list[Page]:
         body, _ = exp.from_notebook_node(nb)
         m = re.search(r"<body[^>]*>(.*)</body>", body, re.S)
         body = m.group(1) if m else body
-        bodies[p.rel] = strip_external_assets(rewrite_links(body))
+        bodies[p.rel] = strip_external_assets(localise_links(rewrite_links(body), p.rel))
         print(f"  processed {p.src.relative_to(ROOT)}")
     if out.exists(): shutil.rmtree(out)
     (out/"assets").mkdir(parents=True)

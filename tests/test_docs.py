@@ -48,6 +48,59 @@ def test_processing(site):
     assert "from fastcore.test import" not in core                  # `#| hide` cell dropped
     assert ".ipynb" not in re.sub(r"<footer>.*?</footer>", "", (site/"tutorials"/"01_getting_started.html").read_text(), flags=re.S)
 
+# ---------------------------------------------------------------- the README and the manual
+SITE_URL = "https://mlops-nb.github.io/mlops_nb"
+# The sections the README held until it became a short front door (issue 19), and the manual page (nbs/manual/) that
+# holds each now: `heading` must be a heading (h1-h3) of `page`.
+MOVED = [("Using the CLI", "manual/03_training.html"), ("The run-mode contract", "manual/03_training.html"),
+         ("Tracking, registry and selection", "manual/03_training.html"), ("Serving", "manual/04_serving.html"),
+         ("The clients teams already have, live traffic, and the closed loop", "manual/05_protocols.html"),
+         ("Packaging and rollout", "manual/06_packaging.html"), ("Pipelines", "manual/07_pipelines.html"),
+         ("Databricks", "manual/08_databricks.html"), ("Jobs as code: the Databricks Asset Bundle", "manual/08_databricks.html"),
+         ("Unity Catalog models: what was exercised against what", "manual/08_databricks.html"),
+         ("Profiles and Azure ML", "manual/09_azureml.html"), ("Monitoring drift", "manual/10_monitoring.html"),
+         ("The closed loop over several periods", "manual/10_monitoring.html"),
+         ("Batch scoring and drift at scale", "manual/11_batch.html"), ("Measured here (bench/bench_batch.py)", "manual/11_batch.html"),
+         ("Security", "manual/12_security.html"), ("What runs for real, and what does not yet", "manual/13_status.html"),
+         ("Performance", "manual/14_performance.html"), ("Developing: notebooks are the source", "manual/15_developing.html"),
+         ("Docs", "manual/15_developing.html"), ("What mlops_nb does", "manual/01_overview.html"),
+         ("Your own problem: the project and its declaration", "manual/02_problems.html")]
+
+def _headings(page: Path) -> list[str]:
+    import html as h
+    return [h.unescape(re.sub(r"<[^>]+>", "", x)).replace("\N{PILCROW SIGN}", "").strip()
+            for x in re.findall(r"<h[1-3][^>]*>(.*?)</h[1-3]>", page.read_text(), re.S)]
+
+def _readme_site_links() -> list[str]:
+    return re.findall(r"\]\((" + re.escape(SITE_URL) + r"/[^)\s]*)\)", (ROOT/"README.md").read_text())
+
+def test_readme_is_a_short_front_door():
+    "At most 200 lines: what it is, the two commands with their measured times, your own problem, the map, what next."
+    text = (ROOT/"README.md").read_text()
+    assert len(text.splitlines()) <= 200, len(text.splitlines())
+    heads = re.findall(r"^## (.+)$", text, re.M)
+    assert heads[:2] == ["The two commands", "Bring your own problem"] and "Where to go next" in heads, heads
+    assert re.search(r"`bash scripts/demo` takes .*\d+ (s|min)", text) and re.search(r"`bash scripts/test` about \d+ min", text)
+    assert "bash scripts/demo --full" in text
+
+def test_every_readme_link_to_the_site_is_a_built_page(site):
+    "The README links to the published site; each link names a page this build writes (so it exists once published)."
+    links = _readme_site_links()
+    assert len(links) >= 15, links
+    for url in links:
+        path = url[len(SITE_URL):].split("#")[0].lstrip("/") or "index.html"
+        assert (site/path).is_file(), f"README links to {url}, which the site does not have"
+    for nb in sorted((NBS/"manual").glob("*.ipynb")):            # every manual page is reachable from the README
+        assert f"{SITE_URL}/manual/{nb.stem}.html" in links, nb.name
+    index = (site/"index.html").read_text()                      # on the site itself the links are relative
+    assert 'href="manual/04_serving.html"' in index and f'href="{SITE_URL}/manual/' not in index
+
+def test_the_manual_holds_every_section_the_readme_moved(site):
+    for heading, page in MOVED:
+        assert heading in _headings(site/page), f"{page} has no heading {heading!r}: {_headings(site/page)}"
+    side = (site/"manual"/"13_status.html").read_text()
+    assert '<ul class="nav-manual">' in side and "Not run against the real thing" in side
+
 # ---------------------------------------------------------------- the docs pipeline's build
 def _without_quarto():
     "PATH without any folder that holds a `quarto`."
