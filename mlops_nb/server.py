@@ -11,15 +11,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import orjson
 from . import __version__
-from .core import EnvVar, MlopsNbError, project_root
+from .core import EnvVar, MlopsNbError, project_root, usable_cpus
 from .inference_log import InferenceLog
 from .serving import (RequestError, _registry_version, check_model_source, json_schema, load_runtime, mlflow_records,
-                               records_of, v2_header_length, v2_metadata, v2_records, v2_response, validate_payload)
+                               model_folder, records_of, v2_header_length, v2_metadata, v2_records, v2_response, validate_payload)
 
 # %% auto #0
 __all__ = ['BUCKETS', 'ADMIN_MAX_BODY', 'DOCS_HTML', 'ROUTES', 'PUBLIC', 'MAX_HEADER_BYTES', 'HEADER_TIMEOUT', 'BODY_TIMEOUT',
-           'MAX_CONNECTIONS', 'PRESSURE', 'PRESSED_HEADER_TIMEOUT', 'PROBES', 'load_entry', 'Metrics', 'log_event',
-           'ScoringApp', 'app_from_env', 'serve', 'free_port', 'http_status', 'start_server', 'swap_model']
+           'MAX_CONNECTIONS', 'PRESSURE', 'PRESSED_HEADER_TIMEOUT', 'PROBES', 'STARTUP_ERROR', 'load_entry', 'Metrics',
+           'log_event', 'ScoringApp', 'app_from_env', 'default_workers', 'serve', 'free_port', 'http_status',
+           'start_server', 'swap_model']
 
 # %% ../nbs/08_server.ipynb #08-server-005
 def load_entry(path:str|Path|None=None # entry script (default: `api/score.py` of the project, if there is one)
@@ -98,7 +99,7 @@ class ScoringApp:
                  admin_token:str|None=None, # enables POST /admin/model with `Authorization: Bearer TOKEN`
                  max_body:int=1_048_576, # bytes; larger bodies get 413
                  max_rows:int=1000, # records per request
-                 max_batch:int=256, # rows per model call
+                 max_batch:int|None=None, # rows per model call (default: measured at load by `serving.calibrate`, else 256)
                  watch:float=0, # seconds between checks of the registry alias (0: no watching)
                  access_log:bool=False, # log every request
                  log_dir:str|None=None, # write the inference log (sampled requests and answers, Parquet) here
@@ -182,10 +183,11 @@ async def _batch_loop(self:ScoringApp):
     loop = asyncio.get_running_loop()
     while True:
         first = await self.queue.get()
-        batch, n = [first], len(first[1])
-        while n < self.max_batch and not self.queue.empty():
-            item = self.queue.get_nowait(); batch.append(item); n += len(item[1])
         rt = self.runtime
+        cap = self.max_batch or (rt.fast.batch_rows if rt.fast else None) or 256
+        batch, n = [first], len(first[1])
+        while n < cap and not self.queue.empty():
+            item = self.queue.get_nowait(); batch.append(item); n += len(item[1])
         rows = [r for _, rs, _, _ in batch for r in rs] if len(batch) > 1 else first[1]
         try:
             probs = await loop.run_in_executor(self.model_pool, rt.predict, rows)
@@ -448,6 +450,8 @@ async def _lifespan(self:ScoringApp, receive, send):
                 await self.swap(self.model_ref)  # no model, no server: a bad reference fails the start, visibly
                 await self._start_extras()
             except Exception:
+                shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR") if self.workers > 1 else None
+                if shared: (Path(shared)/STARTUP_ERROR).write_text(str(self.swap_error))  # the parent reports it
                 await send({"type": "lifespan.startup.failed", "message": self.swap_error}); return
             self._tasks = [asyncio.ensure_future(self._batch_loop())]
             if self.watch: self._tasks.append(asyncio.ensure_future(self._watch_loop()))
@@ -564,27 +568,43 @@ def _protocol_class():
 
 # %% ../nbs/08_server.ipynb #08-server-023
 _ENV_PREFIX = "MLOPS_NB_SERVE_"
+STARTUP_ERROR = "startup-error"  # file a worker that could not load the model leaves for the parent process
 
 def app_from_env()->ScoringApp:
     "The app configured by `MLOPS_NB_SERVE_*` variables (how uvicorn's worker processes build it)."
     cfg = json.loads(os.environ[_ENV_PREFIX + "CONFIG"])
     return ScoringApp(**cfg)
 
+def default_workers(admin:bool=False, # whether /admin/model is enabled (an admin token is set)
+                    cpus:int|None=None # CPUs the server may use (default: `core.usable_cpus`)
+                   )->int:
+    "Worker processes by default: one per usable CPU; one when /admin/model is enabled (a swap reaches one process)."
+    return 1 if admin else max(1, cpus or usable_cpus())
+
 def serve(host:str="127.0.0.1", # interface to bind
           port:int=8080, # port (0: any free port)
-          workers:int=1, # worker processes
+          workers:int|None=None, # worker processes (default: `default_workers`)
           **cfg # `ScoringApp` options: model, entry, api_key, admin_token, watch, access_log, ...
          ):
     "Run the scoring server until interrupted."
     import uvicorn
     kw = dict(host=host, port=port, loop="uvloop", http="mlops_nb.server:LimitedHttpTools", log_level="warning", access_log=False, lifespan="on",
               timeout_graceful_shutdown=10, limit_concurrency=MAX_CONNECTIONS, timeout_keep_alive=5)
+    workers = workers or default_workers(bool(cfg.get("admin_token")))
     if workers > 1:
         import tempfile
+        # resolved once, here: workers would each download it, and race to create a fresh registry store; a folder
+        # also spares them MLflow's import (a watched alias is still followed by reference)
+        folder = str(model_folder(cfg.get("model")))
+        if not cfg.get("watch"): cfg = {**cfg, "model": folder}
         # every worker counts into files here, and /metrics (whichever worker answers it) reads them all
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mlops-nb-metrics-")
+        shared = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mlops-nb-metrics-")
         os.environ[_ENV_PREFIX + "CONFIG"] = json.dumps({**cfg, "workers": workers})
         uvicorn.run("mlops_nb.server:app_from_env", factory=True, workers=workers, **kw)
+        # uvicorn stops every worker when one fails to start: say why, as one process does
+        failed = Path(shared)/STARTUP_ERROR
+        if failed.exists():
+            raise MlopsNbError(f"could not load model {cfg.get('model') or 'champion'}: {failed.read_text()}")
         return
     app = ScoringApp(**cfg)
     try: uvicorn.run(app, **kw)
