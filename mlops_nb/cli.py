@@ -187,16 +187,19 @@ def check_address(host:str, # interface to bind: a name or an address
 def cmd_serve(a):
     "Serve a model over HTTP."
     from mlops_nb.core import MLOPS_NB_MODEL, MLOPS_NB_API_KEY, MLOPS_NB_ADMIN_TOKEN
-    from mlops_nb.server import serve, load_entry, free_port, default_workers
+    from mlops_nb.server import serve, entry_path, load_entry, free_port, default_workers
     if a.workers is not None and a.workers < 1:
         raise MlopsNbError(f"--workers {a.workers} is not allowed: use 1 or more")
     if not (a.watch == 0 or 0 < a.watch < float("inf")):  # a negative or NaN interval would poll in a busy loop
         raise MlopsNbError(f"--watch {a.watch:g} is not allowed: use seconds > 0 between checks, or 0 (off)")
     check_address(a.host, a.port)  # a bad host, a port out of range or in use: one line, before any model loads
-    load_entry(a.entry)  # a missing entry script is a one-line error before the server starts
+    workers = a.workers or default_workers(bool(MLOPS_NB_ADMIN_TOKEN.get()))
+    # a missing entry script is a one-line error before the server starts; with several workers the parent does not
+    # import it (it would load the model's libraries in a process that serves nothing): a worker reports a broken one
+    if workers > 1: entry_path(a.entry)
+    else: load_entry(a.entry)
     port = a.port or free_port(a.host)
     model = a.model or MLOPS_NB_MODEL.get()
-    workers = a.workers or default_workers(bool(MLOPS_NB_ADMIN_TOKEN.get()))
     _say(f"mlops-nb serve: listening on http://{a.host}:{port} (model {model or 'champion'}, {workers} worker(s); "
          f"docs at /docs, readiness at /ready)" + ("; API key required" if MLOPS_NB_API_KEY.get() else "")
          + ("; /admin/model enabled" if MLOPS_NB_ADMIN_TOKEN.get() else ""))
