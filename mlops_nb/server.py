@@ -431,6 +431,9 @@ async def _call(self:ScoringApp, scope, receive, send):
             rt = self.runtime
             status, body = 200, {**(rt.info.as_dict() if rt else {}), "problem": rt.problem.name if rt else None, "kind": rt.kind if rt else None,
                                  "fast_path": bool(rt and rt.fast), "fast_path_fallback": rt.fast_reason if rt else None,
+                                 # what `calibrate` measured at load: batches the forest answers, rows per model call
+                                 "forest_rows": rt.fast.forest_rows if rt and rt.fast else 0,
+                                 "batch_rows": self.max_batch or (rt.fast.batch_rows if rt and rt.fast else None) or 256,
                                  "loading": self.loading, "last_swap_error": self.swap_error}
         elif path == "/metrics": status, body, ctype = 200, self.metrics.render(self.log), b"text/plain; version=0.0.4; charset=utf-8"
         elif path == "/openapi.json": status, body = 200, self.openapi()
