@@ -503,7 +503,7 @@ ScoringApp.__call__, ScoringApp._lifespan, ScoringApp._watch_loop, ScoringApp._s
 MAX_HEADER_BYTES = 16_384  # request line and headers
 HEADER_TIMEOUT = float(EnvVar("MLOPS_NB_HEADER_TIMEOUT", "10", "Seconds a client may take to send the request line and headers.").get())
 BODY_TIMEOUT = float(EnvVar("MLOPS_NB_BODY_TIMEOUT", "30", "Seconds a client may take to send a request body.").get())
-MAX_CONNECTIONS = int(EnvVar("MLOPS_NB_MAX_CONNECTIONS", "256", "Connections (and requests) a server takes at once, shared by its workers; more get 503.").get())
+MAX_CONNECTIONS = int(EnvVar("MLOPS_NB_MAX_CONNECTIONS", "256", "Connections (and requests) a server process takes at once; more get 503.").get())
 PRESSURE = 0.75  # share of MAX_CONNECTIONS open above which connections that sent no complete headers are cut short
 PRESSED_HEADER_TIMEOUT = 1.0  # seconds such a connection then has to finish its headers
 PROBES = (b"/health", b"/ready", b"/ping", b"/v2/health/live", b"/v2/health/ready")  # answered even at the cap
@@ -521,12 +521,15 @@ def _protocol_class():
     pressure), and probes answered when the connection cap is reached."""
     import httptools
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    # with several workers each holds its share of the connections: a worker counts its share as the pressure mark
+    workers = json.loads(os.environ.get(_ENV_PREFIX + "CONFIG", "{}")).get("workers", 1)
+    pressed_at = PRESSURE * MAX_CONNECTIONS / max(1, workers)
     class LimitedHttpTools(HttpToolsProtocol):
         def connection_made(self, transport):
             super().connection_made(transport)
             self._pressed = False
             self._begin()
-            if len(self.connections) > PRESSURE * (self.limit_concurrency or MAX_CONNECTIONS): self._press_all()
+            if len(self.connections) > pressed_at: self._press_all()
         def _begin(self):
             self._hbytes = 0
             if getattr(self, "_deadline", None): self._deadline.cancel()
@@ -604,7 +607,6 @@ def serve(host:str="127.0.0.1", # interface to bind
     kw = dict(host=host, port=port, loop="uvloop", http="mlops_nb.server:LimitedHttpTools", log_level="warning", access_log=False, lifespan="on",
               timeout_graceful_shutdown=10, limit_concurrency=MAX_CONNECTIONS, timeout_keep_alive=5)
     workers = workers or default_workers(bool(cfg.get("admin_token")))
-    kw["limit_concurrency"] = -(-MAX_CONNECTIONS // workers)  # the cap is the server's: its workers share it
     if workers > 1:
         import tempfile
         ref = cfg.get("model")
