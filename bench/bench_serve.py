@@ -6,6 +6,8 @@ Run from the repository root (needs .venv, .venv-azml from `bash scripts/azml-ve
                                                                              (about 5 minutes, --quick about 1.5)
   .venv/bin/python bench/bench_serve.py --all-problems [--quick] [--json]    the issue's figures for each problem
                                                                              (about 8 minutes, --quick about 3)
+  .venv/bin/python bench/bench_serve.py --limits [--json]                    ours, MLServer, azmlinfsrv and the
+                                                                             in-process limits (bench/bench_limits.py)
 Problems (--problem, default ottawa-housing): ottawa-housing (binary, derived features), breast-cancer (binary),
 wine (multiclass), diabetes (regression); see `PROBLEMS`.
 
@@ -567,6 +569,8 @@ def parse_args(argv=None):
                         "and c=32, and ours' scoring path (about 8 minutes, --quick about 3)")
     p.add_argument("--quick", action="store_true", help="shorter runs (4 s per scenario, 1 s warm-up, 1 cold start): ~1.5 minutes per problem")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (the table goes to stderr)")
+    p.add_argument("--limits", action="store_true", help="the machine's-limit run instead (bench/bench_limits.py): ours, MLServer "
+                   "(100 and 250 trees) and azmlinfsrv beside the in-process limits, interleaved, CPU per server")
     return p.parse_args(argv)
 
 def check_tools():
@@ -596,6 +600,9 @@ def run_problem(name:str, work:Path, cfg:dict)->dict:
 def main(argv=None):
     "Train the model(s), benchmark the servers one after the other, print the report."
     a = parse_args(argv)
+    if a.limits:
+        import bench_limits
+        return bench_limits.main(["--json"] if a.json else [])
     check_tools()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop the servers
     work = Path(tempfile.mkdtemp(prefix="mlops_nb_bench_serve_"))

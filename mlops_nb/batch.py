@@ -11,7 +11,7 @@ from dataclasses import dataclass, asdict
 from functools import partial
 from pathlib import Path
 import numpy as np
-from .core import DataError, MlopsNbError, ParamError, lazy_module
+from .core import DataError, MlopsNbError, ParamError, lazy_module, usable_cpus
 from .data import ColumnSpec, check_table
 from .drift_spark import spark_error, spark_session
 from .problem import Problem, ProblemError, prediction_columns, problem_from_json, problem_ref
@@ -22,8 +22,8 @@ pd = lazy_module("pandas")  # loaded on first use
 __all__ = ['pd', 'FORMATS', 'CSV_RANGE_BYTES', 'ENGINES', 'BATCH_PARAM_NAMES', 'input_files', 'BatchModel', 'batch_model',
            'id_columns', 'output_columns', 'answer_frame', 'ColumnarModel', 'batch_schema', 'check_batch', 'Task',
            'file_columns', 'check_columns', 'plan_tasks', 'read_slices', 'score_frame', 'temp_beside', 'check_output',
-           'commit_output', 'cores', 'score_local', 'spark_batches', 'ship_model', 'score_spark', 'BatchResult',
-           'score_batch', 'BatchParams', 'make_batch_params', 'read_batch_params']
+           'commit_output', 'score_local', 'spark_batches', 'ship_model', 'score_spark', 'BatchResult', 'score_batch',
+           'BatchParams', 'make_batch_params', 'read_batch_params']
 
 # %% ../nbs/17_batch.ipynb #17-batch-006
 FORMATS = (".parquet", ".csv")
@@ -102,17 +102,9 @@ class ColumnarModel:
         self.verified = False
 
     def matrix(self, df)->np.ndarray:
-        "The estimator's matrix of the rows of `df`, as `FastModel.matrix` builds it record by record."
-        f = self.fast
-        F = f.features.transform(df)
-        X = np.zeros((len(F), f.width), order="F")
-        for c, j in f.numeric: X[:, j] = F[c].to_numpy(dtype="float64", na_value=np.nan)
-        for c, index in f.onehot:
-            cats = list(index)
-            codes = pd.Categorical(F[c], categories=cats).codes
-            ok = np.flatnonzero(codes >= 0)  # unknown categories: all zeros, as handle_unknown='ignore'
-            X[ok, np.fromiter(index.values(), dtype=np.int64)[codes[ok]]] = 1.0
-        return X
+        "The estimator's matrix of the rows of `df`: the serving matrix (`FastModel.fill`) over whole columns."
+        F = self.fast.features.transform(df)
+        return self.fast.fill(lambda c: F[c], len(F), order="F")
 
     def _estimate(self, X:np.ndarray)->np.ndarray:
         "The estimator's outputs for matrix `X` (from its bins when it can)."
@@ -324,10 +316,6 @@ def commit_output(tmp:Path, # the finished hidden folder
     return out
 
 # %% ../nbs/17_batch.ipynb #17-batch-031
-def cores()->int:
-    "CPU cores this process may use."
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
 def _exported(name:str):
     """This module's `name` as its installed copy defines it: what another process (a spawned worker, a Spark executor)
     can import by reference; a function defined in a notebook would have to be pickled by value, and cannot be."""
@@ -344,7 +332,8 @@ def score_local(bm:BatchModel, # the model
     check_columns(files, bm.problem)
     tasks = plan_tasks(files, csv_bytes)
     if not tasks: raise DataError(f"{files[0]}: no rows to score")
-    pool = multiprocessing.get_context("spawn").Pool(min(workers or cores(), len(tasks)), _exported("_init_worker"), (str(bm.path),))
+    n = min(workers or usable_cpus(), len(tasks))
+    pool = multiprocessing.get_context("spawn").Pool(n, _exported("_init_worker"), (str(bm.path),))
     err = None
     try:
         run = partial(_exported("_run_task"), columns=list(batch_schema(bm.problem)), batch_rows=batch_rows, out_dir=str(tmp))

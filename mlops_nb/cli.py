@@ -381,15 +381,20 @@ def check_address(host:str, # interface to bind: a name or an address
 def cmd_serve(a):
     "Serve a model over HTTP."
     from mlops_nb.core import MLOPS_NB_MODEL, MLOPS_NB_API_KEY, MLOPS_NB_ADMIN_TOKEN
-    from mlops_nb.server import serve, load_entry, free_port
-    if a.workers < 1: raise MlopsNbError(f"--workers {a.workers} is not allowed: use 1 or more")
+    from mlops_nb.server import serve, entry_path, load_entry, free_port, default_workers
+    if a.workers is not None and a.workers < 1:
+        raise MlopsNbError(f"--workers {a.workers} is not allowed: use 1 or more")
     if not (a.watch == 0 or 0 < a.watch < float("inf")):  # a negative or NaN interval would poll in a busy loop
         raise MlopsNbError(f"--watch {a.watch:g} is not allowed: use seconds > 0 between checks, or 0 (off)")
     check_address(a.host, a.port)  # a bad host, a port out of range or in use: one line, before any model loads
-    load_entry(a.entry)  # a missing entry script is a one-line error before the server starts
+    workers = a.workers or default_workers(bool(MLOPS_NB_ADMIN_TOKEN.get()))
+    # a missing entry script is a one-line error before the server starts; with several workers the parent does not
+    # import it (it would load the model's libraries in a process that serves nothing): a worker reports a broken one
+    if workers > 1: entry_path(a.entry)
+    else: load_entry(a.entry)
     port = a.port or free_port(a.host)
     model = a.model or MLOPS_NB_MODEL.get()
-    _say(f"mlops-nb serve: listening on http://{a.host}:{port} (model {model or 'champion'}, {a.workers} worker(s); "
+    _say(f"mlops-nb serve: listening on http://{a.host}:{port} (model {model or 'champion'}, {workers} worker(s); "
          f"docs at /docs, readiness at /ready)" + ("; API key required" if MLOPS_NB_API_KEY.get() else "")
          + ("; /admin/model enabled" if MLOPS_NB_ADMIN_TOKEN.get() else ""))
     from mlops_nb.inference_log import MLOPS_NB_INFERENCE_LOG, MLOPS_NB_INFERENCE_LOG_SAMPLE
@@ -398,7 +403,7 @@ def cmd_serve(a):
     except ValueError: raise MlopsNbError(f"--log-sample {a.log_sample!r} is not allowed: use a share between 0 and 1") from None
     if not 0 <= sample <= 1: raise MlopsNbError(f"--log-sample {sample:g} is not allowed: use a share between 0 and 1")
     if log_dir: _say(f"inference log: {sample:.0%} of requests to {log_dir}" + (f"; shadow model {a.shadow}" if a.shadow else ""))
-    serve(a.host, port, a.workers, model=model, entry=a.entry, api_key=MLOPS_NB_API_KEY.get(),
+    serve(a.host, port, workers, model=model, entry=a.entry, api_key=MLOPS_NB_API_KEY.get(),
           admin_token=MLOPS_NB_ADMIN_TOKEN.get(), watch=a.watch, access_log=a.access_log, max_batch=a.max_batch,
           log_dir=log_dir, log_sample=sample, shadow=a.shadow)
 
@@ -415,11 +420,15 @@ def _serve_args(sub):
     sv.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1; 0.0.0.0 in a "
                     "container)")
     sv.add_argument("--port", type=int, default=8080, help="port (default: 8080; 0: any free port)")
-    sv.add_argument("--workers", type=int, default=1, help="worker processes (default: 1; swap them with --watch)")
+    sv.add_argument("--workers", type=int, default=None,
+                    help="worker processes (default: one per CPU this process may use, its cgroup's CPU quota "
+                         "included; 1 with MLOPS_NB_ADMIN_TOKEN; swap several with --watch)")
     sv.add_argument("--entry", default=None, help="entry script with preprocess/postprocess (default: api/score.py)")
     sv.add_argument("--watch", type=float, default=0, help="seconds between checks of the registry alias; swap when it "
                     "moves (default: off)")
-    sv.add_argument("--max-batch", type=int, default=256, help="rows per model call (default: 256)")
+    sv.add_argument("--max-batch", type=int, default=None,
+                    help="rows per model call (default: the batch size measured when the model loads; 256 without "
+                         "the fast path)")
     sv.add_argument("--access-log", action="store_true", help="log every request as a JSON line")
     sv.add_argument("--log-dir", default=None, help="keep an inference log here: sampled requests, answers, model, "
                     "request id, time, latency, as Parquet (default: MLOPS_NB_INFERENCE_LOG; none); `mlops-nb monitor "

@@ -6,7 +6,7 @@ Docs: https://mlops-nb.github.io/mlops_nb/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #00-core-002
 from __future__ import annotations
-import importlib, os, re, subprocess, tomllib, types
+import importlib, math, os, re, subprocess, tomllib, types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +16,7 @@ __all__ = ['SECRET_FILE_MAX', 'MLOPS_NB_HOME', 'MLOPS_NB_TRACKING_URI', 'MLOPS_N
            'MLOPS_NB_ADMIN_TOKEN', 'MLOPS_NB_MODEL_ROOTS', 'ENV_VARS', 'SECRET_VARS', 'DATABRICKS_CREDENTIALS',
            'MlopsNbError', 'DataError', 'ParamError', 'RegistryError', 'RegistrationRefused', 'RunFailed', 'EnvVar',
            'project_root', 'state_dir', 'tracking_uri', 'registry_uri', 'artifact_root', 'redact_uri', 'lazy_module',
-           'git_info']
+           'cgroup_cpu_quota', 'usable_cpus', 'git_info']
 
 # %% ../nbs/00_core.ipynb #00-core-005
 class MlopsNbError(Exception):
@@ -142,6 +142,28 @@ def lazy_module(name:str # module to import on first use
                )->types.ModuleType:
     "A stand-in for module `name` that imports it when first used."
     return _LazyModule(name)
+
+# %% ../nbs/00_core.ipynb #00-core-019b
+def cgroup_cpu_quota(root:str|Path="/sys/fs/cgroup" # where the process's cgroup files are mounted
+                    )->float|None:
+    "The CPU quota of this process's cgroup in CPUs (v2 `cpu.max`, else v1 `cpu.cfs_quota_us`); None when unlimited."
+    root = Path(root)
+    try: quota, period = (root/"cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        v1 = next((d for d in (root/"cpu", root/"cpu,cpuacct") if (d/"cpu.cfs_quota_us").exists()), None)
+        if v1 is None: return None
+        try: quota, period = (v1/"cpu.cfs_quota_us").read_text().strip(), (v1/"cpu.cfs_period_us").read_text().strip()
+        except OSError: return None
+    try: q, p = float(quota), float(period)  # "max" (v2) is unlimited; so is -1 (v1)
+    except ValueError: return None
+    return q / p if q > 0 and p > 0 else None
+
+def usable_cpus(root:str|Path="/sys/fs/cgroup" # where the process's cgroup files are mounted
+               )->int:
+    "CPUs this process may use: its affinity mask, capped by its cgroup's CPU quota (rounded up); at least 1."
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cgroup_cpu_quota(root)
+    return max(1, min(n, math.ceil(quota))) if quota else max(1, n)
 
 # %% ../nbs/00_core.ipynb #00-core-021
 def _source_folders(top:Path # the repository's top folder

@@ -11,24 +11,32 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import orjson
 from . import __version__
-from .core import EnvVar, MlopsNbError, project_root
-from .inference_log import InferenceLog
-from .serving import (RequestError, _registry_version, check_model_source, json_schema, load_runtime, mlflow_records,
-                               records_of, v2_header_length, v2_metadata, v2_records, v2_response, validate_payload)
+from .core import EnvVar, MlopsNbError, lazy_module, project_root, usable_cpus
+# the model's side (scikit-learn, pandas, pyarrow) loads on first use: the parent of several workers serves no request
+# and stays a small process that starts them at once
+serving = lazy_module("mlops_nb.serving")
+inference_log = lazy_module("mlops_nb.inference_log")
 
 # %% auto #0
-__all__ = ['BUCKETS', 'ADMIN_MAX_BODY', 'DOCS_HTML', 'ROUTES', 'PUBLIC', 'MAX_HEADER_BYTES', 'HEADER_TIMEOUT', 'BODY_TIMEOUT',
-           'MAX_CONNECTIONS', 'PRESSURE', 'PRESSED_HEADER_TIMEOUT', 'PROBES', 'load_entry', 'Metrics', 'log_event',
-           'ScoringApp', 'app_from_env', 'serve', 'free_port', 'http_status', 'start_server', 'swap_model']
+__all__ = ['serving', 'inference_log', 'BUCKETS', 'ADMIN_MAX_BODY', 'DOCS_HTML', 'ROUTES', 'PUBLIC', 'MAX_HEADER_BYTES',
+           'HEADER_TIMEOUT', 'BODY_TIMEOUT', 'MAX_CONNECTIONS', 'PRESSURE', 'PRESSED_HEADER_TIMEOUT', 'PROBES',
+           'STARTUP_ERROR', 'entry_path', 'load_entry', 'Metrics', 'log_event', 'ScoringApp', 'app_from_env',
+           'default_workers', 'serve', 'free_port', 'http_status', 'start_server', 'swap_model']
 
 # %% ../nbs/08_server.ipynb #08-server-005
+def entry_path(path:str|Path|None=None # entry script (default: `api/score.py` of the project, if there is one)
+              )->Path|None:
+    "The entry script's path (None when there is none), or an error when the script named does not exist."
+    p = Path(path) if path else (project_root() or Path.cwd())/"api"/"score.py"
+    if p.exists(): return p
+    if path: raise MlopsNbError(f"entry script not found at {p}: pass --entry PATH")
+    return None
+
 def load_entry(path:str|Path|None=None # entry script (default: `api/score.py` of the project, if there is one)
               ):
     "Import the entry script as a module (or None): it may define `preprocess(records)` and `postprocess(answers, records, runtime)`."
-    p = Path(path) if path else (project_root() or Path.cwd())/"api"/"score.py"
-    if not p.exists():
-        if path: raise MlopsNbError(f"entry script not found at {p}: pass --entry PATH")
-        return None
+    p = entry_path(path)
+    if p is None: return None
     spec = importlib.util.spec_from_file_location(f"mlops_nb_entry_{p.stem}", p)
     mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
     bad = [f for f in ("preprocess", "postprocess") if hasattr(mod, f) and not callable(getattr(mod, f))]
@@ -98,7 +106,7 @@ class ScoringApp:
                  admin_token:str|None=None, # enables POST /admin/model with `Authorization: Bearer TOKEN`
                  max_body:int=1_048_576, # bytes; larger bodies get 413
                  max_rows:int=1000, # records per request
-                 max_batch:int=256, # rows per model call
+                 max_batch:int|None=None, # rows per model call (default: measured at load by `serving.calibrate`, else 256)
                  watch:float=0, # seconds between checks of the registry alias (0: no watching)
                  access_log:bool=False, # log every request
                  log_dir:str|None=None, # write the inference log (sampled requests and answers, Parquet) here
@@ -124,7 +132,7 @@ class ScoringApp:
         rt = self.runtime
         schema = rt.request_schema if rt else {}
         record = {"type": "object", "additionalProperties": False, "required": [c for c, s in schema.items() if s.required],
-                  "properties": {c: json_schema(s) for c, s in schema.items()}}
+                  "properties": {c: serving.json_schema(s) for c, s in schema.items()}}
         if rt and rt.problem.example: record["example"] = rt.problem.example
         err = {"type": "object", "properties": {"error": {"type": "string"}, "detail": {"type": "array", "items": {"type": "object"}}}}
         pred = {"type": "object", "properties": {"model": {"type": "string"}, "version": {"type": "string"}}}
@@ -155,7 +163,7 @@ def _load(self:ScoringApp, ref:str|None):
     t0 = time.time()
     try:
         # a candidate must take the requests the served model takes and score its own input example first
-        rt = load_runtime(ref).verify(self.runtime.schema if self.runtime else None)
+        rt = serving.load_runtime(ref).verify(self.runtime.schema if self.runtime else None)
     except Exception as e:
         self.swap_error = f"{type(e).__name__}: {e}"
         log_event("model_load_failed", model=ref, error=self.swap_error, serving=self.runtime.info.as_dict() if self.runtime else None)
@@ -182,10 +190,11 @@ async def _batch_loop(self:ScoringApp):
     loop = asyncio.get_running_loop()
     while True:
         first = await self.queue.get()
-        batch, n = [first], len(first[1])
-        while n < self.max_batch and not self.queue.empty():
-            item = self.queue.get_nowait(); batch.append(item); n += len(item[1])
         rt = self.runtime
+        cap = self.max_batch or (rt.fast.batch_rows if rt.fast else None) or 256
+        batch, n = [first], len(first[1])
+        while n < cap and not self.queue.empty():
+            item = self.queue.get_nowait(); batch.append(item); n += len(item[1])
         rows = [r for _, rs, _, _ in batch for r in rs] if len(batch) > 1 else first[1]
         try:
             probs = await loop.run_in_executor(self.model_pool, rt.predict, rows)
@@ -271,7 +280,7 @@ async def _body(self:ScoringApp, receive, h, ctypes=("application/json",)):
 
 async def _infer(self:ScoringApp, records, meta:dict|None=None):
     "Validate `records` against the served model and score them in the next batch: (records, rows, outputs, runtime)."
-    records = validate_payload(records, self.runtime.request_schema, self.max_rows)
+    records = serving.validate_payload(records, self.runtime.request_schema, self.max_rows)
     rows = self.pre(records) if self.pre else records
     fut = asyncio.get_running_loop().create_future()
     await self.queue.put((fut, rows, records, meta or {"request_id": "", "t0": time.perf_counter()}))
@@ -284,8 +293,8 @@ async def _score(self:ScoringApp, scope, receive, send, h, rid):
     if err: return err
     try: payload = orjson.loads(body)
     except orjson.JSONDecodeError as e: return 400, _err("invalid JSON", [{"loc": ["body"], "msg": f"invalid JSON: {e}"}])
-    try: records, rows, outputs, used = await self._infer(records_of(payload, self.runtime.schema), {"request_id": rid, "t0": scope["mlops_nb.t0"]})
-    except RequestError as e: return e.status, _err("invalid request", e.errors)
+    try: records, rows, outputs, used = await self._infer(serving.records_of(payload, self.runtime.schema), {"request_id": rid, "t0": scope["mlops_nb.t0"]})
+    except serving.RequestError as e: return e.status, _err("invalid request", e.errors)
     answers = used.answer(rows, outputs)
     return 200, {"predictions": self.post(answers, records, used) if self.post else answers}
 
@@ -295,9 +304,9 @@ async def _invocations(self:ScoringApp, scope, receive, send, h, rid):
     if err: return err
     try:
         ctype = h.get("content-type", "").split(";")[0].strip().lower()
-        records = mlflow_records(body, ctype, self.runtime.request_schema)
+        records = serving.mlflow_records(body, ctype, self.runtime.request_schema)
         _, _, outputs, _ = await self._infer(records, {"request_id": rid, "t0": scope["mlops_nb.t0"]})
-    except RequestError as e: return e.status, _err("invalid request", e.errors)
+    except serving.RequestError as e: return e.status, _err("invalid request", e.errors)
     return 200, {"predictions": outputs}
 
 async def _v2_infer(self:ScoringApp, scope, receive, send, h, rid):
@@ -305,11 +314,11 @@ async def _v2_infer(self:ScoringApp, scope, receive, send, h, rid):
     body, err = await self._body(receive, h, ("application/json", "application/octet-stream", ""))
     if err: return err
     try:
-        length = v2_header_length(h.get("inference-header-content-length"))
-        records, req_id = v2_records(body, length, self.runtime.schema)
+        length = serving.v2_header_length(h.get("inference-header-content-length"))
+        records, req_id = serving.v2_records(body, length, self.runtime.schema)
         _, _, outputs, used = await self._infer(records, {"request_id": rid, "t0": scope["mlops_nb.t0"]})
-    except RequestError as e: return e.status, {"error": e.errors[0]["msg"] if len(e.errors) == 1 else "invalid request", "detail": e.errors}
-    return 200, v2_response(outputs, used, req_id)
+    except serving.RequestError as e: return e.status, {"error": e.errors[0]["msg"] if len(e.errors) == 1 else "invalid request", "detail": e.errors}
+    return 200, serving.v2_response(outputs, used, req_id)
 
 ScoringApp._body, ScoringApp._infer, ScoringApp._score = _body, _infer, _score
 ScoringApp._invocations, ScoringApp._v2_infer = _invocations, _v2_infer
@@ -332,7 +341,7 @@ async def _admin(self:ScoringApp, scope, receive, send, h, rid):
     if (not isinstance(req, dict) or not isinstance(req.get("model"), str) or set(req) - {"model", "wait"}
             or not isinstance(req.get("wait", False), bool)):  # `"wait": "yes"` is no answer: it must not start a swap
         return 400, _err('expected {"model": "REF"} or {"model": "REF", "wait": true}')
-    try: ref = check_model_source(req["model"])
+    try: ref = serving.check_model_source(req["model"])
     except MlopsNbError as e: return 422, _err("model reference refused", [{"loc": ["model"], "msg": str(e)}])
     if self.loading: return 409, _err(f"a model is already loading: {self.loading}")
     task = asyncio.ensure_future(self.swap(ref))
@@ -412,7 +421,7 @@ async def _call(self:ScoringApp, scope, receive, send):
             elif route == "endpoint": status, body = await self._invocations(scope, receive, send, h, rid)
             elif route == "v2/infer": status, body = await self._v2_infer(scope, receive, send, h, rid)
             elif route == "v2/ready": status, body = 200, {"name": name, "ready": True}
-            else: status, body = 200, v2_metadata(self.runtime)
+            else: status, body = 200, serving.v2_metadata(self.runtime)
         elif path == "/v2": status, body = 200, {"name": "mlops_nb", "version": __version__, "extensions": ["binary_tensor_data"]}
         elif path == "/v2/health/live": status, body = 200, {"live": True}
         elif path == "/v2/health/ready": status, body = (200, {"ready": True}) if self.runtime else (503, {"ready": False})
@@ -423,6 +432,9 @@ async def _call(self:ScoringApp, scope, receive, send):
             rt = self.runtime
             status, body = 200, {**(rt.info.as_dict() if rt else {}), "problem": rt.problem.name if rt else None, "kind": rt.kind if rt else None,
                                  "fast_path": bool(rt and rt.fast), "fast_path_fallback": rt.fast_reason if rt else None,
+                                 # what `calibrate` measured at load: batches the forest answers, rows per model call
+                                 "forest_rows": rt.fast.forest_rows if rt and rt.fast else 0,
+                                 "batch_rows": self.max_batch or (rt.fast.batch_rows if rt and rt.fast else None) or 256,
                                  "loading": self.loading, "last_swap_error": self.swap_error}
         elif path == "/metrics": status, body, ctype = 200, self.metrics.render(self.log), b"text/plain; version=0.0.4; charset=utf-8"
         elif path == "/openapi.json": status, body = 200, self.openapi()
@@ -449,6 +461,8 @@ async def _lifespan(self:ScoringApp, receive, send):
                 await self.swap(self.model_ref)  # no model, no server: a bad reference fails the start, visibly
                 await self._start_extras()
             except Exception:
+                shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR") if self.workers > 1 else None
+                if shared: (Path(shared)/STARTUP_ERROR).write_text(str(self.swap_error))  # the parent reports it
                 await send({"type": "lifespan.startup.failed", "message": self.swap_error}); return
             self._tasks = [asyncio.ensure_future(self._batch_loop())]
             if self.watch: self._tasks.append(asyncio.ensure_future(self._watch_loop()))
@@ -464,7 +478,7 @@ async def _watch_loop(self:ScoringApp):
     while True:
         await asyncio.sleep(self.watch)
         try:
-            v = await loop.run_in_executor(self.load_pool, _registry_version, self.model_ref or "champion")
+            v = await loop.run_in_executor(self.load_pool, serving._registry_version, self.model_ref or "champion")
             if self.runtime and str(v.version) != self.runtime.info.version and not self.loading:
                 log_event("alias_moved", model=self.model_ref, version=v.version)
                 await self.swap(self.model_ref)
@@ -476,9 +490,9 @@ async def _start_extras(self:ScoringApp):
     if self.log_dir and importlib.util.find_spec("pyarrow") is None:
         self.swap_error = "the inference log writes Parquet and needs pyarrow: build the image with `mlops-nb package --inference-log`"
         raise MlopsNbError(self.swap_error)
-    if self.log_dir: self.log = InferenceLog(self.log_dir, rt.request_schema, rt.kind, rt.labels, self.log_sample, report=log_event)
+    if self.log_dir: self.log = inference_log.InferenceLog(self.log_dir, rt.request_schema, rt.kind, rt.labels, self.log_sample, report=log_event)
     if self.shadow_ref:
-        try: self.shadow = await asyncio.get_running_loop().run_in_executor(self.load_pool, lambda: load_runtime(self.shadow_ref).verify(rt.schema))
+        try: self.shadow = await asyncio.get_running_loop().run_in_executor(self.load_pool, lambda: serving.load_runtime(self.shadow_ref).verify(rt.schema))
         except Exception as e:
             self.swap_error = f"shadow model {self.shadow_ref}: {type(e).__name__}: {e}"; raise
         if self.log is None: log_event("shadow_without_log", message="the shadow's answers go to the inference log: pass --log-dir to keep them")
@@ -508,12 +522,15 @@ def _protocol_class():
     pressure), and probes answered when the connection cap is reached."""
     import httptools
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    # with several workers each holds its share of the connections: a worker counts its share as the pressure mark
+    workers = json.loads(os.environ.get(_ENV_PREFIX + "CONFIG", "{}")).get("workers", 1)
+    pressed_at = PRESSURE * MAX_CONNECTIONS / max(1, workers)
     class LimitedHttpTools(HttpToolsProtocol):
         def connection_made(self, transport):
             super().connection_made(transport)
             self._pressed = False
             self._begin()
-            if len(self.connections) > PRESSURE * MAX_CONNECTIONS: self._press_all()
+            if len(self.connections) > pressed_at: self._press_all()
         def _begin(self):
             self._hbytes = 0
             if getattr(self, "_deadline", None): self._deadline.cancel()
@@ -577,15 +594,25 @@ def _protocol_class():
 
 # %% ../nbs/08_server.ipynb #08-server-023
 _ENV_PREFIX = "MLOPS_NB_SERVE_"
+STARTUP_ERROR = "startup-error"  # file a worker that could not load the model leaves for the parent process
 
 def app_from_env()->ScoringApp:
     "The app configured by `MLOPS_NB_SERVE_*` variables (how uvicorn's worker processes build it)."
     cfg = json.loads(os.environ[_ENV_PREFIX + "CONFIG"])
-    return ScoringApp(**cfg)
+    try: return ScoringApp(**cfg)
+    except Exception as e:  # e.g. a broken entry script: leave the reason for the parent, and stop every worker
+        (Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])/STARTUP_ERROR).write_text(f"{type(e).__name__}: {e}")
+        sys.exit(3)  # uvicorn's STARTUP_FAILURE: the parent stops instead of starting the worker again
+
+def default_workers(admin:bool=False, # whether /admin/model is enabled (an admin token is set)
+                    cpus:int|None=None # CPUs the server may use (default: `core.usable_cpus`)
+                   )->int:
+    "Worker processes by default: one per usable CPU; one when /admin/model is enabled (a swap reaches one process)."
+    return 1 if admin else max(1, cpus or usable_cpus())
 
 def serve(host:str="127.0.0.1", # interface to bind
           port:int=8080, # port (0: any free port)
-          workers:int=1, # worker processes
+          workers:int|None=None, # worker processes (default: `default_workers`)
           **cfg # `ScoringApp` options: model, entry, api_key, admin_token, watch, access_log, ...
          ):
     "Run the scoring server until interrupted."
@@ -593,12 +620,25 @@ def serve(host:str="127.0.0.1", # interface to bind
     kw = dict(host=host, port=port, loop="uvloop", http="mlops_nb.server:LimitedHttpTools", log_level="warning", access_log=False, lifespan="on",
               timeout_graceful_shutdown=10, limit_concurrency=MAX_CONNECTIONS, timeout_keep_alive=5,
               ws="none")  # no WebSocket endpoint: an Upgrade header is served as plain HTTP (it was a 500)
+    workers = workers or default_workers(bool(cfg.get("admin_token")))
     if workers > 1:
         import tempfile
+        ref = cfg.get("model")
+        if not (ref and Path(ref).expanduser().exists()):
+            # a registry reference is resolved once, here: workers would each download it, and race to create a fresh
+            # registry store; its folder also spares them MLflow's import (a watched alias is still followed by reference)
+            try: folder = str(serving.model_folder(ref))
+            except Exception as e:  # as one process says it
+                raise MlopsNbError(f"could not load model {ref or 'champion'}: {type(e).__name__}: {e}") from None
+            if not cfg.get("watch"): cfg = {**cfg, "model": folder}
         # every worker counts into files here, and /metrics (whichever worker answers it) reads them all
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mlops-nb-metrics-")
+        shared = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mlops-nb-metrics-")
         os.environ[_ENV_PREFIX + "CONFIG"] = json.dumps({**cfg, "workers": workers})
         uvicorn.run("mlops_nb.server:app_from_env", factory=True, workers=workers, **kw)
+        # uvicorn stops every worker when one fails to start: say why, as one process does
+        failed = Path(shared)/STARTUP_ERROR
+        if failed.exists():
+            raise MlopsNbError(f"could not load model {cfg.get('model') or 'champion'}: {failed.read_text()}")
         return
     app = ScoringApp(**cfg)
     try: uvicorn.run(app, **kw)

@@ -6,10 +6,11 @@ Docs: https://mlops-nb.github.io/mlops_nb/serving.html.md"""
 
 # %% ../nbs/07_serving.ipynb #07-serving-002
 from __future__ import annotations
-import importlib.util, json, os, re, shutil, sys, tempfile
+import importlib.util, json, os, re, shutil, sys, tempfile, time
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
+from threadpoolctl import threadpool_limits
 from .core import MlopsNbError, MLOPS_NB_MODEL_ROOTS, state_dir, registry_uri, redact_uri
 from .data import ColumnSpec, check_record
 from .problem import ProblemError, load_problem, problem_from_json, problem_ref
@@ -19,11 +20,12 @@ try: from orjson import loads as _loads  # the serve extra: request bodies parse
 except ImportError: from json import loads as _loads
 
 # %% auto #0
-__all__ = ['MAX_ROWS', 'V2_DATATYPES', 'V2_OUTPUT', 'FAST_PATH_TOLERANCE', 'ModelLoadError', 'find_model_dir', 'ModelInfo',
-           'read_model_dir', 'load_sklearn', 'RequestError', 'validate_payload', 'json_schema', 'answers', 'score',
-           'records_of', 'mlflow_records', 'csv_records', 'v2_metadata', 'v2_header_length', 'v2_records',
-           'v2_response', 'FastModel', 'Runtime', 'fetch_model', 'model_folder', 'load_runtime', 'model_roots',
-           'check_model_source', 'check_answers', 'servable_main']
+__all__ = ['MAX_ROWS', 'V2_DATATYPES', 'V2_OUTPUT', 'CALIBRATION_SIZES', 'FAST_PATH_TOLERANCE', 'ModelLoadError',
+           'find_model_dir', 'ModelInfo', 'read_model_dir', 'load_sklearn', 'RequestError', 'validate_payload',
+           'json_schema', 'answers', 'score', 'records_of', 'mlflow_records', 'csv_records', 'v2_metadata',
+           'v2_header_length', 'v2_records', 'v2_response', 'Forest', 'FastModel', 'calibrate', 'Runtime',
+           'fetch_model', 'model_folder', 'load_runtime', 'model_roots', 'check_model_source', 'check_answers',
+           'servable_main']
 
 # %% ../nbs/07_serving.ipynb #07-serving-005
 class ModelLoadError(MlopsNbError):
@@ -369,6 +371,58 @@ def v2_response(outputs:np.ndarray, # the model's outputs
     if request_id is not None: d["id"] = str(request_id)
     return d
 
+# %% ../nbs/07_serving.ipynb #07-serving-012b
+class Forest:
+    "A HistGradientBoosting model's trees walked for all rows and trees at once: its outputs, without a call per tree."
+    def __init__(self, est):
+        preds = est._predictors  # one list per iteration, one tree per class in it (scikit-learn's fitted state)
+        nodes = [p.nodes for it in preds for p in it]
+        if not nodes or any(n["is_categorical"].any() for n in nodes):
+            raise ValueError("no trees, or categorical splits")
+        self.est, self.classes = est, len(preds[0])
+        start = np.cumsum([0] + [len(n) for n in nodes])[:-1]
+        a = np.concatenate(nodes)
+        leaf, here = a["is_leaf"].astype(bool), np.arange(len(a))
+        shift = np.repeat(start, [len(n) for n in nodes])
+        # a leaf points at itself, so every row can take the deepest tree's number of steps
+        self.left = np.where(leaf, here, a["left"] + shift).astype(np.intp)
+        self.right = np.where(leaf, here, a["right"] + shift).astype(np.intp)
+        self.threshold = np.where(leaf, np.inf, a["num_threshold"])
+        self.feature = np.where(leaf, 0, a["feature_idx"]).astype(np.intp)
+        self.missing_left = a["missing_go_to_left"].astype(bool) & ~leaf
+        self.value, self.roots = a["value"], start.astype(np.intp)
+        self.depth = int(a["depth"].max())
+        self.baseline = np.asarray(est._baseline_prediction, dtype="float64").reshape(-1)
+
+    def raw(self, X:np.ndarray # the estimator's input matrix (float64)
+           )->np.ndarray:
+        "The sum of the leaf values (n, classes), added tree by tree in scikit-learn's order."
+        n, w = X.shape
+        flat = np.ascontiguousarray(X, dtype="float64").ravel()
+        at = np.repeat(self.roots[:, None], n, axis=1)  # (trees, rows): the node each row is at in each tree
+        offset = np.arange(n, dtype=np.intp) * w
+        for _ in range(self.depth):
+            x = flat[self.feature[at] + offset]
+            left = x <= self.threshold[at]
+            missing = np.isnan(x)
+            if missing.any(): left |= missing & self.missing_left[at]
+            at = np.where(left, self.left[at], self.right[at])
+        leaves = self.value[at].reshape(-1, self.classes, n)  # (iterations, classes, rows)
+        # the baseline first, then each iteration's tree in turn: a reduction over the outer axis adds in that order
+        return np.stack([np.add.reduce(np.vstack([np.full(n, self.baseline[k]), leaves[:, k]]), axis=0)
+                         for k in range(self.classes)], axis=1)
+
+    def predict(self, X:np.ndarray, kind:str)->np.ndarray:
+        "Probabilities (n, classes) or values (n,), as the estimator's predict_proba / predict."
+        raw = self.raw(X)
+        return self.est._loss.link.inverse(raw.ravel()) if kind == "regression" else self.est._loss.predict_proba(raw)
+
+def _forest(est)->Forest|None:
+    "The `Forest` of a HistGradientBoosting estimator; None for other estimators (or a state it does not understand)."
+    if type(est).__name__ not in ("HistGradientBoostingClassifier", "HistGradientBoostingRegressor"): return None
+    try: return Forest(est)
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError): return None
+
 # %% ../nbs/07_serving.ipynb #07-serving-013
 class FastModel:
     "The pipeline's outputs from records without its DataFrame steps (same features, same matrix, same estimator)."
@@ -390,22 +444,31 @@ class FastModel:
             else: raise ValueError(f"its transformer {name!r} ({type(enc).__name__}) is not passthrough or one-hot")
         if width == 0: raise ValueError("its column transformer is not fitted")
         self.width = width
+        self.forest = _forest(self.est)
+        self.forest_rows, self.batch_rows = 0, None  # measured by `calibrate`
 
     def matrix(self, records:list # raw input records
               )->np.ndarray:
         "The transformed feature matrix of `records`."
         if self.per_record:
             rows = [self.features.record(r) for r in records]
-            column = lambda c: [r[c] for r in rows]
-        else:
-            F = self.features.frame(records)
-            column = lambda c: F[c].to_numpy()
-        X = np.zeros((len(records), self.width))
-        for c, j in self.numeric: X[:, j] = column(c)
+            return self.fill(lambda c: [r[c] for r in rows], len(records))
+        F = self.features.frame(records)
+        return self.fill(lambda c: F[c], len(records))
+
+    def fill(self, column, # feature name -> its values (a list, an array or a pandas Series)
+             n:int, # rows
+             order:str="C" # memory layout of the matrix
+            )->np.ndarray:
+        "The matrix of `n` rows whose feature columns `column` gives: numeric ones as they are, categories one-hot."
+        X = np.zeros((n, self.width), order=order)
+        for c, j in self.numeric:
+            v = column(c)
+            X[:, j] = v.to_numpy(dtype="float64", na_value=np.nan) if hasattr(v, "to_numpy") else v
         for c, index in self.onehot:
-            for i, v in enumerate(column(c)):
-                j = index.get(v)
-                if j is not None: X[i, j] = 1.0  # unknown categories: all zeros, as handle_unknown='ignore'
+            j = np.fromiter((index.get(v, -1) for v in column(c)), dtype=np.intp, count=n)
+            ok = np.flatnonzero(j >= 0)  # unknown categories: all zeros, as handle_unknown='ignore'
+            X[ok, j[ok]] = 1.0
         return X
 
     @property
@@ -413,10 +476,51 @@ class FastModel:
         "Whether it builds a DataFrame (the problem's `derive` without `derive_record`)."
         return not self.per_record
 
+    def outputs(self, X:np.ndarray # the feature matrix
+               )->np.ndarray:
+        "Probabilities (n, classes) or values (n,) of a matrix: the forest for small batches, else the estimator."
+        if self.forest is not None and len(X) <= self.forest_rows: out = self.forest.predict(X, self.kind)
+        else: out = self.est.predict(X) if self.kind == "regression" else self.est.predict_proba(X)
+        return out.astype("float64") if self.kind == "regression" else out
+
     def predict(self, records:list)->np.ndarray:
         "Probabilities (n, classes) or values (n,) for raw records."
-        X = self.matrix(records)
-        return self.est.predict(X).astype("float64") if self.kind == "regression" else self.est.predict_proba(X)
+        return self.outputs(self.matrix(records))
+
+# %% ../nbs/07_serving.ipynb #07-serving-013b
+CALIBRATION_SIZES = ((1, 4, 16, 64), (128, 512, 2048))  # rows: forest against estimator; batch sizes
+
+def _best_seconds(f, reps:int=3)->float:
+    "The shortest of `reps` timed calls of `f` (after one untimed call)."
+    f()
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        f()
+        out.append(time.perf_counter() - t0)
+    return min(out)
+
+def calibrate(fast:FastModel, # the fast path to tune
+              records:list # raw records it answers (the input example), repeated to the sizes measured
+             )->FastModel:
+    """Measure on this machine: up to how many rows the forest beats the estimator's call, and the batch size past
+    which bigger model calls stop paying."""
+    X1 = fast.matrix(records)
+    tile = lambda n: np.tile(X1, (-(-n // len(X1)), 1))[:n]
+    est = lambda X: fast.est.predict(X) if fast.kind == "regression" else fast.est.predict_proba(X)
+    with threadpool_limits(1, user_api="openmp"):  # as the server calls the model
+        if fast.forest is not None:
+            diff = float(np.max(np.abs(fast.forest.predict(X1, fast.kind) - est(X1))))
+            if diff > FAST_PATH_TOLERANCE: fast.forest = None  # never a different answer for speed
+        fast.forest_rows = 0
+        for n in CALIBRATION_SIZES[0] if fast.forest is not None else ():
+            X = tile(n)
+            if _best_seconds(lambda: fast.forest.predict(X, fast.kind)) >= _best_seconds(lambda: est(X)): break
+            fast.forest_rows = n
+        per_row = {n: _best_seconds(lambda: est(tile(n)), 1) / n for n in CALIBRATION_SIZES[1]}
+    floor = per_row[CALIBRATION_SIZES[1][-1]]
+    fast.batch_rows = next(n for n, s in per_row.items() if s <= 1.1 * floor)
+    return fast
 
 # %% ../nbs/07_serving.ipynb #07-serving-015
 FAST_PATH_TOLERANCE = 1e-9  # largest difference to the pipeline the fast path may show on the input example
@@ -480,7 +584,7 @@ def _fast_path(self:Runtime):
     try: diff = float(np.max(np.abs(fast.predict(rows) - self.pipeline_predict(rows))))
     except Exception as e: return None, None, f"fails on the input example ({type(e).__name__}: {e})"
     if diff > FAST_PATH_TOLERANCE: return None, diff, f"differs from the pipeline by {diff:.3g} on the input example"
-    return fast, diff, None
+    return calibrate(fast, rows), diff, None
 
 def _verified(self:Runtime, fast):
     "Without pandas: the fast path as verified when the model was packaged, or an error."
@@ -492,7 +596,8 @@ def _verified(self:Runtime, fast):
     if diff is None or diff > FAST_PATH_TOLERANCE:
         raise ModelLoadError(f"model in {self.model_dir}: pandas is not installed and the fast scoring path was not "
                              "verified when the model was packaged; install pandas or package it with `mlops-nb package`")
-    return fast, diff, None
+    rows = self.example()
+    return (calibrate(fast, rows) if rows else fast), diff, None
 
 def _verify(self:Runtime, expect:dict|None=None # the input schema of the model it would replace
            )->Runtime:

@@ -252,3 +252,39 @@ def test_workers_share_metrics_and_refuse_a_swap_that_would_reach_one(tmp_path, 
                                {"authorization": f"Bearer {ADMIN}"})
         assert st == 409 and "runs 2 worker processes" in out["error"] and "--watch" in out["error"]
     finally: s.stop()
+
+
+def _workers(pid:int)->int:
+    "Worker processes below uvicorn's parent `pid` (its multiprocessing helpers left out)."
+    kids = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(pid)], capture_output=True, text=True).stdout.splitlines()
+    return sum("multiprocessing.spawn" in k and "resource_tracker" not in k for k in kids)
+
+
+def test_default_uses_every_usable_cpu_and_stays_one_process_under_a_one_cpu_affinity(tmp_path, model_dir, state):
+    "No --workers: one worker process per usable CPU (here both), each answering as one process does; with one CPU, one process."
+    from mlops_nb.core import usable_cpus
+    s = Server(tmp_path, "--model", model_dir)
+    try:
+        n = usable_cpus()
+        assert f"{n} worker(s)" in s.log.read_text()
+        assert _workers(s.proc.pid) == (n if n > 1 else 0)
+        one = s.score(GOOD)
+        for _ in range(20): assert s.score(GOOD) == one  # whichever worker answers, the same answer
+        many = s.score([GOOD] * 300)  # one model call through the estimator: the same numbers as record by record
+        assert many[0] == 200 and all(p == one[1]["predictions"][0] for p in many[1]["predictions"])
+    finally: s.stop()
+    pinned = subprocess.run(["taskset", "-c", "0", CLI, "serve", "--port", "0", "--model", str(model_dir), "--workers", "0"],
+                            capture_output=True, text=True, timeout=60)
+    assert pinned.returncode == 2 and "--workers 0 is not allowed" in pinned.stderr
+    p = subprocess.Popen(["taskset", "-c", "0", CLI, "serve", "--port", str(free_port()), "--model", str(model_dir)],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try: assert "1 worker(s)" in p.stdout.readline()  # an affinity (or a cgroup quota) of one CPU: one process
+    finally: os.killpg(p.pid, signal.SIGTERM); p.wait(15)
+
+
+def test_several_workers_report_a_model_that_does_not_load_as_one_process_does(tmp_path):
+    "With two workers a missing model is one line and exit 2 from the parent, before any worker starts."
+    p = subprocess.run([CLI, "serve", "--port", str(free_port()), "--model", str(tmp_path/"no-such-model"), "--workers", "2"],
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "MLOPS_NB_HOME": str(tmp_path/"state")})
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith("error: "), p.stderr
