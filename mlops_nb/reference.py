@@ -18,17 +18,15 @@ from .tracking import client
 pd = lazy_module("pandas")
 
 # %% auto #0
-__all__ = ['pd', 'LUT_CELLS', 'LUT_MIN_POINTS', 'PROFILE_VERSION', 'GRID', 'BINS', 'MAX_LEVELS', 'OTHER', 'KS_EXACT_BELOW',
-           'SKETCH_VALUES', 'PROFILE_ARTIFACT', 'finite_values', 'grid_table', 'grid_bins', 'layout', 'coarse_counts',
-           'numeric_entry', 'numeric_profile', 'level_counts', 'categorical_entry', 'categorical_profile', 'Profile',
-           'profile_of', 'current_counts', 'add_counts', 'ks_from_cdfs', 'numeric_scores', 'categorical_psi',
-           'drift_from_counts', 'profile_drift', 'check_columns', 'spark_counts', 'partition_counts',
-           'spark_profile_drift', 'sketch_size', 'compress', 'partition_sketch', 'spark_profile', 'spark_drift_report',
-           'log_profile', 'run_profile']
+__all__ = ['pd', 'LUT_CELLS', 'PROFILE_VERSION', 'GRID', 'BINS', 'MAX_LEVELS', 'OTHER', 'KS_EXACT_BELOW', 'SKETCH_VALUES',
+           'PROFILE_ARTIFACT', 'finite_values', 'grid_table', 'grid_bins', 'layout', 'coarse_counts', 'numeric_entry',
+           'numeric_profile', 'level_counts', 'categorical_entry', 'categorical_profile', 'Profile', 'profile_of',
+           'current_counts', 'add_counts', 'ks_from_cdfs', 'numeric_scores', 'categorical_psi', 'drift_from_counts',
+           'profile_drift', 'check_columns', 'spark_counts', 'partition_counts', 'spark_profile_drift', 'sketch_size',
+           'compress', 'partition_sketch', 'spark_profile', 'spark_drift_report', 'log_profile', 'run_profile']
 
 # %% ../nbs/14b_reference.ipynb #14b-ref-004b
 LUT_CELLS = 1 << 18  # cells of `grid_bins`' lookup table (int16: 512 KiB, within a core's cache)
-LUT_MIN_POINTS = 64  # grids with fewer points are searched directly (a short search predicts well)
 
 def finite_values(values # a numeric column (NaN, None, text and infinities count as missing)
                  )->tuple:
@@ -37,35 +35,42 @@ def finite_values(values # a numeric column (NaN, None, text and infinities coun
     ok = np.isfinite(a)
     return (a, 0) if ok.all() else (a[ok], int(len(a) - ok.sum()))
 
+def _cells(v:np.ndarray, g:np.ndarray)->np.ndarray:
+    "The lookup cell of each value: one monotone float computation, the same for values and grid points."
+    t = v - g[0]
+    t *= LUT_CELLS / (g[-1] - g[0])
+    t += 1  # cell 0 is below the grid, the last above it
+    np.clip(t, 0, LUT_CELLS + 2, out=t)
+    return t.astype(np.int32)
+
 def grid_table(grid # sorted distinct points
-              )->np.ndarray|None:
-    "`grid_bins`' lookup table of `grid`: per cell its interval, or -1 near a grid point; None when not worth one."
+              )->tuple|None:
+    "`grid_bins`' lookup table: per cell the grid points below it and the one it holds (-1 for two or more); or None."
     g = np.asarray(grid, dtype="float64")
-    if not LUT_MIN_POINTS <= len(g) < 2**15: return None
-    w = (g[-1] - g[0]) / LUT_CELLS
-    if not np.isfinite(w) or w <= 64 * np.spacing(max(abs(g[0]), abs(g[-1]))): return None
-    k = LUT_CELLS + 6  # three cells of margin each side, then everything beyond
-    b = np.concatenate(([-np.inf, -np.inf], g[0] + w * (np.arange(1, k) - 3.0), [np.inf, np.inf]))
-    lo, hi = np.searchsorted(g, b[:k], side="left"), np.searchsorted(g, b[3:k + 3], side="right")
-    return np.where(lo == hi, lo, -1).astype(np.int16)  # lo == hi: no grid point in the cell or next to it
+    if not 2 <= len(g) < 2**31 or not np.isfinite(LUT_CELLS / (g[-1] - g[0])): return None
+    at = _cells(g, g)
+    held = np.bincount(at, minlength=LUT_CELLS + 3)
+    below = np.concatenate(([0], np.cumsum(held)[:-1]))
+    point = np.full(LUT_CELLS + 3, np.inf)  # a cell without a grid point: no value in it is above one
+    point[at] = g
+    point[held > 1] = np.inf  # a cell of two or more keeps -1: its values are searched
+    return np.where(held <= 1, below, -1).astype(np.int32), point
 
 def grid_bins(x:np.ndarray, # finite values
               grid, # sorted distinct points
-              table:np.ndarray|None=None # `grid_table(grid)`, when the caller keeps one (built here for large `x`)
+              table:tuple|None=None # `grid_table(grid)`, when the caller keeps one (built here for large `x`)
              )->np.ndarray:
     "Values of `x` per interval `(-inf, g0], (g0, g1], ..., (g_last, inf)`: `np.searchsorted(grid, x)` counted."
     g = np.asarray(grid, dtype="float64")
     if table is None and len(x) >= LUT_CELLS // 4: table = grid_table(g)  # the table costs about 64 K searches
     if table is None: return np.bincount(np.searchsorted(g, x, side="left"), minlength=len(g) + 1)
-    t = x - g[0]
-    t *= LUT_CELLS / (g[-1] - g[0])
-    t += 3
-    np.clip(t, 0, len(table) - 1, out=t)
-    at = table[t.astype(np.int32)]
-    near = np.flatnonzero(at < 0)
-    if not len(near): return np.bincount(at, minlength=len(g) + 1)
+    cells = _cells(x, g)
+    at = table[0][cells]
+    at += x > table[1][cells]  # above the cell's one grid point: one more below the value
+    crowded = np.flatnonzero(at < 0)  # in cells holding two or more grid points
+    if not len(crowded): return np.bincount(at, minlength=len(g) + 1)
     out = np.bincount(at[at >= 0], minlength=len(g) + 1)
-    return out + np.bincount(np.searchsorted(g, x[near], side="left"), minlength=len(g) + 1)
+    return out + np.bincount(np.searchsorted(g, x[crowded], side="left"), minlength=len(g) + 1)
 
 # %% ../nbs/14b_reference.ipynb #14b-ref-005
 PROFILE_VERSION = 1
@@ -115,8 +120,10 @@ def _level(v):
 def level_counts(values # a text column (missing values are a level of their own, as in `psi_categorical`)
                 )->list:
     "[[level, rows], ...] of a text column, the most frequent first; a missing value's level is None."
-    vc = pd.Series(values, dtype=object).map(_level).value_counts(dropna=False)
-    return [[None if pd.isna(k) else k, int(v)] for k, v in vc.items()]
+    out = {}
+    for k, v in pd.Series(values).value_counts(dropna=False).items():  # in the column's own type (Arrow text: no objects)
+        if v: out[_level(k)] = out.get(_level(k), 0) + int(v)  # values with the same text (1 and "1") are one level
+    return sorted(([k, v] for k, v in out.items()), key=lambda kv: -kv[1])
 
 def categorical_entry(levels:list, # [[level, rows], ...] of all the rows (one frame's, or partitions' added)
                       max_levels:int=MAX_LEVELS # levels kept; the rest are summed under OTHER
