@@ -623,8 +623,9 @@ def _current(a, problem)->tuple:
     return check_table(log[[c for c in schema if c in log]], schema, [problem.target], require_label=bool(a.labels), path=p), shadow
 
 def _monitor_spark(a, problem, thresholds, model, ref_metrics, created):
-    "The drift report computed on Spark (`mlops_nb.drift_spark`): the same scores, without the rows on this machine."
-    from mlops_nb.drift_spark import read_spark_table, spark_drift_report, spark_session
+    "The drift report on Spark: the reference profiled there, then the current data counted on its grid."
+    from mlops_nb.drift_spark import read_spark_table, spark_session
+    from mlops_nb.reference import spark_drift_report
     if a.labels or a.window: raise MlopsNbError("--labels and --window read an inference log, which the local engine reads: use --engine local")
     spark = spark_session(a.spark_master)
     ref, cur = read_spark_table(spark, a.reference), read_spark_table(spark, a.current)

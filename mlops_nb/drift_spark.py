@@ -1,4 +1,4 @@
-"""Drift at scale on Spark: the same PSI, KS decisions and retrain verdict as `mlops_nb.drift`, from aggregations and bounded samples, never the whole data on the driver.
+"""Spark for drift and batch scoring: the session, tables read the way the local engine reads files, bounded samples and typed rows on the driver, never the whole data.
 
 Docs: https://mlops-nb.github.io/mlops_nb/drift_spark.html.md"""
 
@@ -6,18 +6,14 @@ Docs: https://mlops-nb.github.io/mlops_nb/drift_spark.html.md"""
 
 # %% ../nbs/14a_drift_spark.ipynb #14a-drift-spark-002
 from __future__ import annotations
-import os, re, shutil, sys, time
-import numpy as np
+import os, re, shutil, sys
 from .core import DataError, EnvVar, MlopsNbError
 from .data import check_table
-from .drift import (KS_MAX_N, DriftReport, FeatureDrift, _judge, _psi, _verdict, as_thresholds, ks_test, metric_decay,
-                            model_age_days, model_metrics, watched_features)
+from .drift import KS_MAX_N
 from .problem import Problem
 
 # %% auto #0
-__all__ = ['MLOPS_NB_SPARK_MASTER', 'MAX_BAND_VALUES', 'spark_session', 'spark_error', 'read_spark_table', 'edge_ranks',
-           'exact_edge', 'finite_counts', 'numeric_edges', 'bin_counts', 'level_counts', 'sample_frame', 'typed_frame',
-           'spark_drift_report']
+__all__ = ['MLOPS_NB_SPARK_MASTER', 'spark_session', 'spark_error', 'read_spark_table', 'sample_frame', 'typed_frame']
 
 # %% ../nbs/14a_drift_spark.ipynb #14a-drift-spark-006
 MLOPS_NB_SPARK_MASTER = EnvVar("MLOPS_NB_SPARK_MASTER", "local[*]", "Spark master of the sessions mlops_nb starts (when none is active, e.g. outside Databricks).")
@@ -58,123 +54,7 @@ def read_spark_table(spark, # the session
         why = (str(e).splitlines() or [type(e).__name__])[0][:200]
         raise DataError(f"{p}: cannot be read as {fmt.upper()} with Spark ({why}); check the path") from None
 
-def _finite_col(c:str):
-    "Column `c` as double, null where it is not a finite number (NaN and infinities are ignored, as the local engine does)."
-    from pyspark.sql import functions as F
-    x = F.col(c).cast("double")
-    return F.when(~F.isnan(x) & (F.abs(x) != float("inf")), x)
-
-def _check_columns(df, label:str, cols:list)->None:
-    "A `DataError` naming the columns `df` lacks (the local engine's message)."
-    missing = [c for c in cols if c not in df.columns]
-    if missing: raise DataError(f"{label} data is missing column(s) {', '.join(map(repr, missing))}; add them or leave them out of the feature lists")
-
-# %% ../nbs/14a_drift_spark.ipynb #14a-drift-spark-013
-MAX_BAND_VALUES = 50_000  # distinct values per feature collected between the brackets; above, Spark's approximate edges are kept
-
-def edge_ranks(n:int, # finite values of the feature
-               bins:int=10 # quantile bins
-              )->np.ndarray:
-    "The 0-based ranks of the inner edges, as `mlops_nb.drift.quantile_edges` picks them."
-    return np.unique((np.arange(1, bins)*n)//bins)
-
-def exact_edge(rank:int, # 0-based rank of the edge
-               below:int, # rows with a value below the lower bracket
-               lo:float, # the lower bracket
-               values:np.ndarray, counts:np.ndarray # distinct values between the brackets (sorted) and their rows
-              )->float|None:
-    "The value at `rank`, walking up from the lower bracket; None when the brackets do not hold it."
-    i = np.searchsorted(values, lo, side="left")
-    cum = below + np.cumsum(counts[i:])
-    j = np.searchsorted(cum, rank, side="right")  # the first value whose cumulative count passes the rank
-    return float(values[i + j]) if j < len(cum) else None
-
 # %% ../nbs/14a_drift_spark.ipynb #14a-drift-spark-017
-def _agg(df, exprs:list)->list:
-    "One aggregation job: the values of `exprs` (columns), as a list."
-    return list(df.agg(*exprs).first()) if exprs else []
-
-def finite_counts(df, numeric:list)->tuple:
-    "(rows, {feature: finite values}) of `df`, in one job."
-    from pyspark.sql import functions as F
-    out = _agg(df, [F.count(F.lit(1))] + [F.count(_finite_col(c)) for c in numeric])
-    return int(out[0]), {c: int(v) for c, v in zip(numeric, out[1:])}
-
-def numeric_edges(df, # the reference
-                  numeric:list, # numeric features
-                  n:dict, # finite values per feature (`finite_counts`)
-                  bins:int=10, # quantile bins
-                  rel_error:float=1e-4 # approxQuantile's relative rank error
-                 )->tuple:
-    "({feature: inner edges}, {feature: True when exact}): the local engine's decile edges, from counts."
-    from pyspark.sql import functions as F
-    cols = [c for c in numeric if n[c] > 0]
-    if not cols: return {}, {}
-    fin = df.select(*[_finite_col(c).alias(c) for c in cols])
-    nmin = min(n[c] for c in cols)
-    delta = 2*rel_error + 3/nmin
-    ps = sorted({min(max(p, 0.0), 1.0) for k in range(1, bins) for p in (k/bins - delta, k/bins, k/bins + delta)})
-    qs = dict(zip(cols, fin.approxQuantile(cols, ps, rel_error)))
-    at = lambda c, p: qs[c][ps.index(min(max(p, 0.0), 1.0))]
-    ks = {c: sorted({(k*n[c])//bins: k for k in range(1, bins)}.values()) for c in cols}  # one k per distinct rank
-    lo = {(c, k): (at(c, k/bins - delta) if k/bins - delta > 0 else -np.inf) for c in cols for k in ks[c]}
-    hi = {(c, k): (at(c, k/bins + delta) if k/bins + delta < 1 else np.inf) for c in cols for k in ks[c]}
-    keys = list(lo)
-    below = dict(zip(keys, _agg(fin, [F.sum(F.when(F.col(c) < lo[c, k], 1).otherwise(0)) for c, k in keys])))
-    inband = lambda c: _any([(F.col(c) >= float(lo[c, k])) & (F.col(c) <= float(hi[c, k])) for k in ks[c]])
-    tagged = F.array(*[F.when(inband(c), F.struct(F.lit(i).alias("f"), F.col(c).alias("v"))) for i, c in enumerate(cols)])
-    band = (fin.select(F.explode(F.filter(tagged, lambda x: x.isNotNull())).alias("b")).select("b.f", "b.v")
-            .groupBy("f", "v").count())
-    cap = MAX_BAND_VALUES*len(cols)
-    got = band.limit(cap + 1).toPandas()  # one job when the brackets are small, as they usually are
-    small = list(range(len(cols)))
-    if len(got) > cap:  # some features hold too many distinct values between their brackets: leave those approximate
-        sizes = {cols[r["f"]]: r["count"] for r in band.groupBy("f").count().collect()}
-        small = [i for i, c in enumerate(cols) if sizes.get(c, 0) <= MAX_BAND_VALUES]
-        got = band.filter(F.col("f").isin(small)).toPandas() if small else None
-    edges, exact = {}, {}
-    for i, c in enumerate(cols):
-        e, ok = [], i in small
-        vals = got[got["f"] == i].sort_values("v") if ok else None
-        for k in ks[c]:
-            v = exact_edge(int((k*n[c])//bins), int(below[c, k] or 0), lo[c, k], vals["v"].to_numpy("float64"),
-                           vals["count"].to_numpy("int64")) if ok else None
-            if v is None: ok = False; v = at(c, k/bins)
-            e.append(v)
-        edges[c], exact[c] = np.unique(np.asarray(e, dtype="float64")), ok
-    return edges, exact
-
-def _any(conds:list):
-    "The OR of Spark conditions."
-    out = conds[0]
-    for x in conds[1:]: out = out | x
-    return out
-
-def bin_counts(df, # a table
-               edges:dict # feature -> inner edges
-              )->tuple:
-    "(rows, {feature: rows per bin `(-inf, e1], ..., (ek, inf)`}), as the local engine's `searchsorted`, in one job."
-    from pyspark.sql import functions as F
-    keys = [(c, j) for c, e in edges.items() for j in range(len(e))]
-    out = _agg(df, [F.count(F.lit(1))] + [F.count(_finite_col(c)) for c in edges] +
-               [F.sum(F.when(_finite_col(c) <= float(edges[c][j]), 1).otherwise(0)) for c, j in keys])
-    total, cum = dict(zip(edges, out[1:len(edges) + 1])), dict(zip(keys, out[len(edges) + 1:]))
-    res = {}
-    for c, e in edges.items():
-        at_or_below = np.array([cum[c, j] or 0 for j in range(len(e))] + [total[c]], dtype="float64")
-        res[c] = np.diff(at_or_below, prepend=0.0)
-    return int(out[0]), res
-
-def level_counts(df, categorical:list)->dict:
-    "Feature -> pandas Series of rows per level (missing values a level of their own), in one job."
-    import pandas as pd
-    from pyspark.sql import functions as F
-    if not categorical: return {}
-    pairs = F.array(*[F.struct(F.lit(i).alias("f"), F.col(c).cast("string").alias("v")) for i, c in enumerate(categorical)])
-    got = df.select(F.explode(pairs).alias("p")).select("p.f", "p.v").groupBy("f", "v").count().toPandas()
-    return {c: pd.Series(got.loc[got["f"] == i, "count"].to_numpy("float64"), index=got.loc[got["f"] == i, "v"].to_numpy(object))
-            for i, c in enumerate(categorical)}
-
 def sample_frame(df, # a table
                  rows:int, # its rows
                  cols:list, # columns to keep
@@ -187,13 +67,6 @@ def sample_frame(df, # a table
     return part.toPandas()
 
 # %% ../nbs/14a_drift_spark.ipynb #14a-drift-spark-019
-def _psi_levels(r, c)->float:
-    "PSI over the union of two level-count Series (the local `psi_categorical`, from counts)."
-    if not len(r) or not len(c): raise DataError("no categories to compare: pass at least one value on each side")
-    levels = r.index.union(c.index)
-    return _psi(r.groupby(level=0).sum().reindex(levels, fill_value=0).to_numpy("float64"),
-                c.groupby(level=0).sum().reindex(levels, fill_value=0).to_numpy("float64"))
-
 def typed_frame(pdf, # rows as Spark gives them to pandas
                 problem:Problem, # the declaration
                 label:str, # which data, for messages
@@ -205,62 +78,3 @@ def typed_frame(pdf, # rows as Spark gives them to pandas
     for c, s in schema.items():
         if s.kind == "datetime" and c in pdf and pd.api.types.is_integer_dtype(pdf[c]): pdf[c] = pd.to_datetime(pdf[c], unit="ns")
     return check_table(pdf, schema, [problem.target], require_label, label)
-
-def _nonempty(label:str, rows:int, finite:dict)->None:
-    "The local engine's errors for a table without rows, or a numeric feature without numbers."
-    if rows == 0: raise DataError(f"{label} data has no rows: pass at least one row")
-    empty = [c for c, n in finite.items() if n == 0]
-    if empty: raise DataError(f"{label} data: column {empty[0]!r} has no numeric values; fill it in or leave it out")
-
-def spark_drift_report(reference, # Spark DataFrame: rows the model was trained on (or any baseline)
-                       current, # Spark DataFrame: recent rows; with the target and a model, decay is measured
-                       thresholds=None, # `DriftThresholds`, a dict of them, or None for the defaults
-                       model=None, # fitted pipeline or `Runtime`, to measure decay on labelled current rows
-                       reference_metrics:dict|None=None, # the model's metrics at training time
-                       model_created=None, # the model's creation time, for the age check
-                       problem:Problem|None=None, # the declaration (default: the one a `Runtime` recorded)
-                       numeric:list|None=None, categorical:list|None=None, # features (default: the problem's watched inputs)
-                       bins:int=10, # quantile bins for numeric PSI
-                       now=None, # "now" for the age check
-                       max_n:int=KS_MAX_N, # rows per side the KS test and decay use at most
-                       rel_error:float=1e-4 # approxQuantile's relative rank error
-                      )->DriftReport:
-    "`mlops_nb.drift.drift_report` on Spark: the same report, from aggregations and bounded samples."
-    t = as_thresholds(thresholds)
-    problem = problem if problem is not None else getattr(model, "problem", None)
-    if problem is None and (numeric is None or categorical is None):
-        raise MlopsNbError("spark_drift_report needs the problem (or a served model, which records it) or both feature lists")
-    wn, wc = watched_features(problem) if problem is not None else ([], [])
-    numeric, categorical = list(wn if numeric is None else numeric), list(wc if categorical is None else categorical)
-    for label, df in (("reference", reference), ("current", current)): _check_columns(df, label, numeric + categorical)
-    timings, t0 = {}, time.perf_counter()
-    nr, fr = finite_counts(reference, numeric)
-    _nonempty("reference", nr, fr)
-    edges, exact = numeric_edges(reference, numeric, fr, bins, rel_error)
-    (_, cr), (nc, cc) = bin_counts(reference, edges), bin_counts(current, edges)
-    _nonempty("current", nc, {c: cc[c].sum() for c in numeric})
-    decay_cols = [c for c in [*problem.inputs, problem.target] if c in current.columns] \
-        if model is not None and problem is not None and problem.target in current.columns else []
-    # one bounded sample per side serves the KS tests and the model's metrics
-    sample = lambda df, rows, cols, seed: sample_frame(df, rows, [_finite_col(c).alias(f"_ks_{c}") for c in numeric] +
-                                                       [c for c in cols if c in df.columns], max_n, seed)
-    ref_cols = decay_cols if decay_cols and reference_metrics is None and problem.target in reference.columns else []
-    sr, sc = sample(reference, nr, ref_cols, 0), sample(current, nc, decay_cols, 1)
-    feats = {c: _judge(FeatureDrift(c, "numeric", _psi(cr[c], cc[c]), *ks_test(sr[f"_ks_{c}"].dropna(), sc[f"_ks_{c}"].dropna(), max_n)), t)
-             for c in numeric}
-    t1 = time.perf_counter()
-    lr, lc = level_counts(reference, categorical), level_counts(current, categorical)
-    feats.update({c: _judge(FeatureDrift(c, "categorical", _psi_levels(lr[c], lc[c])), t) for c in categorical})
-    timings.update(numeric=t1 - t0, categorical=time.perf_counter() - t1)
-    decay = None
-    if decay_cols:
-        t2 = time.perf_counter()
-        if ref_cols: reference_metrics = model_metrics(model, typed_frame(sr[ref_cols], problem, "reference"), problem, "reference")
-        cur = typed_frame(sc[decay_cols], problem, "current", require_label=True)
-        decay = metric_decay(reference_metrics or {}, model_metrics(model, cur, problem), problem.directions)
-        timings["decay"] = time.perf_counter() - t2
-    age = None if model_created is None else model_age_days(model_created, now)
-    rep = DriftReport(feats, {"reference": nr, "current": nc}, t, decay, age,
-                      _verdict(feats, decay, problem.decay_metrics if problem else [], age, t), timings)
-    rep.exact_edges = exact  # feature -> whether its PSI edges are the local engine's exactly
-    return rep

@@ -6,22 +6,71 @@ Docs: https://mlops-nb.github.io/mlops_nb/reference.html.md"""
 
 # %% ../nbs/14b_reference.ipynb #14b-ref-002
 from __future__ import annotations
-import json, math, time
+import functools, importlib, json, math, time
 from dataclasses import dataclass
 import numpy as np
-from .core import DataError, lazy_module
+from .core import DataError, MlopsNbError, lazy_module
 from .drift import (KS_MAX_N, DriftReport, FeatureDrift, _judge, _psi, _verdict, as_thresholds, metric_decay,
-                            model_age_days, model_metrics, quantile_edges, watched_features)
+                            model_age_days, model_metrics, watched_features)
 from .drift_spark import sample_frame, typed_frame
 from .problem import Problem
 from .tracking import client
 pd = lazy_module("pandas")
 
 # %% auto #0
-__all__ = ['pd', 'PROFILE_VERSION', 'GRID', 'BINS', 'MAX_LEVELS', 'OTHER', 'KS_EXACT_BELOW', 'PROFILE_ARTIFACT',
-           'numeric_profile', 'categorical_profile', 'Profile', 'profile_of', 'current_counts', 'add_counts',
-           'ks_from_cdfs', 'numeric_scores', 'categorical_psi', 'drift_from_counts', 'profile_drift', 'spark_counts',
-           'partition_counts', 'spark_profile_drift', 'log_profile', 'run_profile']
+__all__ = ['pd', 'LUT_CELLS', 'PROFILE_VERSION', 'GRID', 'BINS', 'MAX_LEVELS', 'OTHER', 'KS_EXACT_BELOW', 'SKETCH_VALUES',
+           'PROFILE_ARTIFACT', 'finite_values', 'grid_table', 'grid_bins', 'layout', 'coarse_counts', 'numeric_entry',
+           'numeric_profile', 'level_counts', 'categorical_entry', 'categorical_profile', 'Profile', 'profile_of',
+           'current_counts', 'add_counts', 'ks_from_cdfs', 'numeric_scores', 'categorical_psi', 'drift_from_counts',
+           'profile_drift', 'check_columns', 'spark_counts', 'partition_counts', 'spark_profile_drift', 'sketch_size',
+           'compress', 'partition_sketch', 'spark_profile', 'spark_drift_report', 'log_profile', 'run_profile']
+
+# %% ../nbs/14b_reference.ipynb #14b-ref-004b
+LUT_CELLS = 1 << 18  # cells of `grid_bins`' lookup table (int16: 512 KiB, within a core's cache)
+
+def finite_values(values # a numeric column (NaN, None, text and infinities count as missing)
+                 )->tuple:
+    "(finite float64 values, missing count) of a column: what numeric profiles and counts both start from."
+    a = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy("float64", na_value=np.nan)
+    ok = np.isfinite(a)
+    return (a, 0) if ok.all() else (a[ok], int(len(a) - ok.sum()))
+
+def _cells(v:np.ndarray, g:np.ndarray)->np.ndarray:
+    "The lookup cell of each value: one monotone float computation, the same for values and grid points."
+    t = v - g[0]
+    t *= LUT_CELLS / (g[-1] - g[0])
+    t += 1  # cell 0 is below the grid, the last above it
+    np.clip(t, 0, LUT_CELLS + 2, out=t)
+    return t.astype(np.int32)
+
+def grid_table(grid # sorted distinct points
+              )->tuple|None:
+    "`grid_bins`' lookup table: per cell the grid points below it and the one it holds (-1 for two or more); or None."
+    g = np.asarray(grid, dtype="float64")
+    if not 2 <= len(g) < 2**31 or not np.isfinite(LUT_CELLS / (g[-1] - g[0])): return None
+    at = _cells(g, g)
+    held = np.bincount(at, minlength=LUT_CELLS + 3)
+    below = np.concatenate(([0], np.cumsum(held)[:-1]))
+    point = np.full(LUT_CELLS + 3, np.inf)  # a cell without a grid point: no value in it is above one
+    point[at] = g
+    point[held > 1] = np.inf  # a cell of two or more keeps -1: its values are searched
+    return np.where(held <= 1, below, -1).astype(np.int32), point
+
+def grid_bins(x:np.ndarray, # finite values
+              grid, # sorted distinct points
+              table:tuple|None=None # `grid_table(grid)`, when the caller keeps one (built here for large `x`)
+             )->np.ndarray:
+    "Values of `x` per interval `(-inf, g0], (g0, g1], ..., (g_last, inf)`: `np.searchsorted(grid, x)` counted."
+    g = np.asarray(grid, dtype="float64")
+    if table is None and len(x) >= LUT_CELLS // 4: table = grid_table(g)  # the table costs about 64 K searches
+    if table is None: return np.bincount(np.searchsorted(g, x, side="left"), minlength=len(g) + 1)
+    cells = _cells(x, g)
+    at = table[0][cells]
+    at += x > table[1][cells]  # above the cell's one grid point: one more below the value
+    crowded = np.flatnonzero(at < 0)  # in cells holding two or more grid points
+    if not len(crowded): return np.bincount(at, minlength=len(g) + 1)
+    out = np.bincount(at[at >= 0], minlength=len(g) + 1)
+    return out + np.bincount(np.searchsorted(g, x[crowded], side="left"), minlength=len(g) + 1)
 
 # %% ../nbs/14b_reference.ipynb #14b-ref-005
 PROFILE_VERSION = 1
@@ -30,34 +79,66 @@ BINS = 10  # quantile bins of the PSI, as `drift.psi_numeric` uses
 MAX_LEVELS = 1000  # levels a categorical feature keeps; rarer ones are counted together as OTHER
 OTHER = "__other__"  # the bucket of the levels a profile did not keep
 
+def layout(at, # at(ranks): the values at 0-based ranks of the sorted finite values
+           n:int # finite values
+          )->tuple:
+    "(PSI edges, grid) of a numeric feature: the values at ranks `(k*n)//BINS` and `(i*n)//GRID`, and the largest."
+    edges = np.unique(at(np.unique((np.arange(1, BINS) * n) // BINS)))  # as `drift.quantile_edges` picks them
+    return edges, np.unique(np.append(at((np.arange(GRID) * n) // GRID), at(np.array([n - 1]))))
+
+def coarse_counts(edges, grid, fine)->np.ndarray:
+    "Rows per PSI bin from rows per fine bin of the grid (the edges are grid points)."
+    coarse = np.searchsorted(edges, np.asarray(grid, dtype="float64"), side="left")
+    fine = np.asarray(fine, dtype="float64")
+    return np.bincount(np.append(coarse, len(edges)), weights=fine, minlength=len(edges) + 1)
+
+def numeric_entry(n:int, missing:int, lo, hi, # finite values, missing ones, smallest and largest
+                  edges, grid, fine # `layout`, and the finite values per fine bin of the grid
+                 )->dict:
+    "A numeric feature's profile from its counts on its own grid (how the local engine and Spark both build it)."
+    out = {"kind": "numeric", "n": int(n), "missing": int(missing)}
+    if n == 0: return {**out, "min": None, "max": None, "edges": [], "counts": [], "grid": [], "cdf": []}
+    fine = np.asarray(fine, dtype="int64")
+    return {**out, "min": float(lo), "max": float(hi), "edges": np.asarray(edges, dtype="float64").tolist(),
+            "counts": coarse_counts(edges, grid, fine).astype("int64").tolist(),
+            "grid": np.asarray(grid, dtype="float64").tolist(), "cdf": (np.cumsum(fine)[:-1] / n).tolist()}
+
 def numeric_profile(values # a numeric column (NaN, None and infinities count as missing)
                    )->dict:
     "A numeric feature's profile: counts, missing, range, PSI edges and counts, and a CDF sketch for the KS test."
-    a = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy("float64", na_value=np.nan)
-    ok = np.isfinite(a)
-    x = np.sort(a[ok])
-    n = len(x)
-    out = {"kind": "numeric", "n": n, "missing": int((~ok).sum())}
-    if n == 0: return {**out, "min": None, "max": None, "edges": [], "counts": [], "grid": [], "cdf": []}
-    edges = quantile_edges(x, BINS)
-    grid = np.unique(np.append(x[(np.arange(GRID) * n) // GRID], x[-1]))  # the deciles' ranks are among these
-    return {**out, "min": float(x[0]), "max": float(x[-1]), "edges": edges.tolist(),
-            "counts": np.bincount(np.searchsorted(edges, x, side="left"), minlength=len(edges) + 1).tolist(),
-            "grid": grid.tolist(), "cdf": (np.searchsorted(x, grid, side="right") / n).tolist()}
+    x, missing = finite_values(values)
+    x = np.sort(x)
+    if not len(x): return numeric_entry(0, missing, None, None, [], [], [])
+    edges, grid = layout(lambda r: x[r], len(x))
+    return numeric_entry(len(x), missing, x[0], x[-1], edges, grid, grid_bins(x, grid))
 
 # %% ../nbs/14b_reference.ipynb #14b-ref-009
 def _level(v):
     "A category as the profile keys it: its text, None when missing."
     return None if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA else str(v)
 
+def level_counts(values # a text column (missing values are a level of their own, as in `psi_categorical`)
+                )->list:
+    "[[level, rows], ...] of a text column, the most frequent first; a missing value's level is None."
+    out = {}
+    for k, v in pd.Series(values).value_counts(dropna=False).items():  # in the column's own type (Arrow text: no objects)
+        if v: out[_level(k)] = out.get(_level(k), 0) + int(v)  # values with the same text (1 and "1") are one level
+    return sorted(([k, v] for k, v in out.items()), key=lambda kv: -kv[1])
+
+def categorical_entry(levels:list, # [[level, rows], ...] of all the rows (one frame's, or partitions' added)
+                      max_levels:int=MAX_LEVELS # levels kept; the rest are summed under OTHER
+                     )->dict:
+    "A categorical feature's profile from its level counts: the most frequent `max_levels`, the rest as OTHER."
+    ordered = sorted(levels, key=lambda kv: -kv[1])  # a stable sort: counts already in order stay as they are
+    kept, rest = ordered[:max_levels], ordered[max_levels:]
+    return {"kind": "categorical", "n": int(sum(v for _, v in ordered)), "levels": [[k, int(v)] for k, v in kept],
+            "other": int(sum(v for _, v in rest))}
+
 def categorical_profile(values, # a text column (missing values are a level of their own, as in `psi_categorical`)
                         max_levels:int=MAX_LEVELS # levels kept; the rest are summed under OTHER
                        )->dict:
     "A categorical feature's profile: rows per level (the most frequent `max_levels`), missing, the rest as OTHER."
-    counts = pd.Series(values, dtype=object).map(_level).value_counts(dropna=False)
-    keep = counts.iloc[:max_levels]
-    levels = [[None if pd.isna(k) else k, int(v)] for k, v in keep.items()]
-    return {"kind": "categorical", "n": int(counts.sum()), "levels": levels, "other": int(counts.iloc[max_levels:].sum())}
+    return categorical_entry(level_counts(values), max_levels)
 
 # %% ../nbs/14b_reference.ipynb #14b-ref-012
 @dataclass
@@ -96,23 +177,22 @@ def profile_of(df:pd.DataFrame, # the reference rows (the training rows of a ver
 
 # %% ../nbs/14b_reference.ipynb #14b-ref-015
 def current_counts(df:pd.DataFrame, # current rows (all of them, or one partition)
-                   profile:Profile # the reference profile: its features, grids and levels
+                   profile:Profile, # the reference profile: its features, grids and levels
+                   tables:dict|None=None # kept by a caller that counts many batches: the features' `grid_table`s
                   )->dict:
     "The counts `profile_drift` needs of current rows: mergeable across partitions with `add_counts`."
     out = {"rows": len(df), "features": {}}
     for c, p in profile.features.items():
         if c not in df.columns: raise DataError(f"current data is missing column {c!r}; add it or leave it out of the features")
         if p["kind"] == "numeric":
-            a = pd.to_numeric(df[c], errors="coerce").to_numpy("float64", na_value=np.nan)
-            ok = np.isfinite(a)
-            x = np.sort(a[ok])  # sorted, the grid's cumulative counts are len(grid) searches, not one a row
-            upto = np.searchsorted(x, p["grid"], side="right")  # rows <= each grid point
-            fine = np.diff(np.concatenate(([0], upto, [len(x)])))  # rows in (g[j-1], g[j]], then above the last
-            out["features"][c] = {"n": int(len(x)), "missing": int((~ok).sum()), "fine": fine.tolist(),
-                                  "min": float(x[0]) if len(x) else None, "max": float(x[-1]) if len(x) else None}
-        else:
-            vc = pd.Series(df[c], dtype=object).map(_level).value_counts(dropna=False)
-            out["features"][c] = {"levels": [[None if pd.isna(k) else k, int(v)] for k, v in vc.items()]}
+            x, missing = finite_values(df[c])
+            if tables is not None and c not in tables:  # a table once the batches so far would have paid for it
+                tables[c, "seen"] = tables.get((c, "seen"), 0) + len(x)
+                if tables[c, "seen"] >= LUT_CELLS // 4: tables[c] = grid_table(p["grid"])
+            fine = grid_bins(x, p["grid"], tables.get(c) if tables else None)  # rows in (g[j-1], g[j]], then above
+            out["features"][c] = {"n": int(len(x)), "missing": missing, "fine": fine.tolist(),
+                                  "min": float(x.min()) if len(x) else None, "max": float(x.max()) if len(x) else None}
+        else: out["features"][c] = {"levels": level_counts(df[c])}
     return out
 
 def add_counts(a:dict, b:dict)->dict:
@@ -153,10 +233,8 @@ def ks_from_cdfs(ref_cdf:np.ndarray, cur_cdf:np.ndarray, # both CDFs at the same
 def numeric_scores(p:dict, k:dict)->tuple:
     "(psi, ks_stat, ks_pvalue) of a numeric feature from its profile `p` and current counts `k`."
     if not p["n"] or not k["n"]: raise DataError("no finite values to compare on one side: pass at least one number")
-    grid, fine = np.asarray(p["grid"]), np.asarray(k["fine"], dtype="float64")
-    coarse = np.searchsorted(p["edges"], grid, side="left")  # the PSI bin of each fine bin (the edges are grid points)
-    cur = np.bincount(np.append(coarse, len(p["edges"])), weights=fine, minlength=len(p["edges"]) + 1)
-    psi = _psi(np.asarray(p["counts"], dtype="float64"), cur)
+    fine = np.asarray(k["fine"], dtype="float64")
+    psi = _psi(np.asarray(p["counts"], dtype="float64"), coarse_counts(p["edges"], p["grid"], fine))
     return (psi, *ks_from_cdfs(p["cdf"], np.cumsum(fine)[:-1] / k["n"], p["n"], k["n"]))
 
 def categorical_psi(p:dict, k:dict)->float:
@@ -210,16 +288,28 @@ def profile_drift(profile:Profile, # the reference profile (logged with the vers
                        _verdict(feats, decay, problem.decay_metrics if problem else [], age, t), timings)
 
 # %% ../nbs/14b_reference.ipynb #14b-ref-024
+def check_columns(df, # a pandas or Spark DataFrame
+                  label:str, # which data, for the message
+                  cols:list # the columns it needs
+                 )->None:
+    "A `DataError` naming the columns `df` lacks."
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        names = ", ".join(map(repr, missing))
+        raise DataError(f"{label} data is missing column(s) {names}; add them or leave them out of the feature lists")
+
+def _exported(name:str):
+    "Function `name` of this module as the installed package defines it (what a Spark worker can import by reference)."
+    return getattr(importlib.import_module("mlops_nb.reference"), name)
+
 def spark_counts(sdf, # a Spark DataFrame of current rows
                  profile:Profile # the reference profile
                 )->dict:
     "`current_counts` of a Spark DataFrame in one pass: each partition counts with numpy, the driver adds the counts."
-    import functools
     from pyspark.sql.types import StringType, StructField, StructType
     cols = list(profile.features)
-    missing = [c for c in cols if c not in sdf.columns]
-    if missing: raise DataError(f"current data is missing column(s) {', '.join(map(repr, missing))}")
-    part = functools.partial(_exported_partition_counts(), profile=profile.as_json())
+    check_columns(sdf, "current", cols)
+    part = functools.partial(_exported("partition_counts"), profile=profile.as_json())
     rows = sdf.select(*cols).mapInPandas(part, StructType([StructField("counts", StringType())])).collect()
     parts = [json.loads(r["counts"]) for r in rows]
     if not parts: return current_counts(pd.DataFrame({c: [] for c in cols}), profile)
@@ -227,16 +317,11 @@ def spark_counts(sdf, # a Spark DataFrame of current rows
 
 def partition_counts(batches, profile:dict):
     "The counts of one Spark partition's Arrow batches, as one JSON row."
-    p, acc = Profile.from_json(profile), None
+    p, acc, tables = Profile.from_json(profile), None, {}
     for df in batches:
-        k = current_counts(df, p)
+        k = current_counts(df, p, tables)
         acc = k if acc is None else add_counts(acc, k)
     if acc is not None: yield pd.DataFrame({"counts": [json.dumps(acc)]})
-
-def _exported_partition_counts():
-    "This module's `partition_counts` as the installed package defines it (what a Spark worker can import by reference)."
-    import importlib
-    return importlib.import_module("mlops_nb.reference").partition_counts
 
 def spark_profile_drift(profile:Profile, # the reference profile
                         current, # Spark DataFrame of recent rows; with the target and a model, decay is measured
@@ -256,6 +341,127 @@ def spark_profile_drift(profile:Profile, # the reference profile
         raw = sample_frame(current, counts["rows"], cols, max_n, 1)
         sample = typed_frame(raw, problem, "current", require_label=True)
     return profile_drift(profile, sample, thresholds, model, reference_metrics, model_created, problem, counts)
+
+# %% ../nbs/14b_reference.ipynb #14b-ref-024b
+SKETCH_VALUES = 100_000  # values per partition a reference's numeric sketches hold at most, shared among the features
+
+def sketch_size(features:int # numeric features profiled
+               )->int:
+    "Values a partition sends per numeric feature: all of them up to this many, evenly weighted ranks beyond."
+    return max(2 * GRID, min(50_000, SKETCH_VALUES // max(features, 1)))
+
+def compress(v:np.ndarray, w:np.ndarray, # values and the rows each stands for
+             k:int # values kept
+            )->tuple:
+    "(values, weights): the values at `k` evenly spaced cumulative weights of `v`, each for an equal share of the rows."
+    o = np.argsort(v, kind="stable")
+    v, cw = v[o], np.cumsum(w[o])
+    at = np.minimum(np.searchsorted(cw, (np.arange(k) + 0.5) * cw[-1] / k, side="right"), len(v) - 1)
+    return v[at], np.full(k, cw[-1] / k)
+
+def partition_sketch(batches, numeric:list, categorical:list, # a partition's Arrow batches, the features
+                     k:int # values kept per numeric feature (`sketch_size`)
+                    ):
+    "One Spark partition of a reference: rows, level counts, and at most `k` weighted values per numeric feature."
+    rows, levels, exact = 0, {c: {} for c in categorical}, dict.fromkeys(numeric, True)
+    vals = {c: (np.empty(0), np.empty(0)) for c in numeric}
+    for df in batches:
+        rows += len(df)
+        for c in categorical:
+            for lv, n in level_counts(df[c]): levels[c][lv] = levels[c].get(lv, 0) + n
+        for c in numeric:
+            x = finite_values(df[c])[0]
+            v, w = np.concatenate([vals[c][0], x]), np.concatenate([vals[c][1], np.ones(len(x))])
+            if len(v) > 2 * k:  # keep memory bounded: compress to k, then gather up to 2k again
+                v, w = compress(v, w, k)
+                exact[c] = False
+            vals[c] = (v, w)
+    for c in numeric:
+        if len(vals[c][0]) > k:
+            vals[c] = compress(*vals[c], k)
+            exact[c] = False
+    part = {"rows": rows, "exact": exact, "sizes": {c: len(vals[c][0]) for c in numeric},
+            "levels": {c: [[lv, n] for lv, n in levels[c].items()] for c in categorical}}
+    sketch = np.concatenate([np.empty(0)] + [a for c in numeric for a in vals[c]]).astype("float64").tobytes()
+    yield pd.DataFrame({"part": [json.dumps(part)], "sketch": [sketch]})
+
+def _merged_layout(values:list, weights:list)->tuple:
+    "(edges, grid) of a feature from its partitions' weighted values (`layout` at the merged ranks)."
+    v, w = np.concatenate(values), np.concatenate(weights)
+    if not len(v): return [], []
+    o = np.argsort(v, kind="stable")
+    v, cw = v[o], np.cumsum(w[o])
+    return layout(lambda r: v[np.minimum(np.searchsorted(cw, r, side="right"), len(v) - 1)], int(round(cw[-1])))
+
+def spark_profile(sdf, # a Spark DataFrame of reference rows
+                  numeric:list, categorical:list, # the features to profile
+                  exact:dict|None=None # filled with feature -> whether its edges and grid are `profile_of`'s exactly
+                 )->Profile:
+    "`profile_of` on Spark in two passes: weighted values for the edges and grid, then exact counts on that grid."
+    from pyspark.sql.types import BinaryType, StringType, StructField, StructType
+    check_columns(sdf, "reference", [*numeric, *categorical])
+    k = sketch_size(len(numeric))
+    part = functools.partial(_exported("partition_sketch"), numeric=numeric, categorical=categorical, k=k)
+    schema = StructType([StructField("part", StringType()), StructField("sketch", BinaryType())])
+    got = [(json.loads(r["part"]), np.frombuffer(r["sketch"], dtype="float64"))
+           for r in sdf.select(*numeric, *categorical).mapInPandas(part, schema).collect()]
+    vals = {c: ([], []) for c in numeric}
+    for p, buf in got:
+        at = 0
+        for c in numeric:
+            n = p["sizes"][c]
+            vals[c][0].append(buf[at:at + n])
+            vals[c][1].append(buf[at + n:at + 2 * n])
+            at += 2 * n
+    layouts = {c: _merged_layout(*vals[c]) for c in numeric}
+    if exact is not None: exact.update({c: all(p["exact"][c] for p, _ in got) for c in numeric})
+    rows = sum(p["rows"] for p, _ in got)
+    grids = Profile(rows, {c: {"kind": "numeric", "grid": np.asarray(g).tolist()} for c, (_, g) in layouts.items()})
+    counts = spark_counts(sdf, grids)["features"] if numeric else {}  # the second pass: exact counts on the grid
+    feats = {c: numeric_entry(n["n"], n["missing"], n["min"], n["max"], *layouts[c], n["fine"])
+             for c, n in counts.items()}
+    for c in categorical:
+        merged = {}
+        for p, _ in got:
+            for lv, n in p["levels"][c]: merged[lv] = merged.get(lv, 0) + n
+        feats[c] = categorical_entry([[lv, n] for lv, n in merged.items()])
+    return Profile(rows, feats)
+
+# %% ../nbs/14b_reference.ipynb #14b-ref-024f
+def spark_drift_report(reference, # Spark DataFrame: rows the model was trained on (or any baseline)
+                       current, # Spark DataFrame: recent rows; with the target and a model, decay is measured
+                       thresholds=None, # `DriftThresholds`, a dict of them, or None for the defaults
+                       model=None, # fitted pipeline or `Runtime`, to measure decay on labelled current rows
+                       reference_metrics:dict|None=None, # the model's metrics at training time
+                       model_created=None, # the model's creation time, for the age check
+                       problem:Problem|None=None, # the declaration (default: the one a `Runtime` recorded)
+                       numeric:list|None=None, # numeric features (default: the problem's watched numeric inputs)
+                       categorical:list|None=None, # categorical features (default: its watched text inputs)
+                       max_n:int=KS_MAX_N # rows per side the decay is measured on at most (seeded samples)
+                      )->DriftReport:
+    "`drift.drift_report` on Spark: the reference profiled on Spark (`spark_profile`), then `spark_profile_drift`."
+    problem = problem if problem is not None else getattr(model, "problem", None)
+    if problem is None and (numeric is None or categorical is None):
+        raise MlopsNbError("spark_drift_report needs the problem (or a served model, which records it) "
+                           "or both feature lists")
+    wn, wc = watched_features(problem) if problem is not None else ([], [])
+    numeric, categorical = list(wn if numeric is None else numeric), list(wc if categorical is None else categorical)
+    for label, df in (("reference", reference), ("current", current)): check_columns(df, label, numeric + categorical)
+    t0, exact = time.perf_counter(), {}
+    profile = spark_profile(reference, numeric, categorical, exact)
+    if not profile.rows: raise DataError("reference data has no rows: pass at least one row")
+    empty = [c for c in numeric if not profile.features[c]["n"]]
+    if empty: raise DataError(f"reference data: column {empty[0]!r} has no numeric values; fill it in or leave it out")
+    seconds = time.perf_counter() - t0
+    labelled = model is not None and problem is not None and problem.target in current.columns
+    if labelled and reference_metrics is None and problem.target in reference.columns:
+        cols = [c for c in [*problem.inputs, problem.target] if c in reference.columns]
+        sample = typed_frame(sample_frame(reference, profile.rows, cols, max_n, 0), problem, "reference")
+        reference_metrics = model_metrics(model, sample, problem, "reference")
+    rep = spark_profile_drift(profile, current, thresholds, model, reference_metrics, model_created, problem, max_n)
+    rep.timings["reference"] = seconds
+    rep.exact_edges = exact  # feature -> whether its PSI bins are the local engine's exactly
+    return rep
 
 # %% ../nbs/14b_reference.ipynb #14b-ref-026
 PROFILE_ARTIFACT = "reference_profile.json"
