@@ -1,5 +1,5 @@
 """Shared pytest fixtures (tests/ and api/): an isolated state folder per module, the real CLI, data, model folders."""
-import json, os, subprocess, sys, threading
+import json, os, subprocess, sys, tempfile, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 import pytest
@@ -185,6 +185,34 @@ SECONDS = {"test_problems.py": 1041, "test_library.py": 785, "test_training.py":
 def _group_name(mark): return str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))  # as xdist reads it
 
 
+# pytest-xdist 3.8's loadgroup passes each test's group to its scheduler by appending "@group" to the test's nodeid, which
+# pytest 9.2 no longer lets a plugin change (pytest-xdist#1386): every test became its own unit, so a file's tests ran on
+# both workers and each worker set up the file's module fixtures again (the same models trained twice, two JVMs). So the
+# workers write each test's unit to a file the controller names, and the scheduler below reads the units from there.
+UNITS = "MLOPS_NB_TEST_UNITS"  # environment variable: that file's path
+
+
+def pytest_configure(config):
+    "On the xdist controller of a loadgroup run: the file the workers will write the units to (they inherit the variable)."
+    if getattr(config.option, "dist", "no") == "loadgroup" and not hasattr(config, "workerinput"):
+        os.environ[UNITS] = str(Path(tempfile.mkdtemp(prefix="mlops-nb-units-"))/"units.json")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    "loadgroup's scheduler, with each test's unit read from the workers' file (a test not in it: xdist's own reading)."
+    if config.getvalue("dist") != "loadgroup": return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class UnitScheduling(LoadGroupScheduling):
+        units = None
+
+        def _split_scope(self, nodeid):
+            if self.units is None: self.units = json.loads(Path(os.environ[UNITS]).read_text())
+            return self.units.get(nodeid) or super()._split_scope(nodeid)
+    return UnitScheduling(config, log)
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(session, config, items):
     """The order two workers take the work in (`--dist loadgroup --no-loadscope-reorder`; xdist's default reorders by
@@ -201,3 +229,8 @@ def pytest_collection_modifyitems(session, config, items):
     head = [g for g in units if g not in late][:HEAD]
     rank = {g: i for i, g in enumerate(head + sorted((g for g in units if g not in head), key=lambda g: -SECONDS.get(g, 0)))}
     items.sort(key=lambda item: rank[group[item]])
+    if hasattr(config, "workerinput") and os.environ.get(UNITS):  # for the scheduler: both workers write the same units
+        units = Path(os.environ[UNITS])
+        part = units.with_name(f"{config.workerinput['workerid']}.json")
+        part.write_text(json.dumps({item.nodeid: group[item] for item in items}))
+        os.replace(part, units)
