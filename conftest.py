@@ -206,7 +206,7 @@ def pytest_unconfigure(config):
         shutil.rmtree(Path(os.environ.pop(UNITS)).parent, ignore_errors=True)
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # optional: a run with `-p no:xdist` has no such hook
 def pytest_xdist_make_scheduler(config, log):
     "loadgroup's scheduler, with each test's unit read from the workers' file (a test not in it: xdist's own reading)."
     if config.getvalue("dist") != "loadgroup": return None
