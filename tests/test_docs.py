@@ -9,13 +9,27 @@ ROOT = Path(__file__).resolve().parent.parent
 NBS = ROOT/"nbs"
 PY = sys.executable
 
+def _without_quarto():
+    "PATH without any folder that holds a `quarto`."
+    return os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep) if d and not (Path(d)/"quarto").exists())
+
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
+def site_build(tmp_path_factory):
+    """The docs pipeline's one command (.github/workflows/docs.yml runs it too) where Quarto is absent, with the site
+    written elsewhere: (its arguments, its stdout, the site). One build serves every test of the site (a build is slow)."""
+    from mlops_nb.pipeline import PIPELINES
+    [step] = PIPELINES["docs"]
+    args = shlex.split(step.cmd)
     out = tmp_path_factory.mktemp("site")/"_site"
-    r = subprocess.run([PY, ROOT/"scripts"/"docs.py", "--out", out], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    args[args.index("--out") + 1:args.index("--out") + 2] = [str(out)]
+    r = subprocess.run([PY, *args[1:]], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PATH": _without_quarto()})
     assert r.returncode == 0, r.stdout + r.stderr
     assert re.search(r"\d+ pages written", r.stdout), r.stdout
-    return out
+    return args, r.stdout, out
+
+@pytest.fixture(scope="module")
+def site(site_build): return site_build[2]
 
 def test_every_notebook_has_a_page(site):
     assert (site/"index.html").is_file()
@@ -102,23 +116,14 @@ def test_the_manual_holds_every_section_the_readme_moved(site):
     assert '<ul class="nav-manual">' in side and "Not run against the real thing" in side
 
 # ---------------------------------------------------------------- the docs pipeline's build
-def _without_quarto():
-    "PATH without any folder that holds a `quarto`."
-    return os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep) if d and not (Path(d)/"quarto").exists())
-
-def test_the_docs_pipeline_builds_and_checks_the_fallback_where_quarto_is_absent(tmp_path):
-    "The docs pipeline's one command (.github/workflows/docs.yml runs it too), with the site written elsewhere."
+def test_the_docs_pipeline_builds_and_checks_the_fallback_where_quarto_is_absent(site_build):
+    "The docs pipeline's one command, run by `site_build` (the site every test above reads): the fallback, checked."
     from mlops_nb.pipeline import DOCS_SITE, PIPELINES
     [step] = PIPELINES["docs"]
-    args = shlex.split(step.cmd)
+    args, stdout, out = site_build
     assert args[:2] == ["python", "scripts/docs.py"] and {"--engine", "--check"} <= set(args)
-    out = tmp_path/"site"
-    args[args.index("--out") + 1:args.index("--out") + 2] = [str(out)]
     assert DOCS_SITE in step.cmd
-    r = subprocess.run([PY, *args[1:]], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "PATH": _without_quarto()})
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "engine: fallback (quarto is not on PATH)" in r.stdout and re.search(r"check: \d+ pages, every relative link resolves", r.stdout)
+    assert "engine: fallback (quarto is not on PATH)" in stdout and re.search(r"check: \d+ pages, every relative link resolves", stdout)
     page = (out/"tutorials"/"06_bring_your_own_problem.html").read_text()
     assert "<title>Bring your own problem" in page and "mlops-nb new wine-cultivars" in page
     assert 'href="06_bring_your_own_problem.html"' in (out/"tutorials"/"01_getting_started.html").read_text()
