@@ -107,7 +107,7 @@ def main():
             print(f"  Evidently / from a profile: {ev_['seconds'] / fp['seconds']:.0f}x the time; from rows / from a profile: "
                   f"{r['from_rows']['seconds'] / fp['seconds']:.1f}x; drifted: profile {fp['drifted']}, rows "
                   f"{r['from_rows']['drifted']}, Evidently {ev_.get('drifted')}")
-    print(f"(target: from a profile, >= 50 M rows x features per CPU second, i.e. 1 M rows x 50 features a second per core)")
+    print("(target: from a profile, >= 50 M rows x features per CPU second, i.e. 1 M rows x 50 features a second per core)")
 
 
 if __name__ == "__main__": main()
