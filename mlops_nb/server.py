@@ -15,13 +15,15 @@ from .core import EnvVar, MlopsNbError, lazy_module, project_root, usable_cpus
 # the model's side (scikit-learn, pandas, pyarrow) loads on first use: the parent of several workers serves no request
 # and stays a small process that starts them at once
 serving = lazy_module("mlops_nb.serving")
+tracking = lazy_module("mlops_nb.tracking")  # the parent reads a registry version through it, without MLflow
 inference_log = lazy_module("mlops_nb.inference_log")
 
 # %% auto #0
-__all__ = ['serving', 'inference_log', 'BUCKETS', 'ADMIN_MAX_BODY', 'DOCS_HTML', 'ROUTES', 'PUBLIC', 'MAX_HEADER_BYTES',
-           'HEADER_TIMEOUT', 'BODY_TIMEOUT', 'MAX_CONNECTIONS', 'PRESSURE', 'PRESSED_HEADER_TIMEOUT', 'PROBES',
-           'STARTUP_ERROR', 'entry_path', 'load_entry', 'Metrics', 'log_event', 'ScoringApp', 'app_from_env',
-           'default_workers', 'serve', 'free_port', 'http_status', 'start_server', 'swap_model']
+__all__ = ['serving', 'tracking', 'inference_log', 'BUCKETS', 'ADMIN_MAX_BODY', 'DOCS_HTML', 'ROUTES', 'PUBLIC',
+           'MAX_HEADER_BYTES', 'HEADER_TIMEOUT', 'BODY_TIMEOUT', 'MAX_CONNECTIONS', 'PRESSURE',
+           'PRESSED_HEADER_TIMEOUT', 'PROBES', 'STARTUP_ERROR', 'entry_path', 'load_entry', 'Metrics', 'log_event',
+           'ScoringApp', 'app_from_env', 'default_workers', 'serve', 'free_port', 'http_status', 'start_server',
+           'swap_model']
 
 # %% ../nbs/08_server.ipynb #08-server-005
 def entry_path(path:str|Path|None=None # entry script (default: `api/score.py` of the project, if there is one)
@@ -174,7 +176,8 @@ def _load(self:ScoringApp, ref:str|None):
     if old is not None: self.metrics.swaps.inc()
     self.metrics.model(rt.info)
     log_event("model_loaded", model=ref, seconds=round(time.time() - t0, 3), info=rt.info.as_dict(), fast_path=rt.fast is not None,
-              fast_path_fallback=rt.fast_reason, previous=old.info.as_dict() if old else None)
+              fast_path_fallback=rt.fast_reason, previous=old.info.as_dict() if old else None,
+              mlflow_imported="mlflow" in sys.modules)  # about 100 MB this process keeps: only where the registry needs it
     return rt
 
 async def _swap(self:ScoringApp, ref:str|None):
@@ -610,6 +613,22 @@ def default_workers(admin:bool=False, # whether /admin/model is enabled (an admi
     "Worker processes by default: one per usable CPU; one when /admin/model is enabled (a swap reaches one process)."
     return 1 if admin else max(1, cpus or usable_cpus())
 
+def _resolve_once(cfg:dict)->dict:
+    "`cfg` with its registry reference resolved once, in the parent of several workers: they all serve one version."
+    ref = cfg.get("model")
+    if ref and Path(ref).expanduser().exists(): return cfg
+    try:
+        local = tracking.local_version(ref or "champion")
+        if local is not None and local[1] is not None:  # the version's number pins it; each worker copies its local folder
+            v = local[0]
+            return cfg if cfg.get("watch") else {**cfg, "model": f"models:/{v.name}/{v.version}"}
+        # downloaded once, here: workers would each download it, and race to create a fresh registry store; its folder
+        # also spares them MLflow's import (a watched alias is still followed by reference)
+        folder = str(serving.model_folder(ref))
+    except Exception as e:  # as one process says it
+        raise MlopsNbError(f"could not load model {ref or 'champion'}: {type(e).__name__}: {e}") from None
+    return cfg if cfg.get("watch") else {**cfg, "model": folder}
+
 def serve(host:str="127.0.0.1", # interface to bind
           port:int=8080, # port (0: any free port)
           workers:int|None=None, # worker processes (default: `default_workers`)
@@ -623,14 +642,7 @@ def serve(host:str="127.0.0.1", # interface to bind
     workers = workers or default_workers(bool(cfg.get("admin_token")))
     if workers > 1:
         import tempfile
-        ref = cfg.get("model")
-        if not (ref and Path(ref).expanduser().exists()):
-            # a registry reference is resolved once, here: workers would each download it, and race to create a fresh
-            # registry store; its folder also spares them MLflow's import (a watched alias is still followed by reference)
-            try: folder = str(serving.model_folder(ref))
-            except Exception as e:  # as one process says it
-                raise MlopsNbError(f"could not load model {ref or 'champion'}: {type(e).__name__}: {e}") from None
-            if not cfg.get("watch"): cfg = {**cfg, "model": folder}
+        cfg = _resolve_once(cfg)
         # every worker counts into files here, and /metrics (whichever worker answers it) reads them all
         shared = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mlops-nb-metrics-")
         os.environ[_ENV_PREFIX + "CONFIG"] = json.dumps({**cfg, "workers": workers})

@@ -15,7 +15,7 @@ from .core import MlopsNbError, MLOPS_NB_MODEL_ROOTS, state_dir, registry_uri, r
 from .data import ColumnSpec, check_record
 from .problem import ProblemError, load_problem, problem_from_json, problem_ref
 from .train import BOOSTER_TYPES, TRUSTED_TYPES, problem_modules
-from .tracking import GIT_COMMIT_TAG, model_name, resolve_version
+from .tracking import GIT_COMMIT_TAG, local_version, model_name, resolve_version
 try: from orjson import loads as _loads  # the serve extra: request bodies parse 3-5x faster (its errors are ValueErrors)
 except ImportError: from json import loads as _loads
 
@@ -625,11 +625,16 @@ def _verify(self:Runtime, expect:dict|None=None # the input schema of the model 
 Runtime._fast_path, Runtime._verified, Runtime.verify = _fast_path, _verified, _verify
 
 # %% ../nbs/07_serving.ipynb #07-serving-017
+def _resolve(ref:str)->tuple:
+    "(`ModelVersionInfo`, the local folder of its files or None) of the version a registry reference names."
+    local = local_version(ref)  # the project's SQLite store, read without MLflow
+    if local is not None: return local
+    m = re.fullmatch(r"models:/([^/@]+)(?:@(.+)|/(\d+))", ref)
+    return (resolve_version(m.group(2) or m.group(3), m.group(1)) if m else resolve_version(ref)), None
+
 def _registry_version(ref:str):
     "The `ModelVersionInfo` a registry reference names."
-    m = re.fullmatch(r"models:/([^/@]+)(?:@(.+)|/(\d+))", ref)
-    if m: return resolve_version(m.group(2) or m.group(3), m.group(1))
-    return resolve_version(ref)
+    return _resolve(ref)[0]
 
 def _cache_dir(v)->Path:
     "The serving cache folder of registry version `v`: keyed by the registry store and the version's run, not its number."
@@ -637,20 +642,28 @@ def _cache_dir(v)->Path:
     store = hashlib.sha256(registry_uri().encode()).hexdigest()[:12]
     return state_dir()/"served"/store/f"{re.sub(r'[^A-Za-z0-9._-]', '_', v.name)}-v{v.version}-{v.run_id or 'norun'}"
 
+def _copy_model(src:Path, dst:Path, v):
+    "Copy version `v`'s local folder `src` to `dst` as MLflow's download writes it (with its `registered_model_meta`)."
+    import yaml
+    shutil.copytree(src, dst)
+    (dst/"registered_model_meta").write_text(yaml.safe_dump({"model_name": v.name, "model_version": str(v.version)}))
+
 def fetch_model(ref:str # registry reference
                )->Path:
     "Download the registry model `ref` names into the serving cache (once); return its folder."
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    import mlflow
-    v = _registry_version(ref)
+    v, local = _resolve(ref)
     dest = _cache_dir(v)
     if not (dest/"MLmodel").exists():
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".tmp", dir=dest.parent))
         try:
-            # a models:/ URI: every registry's own artifact repository (Unity Catalog's reads the version's files through
-            # the workspace, where its raw download URI would be cloud storage this process holds no credentials for)
-            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{v.name}/{v.version}", dst_path=str(tmp))
+            if local is not None: _copy_model(local, tmp/"model", v)
+            else:
+                os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+                import mlflow
+                # a models:/ URI: every registry's own artifact repository (Unity Catalog's reads the version's files
+                # through the workspace, where its raw download URI would be cloud storage this process has no credentials for)
+                mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{v.name}/{v.version}", dst_path=str(tmp))
             d = find_model_dir(tmp)
             (d/"mlops_nb_model.json").write_text(json.dumps({"name": v.name, "version": str(v.version), "run_id": v.run_id,
                                                              "git_commit": v.tags.get(GIT_COMMIT_TAG, ""), "source": ref,

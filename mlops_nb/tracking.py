@@ -6,7 +6,7 @@ Docs: https://mlops-nb.github.io/mlops_nb/tracking.html.md"""
 
 # %% ../nbs/03_tracking.ipynb #03-tracking-002
 from __future__ import annotations
-import contextlib, fcntl, json, logging, os, re, socket, subprocess, sys, tempfile, time
+import contextlib, fcntl, json, logging, os, re, socket, sqlite3, subprocess, sys, tempfile, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse, unquote
@@ -22,7 +22,7 @@ __all__ = ['TAG', 'MODE_TAG', 'DATA_FP_TAG', 'EVAL_FP_TAG', 'GIT_COMMIT_TAG', 'G
            'run_status', 'sweep_runs', 'start_notebook_run', 'log_data_lineage', 'ModelVersionInfo', 'baseline_failure',
            'gate_failures', 'check_servable', 'servable_note', 'register_model', 'list_versions', 'latest_version',
            'metric_direction', 'Selection', 'best_version', 'promote', 'version_for_alias', 'resolve_version',
-           'analyze_sqlite', 'best_run']
+           'local_version', 'analyze_sqlite', 'best_run']
 
 # %% ../nbs/03_tracking.ipynb #03-tracking-005
 TAG = "mlops_nb."  # prefix of every tag this package writes
@@ -534,11 +534,53 @@ def resolve_version(ref:str="latest", # latest | ALIAS | @ALIAS | VERSION | best
                             f"'{name or model_name()}'")
     return vs[v]
 
+# %% ../nbs/03_tracking.ipynb #03-tracking-034b
+_MV_DELETED = "Deleted_Internal"  # MLflow's stage of a deleted version (its row stays in the table)
+
+def _local_folder(uri:str|None)->Path|None:
+    "The folder a `file:` URI or an absolute path names, when it holds an MLmodel file; else None."
+    u = urlparse(uri or "")
+    if u.scheme == "file" and u.netloc in ("", "localhost"): p = Path(unquote(u.path))
+    elif uri and uri.startswith("/"): p = Path(uri)
+    else: return None
+    return p if (p/"MLmodel").is_file() else None
+
+_MODELS_URI = re.compile(r"models:/([^/@]+)(?:@(.+)|/(\d+))")
+
+def local_version(ref:str="latest", # models:/NAME@ALIAS, models:/NAME/N, or latest | ALIAS | @ALIAS | VERSION
+                  name:str|None=None # registered model name (default: `model_name()`)
+                 )->tuple|None:
+    """(`ModelVersionInfo` without metrics, the local folder of its files or None) of the version `ref` names, read
+    from a local SQLite registry without MLflow; None where `resolve_version` must answer."""
+    db, ref = sqlite_path(registry_uri()), str(ref).strip()
+    m = _MODELS_URI.fullmatch(ref)
+    if m: ref, name = m.group(2) or m.group(3), m.group(1)
+    if db is None or not db.is_file() or ref.startswith("best:"): return None
+    name = name or model_name()
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)) as con:
+            q = lambda sql, *a: con.execute(sql, a).fetchall()
+            if q("SELECT workspace FROM registered_models WHERE name = ?", name) != [("default",)]: return None
+            live = "FROM model_versions WHERE name = ? AND current_stage != ?"
+            if ref in ("", "latest"): version = q(f"SELECT MAX(version) {live}", name, _MV_DELETED)[0][0]
+            elif ref.isdigit(): version = int(ref)
+            else:
+                found = q("SELECT version FROM registered_model_aliases WHERE name = ? AND alias = ?", name, ref.lstrip("@"))
+                version = found[0][0] if found else None
+            rows = q(f"SELECT run_id, creation_time, storage_location, source, status {live} AND version = ?",
+                     name, _MV_DELETED, version)
+            aliases = sorted(a for a, in q("SELECT alias FROM registered_model_aliases WHERE name = ? AND version = ?", name, version))
+            tags = dict(q("SELECT key, value FROM model_version_tags WHERE name = ? AND version = ?", name, version))
+    except sqlite3.Error: return None  # a store of another schema: MLflow reads it
+    if len(rows) != 1 or rows[0][4] != "READY": return None
+    run_id, created, location, source, _ = rows[0]
+    return ModelVersionInfo(name, int(version), run_id or "", int(created or 0), aliases, tags), _local_folder(location or source)
+
+
 # %% ../nbs/03_tracking.ipynb #03-tracking-036
 def analyze_sqlite(db:Path # SQLite database file
                   ):
     "Refresh SQLite's query-planner statistics (bounded work), so metric-ordered searches use the indexes."
-    import sqlite3
     con = sqlite3.connect(str(db), timeout=30)
     try: con.execute("PRAGMA analysis_limit=1000"); con.execute("ANALYZE"); con.commit()
     finally: con.close()

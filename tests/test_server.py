@@ -211,13 +211,41 @@ def test_watching_the_alias_swaps_when_it_moves(tmp_path, model_dir, model_dir_v
     try:
         assert s.get("/version")[1]["version"] == str(v1)
         promote(v2, "champion")
-        deadline = time.time() + 30
-        while time.time() < deadline and s.get("/version")[1]["version"] != str(v2): time.sleep(0.2)
-        assert s.get("/version")[1]["version"] == str(v2)
-        st, body = s.score(GOOD)
-        assert st == 200 and body["predictions"][0]["version"] == str(v2)
+        # every worker (two by default here) follows the alias on its own: until each has swapped, answers mix versions
+        served = lambda: {s.score(GOOD)[1]["predictions"][0]["version"] for _ in range(8)}  # new connections, both workers
+        deadline = time.time() + 60
+        while time.time() < deadline and served() != {str(v2)}: time.sleep(0.2)
+        assert served() == {str(v2)}
     finally: log = s.stop()
     assert '"event": "alias_moved"' in log
+
+
+def _loaded(log:str)->list:
+    "The model_loaded events of a server log."
+    return [e for e in (json.loads(l) for l in log.splitlines() if l.startswith("{")) if e.get("event") == "model_loaded"]
+
+
+def test_registry_reference_starts_without_mlflow_and_serves_the_version_it_names(tmp_path, model_dir, model_dir_v2, state):
+    "On the local SQLite store a reference is read without MLflow, one worker or two; best:METRIC still goes through MLflow."
+    from mlops_nb.tracking import promote
+    v1, v2 = _register(model_dir, 1), _register(model_dir_v2, 2)
+    promote(v2, "champion"); promote(v1, "previous")
+    ref = "models:/ottawa-housing-classifier@"
+    for args, want in (([ref + "champion", "--workers", "1"], v2), ([ref + "previous"], v1)):  # one worker; the default (two here)
+        s = Server(tmp_path, "--model", *args)
+        try:
+            for _ in range(6):  # new connections: with two workers, both answer
+                st, body = s.score(GOOD)
+                assert st == 200 and body["predictions"][0]["version"] == str(want)
+        finally: log = s.stop()
+        events = _loaded(log)
+        assert events and all(e["info"]["version"] == str(want) and e["mlflow_imported"] is False for e in events), log
+    cached = [d for d in (state/"served").glob("*/*") if (d/"MLmodel").exists()]
+    assert cached and all((d/"registered_model_meta").exists() and (d/"mlops_nb_model.json").exists() for d in cached)
+    s = Server(tmp_path, "--model", "best:roc_auc", "--workers", "1")  # a reference only MLflow answers: as before
+    try: assert s.get("/version")[1]["version"] in (str(v1), str(v2))
+    finally: log = s.stop()
+    assert _loaded(log)[0]["mlflow_imported"] is True
 
 
 def test_deploy_local_starts_then_swaps_without_engine(tmp_path_factory, tmp_path, model_dir, model_dir_v2, state):
