@@ -293,6 +293,11 @@ def csv_records(body:bytes, # CSV text with a header row
 V2_DATATYPES = {"int": "INT64", "float": "FP64", "bool": "BOOL", "str": "BYTES", "datetime": "BYTES"}
 _V2_NUMPY = {"BOOL": "?", "INT8": "<i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8", "UINT8": "<u1", "UINT16": "<u2",
              "UINT32": "<u4", "UINT64": "<u8", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}
+_V2_WIDTH = {k: np.dtype(v).itemsize for k, v in _V2_NUMPY.items()}
+# the same values read by memoryview where this machine's byte order is the protocol's (little-endian): a few columns
+# of one row each read in a fraction of numpy's per-call cost
+_V2_NATIVE = {"INT8": "b", "INT16": "h", "INT32": "i", "INT64": "q", "UINT8": "B", "UINT16": "H", "UINT32": "I", "UINT64": "Q",
+              "FP32": "f", "FP64": "d"} if sys.byteorder == "little" else {}
 V2_OUTPUT = "predictions"
 
 def v2_metadata(rt)->dict:
@@ -312,10 +317,10 @@ def _v2_binary(buf:bytes, datatype:str, name:str)->list:
             out.append(buf[i:i + k].decode("utf-8", "replace")); i += k
         return out
     if datatype not in _V2_NUMPY: raise _bad(f"input {name!r}: datatype {datatype!r} is not supported")
-    width = np.dtype(_V2_NUMPY[datatype]).itemsize
+    width = _V2_WIDTH[datatype]
     if len(buf) % width: raise _bad(f"input {name!r}: {len(buf)} bytes are not a whole number of {datatype} values ({width} bytes each)")
-    a = np.frombuffer(buf, dtype=_V2_NUMPY[datatype])
-    return a.tolist()
+    if datatype in _V2_NATIVE: return memoryview(buf).cast(_V2_NATIVE[datatype]).tolist()
+    return np.frombuffer(buf, dtype=_V2_NUMPY[datatype]).tolist()
 
 def v2_header_length(value:str|None # the Inference-Header-Content-Length header, if sent
                     )->int|None:
@@ -343,7 +348,7 @@ def v2_records(body:bytes, # the request body
         if name in cols: raise _bad(f"input {name!r} is sent twice: send each column once")
         params = t.get("parameters")
         if params is not None and not isinstance(params, dict): raise _bad(f"input {name!r}: parameters must be an object")
-        size = (params or {}).get("binary_data_size")
+        size = params.get("binary_data_size") if params else None
         if size is not None:
             if header_length is None: raise _bad(f"input {name!r}: binary data without an Inference-Header-Content-Length header")
             if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= len(body) - pos:
@@ -352,8 +357,11 @@ def v2_records(body:bytes, # the request body
         else:
             data = t.get("data")
             if not isinstance(data, list): raise _bad(f"input {name!r} has no data")
-            if data and all(isinstance(x, list) for x in data): data = [x[0] if len(x) == 1 else x for x in data]  # shape [n, 1]
-        if not shape or not all(isinstance(d, int) for d in shape) or shape[0] != len(data) or any(d != 1 for d in shape[1:]):
+            if data and isinstance(data[0], list) and all(isinstance(x, list) for x in data):  # shape [n, 1]
+                data = [x[0] if len(x) == 1 else x for x in data]
+        # [n] or [n, 1, ...]: one value a row (no generator for the usual [n]: this loop runs once per column and request)
+        if not (shape and isinstance(shape[0], int) and shape[0] == len(data)
+                and (len(shape) == 1 or all(isinstance(d, int) and d == 1 for d in shape[1:]))):
             raise _bad(f"input {name!r}: shape {shape} does not fit its {len(data)} values; send shape [n] or [n, 1], one value a row")
         if n is not None and len(data) != n: raise _bad(f"input {name!r} has {len(data)} rows, the others {n}")
         n, cols[name] = len(data), data
