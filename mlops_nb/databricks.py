@@ -23,7 +23,7 @@ __all__ = ['DATABRICKS_HOST', 'DATABRICKS_CLIENT_ID', 'DATABRICKS_CLIENT_SECRET'
            'CREDENTIALS', 'SECRET_ENV', 'HOW_TO_AUTHENTICATE', 'DatabricksError', 'sanitise_branch', 'workspace_folder',
            'run_parameters', 'parameterized_notebook', 'mask', 'DatabricksRun', 'credential_kind', 'secrets_in_use',
            'workspace_client', 'cluster_env', 'library_spec', 'build_wheel', 'wheel_path', 'DatabricksRunner',
-           'upload_wheel', 'declared_jobs']
+           'declared_jobs']
 
 # %% ../nbs/11_databricks.ipynb #11-databricks-005
 DATABRICKS_HOST = EnvVar("DATABRICKS_HOST", None, "Databricks workspace URL, e.g. `https://adb-123.azuredatabricks.net`.")
@@ -151,6 +151,7 @@ def _poll(self:DatabricksRun, deadline:float|None):
         self._sleep(pause)
 
 # %% ../nbs/11_databricks.ipynb #11-databricks-016
+@patch
 def _result(self:DatabricksRun, run)->RunResult:
     "The notebook's result, read from the task's output (its `dbutils.notebook.exit` value)."
     out = self.w.jobs.get_run_output(_task_run_id(run))
@@ -169,6 +170,7 @@ def _result(self:DatabricksRun, run)->RunResult:
     return RunResult(res.get("run_id", ""), res.get("mode", ""), res.get("metrics", {}), res.get("registered_version"),
                      self.run_page_url or "", extra)
 
+@patch
 def _failure(self:DatabricksRun, run)->RunFailed:
     "A `RunFailed` naming the state, its message, the notebook's error and trace, and the run page."
     life, result, msg = _state(run)
@@ -187,10 +189,9 @@ def _failure(self:DatabricksRun, run)->RunFailed:
     e.error_trace = self._mask(trace[-5000:])
     return e
 
-DatabricksRun._result, DatabricksRun._failure = _result, _failure
-
 # %% ../nbs/11_databricks.ipynb #11-databricks-017
-def _dbx_wait(self:DatabricksRun, timeout:float|None=None # seconds before the run is cancelled (None: no limit)
+@patch
+def wait(self:DatabricksRun, timeout:float|None=None # seconds before the run is cancelled (None: no limit)
              )->RunResult:
     "Wait for the run; return its result, or raise `RunFailed` with the state, message, error and run page."
     deadline = time.monotonic() + timeout if timeout is not None else None
@@ -207,15 +208,14 @@ def _dbx_wait(self:DatabricksRun, timeout:float|None=None # seconds before the r
     self.status = "FAILED"
     raise self._failure(run)
 
-def _dbx_cancel(self:DatabricksRun)->bool:
+@patch
+def cancel(self:DatabricksRun)->bool:
     "Ask Databricks to cancel the run (without waiting); True if the request was accepted."
     if self.status != "RUNNING": return False
     try: self.w.jobs.cancel_run(self.run_id)
     except Exception: return False
     self.status = "CANCELLED"
     return True
-
-DatabricksRun.wait, DatabricksRun.cancel = _dbx_wait, _dbx_cancel
 
 # %% ../nbs/11_databricks.ipynb #11-databricks-030
 CREDENTIALS = DATABRICKS_CREDENTIALS # unified auth's credential sets (defined in core: profiles check them too)
@@ -393,6 +393,7 @@ class DatabricksRunner:
         return f"{self.folder}/{self.notebook.stem}"
 
 # %% ../nbs/11_databricks.ipynb #11-databricks-024
+@patch
 def _call(self:DatabricksRunner, what:str, f, *a, **kw):
     "Call the SDK; turn its errors into a one-line `DatabricksError` without any secret."
     try: return f(*a, **kw)
@@ -403,6 +404,7 @@ def _call(self:DatabricksRunner, what:str, f, *a, **kw):
         msg = f"Databricks {what} failed ({code}): {_one_line(str(e))}; check DATABRICKS_HOST, the credentials' permissions and the workspace"
         raise DatabricksError(mask(msg, self._secrets)) from None
 
+@patch
 def _import_notebook(self:DatabricksRunner, params:RunParams)->str:
     "Import the parameterised notebook into the workspace folder; return its path."
     from databricks.sdk.service.workspace import ImportFormat
@@ -415,9 +417,8 @@ def _import_notebook(self:DatabricksRunner, params:RunParams)->str:
                format=ImportFormat.JUPYTER, overwrite=True)
     return self.notebook_path
 
-DatabricksRunner._call, DatabricksRunner._import_notebook = _call, _import_notebook
-
 # %% ../nbs/11_databricks.ipynb #11-databricks-044
+@patch
 def _exists(self:DatabricksRunner, path:str)->bool:
     "Whether a file is at `path` (a volume or the workspace)."
     from databricks.sdk.errors import NotFound
@@ -427,6 +428,7 @@ def _exists(self:DatabricksRunner, path:str)->bool:
         return True
     except NotFound: return False
 
+@patch
 def upload_wheel(self:DatabricksRunner, wheel:Path # a local wheel
                 )->str:
     "Upload `wheel` to the branch's folder unless the same bytes are there; return the path a cluster installs it from."
@@ -443,6 +445,7 @@ def upload_wheel(self:DatabricksRunner, wheel:Path # a local wheel
             self._call(what, self.w.workspace.import_, dest, content=base64.b64encode(data).decode(), format=ImportFormat.RAW, overwrite=True)
     return dest if dest.startswith("/Volumes/") else "/Workspace" + dest
 
+@patch
 def _cluster_libraries(self:DatabricksRunner, progress=None)->list:
     "The run's libraries, wheels built and uploaded first: any failure stops here, before a cluster is asked for."
     from databricks.sdk.service import compute
@@ -454,8 +457,6 @@ def _cluster_libraries(self:DatabricksRunner, progress=None)->list:
         if kind == "pypi": libs.append(compute.Library(pypi=compute.PythonPyPiLibrary(package=v)))
         else: libs.append(compute.Library(whl=self.upload_wheel(Path(v)) if kind == "upload" else v))
     return libs
-
-DatabricksRunner._exists, DatabricksRunner.upload_wheel, DatabricksRunner._cluster_libraries = _exists, upload_wheel, _cluster_libraries
 
 # %% ../nbs/11_databricks.ipynb #11-databricks-045
 def declared_jobs(root:Path|str|None=None # the project (default: this one)
@@ -494,6 +495,7 @@ def _dev_name(name:str|None)->str|None:
     return m.group(1) if m else None
 
 # %% ../nbs/11_databricks.ipynb #11-databricks-025
+@patch
 def _task(self:DatabricksRunner, path:str, widgets:dict, libs:list):
     "The one-time run's notebook task, on a new cluster (with `cluster_env`) or an existing one."
     from databricks.sdk.service import jobs, compute
@@ -502,7 +504,8 @@ def _task(self:DatabricksRunner, path:str, widgets:dict, libs:list):
     spec = {**self.cluster, "spark_env_vars": {**cluster_env(), **(self.cluster.get("spark_env_vars") or {})}}
     return jobs.SubmitTask(new_cluster=compute.ClusterSpec.from_dict(spec), **task)
 
-def _submit(self:DatabricksRunner, params:RunParams, # validated parameters (`make_params`)
+@patch
+def submit(self:DatabricksRunner, params:RunParams, # validated parameters (`make_params`)
             progress=None # called with a line before slow steps (the wheel's build)
            )->DatabricksRun:
     "Start the run and return a handle: run the job now, or upload the wheels, import the notebook and submit a one-time run."
@@ -518,5 +521,3 @@ def _submit(self:DatabricksRunner, params:RunParams, # validated parameters (`ma
     waiter = self._call("runs submit", self.w.jobs.submit, run_name=name, tasks=[self._task(path, widgets, libs)],
                         timeout_seconds=self.run_timeout_s or None)
     return DatabricksRun(self.w, waiter.run_id, path, self.poll_s, secrets=self._secrets)
-
-DatabricksRunner._task, DatabricksRunner.submit = _task, _submit

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json, os, signal, subprocess, sys, threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from fastcore.basics import patch
 from .core import MlopsNbError, RunFailed, state_dir, project_root
 from .params import RunParams, make_params
 from .problem import load_problem
@@ -126,7 +127,8 @@ class LocalRun:
         finally: end_run(self.run_id, status)
 
 # %% ../nbs/05_runner.ipynb #05-runner-012
-def _wait(self:LocalRun, timeout:float|None=None # seconds before the run is cancelled (None: no limit)
+@patch
+def wait(self:LocalRun, timeout:float|None=None # seconds before the run is cancelled (None: no limit)
          )->RunResult:
     "Wait for the run; return its result, or mark it FAILED and raise `RunFailed` naming the failing cell."
     try: rc = self.proc.wait(timeout=timeout)
@@ -148,7 +150,8 @@ def _wait(self:LocalRun, timeout:float|None=None # seconds before the run is can
     raise RunFailed(f"training notebook failed: {why}; run {self.run_id} marked FAILED; "
                     f"executed notebook kept at {self.output_notebook}")
 
-def _cancel(self:LocalRun, reason:str="cancelled" # recorded on the run
+@patch
+def cancel(self:LocalRun, reason:str="cancelled" # recorded on the run
            ):
     "Stop the notebook (its kernel exits with it) and mark the run FAILED."
     if self.proc.poll() is None:
@@ -157,8 +160,6 @@ def _cancel(self:LocalRun, reason:str="cancelled" # recorded on the run
         except subprocess.TimeoutExpired:
             self.proc.kill(); self.proc.wait()
     self._close("FAILED", reason)
-
-LocalRun.wait, LocalRun.cancel = _wait, _cancel
 
 # %% ../nbs/05_runner.ipynb #05-runner-013
 class LocalRunner:

@@ -10,6 +10,7 @@ import asyncio, hmac, importlib.util, json, os, random, re, sys, time, traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import orjson
+from fastcore.basics import patch
 from . import __version__
 from .core import EnvVar, MlopsNbError, lazy_module, project_root, usable_cpus
 # the model's side (scikit-learn, pandas, pyarrow) loads on first use: the parent of several workers serves no request
@@ -160,6 +161,7 @@ class ScoringApp:
                     "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}}}}
 
 # %% ../nbs/08_server.ipynb #08-server-014
+@patch
 def _load(self:ScoringApp, ref:str|None):
     "Load `ref` in the loader thread, verify it, and swap it in; keep the old model on any failure."
     t0 = time.time()
@@ -180,14 +182,14 @@ def _load(self:ScoringApp, ref:str|None):
               mlflow_imported="mlflow" in sys.modules)  # about 100 MB this process keeps: only where the registry needs it
     return rt
 
-async def _swap(self:ScoringApp, ref:str|None):
+@patch
+async def swap(self:ScoringApp, ref:str|None):
     "Load `ref` without blocking requests."
     self.loading = ref or "default"
     return await asyncio.get_running_loop().run_in_executor(self.load_pool, self._load, ref)
 
-ScoringApp._load, ScoringApp.swap = _load, _swap
-
 # %% ../nbs/08_server.ipynb #08-server-016
+@patch
 async def _batch_loop(self:ScoringApp):
     "Score queued requests in batches, one model call at a time; then, off the answer's path, the shadow and the log."
     loop = asyncio.get_running_loop()
@@ -212,6 +214,7 @@ async def _batch_loop(self:ScoringApp):
             continue
         if self.log is not None: await self._log_batch(parts, rt)
 
+@patch
 async def _log_batch(self:ScoringApp, parts:list, rt):
     "Log the batch's sampled requests, with the shadow model's answers to them when one runs (answers already sent)."
     keep = [p for p in parts if self.log.sample >= 1 or random.random() < self.log.sample]
@@ -229,8 +232,6 @@ async def _log_batch(self:ScoringApp, parts:list, rt):
         i += len(rs)
         self.log.put(rs, out, {**meta, "time": now, "latency_ms": round((time.perf_counter() - meta["t0"]) * 1000, 3),
                                "model": rt.info.name, "version": rt.info.version}, sh, sampled=True)
-
-ScoringApp._batch_loop, ScoringApp._log_batch = _batch_loop, _log_batch
 
 # %% ../nbs/08_server.ipynb #08-server-018
 ADMIN_MAX_BODY = 65536  # bytes of an /admin/model request
@@ -270,6 +271,7 @@ async def _read_body(receive, limit:int, timeout:float|None=None):
         if not m.get("more_body"): return b"".join(chunks)
 
 # %% ../nbs/08_server.ipynb #08-server-019
+@patch
 async def _body(self:ScoringApp, receive, h, ctypes=("application/json",)):
     "(body, None), or (None, (status, error body)) when the content type or size is not allowed or no model is loaded."
     ctype = h.get("content-type", "").split(";")[0].strip().lower()
@@ -281,6 +283,7 @@ async def _body(self:ScoringApp, receive, h, ctypes=("application/json",)):
     if self.runtime is None: return None, (503, _err("model not loaded yet: retry when /ready answers 200"))
     return body, None
 
+@patch
 async def _infer(self:ScoringApp, records, meta:dict|None=None):
     "Validate `records` against the served model and score them in the next batch: (records, rows, outputs, runtime)."
     records = serving.validate_payload(records, self.runtime.request_schema, self.max_rows)
@@ -290,6 +293,7 @@ async def _infer(self:ScoringApp, records, meta:dict|None=None):
     outputs, used = await fut
     return records, rows, outputs, used
 
+@patch
 async def _score(self:ScoringApp, scope, receive, send, h, rid):
     "POST /score: a record, a list of records, or Azure ML's envelopes; validate, pre-process, batch-score, answer."
     body, err = await self._body(receive, h)
@@ -301,6 +305,7 @@ async def _score(self:ScoringApp, scope, receive, send, h, rid):
     answers = used.answer(rows, outputs)
     return 200, {"predictions": self.post(answers, records, used) if self.post else answers}
 
+@patch
 async def _invocations(self:ScoringApp, scope, receive, send, h, rid):
     "POST /invocations (and /endpoints/NAME/invocations): MLflow's scoring protocol, its JSON with NaN, or CSV."
     body, err = await self._body(receive, h, ("application/json", "text/csv"))
@@ -312,6 +317,7 @@ async def _invocations(self:ScoringApp, scope, receive, send, h, rid):
     except serving.RequestError as e: return e.status, _err("invalid request", e.errors)
     return 200, {"predictions": outputs}
 
+@patch
 async def _v2_infer(self:ScoringApp, scope, receive, send, h, rid):
     "POST /v2/models/NAME[/versions/V]/infer: the Open Inference Protocol, JSON or with Triton's binary data extension."
     body, err = await self._body(receive, h, ("application/json", "application/octet-stream", ""))
@@ -323,10 +329,8 @@ async def _v2_infer(self:ScoringApp, scope, receive, send, h, rid):
     except serving.RequestError as e: return e.status, {"error": e.errors[0]["msg"] if len(e.errors) == 1 else "invalid request", "detail": e.errors}
     return 200, serving.v2_response(outputs, used, req_id)
 
-ScoringApp._body, ScoringApp._infer, ScoringApp._score = _body, _infer, _score
-ScoringApp._invocations, ScoringApp._v2_infer = _invocations, _v2_infer
-
 # %% ../nbs/08_server.ipynb #08-server-020
+@patch
 async def _admin(self:ScoringApp, scope, receive, send, h, rid):
     "POST /admin/model {\"model\": REF, \"wait\": true}: load a registry version or an allowed folder, verify it, swap it in."
     if not self.admin_token: return 404, _err("not found: set an admin token to enable /admin/model")
@@ -353,8 +357,6 @@ async def _admin(self:ScoringApp, scope, receive, send, h, rid):
     except Exception as e: return 409, _err(f"model {ref!r} could not be loaded; still serving {self.runtime.info.version if self.runtime else 'nothing'}",
                                             [{"loc": ["model"], "msg": f"{type(e).__name__}: {e}"}])
     return 200, {"serving": rt.info.as_dict()}
-
-ScoringApp._admin = _admin
 
 # %% ../nbs/08_server.ipynb #08-server-021
 DOCS_HTML = """<!doctype html><html><head><meta charset="utf-8"><title>mlops_nb scoring API</title>
@@ -388,6 +390,7 @@ def _route(path:str)->tuple:
     if m: return "endpoint", "POST", m.group(1), None
     return None, None, None, None
 
+@patch
 def _model_error(self:ScoringApp, name:str, version:str|None):
     "A 404 body when `name`/`version` is not the served model (its registered name or its problem's name), else None."
     rt = self.runtime
@@ -397,9 +400,9 @@ def _model_error(self:ScoringApp, name:str, version:str|None):
     if version is not None and version != rt.info.version: return {"error": f"version {version!r} of {name!r} not found: serving {rt.info.version or 'an unversioned folder'}"}
     return None
 
-ScoringApp._model_error = _model_error
 
-async def _call(self:ScoringApp, scope, receive, send):
+@patch
+async def __call__(self:ScoringApp, scope, receive, send):
     "The ASGI entry point."
     if scope["type"] == "lifespan": return await self._lifespan(receive, send)
     if scope["type"] != "http": return
@@ -454,6 +457,7 @@ async def _call(self:ScoringApp, scope, receive, send):
     self.metrics.observe(label, status, time.perf_counter() - t0)
     if self.access_log: log_event("request", request_id=rid, path=path, status=status, ms=round((time.perf_counter() - t0) * 1000, 2))
 
+@patch
 async def _lifespan(self:ScoringApp, receive, send):
     "Start the batching task and the first model load; stop cleanly."
     while True:
@@ -475,6 +479,7 @@ async def _lifespan(self:ScoringApp, receive, send):
             if self.log is not None: self.log.close()
             await send({"type": "lifespan.shutdown.complete"}); return
 
+@patch
 async def _watch_loop(self:ScoringApp):
     "Swap in the model the registry alias points at whenever it moves."
     loop = asyncio.get_running_loop()
@@ -487,6 +492,7 @@ async def _watch_loop(self:ScoringApp):
                 await self.swap(self.model_ref)
         except Exception as e: log_event("watch_failed", error=f"{type(e).__name__}: {e}")
 
+@patch
 async def _start_extras(self:ScoringApp):
     "After the first model loaded: the inference log, and the shadow model (which must take the same requests)."
     rt = self.runtime
@@ -500,8 +506,6 @@ async def _start_extras(self:ScoringApp):
             self.swap_error = f"shadow model {self.shadow_ref}: {type(e).__name__}: {e}"; raise
         if self.log is None: log_event("shadow_without_log", message="the shadow's answers go to the inference log: pass --log-dir to keep them")
         log_event("shadow_loaded", model=self.shadow_ref, info=self.shadow.info.as_dict())
-
-ScoringApp.__call__, ScoringApp._lifespan, ScoringApp._watch_loop, ScoringApp._start_extras = _call, _lifespan, _watch_loop, _start_extras
 
 # %% ../nbs/08_server.ipynb #08-server-022b
 MAX_HEADER_BYTES = 16_384  # request line and headers

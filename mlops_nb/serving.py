@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
+from fastcore.basics import patch
 from .core import MlopsNbError, MLOPS_NB_MODEL_ROOTS, state_dir, registry_uri, redact_uri
 from .data import ColumnSpec, check_record
 from .problem import ProblemError, load_problem, problem_from_json, problem_ref
@@ -581,6 +582,7 @@ def _postprocess_hook(name:str|None):
     return p.postprocess if p.name == name else None
 
 # %% ../nbs/07_serving.ipynb #07-serving-015a
+@patch
 def _fast_path(self:Runtime):
     "(FastModel or None, largest difference on the input example, why not when None)."
     try: fast = FastModel(self.pipeline, self.kind)
@@ -594,6 +596,7 @@ def _fast_path(self:Runtime):
     if diff > FAST_PATH_TOLERANCE: return None, diff, f"differs from the pipeline by {diff:.3g} on the input example"
     return calibrate(fast, rows), diff, None
 
+@patch
 def _verified(self:Runtime, fast):
     "Without pandas: the fast path as verified when the model was packaged, or an error."
     if fast.needs_pandas:
@@ -607,7 +610,8 @@ def _verified(self:Runtime, fast):
     rows = self.example()
     return (calibrate(fast, rows) if rows else fast), diff, None
 
-def _verify(self:Runtime, expect:dict|None=None # the input schema of the model it would replace
+@patch
+def verify(self:Runtime, expect:dict|None=None # the input schema of the model it would replace
            )->Runtime:
     "Check that this model takes the same requests as `expect` and answers its own input example; else raise."
     if expect is not None:
@@ -629,8 +633,6 @@ def _verify(self:Runtime, expect:dict|None=None # the input schema of the model 
     if ok and self.kind != "regression": ok = bool(np.all(out >= 0) and np.allclose(out.sum(1), 1, atol=1e-6))
     if not ok: raise ModelLoadError(f"model in {self.model_dir} gives no valid {self.kind} outputs for its input example")
     return self
-
-Runtime._fast_path, Runtime._verified, Runtime.verify = _fast_path, _verified, _verify
 
 # %% ../nbs/07_serving.ipynb #07-serving-017
 def _resolve(ref:str)->tuple:
