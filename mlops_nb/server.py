@@ -6,7 +6,7 @@ Docs: https://mlops-nb.github.io/mlops_nb/server.html.md"""
 
 # %% ../nbs/08_server.ipynb #08-server-002
 from __future__ import annotations
-import asyncio, hmac, importlib.util, json, os, random, re, sys, time, traceback, uuid
+import asyncio, hmac, importlib.resources, importlib.util, json, os, random, re, sys, time, traceback, uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import orjson
@@ -359,19 +359,8 @@ async def _admin(self:ScoringApp, scope, receive, send, h, rid):
     return 200, {"serving": rt.info.as_dict()}
 
 # %% ../nbs/08_server.ipynb #08-server-021
-DOCS_HTML = """<!doctype html><html><head><meta charset="utf-8"><title>mlops_nb scoring API</title>
-<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}code,pre{background:#f4f4f4}td,th{padding:2px 8px;text-align:left}</style></head>
-<body><h1>mlops_nb scoring API</h1><p id="desc"></p><h2>POST /score</h2><p>One record (a JSON object) or a list of them,
-<code>Content-Type: application/json</code>.</p><table id="fields"><tr><th>field</th><th>type</th><th>required</th><th>allowed</th></tr></table>
-<h3>Example</h3><pre id="example"></pre><h2>Other endpoints</h2><ul id="paths"></ul><p>Machine-readable: <a href="openapi.json">openapi.json</a></p>
-<script>fetch('openapi.json').then(r=>r.json()).then(o=>{document.getElementById('desc').textContent=o.info.description;
-const s=o.paths['/score'].post.requestBody.content['application/json'].schema.oneOf[0];const t=document.getElementById('fields');const ex={};
-for(const [k,v] of Object.entries(s.properties)){const r=t.insertRow();r.insertCell().textContent=k;r.insertCell().textContent=v.format||v.type;
-r.insertCell().textContent=s.required.includes(k)?'yes':'no';r.insertCell().textContent=v.enum?v.enum.join(', '):[v.minimum!==undefined?'>= '+v.minimum:'',v.maximum!==undefined?'<= '+v.maximum:''].filter(x=>x).join(', ');
-if(s.required.includes(k))ex[k]=v.enum?v.enum[0]:v.format==='date'?'2024-05-01':v.type==='string'?'':Math.max(v.minimum||0,1);}
-document.getElementById('example').textContent=JSON.stringify(s.example||ex,null,2);const ul=document.getElementById('paths');
-for(const [p,m] of Object.entries(o.paths)){if(p==='/score')continue;for(const [verb,d] of Object.entries(m)){const li=document.createElement('li');li.textContent=verb.toUpperCase()+' '+p+': '+d.summary;ul.appendChild(li);}}});</script>
-</body></html>"""
+# the /docs page (it fills itself from openapi.json): package data, not a string in the code
+DOCS_HTML = (importlib.resources.files("mlops_nb")/"static"/"scoring_api.html").read_text()
 
 ROUTES = {"/score": "POST", "/invocations": "POST", "/admin/model": "POST", "/health": "GET, HEAD", "/ready": "GET, HEAD",
           "/ping": "GET, HEAD", "/version": "GET, HEAD", "/metrics": "GET, HEAD", "/openapi.json": "GET, HEAD", "/docs": "GET, HEAD",

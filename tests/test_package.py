@@ -1,6 +1,6 @@
 """Images for real: podman's Docker-compatible service and a registry on loopback (started by scripts/containers),
 the build context, build, run and HTTP-test the container, push, pull back by digest, the image policy."""
-import json, os, shlex, socket, subprocess, threading, time, urllib.request
+import json, os, shlex, socket, subprocess, threading, time, urllib.request, zipfile
 from pathlib import Path
 import pytest
 from conftest import ROOT, GOOD, BAD_REQUESTS, cli_json, run_cli
@@ -33,7 +33,10 @@ def test_context_only_needs_no_engine(tmp_path, model_dir, state):
     assert copies[-1] == "COPY model/ /model/"  # the model is the last layer
     reqs = (ctx/"requirements.txt").read_text().split()
     assert not any(r.startswith(("mlflow", "pandas")) for r in reqs) and any(r.startswith("scikit-learn==") for r in reqs)
-    assert list((ctx/"wheels").glob("mlops_nb-*.whl")) and list((ctx/"wheels").glob("scikit_learn-*.whl"))
+    [own] = (ctx/"wheels").glob("mlops_nb-*.whl")
+    assert list((ctx/"wheels").glob("scikit_learn-*.whl"))
+    with zipfile.ZipFile(own) as z:  # the package data the server reads (its /docs page) is in the wheel the image installs
+        assert "mlops_nb/static/scoring_api.html" in z.namelist()
     meta = json.loads((ctx/"model"/"mlops_nb_model.json").read_text())
     assert meta["version"] == "1" and meta["fast_path_max_abs_diff"] <= 1e-9
     assert (ctx/"app"/"score.py").read_text() == (ROOT/"api"/"score.py").read_text()
