@@ -6,7 +6,7 @@ Docs: https://mlops-nb.github.io/mlops_nb/reference.html.md"""
 
 # %% ../nbs/14b_reference.ipynb #14b-ref-002
 from __future__ import annotations
-import functools, importlib, json, math, time
+import contextlib, functools, importlib, json, math, time
 from dataclasses import dataclass
 import numpy as np
 from .core import DataError, MlopsNbError, lazy_module
@@ -18,15 +18,22 @@ from .tracking import client
 pd = lazy_module("pandas")
 
 # %% auto #0
-__all__ = ['pd', 'LUT_CELLS', 'PROFILE_VERSION', 'GRID', 'BINS', 'MAX_LEVELS', 'OTHER', 'KS_EXACT_BELOW', 'SKETCH_VALUES',
-           'PROFILE_ARTIFACT', 'finite_values', 'grid_table', 'grid_bins', 'layout', 'coarse_counts', 'numeric_entry',
-           'numeric_profile', 'level_counts', 'categorical_entry', 'categorical_profile', 'Profile', 'profile_of',
-           'current_counts', 'add_counts', 'ks_from_cdfs', 'numeric_scores', 'categorical_psi', 'drift_from_counts',
-           'profile_drift', 'check_columns', 'spark_counts', 'partition_counts', 'spark_profile_drift', 'sketch_size',
-           'compress', 'partition_sketch', 'spark_profile', 'spark_drift_report', 'log_profile', 'run_profile']
+__all__ = ['pd', 'LUT_CELLS', 'LUT_BYTES', 'PROFILE_VERSION', 'GRID', 'BINS', 'MAX_LEVELS', 'OTHER', 'KS_EXACT_BELOW',
+           'ARROW_VALUES', 'SKETCH_VALUES', 'PROFILE_ARTIFACT', 'table_cells', 'finite_values', 'grid_table',
+           'grid_bins', 'layout', 'coarse_counts', 'numeric_entry', 'numeric_profile', 'level_counts',
+           'categorical_entry', 'categorical_profile', 'Profile', 'profile_of', 'current_counts', 'add_counts',
+           'ks_from_cdfs', 'numeric_scores', 'categorical_psi', 'drift_from_counts', 'profile_drift', 'check_columns',
+           'arrow_batches', 'spark_counts', 'partition_counts', 'spark_profile_drift', 'sketch_size', 'compress',
+           'partition_sketch', 'spark_profile', 'spark_drift_report', 'log_profile', 'run_profile']
 
 # %% ../nbs/14b_reference.ipynb #14b-ref-004b
-LUT_CELLS = 1 << 18  # cells of `grid_bins`' lookup table (int16: 512 KiB, within a core's cache)
+LUT_CELLS = 1 << 18  # cells of `grid_bins`' lookup table: 12 bytes each (int32 and float64), 3 MiB a feature
+LUT_BYTES = 256 << 20  # a worker's tables across a profile's features: fewer cells each for wide profiles
+
+def table_cells(features:int # numeric features a caller keeps tables for
+               )->int:
+    "Cells per lookup table so that `features` tables fit in `LUT_BYTES` (`LUT_CELLS` up to 85 features, 4 096 at least)."
+    return int(min(LUT_CELLS, max(1 << 12, LUT_BYTES // (12 * max(features, 1)))))
 
 def finite_values(values # a numeric column (NaN, None, text and infinities count as missing)
                  )->tuple:
@@ -35,23 +42,24 @@ def finite_values(values # a numeric column (NaN, None, text and infinities coun
     ok = np.isfinite(a)
     return (a, 0) if ok.all() else (a[ok], int(len(a) - ok.sum()))
 
-def _cells(v:np.ndarray, g:np.ndarray)->np.ndarray:
+def _cells(v:np.ndarray, g:np.ndarray, cells:int=LUT_CELLS)->np.ndarray:
     "The lookup cell of each value: one monotone float computation, the same for values and grid points."
     t = v - g[0]
-    t *= LUT_CELLS / (g[-1] - g[0])
+    t *= cells / (g[-1] - g[0])
     t += 1  # cell 0 is below the grid, the last above it
-    np.clip(t, 0, LUT_CELLS + 2, out=t)
+    np.clip(t, 0, cells + 2, out=t)
     return t.astype(np.int32)
 
-def grid_table(grid # sorted distinct points
+def grid_table(grid, # sorted distinct points
+               cells:int=LUT_CELLS # cells the grid's range is cut into (`table_cells` for many features)
               )->tuple|None:
     "`grid_bins`' lookup table: per cell the grid points below it and the one it holds (-1 for two or more); or None."
     g = np.asarray(grid, dtype="float64")
-    if not 2 <= len(g) < 2**31 or not np.isfinite(LUT_CELLS / (g[-1] - g[0])): return None
-    at = _cells(g, g)
-    held = np.bincount(at, minlength=LUT_CELLS + 3)
+    if not 2 <= len(g) < 2**31 or not np.isfinite(cells / (g[-1] - g[0])): return None
+    at = _cells(g, g, cells)
+    held = np.bincount(at, minlength=cells + 3)
     below = np.concatenate(([0], np.cumsum(held)[:-1]))
-    point = np.full(LUT_CELLS + 3, np.inf)  # a cell without a grid point: no value in it is above one
+    point = np.full(cells + 3, np.inf)  # a cell without a grid point: no value in it is above one
     point[at] = g
     point[held > 1] = np.inf  # a cell of two or more keeps -1: its values are searched
     return np.where(held <= 1, below, -1).astype(np.int32), point
@@ -64,7 +72,7 @@ def grid_bins(x:np.ndarray, # finite values
     g = np.asarray(grid, dtype="float64")
     if table is None and len(x) >= LUT_CELLS // 4: table = grid_table(g)  # the table costs about 64 K searches
     if table is None: return np.bincount(np.searchsorted(g, x, side="left"), minlength=len(g) + 1)
-    cells = _cells(x, g)
+    cells = _cells(x, g, len(table[0]) - 3)
     at = table[0][cells]
     at += x > table[1][cells]  # above the cell's one grid point: one more below the value
     crowded = np.flatnonzero(at < 0)  # in cells holding two or more grid points
@@ -188,7 +196,7 @@ def current_counts(df:pd.DataFrame, # current rows (all of them, or one partitio
             x, missing = finite_values(df[c])
             if tables is not None and c not in tables:  # a table once the batches so far would have paid for it
                 tables[c, "seen"] = tables.get((c, "seen"), 0) + len(x)
-                if tables[c, "seen"] >= LUT_CELLS // 4: tables[c] = grid_table(p["grid"])
+                if tables[c, "seen"] >= LUT_CELLS // 4: tables[c] = grid_table(p["grid"], table_cells(len(profile.features)))
             fine = grid_bins(x, p["grid"], tables.get(c) if tables else None)  # rows in (g[j-1], g[j]], then above
             out["features"][c] = {"n": int(len(x)), "missing": missing, "fine": fine.tolist(),
                                   "min": float(x.min()) if len(x) else None, "max": float(x.max()) if len(x) else None}
@@ -302,6 +310,19 @@ def _exported(name:str):
     "Function `name` of this module as the installed package defines it (what a Spark worker can import by reference)."
     return getattr(importlib.import_module("mlops_nb.reference"), name)
 
+ARROW_VALUES = 4_000_000  # values per Arrow batch a partition's Python worker gets: 32 MB of doubles
+
+@contextlib.contextmanager
+def arrow_batches(spark, # the session of the job
+                  width:int # columns the job's Python side reads
+                 ):
+    "Arrow batches of about `ARROW_VALUES` values (10 000 to 100 000 rows) in the block's jobs; Spark's default: 10 000 rows."
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    old = spark.conf.get(key)
+    spark.conf.set(key, str(max(10_000, min(100_000, ARROW_VALUES // max(width, 1)))))
+    try: yield
+    finally: spark.conf.set(key, old)
+
 def spark_counts(sdf, # a Spark DataFrame of current rows
                  profile:Profile # the reference profile
                 )->dict:
@@ -310,7 +331,8 @@ def spark_counts(sdf, # a Spark DataFrame of current rows
     cols = list(profile.features)
     check_columns(sdf, "current", cols)
     part = functools.partial(_exported("partition_counts"), profile=profile.as_json())
-    rows = sdf.select(*cols).mapInPandas(part, StructType([StructField("counts", StringType())])).collect()
+    with arrow_batches(sdf.sparkSession, len(cols)):  # per batch and feature a fixed cost: fewer, larger batches
+        rows = sdf.select(*cols).mapInPandas(part, StructType([StructField("counts", StringType())])).collect()
     parts = [json.loads(r["counts"]) for r in rows]
     if not parts: return current_counts(pd.DataFrame({c: [] for c in cols}), profile)
     return functools.reduce(add_counts, parts)
@@ -403,8 +425,9 @@ def spark_profile(sdf, # a Spark DataFrame of reference rows
     k = sketch_size(len(numeric))
     part = functools.partial(_exported("partition_sketch"), numeric=numeric, categorical=categorical, k=k)
     schema = StructType([StructField("part", StringType()), StructField("sketch", BinaryType())])
-    got = [(json.loads(r["part"]), np.frombuffer(r["sketch"], dtype="float64"))
-           for r in sdf.select(*numeric, *categorical).mapInPandas(part, schema).collect()]
+    with arrow_batches(sdf.sparkSession, len(numeric) + len(categorical)):
+        got = [(json.loads(r["part"]), np.frombuffer(r["sketch"], dtype="float64"))
+               for r in sdf.select(*numeric, *categorical).mapInPandas(part, schema).collect()]
     vals = {c: ([], []) for c in numeric}
     for p, buf in got:
         at = 0

@@ -113,3 +113,17 @@ def test_a_reference_profiled_on_spark_is_the_local_profile_or_counts_exactly_on
     remote, local = spark_profile_drift(prof, spark.createDataFrame(cur)), profile_drift(prof, cur)
     for c, f in local.features.items():
         assert abs(f.psi - remote.features[c].psi) < 1e-6 and f.reasons == remote.features[c].reasons, c
+
+
+def test_counting_gets_arrow_batches_sized_by_width_and_the_session_keeps_its_setting(spark):  # noqa: F811
+    """`reference.arrow_batches`: 30 000 rows of 100 columns reach the worker as one batch (40 000 rows allowed), not
+    Spark's three of 10 000; the session's own setting is back afterwards, also when the job fails."""
+    from mlops_nb.reference import arrow_batches
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    before = spark.conf.get(key)
+    df = spark.range(30_000).coalesce(1).selectExpr(*[f"cast(id as double) as f{i}" for i in range(100)])
+    sizes = lambda: sorted(r["n"] for r in df.mapInPandas(lambda it: (pd.DataFrame({"n": [len(b)]}) for b in it), "n long").collect())
+    with arrow_batches(spark, 100): assert sizes() == [30_000]
+    assert spark.conf.get(key) == before
+    with pytest.raises(ZeroDivisionError), arrow_batches(spark, 100): 1/0
+    assert spark.conf.get(key) == before
