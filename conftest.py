@@ -11,7 +11,8 @@ CLI = str(Path(sys.executable).parent/"mlops-nb")
 def run_cli(*args, env=None, cwd=ROOT, timeout=300, check=False):
     "Run the real `mlops-nb` executable; return the CompletedProcess (text)."
     p = subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
-    if check and p.returncode != 0: raise AssertionError(f"mlops-nb {' '.join(map(str, args))} -> {p.returncode}\n{p.stderr}")
+    if check and p.returncode != 0:
+        raise AssertionError(f"mlops-nb {' '.join(map(str, args))} -> {p.returncode}\n{p.stderr}")
     return p
 
 
@@ -34,7 +35,9 @@ class Recorder:
         class Handler(BaseHTTPRequestHandler):
             def _any(self):
                 seen.append((self.command, self.path))
-                self.send_response(404); self.send_header("content-length", "0"); self.end_headers()
+                self.send_response(404)
+                self.send_header("content-length", "0")
+                self.end_headers()
             do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = do_HEAD = _any
             def log_message(self, *a): pass
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -45,11 +48,14 @@ class Recorder:
         "Write a kubeconfig at `path` (current context: the first) whose every context is this server; return the path."
         import yaml
         path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Config", "current-context": contexts[0],
-            "clusters": [{"name": "c", "cluster": {"server": self.url}}], "users": [{"name": "u", "user": {"token": "t"}}],
+            "clusters": [{"name": "c", "cluster": {"server": self.url}}],
+            "users": [{"name": "u", "user": {"token": "t"}}],
             "contexts": [{"name": n, "context": {"cluster": "c", "user": "u"}} for n in contexts]}))
         return path
 
-    def close(self): self.server.shutdown(); self.server.server_close()
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def cli_json(*args, env=None, **kw):
@@ -114,7 +120,8 @@ def data_dir(tmp_path_factory):
 
 
 def save_model(path, year=2021, rows=3000, seed=0, epochs=2, problem=None, data=None):
-    "Train a small model of `problem` (default: the Ottawa example, on `year`) and save it as an MLflow model folder at `path`."
+    ("Train a small model of `problem` (default: the Ottawa example, on "
+     "`year`) and save it as an MLflow model folder at `path`.")
     from mlops_nb.examples.ottawa import PROBLEM, generate_listings
     from mlops_nb.train import build_model, train_epochs, split_rows, save_model as save
     problem = problem or PROBLEM
@@ -130,7 +137,8 @@ def model_folder(root, name, version, year, seed):
     "A saved model folder with its registry identity written beside it."
     d = root/name
     save_model(d, year=year, seed=seed)
-    (d/"mlops_nb_model.json").write_text(json.dumps({"name": "ottawa-housing-classifier", "version": version, "run_id": f"run-{version}"}))
+    (d/"mlops_nb_model.json").write_text(json.dumps({"name": "ottawa-housing-classifier", "version": version,
+                                                     "run_id": f"run-{version}"}))
     return d
 
 
@@ -151,11 +159,15 @@ GOOD = {"list_price": 650000, "bedrooms": 3, "bathrooms": 2.0, "sqft": 1800, "lo
 
 # (name, body bytes, content type, expected status, words the error must contain): shared by every scoring test
 BAD_REQUESTS = [
-    ("missing field", json.dumps({k: v for k, v in GOOD.items() if k != "sqft"}).encode(), "application/json", 422, ["sqft", "field required"]),
-    ("wrong type", json.dumps({**GOOD, "bedrooms": "three"}).encode(), "application/json", 422, ["bedrooms", "expected a number"]),
+    ("missing field", json.dumps({k: v for k, v in GOOD.items() if k != "sqft"}).encode(), "application/json", 422,
+     ["sqft", "field required"]),
+    ("wrong type", json.dumps({**GOOD, "bedrooms": "three"}).encode(), "application/json", 422,
+     ["bedrooms", "expected a number"]),
     ("out of range", json.dumps({**GOOD, "sqft": -5}).encode(), "application/json", 422, ["sqft", "must be >= 1"]),
-    ("unknown field", json.dumps({**GOOD, "colour": "red"}).encode(), "application/json", 422, ["colour", "unknown field"]),
-    ("unknown category", json.dumps({**GOOD, "property_type": "castle"}).encode(), "application/json", 422, ["property_type", "castle"]),
+    ("unknown field", json.dumps({**GOOD, "colour": "red"}).encode(), "application/json", 422,
+     ["colour", "unknown field"]),
+    ("unknown category", json.dumps({**GOOD, "property_type": "castle"}).encode(), "application/json", 422,
+     ["property_type", "castle"]),
     ("empty list", b"[]", "application/json", 422, ["empty list"]),
     ("too many rows", json.dumps([GOOD] * 1001).encode(), "application/json", 413, ["at most 1000"]),
     ("invalid JSON", b'{"list_price": 650000,', "application/json", 400, ["invalid JSON"]),
@@ -174,7 +186,8 @@ def _mlflow_env_restored():
         else: os.environ[k] = v
 
 
-LATE = ("test_azmlinfsrv.py", "test_checkov.py", "test_azureml_mlflow.py", "test_package.py")  # need a side venv or podman
+# need a side venv or podman
+LATE = ("test_azmlinfsrv.py", "test_checkov.py", "test_azureml_mlflow.py", "test_package.py")
 HEAD = 4  # units started before any LATE one: minutes in which `bash scripts/test` builds those in the background
 
 # Seconds each work unit (a file; one notebook of test_notebooks_run_all; the Spark group) took on one worker of
@@ -196,18 +209,21 @@ SECONDS = {"test_problems.py": 1041, "test_library.py": 785, "test_training.py":
            "test_report.py": 150, "14d_report.ipynb": 30}
 
 
-def _group_name(mark): return str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))  # as xdist reads it
+# as xdist reads it
+def _group_name(mark): return str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
 
 
-# pytest-xdist 3.8's loadgroup passes each test's group to its scheduler by appending "@group" to the test's nodeid, which
-# pytest 9.2 no longer lets a plugin change (pytest-xdist#1386): every test became its own unit, so a file's tests ran on
-# both workers and each worker set up the file's module fixtures again (the same models trained twice, two JVMs). So the
-# workers write each test's unit to a file the controller names, and the scheduler below reads the units from there.
+# pytest-xdist 3.8's loadgroup passes each test's group to its scheduler by appending "@group" to the test's nodeid,
+# which pytest 9.2 no longer lets a plugin change (pytest-xdist#1386): every test became its own unit, so a file's tests
+# ran on both workers and each worker set up the file's module fixtures again (the same models trained twice, two JVMs).
+# So the workers write each test's unit to a file the controller names, and the scheduler below reads the units from
+# there.
 UNITS = "TEST_UNITS_FILE"  # environment variable: that file's path (not MLOPS_NB_*: no setting of the toolkit)
 
 
 def pytest_configure(config):
-    "On the xdist controller of a loadgroup run: the file the workers will write the units to (they inherit the variable)."
+    ("On the xdist controller of a loadgroup run: the file the workers "
+     "will write the units to (they inherit the variable).")
     if getattr(config.option, "dist", "no") == "loadgroup" and not hasattr(config, "workerinput"):
         os.environ[UNITS] = str(Path(tempfile.mkdtemp(prefix="mlops-nb-units-"))/"units.json")
 
@@ -248,7 +264,8 @@ def pytest_collection_modifyitems(session, config, items):
     units = sorted(dict.fromkeys(group.values()), key=lambda g: -SECONDS.get(g, 0))  # stable: ties keep their order
     late = {item.path.name for item in items if item.path.name in LATE}
     head = [g for g in units if g not in late][:HEAD]
-    rank = {g: i for i, g in enumerate(head + sorted((g for g in units if g not in head), key=lambda g: -SECONDS.get(g, 0)))}
+    rank = {g: i for i,
+            g in enumerate(head + sorted((g for g in units if g not in head), key=lambda g: -SECONDS.get(g, 0)))}
     items.sort(key=lambda item: rank[group[item]])
     if hasattr(config, "workerinput") and os.environ.get(UNITS):  # for the scheduler: both workers write the same units
         units = Path(os.environ[UNITS])

@@ -26,7 +26,8 @@ def preprocess(records):
 
 
 def postprocess(answers, records, runtime):
-    "The model's answers (label and probabilities, or value; model and version) for each record: the place to reshape them."
+    ("The model's answers (label and probabilities, or value; model and "
+     "version) for each record: the place to reshape them.")
     return answers
 
 

@@ -12,7 +12,8 @@ def score(model_dir, monkeypatch_module):
     "api/score.py imported and initialised on the model folder, as Azure ML would (AZUREML_MODEL_DIR)."
     monkeypatch_module.setenv("AZUREML_MODEL_DIR", str(model_dir.parent))  # Azure ML mounts a folder holding the model
     spec = importlib.util.spec_from_file_location("score_under_test", HERE/"score.py")
-    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
     mod.init()
     return mod
 
@@ -29,7 +30,8 @@ def test_one_record_and_a_list(score, model_dir):
     assert p["label"] in ("above_asking", "at_or_below_asking") and 0 <= p["probability"] <= 1
     assert (p["model"], p["version"]) == ("ottawa-housing-classifier", "1")
     assert (p["probability"] >= 0.5) == (p["label"] == "above_asking")
-    assert p["probabilities"] == {"at_or_below_asking": pytest.approx(1 - p["probability"]), "above_asking": p["probability"]}
+    assert p["probabilities"] == {"at_or_below_asking": pytest.approx(1 - p["probability"]),
+                                  "above_asking": p["probability"]}
     df = generate_listings(2022, 50, seed=9)
     recs = df.drop(columns=["listing_id", "sold_price", "sold_above_ask"]).assign(
         listing_date=df.listing_date.dt.strftime("%Y-%m-%d")).to_dict("records")

@@ -36,7 +36,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
-CLI = str(Path(PY).parent/"mlops-nb") if (Path(PY).parent/"mlops-nb").exists() else (shutil.which("mlops-nb") or "mlops-nb")
+CLI = (
+    str(Path(PY).parent / "mlops-nb")
+    if (Path(PY).parent / "mlops-nb").exists()
+    else (shutil.which("mlops-nb") or "mlops-nb")
+)
 REGISTRY_BUDGET_S = 30.0
 TRAINING_BUDGET_S = 100.0  # no further test/full repetition starts past this (a busy machine makes full runs slow)
 
@@ -55,7 +59,8 @@ def run(cmd, **kw):
     t0 = time.time()
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, **kw)
     t1 = time.time()
-    if p.returncode != 0: raise SystemExit(f"command failed ({p.returncode}): {' '.join(map(str, cmd))}\n{p.stderr[-3000:]}")
+    if p.returncode != 0:
+        raise SystemExit(f"command failed ({p.returncode}): {' '.join(map(str, cmd))}\n{p.stderr[-3000:]}")
     return t1 - t0, p.stdout, t0, t1
 
 def fresh_wall(cmd, reps):
@@ -64,7 +69,8 @@ def fresh_wall(cmd, reps):
 
 def timed(fn, *a, **kw):
     "(seconds, result) of one call."
-    t0 = time.perf_counter(); r = fn(*a, **kw)
+    t0 = time.perf_counter()
+    r = fn(*a, **kw)
     return time.perf_counter() - t0, r
 
 @contextlib.contextmanager
@@ -86,7 +92,9 @@ def busy_seconds()->float|None:
 
 def others_busy(seconds:float=1.0)->float|None:
     "Share of the cores busy while this bench sleeps for `seconds`: the work of other processes."
-    b0 = busy_seconds(); time.sleep(seconds); b1 = busy_seconds()
+    b0 = busy_seconds()
+    time.sleep(seconds)
+    b1 = busy_seconds()
     return None if b0 is None or b1 is None else (b1 - b0) / (seconds * os.cpu_count())
 
 def epoch(iso:str)->float:
@@ -114,10 +122,12 @@ def breakdown(nb_path:str, run_id:str, t0:float, t1:float)->dict:
     pm = nb["metadata"]["papermill"]
     nb_start, nb_end, nb_dur = epoch(pm["start_time"]), epoch(pm["end_time"]), pm["duration"]
     cells = [(c["source"] if isinstance(c["source"], str) else "".join(c["source"]),
-              c["metadata"].get("papermill", {}).get("duration") or 0.0) for c in nb["cells"] if c["cell_type"] == "code"]
+              c["metadata"].get("papermill", {}).get("duration") or 0.0) for c in nb["cells"]
+             if c["cell_type"] == "code"]
     cell_sum = sum(d for _, d in cells)
     r_start, r_end = run_times(run_id)
-    phases = dict(zip(PHASES, [r_start - t0, nb_start - r_start, nb_dur - cell_sum, cell_sum, r_end - nb_end, t1 - r_end]))
+    phases = dict(zip(PHASES,
+                      [r_start - t0, nb_start - r_start, nb_dur - cell_sum, cell_sum, r_end - nb_end, t1 - r_end]))
     top = sorted(((d, src.strip().splitlines()[0][:48] if src.strip() else "") for src, d in cells), reverse=True)[:4]
     return {"wall": t1 - t0, "notebook": nb_dur, "outside_notebook": (t1 - t0) - nb_dur, "phases": phases,
             "top_cells": [{"cell": s, "seconds": d} for d, s in top]}
@@ -126,7 +136,8 @@ def median_breakdown(bs:list)->dict:
     "Element-wise median of several breakdowns (top cells taken from the first)."
     return {"wall": median([b["wall"] for b in bs]), "notebook": median([b["notebook"] for b in bs]),
             "outside_notebook": median([b["outside_notebook"] for b in bs]),
-            "phases": {k: median([b["phases"][k] for b in bs]) for k in PHASES}, "top_cells": bs[0]["top_cells"], "n": len(bs)}
+            "phases": {k: median([b["phases"][k] for b in bs]) for k in PHASES}, "top_cells": bs[0]["top_cells"],
+            "n": len(bs)}
 
 # ------------------------------------------------------------------------------------------------ 1. test vs full mode
 
@@ -147,7 +158,8 @@ def bench_training(rows:int, reps:int, work:Path)->dict:
     t0 = time.perf_counter()
     for i in range(reps):
         if i and time.perf_counter() - t0 > TRAINING_BUDGET_S:
-            say(f"training past {TRAINING_BUDGET_S:g} s: no repetition {i+1}"); break
+            say(f"training past {TRAINING_BUDGET_S:g} s: no repetition {i+1}")
+            break
         for mode in ("test", "full"):
             say(f"train --mode {mode} ({i+1}/{reps})")
             wall, stdout, t0, t1 = run([CLI, "train", "--mode", mode, "--data", str(data), "--quiet", "--json"])
@@ -200,7 +212,8 @@ def bench_overhead(work:Path, warm_reps:int)->dict:
     cold, *warm = r["calls"]
     cold_b = breakdown(cold["output_notebook"], cold["run_id"], cold["t0"], cold["t1"])
     warm_b = median_breakdown([breakdown(c["output_notebook"], c["run_id"], c["t0"], c["t1"]) for c in warm])
-    def kernel_papermill(b): return b["phases"]["run created -> notebook start"] + b["phases"]["kernel start/stop + papermill"]
+    def kernel_papermill(b):
+        return b["phases"]["run created -> notebook start"] + b["phases"]["kernel start/stop + papermill"]
     fresh = {"wall": r["calls"][0]["t1"] - t0, "process_wall_all_calls": wall,
              "interpreter_start": r["t_start"] - t0, "import_mlops_nb_runner": r["t_imported"] - r["t_start"],
              "mlflow_import_and_store": r["t_client"] - r["t_imported"], "call": cold_b,
@@ -211,7 +224,8 @@ def bench_overhead(work:Path, warm_reps:int)->dict:
 
 def bench_startup(reps:int=5)->dict:
     "Fresh-process wall times of `pass`, `import mlops_nb` and `mlops-nb --help` (median of `reps`)."
-    out = {"python_pass": fresh_wall([PY, "-c", "pass"], reps), "import_mlops_nb": fresh_wall([PY, "-c", "import mlops_nb"], reps),
+    out = {"python_pass": fresh_wall([PY, "-c", "pass"], reps),
+           "import_mlops_nb": fresh_wall([PY, "-c", "import mlops_nb"], reps),
            "cli_help": fresh_wall([CLI, "--help"], reps), "reps": reps}
     out["import_minus_pass"] = out["import_mlops_nb"] - out["python_pass"]
     return out
@@ -224,12 +238,14 @@ def bench_logging(n:int=100)->dict:
     from mlops_nb.params import make_params
     from mlops_nb.tracking import client, create_run, end_run, experiment_id
     with env(MLOPS_NB_EXPERIMENT="bench-logging"):
-        c = client(); experiment_id()  # store opened and experiment created before the clock starts
+        c = client()
+        experiment_id()  # store opened and experiment created before the clock starts
         t0 = time.perf_counter()
         for i in range(n):
             rid = create_run(make_params(mode="full"), "nbs/train.ipynb")
             for k, v in (("accuracy", 0.8), ("roc_auc", 0.9), ("log_loss", 0.3)): c.log_metric(rid, k, v + i*1e-6)
-            c.set_tag(rid, "bench.i", str(i)); c.set_tag(rid, "bench.kind", "logging")
+            c.set_tag(rid, "bench.i", str(i))
+            c.set_tag(rid, "bench.kind", "logging")
             end_run(rid)
         total = time.perf_counter() - t0
     git = median([timed(git_info, "nbs/train.ipynb")[0] for _ in range(10)])
@@ -240,35 +256,47 @@ def bench_logging(n:int=100)->dict:
 FINGERPRINTS = ["fp-a", "fp-b", "fp-c", "fp-d", "fp-e"]
 
 def bulk_insert_runs(exp_id:str, n:int, seed:int=0)->list:
-    "Insert `n` finished full-mode runs (tags, params, per-epoch and final metrics) into the MLflow schema with sqlite3."
+    ("Insert `n` finished full-mode runs (tags, params, per-epoch and "
+     "final metrics) into the MLflow schema with sqlite3.")
     rng = random.Random(seed)
     with contextlib.closing(sqlite3.connect(db_path())) as con:
-        art = con.execute("SELECT artifact_location FROM experiments WHERE experiment_id = ?", (int(exp_id),)).fetchone()[0]
+        art = con.execute("SELECT artifact_location FROM experiments WHERE experiment_id = ?",
+                          (int(exp_id),)).fetchone()[0]
         now = int(time.time()*1000) - n*1000
         runs, metrics, latest, tags, params, truth = [], [], [], [], [], []
         for i in range(n):
             rid, ts = uuid.uuid4().hex, now + i*1000
             fp = FINGERPRINTS[i % len(FINGERPRINTS)]
-            final = {"roc_auc": rng.uniform(0.80, 0.95), "log_loss": rng.uniform(0.20, 0.50), "accuracy": rng.uniform(0.8, 0.9)}
+            final = {"roc_auc": rng.uniform(0.80, 0.95), "log_loss": rng.uniform(0.20, 0.50),
+                     "accuracy": rng.uniform(0.8, 0.9)}
             truth.append((rid, fp, final))
             runs.append((rid, f"full-seed{i}", "UNKNOWN", "", "", "bench", "FINISHED", ts, ts + 900, "", "active",
                          f"{art}/{rid}/artifacts", int(exp_id), None))
             for e in range(1, 11):
                 for k in ("train_loss", "val_roc_auc"): metrics.append((k, rng.random(), ts + e*10, rid, e, 0))
             for k in ("train_loss", "val_roc_auc"): latest.append((k, rng.random(), ts + 100, 10, 0, rid))
-            for k, v in final.items(): metrics.append((k, v, ts + 200, rid, 0, 0)); latest.append((k, v, ts + 200, 0, 0, rid))
-            for k, v in {"mlops_nb.mode": "full", "mlops_nb.eval_fingerprint": fp, "mlops_nb.data_fingerprint": f"d{i % 7}",
-                         "mlops_nb.git_commit": "0"*40, "mlops_nb.git_dirty": "false", "mlops_nb.notebook": "nbs/train.ipynb",
-                         "mlflow.runName": f"full-seed{i}", "mlflow.user": "bench", "mlflow.source.name": "nbs/train.ipynb",
-                         "mlflow.source.type": "NOTEBOOK"}.items(): tags.append((k, v, rid))
+            for k, v in final.items():
+                metrics.append((k, v, ts + 200, rid, 0, 0))
+                latest.append((k, v, ts + 200, 0, 0, rid))
+            for k, v in {"mlops_nb.mode": "full", "mlops_nb.eval_fingerprint": fp,
+                         "mlops_nb.data_fingerprint": f"d{i % 7}",
+                         "mlops_nb.git_commit": "0"*40, "mlops_nb.git_dirty": "false",
+                         "mlops_nb.notebook": "nbs/train.ipynb",
+                         "mlflow.runName": f"full-seed{i}", "mlflow.user": "bench",
+                         "mlflow.source.name": "nbs/train.ipynb",
+                         "mlflow.source.type": "NOTEBOOK"}.items():
+                tags.append((k, v, rid))
             for k, v in {"mode": "full", "data_path": "listings.parquet", "sample_frac": "1.0", "epochs": "10",
                          "seed": str(i), "eval_path": ""}.items(): params.append((k, v, rid))
         with con:
-            con.executemany("INSERT INTO runs (run_uuid, name, source_type, source_name, entry_point_name, user_id, status, "
-                            "start_time, end_time, source_version, lifecycle_stage, artifact_uri, experiment_id, deleted_time) "
-                            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", runs)
-            con.executemany('INSERT INTO metrics ("key", value, timestamp, run_uuid, step, is_nan) VALUES (?,?,?,?,?,?)', metrics)
-            con.executemany('INSERT INTO latest_metrics ("key", value, timestamp, step, is_nan, run_uuid) VALUES (?,?,?,?,?,?)', latest)
+            con.executemany("INSERT INTO runs (run_uuid, name, source_type, source_name, entry_point_name, user_id, "
+                            "status, start_time, end_time, source_version, lifecycle_stage, artifact_uri, "
+                            "experiment_id, deleted_time) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", runs)
+            con.executemany(
+                'INSERT INTO metrics ("key", value, timestamp, run_uuid, step, is_nan) VALUES (?,?,?,?,?,?)', metrics
+            )
+            con.executemany('INSERT INTO latest_metrics ("key", value, timestamp, step, '
+                            'is_nan, run_uuid) VALUES (?,?,?,?,?,?)', latest)
             con.executemany('INSERT INTO tags ("key", value, run_uuid) VALUES (?,?,?)', tags)
             con.executemany('INSERT INTO params ("key", value, run_uuid) VALUES (?,?,?)', params)
     return truth
@@ -289,14 +317,16 @@ def bench_best_run(n:int, warm_reps:int)->dict:
     want_ll = min((t for t in truth if t[1] == fp), key=lambda t: t[2]["log_loss"])
     q_auc = time_query(lambda: best_run("roc_auc", experiment=exp), warm_reps)
     flt = f"tags.`{EVAL_FP_TAG}` = '{fp}'"
-    q_ll = time_query(lambda: best_run("log_loss", higher_is_better=False, filter_string=flt, experiment=exp), warm_reps)
+    q_ll = time_query(lambda: best_run("log_loss", higher_is_better=False, filter_string=flt, experiment=exp),
+                      warm_reps)
     out = {"runs": n, "setup": "bulk SQL insert (sqlite3, MLflow schema)", "setup_s": t_setup, "filter": flt}
     for key, q, want in (("roc_auc", q_auc, want_auc), ("log_loss_filtered", q_ll, want_ll)):
         got = q.pop("result")
         out[key] = {**q, "picked": got.info.run_id if got else None, "true_best": want[0],
                     "check": "OK" if got is not None and got.info.run_id == want[0] else "MISMATCH"}
     with contextlib.closing(sqlite3.connect(db_path())) as con: con.execute("ANALYZE")  # diagnostic: planner statistics
-    out["roc_auc_after_analyze"] = {k: v for k, v in time_query(lambda: best_run("roc_auc", experiment=exp), warm_reps).items()
+    out["roc_auc_after_analyze"] = {k: v for k,
+                                    v in time_query(lambda: best_run("roc_auc", experiment=exp), warm_reps).items()
                                     if k != "result"}
     return out
 
@@ -306,7 +336,8 @@ def quiet_mlflow():
     warnings.filterwarnings("ignore")
 
 def bench_best_version(n:int, warm_reps:int, budget_s:float=REGISTRY_BUDGET_S)->dict:
-    "`best_version` (no metric given: the problem's primary one and its direction) over `n` versions registered through the library (tiny models); skipped past `budget_s` of setup."
+    ("`best_version` (no metric given: the problem's primary one and its direction) over `n` versions registered "
+     "through the library (tiny models); skipped past `budget_s` of setup.")
     import mlflow, numpy as np
     from sklearn.dummy import DummyClassifier
     from mlops_nb.params import make_params
@@ -350,25 +381,31 @@ def ms(x): return f"{1000*x:.0f} ms"
 def table_rows(r:dict)->list:
     "(metric, value, target) rows of the final table."
     t, o, u, lg, br = r["training"], r["overhead"], r["startup"], r["logging"], r["best_run"]
-    rows = [(f"test-mode run (wall, median of {t['test']['n']})", s(t["test"]["wall"]), ""), (f"full-mode run (wall, median of {t['full']['n']})", s(t["full"]["wall"]), ""),
+    rows = [(f"test-mode run (wall, median of {t['test']['n']})", s(t["test"]["wall"]), ""),
+            (f"full-mode run (wall, median of {t['full']['n']})", s(t["full"]["wall"]), ""),
             ("test / full", f"{t['ratio']:.0%}", "<= 10%")]
     for mode in ("test", "full"):
         b = t[mode]
-        rows += [(f"  {mode}: notebook execution", s(b["notebook"]), ""), (f"  {mode}: outside the notebook", s(b["outside_notebook"]), "")]
+        rows += [(f"  {mode}: notebook execution", s(b["notebook"]), ""),
+                 (f"  {mode}: outside the notebook", s(b["outside_notebook"]), "")]
     rows += [("fixed overhead, fresh process (wall)", s(o["fresh"]["wall"]), "<= 3 s"),
-             ("  interpreter + import mlops_nb.runner", s(o["fresh"]["interpreter_start"] + o["fresh"]["import_mlops_nb_runner"]), ""),
+             ("  interpreter + import mlops_nb.runner",
+              s(o["fresh"]["interpreter_start"] + o["fresh"]["import_mlops_nb_runner"]), ""),
              ("  MLflow import + store setup", s(o["fresh"]["mlflow_import_and_store"]), ""),
              ("  kernel start + papermill", s(o["fresh"]["kernel_start_and_papermill"]), ""),
              ("  notebook cells", s(o["fresh"]["call"]["phases"]["notebook cells"]), ""),
              ("fixed overhead, warm (same process)", s(o["warm"]["wall"]), "<= 3 s"),
              ("  kernel start + papermill", s(o["warm"]["kernel_start_and_papermill"]), ""),
              ("  notebook cells", s(o["warm"]["phases"]["notebook cells"]), ""),
-             ("python -c pass", ms(u["python_pass"]), ""), ("python -c 'import mlops_nb'", ms(u["import_mlops_nb"]), "<= 0.3 s"),
-             ("  import mlops_nb - pass", ms(u["import_minus_pass"]), ""), ("mlops-nb --help", ms(u["cli_help"]), "<= 0.3 s"),
+             ("python -c pass", ms(u["python_pass"]), ""),
+             ("python -c 'import mlops_nb'", ms(u["import_mlops_nb"]), "<= 0.3 s"),
+             ("  import mlops_nb - pass", ms(u["import_minus_pass"]), ""),
+             ("mlops-nb --help", ms(u["cli_help"]), "<= 0.3 s"),
              (f"log {lg['runs']} runs (total)", s(lg["total_s"]), ""), ("  per run", f"{lg['per_run_ms']:.0f} ms", ""),
              ("  of which git_info per run", f"{lg['git_info_per_call_ms']:.0f} ms", ""),
              (f"best_run roc_auc, {br['runs']} runs (cold)", ms(br["roc_auc"]["cold_s"]), "<= 1 s"),
-             ("  warm (median)", ms(br["roc_auc"]["warm_s"]), "<= 1 s"), ("  pick is the true best", br["roc_auc"]["check"], "OK"),
+             ("  warm (median)", ms(br["roc_auc"]["warm_s"]), "<= 1 s"),
+             ("  pick is the true best", br["roc_auc"]["check"], "OK"),
              ("best_run log_loss + fingerprint (cold)", ms(br["log_loss_filtered"]["cold_s"]), "<= 1 s"),
              ("  warm (median)", ms(br["log_loss_filtered"]["warm_s"]), "<= 1 s"),
              ("  pick is the true best", br["log_loss_filtered"]["check"], "OK"),
@@ -384,14 +421,15 @@ def details(r:dict)->str:
     "Where the time goes: the phase split of each measured notebook run and its slowest cells."
     lines = ["where the time goes (seconds; phases from DB run start/end and papermill timestamps):"]
     for label, b in (("train --mode test", r["training"]["test"]), ("train --mode full", r["training"]["full"]),
-                     ("trivial notebook, cold call", r["overhead"]["fresh"]["call"]), ("trivial notebook, warm", r["overhead"]["warm"])):
+                     ("trivial notebook, cold call", r["overhead"]["fresh"]["call"]),
+                     ("trivial notebook, warm", r["overhead"]["warm"])):
         lines.append(f"  {label}: wall {b['wall']:.2f}")
         lines += [f"    {k:<34} {v:6.2f}" for k, v in b["phases"].items()]
         lines += [f"      cell {c['seconds']:5.2f}  {c['cell']}" for c in b["top_cells"][:3]]
     t = r["training"]
-    lines.append(f"  setup: fresh store {r['store_create_s']:.2f} s, data generate ({t['rows']} rows) {t['data_generate_s']:.2f} s; "
-                 f"best_run setup: {r['best_run']['setup']} {r['best_run']['setup_s']:.2f} s; "
-                 f"best_version setup {r['best_version']['setup_s']:.1f} s")
+    lines.append(f"  setup: fresh store {r['store_create_s']:.2f} s, data generate ({t['rows']} rows) "
+                 f"{t['data_generate_s']:.2f} s; best_run setup: {r['best_run']['setup']} "
+                 f"{r['best_run']['setup_s']:.2f} s; best_version setup {r['best_version']['setup_s']:.1f} s")
     return "\n".join(lines)
 
 def machine_note(r:dict)->str:
@@ -399,9 +437,9 @@ def machine_note(r:dict)->str:
     c = r["config"]
     pct = lambda x: "?" if x is None else f"{x:.0%}"
     busy = [x for x in (c["others_busy_start"], r["others_busy_end"]) if x is not None]
-    line = (f"machine: {c['cpus']} cores, 1-min load average {c['load_start']:.2f} at start; cores busy with other work "
-            f"(1 s sample, bench idle) {pct(c['others_busy_start'])} at start, {pct(r['others_busy_end'])} at end; "
-            f"SQLite {c['sqlite']}, MLflow {c['mlflow']}, python {c['python_version']}")
+    line = (f"machine: {c['cpus']} cores, 1-min load average {c['load_start']:.2f} at start; cores busy with other "
+            f"work (1 s sample, bench idle) {pct(c['others_busy_start'])} at start, {pct(r['others_busy_end'])} at "
+            f"end; SQLite {c['sqlite']}, MLflow {c['mlflow']}, python {c['python_version']}")
     if busy and max(busy) > 0.15:
         line += "\nWARNING: other work was competing for the cores: timings (full-mode training most) are inflated"
     return line
@@ -410,14 +448,16 @@ def render(r:dict)->str:
     "The plain-text report: machine, details, then the final table."
     rows = table_rows(r)
     head = f"{'metric':<42} {'value':<10} target"
-    return machine_note(r) + "\n" + details(r) + "\n\n" + "\n".join([head] + [f"{m:<42} {v:<10} {t}".rstrip() for m, v, t in rows])
+    return machine_note(r) + "\n" + details(r) + "\n\n" + "\n".join([head] + [f"{m:<42} {v:<10} {t}".rstrip() for m, v,
+                                                                              t in rows])
 
 # -------------------------------------------------------------------------------------------------------------- main
 
 def parse_args(argv=None):
     "Command-line options."
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rows", type=int, default=None, help="rows of generated data for the training runs (default: the CLI's default)")
+    p.add_argument("--rows", type=int, default=None,
+                   help="rows of generated data for the training runs (default: the CLI's default)")
     p.add_argument("--quick", action="store_true", help="fewer repetitions and a 2 000-run selection setup (CI smoke)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (the table goes to stderr)")
     return p.parse_args(argv)
@@ -430,19 +470,28 @@ def main(argv=None):
     os.environ.update(MLOPS_NB_HOME=str(work/"state"), MLFLOW_DISABLE_TELEMETRY="true")
     q = a.quick
     cfg = {"rows": a.rows or default_rows(), "quick": q, "train_reps": 1 if q else 2, "warm_reps": 1 if q else 3,
-           "select_runs": 2_000 if q else 10_000, "query_warm_reps": 3 if q else 5, "registry_versions": 10 if q else 50,
-           "state_dir": os.environ["MLOPS_NB_HOME"], "python": PY, "cpus": os.cpu_count(), "load_start": os.getloadavg()[0], "others_busy_start": others_busy(),
-           "sqlite": sqlite3.sqlite_version, "mlflow": version("mlflow-skinny"), "python_version": sys.version.split()[0]}
+           "select_runs": 2_000 if q else 10_000, "query_warm_reps": 3 if q else 5, "registry_versions": 10 if q
+           else 50,
+           "state_dir": os.environ["MLOPS_NB_HOME"], "python": PY, "cpus": os.cpu_count(),
+           "load_start": os.getloadavg()[0], "others_busy_start": others_busy(),
+           "sqlite": sqlite3.sqlite_version, "mlflow": version("mlflow-skinny"),
+           "python_version": sys.version.split()[0]}
     t0 = time.perf_counter()
     try:
         r = {"config": cfg}
-        say("creating a fresh tracking store"); r["store_create_s"] = create_store()
+        say("creating a fresh tracking store")
+        r["store_create_s"] = create_store()
         r["training"] = bench_training(cfg["rows"], cfg["train_reps"], work)
-        say("fixed overhead (trivial notebook)"); r["overhead"] = bench_overhead(work, cfg["warm_reps"])
-        say("start-up times"); r["startup"] = bench_startup(5)
-        say("logging 100 runs"); r["logging"] = bench_logging(100)
-        say(f"best_run over {cfg['select_runs']} runs"); r["best_run"] = bench_best_run(cfg["select_runs"], cfg["query_warm_reps"])
-        say(f"best_version over {cfg['registry_versions']} versions"); r["best_version"] = bench_best_version(cfg["registry_versions"], cfg["query_warm_reps"])
+        say("fixed overhead (trivial notebook)")
+        r["overhead"] = bench_overhead(work, cfg["warm_reps"])
+        say("start-up times")
+        r["startup"] = bench_startup(5)
+        say("logging 100 runs")
+        r["logging"] = bench_logging(100)
+        say(f"best_run over {cfg['select_runs']} runs")
+        r["best_run"] = bench_best_run(cfg["select_runs"], cfg["query_warm_reps"])
+        say(f"best_version over {cfg['registry_versions']} versions")
+        r["best_version"] = bench_best_version(cfg["registry_versions"], cfg["query_warm_reps"])
         r["bench_wall_s"] = time.perf_counter() - t0
         r["others_busy_end"] = others_busy()
         text = render(r) + f"\n\n(bench wall time {r['bench_wall_s']:.0f} s; state in a temp folder, removed)"

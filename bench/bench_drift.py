@@ -32,7 +32,9 @@ def make_frame(rows:int, n_num:int, n_cat:int, seed:int=0)->pd.DataFrame:
         cols[f"num_{i:02d}"] = x
     levels = np.array([f"level_{j:02d}" for j in range(20)], dtype=object)
     for i in range(n_cat):
-        p_ref = np.ones(20)/20; p_cur = np.linspace(1, 1 + 0.1*i, 20); p_cur /= p_cur.sum()
+        p_ref = np.ones(20)/20
+        p_cur = np.linspace(1, 1 + 0.1*i, 20)
+        p_cur /= p_cur.sum()
         codes = np.where(cur, rng.choice(20, rows, p=p_cur), rng.choice(20, rows, p=p_ref))
         cols[f"cat_{i:02d}"] = levels[codes]
     return pd.DataFrame(cols)
@@ -41,7 +43,8 @@ def make_frame(rows:int, n_num:int, n_cat:int, seed:int=0)->pd.DataFrame:
 def _psi_shares(r:pd.Series, c:pd.Series)->float:
     "PSI of two share series, aligned on their union, clipped at EPS (as mlops_nb.drift does)."
     idx = r.index.union(c.index)
-    r = r.reindex(idx, fill_value=0).clip(lower=EPS); c = c.reindex(idx, fill_value=0).clip(lower=EPS)
+    r = r.reindex(idx, fill_value=0).clip(lower=EPS)
+    c = c.reindex(idx, fill_value=0).clip(lower=EPS)
     return float(((c - r)*np.log(c/r)).sum())
 
 
@@ -59,7 +62,11 @@ def naive(ref:pd.DataFrame, cur:pd.DataFrame, numeric:list, categorical:list)->t
     for c in numeric: ks[c] = float(ks_2samp(ref[c].to_numpy(), cur[c].to_numpy()).statistic)
     t2 = time.perf_counter()
     for c in categorical: psi[c] = _psi_shares(ref[c].value_counts(normalize=True), cur[c].value_counts(normalize=True))
-    t["numeric psi (qcut/cut)"], t["numeric ks (full arrays)"], t["categorical psi"] = t1 - t0, t2 - t1, time.perf_counter() - t2
+    t["numeric psi (qcut/cut)"], t["numeric ks (full arrays)"], t["categorical psi"] = (
+        t1 - t0,
+        t2 - t1,
+        time.perf_counter() - t2,
+    )
     return psi, ks, t
 
 
@@ -69,13 +76,14 @@ def main():
     ap.add_argument("--numeric", type=int, default=40)
     ap.add_argument("--categorical", type=int, default=10)
     a = ap.parse_args()
-    print(f"python {platform.python_version()}, numpy {np.__version__}, pandas {pd.__version__}, {os.cpu_count()} cpu(s), "
-          f"load average {os.getloadavg()[0]:.2f}")
+    print(f"python {platform.python_version()}, numpy {np.__version__}, pandas {pd.__version__}, {os.cpu_count()} "
+          f"cpu(s), load average {os.getloadavg()[0]:.2f}")
     t0 = time.perf_counter()
     df = make_frame(a.rows, a.numeric, a.categorical)
     half = a.rows//2
     ref, cur = df.iloc[:half], df.iloc[half:]
-    num = [c for c in df if c.startswith("num_")]; cat = [c for c in df if c.startswith("cat_")]
+    num = [c for c in df if c.startswith("num_")]
+    cat = [c for c in df if c.startswith("cat_")]
     print(f"built {a.rows:,} rows x {df.shape[1]} features in {time.perf_counter() - t0:.2f} s "
           f"(reference {len(ref):,} rows, current {len(cur):,} rows)\n")
 
@@ -99,9 +107,11 @@ def main():
 
     dpsi = max(abs(rep.features[c].psi - npsi[c]) for c in num + cat)
     dks = max(abs(rep.features[c].ks_stat - nks[c]) for c in num)
-    print(f"agreement with the peer: max |psi diff| {dpsi:.2e}; max |ks stat diff| {dks:.4f} (ours on a 200k/side subsample)")
+    print(f"agreement with the peer: max |psi diff| {dpsi:.2e}; max |ks stat "
+          f"diff| {dks:.4f} (ours on a 200k/side subsample)")
     print(f"drifted: {len(rep.drifted)} of {len(rep.features)} features "
-          f"(num_00 and num_08/16/24/32, whose shift is 0, should not: {[c for c in rep.drifted if c in ('num_00', 'num_08', 'num_16', 'num_24', 'num_32')]})")
+          "(num_00 and num_08/16/24/32, whose shift is 0, should not: "
+          f"{[c for c in rep.drifted if c in ('num_00', 'num_08', 'num_16', 'num_24', 'num_32')]})")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Drift from a reference profile against its peers, in one run (issue 17); prints figures, never asserts on them.
 
-Run from the repository root:  .venv/bin/python bench/bench_drift_peers.py [--sizes 1000000x50,100000x1000] [--skip-evidently]
+Run from the repository root:  .venv/bin/python bench/bench_drift_peers.py [--sizes 1000000x50,100000x1000]
+[--skip-evidently]
 
 Per size (rows per side x features, four fifths numeric and one fifth categorical, generated as bench_drift.py does, the
 current side drifted on most features), side by side on the same frames:
@@ -55,7 +56,8 @@ def run_size(rows:int, feats:int, work:Path, evidently:bool, timeout:float)->dic
     num, cat = [c for c in df if c.startswith("num_")], [c for c in df if c.startswith("cat_")]
     del df
     out = {"rows": rows, "features": feats}
-    print(f"{rows:,} rows per side x {feats} features ({len(num)} numeric, {len(cat)} categorical); {load()}", flush=True)
+    print(f"{rows:,} rows per side x {feats} features ({len(num)} numeric, {len(cat)} categorical); {load()}",
+          flush=True)
     prof, w, c = timed(lambda: profile_of(ref, numeric=num, categorical=cat))
     out["profile"] = {"seconds": w, "cpu_s": c, "kib": len(json.dumps(prof.as_json())) / 1024}
     rep, w, c = timed(lambda: profile_drift(prof, cur))
@@ -68,7 +70,8 @@ def run_size(rows:int, feats:int, work:Path, evidently:bool, timeout:float)->dic
         ref.to_parquet(work/"ref.parquet")
         cur.to_parquet(work/"cur.parquet")
         del ref, cur
-        p = subprocess.Popen([str(ROOT/".venv-evidently/bin/python"), "-c", EVIDENTLY, str(work/"ref.parquet"), str(work/"cur.parquet")],
+        p = subprocess.Popen([str(ROOT/".venv-evidently/bin/python"), "-c", EVIDENTLY, str(work/"ref.parquet"),
+                              str(work/"cur.parquet")],
                              stdout=subprocess.PIPE, text=True)
         with PeakRSS(p.pid) as m:
             try: got, _ = p.communicate(timeout=timeout)
@@ -85,7 +88,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1000000x50,100000x1000", help="rows per side x features, comma-separated")
     ap.add_argument("--skip-evidently", action="store_true")
-    ap.add_argument("--evidently-timeout", type=float, default=1800, help="seconds Evidently may take per size (then stopped)")
+    ap.add_argument("--evidently-timeout", type=float, default=1800,
+                    help="seconds Evidently may take per size (then stopped)")
     a = ap.parse_args()
     ev = not a.skip_evidently
     if ev: subprocess.run(["bash", str(ROOT/"bench/evidently-venv")], check=True)
@@ -96,18 +100,25 @@ def main():
         for s in a.sizes.split(","):
             rows, feats = map(int, s.lower().split("x"))
             res.append(run_size(rows, feats, Path(d), ev, a.evidently_timeout))
-    print(f"\n{'rows x features':<20} {'profile_of':>10} {'from profile':>13} {'CPU s':>6} {'cells/CPU s':>12} {'from rows':>10} {'Evidently':>10} {'Ev. MB':>7}")
+    print(f"\n{'rows x features':<20} {'profile_of':>10} {'from profile':>13} {'CPU s':>6} {'cells/CPU s':>12} "
+          f"{'from rows':>10} {'Evidently':>10} {'Ev. MB':>7}")
     for r in res:
         fp, ev_ = r["from_profile"], r.get("evidently", {})
         cells = r["rows"] * r["features"] / max(fp["cpu_s"], 1e-9)
-        evs = f"{ev_['seconds']:>8.1f} s" if "seconds" in ev_ else f"{'>' + str(int(ev_['unfinished_after_s'])) + ' s' if ev_ else '-':>10}"
-        print(f"{r['rows']:,} x {r['features']:<8} {r['profile']['seconds']:>8.1f} s {fp['seconds']:>11.1f} s {fp['cpu_s']:>6.1f} "
-              f"{cells/1e6:>10.0f} M {r['from_rows']['seconds']:>8.1f} s {evs} {ev_.get('peak_rss_mb', 0):>7,.0f}")
+        evs = (
+            f"{ev_['seconds']:>8.1f} s"
+            if "seconds" in ev_
+            else f"{'>' + str(int(ev_['unfinished_after_s'])) + ' s' if ev_ else '-':>10}"
+        )
+        print(f"{r['rows']:,} x {r['features']:<8} {r['profile']['seconds']:>8.1f} s {fp['seconds']:>11.1f} s "
+              f"{fp['cpu_s']:>6.1f} {cells/1e6:>10.0f} M {r['from_rows']['seconds']:>8.1f} s {evs} "
+              f"{ev_.get('peak_rss_mb', 0):>7,.0f}")
         if "seconds" in ev_:
-            print(f"  Evidently / from a profile: {ev_['seconds'] / fp['seconds']:.0f}x the time; from rows / from a profile: "
-                  f"{r['from_rows']['seconds'] / fp['seconds']:.1f}x; drifted: profile {fp['drifted']}, rows "
+            print(f"  Evidently / from a profile: {ev_['seconds'] / fp['seconds']:.0f}x the time; from rows / from a "
+                  f"profile: {r['from_rows']['seconds'] / fp['seconds']:.1f}x; drifted: profile {fp['drifted']}, rows "
                   f"{r['from_rows']['drifted']}, Evidently {ev_.get('drifted')}")
-    print("(target: from a profile, >= 50 M rows x features per CPU second, i.e. 1 M rows x 50 features a second per core)")
+    print("(target: from a profile, >= 50 M rows x features per CPU second, "
+          "i.e. 1 M rows x 50 features a second per core)")
 
 
 if __name__ == "__main__": main()

@@ -27,13 +27,16 @@ class Server:
             try:
                 if urllib.request.urlopen(f"http://127.0.0.1:{self.port}/ready", timeout=2).status == 200: return
             except Exception: time.sleep(0.2)
-        self.stop(); raise RuntimeError("the server did not become ready")
+        self.stop()
+        raise RuntimeError("the server did not become ready")
 
     def stop(self):
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try: self.proc.wait(20)
-            except subprocess.TimeoutExpired: os.killpg(self.proc.pid, signal.SIGKILL); self.proc.wait()
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
 
 
 def model(tmp:Path)->Path:
@@ -41,7 +44,8 @@ def model(tmp:Path)->Path:
     from mlops_nb.examples.ottawa import PROBLEM, generate_listings
     from mlops_nb.train import build_model, split_rows, train_epochs, save_model
     tr, ev = split_rows(generate_listings(2021, 20_000, seed=0), PROBLEM, seed=0)
-    m = build_model(PROBLEM, seed=0); train_epochs(PROBLEM, m, tr, ev, epochs=10)
+    m = build_model(PROBLEM, seed=0)
+    train_epochs(PROBLEM, m, tr, ev, epochs=10)
     return save_model(PROBLEM, m, ev, tmp/"model")
 
 
@@ -58,8 +62,10 @@ def main(argv=None)->int:
         os.environ["MLOPS_NB_PROBLEM"] = "mlops_nb.examples.ottawa:PROBLEM"
         say("training the example's model (20 000 rows, 10 epochs)")
         m = model(t)
-        body = t/"one.json"; body.write_text(json.dumps(EXAMPLE))
-        configs = {"no log": [], "log 100%": ["--log-dir", str(t/"log")], "log 100% + shadow": ["--log-dir", str(t/"log2"), "--shadow", str(m)]}
+        body = t/"one.json"
+        body.write_text(json.dumps(EXAMPLE))
+        configs = {"no log": [], "log 100%": ["--log-dir", str(t/"log")],
+                   "log 100% + shadow": ["--log-dir", str(t/"log2"), "--shadow", str(m)]}
         res = {k: [] for k in configs}
         try:
             for r in range(rounds):
@@ -69,20 +75,25 @@ def main(argv=None)->int:
                         wrk(srv.port, "/score", body, 32, 2, 2)  # warm-up, discarded
                         w = wrk(srv.port, "/score", body, 32, 2, secs)
                         res[name].append(w)
-                        say(f"round {r + 1} {name:18} {w['rps']:7.0f} req/s  p50 {w['p50_ms']:6.2f} ms  p99 {w['p99_ms']:6.2f} ms  errors {w['non2xx'] + w['socket_errors']}")
+                        say(f"round {r + 1} {name:18} {w['rps']:7.0f} req/s  p50 {w['p50_ms']:6.2f} ms  p99 "
+                            f"{w['p99_ms']:6.2f} ms  errors {w['non2xx'] + w['socket_errors']}")
                     finally: srv.stop()
         finally: pass
         rows = list(Path(t/"log").glob("*.parquet"))
         logged = sum(__import__("pyarrow.parquet", fromlist=["x"]).read_metadata(f).num_rows for f in rows)
     med = {k: {m_: statistics.median(w[m_] for w in v) for m_ in ("rps", "p50_ms", "p99_ms")} for k, v in res.items()}
     base = med["no log"]
-    out = {k: {**v, "p99_ratio": v["p99_ms"] / base["p99_ms"], "rps_ratio": v["rps"] / base["rps"]} for k, v in med.items()}
+    out = {k: {**v, "p99_ratio": v["p99_ms"] / base["p99_ms"], "rps_ratio": v["rps"] / base["rps"]} for k,
+           v in med.items()}
     out["rows_logged_by_the_last_log_run"] = logged
-    if a.json: print(json.dumps(out, indent=2)); return 0
+    if a.json:
+        print(json.dumps(out, indent=2))
+        return 0
     print("\n| configuration | req/s at c=32 | p50 ms | p99 ms | p99 / no log (target <= 1.2) |")
     print("|---|---|---|---|---|")
     for k, v in out.items():
-        if isinstance(v, dict): print(f"| {k} | {v['rps']:.0f} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | {v['p99_ratio']:.2f}x |")
+        if isinstance(v, dict):
+            print(f"| {k} | {v['rps']:.0f} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | {v['p99_ratio']:.2f}x |")
     print(f"\n(medians of {rounds} runs of {secs} s each; the last 100% log run wrote {logged} rows)")
     return 0
 

@@ -12,8 +12,10 @@ which loads a joblib pickle: the benchmark writes one for it beside the model fo
 loads skops, never pickle). Its requests are v2 JSON with `"content_type": "pd"` (a DataFrame, as the pipeline
 wants) asking for the `predict_proba` output; settings: 127.0.0.1, parallel_workers 0 (see bench_protocols.py),
 adaptive batching max_batch_size 32, max_batch_time 0.01; once as it comes and once with OMP_NUM_THREADS=1 (its
-default OpenMP threads stall on a loaded 2-core machine; ours runs one OpenMP thread per call). Ours: `mlops-nb serve --model FOLDER` with its defaults
-(workers: one per usable CPU), and with --workers 1; /score with raw records. azmlinfsrv: api/score.py on /score (250 trees only).
+default OpenMP threads stall on a loaded 2-core machine; ours runs one OpenMP thread per call). Ours: `mlops-nb serve
+--model FOLDER` with its defaults
+(workers: one per usable CPU), and with --workers 1; /score with raw records. azmlinfsrv: api/score.py on /score (250
+trees only).
 
 In-process limits (a fresh process per round, pandas frames of the same check records): the pipeline's
 `predict_proba` on 1, 100 and 800 rows and the estimator alone on the 800-row matrix, with OpenMP as it comes and
@@ -75,7 +77,9 @@ def complete(records:list)->list:
 
 def mlserver_body(records:list)->bytes:
     "A v2 request of `records` as one column tensor each, decoded by MLServer as a DataFrame; asks for predict_proba."
-    kind = lambda v: "BYTES" if isinstance(v, str) else "BOOL" if isinstance(v, bool) else "INT64" if isinstance(v, int) else "FP64"
+    kind = lambda v: (
+        "BYTES" if isinstance(v, str) else "BOOL" if isinstance(v, bool) else "INT64" if isinstance(v, int) else "FP64"
+    )
     cols = list(records[0])
     return to_json({"parameters": {"content_type": "pd"}, "outputs": [{"name": "predict_proba"}],
                     "inputs": [{"name": c, "shape": [len(records), 1], "datatype": kind(records[0][c]),
@@ -93,16 +97,19 @@ def start_mlserver(case, work:Path, tag:str, omp1:bool=False):
     (folder/"settings.json").write_text(json.dumps({"host": "127.0.0.1", "http_port": port, "grpc_port": grpc,
                                                     "metrics_port": metrics, "parallel_workers": 0, "debug": False}))
     (folder/"model-settings.json").write_text(json.dumps({
-        "name": MODEL_NAME, "implementation": "mlserver_sklearn.SKLearnModel", "max_batch_size": 32, "max_batch_time": 0.01,
+        "name": MODEL_NAME, "implementation": "mlserver_sklearn.SKLearnModel", "max_batch_size": 32,
+        "max_batch_time": 0.01,
         "parameters": {"uri": str(folder/"model.joblib"), "version": "1"}}))
     env = {**env_of(work), **({"OMP_NUM_THREADS": "1"} if omp1 else {})}
-    srv = launch(f"MLServer{' OMP=1' if omp1 else ''} {tag}", [str(MLS_BIN/"mlserver"), "start", str(folder)], env, folder, port,
+    srv = launch(f"MLServer{' OMP=1' if omp1 else ''} {tag}", [str(MLS_BIN/"mlserver"), "start", str(folder)], env,
+                 folder, port,
                  f"/v2/models/{MODEL_NAME}/ready", work)
     return srv, f"/v2/models/{MODEL_NAME}/infer", mlserver_body
 
 def env_of(work:Path)->dict:
     "Our environment without inherited venv or mlops_nb / Azure / MLServer settings, plus the benchmark's own."
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "OMP_NUM_THREADS")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "OMP_NUM_THREADS")
            and not k.startswith(("AZUREML_", "MLOPS_NB_", "MLSERVER_"))}
     env.update(MLOPS_NB_HOME=str(work/"state"), MLOPS_NB_PROBLEM="mlops_nb.examples.ottawa:PROBLEM",
                MLFLOW_DISABLE_TELEMETRY="true", PYTHONUNBUFFERED="1")
@@ -114,7 +121,8 @@ def start_ours(case, work:Path, tag:str, workers:int|None=None):
     env = {**env_of(work), "PYTHONPATH": str(ROOT)}  # this checkout's mlops_nb, whatever .venv has installed
     more = ["--workers", str(workers)] if workers else []
     srv = launch(f"ours{f' {workers}w' if workers else ''} {tag}",
-                 [str(BIN/"mlops-nb"), "serve", "--model", str(case.model_dir), "--port", str(port), *more], env, work, port, "/ready", work)
+                 [str(BIN/"mlops-nb"), "serve", "--model", str(case.model_dir), "--port", str(port), *more], env, work,
+                 port, "/ready", work)
     return srv, "/score", lambda rs: to_json(rs[0] if len(rs) == 1 else rs)
 
 def start_azml(case, work:Path, tag:str):
@@ -126,10 +134,13 @@ def start_azml(case, work:Path, tag:str):
         (root/"ottawa").mkdir(parents=True)
         (root/"ottawa"/"1").symlink_to(case.model_dir, target_is_directory=True)
     env = {**env_of(work), "AZUREML_MODEL_DIR": str(root), "PATH": f"{AZML_BIN}:{os.environ.get('PATH', '')}"}
-    # gunicorn >= 27 opens a control socket at ~/.gunicorn/gunicorn.ctl, one path for every server of the user (as bench_serve)
-    if any(int(d.name.split("-")[1].split(".")[0]) >= 27 for d in AZML_BIN.parent.glob("lib/python*/site-packages/gunicorn-*.dist-info")):
+    # gunicorn >= 27 opens a control socket at ~/.gunicorn/gunicorn.ctl, one path for every server of the user (as
+    # bench_serve)
+    if any(int(d.name.split("-")[1].split(".")[0]) >= 27
+           for d in AZML_BIN.parent.glob("lib/python*/site-packages/gunicorn-*.dist-info")):
         env["GUNICORN_CMD_ARGS"] = "--no-control-socket"
-    srv = launch(f"azmlinfsrv {tag}", [str(AZML_BIN/"azmlinfsrv"), "--entry_script", str(ROOT/"api"/"score.py"), "--port", str(port)],
+    srv = launch(f"azmlinfsrv {tag}",
+                 [str(AZML_BIN/"azmlinfsrv"), "--entry_script", str(ROOT/"api"/"score.py"), "--port", str(port)],
                  env, work, port, "/", work)
     return srv, "/score", lambda rs: to_json(rs[0] if len(rs) == 1 else rs)
 
@@ -154,8 +165,8 @@ def run_server(start, case, work:Path, tag:str, cfg:dict)->dict:
             r["cpu_pct"] = (cpu_s(srv.proc.pid) - c0) / (time.monotonic() - t0) * 100
             r["rows_per_s"] = r["rps"] * n
             res[name] = r
-            say(f"  {srv.name:22} {name:12} {r['rps']:8.1f} req/s {r['rows_per_s']:9.0f} rows/s p50 {r['p50_ms']:7.2f} ms "
-                f"p99 {r['p99_ms']:7.2f} ms CPU {r['cpu_pct']:4.0f}%  errors {r['non2xx']}+{r['socket_errors']}")
+            say(f"  {srv.name:22} {name:12} {r['rps']:8.1f} req/s {r['rows_per_s']:9.0f} rows/s p50 {r['p50_ms']:7.2f} "
+                f"ms p99 {r['p99_ms']:7.2f} ms CPU {r['cpu_pct']:4.0f}%  errors {r['non2xx']}+{r['socket_errors']}")
     except Exception as e:
         res["error"] = f"{type(e).__name__}: {e}"
         say(f"  {tag} FAILED: {res['error'][:500]}")
@@ -167,7 +178,8 @@ def limits(case, work:Path)->dict:
     "The in-process rows/s of the pipeline and the estimator (a fresh process, as a server would be)."
     recs = work/"limit-records.json"
     recs.write_text(json.dumps(complete(case.records)))
-    p = subprocess.run([str(BIN/"python"), "-c", LIMITS_CHILD, str(case.model_dir), str(recs)], capture_output=True, text=True,
+    p = subprocess.run([str(BIN/"python"), "-c", LIMITS_CHILD, str(case.model_dir), str(recs)], capture_output=True,
+                       text=True,
                        env={**env_of(work), "PYTHONPATH": str(ROOT)}, timeout=600)
     if p.returncode: return {"error": p.stderr.strip().splitlines()[-1:]}
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -179,29 +191,33 @@ def limit_of(lim:dict, what:str)->float|None:
 
 def render(r:dict)->str:
     "One table per round and model: each server's figures, its CPU, and the in-process limits beside them."
-    lines = [f"bench_limits {r['started']} on {r['cpus']} CPUs; {r['seconds']:g} s runs; servers: {', '.join(r['servers'])}"]
+    lines = [f"bench_limits {r['started']} on {r['cpus']} CPUs; "
+             f"{r['seconds']:g} s runs; servers: {', '.join(r['servers'])}"]
     for i, rnd in enumerate(r["rounds"], 1):
         for trees, x in rnd["models"].items():
             lim = x["limits"]
             p800, p100, p1 = (limit_of(lim, f"pipeline {n} rows") for n in (800, 100, 1))
             est = limit_of(lim, "estimator 800-row matrix")
             lines += ["", f"round {i}, {trees} trees ({x['load_before']} before, {x['load_after']} after)",
-                      f"  in process: pipeline predict_proba 1 row {p1 or 0:,.0f} rows/s, 100 rows {p100 or 0:,.0f}, 800 rows "
-                      f"{p800 or 0:,.0f}; estimator alone on an 800-row matrix {est or 0:,.0f} rows/s",
-                      f"  {'server':16}|{'ready s':>8}|{'RSS MB':>7}|{'1-row c=1 p50':>14}|{'1-row c=32 req/s':>17}|{'CPU':>5}|"
-                      f"{'100-row c=8 rows/s':>19}|{'CPU':>5}|{'x pipeline 800':>15}"]
+                      f"  in process: pipeline predict_proba 1 row {p1 or 0:,.0f} rows/s, 100 rows {p100 or 0:,.0f}, "
+                      f"800 rows {p800 or 0:,.0f}; estimator alone on an 800-row matrix {est or 0:,.0f} rows/s",
+                      f"  {'server':16}|{'ready s':>8}|{'RSS MB':>7}|{'1-row c=1 p50':>14}|{'1-row c=32 req/s':>17}|"
+                      f"{'CPU':>5}|{'100-row c=8 rows/s':>19}|{'CPU':>5}|{'x pipeline 800':>15}"]
             for name, s in x["servers"].items():
-                if "error" in s: lines.append(f"  {name:16}| FAILED: {s['error'][:200]}"); continue
+                if "error" in s:
+                    lines.append(f"  {name:16}| FAILED: {s['error'][:200]}")
+                    continue
                 a, b, c = s["1-row c=1"], s["1-row c=32"], s["100-row c=8"]
-                lines.append(f"  {name:16}|{s['ready_s']:8.2f}|{s['rss_mb']:7.0f}|{a['p50_ms']:11.2f} ms|{b['rps']:17,.0f}|"
-                             f"{b['cpu_pct']:4.0f}%|{c['rows_per_s']:19,.0f}|{c['cpu_pct']:4.0f}%|"
+                lines.append(f"  {name:16}|{s['ready_s']:8.2f}|{s['rss_mb']:7.0f}|{a['p50_ms']:11.2f} ms|"
+                             f"{b['rps']:17,.0f}|{b['cpu_pct']:4.0f}%|{c['rows_per_s']:19,.0f}|{c['cpu_pct']:4.0f}%|"
                              f"{c['rows_per_s'] / p800 if p800 else float('nan'):15.2f}")
             o = x["servers"].get("ours", {})
             best = max((m for k, m in x["servers"].items() if k.startswith("MLServer") and "1-row c=32" in m),
                        key=lambda m: m["1-row c=32"]["rps"], default=None)
             if "1-row c=32" in o and best and best["1-row c=32"]["rps"]:
-                lines.append(f"  ours / MLServer at its best, 1-row c=32: {o['1-row c=32']['rps'] / best['1-row c=32']['rps']:.2f}x; "
-                             f"100-row c=8: {o['100-row c=8']['rows_per_s'] / max(best['100-row c=8']['rows_per_s'], 1e-9):.2f}x")
+                lines.append("  ours / MLServer at its best, 1-row c=32: "
+                             f"{o['1-row c=32']['rps'] / best['1-row c=32']['rps']:.2f}x; 100-row c=8: "
+                             f"{o['100-row c=8']['rows_per_s'] / max(best['100-row c=8']['rows_per_s'], 1e-9):.2f}x")
     return "\n".join(lines)
 
 def main(argv=None):

@@ -21,7 +21,8 @@ def containers_env():
     env = {}
     for line in p.stdout.splitlines():
         for part in shlex.split(line[7:]) if line.startswith("export ") else []:
-            k, _, v = part.partition("="); env[k] = v
+            k, _, v = part.partition("=")
+            env[k] = v
     return env
 
 
@@ -38,18 +39,23 @@ def start_to_ready(tag, reps=3):
     from mlops_nb.package import engine, run_image
     c, times = engine(), []
     for _ in range(reps):
-        t0 = time.time(); ct, _ = run_image(tag, c); times.append(time.time() - t0); ct.remove(force=True)
+        t0 = time.time()
+        ct, _ = run_image(tag, c)
+        times.append(time.time() - t0)
+        ct.remove(force=True)
     return sorted(times)[len(times)//2], times
 
 
 def main():
     "Measure and print."
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0]); ap.add_argument("--json", action="store_true")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     os.environ.update(containers_env())
     tmp = Path(tempfile.mkdtemp(prefix="mlops_nb_bench_pkg_"))
     os.environ["MLOPS_NB_HOME"] = str(tmp/"state")
-    # the models are of the Ottawa example (conftest's `model_folder`): its derive functions are trusted through the problem
+    # the models are of the Ottawa example (conftest's `model_folder`): its derive functions are trusted through the
+    # problem
     os.environ["MLOPS_NB_PROBLEM"] = "mlops_nb.examples.ottawa:PROBLEM"
     try:
         from conftest import model_folder
@@ -59,9 +65,11 @@ def main():
         model_only, out2 = package(v2)   # a new model version: only the model layer rebuilds
         ready, runs = start_to_ready(out2["tag"])
         res = {"image_mb": out2["size_mb"], "first_build_s": round(first, 1), "unchanged_rebuild_s": round(again, 1),
-               "model_only_rebuild_s": round(model_only, 1), "start_to_ready_s": round(ready, 2), "start_runs_s": [round(r, 2) for r in runs]}
+               "model_only_rebuild_s": round(model_only, 1), "start_to_ready_s": round(ready, 2),
+               "start_runs_s": [round(r, 2) for r in runs]}
         rows = [("image size (example model)", f"{res['image_mb']} MB", "<= 300 MB (MLflow build-docker: 0.9-3 GB)"),
-                ("first build (this run)", f"{res['first_build_s']} s", ""), ("rebuild, nothing changed", f"{res['unchanged_rebuild_s']} s", ""),
+                ("first build (this run)", f"{res['first_build_s']} s", ""),
+                ("rebuild, nothing changed", f"{res['unchanged_rebuild_s']} s", ""),
                 ("rebuild after a model-only change", f"{res['model_only_rebuild_s']} s", "<= 20 s"),
                 ("container start to ready (median of 3)", f"{res['start_to_ready_s']} s", "<= 3 s")]
         print(f"{'metric':<42}{'value':<12}target", file=sys.stderr if a.json else sys.stdout)

@@ -53,7 +53,9 @@ def main():
         rows = records[:n]
         split = {"columns": list(rows[0]), "data": [list(r.values()) for r in rows]}
         strict = json.dumps({"dataframe_split": split}).encode()
-        gap = {**split, "data": [[None if j == 6 and i == 0 else v for j, v in enumerate(r)] for i, r in enumerate(split["data"])]}
+        gap = {**split,
+               "data": [[None if j == 6 and i == 0 else v for j, v in enumerate(r)] for i,
+                        r in enumerate(split["data"])]}
         null = json.dumps({"dataframe_split": gap}).encode()
         nan = null.replace(b"null", b"NaN")
         t = [per_call(lambda b=b: mlflow_records(b, "application/json", PROBLEM.inputs), repeat, number * 5)

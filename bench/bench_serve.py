@@ -113,7 +113,8 @@ def descendants(pid:int)->list:
         except (OSError, ValueError, IndexError): pass
     out, todo = [], [pid]
     while todo:
-        p = todo.pop(); out.append(p)
+        p = todo.pop()
+        out.append(p)
         todo += [c for c, pp in parent.items() if pp == p]
     return out
 
@@ -121,13 +122,16 @@ def rss_kb(pid:int)->int:
     "VmRSS in kB of `pid` and its child processes, summed."
     total = 0
     for p in descendants(pid):
-        try: total += next(int(l.split()[1]) for l in Path(f"/proc/{p}/status").read_text().splitlines() if l.startswith("VmRSS:"))
+        try:
+            total += next(int(l.split()[1]) for l in Path(f"/proc/{p}/status").read_text().splitlines()
+                          if l.startswith("VmRSS:"))
         except (OSError, StopIteration): pass
     return total
 
 def pkg_version(python:Path, pkg:str)->str:
     "Version of `pkg` installed for interpreter `python`, or '?'."
-    p = subprocess.run([str(python), "-c", f"import importlib.metadata as m; print(m.version({pkg!r}))"], capture_output=True, text=True)
+    p = subprocess.run([str(python), "-c", f"import importlib.metadata as m; print(m.version({pkg!r}))"],
+                       capture_output=True, text=True)
     return p.stdout.strip() or "?"
 
 # ----------------------------------------------------------------------------------------------------- model, data
@@ -182,7 +186,8 @@ def make_case(name:str, root:Path)->Case:
     model = build_model(problem, seed=0)
     train_epochs(problem, model, tr, ev, epochs=EPOCHS)
     d = save_model(problem, model, ev, root/f"model-{name}")
-    (d/"mlops_nb_model.json").write_text(json.dumps({"name": problem.registered_model, "version": "1", "run_id": "run-1"}))
+    (d/"mlops_nb_model.json").write_text(json.dumps({"name": problem.registered_model, "version": "1",
+                                                     "run_id": "run-1"}))
     records = raw_records(problem, check)
     want = predict_outputs(model, pd.DataFrame(records), problem.kind)
     return Case(name, ref, problem, d, model, records, want, len(tr))
@@ -210,7 +215,8 @@ class Server:
         return "\n".join(lines[-n:])
 
 def server_env(name:str, home:Path, case:Case)->dict:
-    "The environment of server `name`: our temp MLOPS_NB_HOME and the case's problem, no inherited venv or Azure/MLOPS_NB settings."
+    ("The environment of server `name`: our temp MLOPS_NB_HOME and the case's "
+     "problem, no inherited venv or Azure/MLOPS_NB settings.")
     kind = BASE[name]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")
            and not k.startswith(("AZUREML_", "MLOPS_NB_"))}
@@ -220,18 +226,23 @@ def server_env(name:str, home:Path, case:Case)->dict:
     env["PATH"] = f"{venv_bin}:{env.get('PATH', '')}"  # mlflow runs `exec uvicorn ...` through bash: it must be on PATH
     if kind == "azmlinfsrv":
         env["AZUREML_MODEL_DIR"] = str(case.model_dir)
-        # gunicorn >= 27 opens a control socket at ~/.gunicorn/gunicorn.ctl, one path for every server of the user: not ours
-        if any(int(d.name.split("-")[1].split(".")[0]) >= 27 for d in (AZML_BIN.parent).glob("lib/python*/site-packages/gunicorn-*.dist-info")):
+        # gunicorn >= 27 opens a control socket at ~/.gunicorn/gunicorn.ctl, one path for every server of the user: not
+        # ours
+        if any(int(d.name.split("-")[1].split(".")[0]) >= 27
+               for d in (AZML_BIN.parent).glob("lib/python*/site-packages/gunicorn-*.dist-info")):
             env["GUNICORN_CMD_ARGS"] = "--no-control-socket"
-    if name == "azml-omp1": env["OMP_NUM_THREADS"] = "1"  # what ours does per call (threadpool_limits), for the whole process
+    # what ours does per call (threadpool_limits), for the whole process
+    if name == "azml-omp1": env["OMP_NUM_THREADS"] = "1"
     return env
 
 def server_cmd(name:str, model_dir:Path, port:int)->list:
     "The command line of server `name` on `port`."
     kind = BASE[name]
-    if kind == "ours": return [str(BIN/"mlops-nb"), "serve", "--model", str(model_dir), "--entry", str(ENTRY), "--port", str(port)]
+    if kind == "ours":
+        return [str(BIN/"mlops-nb"), "serve", "--model", str(model_dir), "--entry", str(ENTRY), "--port", str(port)]
     if kind == "azmlinfsrv": return [str(AZML_BIN/"azmlinfsrv"), "--entry_script", str(ENTRY), "--port", str(port)]
-    return [str(BIN/"mlflow"), "models", "serve", "-m", str(model_dir), "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    return [str(BIN/"mlflow"), "models", "serve", "-m", str(model_dir), "--env-manager", "local", "-h", "127.0.0.1",
+            "-p", str(port)]
 
 def start(kind:str, case:Case, work:Path, n:int)->Server:
     "Start server `kind` (a name of SERVERS) for `case` in a new process group, output to a log file in `work`."
@@ -239,7 +250,8 @@ def start(kind:str, case:Case, work:Path, n:int)->Server:
     env = server_env(kind, work/"state", case)
     with open(log, "wb") as f:
         t0 = time.monotonic()
-        proc = subprocess.Popen(server_cmd(kind, case.model_dir, port), cwd=work, env=env, stdout=f, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(server_cmd(kind, case.model_dir, port), cwd=work, env=env, stdout=f,
+                                stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     srv = Server(kind, proc, port, log, t0)
     LIVE.append(srv)
@@ -269,7 +281,8 @@ def wait_ready(srv:Server, one:bytes, budget:float=120)->dict:
     while True:
         if srv.proc.poll() is not None:
             raise RuntimeError(f"{srv.name} exited with {srv.proc.returncode} before it was ready:\n{srv.log_tail()}")
-        if time.monotonic() - srv.t0 > budget: raise RuntimeError(f"{srv.name} not ready within {budget:.0f} s:\n{srv.log_tail()}")
+        if time.monotonic() - srv.t0 > budget:
+            raise RuntimeError(f"{srv.name} not ready within {budget:.0f} s:\n{srv.log_tail()}")
         if is_ready(srv, one): break
         time.sleep(0.02)
     ready = time.monotonic() - srv.t0
@@ -297,7 +310,8 @@ def wrk(port:int, path:str, body_file:Path, conns:int, threads:int, seconds:floa
     w = json.loads(line[len("WRKJSON "):])
     secs = w["duration_us"] / 1e6
     return {"requests": int(w["requests"]), "seconds": secs, "rps": w["requests"] / secs if secs else 0.0,
-            "p50_ms": w["p50_us"] / 1e3, "p90_ms": w["p90_us"] / 1e3, "p99_ms": w["p99_us"] / 1e3, "max_ms": w["max_us"] / 1e3,
+            "p50_ms": w["p50_us"] / 1e3, "p90_ms": w["p90_us"] / 1e3, "p99_ms": w["p99_us"] / 1e3,
+            "max_ms": w["max_us"] / 1e3,
             "mean_ms": w["mean_us"] / 1e3, "non2xx": int(w["status"]),
             "socket_errors": int(w["connect"] + w["read"] + w["write"] + w["timeout"])}
 
@@ -331,7 +345,8 @@ def equality(srv:Server, case:Case)->dict:
     status, text = http(srv.port, srv.score_path, request_body(srv.name, case.records, one=False), timeout=60)
     if status != 200: return {"ok": False, "error": f"HTTP {status}: {text[:300]}"}
     try: got, labels = outputs_of(srv.name, json.loads(text)["predictions"], case)
-    except (KeyError, TypeError, ValueError) as e: return {"ok": False, "error": f"unexpected answer ({type(e).__name__}: {e}): {text[:300]}"}
+    except (KeyError, TypeError, ValueError) as e:
+        return {"ok": False, "error": f"unexpected answer ({type(e).__name__}: {e}): {text[:300]}"}
     want = case.want
     if got.shape != want.shape: return {"ok": False, "error": f"outputs of shape {got.shape} for {want.shape}"}
     diff = float(np.abs(got - want).max())
@@ -343,7 +358,8 @@ def equality(srv:Server, case:Case)->dict:
     return out
 
 def memory(srv:Server, body_file:Path, rps_hint:float, cfg:dict)->dict:
-    "RSS of the server after a warm-up at c=32 and after at least 10 000 more requests at c=32; errors of those requests."
+    ("RSS of the server after a warm-up at c=32 and after at least 10 000 "
+     "more requests at c=32; errors of those requests.")
     wrk(srv.port, srv.score_path, body_file, 32, 2, cfg["warmup_s"])
     before = rss_kb(srv.proc.pid)
     runs = []
@@ -356,10 +372,12 @@ def memory(srv:Server, body_file:Path, rps_hint:float, cfg:dict)->dict:
     return {"requests": sum(r["requests"] for r in runs), "seconds": sum(r["seconds"] for r in runs),
             "non2xx": sum(r["non2xx"] for r in runs), "socket_errors": sum(r["socket_errors"] for r in runs),
             "rss_before_mb": before / 1024, "rss_after_mb": after / 1024,
-            "growth_pct": (after - before) / before * 100 if before else float("nan"), "processes": len(descendants(srv.proc.pid))}
+            "growth_pct": (after - before) / before * 100 if before else float("nan"),
+            "processes": len(descendants(srv.proc.pid))}
 
 def bench_server(kind:str, case:Case, work:Path, cfg:dict)->dict:
-    "Cold starts, scoring path (ours), equality, load scenarios (and memory, for ours) of one server; stopped before returning."
+    ("Cold starts, scoring path (ours), equality, load scenarios (and "
+     "memory, for ours) of one server; stopped before returning.")
     one = request_body(kind, case.records, one=True)
     files = {}
     for rows in sorted({s[1] for s in cfg["scenarios"]}):
@@ -371,7 +389,9 @@ def bench_server(kind:str, case:Case, work:Path, cfg:dict)->dict:
             if srv: stop(srv)
             srv = start(kind, case, work, n)
             starts.append(wait_ready(srv, one))
-            say(f"  start {n + 1}: ready {starts[-1]['ready_s']:.2f} s, first score {starts[-1]['first_score_s']:.2f} s")
+            say(
+                f"  start {n + 1}: ready {starts[-1]['ready_s']:.2f} s, first score {starts[-1]['first_score_s']:.2f} s"
+            )
         res["cold_start"] = {"ready_s": statistics.median(s["ready_s"] for s in starts),
                              "first_score_s": statistics.median(s["first_score_s"] for s in starts),
                              "ready_all_s": [s["ready_s"] for s in starts]}
@@ -418,7 +438,8 @@ def path_text(sp:dict|None)->str:
     "Ours' scoring path as text: 'fast path', or 'pipeline fallback (why)'."
     if not sp: return "n/a"
     if sp.get("error"): return sp["error"]
-    return "fast path" if sp.get("fast_path") else f"pipeline fallback ({sp.get('fast_path_fallback') or 'no reason given'})"
+    return "fast path" if sp.get("fast_path") else ("pipeline fallback ("
+                                                    f"{sp.get('fast_path_fallback') or 'no reason given'})")
 
 def targets(r:dict)->list:
     "(scenario, target text, met) for each target of the issue."
@@ -427,15 +448,21 @@ def targets(r:dict)->list:
     o32 = L("1-row c=32")
     for kind, what in (("azmlinfsrv", "azmlinfsrv"), ("azml-omp1", "azml OMP=1 (diagnostic)")):
         a32 = L("1-row c=32", kind)
-        if o32 and a32: out.append(("1-row c=32", f"ours >= 5x {what} req/s ({ratio(o32['rps'], a32['rps'])})", o32["rps"] >= 5 * a32["rps"]))
+        if o32 and a32:
+            out.append(("1-row c=32", f"ours >= 5x {what} req/s ({ratio(o32['rps'], a32['rps'])})",
+                        o32["rps"] >= 5 * a32["rps"]))
     if o32: out.append(("1-row c=32", f"ours p99 <= 100 ms ({o32['p99_ms']:.1f})", o32["p99_ms"] <= 100))
-    if L("1-row c=1"): out.append(("1-row c=1", f"ours p50 <= 3 ms ({L('1-row c=1')['p50_ms']:.2f})", L("1-row c=1")["p50_ms"] <= 3))
-    if L("100-row c=1"): out.append(("100-row c=1", f"ours p50 <= 15 ms ({L('100-row c=1')['p50_ms']:.2f})", L("100-row c=1")["p50_ms"] <= 15))
+    if L("1-row c=1"):
+        out.append(("1-row c=1", f"ours p50 <= 3 ms ({L('1-row c=1')['p50_ms']:.2f})", L("1-row c=1")["p50_ms"] <= 3))
+    if L("100-row c=1"):
+        out.append(("100-row c=1", f"ours p50 <= 15 ms ({L('100-row c=1')['p50_ms']:.2f})",
+                    L("100-row c=1")["p50_ms"] <= 15))
     cs = get(r, "ours", "cold_start", "ready_s")
     if cs is not None: out.append(("cold start", f"ours <= 2 s ({cs:.2f})", cs <= 2))
     m = get(r, "ours", "memory")
     if m:
-        out.append(("memory", f"ours errors = 0 ({m['non2xx'] + m['socket_errors']})", m["non2xx"] + m["socket_errors"] == 0))
+        out.append(("memory", f"ours errors = 0 ({m['non2xx'] + m['socket_errors']})",
+                    m["non2xx"] + m["socket_errors"] == 0))
         out.append(("memory", f"ours RSS growth <= 10% ({m['growth_pct']:+.1f}%)", m["growth_pct"] <= 10))
     return out
 
@@ -450,51 +477,70 @@ def equality_line(kind:str, e:dict|None)->str:
 def header(c:dict, load_end:float)->list:
     "The configuration lines of a report."
     return [f"Serving benchmark ({'quick' if c['quick'] else 'full'}{', all problems' if c['all_problems'] else ''}): "
-            f"{c['cpus']} CPUs, load avg {c['load_start']:.2f} at start, {load_end:.2f} at end; wrk {c['duration_s']:g} s per "
-            f"scenario after {c['warmup_s']:g} s warm-up; cold start = median of {c['cold_reps']}"
+            f"{c['cpus']} CPUs, load avg {c['load_start']:.2f} at start, {load_end:.2f} at end; wrk {c['duration_s']:g}"
+            f" s per scenario after {c['warmup_s']:g} s warm-up; cold start = median of {c['cold_reps']}"
             + (" (1 for azml OMP=1)" if "azml-omp1" in c["servers"] else ""),
-            f"versions: mlops_nb {c['mlops_nb']}, mlflow-skinny {c['mlflow']}, azureml-inference-server-http {c['azml']}, "
-            f"scikit-learn {c['sklearn']}; 1 worker process per server (each server's default)"]
+            f"versions: mlops_nb {c['mlops_nb']}, mlflow-skinny {c['mlflow']}, azureml-inference-server-http "
+            f"{c['azml']}, scikit-learn {c['sklearn']}; 1 worker process per server (each server's default)"]
 
 def render(r:dict)->str:
     "The single-problem report: configuration, per-server details, equality, memory, the summary table with targets."
     c = r["config"]
-    lines = header(c, r["load_end"]) + [f"model: {r['case']}", f"ours scores through: {path_text(get(r, 'ours', 'scoring_path'))}", ""]
+    lines = header(c, r["load_end"]) + [f"model: {r['case']}",
+                                        f"ours scores through: {path_text(get(r, 'ours', 'scoring_path'))}", ""]
     lines.append("Per server (latency in ms; errors = responses >= 400 / socket errors)")
     for kind in c["servers"]:
         s = r["servers"].get(kind, {})
-        lines.append(f"  {TITLES[kind]} (load avg {s.get('load_avg_before', float('nan')):.2f} before)" + (f"  FAILED: {s['error']}" if s.get("error") else ""))
+        lines.append(
+            f"  {TITLES[kind]} (load avg {s.get('load_avg_before', float('nan')):.2f} before)"
+            + (f"  FAILED: {s['error']}" if s.get("error") else "")
+        )
         cs = s.get("cold_start")
-        if cs: lines.append(f"    cold start: ready {cs['ready_s']:.2f} s (runs: {', '.join(f'{x:.2f}' for x in cs['ready_all_s'])}), "
-                            f"first score {cs['first_score_s']:.2f} s; RSS after start {s['rss_after_start_mb']:.0f} MB")
+        if cs:
+            lines.append(
+                f"    cold start: ready {cs['ready_s']:.2f} s (runs: "
+                f"{', '.join(f'{x:.2f}' for x in cs['ready_all_s'])}), "
+                f"first score {cs['first_score_s']:.2f} s; RSS after start {s['rss_after_start_mb']:.0f} MB"
+            )
         for name, *_ in c["scenarios"]:
             x = s.get("load", {}).get(name)
-            if x: lines.append(f"    {name:12} {x['rps']:8.1f} req/s {x['rows_per_s']:9.0f} rows/s  p50 {x['p50_ms']:7.2f}  p90 {x['p90_ms']:7.2f}  "
-                               f"p99 {x['p99_ms']:7.2f}  max {x['max_ms']:7.1f}  n={x['requests']:6d}  errors {x['non2xx']}/{x['socket_errors']}")
+            if x:
+                lines.append(f"    {name:12} {x['rps']:8.1f} req/s {x['rows_per_s']:9.0f} rows/s  p50 "
+                             f"{x['p50_ms']:7.2f}  p90 {x['p90_ms']:7.2f}  "
+                               f"p99 {x['p99_ms']:7.2f}  max {x['max_ms']:7.1f}  n="
+                               f"{x['requests']:6d}  errors {x['non2xx']}/{x['socket_errors']}")
     lines += ["", f"Equality with the in-process pipeline ({r['check']})"]
     lines += [equality_line(kind, get(r, kind, "equality")) for kind in c["servers"]]
     m = get(r, "ours", "memory")
     lines += ["", "Memory of ours under load (c=32, 1-row)"]
     lines.append(f"  {m['requests']} requests in {m['seconds']:.1f} s, errors {m['non2xx']}/{m['socket_errors']}; RSS "
-                 f"{m['rss_before_mb']:.1f} MB after warm-up -> {m['rss_after_mb']:.1f} MB at end ({m['growth_pct']:+.1f}%), "
-                 f"{m['processes']} process(es)" if m else "  n/a")
+                 f"{m['rss_before_mb']:.1f} MB after warm-up -> {m['rss_after_mb']:.1f} MB at end ("
+                 f"{m['growth_pct']:+.1f}%), {m['processes']} process(es)" if m else "  n/a")
     kinds = list(c["servers"])
     short = {"ours": "ours", "azmlinfsrv": "azml", "azml-omp1": "azml1", "mlflow": "mlflow"}
     others = [k for k in kinds if k != "ours"]
-    lines += ["", "Summary: req/s p50/p99 ms (100-row: req/s, then rows/s); cold start / first score: s from process start"
+    lines += ["",
+              "Summary: req/s p50/p99 ms (100-row: req/s, then rows/s); cold start / first score: s from process start"
               + ("; azml OMP=1 = azmlinfsrv with OMP_NUM_THREADS=1" if "azml-omp1" in kinds else "")]
     w = 25
     names = {"ours": "ours", "azmlinfsrv": "azmlinfsrv", "azml-omp1": "azml OMP=1", "mlflow": "mlflow serve"}
-    head = f"{'scenario':12}|" + "|".join(f" {names[k]:{w - 1}}" for k in kinds) + "|" + "|".join(f" {'ours/' + short[k]:12}" for k in others)
+    head = f"{'scenario':12}|" + "|".join(f" {names[k]:{w - 1}}"
+                                          for k in kinds) + "|" + "|".join(f" {'ours/' + short[k]:12}" for k in others)
     lines += [head, "-" * len(head)]
-    row = lambda label, cells, ratios: f"{label:12}|" + "|".join(f" {c:{w - 1}}" for c in cells) + "|" + "|".join(f" {x:12}" for x in ratios)
+    row = (
+        lambda label, cells, ratios: f"{label:12}|"
+        + "|".join(f" {c:{w - 1}}" for c in cells)
+        + "|"
+        + "|".join(f" {x:12}" for x in ratios)
+    )
     for name, *_ in c["scenarios"]:
         xs = {k: get(r, k, "load", name) for k in kinds}
         rps = {k: (x["rps"] if x else None) for k, x in xs.items()}
         ratios = [ratio(rps["ours"], rps[k]) for k in others]
         lines.append(row(name, [fmt_load(xs[k]) for k in kinds], ratios))
         if name.startswith("100-row"):
-            lines.append(row("  rows/s", [f"{xs[k]['rows_per_s']:.0f} rows/s" if xs[k] else "n/a" for k in kinds], ratios))
+            lines.append(row("  rows/s", [f"{xs[k]['rows_per_s']:.0f} rows/s" if xs[k] else "n/a" for k in kinds],
+                             ratios))
     cell = lambda v: f"{v:.2f} s" if v is not None else "n/a"
     for label, key in (("cold start", "ready_s"), ("first score", "first_score_s")):
         lines.append(row(label, [cell(get(r, k, "cold_start", key)) for k in kinds], [""] * len(others)))
@@ -505,16 +551,20 @@ def render(r:dict)->str:
 def problem_row(name:str, r:dict, servers:list)->dict:
     "The issue's figures of one problem in the --all-problems run."
     if "error" in r: return {"problem": name, "error": r["error"]}
-    o32, a32, o1 = get(r, "ours", "load", "1-row c=32"), get(r, "azmlinfsrv", "load", "1-row c=32"), get(r, "ours", "load", "1-row c=1")
+    o32, a32, o1 = get(r, "ours", "load", "1-row c=32"), get(r, "azmlinfsrv", "load",
+                                                             "1-row c=32"), get(r, "ours", "load", "1-row c=1")
     a1, m32 = get(r, "azmlinfsrv", "load", "1-row c=1"), get(r, "azml-omp1", "load", "1-row c=32")
     eq = {k: get(r, k, "equality") for k in servers}
     errors = sum(x["non2xx"] + x["socket_errors"] for k in servers for x in (get(r, k, "load") or {}).values())
     sp = get(r, "ours", "scoring_path")
     return {"problem": name, "kind": r["kind"], "ours_rps_c32": o32 and o32["rps"], "azml_rps_c32": a32 and a32["rps"],
-            "azml_omp1_rps_c32": m32 and m32["rps"], "ratio_omp1_c32": o32["rps"] / m32["rps"] if o32 and m32 and m32["rps"] else None,
-            # azmlinfsrv may answer no request at all within a short measured run (its OpenMP stalls): then the ratio is inf
+            "azml_omp1_rps_c32": m32 and m32["rps"], "ratio_omp1_c32": o32["rps"] / m32["rps"] if o32 and m32
+            and m32["rps"] else None,
+            # azmlinfsrv may answer no request at all within a short measured run (its OpenMP stalls): then the ratio is
+            # inf
             "ratio_c32": (o32["rps"] / a32["rps"] if a32["rps"] else math.inf) if o32 and a32 else None,
-            "ours_p50_c1_ms": o1 and o1["p50_ms"], "ours_p99_c32_ms": o32 and o32["p99_ms"], "azml_p50_c1_ms": a1 and a1["p50_ms"],
+            "ours_p50_c1_ms": o1 and o1["p50_ms"], "ours_p99_c32_ms": o32 and o32["p99_ms"], "azml_p50_c1_ms": a1
+            and a1["p50_ms"],
             "fast_path": bool(sp and sp.get("fast_path")), "fast_path_fallback": sp and sp.get("fast_path_fallback"),
             "scoring_path": path_text(sp), "equal": all(e and e.get("ok") for e in eq.values()), "load_errors": errors,
             "server_errors": {k: get(r, k, "error") for k in servers if get(r, k, "error")}}
@@ -524,34 +574,47 @@ def render_all(r:dict)->str:
     c = r["config"]
     lines = header(c, r["load_end"]) + [""]
     for name, pr in r["problems"].items():
-        if "error" in pr: lines += [f"{name}: FAILED before serving: {pr['error']}", ""]; continue
+        if "error" in pr:
+            lines += [f"{name}: FAILED before serving: {pr['error']}", ""]
+            continue
         lines.append(f"{pr['case']}")
         for kind in c["servers"]:
             s = pr["servers"].get(kind, {})
             cs = s.get("cold_start")
-            lines.append(f"  {TITLES[kind]:23}" + (f" ready {cs['ready_s']:.2f} s, first score {cs['first_score_s']:.2f} s" if cs else "")
+            lines.append(f"  {TITLES[kind]:23}" + (f" ready {cs['ready_s']:.2f} s, first score "
+                                                   f"{cs['first_score_s']:.2f} s" if cs else "")
                          + (f"  FAILED: {s['error']}" if s.get("error") else ""))
             for sc, *_ in c["scenarios"]:
                 x = s.get("load", {}).get(sc)
-                if x: lines.append(f"    {sc:12} {x['rps']:8.1f} req/s  p50 {x['p50_ms']:7.2f}  p90 {x['p90_ms']:7.2f}  p99 {x['p99_ms']:7.2f}  "
-                                   f"max {x['max_ms']:7.1f}  n={x['requests']:6d}  errors {x['non2xx']}/{x['socket_errors']}")
+                if x:
+                    lines.append(f"    {sc:12} {x['rps']:8.1f} req/s  p50 {x['p50_ms']:7.2f}  p90 "
+                                 f"{x['p90_ms']:7.2f}  p99 {x['p99_ms']:7.2f}  "
+                                   f"max {x['max_ms']:7.1f}  n={x['requests']:6d}  errors "
+                                   f"{x['non2xx']}/{x['socket_errors']}")
             lines.append(equality_line(kind, s.get("equality")).replace("  ", "    ", 1))
         lines.append("")
     omp1 = "azml-omp1" in c["servers"]
-    lines += ["Figures per problem (1-row requests; req/s at concurrency 32, p50 at concurrency 1; equal = every server matches the",
+    lines += ["Figures per problem (1-row requests; req/s at concurrency 32, p50 "
+              "at concurrency 1; equal = every server matches the",
               "in-process pipeline within 1e-6; targets: ours >= 5x azmlinfsrv req/s at c=32, ours p50 <= 3 ms at c=1"
               + (";\nazml OMP=1 = azmlinfsrv with OMP_NUM_THREADS=1, a diagnostic)" if omp1 else ")")]
     head = (f"{'problem':15}|{'kind':11}|{'ours c=32':>10} |{'azml c=32':>10} |{'ours/azml':>10} {'':6}|"
-            + (f"{'azml OMP=1':>11} |{'ours/that':>10} |" if omp1 else "") + f"{'p50 c=1':>9} {'':6}|{'equal':6}| scoring path of ours")
+            + (f"{'azml OMP=1':>11} |{'ours/that':>10} |" if omp1
+               else "") + f"{'p50 c=1':>9} {'':6}|{'equal':6}| scoring path of ours")
     lines += [head, "-" * len(head)]
     f = lambda v, fmt: format(v, fmt) if v is not None else "n/a".rjust(int(fmt.split(".")[0] or 0))
     ok = lambda met: "met" if met else "MISSED"
     for row in r["table"]:
-        if "error" in row: lines.append(f"{row['problem']:15}| FAILED: {row['error']}"); continue
-        lines.append(f"{row['problem']:15}|{row['kind']:11}|{f(row['ours_rps_c32'], '10.0f')} |{f(row['azml_rps_c32'], '10.0f')} |"
-                     f"{ratio(row['ours_rps_c32'], row['azml_rps_c32']):>10} {ok(row['ratio_c32'] is not None and row['ratio_c32'] >= 5):6}|"
-                     + (f"{f(row['azml_omp1_rps_c32'], '11.0f')} |{ratio(row['ours_rps_c32'], row['azml_omp1_rps_c32']):>10} |" if omp1 else "")
-                     + f"{f(row['ours_p50_c1_ms'], '5.2f') + ' ms':>9} {ok(row['ours_p50_c1_ms'] is not None and row['ours_p50_c1_ms'] <= 3):6}|"
+        if "error" in row:
+            lines.append(f"{row['problem']:15}| FAILED: {row['error']}")
+            continue
+        lines.append(f"{row['problem']:15}|{row['kind']:11}|{f(row['ours_rps_c32'], '10.0f')} |"
+                     f"{f(row['azml_rps_c32'], '10.0f')} |{ratio(row['ours_rps_c32'], row['azml_rps_c32']):>10} "
+                     f"{ok(row['ratio_c32'] is not None and row['ratio_c32'] >= 5):6}|"
+                     + (f"{f(row['azml_omp1_rps_c32'], '11.0f')} |"
+                        f"{ratio(row['ours_rps_c32'], row['azml_omp1_rps_c32']):>10} |" if omp1 else "")
+                     + f"{f(row['ours_p50_c1_ms'], '5.2f') + ' ms':>9} "
+                       f"{ok(row['ours_p50_c1_ms'] is not None and row['ours_p50_c1_ms'] <= 3):6}|"
                      f"{'yes' if row['equal'] else 'NO':6}| {row['scoring_path']}"
                      + (f"  (load errors: {row['load_errors']})" if row["load_errors"] else "")
                      + (f"  (FAILED: {row['server_errors']})" if row["server_errors"] else ""))
@@ -561,15 +624,18 @@ def render_all(r:dict)->str:
 
 def parse_args(argv=None):
     "Command-line options."
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--problem", choices=list(PROBLEMS), default=DEFAULT_PROBLEM,
                    help=f"problem whose model is served in the single-problem run (default: {DEFAULT_PROBLEM})")
     p.add_argument("--all-problems", action="store_true",
-                   help="for every problem: ours vs azmlinfsrv (and azmlinfsrv with OMP_NUM_THREADS=1 unless --quick), 1-row at c=1 "
-                        "and c=32, and ours' scoring path (about 8 minutes, --quick about 3)")
-    p.add_argument("--quick", action="store_true", help="shorter runs (4 s per scenario, 1 s warm-up, 1 cold start): ~1.5 minutes per problem")
+                   help="for every problem: ours vs azmlinfsrv (and azmlinfsrv with OMP_NUM_THREADS=1 unless --quick), "
+                        "1-row at c=1 and c=32, and ours' scoring path (about 8 minutes, --quick about 3)")
+    p.add_argument("--quick", action="store_true",
+                   help="shorter runs (4 s per scenario, 1 s warm-up, 1 cold start): ~1.5 minutes per problem")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (the table goes to stderr)")
-    p.add_argument("--limits", action="store_true", help="the machine's-limit run instead (bench/bench_limits.py): ours, MLServer "
+    p.add_argument("--limits", action="store_true",
+                   help="the machine's-limit run instead (bench/bench_limits.py): ours, MLServer "
                    "(100 and 250 trees) and azmlinfsrv beside the in-process limits, interleaved, CPU per server")
     return p.parse_args(argv)
 
@@ -582,7 +648,8 @@ def check_tools():
 
 def check_text(case:Case)->str:
     "What the equality check scores."
-    return (f"{len(case.records)} generated rows of period {case.problem.default_period + 2}, seed 3" if case.problem.generate
+    return (f"{len(case.records)} generated rows of period {case.problem.default_period + 2}, seed 3"
+            if case.problem.generate
             else f"{len(case.records)} rows of the {case.name} table, sampled with seed 3")
 
 def run_problem(name:str, work:Path, cfg:dict)->dict:
@@ -607,7 +674,8 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop the servers
     work = Path(tempfile.mkdtemp(prefix="mlops_nb_bench_serve_"))
     (work/"state").mkdir()
-    os.environ.update(MLOPS_NB_HOME=str(work/"state"), MLFLOW_ALLOW_PICKLE_DESERIALIZATION="true", MLFLOW_DISABLE_TELEMETRY="true")
+    os.environ.update(MLOPS_NB_HOME=str(work/"state"), MLFLOW_ALLOW_PICKLE_DESERIALIZATION="true",
+                      MLFLOW_DISABLE_TELEMETRY="true")
     q, every = a.quick, a.all_problems
     cfg = {"quick": q, "all_problems": every, "problem": None if every else a.problem,
            "duration_s": 4 if q else 10, "warmup_s": 1 if q else 2, "cold_reps": 1 if q or every else 3,
@@ -639,7 +707,8 @@ def main(argv=None):
         text = show(r) + f"\n\n(bench wall time {r['bench_wall_s']:.0f} s; state in a temp folder, removed)"
         if "targets" in r: r["targets"] = [{"scenario": s, "target": t, "met": m} for s, t, m in r["targets"]]
         for row in r.get("table", []):  # JSON has no inf
-            if row.get("ratio_c32") == math.inf: row["ratio_c32"], row["ratio_note"] = None, "azmlinfsrv answered no request at c=32"
+            if row.get("ratio_c32") == math.inf:
+                row["ratio_c32"], row["ratio_note"] = None, "azmlinfsrv answered no request at c=32"
         if a.json:
             print(text, file=sys.stderr)
             print(json.dumps(r, indent=2, default=str))

@@ -1,4 +1,5 @@
-"""Start of `mlops-nb serve`: from a registry reference, from a model folder, beside a bare skops load of the same model,
+"""Start of `mlops-nb serve`: from a registry reference, from a model folder, beside a bare skops load of the same
+model,
 interleaved in one run; prints figures, never asserts on them.
 
 Run from the repository root (needs .venv):
@@ -50,7 +51,8 @@ def load()->str:
 
 def env_of(work:Path)->dict:
     "Our environment without inherited venv or mlops_nb settings, plus the benchmark's store and problem."
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "OMP_NUM_THREADS")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "OMP_NUM_THREADS")
            and not k.startswith(("AZUREML_", "MLOPS_NB_", "MLFLOW_"))}
     env.update(MLOPS_NB_HOME=str(work/"state"), MLOPS_NB_PROBLEM=PROBLEM, MLFLOW_DISABLE_TELEMETRY="true",
                PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))  # this checkout's mlops_nb, whatever .venv has installed
@@ -84,7 +86,8 @@ def start_server(name:str, model:str, work:Path, workers:int|None)->dict:
     "Start `mlops-nb serve`, time its first 200s, read its RSS and whether it imported MLflow, stop it."
     if model.startswith("models:/"): shutil.rmtree(work/"state"/"served", ignore_errors=True)  # a cold cache
     port = free_port()
-    cmd = [str(BIN/"mlops-nb"), "serve", "--model", model, "--port", str(port)] + (["--workers", str(workers)] if workers else [])
+    cmd = [str(BIN/"mlops-nb"), "serve", "--model", model, "--port",
+           str(port)] + (["--workers", str(workers)] if workers else [])
     srv = launch(name, cmd, env_of(work), work, port, "/ready", work)
     rec = json.dumps({k: v for k, v in GOOD.items()}).encode()
     try:
@@ -105,7 +108,8 @@ def bare_load(case, work:Path)->dict:
     meta = __import__("yaml").safe_load((case.model_dir/"MLmodel").read_text())
     path = case.model_dir/meta["flavors"]["sklearn"]["pickled_model"]
     t0 = time.monotonic()
-    p = subprocess.run([str(BIN/"python"), "-c", BARE_CHILD, str(path)], capture_output=True, text=True, env=env_of(work))
+    p = subprocess.run([str(BIN/"python"), "-c", BARE_CHILD, str(path)], capture_output=True, text=True,
+                       env=env_of(work))
     s = time.monotonic() - t0
     if p.returncode: return {"error": p.stderr.strip()[-300:], "load": load()}
     return {"exit_s": s, **json.loads(p.stdout), "load": load()}
@@ -117,20 +121,25 @@ def spread(xs:list)->str:
 def render(r:dict)->str:
     "One line per case and round with its load, then medians and ranges."
     L = [f"bench_start {r['started']} on {r['cpus']} CPUs, {len(r['rounds'])} rounds; model: {r['case']}",
-         f"{'round':6}|{'case':34}|{'/health 200 s':>14}|{'/score 200 s':>13}|{'RSS MB':>8}|{'procs':>6}| mlflow imported | load (1, 5, 15 min)"]
+         f"{'round':6}|{'case':34}|{'/health 200 s':>14}|{'/score 200 s':>13}|"
+         f"{'RSS MB':>8}|{'procs':>6}| mlflow imported | load (1, 5, 15 min)"]
     for i, rnd in enumerate(r["rounds"], 1):
         for name, x in rnd.items():
-            if "error" in x: L.append(f"{i:<6}|{name:34}| FAILED {x['error'][:200]} | {x['load']}"); continue
-            if "exit_s" in x:
-                L.append(f"{i:<6}|{name:34}|{x['exit_s']:14.2f}|{'':13}|{x['rss_mb']:8.0f}|{1:6}| no              | {x['load']}")
+            if "error" in x:
+                L.append(f"{i:<6}|{name:34}| FAILED {x['error'][:200]} | {x['load']}")
                 continue
-            L.append(f"{i:<6}|{name:34}|{x['health_s']:14.2f}|{x['score_s']:13.2f}|{x['rss_mb']:8.0f}|{x['processes']:6}| "
-                     f"{','.join(x['mlflow_imported']):16}| {x['load']}")
+            if "exit_s" in x:
+                L.append(f"{i:<6}|{name:34}|{x['exit_s']:14.2f}|{'':13}|"
+                         f"{x['rss_mb']:8.0f}|{1:6}| no              | {x['load']}")
+                continue
+            L.append(f"{i:<6}|{name:34}|{x['health_s']:14.2f}|{x['score_s']:13.2f}|{x['rss_mb']:8.0f}|"
+                     f"{x['processes']:6}| {','.join(x['mlflow_imported']):16}| {x['load']}")
     L += ["", "median (min-max) over the rounds"]
     for name in r["rounds"][0]:
         xs = [rnd[name] for rnd in r["rounds"] if "error" not in rnd[name]]
         t = [x.get("score_s", x.get("exit_s")) for x in xs]
-        L.append(f"  {name:34} first /score 200 (bare: exit) {spread(t)} s; /health {spread([x['health_s'] for x in xs if 'health_s' in x])} s; "
+        L.append(f"  {name:34} first /score 200 (bare: exit) {spread(t)} s; /health "
+                 f"{spread([x['health_s'] for x in xs if 'health_s' in x])} s; "
                  f"RSS {spread([x['rss_mb'] for x in xs])} MB")
     return "\n".join(L)
 

@@ -67,11 +67,14 @@ def azure_pipeline(name:str, # ci, train or deploy
                   )->str:
     "The Azure DevOps pipeline `pipelines/azure/NAME.yml` of pipeline `name`."
     c, plan = CLOUD[name], cloud_plan(name, settings)
-    if "azure" not in c.platforms: raise PipelineError(f"pipeline {name} is not generated for Azure DevOps (GitHub only)")
+    if "azure" not in c.platforms:
+        raise PipelineError(f"pipeline {name} is not generated for Azure DevOps (GitHub only)")
     on_main = {"branches": {"include": [settings.main]}}
     doc = {"trigger": on_main if c.push else "none",
            "pr": on_main if c.pull_request else "none"}  # no paths filter: every change is tested
-    if c.schedule: doc["schedules"] = [{"cron": getattr(settings, c.cron), "displayName": f"{name} schedule", **on_main, "always": True}]
+    if c.schedule:
+        doc["schedules"] = [{"cron": getattr(settings, c.cron), "displayName": f"{name} schedule", **on_main,
+                             "always": True}]
     if c.after:
         when = started_by(name)  # started on an output: only by runs tagged with its key
         doc["resources"] = {"pipelines": [{"pipeline": c.after, "source": f"{settings.prefix}-{c.after}",
@@ -89,26 +92,35 @@ def azure_pipeline(name:str, # ci, train or deploy
     jobs = []
     for j, rows in plan:
         steps = [{"checkout": "self", "persistCredentials": False},
-                 {"script": 'bash scripts/setup && echo "##vso[task.prependpath]$PWD/.venv/bin"', "displayName": "setup"}]
+                 {"script": 'bash scripts/setup && echo "##vso[task.prependpath]$PWD/.venv/bin"',
+                  "displayName": "setup"}]
         if j.databricks_cli: steps.append({"script": DATABRICKS_CLI, "displayName": "databricks cli"})
         variables, fetched = {}, set()
         for row in rows:
             for var, src in row["env"].items():
                 if src[0] == "file" and var not in fetched:
-                    f = CLOUD_ENV[var]; fetched.add(var)
-                    steps.append({"task": "DownloadSecureFile@1", "name": f.group, "displayName": f"secure file {f.group}", "inputs": {"secureFile": f.group}})
+                    f = CLOUD_ENV[var]
+                    fetched.add(var)
+                    steps.append({"task": "DownloadSecureFile@1", "name": f.group,
+                                  "displayName": f"secure file {f.group}", "inputs": {"secureFile": f.group}})
                 if src[0] == "output":
                     p = producer[src[1]]
                     variables[var] = f"$[ stageDependencies.{stage_of[p]}.{_azure_id(p)}.outputs['{src[1]}.{src[2]}'] ]"
-            line = row["line"] + (f" | python pipelines/publish_output.py {' '.join(row['publish'])}" if row["publish"] else "")
+            line = row["line"] + (f" | python pipelines/publish_output.py {' '.join(row['publish'])}" if row["publish"]
+                                  else "")
             line += "".join(f" --tag {k}" for k in row["tags"])
             steps.append(_azure_step(row, line, c, settings))
         head = {"displayName": j.title}
         if j.environment:
             job = {"deployment": _azure_id(j.id), **head, "environment": j.environment, "timeoutInMinutes": j.timeout,
-                   **({"variables": variables} if variables else {}), "strategy": {"runOnce": {"deploy": {"steps": steps}}}}
-        else: job = {"job": _azure_id(j.id), **head, "timeoutInMinutes": j.timeout, **({"variables": variables} if variables else {}), "steps": steps}
+                   **({"variables": variables} if variables else {}),
+                   "strategy": {"runOnce": {"deploy": {"steps": steps}}}}
+        else:
+            job = {"job": _azure_id(j.id), **head, "timeoutInMinutes": j.timeout,
+                   **({"variables": variables} if variables else {}), "steps": steps}
         jobs.append((j, job))
-    if staged: doc["stages"] = [{"stage": stage_of[j.id], **({"dependsOn": stage_of[j.needs]} if j.needs else {}), "jobs": [job]} for j, job in jobs]
+    if staged:
+        doc["stages"] = [{"stage": stage_of[j.id], **({"dependsOn": stage_of[j.needs]} if j.needs else {}),
+                          "jobs": [job]} for j, job in jobs]
     else: doc["jobs"] = [job for _, job in jobs]
     return pipeline_text(file_header(name, "azure", settings), doc)

@@ -27,7 +27,8 @@ def _expand(v, name:str):
     if isinstance(v, dict): return {k: _expand(x, name) for k, x in v.items()}
     if not isinstance(v, str): return v
     def sub(m):
-        if m.group(1) not in os.environ: raise ProfileError(f"profile {name} needs the environment variable {m.group(1)}: set it")
+        if m.group(1) not in os.environ:
+            raise ProfileError(f"profile {name} needs the environment variable {m.group(1)}: set it")
         return os.environ[m.group(1)]
     return re.sub(r"\$\{(\w+)\}", sub, v)
 
@@ -79,8 +80,9 @@ def backend_env(profile:dict, # from `load_profile`
         _need(name, "DATABRICKS_HOST")
         if not any(all(os.environ.get(v) for v in c) for c in DATABRICKS_CREDENTIALS.values()) \
            and not os.environ.get("DATABRICKS_CONFIG_PROFILE"):
-            raise ProfileError(f"profile {name} uses Databricks: set DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET (OAuth, "
-                               "a service principal), DATABRICKS_TOKEN, or ARM_CLIENT_ID, ARM_CLIENT_SECRET and ARM_TENANT_ID")
+            raise ProfileError(f"profile {name} uses Databricks: set DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET "
+                               "(OAuth, a service principal), DATABRICKS_TOKEN, or "
+                               "ARM_CLIENT_ID, ARM_CLIENT_SECRET and ARM_TENANT_ID")
         env["MLOPS_NB_TRACKING_URI"] = env["MLOPS_NB_REGISTRY_URI"] = "databricks"
     elif b == "azureml":
         a = profile.get("azureml") or {}
@@ -94,11 +96,13 @@ def backend_env(profile:dict, # from `load_profile`
     return env
 
 def _unity_catalog(profile:dict)->dict:
-    "A Databricks profile's `unity_catalog: {catalog, schema}`: the databricks-uc registry, the model as CATALOG.SCHEMA.MODEL_NAME."
+    ("A Databricks profile's `unity_catalog: {catalog, schema}`: the "
+     "databricks-uc registry, the model as CATALOG.SCHEMA.MODEL_NAME.")
     from mlops_nb.tracking import UC_REGISTRY_URI, uc_model_name
     uc, name = profile["unity_catalog"], profile["name"]
     if profile["backend"] != "databricks": raise ProfileError(f"profile {name}: unity_catalog needs backend databricks")
-    missing = [k for k in ("catalog", "schema") if not (uc or {}).get(k)] + ([] if profile.get("model_name") else ["model_name"])
+    missing = [k for k in ("catalog", "schema") if not (uc or {}).get(k)] + ([] if profile.get("model_name")
+                                                                             else ["model_name"])
     if missing: raise ProfileError(f"profile {name}: unity_catalog needs {', '.join(missing)}")
     try: model = uc_model_name(f"{uc['catalog']}.{uc['schema']}.{profile['model_name']}")
     except MlopsNbError as e: raise ProfileError(f"profile {name}: {e}") from None

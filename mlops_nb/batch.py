@@ -15,7 +15,15 @@ from .core import DataError, MlopsNbError, ParamError, lazy_module, usable_cpus
 from .data import ColumnSpec, check_table
 from .drift_spark import spark_error, spark_session
 from .problem import Problem, ProblemError, prediction_columns, problem_from_json, problem_ref
-from .serving import FAST_PATH_TOLERANCE, ModelInfo, ModelLoadError, Runtime, load_runtime, model_folder, read_model_dir
+from mlops_nb.serving import (
+    FAST_PATH_TOLERANCE,
+    ModelInfo,
+    ModelLoadError,
+    Runtime,
+    load_runtime,
+    model_folder,
+    read_model_dir,
+)
 pd = lazy_module("pandas")  # loaded on first use
 
 # %% auto #0
@@ -32,13 +40,17 @@ def input_files(pattern:str|Path # a .parquet/.csv file, a folder holding such f
                )->list:
     "The files `pattern` names, sorted; a `DataError` when none, or one of another format."
     p = Path(pattern).expanduser()
-    if p.is_dir(): found = [f for f in sorted(p.iterdir()) if f.suffix.lower() in FORMATS and not f.name.startswith(("_", "."))]
+    if p.is_dir():
+        found = [f for f in sorted(p.iterdir()) if f.suffix.lower() in FORMATS and not f.name.startswith(("_", "."))]
     elif glob.has_magic(str(pattern)): found = [Path(f) for f in sorted(glob.glob(str(p)))]
     else: found = [p] if p.exists() else []
     found = [f for f in found if f.is_file()]
-    if not found: raise DataError(f"{pattern}: no such file, or no .parquet or .csv file in it; check the path or the glob")
+    if not found:
+        raise DataError(f"{pattern}: no such file, or no .parquet or .csv file in it; check the path or the glob")
     bad = [f for f in found if f.suffix.lower() not in FORMATS]
-    if bad: raise DataError(f"{bad[0]}: unsupported file extension {bad[0].suffix or '(none)'!r}; use .csv or .parquet files")
+    if bad:
+        raise DataError(f"{bad[0]}: unsupported file extension {bad[0].suffix or '(none)'!r}; use .csv or .parquet "
+                        "files")
     return found
 
 # %% ../nbs/17_batch.ipynb #17-batch-009
@@ -56,7 +68,8 @@ def batch_model(ref:str|Path|None=None # model folder or registry reference (def
     meta, info = read_model_dir(d)
     spec = (meta.get("metadata") or {}).get("mlops_nb")
     if not isinstance(spec, dict) or "inputs" not in spec:
-        raise ModelLoadError(f"model in {d} records no problem (MLmodel metadata 'mlops_nb'): log models with mlops_nb.train.log_model")
+        raise ModelLoadError(f"model in {d} records no problem (MLmodel metadata "
+                             "'mlops_nb'): log models with mlops_nb.train.log_model")
     return BatchModel(d.resolve(), problem_from_json(spec), info)
 
 def id_columns(problem:Problem)->list:
@@ -90,7 +103,9 @@ def answer_frame(problem:Problem, # the model's problem
 def _binned(est)->bool:
     "Whether `est` is histogram gradient boosting that can predict from its own bins (numeric features only)."
     name = type(est).__name__
-    if name not in ("HistGradientBoostingClassifier", "HistGradientBoostingRegressor") or not hasattr(est, "_bin_mapper"): return False
+    if name not in ("HistGradientBoostingClassifier",
+                    "HistGradientBoostingRegressor") or not hasattr(est, "_bin_mapper"):
+        return False
     cat = getattr(est, "is_categorical_", None)
     return cat is None or not np.any(cat)
 
@@ -124,10 +139,12 @@ class ColumnarModel:
         return self._estimate(self.matrix(df))
 
     def verify(self, df)->bool:
-        "Prove the columnar path on up to 200 rows of `df` against the serving fast path; fall back to the pipeline if it differs."
+        ("Prove the columnar path on up to 200 rows of `df` against the serving "
+         "fast path; fall back to the pipeline if it differs.")
         rows = df.head(200)
         diff = float(np.max(np.abs(self._estimate(self.matrix(rows)) - self.rt.predict(rows.to_dict("records")))))
-        if diff > FAST_PATH_TOLERANCE: self.fast, self.reason = None, f"columnar path differs from the fast path by {diff:.3g}"
+        if diff > FAST_PATH_TOLERANCE:
+            self.fast, self.reason = None, f"columnar path differs from the fast path by {diff:.3g}"
         self.verified = True
         return self.fast is not None
 
@@ -137,7 +154,8 @@ def batch_schema(problem:Problem)->dict:
     return {**{k: ColumnSpec("str") for k in problem.keys}, **problem.inputs}
 
 def _renumber(msg:str, rows, csv:bool)->str:
-    "`msg` about a slice, its row (and CSV line) counted in the file: `rows` are the slice's 0-based rows there (None: unknown)."
+    ("`msg` about a slice, its row (and CSV line) counted in the file: `rows` "
+     "are the slice's 0-based rows there (None: unknown).")
     def fix(m):
         if rows is None: return "a row"
         r = int(rows[int(m.group(1)) - 1])
@@ -151,7 +169,8 @@ def check_batch(raw, # a slice as read (CSV text or typed columns)
                )->pd.DataFrame:
     "The slice's keys and inputs, checked and typed; a `DataError` naming the file, the column and the row."
     try: return check_table(raw.reset_index(drop=True), batch_schema(problem), path=path)
-    except DataError as e: raise DataError(_renumber(str(e), rows() if rows else None, str(path).lower().endswith(".csv"))) from None
+    except DataError as e:
+        raise DataError(_renumber(str(e), rows() if rows else None, str(path).lower().endswith(".csv"))) from None
 
 # %% ../nbs/17_batch.ipynb #17-batch-022
 CSV_RANGE_BYTES = 64 << 20  # bytes of CSV per task
@@ -172,7 +191,8 @@ def file_columns(path:Path)->list:
         import pyarrow.parquet as pq
         try: return list(pq.read_schema(path).names)
         except Exception as e:
-            raise DataError(f"{path}: cannot be read as PARQUET ({type(e).__name__}); check that it is a valid, complete .parquet file") from None
+            raise DataError(f"{path}: cannot be read as PARQUET ({type(e).__name__}); "
+                            "check that it is a valid, complete .parquet file") from None
     import csv
     with open(path, newline="", encoding="utf-8", errors="replace") as f: return next(csv.reader(f), [])
 
@@ -181,7 +201,8 @@ def check_columns(files:list, problem:Problem)->None:
     need = [c for c, s in batch_schema(problem).items() if s.required]
     for f in files:
         missing = [c for c in need if c not in file_columns(f)]
-        if missing: raise DataError(f"{f}: missing required column(s) {', '.join(map(repr, missing))}; add them to the file")
+        if missing:
+            raise DataError(f"{f}: missing required column(s) {', '.join(map(repr, missing))}; add them to the file")
 
 def plan_tasks(files:list, # input files
                csv_bytes:int=CSV_RANGE_BYTES # bytes of CSV per task
@@ -194,12 +215,14 @@ def plan_tasks(files:list, # input files
             md, first = pq.ParquetFile(f).metadata, 0
             for g in range(md.num_row_groups):
                 n = md.row_group(g).num_rows
-                if n: out.append(Task(len(out), str(f), "parquet", g, first))  # an empty group is no task, as an empty CSV
+                # an empty group is no task, as an empty CSV
+                if n: out.append(Task(len(out), str(f), "parquet", g, first))
                 first += n
         else:
             size = f.stat().st_size
             with open(f, "rb") as fh: head = len(fh.readline())
-            for i, s in enumerate(range(head, size, csv_bytes)): out.append(Task(len(out), str(f), "csv", i, s, min(s + csv_bytes, size)))
+            for i, s in enumerate(range(head, size, csv_bytes)):
+                out.append(Task(len(out), str(f), "csv", i, s, min(s + csv_bytes, size)))
     return out
 
 # %% ../nbs/17_batch.ipynb #17-batch-024
@@ -208,7 +231,9 @@ def _csv_lines(path:str, start:int, end:int):
     with open(path, "rb") as f:
         head = f.readline()
         yield head
-        if start > len(head): f.seek(start - 1); f.readline()  # to the first line that starts at or after `start`
+        if start > len(head):
+            f.seek(start - 1)
+            f.readline()  # to the first line that starts at or after `start`
         while f.tell() < end:
             line = f.readline()
             if not line: break
@@ -219,11 +244,14 @@ def _csv_first_row(path:str, start:int)->int:
     with open(path, "rb") as f:
         head = len(f.readline())
         if start <= head: return 0
-        f.seek(start - 1); f.readline()
+        f.seek(start - 1)
+        f.readline()
         stop, n, pos = f.tell(), 0, head
         f.seek(head)
         while pos < stop:
-            b = f.read(min(1 << 20, stop - pos)); n += b.count(b"\n"); pos += len(b)
+            b = f.read(min(1 << 20, stop - pos))
+            n += b.count(b"\n")
+            pos += len(b)
         return n
 
 def read_slices(task:Task, # the task
@@ -236,14 +264,19 @@ def read_slices(task:Task, # the task
         pf, first = pq.ParquetFile(task.path), 0
         cols = [c for c in columns if c in pf.schema_arrow.names] if columns is not None else None
         for b in pf.iter_batches(batch_size=batch_rows, row_groups=[task.part], columns=cols):
-            yield b.to_pandas(), first; first += b.num_rows
+            yield b.to_pandas(), first
+            first += b.num_rows
         return
     lines = _csv_lines(task.path, task.start, task.end)
     head, buf, first = next(lines), [], 0
-    frame = lambda buf: pd.read_csv(io.BytesIO(head + b"".join(buf)), dtype=str)  # as `mlops_nb.data.read_table` reads CSV
+    # as `mlops_nb.data.read_table` reads CSV
+    frame = lambda buf: pd.read_csv(io.BytesIO(head + b"".join(buf)), dtype=str)
     for line in lines:
         buf.append(line)
-        if len(buf) == batch_rows: yield frame(buf), first; first += len(buf); buf = []
+        if len(buf) == batch_rows:
+            yield frame(buf), first
+            first += len(buf)
+            buf = []
     if buf: yield frame(buf), first
 
 # %% ../nbs/17_batch.ipynb #17-batch-027
@@ -252,13 +285,16 @@ _WORKER = {}  # in a worker process: the model it loaded, as a columnar scorer
 def score_frame(scorer:ColumnarModel, # the worker's scorer
                 raw, # a slice as read
                 path:str, # its file
-                rows=None # callable giving the slice's 0-based rows in its file (asked for messages, and ids without keys)
+                # callable giving the slice's 0-based rows in its file (asked for messages, and ids without keys)
+                rows=None
                )->pd.DataFrame:
     "The output rows of one slice."
     p = scorer.rt.problem
     df = check_batch(raw, p, path, rows)
     if p.keys: ids = df[list(p.keys)]
-    else: ids = pd.DataFrame({"source_file": np.full(len(df), str(path), dtype=object), "source_row": np.asarray(rows(), dtype="int64")})
+    else:
+        ids = pd.DataFrame({"source_file": np.full(len(df), str(path), dtype=object),
+                            "source_row": np.asarray(rows(), dtype="int64")})
     return answer_frame(p, scorer.rt.info, ids, scorer.predict(df))
 
 def _init_worker(model_dir:str):
@@ -268,7 +304,8 @@ def _init_worker(model_dir:str):
     _WORKER["scorer"] = ColumnarModel(load_runtime(model_dir))
 
 def _run_task(task:dict, columns:list, batch_rows:int, out_dir:str)->tuple:
-    "Score `task` (a `Task` as a dict) into part files in `out_dir`; return (rows, why the columnar fast path is not used, or None)."
+    ("Score `task` (a `Task` as a dict) into part files in `out_dir`; return "
+     "(rows, why the columnar fast path is not used, or None).")
     import pyarrow as pa, pyarrow.parquet as pq
     task, scorer, n, base = Task(**task), _WORKER["scorer"], 0, {}
     def offset()->int:  # rows of the file before the task
@@ -277,12 +314,14 @@ def _run_task(task:dict, columns:list, batch_rows:int, out_dir:str)->tuple:
         return base["csv"]
     for j, (raw, first) in enumerate(read_slices(task, columns, batch_rows)):
         out = score_frame(scorer, raw, task.path, lambda: np.arange(len(raw)) + first + offset())
-        pq.write_table(pa.Table.from_pandas(out, preserve_index=False), Path(out_dir)/f"part-{task.index:05d}-{j:05d}.parquet")
+        pq.write_table(pa.Table.from_pandas(out, preserve_index=False),
+                       Path(out_dir)/f"part-{task.index:05d}-{j:05d}.parquet")
         n += len(out)
     return n, scorer.reason
 
 # %% ../nbs/17_batch.ipynb #17-batch-029
-def _is_uri(p:str)->bool: return bool(re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:/", str(p))) and not str(p).startswith("file:")
+def _is_uri(p:str)->bool:
+    return bool(re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:/", str(p))) and not str(p).startswith("file:")
 
 def temp_beside(out:Path)->Path:
     "A new hidden folder name beside `out`."
@@ -295,9 +334,11 @@ def check_output(out:Path, overwrite:bool)->None:
     parent = next((p for p in out.parents if p.exists()), None)  # missing folders are created when scoring starts
     if parent is not None and not parent.is_dir():
         raise DataError(f"{out}: {parent} is a file, not a folder: choose another output path")
-    if out.exists() and not overwrite: raise DataError(f"{out}: already exists; pass --overwrite to replace it, or choose another folder")
+    if out.exists() and not overwrite:
+        raise DataError(f"{out}: already exists; pass --overwrite to replace it, or choose another folder")
     if out.is_dir() and not (out/"_mlops_nb_batch.json").is_file() and any(out.iterdir()):
-        raise DataError(f"{out}: is not an output of mlops-nb score (no _mlops_nb_batch.json), so --overwrite does not replace it: choose another folder")
+        raise DataError(f"{out}: is not an output of mlops-nb score (no _mlops_nb_batch.json), so "
+                        "--overwrite does not replace it: choose another folder")
 
 def commit_output(tmp:Path, # the finished hidden folder
                   out:Path, # the output folder
@@ -310,7 +351,8 @@ def commit_output(tmp:Path, # the finished hidden folder
     old = None
     if out.exists():
         check_output(out, overwrite)
-        old = temp_beside(out).with_name(f".{out.name}.old-{uuid.uuid4().hex[:12]}"); out.rename(old)
+        old = temp_beside(out).with_name(f".{out.name}.old-{uuid.uuid4().hex[:12]}")
+        out.rename(old)
     tmp.rename(out)
     if old is not None: shutil.rmtree(old, ignore_errors=True)
     return out
@@ -328,7 +370,8 @@ def score_local(bm:BatchModel, # the model
                 workers:int|None=None, # processes (default: one per core)
                 csv_bytes:int=CSV_RANGE_BYTES # bytes of CSV per task
                )->tuple:
-    "Score `files` into `tmp` with a pool of processes; return (rows, why the columnar fast path was not used, or None)."
+    ("Score `files` into `tmp` with a pool of processes; return (rows, "
+     "why the columnar fast path was not used, or None).")
     check_columns(files, bm.problem)
     tasks = plan_tasks(files, csv_bytes)
     if not tasks: raise DataError(f"{files[0]}: no rows to score")
@@ -336,10 +379,14 @@ def score_local(bm:BatchModel, # the model
     pool = multiprocessing.get_context("spawn").Pool(n, _exported("_init_worker"), (str(bm.path),))
     err = None
     try:
-        run = partial(_exported("_run_task"), columns=list(batch_schema(bm.problem)), batch_rows=batch_rows, out_dir=str(tmp))
-        done = list(pool.imap_unordered(run, [asdict(t) for t in tasks]))  # plain data: a notebook's classes cannot be sent
+        run = partial(_exported("_run_task"), columns=list(batch_schema(bm.problem)), batch_rows=batch_rows,
+                      out_dir=str(tmp))
+        # plain data: a notebook's classes cannot be sent
+        done = list(pool.imap_unordered(run, [asdict(t) for t in tasks]))
         pool.close()
-    except BaseException as e: err = e; pool.terminate()
+    except BaseException as e:
+        err = e
+        pool.terminate()
     pool.join()
     # drop the pool (and the frames that hold it) now: the CLI exits without collecting garbage, which would leave
     # its semaphores to the resource tracker's warnings
@@ -385,15 +432,19 @@ def ship_model(spark, bm:BatchModel)->str:
     import hashlib
     h = hashlib.sha256()
     for f in sorted(bm.path.rglob("*")):
-        if f.is_file(): h.update(f.relative_to(bm.path).as_posix().encode()); h.update(f.read_bytes())
+        if f.is_file():
+            h.update(f.relative_to(bm.path).as_posix().encode())
+            h.update(f.read_bytes())
     name = f"mlops_nb_model_{h.hexdigest()[:16]}"  # by content: one shared session may score several models
     d = Path(os.environ.get("TMPDIR", "/tmp"))/"mlops_nb_spark"/name
     if not d.exists():
-        tmp = temp_beside(d); shutil.copytree(bm.path, tmp)
+        tmp = temp_beside(d)
+        shutil.copytree(bm.path, tmp)
         try: tmp.rename(d)
         except OSError: shutil.rmtree(tmp, ignore_errors=True)  # another process shipped it first
     if name not in _SHIPPED.setdefault(id(spark.sparkContext), set()):
-        spark.sparkContext.addFile(str(d), recursive=True); _SHIPPED[id(spark.sparkContext)].add(name)
+        spark.sparkContext.addFile(str(d), recursive=True)
+        _SHIPPED[id(spark.sparkContext)].add(name)
     return name
 
 _SHIPPED = {}  # SparkContext -> model names added to it
@@ -408,14 +459,19 @@ def score_spark(spark, # the session
     from pyspark.sql import functions as F
     paths = [str(f) for f in source] if isinstance(source, list) else [str(source)]
     csv = paths[0].lower().endswith(".csv")
-    if any(p.lower().endswith(".csv") != csv for p in paths): raise DataError("the spark engine reads one format a run: pass only .parquet or only .csv files")
+    if any(p.lower().endswith(".csv") != csv for p in paths):
+        raise DataError("the spark engine reads one format a run: pass only .parquet or only .csv files")
     if csv and not bm.problem.keys:
-        raise DataError(f"problem {bm.problem.name!r} declares no keys and Spark cannot number CSV rows: declare keys or convert the files to Parquet")
+        raise DataError(f"problem {bm.problem.name!r} declares no keys and Spark cannot number "
+                        "CSV rows: declare keys or convert the files to Parquet")
     try: df = spark.read.option("header", True).csv(paths) if csv else spark.read.parquet(*paths)
-    except Exception as e: raise DataError(f"{paths[0]}: cannot be read with Spark ({(str(e).splitlines() or [''])[0][:200]})") from None
+    except Exception as e:
+        raise DataError(f"{paths[0]}: cannot be read with Spark ({(str(e).splitlines() or [''])[0][:200]})") from None
     need = [c for c, s in batch_schema(bm.problem).items() if s.required and c not in df.columns]
-    if need: raise DataError(f"{paths[0]}: missing required column(s) {', '.join(map(repr, need))}; add them to the file")
-    cols = [F.col(c) for c in batch_schema(bm.problem) if c in df.columns] + [F.col("_metadata.file_path").alias("_file")]
+    if need:
+        raise DataError(f"{paths[0]}: missing required column(s) {', '.join(map(repr, need))}; add them to the file")
+    cols = [F.col(c) for c in batch_schema(bm.problem)
+            if c in df.columns] + [F.col("_metadata.file_path").alias("_file")]
     if not csv: cols.append(F.col("_metadata.row_index").alias("_row"))
     try: ref, root = problem_ref()
     except ProblemError: ref, root = None, None
@@ -427,7 +483,11 @@ def score_spark(spark, # the session
     try: scored.write.mode("errorifexists").parquet(dest)
     except Exception as e:
         msg = spark_error(e)
-        raise (DataError(msg) if msg else MlopsNbError(f"the Spark job failed: {(str(e).splitlines() or [type(e).__name__])[0][:300]}")) from None
+        raise (
+            DataError(msg)
+            if msg
+            else MlopsNbError(f"the Spark job failed: {(str(e).splitlines() or [type(e).__name__])[0][:300]}")
+        ) from None
     finally: spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", old)
     return spark.read.parquet(dest).count()
 
@@ -452,7 +512,8 @@ class BatchResult:
 def _make_folder(d:Path):
     "Create folder `d` (and its parents) for the output, or a `DataError` saying why it cannot be."
     try: d.mkdir(parents=True, exist_ok=True)
-    except OSError as e: raise DataError(f"{d}: cannot create the output's folder ({e.strerror or type(e).__name__})") from None
+    except OSError as e:
+        raise DataError(f"{d}: cannot create the output's folder ({e.strerror or type(e).__name__})") from None
 
 def score_batch(model:str|Path|None, # model folder or registry reference (None: the champion)
                 input:str|Path, # .parquet/.csv file, folder or glob (spark: also a URI Spark reads)
@@ -473,11 +534,14 @@ def score_batch(model:str|Path|None, # model folder or registry reference (None:
     say = say or (lambda *a: None)
     t0, bm = time.perf_counter(), batch_model(model)
     remote = engine == "spark" and (_is_uri(str(input)) or _is_uri(str(output)))
-    if _is_uri(str(output)) and not remote: raise DataError(f"{output}: the local engine writes to a folder here; use --engine spark for {output.split(':')[0]}: paths")
+    if _is_uri(str(output)) and not remote:
+        raise DataError(f"{output}: the local engine writes to a folder here; use "
+                        f"--engine spark for {output.split(':')[0]}: paths")
     files = [str(input)] if remote and _is_uri(str(input)) else [f.resolve() for f in input_files(input)]
     out = str(output) if _is_uri(str(output)) else Path(output).expanduser().resolve()
     if isinstance(out, Path): check_output(out, overwrite)
-    say(f"scoring {len(files)} file(s) with {bm.info.name or bm.problem.name} v{bm.info.version or '?'} on the {engine} engine")
+    say(f"scoring {len(files)} file(s) with {bm.info.name or bm.problem.name}"
+        f" v{bm.info.version or '?'} on the {engine} engine")
     meta = {"model": bm.info.name, "version": bm.info.version, "source": bm.info.source, "problem": bm.problem.name,
             "engine": engine, "inputs": [str(f) for f in files], "columns": list(output_columns(bm.problem))}
     reason = None
@@ -493,11 +557,15 @@ def score_batch(model:str|Path|None, # model folder or registry reference (None:
                 rows, reason = score_local(bm, files, tmp, batch_rows, workers)
             if rows == 0: raise DataError(f"{files[0]}: no rows to score")  # the same for every format and engine
             secs = time.perf_counter() - t0
-            commit_output(tmp, out, {**meta, "rows": rows, "seconds": round(secs, 3), "fast_path": reason or "columnar"}, overwrite)
+            commit_output(tmp, out,
+                          {**meta, "rows": rows, "seconds": round(secs, 3), "fast_path": reason or "columnar"},
+                          overwrite)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True); raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     secs = time.perf_counter() - t0
-    return BatchResult(str(out), rows, len(files), engine, bm.info.name, bm.info.version, round(secs, 3), reason or "columnar")
+    return BatchResult(str(out), rows, len(files), engine, bm.info.name, bm.info.version, round(secs, 3), reason
+                       or "columnar")
 
 # %% ../nbs/17_batch.ipynb #17-batch-039
 @dataclass(frozen=True)
@@ -525,19 +593,27 @@ def make_batch_params(**kw # values, possibly text (papermill `-p`, Databricks w
                      )->BatchParams:
     "Coerce and validate `kw` into `BatchParams`."
     unknown = sorted(set(kw) - set(BATCH_PARAM_NAMES))
-    if unknown: raise ParamError(f"unknown parameter(s) {', '.join(unknown)}: allowed are {', '.join(BATCH_PARAM_NAMES)}")
+    if unknown:
+        raise ParamError(f"unknown parameter(s) {', '.join(unknown)}: allowed are {', '.join(BATCH_PARAM_NAMES)}")
     text = {k: "" if kw.get(k) is None or str(kw.get(k)).strip().lower() in ("", "none", "null") else str(kw[k]).strip()
             for k in ("input_path", "output_path", "model", "engine", "run_id", "result_path")}
     for k in ("input_path", "output_path"):
-        if not text[k]: raise ParamError(f"{k} is required: pass the {'data to score' if k == 'input_path' else 'output folder'}")
+        if not text[k]:
+            raise ParamError(f"{k} is required: pass the {'data to score' if k == 'input_path' else 'output folder'}")
     engine = text["engine"] or "local"
     if engine not in ENGINES: raise ParamError(f"engine={engine!r} is not allowed: use local or spark")
     rows = kw.get("batch_rows", 100_000)
-    try: rows = int(float(str(rows).strip())) if not isinstance(rows, bool) and float(str(rows).strip()) == int(float(str(rows).strip())) else -1
+    try:
+        rows = (
+            int(float(str(rows).strip()))
+            if not isinstance(rows, bool) and float(str(rows).strip()) == int(float(str(rows).strip()))
+            else -1
+        )
     except ValueError: rows = -1
     if rows < 1: raise ParamError(f"batch_rows={kw.get('batch_rows')!r} is not allowed: use a whole number >= 1")
     ow = kw.get("overwrite", False)
-    if str(ow).strip().lower() not in ("true", "false", "1", "0", ""): raise ParamError(f"overwrite={ow!r} is not allowed: use true or false")
+    if str(ow).strip().lower() not in ("true", "false", "1", "0", ""):
+        raise ParamError(f"overwrite={ow!r} is not allowed: use true or false")
     return BatchParams(engine=engine, batch_rows=rows, overwrite=str(ow).strip().lower() in ("true", "1"),
                        **{k: v for k, v in text.items() if k != "engine"})
 

@@ -32,19 +32,24 @@ class Target:
     about: str = "" # a comment for people
 
 TARGETS = {
-    "dev": Target("dev", "development", default=True, about="each developer's own copy: names prefixed, triggers paused"),
-    "staging": Target("staging", paused=True, run_as_principal=True, about="what CI deploys and runs; schedules and triggers paused"),
+    "dev": Target("dev", "development", default=True,
+                  about="each developer's own copy: names prefixed, triggers paused"),
+    "staging": Target("staging", paused=True, run_as_principal=True,
+                      about="what CI deploys and runs; schedules and triggers paused"),
     "prod": Target("prod", "production", run_as_principal=True,
                    about="one shared deployment under /Workspace/Shared; schedules and triggers run"),
-    "test": Target("test", paused=True, run_as_principal=True, about="what pull requests validate (databricks bundle validate -t test)"),
+    "test": Target("test", paused=True, run_as_principal=True,
+                   about="what pull requests validate (databricks bundle validate -t test)"),
 }
 
 ACCESS = { # `[tool.mlops_nb]` key -> (what it is, the placeholder until a platform team sets it)
     "service_principal": ("application id (a UUID) of the service principal the jobs of test, staging and prod run as",
                           "00000000-0000-0000-0000-000000000000"),
     "admin_group": ("workspace group that manages the deployed jobs and the experiment (CAN_MANAGE)", "admins"),
-    "reader_group": ("workspace group that sees the jobs' runs (CAN_VIEW) and reads the experiment (CAN_READ)", "users"),
-    "model_readers": ("Unity Catalog principal allowed to load and run the registered model (EXECUTE)", "account users"),
+    "reader_group": ("workspace group that sees the jobs' runs (CAN_VIEW) and reads the experiment (CAN_READ)",
+                     "users"),
+    "model_readers": ("Unity Catalog principal allowed to load and run the registered model (EXECUTE)",
+                      "account users"),
 }
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -55,9 +60,13 @@ def bundle_access(root:Path # the project folder
     own = tomllib.loads(f.read_text()).get("tool", {}).get("mlops_nb", {}) if f.exists() else {}
     out = {k: own.get(k, default) for k, (_, default) in ACCESS.items()}
     if not isinstance(out["service_principal"], str) or not _UUID.fullmatch(out["service_principal"]):
-        raise PipelineError(f"[tool.mlops_nb] service_principal={out['service_principal']!r}: use the service principal's application id (a lowercase UUID)")
-    bad = [k for k in ACCESS if k != "service_principal" and not (isinstance(out[k], str) and re.fullmatch(r"[\w .@-]{1,255}", out[k]))]
-    if bad: raise PipelineError(f"[tool.mlops_nb] {bad[0]}={out[bad[0]]!r}: use a group name (letters, digits, space, . _ @ -)")
+        raise PipelineError(f"[tool.mlops_nb] service_principal={out['service_principal']!r}: use the service "
+                            "principal's application id (a lowercase UUID)")
+    bad = [k for k in ACCESS if k != "service_principal"
+           and not (isinstance(out[k], str) and re.fullmatch(r"[\w .@-]{1,255}", out[k]))]
+    if bad:
+        raise PipelineError(f"[tool.mlops_nb] {bad[0]}={out[bad[0]]!r}: use a group "
+                            "name (letters, digits, space, . _ @ -)")
     return out
 
 _CLUSTER_KEYS = ("spark_version", "node_type_id", "num_workers")
@@ -80,8 +89,11 @@ def quartz_cron(cron:str # five fields: minute hour day-of-month month day-of-we
     f = cron.split()
     if len(f) != 5: raise PipelineError(f"cron expression {cron!r} does not have five fields")
     minute, hour, dom, month, dow = f
-    if dom != "*" and dow != "*": raise PipelineError(f"cron expression {cron!r} names both a day of the month and a day of the week: Quartz takes one")
-    dow = "?" if dow == "*" else re.sub(r"\d+", lambda m: _DAYS[int(m.group())] if int(m.group()) < 8 else m.group(), dow)
+    if dom != "*" and dow != "*":
+        raise PipelineError(f"cron expression {cron!r} names both a day of the month "
+                            "and a day of the week: Quartz takes one")
+    dow = "?" if dow == "*" else re.sub(r"\d+", lambda m: _DAYS[int(m.group())] if int(m.group()) < 8 else m.group(),
+                                        dow)
     return f"0 {minute} {hour} {'?' if dow != '?' else dom} {month} {dow}"
 
 # %% ../nbs/11a_bundle.ipynb #11a-bundle-012
@@ -96,14 +108,18 @@ BUNDLE_VALUES = { # a cloud step's placeholder -> its value in the bundle ("": t
     "MLOPS_NB_LIBRARY": "", # what a one-time run installs (`--library`): the bundle attaches the wheel it builds
 }
 
-NOTEBOOK_COMMANDS = { # `mlops-nb` commands whose Databricks form is a notebook: (notebook, flag dest -> parameter, fixed parameters)
+# `mlops-nb` commands whose Databricks form is a notebook: (notebook, flag dest -> parameter, fixed parameters)
+NOTEBOOK_COMMANDS = {
     "train": ("nbs/train.ipynb", {"mode": "mode", "data": "data_path", "sample_frac": "sample_frac", "epochs": "epochs",
                                   "seed": "seed", "eval_data": "eval_path"}, {}),
-    "score": ("nbs/batch.ipynb", {"input": "input_path", "output": "output_path", "model": "model", "batch_rows": "batch_rows",
+    "score": ("nbs/batch.ipynb",
+              {"input": "input_path", "output": "output_path", "model": "model", "batch_rows": "batch_rows",
                                   "overwrite": "overwrite"}, {"engine": "spark"}),
 }
-RUNNER_FLAGS = {"runner", "cluster", "wheel", "branch", "json", "quiet", "databricks_folder", "existing_cluster_id", "job",
-                "library", "poll_s", "cell_timeout", "timeout", "notebook", "engine", "workers", "spark_master"} # not parameters
+RUNNER_FLAGS = {"runner", "cluster", "wheel", "branch", "json", "quiet", "databricks_folder", "existing_cluster_id",
+                "job",
+                # not parameters
+                "library", "poll_s", "cell_timeout", "timeout", "notebook", "engine", "workers", "spark_master"}
 
 _FIELD = re.compile(r"\{(\w+)(?:\[(\w+)\])?\}")
 
@@ -115,7 +131,8 @@ def bundle_line(step:Step, # a cloud step
         key, sub = m.groups()
         if sub is None and key in settings.literals: return settings.literals[key]
         if sub is None and key in BUNDLE_VALUES: return BUNDLE_VALUES[key] or "\0"
-        raise PipelineError(f"step {step.label}: {m.group(0)} has no value in the bundle: add it to mlops_nb.bundle.BUNDLE_VALUES")
+        raise PipelineError(f"step {step.label}: {m.group(0)} has no value in the "
+                            "bundle: add it to mlops_nb.bundle.BUNDLE_VALUES")
     args, out = [_FIELD.sub(value, a) for a in shlex.split(step.cloud or step.cmd)], []
     for a in args:
         if a == "\0": out.pop()  # the flag before a dropped value
@@ -142,16 +159,22 @@ def task_of(step:Step, # a cloud step that runs on Databricks
         given = _flags(args)
         base = {p: "true" if given[d] is True else given[d] for d, p in params.items() if d in given}
         extra = sorted(set(given) - set(params) - RUNNER_FLAGS)
-        if extra: raise PipelineError(f"step {step.label}: {', '.join(extra)} has no parameter in {nb}: add it to NOTEBOOK_COMMANDS")
-        task["notebook_task"] = {"notebook_path": f"../{given.get('notebook') or nb}", "base_parameters": {**base, **fixed}}
+        if extra:
+            raise PipelineError(f"step {step.label}: {', '.join(extra)} has no parameter "
+                                f"in {nb}: add it to NOTEBOOK_COMMANDS")
+        task["notebook_task"] = {"notebook_path": f"../{given.get('notebook') or nb}",
+                                 "base_parameters": {**base, **fixed}}
     elif args[0] == "mlops-nb":
         _flags(args)  # a typo fails here
         task["python_wheel_task"] = {"package_name": "mlops_nb", "entry_point": "mlops-nb-task", "parameters": args[1:]}
     elif args[0] == "python" and len(args) > 1 and args[1].endswith(".py"):
         task["spark_python_task"] = {"python_file": f"../{args[1]}", "parameters": args[2:]}
-    else: raise PipelineError(f"step {step.label}: {' '.join(args)!r} does not run on a cluster (mlops-nb ..., python pipelines/X.py ...)")
+    else:
+        raise PipelineError(f"step {step.label}: {' '.join(args)!r} does not run on a "
+                            "cluster (mlops-nb ..., python pipelines/X.py ...)")
     task["timeout_seconds"] = int(limit.group(1)) if limit else int(step.timeout)
-    task["libraries"] = [{"whl": "../dist/*.whl"}]  # the wheel the bundle builds (artifacts): this deployment's own code
+    # the wheel the bundle builds (artifacts): this deployment's own code
+    task["libraries"] = [{"whl": "../dist/*.whl"}]
     return task
 
 def on_cluster(step:Step)->bool:
@@ -169,36 +192,45 @@ class BundleJob:
     fallback: tuple|None = None # (notebook, parameters) when `pipeline` is not (yet) in PIPELINES
 
 BUNDLE_JOBS = {
-    "train_test": BundleJob("ci", "train-test", "The training notebook in test mode (seeded 5% sample, one epoch, nothing "
+    "train_test": BundleJob("ci", "train-test",
+                            "The training notebook in test mode (seeded 5% sample, one epoch, nothing "
                             "registered): the pull request check, on the code of the deployed checkout."),
-    "retrain": BundleJob("train", "retrain", "Retraining: check the refreshed data, train in full mode (registers a version "
+    "retrain": BundleJob("train", "retrain",
+                         "Retraining: check the refreshed data, train in full mode (registers a version "
                          "in Unity Catalog), select the best version, point the champion alias at it."),
-    "batch_score": BundleJob("batch", "batch-score", "Batch scoring: every row of the data to score through the champion, "
+    "batch_score": BundleJob("batch", "batch-score",
+                             "Batch scoring: every row of the data to score through the champion, "
                              "on the cluster's Spark (nbs/batch.ipynb).",
-                             fallback=("nbs/batch.ipynb", {"input_path": "${var.batch_input}", "output_path": "${var.batch_output}",
-                                                           "model": "champion", "engine": "spark", "overwrite": "true"})),
+                             fallback=("nbs/batch.ipynb",
+                                       {"input_path": "${var.batch_input}", "output_path": "${var.batch_output}",
+                                                           "model": "champion", "engine": "spark",
+                                        "overwrite": "true"})),
     "monitor": BundleJob("monitor", "monitor", "Monitoring: the drift of the logged live traffic from the champion's "
                          "training data, and the retraining verdict."),
 }
 
 _M = "${resources.registered_models.model."
-MODEL_REFS = { # what the jobs log to and register as: the declared resources' names as deployed (dev mode prefixes them)
+# what the jobs log to and register as: the declared resources' names as deployed (dev mode prefixes them)
+MODEL_REFS = {
     "experiment": "${resources.experiments.experiment.name}",
     "model": f"{_M}catalog_name}}.{_M}schema_name}}.{_M}name}}",
 }
 
 def job_cluster(settings:PipelineSettings, problem_ref:str|None)->dict:
     "The job cluster every job runs on: the target's node type and runtime, the store's variables, single-user access."
-    env = {"MLOPS_NB_TRACKING_URI": "databricks", "MLOPS_NB_REGISTRY_URI": "databricks-uc", "MLOPS_NB_EXPERIMENT": MODEL_REFS["experiment"],
+    env = {"MLOPS_NB_TRACKING_URI": "databricks", "MLOPS_NB_REGISTRY_URI": "databricks-uc",
+           "MLOPS_NB_EXPERIMENT": MODEL_REFS["experiment"],
            "MLOPS_NB_MODEL_NAME": MODEL_REFS["model"], **({"MLOPS_NB_PROBLEM": problem_ref} if problem_ref else {})}
-    return {"job_cluster_key": "main", "new_cluster": {"spark_version": "${var.spark_version}", "node_type_id": "${var.node_type_id}",
+    return {"job_cluster_key": "main",
+            "new_cluster": {"spark_version": "${var.spark_version}", "node_type_id": "${var.node_type_id}",
             "num_workers": "${var.num_workers}", "data_security_mode": "SINGLE_USER", "spark_env_vars": env}}
 
 def bundle_jobs(key:str, # a key of `BUNDLE_JOBS`
                 settings:PipelineSettings, # the project's settings
                 problem_ref:str|None=None # the project's problem (`module:ATTRIBUTE`), set on the cluster
                )->dict:
-    "The jobs of `BUNDLE_JOBS[key]`: resource key -> job (and KEY_on_data, when the data job's event starts the pipeline)."
+    ("The jobs of `BUNDLE_JOBS[key]`: resource key -> job (and "
+     "KEY_on_data, when the data job's event starts the pipeline).")
     j = BUNDLE_JOBS[key]
     name = f"{settings.name}-{j.title}"
     job = {"name": name, "description": j.about, "tags": {"mlops_nb_pipeline": j.pipeline}, "max_concurrent_runs": 1}
@@ -209,31 +241,35 @@ def bundle_jobs(key:str, # a key of `BUNDLE_JOBS`
         c = CLOUD.get(j.pipeline)
     elif j.fallback:
         nb, params = j.fallback
-        tasks = [{"task_key": key, "job_cluster_key": "main", "notebook_task": {"notebook_path": f"../{nb}", "base_parameters": dict(params)},
+        tasks = [{"task_key": key, "job_cluster_key": "main",
+                  "notebook_task": {"notebook_path": f"../{nb}", "base_parameters": dict(params)},
                   "timeout_seconds": 3600, "libraries": [{"whl": "../dist/*.whl"}]}]
         c = None
     else: raise PipelineError(f"bundle job {key}: pipeline {j.pipeline} does not exist and the job has no fallback")
     for prev, t in zip(tasks, tasks[1:]): t["depends_on"] = [{"task_key": prev["task_key"]}]
     job["timeout_seconds"] = sum(t["timeout_seconds"] for t in tasks)
     if c is not None and c.schedule:
-        job["schedule"] = {"quartz_cron_expression": quartz_cron(getattr(settings, c.cron)), "timezone_id": "UTC", "pause_status": "UNPAUSED"}
+        job["schedule"] = {"quartz_cron_expression": quartz_cron(getattr(settings, c.cron)), "timezone_id": "UTC",
+                           "pause_status": "UNPAUSED"}
     job["job_clusters"] = [job_cluster(settings, problem_ref)]
     job["tasks"] = tasks
     out = {key: job}
     if c is not None and c.event:  # started by the data job: here, by files arriving in the data location
         out[f"{key}_on_data"] = {
-            "name": f"{name}-on-data", "description": f"Runs {name} when new files arrive in the data location (Unity Catalog "
+            "name": f"{name}-on-data",
+            "description": f"Runs {name} when new files arrive in the data location (Unity Catalog "
             "volume or external location): the data refresh's own trigger, beside the schedule of that job.",
             "tags": {"mlops_nb_pipeline": j.pipeline}, "max_concurrent_runs": 1,
-            "trigger": {"pause_status": "UNPAUSED", "file_arrival": {"url": "${var.data_location}", "wait_after_last_change_seconds": 300,
+            "trigger": {"pause_status": "UNPAUSED",
+                        "file_arrival": {"url": "${var.data_location}", "wait_after_last_change_seconds": 300,
                                                                      "min_time_between_triggers_seconds": 3600}},
             "tasks": [{"task_key": key, "run_job_task": {"job_id": f"${{resources.jobs.{key}.id}}"}}]}
     return out
 
 # %% ../nbs/11a_bundle.ipynb #11a-bundle-021
-GENERATED = ("GENERATED by mlops_nb.bundle.write_bundle from mlops_nb.pipeline's PIPELINES and CLOUD and mlops_nb.bundle's "
-             "BUNDLE_JOBS and TARGETS (nbs/12_pipeline.ipynb, nbs/11a_bundle.ipynb): edit those and run "
-             "`python pipelines/generate.py`, never this file; tests/test_bundle.py fails when it differs.")
+GENERATED = ("GENERATED by mlops_nb.bundle.write_bundle from mlops_nb.pipeline's PIPELINES and CLOUD and "
+             "mlops_nb.bundle's BUNDLE_JOBS and TARGETS (nbs/12_pipeline.ipynb, nbs/11a_bundle.ipynb): edit those and "
+             "run `python pipelines/generate.py`, never this file; tests/test_bundle.py fails when it differs.")
 
 def _variables(settings:PipelineSettings, model:str, experiment:str, cluster:dict, access:dict)->dict:
     "The bundle's variables: description and default."
@@ -242,14 +278,20 @@ def _variables(settings:PipelineSettings, model:str, experiment:str, cluster:dic
         "catalog": ("Unity Catalog catalog the models register in: one per target", "dev"),
         "schema": ("schema of the catalog holding the model and the data volumes", uc(settings.name)),
         "model_name": ("the registered model's name in the schema (CATALOG.SCHEMA.MODEL)", uc(model)),
-        "experiment": ("MLflow experiment (a workspace path)", f"/Shared/{settings.name}/${{bundle.target}}/{experiment}"),
-        "data_location": ("folder the data refresh writes new files into: the retraining's file-arrival trigger watches it "
-                          "(a volume or an external location; only new file names trigger)", "/Volumes/${var.catalog}/${var.schema}/data/refresh/"),
+        "experiment": ("MLflow experiment (a workspace path)", f"/Shared/{settings.name}"
+                                                               f"/${{bundle.target}}/{experiment}"),
+        "data_location": ("folder the data refresh writes new files into: the retraining's file-arrival trigger "
+                          "watches it (a volume or an external location; only new file names trigger)",
+                          "/Volumes/${var.catalog}/${var.schema}/data/refresh/"),
         "data_path": ("the training data file retraining reads", "${var.data_location}latest.parquet"),
-        "monitor_reference": ("what monitoring compares live traffic with: the champion's training data", "${var.data_path}"),
-        "inference_log": ("the inference log's folder (serve --log-dir) as the cluster reads it", "/Volumes/${var.catalog}/${var.schema}/inference_log/"),
-        "batch_input": ("the data batch scoring reads: a file, folder or glob", "/Volumes/${var.catalog}/${var.schema}/batch/input/"),
-        "batch_output": ("the folder batch scoring replaces with the new scores", "/Volumes/${var.catalog}/${var.schema}/batch/scores/"),
+        "monitor_reference": ("what monitoring compares live traffic with: the champion's training data",
+                              "${var.data_path}"),
+        "inference_log": ("the inference log's folder (serve --log-dir) as the cluster reads it",
+                          "/Volumes/${var.catalog}/${var.schema}/inference_log/"),
+        "batch_input": ("the data batch scoring reads: a file, folder or glob",
+                        "/Volumes/${var.catalog}/${var.schema}/batch/input/"),
+        "batch_output": ("the folder batch scoring replaces with the new scores",
+                         "/Volumes/${var.catalog}/${var.schema}/batch/scores/"),
         **{k: (f"job cluster: {k}", cluster[k]) for k in _CLUSTER_KEYS if k in cluster},
         **{k: (about, access[k]) for k, (about, _) in ACCESS.items()},
     }
@@ -258,16 +300,19 @@ def _variables(settings:PipelineSettings, model:str, experiment:str, cluster:dic
 def _target(t:Target)->dict:
     "A target's mode, identity and permissions (its variables are added by `render_bundle`)."
     d = {**({"mode": t.mode} if t.mode else {}), **({"default": True} if t.default else {})}
-    if t.mode == "production": d["workspace"] = {"root_path": "/Workspace/Shared/.bundle/${bundle.name}/${bundle.target}"}
+    if t.mode == "production":
+        d["workspace"] = {"root_path": "/Workspace/Shared/.bundle/${bundle.name}/${bundle.target}"}
     if t.paused and t.mode != "development": d["presets"] = {"trigger_pause_status": "PAUSED"}
     if t.run_as_principal: d["run_as"] = {"service_principal_name": "${var.service_principal}"}
-    d["permissions"] = [{"level": "CAN_MANAGE", "group_name": "${var.admin_group}"}, {"level": "CAN_VIEW", "group_name": "${var.reader_group}"}]
+    d["permissions"] = [{"level": "CAN_MANAGE", "group_name": "${var.admin_group}"},
+                        {"level": "CAN_VIEW", "group_name": "${var.reader_group}"}]
     return d
 
 def ml_artifacts(settings:PipelineSettings)->dict:
     "The registered model (Unity Catalog, EXECUTE granted to `model_readers`) and the MLflow experiment the jobs use."
     model = {"name": "${var.model_name}", "catalog_name": "${var.catalog}", "schema_name": "${var.schema}",
-             "comment": f"The model of {settings.name} for the ${{bundle.target}} target, registered by its retraining job.",
+             "comment": f"The model of {settings.name} for the ${{bundle.target}} "
+                        "target, registered by its retraining job.",
              "grants": [{"principal": "${var.model_readers}", "privileges": ["EXECUTE"]}]}
     return {"registered_models": {"model": model}, "experiments": {"experiment": {"name": "${var.experiment}"}}}
 
@@ -298,7 +343,8 @@ def render_bundle(root:Path|str|None=None, # the project folder (default: this p
     problem = load_problem(start=root)
     access = bundle_access(root)
     base = profile_cluster(root, next(t for t, v in TARGETS.items() if v.default))
-    if set(base) != set(_CLUSTER_KEYS): raise PipelineError(f"profiles/dev.yaml: databricks.cluster needs {', '.join(_CLUSTER_KEYS)}")
+    if set(base) != set(_CLUSTER_KEYS):
+        raise PipelineError(f"profiles/dev.yaml: databricks.cluster needs {', '.join(_CLUSTER_KEYS)}")
     targets = {}
     for name, t in TARGETS.items():
         d = _target(t)
@@ -307,25 +353,30 @@ def render_bundle(root:Path|str|None=None, # the project folder (default: this p
         targets[name] = d
     doc = {"bundle": {"name": settings.name},
            "include": ["resources/*.yml"],
-           "variables": _variables(settings, problem.model_name or problem.name, problem.experiment or problem.name, base, access),
-           "artifacts": {"mlops_nb_wheel": {"type": "whl", "path": ".", "build": "python -m pip wheel --no-deps --wheel-dir dist .",
+           "variables": _variables(settings, problem.model_name or problem.name, problem.experiment or problem.name,
+                                   base, access),
+           "artifacts": {"mlops_nb_wheel": {"type": "whl", "path": ".",
+                                            "build": "python -m pip wheel --no-deps --wheel-dir dist .",
                                             "dynamic_version": True}},
            "targets": targets}
-    about = (f"The Databricks Asset Bundle of {settings.name}: its jobs ({', '.join(BUNDLE_JOBS)}) in resources/*.yml, the "
-             "wheel built from this checkout, the registered model and experiment in resources/ml_artifacts.yml, and the "
-             "targets dev (the default: development mode, run as the deploying user), test, staging and prod (run as the "
-             "service principal), each registering models in the Unity Catalog catalog of its name. Deploy: databricks "
-             "bundle deploy -t staging")
+    about = (f"The Databricks Asset Bundle of {settings.name}: its jobs ({', '.join(BUNDLE_JOBS)}) in resources/*.yml, "
+             "the wheel built from this checkout, the registered model and experiment in resources/ml_artifacts.yml, "
+             "and the targets dev (the default: development mode, run as the deploying user), test, staging and prod "
+             "(run as the service principal), each registering models in the Unity Catalog catalog of its name. "
+             "Deploy: databricks bundle deploy -t staging")
     out = {"databricks.yml": _text(about, doc)}
-    out["resources/ml_artifacts.yml"] = _text("The registered model (Unity Catalog: CATALOG.SCHEMA.MODEL of the target's catalog; "
-                                              "EXECUTE granted to var.model_readers) and the MLflow experiment the jobs log to; "
-                                              "the targets' permissions apply to the experiment.", {"resources": ml_artifacts(settings)})
+    out["resources/ml_artifacts.yml"] = _text("The registered model (Unity Catalog: CATALOG.SCHEMA.MODEL of the "
+                                              "target's catalog; EXECUTE granted to var.model_readers) and the MLflow "
+                                              "experiment the jobs log to; the targets' permissions apply to the "
+                                              "experiment.", {"resources": ml_artifacts(settings)})
     ref = _problem_ref(root)
     for key, j in BUNDLE_JOBS.items():
         jobs = bundle_jobs(key, settings, ref)
-        src = (f"pipeline {j.pipeline} of mlops_nb.pipeline (mlops-nb pipeline {j.pipeline} runs it locally)" if j.pipeline in PIPELINES
+        src = (f"pipeline {j.pipeline} of mlops_nb.pipeline (mlops-nb pipeline {j.pipeline} runs it locally)"
+               if j.pipeline in PIPELINES
                else f"{j.fallback[0]} (pipeline {j.pipeline} is not declared)")
-        out[f"resources/{key}.yml"] = _text(f"{j.about} Jobs {', '.join(jobs)}, from {src}.", {"resources": {"jobs": jobs}})
+        out[f"resources/{key}.yml"] = _text(f"{j.about} Jobs {', '.join(jobs)}, from {src}.",
+                                            {"resources": {"jobs": jobs}})
     return out
 
 def write_bundle(dest_root:Path|str, # project folder: databricks.yml and resources/*.yml are written under it
@@ -339,5 +390,7 @@ def write_bundle(dest_root:Path|str, # project folder: databricks.yml and resour
         p = root/rel
         if p.exists() and p.read_text() == text: continue
         changed.append(rel)
-        if not check: p.parent.mkdir(parents=True, exist_ok=True); p.write_text(text)
+        if not check:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(text)
     return changed

@@ -164,7 +164,8 @@ def cmd_data_generate(a):
     from mlops_nb.data import write_table, data_fingerprint
     from mlops_nb.problem import load_problem
     problem = load_problem()
-    if problem.generate is None: raise MlopsNbError(f"problem {problem.name!r} declares no data generator: bring your own data")
+    if problem.generate is None:
+        raise MlopsNbError(f"problem {problem.name!r} declares no data generator: bring your own data")
     if not 1 <= a.rows <= 50_000_000: raise MlopsNbError(f"--rows {a.rows} is not allowed: use 1 to 50000000 rows")
     if Path(a.out).suffix.lower() not in (".csv", ".parquet"):
         raise MlopsNbError(f"{a.out}: unsupported file extension '{Path(a.out).suffix}'; use a .csv or .parquet file")
@@ -172,9 +173,11 @@ def cmd_data_generate(a):
     _say(f"generating {a.rows} rows of {problem.name} for period {period} (seed {a.seed})...")
     df = problem.generate(period, a.rows, a.seed)
     write_table(df, a.out)
-    info = {"path": str(Path(a.out).resolve()), "rows": len(df), "period": period, "seed": a.seed, **_class_shares(problem, df),
+    info = {"path": str(Path(a.out).resolve()), "rows": len(df), "period": period, "seed": a.seed,
+            **_class_shares(problem, df),
             "fingerprint": data_fingerprint(df)}
-    _emit(info, a.json, f"wrote {info['rows']} rows to {info['path']} ({_shares_text(info)}, fingerprint {info['fingerprint']})")
+    _emit(info, a.json,
+          f"wrote {info['rows']} rows to {info['path']} ({_shares_text(info)}, fingerprint {info['fingerprint']})")
 
 def cmd_data_check(a):
     "Validate a data file against the problem's schema."
@@ -182,9 +185,11 @@ def cmd_data_check(a):
     from mlops_nb.problem import load_problem
     problem = load_problem()
     df = problem.load(a.path, require_label=not a.no_label)
-    info = {"path": str(Path(a.path).resolve()), "rows": len(df), "columns": list(df.columns), **_class_shares(problem, df),
+    info = {"path": str(Path(a.path).resolve()), "rows": len(df), "columns": list(df.columns),
+            **_class_shares(problem, df),
             "fingerprint": data_fingerprint(df)}
-    _emit(info, a.json, f"{info['path']}: {info['rows']} rows match the schema of {problem.name} ({_shares_text(info)}; "
+    _emit(info, a.json,
+          f"{info['path']}: {info['rows']} rows match the schema of {problem.name} ({_shares_text(info)}; "
                         f"fingerprint {info['fingerprint']})")
 
 # %% ../nbs/06_cli.ipynb #06-cli-007b
@@ -238,7 +243,8 @@ def _git_branch()->str|None:
     return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() != "HEAD" else None
 
 def _train_databricks(a, kw:dict):
-    "Run the training notebook as a Databricks job (the cluster tracks in the workspace's MLflow); return its RunResult."
+    ("Run the training notebook as a Databricks job (the cluster tracks "
+     "in the workspace's MLflow); return its RunResult.")
     from mlops_nb.databricks import DatabricksRunner
     from mlops_nb.params import make_params
     try: cluster = json.loads(a.cluster) if a.cluster else None
@@ -300,14 +306,18 @@ def cmd_models_list(a):
     try: shown = load_problem().metric_names
     except ProblemError: shown = None
     vs = list_versions(a.name)
-    rows = [f"v{v.version:<4} {','.join(v.aliases) or '-':<10} run {v.run_id[:12]}  eval {v.eval_fingerprint[:10] or '-':<10} "
-            f"{_fmt_metrics({k: x for k, x in v.metrics.items() if (k in shown if shown else not k.startswith(('val_', 'train_')))})}" for v in vs]
-    _emit([v.as_dict() for v in vs], a.json, "\n".join(rows) or "no registered versions yet: run `mlops-nb train --mode full`")
+    keep = lambda k: k in shown if shown else not k.startswith(("val_", "train_"))
+    rows = [f"v{v.version:<4} {','.join(v.aliases) or '-':<10} run {v.run_id[:12]}  eval "
+            f"{v.eval_fingerprint[:10] or '-':<10} {_fmt_metrics({k: x for k, x in v.metrics.items() if keep(k)})}"
+            for v in vs]
+    _emit([v.as_dict() for v in vs], a.json, "\n".join(rows)
+          or "no registered versions yet: run `mlops-nb train --mode full`")
 
 def cmd_models_best(a):
     "Select the best version by a metric."
     from mlops_nb.tracking import best_version
-    s = best_version(a.metric, higher_is_better=False if a.lower_is_better else None, eval_fingerprint=a.eval_fingerprint, name=a.name)
+    s = best_version(a.metric, higher_is_better=False if a.lower_is_better else None,
+                     eval_fingerprint=a.eval_fingerprint, name=a.name)
     out = {**s.version.as_dict(), "metric": s.metric, "value": s.version.metrics[s.metric],
            "compared": [v.version for v in s.compared], "skipped": {str(k): r for k, r in s.skipped.items()}}
     left_out = "; ".join(f"v{v} ({r})" for v, r in sorted(s.skipped.items()))
@@ -369,8 +379,10 @@ def check_address(host:str, # interface to bind: a name or an address
     if not 0 <= port <= 65535: raise MlopsNbError(f"--port {port} is not allowed: use 0 (any free port) to 65535")
     try: infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as e:
-        raise MlopsNbError(f"--host {host[:80]!r} is not an address of this machine ({getattr(e, 'strerror', None) or e}): "
-                           "use 127.0.0.1, 0.0.0.0 or a name that resolves") from None
+        raise MlopsNbError(
+            f"--host {host[:80]!r} is not an address of this machine ("
+            f"{getattr(e, 'strerror', None) or e}): use 127.0.0.1, 0.0.0.0 or a name that resolves"
+        ) from None
     family, kind, proto, _, addr = infos[0]
     with socket.socket(family, kind, proto) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -400,9 +412,12 @@ def cmd_serve(a):
     from mlops_nb.inference_log import MLOPS_NB_INFERENCE_LOG, MLOPS_NB_INFERENCE_LOG_SAMPLE
     log_dir = a.log_dir or MLOPS_NB_INFERENCE_LOG.get()
     try: sample = float(a.log_sample if a.log_sample is not None else MLOPS_NB_INFERENCE_LOG_SAMPLE.get())
-    except ValueError: raise MlopsNbError(f"--log-sample {a.log_sample!r} is not allowed: use a share between 0 and 1") from None
+    except ValueError:
+        raise MlopsNbError(f"--log-sample {a.log_sample!r} is not allowed: use a share between 0 and 1") from None
     if not 0 <= sample <= 1: raise MlopsNbError(f"--log-sample {sample:g} is not allowed: use a share between 0 and 1")
-    if log_dir: _say(f"inference log: {sample:.0%} of requests to {log_dir}" + (f"; shadow model {a.shadow}" if a.shadow else ""))
+    if log_dir:
+        _say(f"inference log: {sample:.0%} of requests to {log_dir}" + (f"; shadow model {a.shadow}" if a.shadow
+                                                                        else ""))
     serve(a.host, port, workers, model=model, entry=a.entry, api_key=MLOPS_NB_API_KEY.get(),
           admin_token=MLOPS_NB_ADMIN_TOKEN.get(), watch=a.watch, access_log=a.access_log, max_batch=a.max_batch,
           log_dir=log_dir, log_sample=sample, shadow=a.shadow)
@@ -443,9 +458,11 @@ def _serve_args(sub):
 def cmd_package(a):
     "Build (and push) the image of a model version."
     from mlops_nb.package import write_context, build_image, push_image, engine, pinned_reference
-    ctx = write_context(a.model, a.context_only, base_image=a.base_image, registry=a.registry, entry=a.entry, progress=_say,
+    ctx = write_context(a.model, a.context_only, base_image=a.base_image, registry=a.registry, entry=a.entry,
+                        progress=_say,
                         inference_log=a.inference_log)
-    out = {"tag": ctx.tag, "context": str(ctx.path), "labels": ctx.labels, "base_image": ctx.base_image, "image_id": None, "digest": None}
+    out = {"tag": ctx.tag, "context": str(ctx.path), "labels": ctx.labels, "base_image": ctx.base_image,
+           "image_id": None, "digest": None}
     if not a.context_only:
         client = engine()
         out["image_id"] = build_image(ctx, client, progress=_say)
@@ -484,8 +501,10 @@ def _kube_client(context:str|None):
     try:
         from kubernetes import config
         return config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"), context=context)
-    except ImportError: raise MlopsNbError("the kubernetes client is not installed: pip install 'mlops_nb[kube]'") from None
-    except Exception as e: raise KubeError(f"no usable kubeconfig ({type(e).__name__}: {e}): set KUBECONFIG or pass --context") from None
+    except ImportError:
+        raise MlopsNbError("the kubernetes client is not installed: pip install 'mlops_nb[kube]'") from None
+    except Exception as e:
+        raise KubeError(f"no usable kubeconfig ({type(e).__name__}: {e}): set KUBECONFIG or pass --context") from None
 
 def _deployment_name()->str:
     "The problem's deployment name."
@@ -496,7 +515,8 @@ def _deploy_kubernetes(a):
     "Render, validate, write and apply the manifests; roll back on failure."
     from mlops_nb.kube import render_manifests, validate_manifests, write_manifests, dry_run, deploy
     from mlops_nb.core import state_dir
-    if not a.image: raise MlopsNbError("--target kubernetes needs --image REGISTRY/NAME:TAG (from `mlops-nb package --push`)")
+    if not a.image:
+        raise MlopsNbError("--target kubernetes needs --image REGISTRY/NAME:TAG (from `mlops-nb package --push`)")
     name = a.name or _deployment_name()
     if a.allow_from and not a.network_policy:
         raise MlopsNbError("--allow-from shapes the NetworkPolicy: drop --no-network-policy, or drop --allow-from")
@@ -508,10 +528,12 @@ def _deploy_kubernetes(a):
     _say(f"manifests validated (strict) and written: {', '.join(str(f) for f in files)}")
     if a.dry_run:
         api = _kube_client(a.context) if (a.context or os.environ.get("KUBECONFIG")) else None
-        return _emit({"dry_run": True, "manifests": [str(f) for f in files], "diff": dry_run(ms, api)}, a.json, dry_run(ms, api))
+        return _emit({"dry_run": True, "manifests": [str(f) for f in files], "diff": dry_run(ms, api)}, a.json,
+                     dry_run(ms, api))
     _say(f"applying to {a.namespace}/{a.name} and waiting for the rollout (timeout {a.timeout:g} s)")
     res = deploy(ms, _kube_client(a.context), timeout_s=a.timeout)
-    _emit({**res, "manifests": [str(f) for f in files]}, a.json, f"{a.namespace}/{a.name} now serves {res['image']} (revision {res['revision']})")
+    _emit({**res, "manifests": [str(f) for f in files]}, a.json,
+          f"{a.namespace}/{a.name} now serves {res['image']} (revision {res['revision']})")
 
 # %% ../nbs/06_cli.ipynb #06-cli-022
 def _deploy_local(a):
@@ -525,13 +547,17 @@ def _deploy_local(a):
     from mlops_nb.server import http_status, start_server, swap_model
     if http_status(url + "/health") == 200:  # a server is running there: swap its model without dropping requests
         token = MLOPS_NB_ADMIN_TOKEN.get()
-        if not token: raise MlopsNbError(f"a server answers at {url}: set MLOPS_NB_ADMIN_TOKEN (as it was started with) to swap its model")
+        if not token:
+            raise MlopsNbError(f"a server answers at {url}: set MLOPS_NB_ADMIN_TOKEN (as "
+                               "it was started with) to swap its model")
         out = swap_model(url, token, a.model, timeout=a.timeout)
-        return _emit({"target": "local", "url": url, **out}, a.json, f"{url} now serves version {out['serving']['version']} (swapped, no request dropped)")
+        return _emit({"target": "local", "url": url, **out}, a.json,
+                     f"{url} now serves version {out['serving']['version']} (swapped, no request dropped)")
     log = state_dir()/"serve.log"
     proc, _ = start_server(a.model, a.port, log=log, timeout=a.timeout)
     (state_dir()/"serve.pid").write_text(str(proc.pid))
-    _emit({"target": "local", "url": url, "pid": proc.pid, "log": str(log)}, a.json, f"serving at {url} (pid {proc.pid}, log {log})")
+    _emit({"target": "local", "url": url, "pid": proc.pid, "log": str(log)}, a.json,
+          f"serving at {url} (pid {proc.pid}, log {log})")
 
 def _deploy_local_image(a, url):
     "Start the image beside the running one, and replace it only once the new one is ready."
@@ -542,14 +568,17 @@ def _deploy_local_image(a, url):
     if old is not None:
         cand, curl = run_image(a.image, c, timeout=a.timeout)  # raises, old untouched, if it never becomes ready
         cand.remove(force=True)
-        t0 = time.time(); old.remove(force=True)
+        t0 = time.time()
+        old.remove(force=True)
     new, _ = run_image(a.image, c, port=a.port, name=name, timeout=a.timeout)
     gap = f" (port switched in {time.time() - t0:.1f} s)" if old is not None else ""
-    _emit({"target": "local", "url": url, "image": a.image, "container": new.name}, a.json, f"{url} now serves {a.image}{gap}")
+    _emit({"target": "local", "url": url, "image": a.image, "container": new.name}, a.json,
+          f"{url} now serves {a.image}{gap}")
 
 def cmd_deploy(a):
     "Deploy a model image to Kubernetes or locally."
-    if a.target not in ("local", "kubernetes"): raise MlopsNbError(f"--target {a.target!r} is not allowed: use local or kubernetes")
+    if a.target not in ("local", "kubernetes"):
+        raise MlopsNbError(f"--target {a.target!r} is not allowed: use local or kubernetes")
     return _deploy_kubernetes(a) if a.target == "kubernetes" else _deploy_local(a)
 
 # %% ../nbs/06_cli.ipynb #06-cli-022b
@@ -602,7 +631,8 @@ def _thresholds(a)->dict:
     out = {}
     for kv in a.threshold or []:
         k, eq, v = kv.partition("=")
-        if not eq or not k.strip(): raise MlopsNbError(f"--threshold {kv!r} is not allowed: use KEY=VALUE, e.g. --threshold psi=0.25")
+        if not eq or not k.strip():
+            raise MlopsNbError(f"--threshold {kv!r} is not allowed: use KEY=VALUE, e.g. --threshold psi=0.25")
         out[k.strip()] = v
     return out
 
@@ -613,35 +643,42 @@ def _current(a, problem)->tuple:
     p = Path(a.current)
     if not p.is_dir():
         if a.labels: raise MlopsNbError("--labels joins labels to an inference log: pass its folder as --current")
-        if a.window: raise MlopsNbError("--window keeps the last days of an inference log: pass its folder as --current")
+        if a.window:
+            raise MlopsNbError("--window keeps the last days of an inference log: pass its folder as --current")
         return problem.load(p, require_label=False), None
     log = read_log(p, since=time.time() - a.window*86400 if a.window else None, warn=lambda m: _say(f"warning: {m}"))
     shadow = shadow_summary(log, problem.kind)
     if a.labels: log = join_labels(log, read_table(a.labels, infer_types=True), problem.target, a.labels_key)
     schema = {**problem.inputs, problem.target: problem.target_spec_}
-    _say(f"{p}: {len(log)} logged rows" + (f" of the last {a.window:g} days" if a.window else "") + (f" with labels from {a.labels}" if a.labels else ""))
-    return check_table(log[[c for c in schema if c in log]], schema, [problem.target], require_label=bool(a.labels), path=p), shadow
+    _say(f"{p}: {len(log)} logged rows" + (f" of the last {a.window:g} days" if a.window
+                                           else "") + (f" with labels from {a.labels}" if a.labels else ""))
+    return check_table(log[[c for c in schema if c in log]], schema, [problem.target], require_label=bool(a.labels),
+                       path=p), shadow
 
 def _monitor_spark(a, problem, thresholds, model, ref_metrics, created):
     "The drift report on Spark: the reference profiled there, then the current data counted on its grid."
     from mlops_nb.drift_spark import read_spark_table, spark_session
     from mlops_nb.reference import spark_drift_report
-    if a.labels or a.window: raise MlopsNbError("--labels and --window read an inference log, which the local engine reads: use --engine local")
+    if a.labels or a.window:
+        raise MlopsNbError("--labels and --window read an inference log, which the "
+                           "local engine reads: use --engine local")
     spark = spark_session(a.spark_master)
     ref, cur = read_spark_table(spark, a.reference), read_spark_table(spark, a.current)
-    return spark_drift_report(ref, cur, thresholds=thresholds, model=model, reference_metrics=ref_metrics, model_created=created,
+    return spark_drift_report(ref, cur, thresholds=thresholds, model=model, reference_metrics=ref_metrics,
+                              model_created=created,
                               problem=problem), cur
 
 def _reference_profile(a, model):
     "The reference profile the model's run logged (used when --reference is left out), or a one-line error."
     from mlops_nb.reference import run_profile
     if model is None:
-        raise MlopsNbError("pass --reference DATA (e.g. the training data), or --model VERSION to compare with the profile "
-                           "its run logged of its training rows")
+        raise MlopsNbError("pass --reference DATA (e.g. the training data), or --model VERSION to compare with the "
+                           "profile its run logged of its training rows")
     prof = run_profile(model.info.run_id) if model.info.run_id else None
     if prof is None:
-        raise MlopsNbError(f"model {a.model} has no reference profile (its run logged none: trained before mlops_nb logged "
-                           "profiles, or a folder whose run is in another store): pass --reference with its training data")
+        raise MlopsNbError(f"model {a.model} has no reference profile (its run logged none: trained before mlops_nb "
+                           "logged profiles, or a folder whose run is in another "
+                           "store): pass --reference with its training data")
     _say(f"reference: the profile of the {prof.rows} rows {model.info.name or 'the model'} "
          f"v{model.info.version or '?'} was trained on")
     return prof
@@ -651,7 +688,8 @@ def _monitor_spark_profile(a, problem, profile, thresholds, model, ref_metrics, 
     from mlops_nb.drift_spark import read_spark_table, spark_session
     from mlops_nb.reference import spark_profile_drift
     if a.labels or a.window:
-        raise MlopsNbError("--labels and --window read an inference log, which the local engine reads: use --engine local")
+        raise MlopsNbError("--labels and --window read an inference log, which the "
+                           "local engine reads: use --engine local")
     current = read_spark_table(spark_session(a.spark_master), a.current)
     return spark_profile_drift(profile, current, thresholds, model, ref_metrics, created, problem), current
 
@@ -684,11 +722,13 @@ def _model_checks(rep, profile, model, problem, cur, spark_current):
 
 def cmd_monitor(a):
     "Compare current data with a reference: feature and output drift, model decay (measured or estimated), a verdict."
-    if a.window is not None and not 0 < a.window <= 366: raise MlopsNbError(f"--window {a.window:g} is not allowed: use days in (0, 366]")
+    if a.window is not None and not 0 < a.window <= 366:
+        raise MlopsNbError(f"--window {a.window:g} is not allowed: use days in (0, 366]")
     from mlops_nb.drift import drift_report, DriftThresholds
     from mlops_nb.problem import load_problem
     from mlops_nb.reference import profile_drift
-    if a.engine not in ("local", "spark"): raise MlopsNbError(f"--engine {a.engine!r} is not allowed: use local or spark")
+    if a.engine not in ("local", "spark"):
+        raise MlopsNbError(f"--engine {a.engine!r} is not allowed: use local or spark")
     prof = {}
     if a.profile or os.environ.get("MLOPS_NB_PROFILE"):
         from mlops_nb.backends import load_profile
@@ -727,8 +767,13 @@ def cmd_monitor(a):
     text = rep.text()
     if shadow:
         out["shadow"] = shadow
-        agree = f"agreement {shadow['agreement']:.1%}" if "agreement" in shadow else f"mean |difference| {shadow['mean_abs_difference']:.4g}"
-        text += f"\nshadow v{','.join(shadow['versions']['shadow'])} on {shadow['rows']} logged rows: {agree}, PSI {shadow['psi']}"
+        agree = (
+            f"agreement {shadow['agreement']:.1%}"
+            if "agreement" in shadow
+            else f"mean |difference| {shadow['mean_abs_difference']:.4g}"
+        )
+        text += (f"\nshadow v{','.join(shadow['versions']['shadow'])} on "
+                 f"{shadow['rows']} logged rows: {agree}, PSI {shadow['psi']}")
     if a.html:  # the page draws the dict `--json` prints, the distributions and the log's windows added to it
         from mlops_nb.report import report_sections, write_html
         log = Path(a.current) if a.engine == "local" and Path(a.current).is_dir() else None
@@ -744,9 +789,9 @@ def cmd_monitor(a):
 def _monitor_args(sub):
     "`mlops-nb monitor`: the two data sets (or an inference log and late labels), the model, thresholds, the report."
     mo = _command(sub, "monitor", cmd_monitor, "Per-feature drift (PSI, KS) between two data files; with the target in "
-                  "the current file and --model, the model's decay against its logged metrics (without it, a classifier's "
-                  "metrics estimated from its calibrated probabilities); the drift of the model's outputs; and a retrain "
-                  "verdict with reasons.")
+                  "the current file and --model, the model's decay against its logged metrics (without it, a "
+                  "classifier's metrics estimated from its calibrated probabilities); the drift of the model's "
+                  "outputs; and a retrain verdict with reasons.")
     mo.add_argument("--reference", default=None, help="reference data (CSV/Parquet), e.g. the training data (default: "
                     "the reference profile the --model version's run logged of its training rows)")
     mo.add_argument("--current", required=True, help="recent data (CSV/Parquet; with the target column, decay is "
@@ -777,7 +822,8 @@ def _monitor_args(sub):
 
 # %% ../nbs/06_cli.ipynb #06-cli-024b
 def cmd_score(a):
-    "Score every row of Parquet/CSV files with a model: keys, predictions, model and version, in a folder of Parquet parts."
+    ("Score every row of Parquet/CSV files with a model: keys, "
+     "predictions, model and version, in a folder of Parquet parts.")
     from mlops_nb.batch import score_batch
     spark = None
     if a.engine == "spark":
@@ -786,7 +832,8 @@ def cmd_score(a):
     res = score_batch(a.model, a.input, a.output, engine=a.engine, batch_rows=a.batch_rows, workers=a.workers,
                       overwrite=a.overwrite, spark=spark, say=_say)
     out = res.as_dict()
-    _emit(out, a.json, f"scored {res.rows} rows of {res.files} file(s) with {res.model or 'the model'} v{res.version or '?'} "
+    _emit(out, a.json,
+          f"scored {res.rows} rows of {res.files} file(s) with {res.model or 'the model'} v{res.version or '?'} "
                        f"({res.engine} engine, {res.seconds:.1f} s, {out['rows_per_s']} rows/s) -> {res.output}")
 
 # %% ../nbs/06_cli.ipynb #06-cli-024h
@@ -816,14 +863,17 @@ def _score_args(sub):
 
 # %% ../nbs/06_cli.ipynb #06-cli-026
 def cmd_simulate(a):
-    "Simulate several periods of drifting data: drift checks, retraining, challenger vs champion, zero-downtime swaps, a report."
+    ("Simulate several periods of drifting data: drift checks, retraining, "
+     "challenger vs champion, zero-downtime swaps, a report.")
     from mlops_nb.retrain import simulate
     if a.periods < 2: raise MlopsNbError(f"--periods {a.periods} is not allowed: simulate at least 2 periods")
-    res = simulate(a.first_period, a.periods, a.rows, a.epochs, a.out, say=_say, own_store=not a.use_configured_registry)
+    res = simulate(a.first_period, a.periods, a.rows, a.epochs, a.out, say=_say,
+                   own_store=not a.use_configured_registry)
     m = res["metric"]
     text = "\n".join(f"{r['period']}: first model {r['first_model'][m]:.3f}, champion v{r['champion_version']} "
                      f"{r['champion'][m]:.3f}  {r['decision']}" for r in res["periods"])
-    _emit(res, a.json, f"{m} per period\n{text}\nrequests: {res['requests_ok']} answered, {res['requests_failed']} failed\nreport: {res['report']}")
+    _emit(res, a.json, f"{m} per period\n{text}\nrequests: {res['requests_ok']} answered, "
+                       f"{res['requests_failed']} failed\nreport: {res['report']}")
 
 # %% ../nbs/06_cli.ipynb #06-cli-026b
 @_command_group
@@ -899,8 +949,10 @@ def cmd_new(a):
     "Start a project for your own table: an nbdev project whose problem is inferred from the data."
     from mlops_nb.scaffold import new_project
     out = new_project(a.dir, a.data, a.target, kind=a.kind, name=a.name, say=_say)
-    _emit(out, a.json, f"{out['path']}: {out['name']} ({out['kind']}, target {out['target']!r}, {len(out['inputs'])} inputs)\n"
-                       f"review nbs/00_problem.ipynb, then:\n  cd {out['path']}\n  bash scripts/run     # the main job\n"
+    _emit(out, a.json, f"{out['path']}: {out['name']} ({out['kind']}, target "
+                       f"{out['target']!r}, {len(out['inputs'])} inputs)\n"
+                       f"review nbs/00_problem.ipynb, then:\n  cd {out['path']}"
+                       "\n  bash scripts/run     # the main job\n"
                        f"  bash scripts/test    # every test")
 
 # %% ../nbs/06_cli.ipynb #06-cli-030d
@@ -935,7 +987,8 @@ def cmd_config(a):
 def cmd_runs_sweep(a):
     "Mark RUNNING runs whose owner is gone (or that are too old to check) FAILED."
     from mlops_nb.tracking import sweep_runs
-    if not a.max_age_hours > 0: raise MlopsNbError(f"--max-age-hours {a.max_age_hours:g} is not allowed: use a positive number")
+    if not a.max_age_hours > 0:
+        raise MlopsNbError(f"--max-age-hours {a.max_age_hours:g} is not allowed: use a positive number")
     out = sweep_runs(a.max_age_hours, dry_run=a.dry_run)
     verb = "would mark" if a.dry_run else "marked"
     _emit(out, a.json, "\n".join(f"{verb} run {r['run_id']} FAILED: {r['why']}" for r in out) or "no stale runs")
@@ -969,8 +1022,10 @@ def cmd_demo(a):
     from mlops_nb.tracking import best_version, promote
     from mlops_nb.core import state_dir
     problem = load_problem()
-    if problem.generate is None: raise MlopsNbError(f"problem {problem.name!r} has no data generator: the demo needs one "
-                                                    "(run `mlops-nb train --mode test --data PATH` on your data instead)")
+    if problem.generate is None:
+        raise MlopsNbError(f"problem {problem.name!r} has no data generator: the demo needs one "
+                                                    "(run `mlops-nb train --mode test --data "
+                                                    "PATH` on your data instead)")
     period = problem.default_period if a.period is None else a.period
     data = Path(a.data_dir or state_dir()/"data")/f"{problem.name}-{period}.parquet"
     steps = 6
@@ -995,7 +1050,12 @@ def cmd_demo(a):
     out = {"data": str(data), "test_run": t.as_dict(), "full_runs": [r.as_dict() for r in full],
            "best": {"version": sel.version.version, "metric": m, "value": sel.version.metrics[m], "note": sel.note},
            "champion": sel.version.version, "previous_champion": prev}
-    _emit(out, a.json, f"champion is now v{sel.version.version} ({m}={sel.version.metrics[m]:.4f})" + (f", was v{prev}" if prev else ""))
+    _emit(
+        out,
+        a.json,
+        f"champion is now v{sel.version.version} ({m}={sel.version.metrics[m]:.4f})"
+        + (f", was v{prev}" if prev else ""),
+    )
 
 # %% ../nbs/06_cli.ipynb #06-cli-030h
 @_command_group

@@ -48,44 +48,61 @@ class EnvVar:
     name: str  # variable name
     default: object = None  # value when unset or empty
     doc: str = ""  # what it configures
-    from_file: bool = False  # a secret: `NAME_FILE` may name a file holding it instead (a mounted Kubernetes or Docker secret)
+    # a secret: `NAME_FILE` may name a file holding it instead (a mounted Kubernetes or Docker secret)
+    from_file: bool = False
     def get(self):
-        "The variable's value, or its default when unset or empty; for a secret, else the content of the file `NAME_FILE` names."
+        ("The variable's value, or its default when unset or empty; for a "
+         "secret, else the content of the file `NAME_FILE` names.")
         v = os.environ.get(self.name, "")
         path = os.environ.get(f"{self.name}_FILE", "") if self.from_file else ""
-        if v != "" and path != "": raise MlopsNbError(f"both {self.name} and {self.name}_FILE are set: unset one of them")
+        if v != "" and path != "":
+            raise MlopsNbError(f"both {self.name} and {self.name}_FILE are set: unset one of them")
         if path == "": return v if v != "" else self.default
         try:
             with open(path, "rb") as f: raw = f.read(SECRET_FILE_MAX + 1)  # bounded: /dev/zero is not a secret
             v = raw.decode("utf-8").rstrip("\r\n")
         except (OSError, UnicodeDecodeError) as e:
-            raise MlopsNbError(f"{self.name}_FILE={path}: cannot read it ({getattr(e, 'strerror', None) or type(e).__name__}); mount the secret there or unset the variable") from None
+            raise MlopsNbError(f"{self.name}_FILE={path}: cannot read it ("
+                               f"{getattr(e, 'strerror', None) or type(e).__name__}); "
+                               "mount the secret there or unset the variable") from None
         if len(raw) > SECRET_FILE_MAX:
-            raise MlopsNbError(f"{self.name}_FILE={path}: more than {SECRET_FILE_MAX // 1024} KiB, so not a secret file; "
-                               "name the file that holds the secret")
-        if v == "": raise MlopsNbError(f"{self.name}_FILE={path}: the file is empty; put the secret in it or unset the variable")
+            raise MlopsNbError(f"{self.name}_FILE={path}: more than {SECRET_FILE_MAX // 1024} KiB, so not a secret "
+                               "file; name the file that holds the secret")
+        if v == "":
+            raise MlopsNbError(
+                f"{self.name}_FILE={path}: the file is empty; put the secret in it or unset the variable"
+            )
         return v
     def __repr__(self): return f"EnvVar({self.name})"
 
 # %% ../nbs/00_core.ipynb #00-core-009
-MLOPS_NB_HOME = EnvVar("MLOPS_NB_HOME", None, "State folder (tracking DB, artifacts, run outputs). Default: `<project>/.mlops_nb`.")
-MLOPS_NB_TRACKING_URI = EnvVar("MLOPS_NB_TRACKING_URI", None, "MLflow tracking URI. Default: SQLite in the state folder.")
+MLOPS_NB_HOME = EnvVar("MLOPS_NB_HOME", None,
+                       "State folder (tracking DB, artifacts, run outputs). Default: `<project>/.mlops_nb`.")
+MLOPS_NB_TRACKING_URI = EnvVar("MLOPS_NB_TRACKING_URI", None,
+                               "MLflow tracking URI. Default: SQLite in the state folder.")
 MLOPS_NB_REGISTRY_URI = EnvVar("MLOPS_NB_REGISTRY_URI", None, "MLflow registry URI. Default: the tracking URI.")
-MLOPS_NB_EXPERIMENT = EnvVar("MLOPS_NB_EXPERIMENT", None, "Experiment that training runs are logged to. Default: the problem's.")
+MLOPS_NB_EXPERIMENT = EnvVar("MLOPS_NB_EXPERIMENT", None,
+                             "Experiment that training runs are logged to. Default: the problem's.")
 MLOPS_NB_MODEL_NAME = EnvVar("MLOPS_NB_MODEL_NAME", None, "Registered model name. Default: the problem's.")
 MLOPS_NB_TRAIN_THREADS = EnvVar("MLOPS_NB_TRAIN_THREADS", "1", "OpenMP threads for training (0: all cores).")
-MLOPS_NB_MODEL = EnvVar("MLOPS_NB_MODEL", None, "Model to serve: a folder or registry reference. Default: the champion.")
-MLOPS_NB_API_KEY = EnvVar("MLOPS_NB_API_KEY", None, "When set, the scoring API requires it (Bearer or X-API-Key). Secret; or a file in MLOPS_NB_API_KEY_FILE.", True)
-MLOPS_NB_ADMIN_TOKEN = EnvVar("MLOPS_NB_ADMIN_TOKEN", None, "When set, enables POST /admin/model (model swap). Secret; or a file in MLOPS_NB_ADMIN_TOKEN_FILE.", True)
-MLOPS_NB_MODEL_ROOTS = EnvVar("MLOPS_NB_MODEL_ROOTS", None, "Folders (os.pathsep-separated) that /admin/model may load model folders from. Default: the serving cache only.")
+MLOPS_NB_MODEL = EnvVar("MLOPS_NB_MODEL", None,
+                        "Model to serve: a folder or registry reference. Default: the champion.")
+MLOPS_NB_API_KEY = EnvVar("MLOPS_NB_API_KEY", None, "When set, the scoring API requires it (Bearer or X-API-Key). "
+                                                    "Secret; or a file in MLOPS_NB_API_KEY_FILE.", True)
+MLOPS_NB_ADMIN_TOKEN = EnvVar("MLOPS_NB_ADMIN_TOKEN", None, "When set, enables POST /admin/model (model swap). Secret; "
+                                                            "or a file in MLOPS_NB_ADMIN_TOKEN_FILE.", True)
+MLOPS_NB_MODEL_ROOTS = EnvVar("MLOPS_NB_MODEL_ROOTS", None, "Folders (os.pathsep-separated) that /admin/model may load "
+                                                            "model folders from. Default: the serving cache only.")
 ENV_VARS = [MLOPS_NB_HOME, MLOPS_NB_TRACKING_URI, MLOPS_NB_REGISTRY_URI, MLOPS_NB_EXPERIMENT, MLOPS_NB_MODEL_NAME,
             MLOPS_NB_TRAIN_THREADS, MLOPS_NB_MODEL, MLOPS_NB_API_KEY, MLOPS_NB_ADMIN_TOKEN, MLOPS_NB_MODEL_ROOTS]
-SECRET_VARS = {"MLOPS_NB_API_KEY", "MLOPS_NB_ADMIN_TOKEN", "DATABRICKS_TOKEN", "DATABRICKS_CLIENT_SECRET", "ARM_CLIENT_SECRET",
+SECRET_VARS = {"MLOPS_NB_API_KEY", "MLOPS_NB_ADMIN_TOKEN", "DATABRICKS_TOKEN", "DATABRICKS_CLIENT_SECRET",
+               "ARM_CLIENT_SECRET",
                "MLOPS_NB_REGISTRY_PASSWORD", "ACTIONS_ID_TOKEN_REQUEST_TOKEN"}  # never printed or logged
 DATABRICKS_CREDENTIALS = { # databricks-sdk unified auth's credential sets, as the environment variables that give them
     "oauth-m2m": ("DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET"),
     "pat": ("DATABRICKS_TOKEN",),
-    "github-oidc": ("DATABRICKS_CLIENT_ID", "ACTIONS_ID_TOKEN_REQUEST_URL", "ACTIONS_ID_TOKEN_REQUEST_TOKEN"), # a GitHub job with id-token: write
+    # a GitHub job with id-token: write
+    "github-oidc": ("DATABRICKS_CLIENT_ID", "ACTIONS_ID_TOKEN_REQUEST_URL", "ACTIONS_ID_TOKEN_REQUEST_TOKEN"),
     "azure-client-secret": ("ARM_CLIENT_ID", "ARM_CLIENT_SECRET", "ARM_TENANT_ID"),
 }
 

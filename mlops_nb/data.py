@@ -41,7 +41,8 @@ def write_table(df:pd.DataFrame, # rows to write
         if fmt == "csv": df.to_csv(tmp, index=False)
         else: df.to_parquet(tmp, index=False)
         if not special: os.replace(tmp, target)
-    except OSError as e: raise DataError(f"{path}: cannot be written ({e.strerror or e}); check the folder and free space") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot be written ({e.strerror or e}); check the folder and free space") from None
     finally:
         if not special and tmp.exists(): tmp.unlink()
     return path
@@ -71,7 +72,8 @@ class ColumnSpec:
 
     def as_dict(self)->dict:
         "The spec as plain JSON (what a logged model records)."
-        d = asdict(self); d["categories"] = list(self.categories) if self.categories is not None else None
+        d = asdict(self)
+        d["categories"] = list(self.categories) if self.categories is not None else None
         return {k: v for k, v in d.items() if k in ("kind", "required") or not (v is None or v is False or v == "")}
 
     @classmethod
@@ -93,17 +95,20 @@ def read_table(path:str|Path, # a .csv or .parquet file
             if b"\0" in f.read(8192): raise ValueError("binary content")
         return pd.read_csv(path, dtype=None if infer_types else str)
     except DataError: raise
-    except UnicodeDecodeError: raise DataError(f"{path}: cannot be read as CSV (it is not UTF-8 text); save it as UTF-8 CSV") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: cannot be read as CSV (it is not UTF-8 text); save it as UTF-8 CSV") from None
     except Exception as e:
         what = (str(e).splitlines() or [type(e).__name__])[0].replace(f"'{path}'", "file").replace(str(path), "file")
         what = what.split(". ")[0][:100]
-        raise DataError(f"{path}: cannot be read as {fmt.upper()} ({what}); check that it is a valid, complete .{fmt} file") from None
+        raise DataError(f"{path}: cannot be read as {fmt.upper()} ({what}); check "
+                        f"that it is a valid, complete .{fmt} file") from None
 
 # %% ../nbs/01_data.ipynb #01-data-034
 def _first(path:Path, mask, s:pd.Series)->tuple[str, str]:
     "Where the first True of `mask` is (1-based row, and file line for CSV), and the repr of its value in `s`."
     i = int(np.flatnonzero(np.asarray(mask))[0])
-    v = s.iloc[i]; v = v.item() if isinstance(v, np.generic) else v
+    v = s.iloc[i]
+    v = v.item() if isinstance(v, np.generic) else v
     return f"row {i + 1}" + (f" (line {i + 2})" if path.suffix.lower() == ".csv" else ""), repr(v)
 
 def _coerce(s:pd.Series, kind:str)->tuple[pd.Series, np.ndarray]:
@@ -112,13 +117,18 @@ def _coerce(s:pd.Series, kind:str)->tuple[pd.Series, np.ndarray]:
     isbool, isnum = pd.api.types.is_bool_dtype(s), pd.api.types.is_numeric_dtype(s)
     if kind == "str": return s.astype(str).where(s.notna(), np.nan), np.zeros(len(s), bool)
     if kind in ("int", "float"):
-        num = s.astype(float) if isnum and not isbool else pd.to_numeric(s, errors="coerce") if isstr else pd.Series(np.nan, s.index)
+        num = (
+            s.astype(float)
+            if isnum and not isbool
+            else pd.to_numeric(s, errors="coerce") if isstr else pd.Series(np.nan, s.index)
+        )
         num = num.astype(float)
         bad = s.notna() & (num.isna() | ~np.isfinite(num.fillna(0)) | ((num % 1 != 0) if kind == "int" else False))
         return num, bad.to_numpy()
     if kind == "bool":
         if isbool: return s, np.zeros(len(s), bool)
-        key = s.astype(str).str.strip().str.lower() if isstr else s.map(lambda v: str(int(v)) if v in (0, 1) else "?") if isnum else s
+        key = s.astype(str).str.strip().str.lower() if isstr else s.map(lambda v: str(int(v)) if v in (0, 1)
+                                                                        else "?") if isnum else s
         out = key.map({"true": True, "false": False, "1": True, "0": False, "1.0": True, "0.0": False})
         return out, (s.notna() & out.isna()).to_numpy()
     if kind == "datetime":
@@ -155,7 +165,8 @@ def check_table(raw:pd.DataFrame, # a table as read (CSV text or typed columns)
     missing = [c for c in need if c not in raw.columns]
     if missing:
         hint = " (labels: for data to score, leave require_label off)" if set(missing) <= set(label_columns) else ""
-        raise DataError(f"{path}: missing required column(s) {', '.join(map(repr, missing))}; add them to the file{hint}")
+        raise DataError(f"{path}: missing required column(s) {', '.join(map(repr, missing))}; add them to the file"
+                        f"{hint}")
     out = {}
     for c, spec in schema.items():
         if c not in raw.columns: continue
@@ -163,10 +174,12 @@ def check_table(raw:pd.DataFrame, # a table as read (CSV text or typed columns)
         v, bad = _coerce(s, spec.kind)
         if bad.any():
             at, val = _first(path, bad, s)
-            raise DataError(f"{path}: column {c!r} must hold {spec.kind} values but {at} has {val}; fix or remove that row")
+            raise DataError(f"{path}: column {c!r} must hold {spec.kind} values but "
+                            f"{at} has {val}; fix or remove that row")
         nulls = v.isna().to_numpy()
         if nulls.any() and not spec.nullable:
-            raise DataError(f"{path}: column {c!r} has {int(nulls.sum())} empty value(s), first at {_first(path, nulls, s)[0]}; fill them in or remove those rows")
+            raise DataError(f"{path}: column {c!r} has {int(nulls.sum())} empty value(s), first at "
+                            f"{_first(path, nulls, s)[0]}; fill them in or remove those rows")
         if spec.kind != "str": v = v.astype(_FINAL[spec.kind][1 if nulls.any() else 0])
         for bound, op in ((spec.min, "below its minimum"), (spec.max, "above its maximum")):
             if bound is None: continue
@@ -174,14 +187,15 @@ def check_table(raw:pd.DataFrame, # a table as read (CSV text or typed columns)
             off = ((v < lim) if op.startswith("below") else (v > lim)).fillna(False).to_numpy(bool)
             if off.any():
                 at, val = _first(path, off, v)
-                raise DataError(f"{path}: column {c!r} has values {op} {bound}, first at {at}: {val}; fix or remove those rows")
+                raise DataError(f"{path}: column {c!r} has values {op} {bound}, first at "
+                                f"{at}: {val}; fix or remove those rows")
         if spec.categories is not None:
             off = (~v.isin(list(spec.categories)) & v.notna()).to_numpy(bool)
             if off.any():
                 at, val = _first(path, off, v)
                 raise DataError(f"{path}: column {c!r} holds {val} at {at}, which is not one of its categories "
-                                f"{', '.join(map(repr, spec.categories[:10]))}{', ...' if len(spec.categories) > 10 else ''}; "
-                                "fix the row or declare the category")
+                                f"{', '.join(map(repr, spec.categories[:10]))}"
+                                f"{', ...' if len(spec.categories) > 10 else ''}; fix the row or declare the category")
         out[c] = v
     return pd.DataFrame(out)
 
@@ -202,17 +216,21 @@ def _value_error(v, s:ColumnSpec)->str|None:
     elif s.kind == "bool":
         if not isinstance(v, bool): return f"expected true or false, got {type(v).__name__}"
     elif s.kind == "datetime":
-        if not isinstance(v, str) or not _ISO.fullmatch(v): return f"expected a date YYYY-MM-DD (or an ISO date-time), got {v!r}"
+        if not isinstance(v, str) or not _ISO.fullmatch(v):
+            return f"expected a date YYYY-MM-DD (or an ISO date-time), got {v!r}"
         try: d = datetime.fromisoformat(v.replace("Z", "+00:00"))
         except ValueError: return f"expected a date YYYY-MM-DD (or an ISO date-time), got {v!r}"
         d = d.replace(tzinfo=None)  # no pandas here: serving images run without it
-        if s.min is not None and d < datetime.fromisoformat(str(s.min)): return f"must be on or after {s.min}, got {v!r}"
-        if s.max is not None and d > datetime.fromisoformat(str(s.max)): return f"must be on or before {s.max}, got {v!r}"
+        if s.min is not None and d < datetime.fromisoformat(str(s.min)):
+            return f"must be on or after {s.min}, got {v!r}"
+        if s.max is not None and d > datetime.fromisoformat(str(s.max)):
+            return f"must be on or before {s.max}, got {v!r}"
     else:
         if not isinstance(v, str): return f"expected a string, got {type(v).__name__}"
         if len(v) > 10_000: return f"must be at most 10000 characters, got {len(v)}"
         if s.categories is not None and v not in s.categories:
-            return f"unknown value {v[:100]!r}: allowed are {', '.join(s.categories[:50])}{', ...' if len(s.categories) > 50 else ''}"
+            return (f"unknown value {v[:100]!r}: allowed are {', '.join(s.categories[:50])}"
+                    f"{', ...' if len(s.categories) > 50 else ''}")
     return None
 
 def check_record(record:dict, # one record, e.g. parsed from JSON

@@ -26,14 +26,22 @@ __all__ = ['DATABRICKS_HOST', 'DATABRICKS_CLIENT_ID', 'DATABRICKS_CLIENT_SECRET'
            'declared_jobs']
 
 # %% ../nbs/11_databricks.ipynb #11-databricks-005
-DATABRICKS_HOST = EnvVar("DATABRICKS_HOST", None, "Databricks workspace URL, e.g. `https://adb-123.azuredatabricks.net`.")
-DATABRICKS_CLIENT_ID = EnvVar("DATABRICKS_CLIENT_ID", None, "OAuth machine-to-machine: the service principal's client (application) id.")
-DATABRICKS_CLIENT_SECRET = EnvVar("DATABRICKS_CLIENT_SECRET", None, "OAuth machine-to-machine: the service principal's OAuth secret. Secret.")
-DATABRICKS_TOKEN = EnvVar("DATABRICKS_TOKEN", None, "Databricks personal access token, where the workspace allows them. Secret.")
-MLOPS_NB_DATABRICKS_FOLDER = EnvVar("MLOPS_NB_DATABRICKS_FOLDER", "/Shared/mlops_nb", "Workspace folder the training notebook is imported under.")
-MLOPS_NB_DATABRICKS_WHEELS = EnvVar("MLOPS_NB_DATABRICKS_WHEELS", None, "Where wheels are uploaded: a Unity Catalog volume folder "
-                                    "(`/Volumes/CATALOG/SCHEMA/VOLUME/...`) or a workspace folder. Default: the run's workspace folder.")
-DATABRICKS_ENV_VARS = [DATABRICKS_HOST, DATABRICKS_CLIENT_ID, DATABRICKS_CLIENT_SECRET, DATABRICKS_TOKEN, MLOPS_NB_DATABRICKS_FOLDER,
+DATABRICKS_HOST = EnvVar("DATABRICKS_HOST", None,
+                         "Databricks workspace URL, e.g. `https://adb-123.azuredatabricks.net`.")
+DATABRICKS_CLIENT_ID = EnvVar("DATABRICKS_CLIENT_ID", None,
+                              "OAuth machine-to-machine: the service principal's client (application) id.")
+DATABRICKS_CLIENT_SECRET = EnvVar("DATABRICKS_CLIENT_SECRET", None,
+                                  "OAuth machine-to-machine: the service principal's OAuth secret. Secret.")
+DATABRICKS_TOKEN = EnvVar("DATABRICKS_TOKEN", None,
+                          "Databricks personal access token, where the workspace allows them. Secret.")
+MLOPS_NB_DATABRICKS_FOLDER = EnvVar("MLOPS_NB_DATABRICKS_FOLDER", "/Shared/mlops_nb",
+                                    "Workspace folder the training notebook is imported under.")
+MLOPS_NB_DATABRICKS_WHEELS = EnvVar("MLOPS_NB_DATABRICKS_WHEELS", None, "Where wheels are uploaded: a Unity "
+                                                                        "Catalog volume folder "
+                                    "(`/Volumes/CATALOG/SCHEMA/VOLUME/...`) or a workspace "
+                                    "folder. Default: the run's workspace folder.")
+DATABRICKS_ENV_VARS = [DATABRICKS_HOST, DATABRICKS_CLIENT_ID, DATABRICKS_CLIENT_SECRET, DATABRICKS_TOKEN,
+                       MLOPS_NB_DATABRICKS_FOLDER,
                        MLOPS_NB_DATABRICKS_WHEELS]
 
 class DatabricksError(MlopsNbError):
@@ -51,7 +59,8 @@ def workspace_folder(folder:str|None=None, # base workspace folder (default: `ML
                     )->str:
     "The workspace folder a run imports its notebook into."
     base = (folder or MLOPS_NB_DATABRICKS_FOLDER.get()).rstrip("/")
-    if not base.startswith("/"): raise DatabricksError(f"workspace folder {base!r} must be absolute: use e.g. /Shared/mlops_nb")
+    if not base.startswith("/"):
+        raise DatabricksError(f"workspace folder {base!r} must be absolute: use e.g. /Shared/mlops_nb")
     if not branch or branch.strip() in ("main", "master"): return f"{base}/main"
     return f"{base}/integration/{sanitise_branch(branch)}"
 
@@ -78,7 +87,8 @@ def _state(run)->tuple:
     "Life-cycle state, result state and message of a `jobs.Run`, as strings."
     s = run.state
     v = lambda x: getattr(x, "value", x) if x is not None else None
-    return v(getattr(s, "life_cycle_state", None)), v(getattr(s, "result_state", None)), (getattr(s, "state_message", None) or "")
+    return v(getattr(s, "life_cycle_state", None)), v(getattr(s, "result_state",
+                                                              None)), (getattr(s, "state_message", None) or "")
 
 def _task_run_id(run)->int:
     "The run id of the notebook task (get-output needs it, not the job run's id)."
@@ -130,19 +140,25 @@ class DatabricksRun:
 # %% ../nbs/11_databricks.ipynb #11-databricks-015
 @patch
 def _poll(self:DatabricksRun, deadline:float|None):
-    "`jobs.get_run` until a terminal state (returns the Run) or `deadline` (returns None), backing off on transient errors."
+    ("`jobs.get_run` until a terminal state (returns the Run) or "
+     "`deadline` (returns None), backing off on transient errors.")
     errors = 0
     while True:
         try:
-            run = self.w.jobs.get_run(self.run_id); errors = 0
+            run = self.w.jobs.get_run(self.run_id)
+            errors = 0
             self.run_page_url = run.run_page_url or self.run_page_url
             if _state(run)[0] in TERMINAL_STATES: return run
         except Exception as e:
-            if not _is_transient(e): raise DatabricksError(self._mask(f"could not read Databricks run {self.run_id}: {_one_line(str(e))}")) from None
+            if not _is_transient(e):
+                raise DatabricksError(
+                    self._mask(f"could not read Databricks run {self.run_id}: {_one_line(str(e))}")
+                ) from None
             errors += 1
             if errors > self.max_poll_errors:
                 raise DatabricksError(self._mask(f"lost contact with Databricks while following run {self.run_id} "
-                                                 f"({_one_line(str(e))}); it may still be running: check {self.run_page_url or 'the Jobs page'}")) from None
+                                                 f"({_one_line(str(e))}); it may still be running: check "
+                                                 f"{self.run_page_url or 'the Jobs page'}")) from None
         pause = self.poll_s * (2 ** min(errors, 6)) if errors else self.poll_s
         if deadline is not None:
             left = deadline - time.monotonic()
@@ -197,10 +213,13 @@ def wait(self:DatabricksRun, timeout:float|None=None # seconds before the run is
     deadline = time.monotonic() + timeout if timeout is not None else None
     try: run = self._poll(deadline)
     except BaseException:  # Ctrl-C, SIGTERM (KeyboardInterrupt in the CLI) or lost contact: do not leave it running
-        self.cancel(); raise
+        self.cancel()
+        raise
     if run is None:
         how = "was cancelled" if self.cancel() else f"could not be cancelled: cancel it at {self.run_page_url}"
-        raise RunFailed(f"Databricks run {self.run_id} timed out after {timeout:g} s and {how}; see {self.run_page_url}")
+        raise RunFailed(
+            f"Databricks run {self.run_id} timed out after {timeout:g} s and {how}; see {self.run_page_url}"
+        )
     life, result, _ = _state(run)
     if life == "TERMINATED" and result == "SUCCESS":
         self.status = "FINISHED"
@@ -222,9 +241,10 @@ CREDENTIALS = DATABRICKS_CREDENTIALS # unified auth's credential sets (defined i
 SECRET_ENV = ("DATABRICKS_TOKEN", "DATABRICKS_CLIENT_SECRET", "ARM_CLIENT_SECRET", "DATABRICKS_PASSWORD",
               "ACTIONS_ID_TOKEN_REQUEST_TOKEN") # never shown
 _SDK_RESOLVES = ("DATABRICKS_CONFIG_PROFILE", "DATABRICKS_AUTH_TYPE") # the SDK finds credentials from these itself
-HOW_TO_AUTHENTICATE = ("set DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET (OAuth, a service principal), DATABRICKS_TOKEN "
-                       "(a personal access token), or ARM_CLIENT_ID, ARM_CLIENT_SECRET and ARM_TENANT_ID (an Azure service principal); "
-                       "in GitHub Actions, DATABRICKS_CLIENT_ID with `id-token: write` (OIDC federation)")
+HOW_TO_AUTHENTICATE = ("set DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET (OAuth, a service principal), "
+                       "DATABRICKS_TOKEN (a personal access token), or ARM_CLIENT_ID, ARM_CLIENT_SECRET and "
+                       "ARM_TENANT_ID (an Azure service principal); in GitHub Actions, "
+                       "DATABRICKS_CLIENT_ID with `id-token: write` (OIDC federation)")
 
 def credential_kind(token:str|None=None, # a personal access token given in code
                     client_id:str|None=None, client_secret:str|None=None # an OAuth pair given in code
@@ -255,7 +275,8 @@ def workspace_client(host:str|None=None, # workspace URL (default: DATABRICKS_HO
     "A `WorkspaceClient` through databricks-sdk's unified auth (PAT, OAuth M2M, Azure service principal, profiles)."
     from databricks.sdk import WorkspaceClient
     from databricks.sdk.config import Config
-    given = {k: v for k, v in dict(host=host, token=token, client_id=client_id, client_secret=client_secret).items() if v}
+    given = {k: v for k, v in dict(host=host, token=token, client_id=client_id, client_secret=client_secret).items()
+             if v}
     try: cfg = Config(**given, **config, retry_timeout_seconds=retry_timeout_s, http_timeout_seconds=60)
     except ValueError as e: raise _auth_failure(e, secrets_in_use(token, client_secret)) from None
     return WorkspaceClient(config=cfg)
@@ -268,7 +289,8 @@ def _setting(value, var:EnvVar, what:str)->str:
 
 # %% ../nbs/11_databricks.ipynb #11-databricks-035
 def cluster_env()->dict:
-    "The MLOPS_NB_* variables a job cluster gets: tracking in the workspace's MLflow, the registry, experiment and model name set here."
+    ("The MLOPS_NB_* variables a job cluster gets: tracking in the workspace's "
+     "MLflow, the registry, experiment and model name set here.")
     env = {"MLOPS_NB_TRACKING_URI": "databricks"}
     registry = os.environ.get("MLOPS_NB_REGISTRY_URI")
     if registry in ("databricks", UC_REGISTRY_URI): env["MLOPS_NB_REGISTRY_URI"] = registry
@@ -282,17 +304,22 @@ _REMOTE = ("/Volumes/", "/Workspace/", "dbfs:/", "s3://", "abfss://", "gs://")
 
 def library_spec(lib:str # a `--library` value: a requirement, a local wheel, or a wheel in the workspace
                 )->tuple[str, str]:
-    "`(kind, value)` of one library: `pypi` (a requirement), `whl` (a wheel the cluster reads) or `upload` (a local wheel)."
+    ("`(kind, value)` of one library: `pypi` (a requirement), `whl` (a "
+     "wheel the cluster reads) or `upload` (a local wheel).")
     from packaging.requirements import InvalidRequirement, Requirement
     lib = str(lib).strip()
     if lib.endswith(".whl"):
         if lib.startswith(_REMOTE): return ("whl", lib)
         p = Path(lib).expanduser()
-        if not p.is_file(): raise DatabricksError(f"--library {lib}: no such wheel file (build it, or give a requirement like mlops_nb>=0.2)")
+        if not p.is_file():
+            raise DatabricksError(f"--library {lib}: no such wheel file (build it, or "
+                                  "give a requirement like mlops_nb>=0.2)")
         return ("upload", str(p.resolve()))
     try: Requirement(lib)
     except InvalidRequirement:
-        raise DatabricksError(f"--library {lib!r} is neither a pip requirement (name>=version) nor a wheel (.whl)") from None
+        raise DatabricksError(
+            f"--library {lib!r} is neither a pip requirement (name>=version) nor a wheel (.whl)"
+        ) from None
     return ("pypi", lib)
 
 # %% ../nbs/11_databricks.ipynb #11-databricks-041
@@ -313,7 +340,8 @@ def build_wheel(root:Path|str|None=None, # the checkout: a folder with pyproject
                )->Path:
     "The checkout's wheel, built reproducibly from a copy, cached by the hash of its sources."
     root = Path(root or project_root() or Path.cwd()).resolve()
-    if not (root/"pyproject.toml").exists(): raise DatabricksError(f"{root} has no pyproject.toml: --wheel builds the wheel of a project checkout")
+    if not (root/"pyproject.toml").exists():
+        raise DatabricksError(f"{root} has no pyproject.toml: --wheel builds the wheel of a project checkout")
     files = _build_inputs(root)
     h = hashlib.sha256()
     for f in files: h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
@@ -322,11 +350,15 @@ def build_wheel(root:Path|str|None=None, # the checkout: a folder with pyproject
     if progress: progress(f"building the wheel of {root}")
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp)/"src"
-        for f in files: (src/f.relative_to(root)).parent.mkdir(parents=True, exist_ok=True); shutil.copy2(f, src/f.relative_to(root))
+        for f in files:
+            (src/f.relative_to(root)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, src/f.relative_to(root))
         env = {**os.environ, "SOURCE_DATE_EPOCH": "315532800"}  # 1980-01-01: the same sources give the same bytes
-        r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(Path(tmp)/"out"), str(src)],
+        r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(Path(tmp)/"out"),
+                            str(src)],
                            capture_output=True, text=True, env=env, cwd=tmp)
-        if r.returncode: raise DatabricksError(f"could not build the wheel of {root}: {_one_line(r.stderr.strip()[-300:])}")
+        if r.returncode:
+            raise DatabricksError(f"could not build the wheel of {root}: {_one_line(r.stderr.strip()[-300:])}")
         d.mkdir(parents=True, exist_ok=True)
         for w in Path(tmp, "out").glob("*.whl"): shutil.move(str(w), d/w.name)
     return sorted(d.glob("*.whl"))[0]
@@ -341,17 +373,25 @@ def wheel_path(base:str, # the branch's upload folder
 class DatabricksRunner:
     "Runs the training notebook as a Databricks job run and follows it to its result."
     def __init__(self, notebook:str|Path|None=None, # notebook to run (default: `nbs/train.ipynb`)
-                 folder:str|None=None, # workspace base folder (default: `MLOPS_NB_DATABRICKS_FOLDER` or /Shared/mlops_nb)
+                 # workspace base folder (default: `MLOPS_NB_DATABRICKS_FOLDER` or /Shared/mlops_nb)
+                 folder:str|None=None,
                  branch:str|None=None, # git branch: PR runs import and upload under `<folder>/integration/<branch>`
-                 cluster:dict|None=None, # new job cluster: spark_version, node_type_id, num_workers (+ any ClusterSpec field)
+                 # new job cluster: spark_version, node_type_id, num_workers (+ any ClusterSpec field)
+                 cluster:dict|None=None,
                  existing_cluster_id:str|None=None, # run on this cluster instead of a new one
-                 job:int|str|None=None, # run this deployed job now (an id, its name, or its key in the bundle) instead of a one-time run
+                 # run this deployed job now (an id, its name, or its key in the bundle) instead of a one-time run
+                 job:int|str|None=None,
                  poll_s:float=10, # seconds between status polls
                  host:str|None=None, # workspace URL (default: `DATABRICKS_HOST`)
-                 token:str|None=None, # a personal access token (default: unified auth: DATABRICKS_CLIENT_ID/SECRET, DATABRICKS_TOKEN, ...)
-                 libraries:list|None=None, # more libraries: pip requirements, local wheels (uploaded), or wheels in the workspace
-                 wheel:bool|str|Path=False, # True: build the checkout's wheel, upload and attach it; a folder: that project's
-                 wheel_folder:str|None=None, # upload base (default: `MLOPS_NB_DATABRICKS_WHEELS`, else `folder`): a /Volumes/... or workspace folder
+                 # a personal access token (default: unified auth: DATABRICKS_CLIENT_ID/SECRET, DATABRICKS_TOKEN, ...)
+                 token:str|None=None,
+                 # more libraries: pip requirements, local wheels (uploaded), or wheels in the workspace
+                 libraries:list|None=None,
+                 # True: build the checkout's wheel, upload and attach it; a folder: that project's
+                 wheel:bool|str|Path=False,
+                 # upload base (default: `MLOPS_NB_DATABRICKS_WHEELS`, else `folder`): a /Volumes/... or workspace
+                 # folder
+                 wheel_folder:str|None=None,
                  run_timeout_s:int=0, # Databricks-side limit for the run (0: none)
                  retry_timeout_s:int=120, # SDK retry budget per request (429, 503, connection errors)
                  client=None, # a ready `WorkspaceClient` (tests); host and credentials are then not needed
@@ -360,24 +400,27 @@ class DatabricksRunner:
         self.notebook = Path(notebook) if notebook else default_notebook()
         self.folder, self.branch, self.cluster = workspace_folder(folder, branch), branch, cluster
         self.existing_cluster_id, self.job, self.poll_s = existing_cluster_id, job, poll_s
-        self.libraries = [library_spec(x) for x in libraries or []]  # bad values fail here, before anything is built or sent
+        # bad values fail here, before anything is built or sent
+        self.libraries = [library_spec(x) for x in libraries or []]
         self.wheel, self.run_timeout_s, self.retry_timeout_s, self._w = wheel, run_timeout_s, retry_timeout_s, client
         base = wheel_folder or MLOPS_NB_DATABRICKS_WHEELS.get()
         self.wheel_folder = workspace_folder(base, branch) if base else self.folder
         self._auth = dict(token=token, client_id=client_id, client_secret=client_secret)
         if client is None:
             if not os.environ.get("DATABRICKS_CONFIG_PROFILE"):
-                self.host = _setting(host, DATABRICKS_HOST, "the workspace URL, e.g. https://adb-123.azuredatabricks.net")
+                self.host = _setting(host, DATABRICKS_HOST,
+                                     "the workspace URL, e.g. https://adb-123.azuredatabricks.net")
             else: self.host = host
-            if credential_kind(token, client_id, client_secret) is None: raise DatabricksError(f"no Databricks credentials: {HOW_TO_AUTHENTICATE}")
+            if credential_kind(token, client_id, client_secret) is None:
+                raise DatabricksError(f"no Databricks credentials: {HOW_TO_AUTHENTICATE}")
         else: self.host = getattr(client.config, "host", "")
         self._secrets = secrets_in_use(token, client_secret, getattr(getattr(client, "config", None), "token", None))
         if job is None and not cluster and not existing_cluster_id:
             raise DatabricksError("no cluster to run on: pass cluster={'spark_version':..., 'node_type_id':..., "
                                   "'num_workers':...}, existing_cluster_id or a job")
         if job is not None and (wheel or libraries):
-            raise DatabricksError("a job run now installs the libraries its bundle declares: drop --wheel and --library, "
-                                  "or run without --job (a one-time run)")
+            raise DatabricksError("a job run now installs the libraries its bundle declares: drop --wheel and "
+                                  "--library, or run without --job (a one-time run)")
 
     @property
     def w(self):
@@ -401,7 +444,8 @@ def _call(self:DatabricksRunner, what:str, f, *a, **kw):
     except ValueError as e: raise _auth_failure(e, self._secrets) from None  # unified auth reports with ValueError
     except Exception as e:
         code = getattr(e, "error_code", None) or type(e).__name__
-        msg = f"Databricks {what} failed ({code}): {_one_line(str(e))}; check DATABRICKS_HOST, the credentials' permissions and the workspace"
+        msg = (f"Databricks {what} failed ({code}): {_one_line(str(e))}; check "
+               "DATABRICKS_HOST, the credentials' permissions and the workspace")
         raise DatabricksError(mask(msg, self._secrets)) from None
 
 @patch
@@ -442,7 +486,8 @@ def upload_wheel(self:DatabricksRunner, wheel:Path # a local wheel
             self._call(what, self.w.files.upload, dest, io.BytesIO(data), overwrite=True)
         else:
             self._call(what, self.w.workspace.mkdirs, dest.rsplit("/", 1)[0])
-            self._call(what, self.w.workspace.import_, dest, content=base64.b64encode(data).decode(), format=ImportFormat.RAW, overwrite=True)
+            self._call(what, self.w.workspace.import_, dest, content=base64.b64encode(data).decode(),
+                       format=ImportFormat.RAW, overwrite=True)
     return dest if dest.startswith("/Volumes/") else "/Workspace" + dest
 
 @patch
@@ -478,16 +523,22 @@ def resolve_job(self:DatabricksRunner, ref:int|str # a job id, its name in the w
     names = [n for n in dict.fromkeys([str(ref), declared.get(str(ref))]) if n]
     for name in names:
         found = self._call("jobs list", lambda: [j.job_id for j in self.w.jobs.list(name=name)])
-        if len(found) > 1: raise DatabricksError(f"{len(found)} jobs are named {name!r} (ids {', '.join(map(str, found))}): pass the id")
+        if len(found) > 1:
+            raise DatabricksError(f"{len(found)} jobs are named {name!r} (ids "
+                                  f"{', '.join(map(str, found))}): pass the id")
         if found: return found[0]
     # a bundle's development target deploys "[dev USER] NAME": this identity's own copy
     me = self._call("current user", lambda: self.w.current_user.me().user_name)
     dev = self._call("jobs list", lambda: [(j.job_id, j.settings.name) for j in self.w.jobs.list()
-                                           if j.creator_user_name == me and j.settings and _dev_name(j.settings.name) in names])
-    if len(dev) > 1: raise DatabricksError(f"{len(dev)} development jobs match {ref!r} ({', '.join(f'{n!r}: {i}' for i, n in dev)}): pass the id")
+                                           if j.creator_user_name == me and j.settings
+                                           and _dev_name(j.settings.name) in names])
+    if len(dev) > 1:
+        raise DatabricksError(f"{len(dev)} development jobs match {ref!r} ("
+                              f"{', '.join(f'{n!r}: {i}' for i, n in dev)}): pass the id")
     if dev: return dev[0][0]
-    raise DatabricksError(f"no job named {ref!r} in the workspace: deploy the bundle first (databricks bundle deploy -t TARGET), "
-                          "or pass the job's id (a development target's copy counts only when you deployed it)")
+    raise DatabricksError(f"no job named {ref!r} in the workspace: deploy the bundle first (databricks bundle deploy "
+                          "-t TARGET), or pass the job's id (a development target's "
+                          "copy counts only when you deployed it)")
 
 def _dev_name(name:str|None)->str|None:
     "NAME of a job a development target deployed as `[dev USER] NAME`; None for any other name."
@@ -499,7 +550,8 @@ def _dev_name(name:str|None)->str|None:
 def _task(self:DatabricksRunner, path:str, widgets:dict, libs:list):
     "The one-time run's notebook task, on a new cluster (with `cluster_env`) or an existing one."
     from databricks.sdk.service import jobs, compute
-    task = dict(task_key="train", notebook_task=jobs.NotebookTask(notebook_path=path, base_parameters=widgets), libraries=libs or None)
+    task = dict(task_key="train", notebook_task=jobs.NotebookTask(notebook_path=path, base_parameters=widgets),
+                libraries=libs or None)
     if self.existing_cluster_id: return jobs.SubmitTask(existing_cluster_id=self.existing_cluster_id, **task)
     spec = {**self.cluster, "spark_env_vars": {**cluster_env(), **(self.cluster.get("spark_env_vars") or {})}}
     return jobs.SubmitTask(new_cluster=compute.ClusterSpec.from_dict(spec), **task)
@@ -508,7 +560,8 @@ def _task(self:DatabricksRunner, path:str, widgets:dict, libs:list):
 def submit(self:DatabricksRunner, params:RunParams, # validated parameters (`make_params`)
             progress=None # called with a line before slow steps (the wheel's build)
            )->DatabricksRun:
-    "Start the run and return a handle: run the job now, or upload the wheels, import the notebook and submit a one-time run."
+    ("Start the run and return a handle: run the job now, or upload the "
+     "wheels, import the notebook and submit a one-time run.")
     widgets = {k: "" if v is None else str(v) for k, v in run_parameters(params).items()}
     if self.job is not None:
         job_id = self.resolve_job(self.job)

@@ -37,7 +37,8 @@ class DriftThresholds:
         d = dict(d or {})
         names = [f.name for f in fields(cls)]
         unknown = sorted(set(d) - set(names))
-        if unknown: raise ParamError(f"unknown drift threshold(s) {', '.join(map(repr, unknown))}: use {', '.join(names)}")
+        if unknown:
+            raise ParamError(f"unknown drift threshold(s) {', '.join(map(repr, unknown))}: use {', '.join(names)}")
         return cls(**{k: _threshold(k, v) for k, v in d.items()})
 
     def as_dict(self)->dict:
@@ -72,7 +73,8 @@ EPS = 1e-4  # share given to an empty bin
 
 def _psi(r:np.ndarray, c:np.ndarray)->float:
     "PSI of two count vectors over the same bins."
-    r = np.clip(r/max(r.sum(), 1), EPS, None); c = np.clip(c/max(c.sum(), 1), EPS, None)
+    r = np.clip(r/max(r.sum(), 1), EPS, None)
+    c = np.clip(c/max(c.sum(), 1), EPS, None)
     return float(np.sum((c - r)*np.log(c/r)))
 
 def _finite(x, what="values")->np.ndarray:
@@ -108,7 +110,8 @@ def psi_categorical(ref, # reference categories (array-like; missing values are 
     r, c = series(ref).value_counts(dropna=False), series(cur).value_counts(dropna=False)
     if not len(r) or not len(c): raise DataError("no categories to compare: pass at least one value on each side")
     levels = r.index.union(c.index)
-    return _psi(r.reindex(levels, fill_value=0).to_numpy("float64"), c.reindex(levels, fill_value=0).to_numpy("float64"))
+    return _psi(r.reindex(levels, fill_value=0).to_numpy("float64"),
+                c.reindex(levels, fill_value=0).to_numpy("float64"))
 
 # %% ../nbs/14_drift.ipynb #14-drift-015
 KS_MAX_N = 200_000  # rows per side above which the KS test subsamples
@@ -125,7 +128,8 @@ def ks_test(ref, # reference values (array-like; NaN ignored)
     "Two-sample Kolmogorov-Smirnov statistic and p-value (scipy's `ks_2samp`); samples above `max_n` are subsampled."
     from scipy.stats import ks_2samp
     ref, cur = _finite(ref, "reference values"), _finite(cur, "current values")
-    r = ks_2samp(_subsample(ref, max_n, 0), _subsample(cur, max_n, 1), method="asymp" if max(len(ref), len(cur)) > 10_000 else "auto")
+    r = ks_2samp(_subsample(ref, max_n, 0), _subsample(cur, max_n, 1), method="asymp"
+                 if max(len(ref), len(cur)) > 10_000 else "auto")
     return float(r.statistic), float(r.pvalue)
 
 # %% ../nbs/14_drift.ipynb #14-drift-018
@@ -215,10 +219,13 @@ class DriftReport:
 # %% ../nbs/14_drift.ipynb #14-drift-021
 def _check_frame(df, label:str, cols:list)->None:
     "An error naming what is wrong with `df` (not a frame, no rows, missing columns)."
-    if not isinstance(df, pd.DataFrame): raise DataError(f"{label} data must be a pandas DataFrame, not {type(df).__name__}")
+    if not isinstance(df, pd.DataFrame):
+        raise DataError(f"{label} data must be a pandas DataFrame, not {type(df).__name__}")
     if len(df) == 0: raise DataError(f"{label} data has no rows: pass at least one row")
     missing = [c for c in cols if c not in df.columns]
-    if missing: raise DataError(f"{label} data is missing column(s) {', '.join(map(repr, missing))}; add them or leave them out of the feature lists")
+    if missing:
+        raise DataError(f"{label} data is missing column(s) {', '.join(map(repr, missing))}"
+                        "; add them or leave them out of the feature lists")
 
 def _numeric_values(df, label:str, col:str)->np.ndarray:
     "Column `col` of `df` as finite float64 values; an error naming it if it has none or is not numeric."
@@ -260,7 +267,8 @@ def model_metrics(model, # fitted pipeline, or a `Runtime` (its `.pipeline` is u
     y = problem.encode(df[problem.target])
     if problem.kind != "regression" and len(np.unique(y)) < 2:
         raise DataError(f"{label} data: {problem.target!r} holds one class only; its metrics need at least two")
-    return metrics_of(problem.kind, y, predict_outputs(getattr(model, "pipeline", model), df, problem.kind), problem.metric_specs())
+    return metrics_of(problem.kind, y, predict_outputs(getattr(model, "pipeline", model), df, problem.kind),
+                      problem.metric_specs())
 
 def _ref_metric(m:dict, k:str):
     "Metric `k` of logged metrics `m` (or its `val_` form), or None."
@@ -308,7 +316,8 @@ def _verdict(features:dict, decay:dict|None, watch:list, age:float|None, t:Drift
     out = [f"feature drift: {n} ({'; '.join(f.reasons)})" for n, f in features.items() if f.drifted]
     for k, d in (decay or {}).items():
         if k in watch and d["drop"] is not None and d["drop"] > t.metric_drop:
-            out.append(f"model decay: {k} {d['reference']:.4f} -> {d['current']:.4f} (drop {d['drop']:.4f} > {t.metric_drop:g})")
+            out.append(f"model decay: {k} {d['reference']:.4f} -> {d['current']:.4f} "
+                       f"(drop {d['drop']:.4f} > {t.metric_drop:g})")
     if age is not None and age > t.max_age_days: out.append(f"model age: {age:.0f} days > {t.max_age_days:g}")
     return out
 
@@ -321,7 +330,8 @@ def drift_report(reference_df:pd.DataFrame, # rows the model was trained on (or 
                  current_df:pd.DataFrame, # recent rows; with the target and a model, the model's decay is measured too
                  thresholds:DriftThresholds|dict|None=None, # default: `DriftThresholds()`
                  model=None, # fitted pipeline or `Runtime`, to measure decay on labelled current data
-                 reference_metrics:dict|None=None, # the model's metrics at training time (e.g. `ModelVersionInfo.metrics`)
+                 # the model's metrics at training time (e.g. `ModelVersionInfo.metrics`)
+                 reference_metrics:dict|None=None,
                  model_created=None, # the model's creation time (datetime or epoch ms), for the age check
                  problem:Problem|None=None, # the declaration (default: the one a `Runtime` model recorded)
                  numeric:list|None=None, # numeric features to score (default: the problem's watched numeric inputs)
@@ -335,7 +345,8 @@ def drift_report(reference_df:pd.DataFrame, # rows the model was trained on (or 
         raise ParamError("drift_report needs the problem (or a served model, which records it) or both feature lists")
     wn, wc = watched_features(problem) if problem is not None else ([], [])
     numeric, categorical = list(wn if numeric is None else numeric), list(wc if categorical is None else categorical)
-    for label, df in (("reference", reference_df), ("current", current_df)): _check_frame(df, label, numeric + categorical)
+    for label, df in (("reference", reference_df), ("current", current_df)):
+        _check_frame(df, label, numeric + categorical)
     timings = {}
     feats = feature_drift(reference_df, current_df, numeric, categorical, t, bins, timings)
     decay = None

@@ -16,18 +16,22 @@ from .problem import Problem
 __all__ = ['MLOPS_NB_SPARK_MASTER', 'spark_session', 'spark_error', 'read_spark_table', 'sample_frame', 'typed_frame']
 
 # %% ../nbs/14a_drift_spark.ipynb #14a-drift-spark-006
-MLOPS_NB_SPARK_MASTER = EnvVar("MLOPS_NB_SPARK_MASTER", "local[*]", "Spark master of the sessions mlops_nb starts (when none is active, e.g. outside Databricks).")
+MLOPS_NB_SPARK_MASTER = EnvVar("MLOPS_NB_SPARK_MASTER", "local[*]", "Spark master of the sessions mlops_nb starts "
+                                                                    "(when none is active, e.g. outside Databricks).")
 
 def spark_session(master:str|None=None # Spark master (default: `MLOPS_NB_SPARK_MASTER`, `local[*]`)
                  ):
     "The active Spark session (Databricks, a cluster's), else a new one: workers on this Python, UTC, no UI."
     try: from pyspark.sql import SparkSession
-    except ImportError: raise MlopsNbError("the spark engine needs pyspark: pip install 'mlops_nb[spark]' (and Java 17)") from None
+    except ImportError:
+        raise MlopsNbError("the spark engine needs pyspark: pip install 'mlops_nb[spark]' (and Java 17)") from None
     s = SparkSession.getActiveSession()
     if s is None:
         if not shutil.which("java") and not os.environ.get("JAVA_HOME"):
-            raise MlopsNbError("Spark needs Java 17 and none is installed: apt-get install openjdk-17-jre-headless (or set JAVA_HOME)")
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # else workers run the system python, without pyarrow or mlops_nb
+            raise MlopsNbError("Spark needs Java 17 and none is installed: apt-get install "
+                               "openjdk-17-jre-headless (or set JAVA_HOME)")
+        # else workers run the system python, without pyarrow or mlops_nb
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         s = (SparkSession.builder.master(master or MLOPS_NB_SPARK_MASTER.get()).appName("mlops_nb")
              .config("spark.ui.enabled", "false").config("spark.sql.session.timeZone", "UTC").getOrCreate())
         s.sparkContext.setLogLevel("FATAL")  # our errors name what to fix; Spark's stack traces would bury them
@@ -72,9 +76,11 @@ def typed_frame(pdf, # rows as Spark gives them to pandas
                 label:str, # which data, for messages
                 require_label:bool=False # the target must be present
                ):
-    "`pdf` checked and typed as the local engine loads files (nanosecond timestamps that Spark passes as integers become dates)."
+    ("`pdf` checked and typed as the local engine loads files (nanosecond "
+     "timestamps that Spark passes as integers become dates).")
     import pandas as pd
     schema = {**problem.inputs, problem.target: problem.target_spec_}
     for c, s in schema.items():
-        if s.kind == "datetime" and c in pdf and pd.api.types.is_integer_dtype(pdf[c]): pdf[c] = pd.to_datetime(pdf[c], unit="ns")
+        if s.kind == "datetime" and c in pdf and pd.api.types.is_integer_dtype(pdf[c]):
+            pdf[c] = pd.to_datetime(pdf[c], unit="ns")
     return check_table(pdf, schema, [problem.target], require_label, label)

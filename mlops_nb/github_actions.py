@@ -6,8 +6,10 @@ Docs: https://mlops-nb.github.io/mlops_nb/github_actions.html.md"""
 
 # %% ../nbs/12b_github_actions.ipynb #12b-github-actions-002
 from __future__ import annotations
-from .pipeline import (ACTIONS, CLOUD, CLOUD_ENV, FEDERATED, INPUTS, SECRET_ENVIRONMENTS, Action, Cloud, PipelineError,
-                               GENERATED, PipelineSettings, cloud_name, cloud_plan, file_header, pipeline_text, started_by)
+from .pipeline import (ACTIONS, CLOUD, CLOUD_ENV, FEDERATED, INPUTS, SECRET_ENVIRONMENTS, Action, Cloud,
+                               PipelineError,
+                               GENERATED, PipelineSettings, cloud_name, cloud_plan, file_header, pipeline_text,
+                               started_by)
 
 # %% auto #0
 __all__ = ['github_workflow', 'dependabot_config']
@@ -37,11 +39,13 @@ def _github_env(env:dict, cloud:Cloud, producers:dict, settings:PipelineSettings
 def _checkout(ref:str|None=None)->list[dict]:
     "GitHub's checkout step, pinned, keeping no credentials in .git/config for later steps."
     sha = ACTIONS["actions/checkout"][0]
-    return [{"uses": f"actions/checkout@{sha}", "with": {"persist-credentials": False, **({"ref": ref} if ref else {})}}]
+    return [{"uses": f"actions/checkout@{sha}",
+             "with": {"persist-credentials": False, **({"ref": ref} if ref else {})}}]
 
 def _action_step(a:Action)->dict:
     "The `uses:` step of a pinned action."
-    return {**({"id": a.id} if a.id else {}), "uses": f"{a.uses}@{ACTIONS[a.uses][0]}", **({"with": dict(a.inputs)} if a.inputs else {})}
+    return {**({"id": a.id} if a.id else {}), "uses": f"{a.uses}@{ACTIONS[a.uses][0]}",
+            **({"with": dict(a.inputs)} if a.inputs else {})}
 
 # %% ../nbs/12b_github_actions.ipynb #12b-github-actions-011
 _LEVELS = ("none", "read", "write") # a GitHub token permission's levels, weakest first
@@ -79,40 +83,51 @@ def github_workflow(name:str, # ci, train, deploy or docs
     if c.push: on["push"] = {"branches": [settings.main]}
     if c.schedule: on["schedule"] = [{"cron": getattr(settings, c.cron)}]
     if c.event: on["repository_dispatch"] = {"types": [c.event]}
-    inputs = {"inputs": {k: {"description": v, "required": False, "type": "string"} for k, v in c.inputs.items()}} if c.inputs else {}
+    inputs = {"inputs": {k: {"description": v, "required": False, "type": "string"} for k,
+                         v in c.inputs.items()}} if c.inputs else {}
     if c.manual: on["workflow_dispatch"] = inputs
     if c.after: on["workflow_call"] = inputs  # its jobs read their secrets from their environments, not from the caller
     doc = {"name": name, "on": on, "permissions": {},
-           "concurrency": {"group": f"{name}-${{{{ github.ref }}}}" if c.pull_request else name, "cancel-in-progress": c.pull_request},
+           "concurrency": {"group": f"{name}-${{{{ github.ref }}}}" if c.pull_request else name,
+                           "cancel-in-progress": c.pull_request},
            "defaults": {"run": {"shell": "bash"}}, "jobs": {}}
     producers = {row["out"]: j.id for j, rows in plan for row in rows if row["publish"]}
     permissions = _github_permissions(name, settings)
     for j, rows in plan:
         steps = [*_checkout(settings.main if c.checkout_main else None),
-                 {"uses": f"actions/setup-python@{ACTIONS['actions/setup-python'][0]}", "with": {"python-version": settings.python}},
-                 {"name": "setup", "run": 'bash scripts/setup && echo "$PWD/.venv/bin" >> "$GITHUB_PATH"'}] if rows else []
+                 {"uses": f"actions/setup-python@{ACTIONS['actions/setup-python'][0]}",
+                  "with": {"python-version": settings.python}},
+                 {"name": "setup",
+                  "run": 'bash scripts/setup && echo "$PWD/.venv/bin" >> "$GITHUB_PATH"'}] if rows else []
         if j.databricks_cli: steps.append(_action_step(Action("databricks/setup-cli")))
         written = set()
         for row in rows:
             for var, src in row["env"].items():
-                if src[0] == "file" and var not in written:  # the secret's content, in a private file for the step to find
-                    f = CLOUD_ENV[var]; written.add(var)
-                    steps.append({"name": var.lower(), "env": {f.github: f"${{{{ secrets.{f.github} }}}}", var: _github_value(src, c, producers)},
+                # the secret's content, in a private file for the step to find
+                if src[0] == "file" and var not in written:
+                    f = CLOUD_ENV[var]
+                    written.add(var)
+                    steps.append({"name": var.lower(),
+                                  "env": {f.github: f"${{{{ secrets.{f.github} }}}}",
+                                          var: _github_value(src, c, producers)},
                                   "run": f'python pipelines/secret_file.py {f.github} "${var}"'})
-            line = row["line"] + (f" | python pipelines/publish_output.py {' '.join(row['publish'])}" if row["publish"] else "")
+            line = row["line"] + (f" | python pipelines/publish_output.py {' '.join(row['publish'])}" if row["publish"]
+                                  else "")
             st = {"name": row["label"], **({"id": row["out"]} if row["publish"] else {})}
             if row["env"]: st["env"] = _github_env(row["env"], c, producers, settings)
             steps.append({**st, "run": line})
         steps += [_action_step(a) for a in j.actions]
         secret = any(src[0] in ("secret", "file") for row in rows for src in row["env"].values())
         environment = j.environment or (SECRET_ENVIRONMENTS[c.credentials] if secret else None)
-        job = {"name": j.title, **({"needs": j.needs} if j.needs else {}), "runs-on": "ubuntu-latest", "timeout-minutes": j.timeout,
+        job = {"name": j.title, **({"needs": j.needs} if j.needs else {}), "runs-on": "ubuntu-latest",
+               "timeout-minutes": j.timeout,
                **({"environment": environment} if environment else {}),
                "permissions": permissions[j.id]}
         outs = {k: f"${{{{ steps.{row['out']}.outputs.{k} }}}}" for row in rows for k in row["publish"]}
         if outs: job["outputs"] = outs
         doc["jobs"][j.id] = {**job, "steps": steps}
-    for n in [n for n, o in CLOUD.items() if o.after == name]:  # a reusable workflow: runs only when every job above succeeded
+    # a reusable workflow: runs only when every job above succeeded
+    for n in [n for n, o in CLOUD.items() if o.after == name]:
         when = started_by(n)  # ... and, started on an output, when that output is true
         doc["jobs"][n] = {"name": f"the {n} pipeline", "needs": [j.id for j, _ in plan],
                           **({"if": f"needs.{producers[when[0]]}.outputs.{when[1]} == 'true'"} if when else {}),
@@ -123,10 +138,13 @@ def github_workflow(name:str, # ci, train, deploy or docs
 def dependabot_config(settings:PipelineSettings # the project's settings
                      )->str:
     "`.github/dependabot.yml`: weekly update pull requests for the pinned actions and the Python dependencies."
-    header = ["Dependabot: a weekly pull request for the actions pinned by SHA in .github/workflows, and one for the "
-              "Python dependencies. The workflows are generated: apply an action's bump to ACTIONS in "
-              "nbs/12_pipeline.ipynb and run `python pipelines/generate.py` (tests/test_pipelines.py fails until then).",
-              "", GENERATED]
+    header = [
+        "Dependabot: a weekly pull request for the actions pinned by SHA in .github/workflows, and one for the "
+        "Python dependencies. The workflows are generated: apply an action's bump to ACTIONS in "
+        "nbs/12_pipeline.ipynb and run `python pipelines/generate.py` (tests/test_pipelines.py fails until then).",
+        "",
+        GENERATED,
+    ]
     updates = [{"package-ecosystem": ecosystem, "directory": "/", "target-branch": settings.main,
                 "schedule": {"interval": "weekly"}, "cooldown": {"default-days": 7}, "open-pull-requests-limit": 5,
                 "groups": {group: {"patterns": ["*"]}}}  # one pull request per ecosystem

@@ -6,7 +6,8 @@ Docs: https://mlops-nb.github.io/mlops_nb/gitlab_ci.html.md"""
 
 # %% ../nbs/12d_gitlab_ci.ipynb #12d-gitlab-ci-002
 from __future__ import annotations
-from .pipeline import (CI_GROUP, CLOUD, DATABRICKS_CLI, FEDERATED, GENERATED, INPUTS, SECRET_ENVIRONMENTS, Cloud, Job,
+from .pipeline import (CI_GROUP, CLOUD, DATABRICKS_CLI, FEDERATED, GENERATED, INPUTS, SECRET_ENVIRONMENTS,
+                               Cloud, Job,
                                PipelineSettings, cloud_name, cloud_plan, generated, pipeline_text, started_by)
 
 # %% auto #0

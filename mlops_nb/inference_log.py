@@ -19,14 +19,17 @@ __all__ = ['pd', 'MLOPS_NB_INFERENCE_LOG', 'INFERENCE_LOG_DIR', 'MLOPS_NB_INFERE
            'read_log', 'join_labels', 'shadow_summary', 'check_shadow_period']
 
 # %% ../nbs/08a_inference_log.ipynb #08a-log-005
-MLOPS_NB_INFERENCE_LOG = EnvVar("MLOPS_NB_INFERENCE_LOG", None, "Folder the scoring server writes its inference log to (Parquet). Default: none.")
+MLOPS_NB_INFERENCE_LOG = EnvVar("MLOPS_NB_INFERENCE_LOG", None,
+                                "Folder the scoring server writes its inference log to (Parquet). Default: none.")
 INFERENCE_LOG_DIR = "/var/lib/mlops_nb/inference"  # where an image (`package --inference-log`) logs: a mounted volume
-MLOPS_NB_INFERENCE_LOG_SAMPLE = EnvVar("MLOPS_NB_INFERENCE_LOG_SAMPLE", "1", "Share of requests the inference log keeps (0 to 1).")
+MLOPS_NB_INFERENCE_LOG_SAMPLE = EnvVar("MLOPS_NB_INFERENCE_LOG_SAMPLE", "1",
+                                       "Share of requests the inference log keeps (0 to 1).")
 
 def _arrow_type(kind:str):
     "The Arrow type of an input column of `kind` (dates as ISO text, as they arrived)."
     import pyarrow as pa
-    return {"int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(), "str": pa.string(), "datetime": pa.string()}[kind]
+    return {"int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(), "str": pa.string(),
+            "datetime": pa.string()}[kind]
 
 def log_schema(columns:dict, # column -> `ColumnSpec` of what requests carry (inputs and keys)
                kind:str # problem kind: the prediction is a label (text) or a value (number)
@@ -57,11 +60,13 @@ class InferenceLog:
                  max_queue:int=10_000, # requests waiting to be written; more are dropped
                  rotate_rows:int=100_000, # rows a file holds before the next one starts
                  rotate_seconds:float=300, # age at which a file is closed even if it is not full
-                 flush_seconds:float=0.2, # how often buffered rows are written (often and small: the GIL is held briefly)
+                 # how often buffered rows are written (often and small: the GIL is held briefly)
+                 flush_seconds:float=0.2,
                  retry_seconds:float=5, # after a write error, rows are dropped (and counted) this long before a retry
                  report=None # `report(event, **fields)` when dropping starts and ends (default: Python's logging)
                 ):
-        if not 0 <= float(sample) <= 1: raise ValueError(f"sample={sample!r} is not allowed: use a share between 0 and 1")
+        if not 0 <= float(sample) <= 1:
+            raise ValueError(f"sample={sample!r} is not allowed: use a share between 0 and 1")
         self.folder, self.columns, self.kind, self.labels = Path(folder), dict(columns), kind, labels
         self.sample, self.report = float(sample), report or _log_warning
         self.rotate_rows, self.rotate_seconds, self.flush_seconds = rotate_rows, rotate_seconds, flush_seconds
@@ -138,7 +143,8 @@ class InferenceLog:
         "Append `batch` (queued requests) to the current file as one row group; rotate when it is full or old."
         import pyarrow as pa, pyarrow.parquet as pq
         n = sum(len(item[0]) for item in batch)
-        if time.time() < self._retry_at: return self._drop("disk", n, self.last_error)  # backing off: the disk is untouched
+        # backing off: the disk is untouched
+        if time.time() < self._retry_at: return self._drop("disk", n, self.last_error)
         try:
             table = self._table(batch)
             if self._writer is None:
@@ -239,18 +245,22 @@ def join_labels(log:pd.DataFrame, # `read_log`
                 key:str|None=None # the column to match on (default: request_id and row, when labels have request_id)
                )->pd.DataFrame:
     "The logged rows that have a label, with the label in column `target`."
-    if target not in labels: raise DataError(f"the labels have no {target!r} column: they have {', '.join(map(str, labels.columns))}")
+    if target not in labels:
+        raise DataError(f"the labels have no {target!r} column: they have {', '.join(map(str, labels.columns))}")
     if key is None and "request_id" in labels:
         lab = labels.rename(columns={"request_id": "_request_id", "row": "_row"})
         if "_row" not in lab: lab = lab.assign(_row=0)  # one record a request
         on = ["_request_id", "_row"]
     elif key is not None:
-        if key not in labels or key not in log: raise DataError(f"key column {key!r} must be in both the log and the labels")
+        if key not in labels or key not in log:
+            raise DataError(f"key column {key!r} must be in both the log and the labels")
         lab, on = labels, [key]
-    else: raise DataError("the labels need a request_id column (and row), or name a key column (--labels-key) both have")
+    else:
+        raise DataError("the labels need a request_id column (and row), or name a key column (--labels-key) both have")
     lab = lab[on + [target]].drop_duplicates(on, keep="last")
     try: lab = lab.astype({c: log[c].dtype for c in on})
-    except (TypeError, ValueError): raise DataError(f"the labels' {', '.join(on)} cannot be read as the log's") from None
+    except (TypeError, ValueError):
+        raise DataError(f"the labels' {', '.join(on)} cannot be read as the log's") from None
     out = log.drop(columns=[target], errors="ignore").merge(lab, on=on, how="inner")
     if len(out) == 0: raise DataError(f"no logged row matches a label on {', '.join(on)}: check the ids")
     return out
@@ -272,7 +282,8 @@ def shadow_summary(log:pd.DataFrame, # `read_log` of a server with a shadow
     out["agreement"] = float((both["_prediction"] == both["_shadow_prediction"]).mean())
     a, b = np.stack(both["_probabilities"].to_numpy()), np.stack(both["_shadow_probabilities"].to_numpy())
     cols = [1] if kind == "binary" else range(a.shape[1])
-    out["psi"] = {int(k): psi_numeric(a[:, k], b[:, k]) for k in cols} if kind != "binary" else psi_numeric(a[:, 1], b[:, 1])
+    out["psi"] = {int(k): psi_numeric(a[:, k], b[:, k])
+                  for k in cols} if kind != "binary" else psi_numeric(a[:, 1], b[:, 1])
     out["mean_abs_probability_difference"] = float(np.mean(np.abs(a - b)))
     return out
 
@@ -285,6 +296,7 @@ def check_shadow_period(log_dir:str|Path, # the serving inference log
     log = read_log(log_dir)
     n = int((log["_shadow_version"].astype("string") == str(version)).sum()) if "_shadow_version" in log else 0
     if n < min_rows:
-        raise DataError(f"version {version} answered {n} logged request row(s) as the shadow in {log_dir}, fewer than the "
-                        f"{min_rows} its shadow period asks: serve it with --shadow longer, or lower --min-shadow-rows")
+        raise DataError(f"version {version} answered {n} logged request row(s) as the shadow in {log_dir}, fewer than "
+                        f"the {min_rows} its shadow period asks: serve it with "
+                        "--shadow longer, or lower --min-shadow-rows")
     return n

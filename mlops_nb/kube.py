@@ -41,7 +41,9 @@ def parse_quantity(q:str|int|float # a Kubernetes quantity: `250m`, `1`, `512Mi`
                   )->float:
     "The value of a Kubernetes quantity (CPU cores or bytes)."
     m = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|Ki|Mi|Gi|Ti)?", str(q).strip())
-    if not m: raise KubeError(f"{q!r} is not a Kubernetes quantity: use e.g. '250m' or '1' for CPU, '512Mi' or '1Gi' for memory")
+    if not m:
+        raise KubeError(f"{q!r} is not a Kubernetes quantity: use e.g. '250m' or "
+                        "'1' for CPU, '512Mi' or '1Gi' for memory")
     return float(m.group(1))*_UNITS[m.group(2) or ""]
 
 # %% ../nbs/10_kube.ipynb #10-kube-011
@@ -54,12 +56,14 @@ def split_image(image:str # `REGISTRY/NAME:TAG`, `REGISTRY/NAME:TAG@sha256:DIGES
     head, slash, last = ref.rpartition("/")
     name, _, tag = last.partition(":")  # a registry's port sits before the last '/', never in `last`
     if at and not _DIGEST.fullmatch(digest):
-        raise KubeError(f"image {image!r}: {digest!r} is not a digest: use the sha256:<64 hex digits> that the push printed")
+        raise KubeError(f"image {image!r}: {digest!r} is not a digest: use the "
+                        "sha256:<64 hex digits> that the push printed")
     return head + slash + name, tag or None, digest or None
 
 def image_tag_of(image:str # image reference `REGISTRY/NAME:TAG[@sha256:DIGEST]` or `REGISTRY/NAME@sha256:DIGEST`
                 )->str:
-    "The version tag of an image reference (its digest when it has no tag); refuses an image with neither, or only `latest`."
+    ("The version tag of an image reference (its digest when it has no "
+     "tag); refuses an image with neither, or only `latest`.")
     _, tag, digest = split_image(image)
     if tag == "latest": tag = None
     if not (tag or digest):
@@ -76,7 +80,8 @@ def model_annotations(labels:dict|None # model name/version/run id/git commit, e
     out = {}
     for k, v in (labels or {}).items():
         key = k if "/" in k else f"mlops-nb/{k}"
-        if not _KEY.fullmatch(key): raise KubeError(f"annotation key {key!r} is not valid: use letters, digits, '-', '_' and '.' (at most 63)")
+        if not _KEY.fullmatch(key):
+            raise KubeError(f"annotation key {key!r} is not valid: use letters, digits, '-', '_' and '.' (at most 63)")
         if v is not None: out[key] = str(v)
     return out
 
@@ -85,19 +90,23 @@ _NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 UID = 10001  # the image's non-root user (see `package`)
 SECRETS_DIR = "/var/run/secrets/mlops-nb"  # where a Secret the server reads is mounted
-SERVER_DRAIN_S = 10  # the scoring server's graceful shutdown after SIGTERM (uvicorn's timeout_graceful_shutdown in `serve`)
+# the scoring server's graceful shutdown after SIGTERM (uvicorn's timeout_graceful_shutdown in `serve`)
+SERVER_DRAIN_S = 10
 
 def grace_period(pre_stop_s:int # seconds of the preStop delay
                 )->int:
-    "`terminationGracePeriodSeconds` covering the preStop delay and the server's drain, at least Kubernetes' default 30."
+    ("`terminationGracePeriodSeconds` covering the preStop delay and the "
+     "server's drain, at least Kubernetes' default 30.")
     return max(30, pre_stop_s + SERVER_DRAIN_S + 5)
 
 def _probe(path, port, period, failures, timeout=2):
-    return {"httpGet": {"path": path, "port": port}, "periodSeconds": period, "timeoutSeconds": timeout, "failureThreshold": failures}
+    return {"httpGet": {"path": path, "port": port}, "periodSeconds": period, "timeoutSeconds": timeout,
+            "failureThreshold": failures}
 
 def _check_resources(kind, request, limit):
     if parse_quantity(request) > parse_quantity(limit):
-        raise KubeError(f"{kind} request {request} is above its limit {limit}: raise {kind}_limit or lower {kind}_request")
+        raise KubeError(f"{kind} request {request} is above its limit {limit}: "
+                        f"raise {kind}_limit or lower {kind}_request")
 
 # %% ../nbs/10_kube.ipynb #10-kube-017d
 def render_disruption_budget(name:str, # the Deployment's name, also the budget's
@@ -106,8 +115,10 @@ def render_disruption_budget(name:str, # the Deployment's name, also the budget'
                              labels:dict|None=None, # labels of the budget itself
                             )->dict:
     "A PodDisruptionBudget keeping at least one of the Deployment's pods available through voluntary disruptions."
-    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": name, "namespace": namespace, "labels": labels or selector},
-            "spec": {"minAvailable": 1, "selector": {"matchLabels": selector}, "unhealthyPodEvictionPolicy": "AlwaysAllow"}}
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels or selector},
+            "spec": {"minAvailable": 1, "selector": {"matchLabels": selector},
+                     "unhealthyPodEvictionPolicy": "AlwaysAllow"}}
 
 # %% ../nbs/10_kube.ipynb #10-kube-017g
 def _selector(text:str, whole:str)->dict:
@@ -117,46 +128,57 @@ def _selector(text:str, whole:str)->dict:
     for kv in text.split(","):
         k, eq, v = (x.strip() for x in kv.partition("="))
         if not eq or not _KEY.fullmatch(k) or not _LABEL_VALUE.fullmatch(v) or len(v) > 63:
-            raise KubeError(f"allow_from {whole!r}: {kv.strip()!r} is not a label selector: use KEY=VALUE (or '*' for every pod)")
+            raise KubeError(f"allow_from {whole!r}: {kv.strip()!r} is not a label "
+                            "selector: use KEY=VALUE (or '*' for every pod)")
         out[k] = v
     return out
 
-def network_peer(spec:str|dict # "KEY=VALUE,..." (pods here), "NAMESPACE:*" or "NAMESPACE:KEY=VALUE,..." or a NetworkPolicyPeer dict
-                )->dict:
+def network_peer(
+    spec:str|dict # "KEY=VALUE,..." (pods here), "NAMESPACE:*" or "NAMESPACE:KEY=VALUE,..." or a NetworkPolicyPeer dict
+)->dict:
     "A NetworkPolicyPeer for a selector written as `[NAMESPACE:]KEY=VALUE,...` (`*`: every pod)."
     if isinstance(spec, dict): return spec
     ns, colon, pods = spec.rpartition(":")
     sel = _selector(pods, spec)
     peer = {"podSelector": {"matchLabels": sel} if sel else {}}
     if colon:
-        if not _NAME.fullmatch(ns): raise KubeError(f"allow_from {spec!r}: {ns!r} is not a namespace name: use NAMESPACE:KEY=VALUE or NAMESPACE:*")
-        peer["namespaceSelector"] = {"matchLabels": {"kubernetes.io/metadata.name": ns}}  # a label every namespace has (1.22+)
+        if not _NAME.fullmatch(ns):
+            raise KubeError(f"allow_from {spec!r}: {ns!r} is not a namespace name: "
+                            "use NAMESPACE:KEY=VALUE or NAMESPACE:*")
+        # a label every namespace has (1.22+)
+        peer["namespaceSelector"] = {"matchLabels": {"kubernetes.io/metadata.name": ns}}
     return peer
 
 # %% ../nbs/10_kube.ipynb #10-kube-017i
-DNS_EGRESS = {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}  # any resolver: node-local caches too
+# any resolver: node-local caches too
+DNS_EGRESS = {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}
 
 def render_network_policy(name:str, # the Deployment's name, also the policy's
                           namespace:str, # its namespace
                           selector:dict, # the Deployment's pod selector
                           port:int, # the server's container port, the only one open
-                          allow_from:list|None=None, # peers that may connect (see `network_peer`; None: every pod of the namespace)
+                          # peers that may connect (see `network_peer`; None: every pod of the namespace)
+                          allow_from:list|None=None,
                           allow_egress:bool|list=False, # True: any egress; a list: these egress rules besides DNS
                           labels:dict|None=None, # labels of the policy itself
                          )->dict:
     "A NetworkPolicy: ingress to `port` only from `allow_from`, egress only to DNS unless `allow_egress`."
     if allow_from is not None and not list(allow_from):
-        raise KubeError("allow_from is empty: no one could reach the server; leave it out for every pod of the namespace")
+        raise KubeError("allow_from is empty: no one could reach the server; leave "
+                        "it out for every pod of the namespace")
     peers = [network_peer(p) for p in allow_from] if allow_from is not None else [{"podSelector": {}}]
-    spec = {"podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress"] if allow_egress is True else ["Ingress", "Egress"],
+    spec = {"podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress"] if allow_egress is True
+            else ["Ingress", "Egress"],
             "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": port}]}]}
     if allow_egress is not True: spec["egress"] = [DNS_EGRESS, *(allow_egress or [])]
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": name, "namespace": namespace, "labels": labels or selector},
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels or selector},
             "spec": spec}
 
 # %% ../nbs/10_kube.ipynb #10-kube-018
 def render_manifests(image:str, # image REGISTRY/NAME:VERSION-GITSHA, pinned with @sha256:DIGEST after a push
-                     name:str|None=None, # Deployment, Service and HPA name, the same for every version (default: the problem's)
+                     # Deployment, Service and HPA name, the same for every version (default: the problem's)
+                     name:str|None=None,
                      namespace:str="default", # namespace of all objects
                      replicas:int=2, # pods (ignored with `hpa`: the autoscaler owns the count)
                      port:int=8080, # container port of the scoring server
@@ -169,73 +191,107 @@ def render_manifests(image:str, # image REGISTRY/NAME:VERSION-GITSHA, pinned wit
                      max_replicas:int=5, # autoscaler ceiling
                      target_cpu:int=70, # autoscaler target: average CPU use, % of the request
                      labels:dict|None=None, # model name/version/run id/git commit, written as `mlops-nb/` annotations
-                     api_key_secret:str|None=None, # Secret whose key `api-key` the server reads as its API key, mounted as a file (never the value)
+                     # Secret whose key `api-key` the server reads as its API key, mounted as a file (never the value)
+                     api_key_secret:str|None=None,
                      startup_probe:bool=True, # give model loading up to 2 minutes before liveness checks start
                      progress_deadline_s:int=240, # seconds without progress before the rollout is marked failed
                      revision_history:int=5, # old ReplicaSets kept for rollbacks
-                     inference_log:bool=False, # mount a volume for the server's inference log (an image built with --inference-log)
-                     log_claim:str|None=None, # that volume: this PersistentVolumeClaim (default: an emptyDir, lost with the pod)
-                     pre_stop_s:int=5, # seconds a stopping pod keeps serving, until the Service stops sending to it (0: no preStop hook)
-                     network_policy:bool=False, # add a NetworkPolicy: ingress to `port` only from `allow_from`, egress only to DNS
-                     allow_from:list|None=None, # with network_policy: who may connect ("app=x", "NAMESPACE:*", "NAMESPACE:app=x"; default: the namespace)
-                     allow_egress:bool|list=False, # with network_policy: True allows any egress, a list adds egress rules
+                     # mount a volume for the server's inference log (an image built with --inference-log)
+                     inference_log:bool=False,
+                     # that volume: this PersistentVolumeClaim (default: an emptyDir, lost with the pod)
+                     log_claim:str|None=None,
+                     # seconds a stopping pod keeps serving, until the Service stops sending to it (0: no preStop hook)
+                     pre_stop_s:int=5,
+                     # add a NetworkPolicy: ingress to `port` only from `allow_from`, egress only to DNS
+                     network_policy:bool=False,
+                     # with network_policy: who may connect ("app=x", "NAMESPACE:*", "NAMESPACE:app=x"; default: the
+                     # namespace)
+                     allow_from:list|None=None,
+                     # with network_policy: True allows any egress, a list adds egress rules
+                     allow_egress:bool|list=False,
                     )->list[dict]:
-    "A Deployment, a Service, a PodDisruptionBudget (2+ pods), and optionally a HorizontalPodAutoscaler and a NetworkPolicy."
+    ("A Deployment, a Service, a PodDisruptionBudget (2+ pods), and "
+     "optionally a HorizontalPodAutoscaler and a NetworkPolicy.")
     name = name or load_problem().deployment_name
     for what, v in (("name", name), ("namespace", namespace)):
-        if not _NAME.fullmatch(v): raise KubeError(f"{what} {v!r} is not a valid Kubernetes name: use lowercase letters, digits and '-' (at most 63, starting with a letter)")
+        if not _NAME.fullmatch(v):
+            raise KubeError(f"{what} {v!r} is not a valid Kubernetes name: use lowercase letters, "
+                            "digits and '-' (at most 63, starting with a letter)")
     if api_key_secret is not None and not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", api_key_secret):
-        raise KubeError(f"api_key_secret {api_key_secret!r} is not a valid Secret name: use lowercase letters, digits, '-' and '.'")
+        raise KubeError(f"api_key_secret {api_key_secret!r} is not a valid Secret "
+                        "name: use lowercase letters, digits, '-' and '.'")
     if replicas < 1 or (hpa and not 1 <= min_replicas <= max_replicas):
-        raise KubeError(f"replicas={replicas}, min_replicas={min_replicas}, max_replicas={max_replicas}: need 1 <= replicas and 1 <= min_replicas <= max_replicas")
-    _check_resources("cpu", cpu_request, cpu_limit); _check_resources("memory", memory_request, memory_limit)
-    if not 0 <= pre_stop_s <= 120: raise KubeError(f"pre_stop_s={pre_stop_s}: use 0 to 120 seconds (a few are enough for the Service to stop sending)")
+        raise KubeError(f"replicas={replicas}, min_replicas={min_replicas}, max_replicas={max_replicas}: need 1 <= "
+                        "replicas and 1 <= min_replicas <= max_replicas")
+    _check_resources("cpu", cpu_request, cpu_limit)
+    _check_resources("memory", memory_request, memory_limit)
+    if not 0 <= pre_stop_s <= 120:
+        raise KubeError(f"pre_stop_s={pre_stop_s}: use 0 to 120 seconds (a few are "
+                        "enough for the Service to stop sending)")
     if not network_policy and (allow_from is not None or allow_egress is not False):
         raise KubeError("allow_from and allow_egress shape the NetworkPolicy: pass network_policy=True as well")
     tag = image_tag_of(image)
     selector = {"app.kubernetes.io/name": name}
     common = {**selector, "app.kubernetes.io/component": "scoring-server", "app.kubernetes.io/managed-by": "mlops-nb"}
-    pod_labels = {**common, **({"app.kubernetes.io/version": tag} if _LABEL_VALUE.fullmatch(tag) and len(tag) <= 63 else {})}
+    pod_labels = {**common,
+                  **({"app.kubernetes.io/version": tag} if _LABEL_VALUE.fullmatch(tag) and len(tag) <= 63 else {})}
     ann = model_annotations(labels)
     container = {"name": "server", "image": image, "imagePullPolicy": "IfNotPresent",
                  "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}]}
     if api_key_secret:  # a file, not an environment variable: it stays out of `env` dumps and crash reports
         container["env"] = [{"name": "MLOPS_NB_API_KEY_FILE", "value": f"{SECRETS_DIR}/api-key"}]
-    container["resources"] = {"requests": {"cpu": cpu_request, "memory": memory_request}, "limits": {"cpu": cpu_limit, "memory": memory_limit}}
+    container["resources"] = {"requests": {"cpu": cpu_request, "memory": memory_request},
+                              "limits": {"cpu": cpu_limit, "memory": memory_limit}}
     if startup_probe: container["startupProbe"] = _probe("/health", port, 5, 24)
     container["readinessProbe"] = _probe("/ready", port, 5, 3)
     container["livenessProbe"] = _probe("/health", port, 10, 3)
-    if pre_stop_s: container["lifecycle"] = {"preStop": {"exec": {"command": ["python3", "-c", f"import time; time.sleep({pre_stop_s})"]}}}
-    container["securityContext"] = {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "readOnlyRootFilesystem": True,
+    if pre_stop_s:
+        container["lifecycle"] = {"preStop": {"exec": {"command": ["python3", "-c",
+                                                                   f"import time; time.sleep({pre_stop_s})"]}}}
+    container["securityContext"] = {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID,
+                                    "readOnlyRootFilesystem": True,
                                     "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
     container["volumeMounts"] = [{"name": "tmp", "mountPath": "/tmp"}]
     volumes = [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
     if api_key_secret:
         container["volumeMounts"].append({"name": "api-key", "mountPath": SECRETS_DIR, "readOnly": True})
-        volumes.append({"name": "api-key", "secret": {"secretName": api_key_secret, "items": [{"key": "api-key", "path": "api-key"}],
-                                                      "defaultMode": 0o440}})  # readable by the pod's fsGroup (the server's group) only
+        volumes.append({"name": "api-key",
+                        "secret": {"secretName": api_key_secret, "items": [{"key": "api-key", "path": "api-key"}],
+                                                      # readable by the pod's fsGroup (the server's group) only
+                                                      "defaultMode": 0o440}})
     if log_claim is not None and not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", log_claim):
-        raise KubeError(f"log_claim {log_claim!r} is not a valid PersistentVolumeClaim name: use lowercase letters, digits, '-' and '.'")
+        raise KubeError(f"log_claim {log_claim!r} is not a valid PersistentVolumeClaim "
+                        "name: use lowercase letters, digits, '-' and '.'")
     if inference_log or log_claim:
         container.setdefault("env", []).append({"name": "MLOPS_NB_INFERENCE_LOG", "value": INFERENCE_LOG_DIR})
         container["volumeMounts"].append({"name": "inference-log", "mountPath": INFERENCE_LOG_DIR})
-        volumes.append({"name": "inference-log", **({"persistentVolumeClaim": {"claimName": log_claim}} if log_claim else {"emptyDir": {"sizeLimit": "1Gi"}})})
+        volumes.append({"name": "inference-log",
+                        **({"persistentVolumeClaim": {"claimName": log_claim}} if log_claim
+                           else {"emptyDir": {"sizeLimit": "1Gi"}})})
     pod = {"metadata": {"labels": pod_labels, **({"annotations": ann} if ann else {})},
            "spec": {"automountServiceAccountToken": False, "terminationGracePeriodSeconds": grace_period(pre_stop_s),
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
                     "containers": [container], "volumes": volumes}}
-    spec = {**({} if hpa else {"replicas": replicas}), "revisionHistoryLimit": revision_history, "progressDeadlineSeconds": progress_deadline_s,
+    spec = {**({} if hpa else {"replicas": replicas}), "revisionHistoryLimit": revision_history,
+            "progressDeadlineSeconds": progress_deadline_s,
             "selector": {"matchLabels": selector},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}, "template": pod}
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": pod}
     meta = {"name": name, "namespace": namespace, "labels": common}
-    out = [{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {**meta, **({"annotations": ann} if ann else {})}, "spec": spec},
+    out = [{"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {**meta, **({"annotations": ann} if ann else {})}, "spec": spec},
            {"apiVersion": "v1", "kind": "Service", "metadata": meta,
-            "spec": {"type": "ClusterIP", "selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": port, "protocol": "TCP"}]}}]
+            "spec": {"type": "ClusterIP", "selector": selector,
+                     "ports": [{"name": "http", "port": 80, "targetPort": port, "protocol": "TCP"}]}}]
     if hpa:
         out.append({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": meta,
                     "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
                              "minReplicas": min_replicas, "maxReplicas": max_replicas,
-                             "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": target_cpu}}}]}})
+                             "metrics": [{"type": "Resource",
+                                          "resource": {"name": "cpu",
+                                                       "target": {"type": "Utilization",
+                                                                  "averageUtilization": target_cpu}}}]}})
     if (min_replicas if hpa else replicas) >= 2: out.append(render_disruption_budget(name, namespace, selector, common))
     if network_policy:  # first: the pods of a first deploy never run unprotected
         out.insert(0, render_network_policy(name, namespace, selector, port, allow_from, allow_egress, common))
@@ -260,13 +316,17 @@ def to_yaml(manifest:dict # one Kubernetes object
 def write_manifests(manifests:list[dict], # objects from `render_manifests`
                     folder:str|Path # folder to write into (created if missing)
                    )->list[Path]:
-    "Write one YAML file per object (deployment.yaml, service.yaml, hpa.yaml, pdb.yaml, networkpolicy.yaml); return their paths."
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    ("Write one YAML file per object (deployment.yaml, service.yaml, "
+     "hpa.yaml, pdb.yaml, networkpolicy.yaml); return their paths.")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     names = [FILE_NAMES.get(m["kind"], f"{m['kind'].lower()}.yaml") for m in manifests]
-    if len(set(names)) < len(names): raise KubeError(f"two objects would share a file ({', '.join(names)}): write one object per kind")
+    if len(set(names)) < len(names):
+        raise KubeError(f"two objects would share a file ({', '.join(names)}): write one object per kind")
     paths = []
     for m, n in zip(manifests, names):
-        (folder/n).write_text(to_yaml(m)); paths.append(folder/n)
+        (folder/n).write_text(to_yaml(m))
+        paths.append(folder/n)
     return paths
 
 # %% ../nbs/10_kube.ipynb #10-kube-027
@@ -276,23 +336,31 @@ def _where(path)->str:
 def validate_manifests(manifests:list[dict], # objects to check
                        k8s_version:str="1.30" # Kubernetes version whose schemas apply
                       )->None:
-    "Check every object against the Kubernetes schemas, refusing unknown fields; raise `ManifestInvalid` on the first problem."
+    ("Check every object against the Kubernetes schemas, refusing unknown "
+     "fields; raise `ManifestInvalid` on the first problem.")
     import kubernetes_validate as kv
     from kubernetes_validate.utils import VersionNotSupportedError
     for m in manifests:
         what = f"{m.get('kind', '?')} {(m.get('metadata') or {}).get('name', '?')}"
         try: kv.validate(m, k8s_version, strict=True)
         except kv.ValidationError as e:
-            raise ManifestInvalid(f"{what}: {_where(e.path)}: {e.message} (Kubernetes {e.version} schema): fix that field") from None
+            raise ManifestInvalid(f"{what}: {_where(e.path)}: {e.message} (Kubernetes "
+                                  f"{e.version} schema): fix that field") from None
         except (kv.SchemaNotFoundError, VersionNotSupportedError) as e:
-            raise ManifestInvalid(f"{what}: {e.message}: use a kind and apiVersion that Kubernetes {k8s_version} serves") from None
-        except KeyError as e: raise ManifestInvalid(f"{what}: missing {e.args[0]}: every object needs apiVersion, kind and metadata.name") from None
+            raise ManifestInvalid(
+                f"{what}: {e.message}: use a kind and apiVersion that Kubernetes {k8s_version} serves"
+            ) from None
+        except KeyError as e:
+            raise ManifestInvalid(
+                f"{what}: missing {e.args[0]}: every object needs apiVersion, kind and metadata.name"
+            ) from None
 
 # %% ../nbs/10_kube.ipynb #10-kube-030
 _HINTS = {400: "fix the manifest field the server names", 401: "refresh the kubeconfig's credentials",
           403: "the account needs RBAC rights for this verb and resource in the namespace",
           404: "check the name, and that the namespace exists (kubectl create namespace NAME)",
-          409: "another field manager owns these fields or the object changed meanwhile: retry, or apply with force=True",
+          409: "another field manager owns these fields or the object changed "
+               "meanwhile: retry, or apply with force=True",
           422: "fix the field the server names", 429: "the API server is throttling: retry later"}
 
 def api_error(e:Exception, # a `kubernetes.client.ApiException`
@@ -302,7 +370,8 @@ def api_error(e:Exception, # a `kubernetes.client.ApiException`
     status, reason, msg = getattr(e, "status", None), getattr(e, "reason", None) or "", ""
     try: msg = json.loads(getattr(e, "body", None) or "{}").get("message", "")
     except (ValueError, AttributeError): msg = str(getattr(e, "body", "") or "")[:200]
-    hint = _HINTS.get(status, "the API server failed: retry, or check the cluster's control plane" if (status or 0) >= 500 else "see the server's message")
+    hint = _HINTS.get(status, "the API server failed: retry, or check the cluster's control plane"
+                      if (status or 0) >= 500 else "see the server's message")
     detail = " ".join(f"{msg}".split())
     return KubeError(f"{action}: HTTP {status} {reason}{': ' + detail if detail else ''}; {hint}")
 
@@ -315,11 +384,13 @@ def _k8s(action:str):
     try: yield
     except ApiException as e: raise api_error(e, action) from e
     except urllib3.exceptions.HTTPError as e:
-        raise KubeError(f"{action}: cannot reach the Kubernetes API ({type(e).__name__}): check the kubeconfig's server address and that the cluster is up") from e
+        raise KubeError(f"{action}: cannot reach the Kubernetes API ({type(e).__name__}): check the kubeconfig's "
+                        "server address and that the cluster is up") from e
 
 _APIS = {"Deployment": ("AppsV1Api", "deployment"), "Service": ("CoreV1Api", "service"),
          "HorizontalPodAutoscaler": ("AutoscalingV2Api", "horizontal_pod_autoscaler"),
-         "PodDisruptionBudget": ("PolicyV1Api", "pod_disruption_budget"), "NetworkPolicy": ("NetworkingV1Api", "network_policy")}
+         "PodDisruptionBudget": ("PolicyV1Api", "pod_disruption_budget"),
+         "NetworkPolicy": ("NetworkingV1Api", "network_policy")}
 
 def _typed(api_client, kind:str, verb:str):
     "The typed client method `{verb}_namespaced_{kind}` for a kind we deploy."
@@ -341,7 +412,8 @@ def apply(manifests:list[dict], # objects from `render_manifests`
     for m in manifests:
         md = m["metadata"]
         with _k8s(f"apply {_ref(m)}"):
-            r = _typed(api_client, m["kind"], "patch")(md["name"], md.get("namespace", "default"), m, field_manager=field_manager,
+            r = _typed(api_client, m["kind"], "patch")(md["name"], md.get("namespace", "default"), m,
+                                                       field_manager=field_manager,
                                                       force=force, _content_type="application/apply-patch+yaml")
         out.append(api_client.sanitize_for_serialization(r))
     return out
@@ -352,9 +424,11 @@ def rollout_state(d:dict # a Deployment as the API returns it (camelCase keys)
     "('pending'|'failed'|'waiting'|'done', a sentence) for a Deployment's rollout."
     meta, spec, st = d.get("metadata", {}), d.get("spec", {}), d.get("status") or {}
     name = meta.get("name")
-    if meta.get("generation", 0) > st.get("observedGeneration", 0): return "pending", f"waiting for the controller to observe deployment {name}'s new spec"
+    if meta.get("generation", 0) > st.get("observedGeneration", 0):
+        return "pending", f"waiting for the controller to observe deployment {name}'s new spec"
     cond = next((c for c in st.get("conditions") or [] if c.get("type") == "Progressing"), {})
-    if cond.get("reason") == "ProgressDeadlineExceeded": return "failed", f"deployment {name} exceeded its progress deadline: {cond.get('message', '')}".strip()
+    if cond.get("reason") == "ProgressDeadlineExceeded":
+        return "failed", f"deployment {name} exceeded its progress deadline: {cond.get('message', '')}".strip()
     want, upd = spec.get("replicas", 1), st.get("updatedReplicas", 0)
     reps, avail = st.get("replicas", 0), st.get("availableReplicas", 0)
     if upd < want: return "waiting", f"{upd} of {want} new replicas updated"
@@ -393,22 +467,29 @@ def rollback_patch(deployment:dict, # the Deployment as the API returns it
                   )->tuple[int, list|None]:
     "(revision, JSON patch) restoring an earlier ReplicaSet's template; the patch is None if it is already current."
     uid, name = deployment["metadata"].get("uid"), deployment["metadata"]["name"]
-    owned = [rs for rs in replicasets if any(o.get("kind") == "Deployment" and o.get("uid") == uid and o.get("controller")
+    owned = [rs for rs in replicasets
+             if any(o.get("kind") == "Deployment" and o.get("uid") == uid and o.get("controller")
                                            for o in rs["metadata"].get("ownerReferences") or [])]
-    revs = sorted(((int((rs["metadata"].get("annotations") or {}).get(_REV, 0)), rs) for rs in owned), key=lambda x: x[0], reverse=True)
+    revs = sorted(((int((rs["metadata"].get("annotations") or {}).get(_REV, 0)), rs) for rs in owned),
+                  key=lambda x: x[0], reverse=True)
     if to_revision is None:
-        if len(revs) < 2: raise KubeError(f"deployment {name} has no previous revision to roll back to (revisions: {[r for r, _ in revs]})")
+        if len(revs) < 2:
+            raise KubeError(f"deployment {name} has no previous revision to roll back "
+                            f"to (revisions: {[r for r, _ in revs]})")
         rev, rs = revs[1]
     else:
         rev, rs = next(((r, rs) for r, rs in revs if r == to_revision), (to_revision, None))
-        if rs is None: raise KubeError(f"deployment {name} has no revision {to_revision} (kept: {[r for r, _ in revs]}): pick one of those")
+        if rs is None:
+            raise KubeError(f"deployment {name} has no revision {to_revision} (kept: "
+                            f"{[r for r, _ in revs]}): pick one of those")
     t = json.loads(json.dumps(rs["spec"]["template"]))
     (t.get("metadata") or {}).get("labels", {}).pop("pod-template-hash", None)
     if t == deployment["spec"]["template"]: return rev, None
     dann = deployment["metadata"].get("annotations") or {}
     ann = {k: v for k, v in (rs["metadata"].get("annotations") or {}).items() if k not in _KEEP}
     ann.update({k: v for k, v in dann.items() if k in _KEEP})
-    return rev, [{"op": "replace", "path": "/spec/template", "value": t}, {"op": "replace", "path": "/metadata/annotations", "value": ann}]
+    return rev, [{"op": "replace", "path": "/spec/template", "value": t},
+                 {"op": "replace", "path": "/metadata/annotations", "value": ann}]
 
 # %% ../nbs/10_kube.ipynb #10-kube-042
 def rollback(api_client, # a `kubernetes.client.ApiClient`
@@ -422,7 +503,9 @@ def rollback(api_client, # a `kubernetes.client.ApiClient`
     with _k8s(f"roll back Deployment {namespace}/{name}"):
         d = api_client.sanitize_for_serialization(apps.read_namespaced_deployment(name, namespace))
         sel = ",".join(f"{k}={v}" for k, v in d["spec"]["selector"].get("matchLabels", {}).items())
-        rss = api_client.sanitize_for_serialization(apps.list_namespaced_replica_set(namespace, label_selector=sel))["items"]
+        rss = api_client.sanitize_for_serialization(apps.list_namespaced_replica_set(namespace, label_selector=sel))[
+            "items"
+        ]
         rev, patch = rollback_patch(d, rss, to_revision)
         if patch: apps.patch_namespaced_deployment(name, namespace, patch, _content_type="application/json-patch+json")
     return rev
@@ -445,31 +528,45 @@ def deploy(manifests:list[dict], # objects from `render_manifests`, exactly one 
     apps = client.AppsV1Api(api_client)
     prev = None
     try:
-        with _k8s(f"read Deployment {ns}/{name}"): old = api_client.sanitize_for_serialization(apps.read_namespaced_deployment(name, ns))
+        with _k8s(f"read Deployment {ns}/{name}"):
+            old = api_client.sanitize_for_serialization(apps.read_namespaced_deployment(name, ns))
         prev = (int(old["metadata"].get("annotations", {}).get(_REV, 0)) or None, _image(old))
     except KubeError as e:
         if not isinstance(e.__cause__, client.exceptions.NotFoundException): raise
     apply(manifests, api_client, field_manager=field_manager)
     try: wait_for_rollout(api_client, name, ns, timeout_s, poll_s)
     except RolloutFailed as e:
-        if prev is None: raise RolloutFailed(f"{e}; there is no earlier version to roll back to: fix the image and deploy again") from e
-        if prev[1] == image: raise RolloutFailed(f"{e}; the previous revision runs the same image {image}, so it was not rolled back") from e
+        if prev is None:
+            raise RolloutFailed(
+                f"{e}; there is no earlier version to roll back to: fix the image and deploy again"
+            ) from e
+        if prev[1] == image:
+            raise RolloutFailed(
+                f"{e}; the previous revision runs the same image {image}, so it was not rolled back"
+            ) from e
         try: rev = rollback(api_client, name, ns, to_revision=prev[0])
         except KubeError as e2:
-            raise RolloutFailed(f"new image {image} failed ({e}) and the rollback failed: {e2}; the old pods may still be serving: "
-                                f"check `kubectl -n {ns} rollout status deployment {name}`") from e2
+            raise RolloutFailed(f"new image {image} failed ({e}) and the rollback failed: {e2}; the old pods may still "
+                                f"be serving: check `kubectl -n {ns} rollout status deployment {name}`") from e2
         try: wait_for_rollout(api_client, name, ns, timeout_s, poll_s)
         except RolloutFailed as e2:
-            raise RolloutFailed(f"new image {image} failed ({e}) and the rollback to revision {rev} ({prev[1]}) did not finish either ({e2}): "
-                                f"check `kubectl -n {ns} describe deployment {name}`") from e2
-        raise RolloutFailed(f"new image {image} failed ({e}); rolled back to revision {rev} ({prev[1]}), which is serving. "
-                            f"See why: kubectl -n {ns} logs -l app.kubernetes.io/name={name} --previous") from e
-    with _k8s(f"read Deployment {ns}/{name}"): d = api_client.sanitize_for_serialization(apps.read_namespaced_deployment(name, ns))
-    return {"name": name, "namespace": ns, "image": _image(d), "revision": int(d["metadata"].get("annotations", {}).get(_REV, 0)), "status": "done",
+            raise RolloutFailed(f"new image {image} failed ({e}) and the rollback to revision {rev} ({prev[1]}) did "
+                                f"not finish either ({e2}): check `kubectl -n {ns} describe deployment {name}`") from e2
+        raise RolloutFailed(
+            f"new image {image} failed ({e}); rolled back to revision {rev} ({prev[1]}), which is "
+            f"serving. See why: kubectl -n {ns} logs -l app.kubernetes.io/name={name} --previous"
+        ) from e
+    with _k8s(f"read Deployment {ns}/{name}"):
+        d = api_client.sanitize_for_serialization(apps.read_namespaced_deployment(name, ns))
+    return {"name": name, "namespace": ns, "image": _image(d),
+            "revision": int(d["metadata"].get("annotations", {}).get(_REV, 0)), "status": "done",
             "applied": [_ref(m) for m in manifests]}
 
 # %% ../nbs/10_kube.ipynb #10-kube-048
-def _fmt(v)->str: return json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else repr(v) if isinstance(v, str) else json.dumps(v)
+def _fmt(v)->str:
+    return json.dumps(v, sort_keys=True) if isinstance(v,
+                                                       (dict,
+                                                        list)) else repr(v) if isinstance(v, str) else json.dumps(v)
 
 def diff_fields(desired, live, path:str="")->list[str]:
     "`path: live -> desired` for every field the desired object sets differently from the live one."
@@ -479,26 +576,35 @@ def diff_fields(desired, live, path:str="")->list[str]:
         if all(isinstance(x, dict) and "name" in x for x in desired + live):
             by = {x["name"]: x for x in live}
             return [l for x in desired for l in diff_fields(x, by.get(x["name"]), f"{path}[{x['name']}]")]
-        if len(desired) == len(live): return [l for i, (a, b) in enumerate(zip(desired, live)) for l in diff_fields(a, b, f"{path}[{i}]")]
-    if desired == live or (isinstance(desired, (int, float)) and not isinstance(desired, bool) and str(desired) == str(live)): return []
+        if len(desired) == len(live):
+            return [l for i, (a, b) in enumerate(zip(desired, live)) for l in diff_fields(a, b, f"{path}[{i}]")]
+    if desired == live or (isinstance(desired, (int, float)) and not isinstance(desired, bool)
+                           and str(desired) == str(live)):
+        return []
     return [f"{path}: {'(unset)' if live is None else _fmt(live)} -> {_fmt(desired)}"]
 
 # %% ../nbs/10_kube.ipynb #10-kube-050
 def dry_run(manifests:list[dict], # objects from `render_manifests`
             api_client=None, # a `kubernetes.client.ApiClient` (None: show the YAML only)
            )->str:
-    "What applying would do: the YAML without a client; with one, per object `+` create, `~` changed fields, `=` unchanged."
+    ("What applying would do: the YAML without a client; with one, per "
+     "object `+` create, `~` changed fields, `=` unchanged.")
     if api_client is None: return "---\n".join(to_yaml(m) for m in manifests)
     from kubernetes.client.exceptions import NotFoundException
     lines = []
     for m in manifests:
         md = m["metadata"]
         try:
-            with _k8s(f"read {_ref(m)}"): live = _typed(api_client, m["kind"], "read")(md["name"], md.get("namespace", "default"))
+            with _k8s(f"read {_ref(m)}"):
+                live = _typed(api_client, m["kind"], "read")(md["name"], md.get("namespace", "default"))
         except KubeError as e:
             if not isinstance(e.__cause__, NotFoundException): raise
             lines += [f"+ {_ref(m)}: would be created"] + ["    " + l for l in to_yaml(m).splitlines()]
             continue
         changes = diff_fields(m, api_client.sanitize_for_serialization(live))
-        lines += [f"~ {_ref(m)}: {len(changes)} field(s) would change"] + ["    " + c for c in changes] if changes else [f"= {_ref(m)}: no changes"]
+        lines += (
+            [f"~ {_ref(m)}: {len(changes)} field(s) would change"] + ["    " + c for c in changes]
+            if changes
+            else [f"= {_ref(m)}: no changes"]
+        )
     return "\n".join(lines)

@@ -28,11 +28,14 @@ __all__ = ['MLOPS_NB_REGISTRY', 'MLOPS_NB_BASE_IMAGE', 'MLOPS_NB_REGISTRY_USERNA
 class PackageError(MlopsNbError):
     "A build, push or run of an image that failed; the message says where and what to do."
 
-MLOPS_NB_REGISTRY = EnvVar("MLOPS_NB_REGISTRY", "127.0.0.1:5000", "Container registry images are tagged for and pushed to.")
+MLOPS_NB_REGISTRY = EnvVar("MLOPS_NB_REGISTRY", "127.0.0.1:5000",
+                           "Container registry images are tagged for and pushed to.")
 MLOPS_NB_BASE_IMAGE = EnvVar("MLOPS_NB_BASE_IMAGE", "python:3.11-slim", "Base image of model images.")
 MLOPS_NB_REGISTRY_USERNAME = EnvVar("MLOPS_NB_REGISTRY_USERNAME", None, "Registry user for pushes.")
-MLOPS_NB_REGISTRY_PASSWORD = EnvVar("MLOPS_NB_REGISTRY_PASSWORD", None, "Registry password or token for pushes. Secret.")
-SERVING_RUNTIME = ["uvicorn", "uvloop", "httptools", "orjson", "pyyaml", "threadpoolctl", "prometheus_client", "fastcore"]
+MLOPS_NB_REGISTRY_PASSWORD = EnvVar("MLOPS_NB_REGISTRY_PASSWORD", None,
+                                    "Registry password or token for pushes. Secret.")
+SERVING_RUNTIME = ["uvicorn", "uvloop", "httptools", "orjson", "pyyaml", "threadpoolctl", "prometheus_client",
+                   "fastcore"]
 NOT_IN_IMAGE = {"mlflow", "mlflow-skinny", "pandas"}  # the model's requirements that serving does not use
 
 # %% ../nbs/09_package.ipynb #09-package-006
@@ -47,14 +50,16 @@ def image_requirements(model_dir:Path, # model folder with its pinned requiremen
                        pandas:bool=False, # keep pandas: scoring builds DataFrames (see `needs_pandas`)
                        pyarrow:bool=False # the inference log writes Parquet (pyarrow, about 170 MB)
                       )->list:
-    "Pinned requirements of the image: the model's (less MLflow, pandas unless needed, and mlops_nb) and the serving runtime's."
+    ("Pinned requirements of the image: the model's (less MLflow, pandas "
+     "unless needed, and mlops_nb) and the serving runtime's.")
     reqs, drop = {}, (NOT_IN_IMAGE - ({"pandas"} if pandas else set())) | OWN_PACKAGES
     p = Path(model_dir)/"requirements.txt"
     for line in (p.read_text().splitlines() if p.exists() else []):
         line = line.split("#")[0].strip()
         name = re.split(r"[<>=!~\[; ]", line, 1)[0].lower()
         if line and name not in drop: reqs[name] = line
-    for name in SERVING_RUNTIME + (["pyarrow"] if pyarrow else []): reqs.setdefault(name, f"{name}=={_pkg_version(name)}")
+    for name in SERVING_RUNTIME + (["pyarrow"] if pyarrow else []):
+        reqs.setdefault(name, f"{name}=={_pkg_version(name)}")
     return sorted(reqs.values())
 
 # %% ../nbs/09_package.ipynb #09-package-009
@@ -67,11 +72,14 @@ def collect_wheels(reqs:list, # pinned requirements
     cache = state_dir()/"wheels"/key
     if not (cache/".complete").exists():
         if progress: progress(f"collecting wheels for {len(reqs)} requirements (cached after the first build)")
-        tmp = cache.with_name(key + f".tmp{os.getpid()}"); tmp.mkdir(parents=True, exist_ok=True)
-        r = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", str(tmp), *reqs],
+        tmp = cache.with_name(key + f".tmp{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", str(tmp),
+                            *reqs],
                            capture_output=True, text=True)
         if r.returncode != 0:
-            raise PackageError(f"pip could not collect wheels for the image: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
+            raise PackageError("pip could not collect wheels for the image: "
+                               f"{(r.stderr.strip().splitlines() or ['?'])[-1]}")
         (tmp/".complete").touch()
         if cache.exists(): shutil.rmtree(cache)
         tmp.rename(cache)
@@ -87,10 +95,12 @@ def _checkout()->Path|None:
     return root if py.exists() and re.search(r'(?m)^name\s*=\s*"mlops_nb"', py.read_text()) else None
 
 def own_wheel(progress=None)->Path:
-    "A folder with mlops_nb's wheel: built from its checkout (from a copy: the checkout is not touched), or repacked from the installed package."
+    ("A folder with mlops_nb's wheel: built from its checkout (from a copy: the "
+     "checkout is not touched), or repacked from the installed package.")
     root = _checkout()
     pkg = Path(importlib.util.find_spec("mlops_nb").origin).parent
-    srcs = sorted(p for p in pkg.rglob("*") if p.is_file() and "__pycache__" not in p.parts) + ([root/"pyproject.toml"] if root else [])
+    srcs = sorted(p for p in pkg.rglob("*") if p.is_file()
+                  and "__pycache__" not in p.parts) + ([root/"pyproject.toml"] if root else [])
     key = hashlib.sha256(b"".join(p.read_bytes() for p in srcs)).hexdigest()[:16]
     d = state_dir()/"wheels"/f"mlops_nb-{key}"
     if list(d.glob("*.whl")): return d
@@ -101,7 +111,8 @@ def own_wheel(progress=None)->Path:
         shutil.copytree(root, src, ignore=_not_in_wheel(root))
         r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(d), str(src)],
                            capture_output=True, text=True, cwd=tmp)
-    if r.returncode != 0: raise PackageError(f"could not build the mlops_nb wheel from {root}: {r.stderr.strip()[-300:]}")
+    if r.returncode != 0:
+        raise PackageError(f"could not build the mlops_nb wheel from {root}: {r.stderr.strip()[-300:]}")
     return d
 
 def _not_in_wheel(root:Path):
@@ -124,7 +135,14 @@ def _repack_installed(d:Path, progress=None)->Path:
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
         for f in dist.files:
             p = Path(dist.locate_file(f))
-            if f.name == "RECORD" or f.suffix == ".pyc" or "__pycache__" in f.parts or ".." in f.parts or not p.is_file(): continue
+            if (
+                f.name == "RECORD"
+                or f.suffix == ".pyc"
+                or "__pycache__" in f.parts
+                or ".." in f.parts
+                or not p.is_file()
+            ):
+                continue
             data = p.read_bytes()
             z.writestr(str(f), data)
             h = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
@@ -164,7 +182,7 @@ STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \\
   CMD ["python3", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/ready', timeout=2).status != 200)"]
 ENTRYPOINT ["mlops-nb", "serve", "--host", "0.0.0.0", "--port", "8080", "--model", "/model"{entry}]
-"""
+"""  # noqa: E501
 
 # LightGBM links the system's OpenMP runtime (libgomp.so.1), which slim and minimal base images lack; the venv holds
 # scikit-learn's copy (the same runtime, under a private name): LightGBM loads that one, and one runtime serves both
@@ -196,8 +214,11 @@ def image_tag(info:dict, # model name, version, git_commit
 
 # %% ../nbs/09_package.ipynb #09-package-014
 def _problem_code()->tuple:
-    "(`module:attribute` of the configured problem or None, folders of its code outside mlops_nb to copy into the image)."
-    try: ref, _ = problem_ref(); problem = load_problem()
+    ("(`module:attribute` of the configured problem or None, folders of "
+     "its code outside mlops_nb to copy into the image).")
+    try:
+        ref, _ = problem_ref()
+        problem = load_problem()
     except ProblemError: return None, []
     mods = {ref.partition(":")[0], *problem_modules(problem)}
     return ref, sorted({code_path(m) for m in mods if m.split(".")[0] != "mlops_nb"})
@@ -217,7 +238,8 @@ def _replace_dir(new:Path, out:Path):
     if out.is_dir() and not any(out.iterdir()): out.rmdir()
     old = None
     if out.exists():
-        old = out.with_name(f".{out.name}.old{os.getpid()}"); out.rename(old)
+        old = out.with_name(f".{out.name}.old{os.getpid()}")
+        out.rename(old)
     new.rename(out)
     if old is not None: shutil.rmtree(old, ignore_errors=True)
 
@@ -234,12 +256,14 @@ def write_context(model:str|Path|None, # model folder or registry reference (def
     say = progress or (lambda *_: None)
     say(f"loading model {model or 'champion'} and verifying its fast scoring path")
     rt = load_runtime(model)
-    if rt.fast is None: say(f"no proven fast scoring path ({rt.fast_reason}): the image includes pandas for the pipeline path")
+    if rt.fast is None:
+        say(f"no proven fast scoring path ({rt.fast_reason}): the image includes pandas for the pipeline path")
     elif rt.fast.needs_pandas:
         say("the problem derives its features with `derive` alone: the image includes pandas (derive_record spares it)")
     info = rt.info.as_dict()
     base = base_image or MLOPS_NB_BASE_IMAGE.get()
-    out = Path(out or state_dir()/"build"/f"{info['name'] or 'model'}-v{info['version'] or 'dev'}").expanduser().absolute()
+    out = Path(out
+               or state_dir()/"build"/f"{info['name'] or 'model'}-v{info['version'] or 'dev'}").expanduser().absolute()
     _check_context_dir(out)
     entry = Path(entry) if entry else (project_root() or Path.cwd())/"api"/"score.py"
     if not entry.exists():
@@ -247,7 +271,8 @@ def write_context(model:str|Path|None, # model folder or registry reference (def
         entry = None  # no entry script: the server's own answers
     ref, code = _problem_code()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp", dir=out.parent))  # built aside, renamed into place when complete
+    # built aside, renamed into place when complete
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp", dir=out.parent))
     try:
         (tmp/CONTEXT_MARKER).write_text("written by mlops-nb package; mlops-nb may replace this folder\n")
         (tmp/"app"/"code").mkdir(parents=True)
@@ -259,20 +284,24 @@ def write_context(model:str|Path|None, # model folder or registry reference (def
         reqs = image_requirements(rt.model_dir, pandas=needs_pandas(rt), pyarrow=inference_log)
         (tmp/"requirements.txt").write_text("\n".join(reqs) + "\n")
         collect_wheels(reqs, tmp/"wheels", say)
-        env = (f" MLOPS_NB_PROBLEM={ref}" if ref else "") + (f" MLOPS_NB_INFERENCE_LOG={INFERENCE_LOG_DIR}" if inference_log else "")
+        env = (f" MLOPS_NB_PROBLEM={ref}" if ref else "") + (f" MLOPS_NB_INFERENCE_LOG={INFERENCE_LOG_DIR}"
+                                                             if inference_log else "")
         openmp = OPENMP_LINK if any(re.split(r"[<>=!~\[; ]", r, 1)[0].lower() in NEEDS_OPENMP for r in reqs) else ""
         (tmp/"Dockerfile").write_text(DOCKERFILE.format(base=base, env=env, openmp=openmp,
                                                         entry=', "--entry", "/app/score.py"' if entry else ""))
         (tmp/".dockerignore").write_text("**/__pycache__\n" + CONTEXT_MARKER + "\n")
         tag = image_tag(info, registry)
-        labels = {"org.opencontainers.image.title": f"{info['name']} scoring API", "org.opencontainers.image.version": info["version"],
-                  "org.opencontainers.image.revision": info["git_commit"], "org.opencontainers.image.source": "mlops_nb",
+        labels = {"org.opencontainers.image.title": f"{info['name']} scoring API",
+                  "org.opencontainers.image.version": info["version"],
+                  "org.opencontainers.image.revision": info["git_commit"],
+                  "org.opencontainers.image.source": "mlops_nb",
                   "io.mlops-nb.model.name": info["name"], "io.mlops-nb.model.version": info["version"],
                   "io.mlops-nb.model.run-id": info["run_id"], "io.mlops-nb.model.git-commit": info["git_commit"]}
         (tmp/"image.json").write_text(json.dumps({"tag": tag, "labels": labels, "base_image": base}, indent=2))
         _replace_dir(tmp, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     say(f"build context written to {out} (image {tag})")
     return BuildContext(out, tag, labels, base, meta)
 
@@ -281,15 +310,16 @@ def engine(base_url:str|None=None # engine socket/URL (default: DOCKER_HOST, els
           ):
     "A `docker.DockerClient` on the engine, or a `PackageError` saying how to get one."
     try: import docker
-    except ImportError: raise PackageError("the docker SDK is not installed: pip install 'mlops_nb[containers]'") from None
+    except ImportError:
+        raise PackageError("the docker SDK is not installed: pip install 'mlops_nb[containers]'") from None
     url = base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
     try:
         c = docker.DockerClient(base_url=url, version="1.41", timeout=600)
         c.ping()
         return c
     except Exception as e:
-        raise PackageError(f"no container engine answers at {url} ({type(e).__name__}): start Docker or Podman's service "
-                           "(`bash scripts/containers up` here) and set DOCKER_HOST") from None
+        raise PackageError(f"no container engine answers at {url} ({type(e).__name__}): start Docker or Podman's "
+                           "service (`bash scripts/containers up` here) and set DOCKER_HOST") from None
 
 # %% ../nbs/09_package.ipynb #09-package-017
 def build_image(ctx:BuildContext, # from `write_context`
@@ -299,13 +329,15 @@ def build_image(ctx:BuildContext, # from `write_context`
     "Build the image of `ctx` (streaming progress); return its id."
     client = client or engine()
     t0, last = time.time(), []
-    for ev in client.api.build(path=str(ctx.path), tag=ctx.tag, rm=True, forcerm=True, decode=True, labels=ctx.labels, pull=False):
+    for ev in client.api.build(path=str(ctx.path), tag=ctx.tag, rm=True, forcerm=True, decode=True, labels=ctx.labels,
+                               pull=False):
         if "error" in ev:
             raise PackageError(f"image build failed: {ev['error'].strip()} (last output: {' | '.join(last[-3:])})")
         line = (ev.get("stream") or "").strip()
         if line:
             last.append(line)
-            if progress and (line.startswith("STEP") or line.startswith("Step") or line.startswith("-->")): progress(line)
+            if progress and (line.startswith("STEP") or line.startswith("Step") or line.startswith("-->")):
+                progress(line)
     img = client.images.get(ctx.tag)
     if progress: progress(f"built {ctx.tag} in {time.time() - t0:.1f} s ({img.attrs.get('Size', 0) / 1e6:.0f} MB)")
     return img.id
@@ -325,10 +357,13 @@ def push_image(tag:str, # image tag REGISTRY/NAME:TAG
     repo, _, t = tag.rpartition(":")
     digest = None
     for ev in client.images.push(repo, tag=t, auth_config=registry_auth(), stream=True, decode=True):
-        if "error" in ev: raise PackageError(f"push of {tag} failed: {ev['error'].strip()} (check MLOPS_NB_REGISTRY and its credentials)")
+        if "error" in ev:
+            raise PackageError(f"push of {tag} failed: {ev['error'].strip()} (check "
+                               "MLOPS_NB_REGISTRY and its credentials)")
         digest = (ev.get("aux") or {}).get("Digest") or digest
         if not digest and "digest:" in (ev.get("status") or ""):
-            m = re.search(r"(sha256:[0-9a-f]{64})", ev["status"]); digest = m.group(1) if m else None
+            m = re.search(r"(sha256:[0-9a-f]{64})", ev["status"])
+            digest = m.group(1) if m else None
     if progress: progress(f"pushed {tag} ({digest})")
     return digest or ""
 
@@ -336,12 +371,15 @@ def push_image(tag:str, # image tag REGISTRY/NAME:TAG
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 def pinned_reference(tag:str, # image tag REGISTRY/NAME:TAG, as pushed
-                     digest:str|None # the registry's digest for that push (`push_image`); None or "" when nothing was pushed
+                     # the registry's digest for that push (`push_image`); None or "" when nothing was pushed
+                     digest:str|None
                     )->str:
     "`REGISTRY/NAME:TAG@sha256:DIGEST`, the reference to deploy; the tag alone when nothing was pushed."
     if not digest: return tag
-    if not _DIGEST.fullmatch(digest): raise PackageError(f"{digest!r} is not a registry digest (sha256:<64 hex digits>): push {tag} again")
-    if "@" in tag.rsplit("/", 1)[-1]: raise PackageError(f"{tag!r} already carries a digest: pass the tag REGISTRY/NAME:TAG")
+    if not _DIGEST.fullmatch(digest):
+        raise PackageError(f"{digest!r} is not a registry digest (sha256:<64 hex digits>): push {tag} again")
+    if "@" in tag.rsplit("/", 1)[-1]:
+        raise PackageError(f"{tag!r} already carries a digest: pass the tag REGISTRY/NAME:TAG")
     return f"{tag}@{digest}"
 
 # %% ../nbs/09_package.ipynb #09-package-020
@@ -354,7 +392,8 @@ def run_image(tag:str, # image to run
              ):
     "Run `tag` with 8080 published on loopback, wait until /ready answers 200; return (container, base URL)."
     client = client or engine()
-    c = client.containers.run(tag, detach=True, name=name, ports={"8080/tcp": ("127.0.0.1", port)}, environment=env or {},
+    c = client.containers.run(tag, detach=True, name=name, ports={"8080/tcp": ("127.0.0.1", port)}, environment=env
+                              or {},
                               read_only=True, tmpfs={"/tmp": ""})
     try:
         c.reload()
@@ -367,8 +406,11 @@ def run_image(tag:str, # image to run
             if c.status not in ("created", "running"): break
             time.sleep(0.2)
         logs = c.logs(tail=50).decode(errors="replace")
-        keep = state_dir()/"container-logs"/f"{c.name}.log"; keep.parent.mkdir(parents=True, exist_ok=True); keep.write_text(logs)
+        keep = state_dir()/"container-logs"/f"{c.name}.log"
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        keep.write_text(logs)
         raise PackageError(f"container {c.name} of {tag} did not become ready in {timeout:g} s (status {c.status}); "
                            f"logs kept at {keep}: {logs.strip().splitlines()[-1] if logs.strip() else 'no output'}")
     except BaseException:
-        c.remove(force=True); raise
+        c.remove(force=True)
+        raise

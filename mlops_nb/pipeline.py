@@ -46,25 +46,32 @@ class Step:
     def label(self)->str: return f"{self.stage}/{self.name}"
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-012
-STORE = ("MLOPS_NB_TRACKING_URI", "MLOPS_NB_REGISTRY_URI", "DATABRICKS_HOST", "DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET") # tracking store and model registry (OAuth M2M)
+STORE = ("MLOPS_NB_TRACKING_URI", "MLOPS_NB_REGISTRY_URI", "DATABRICKS_HOST", "DATABRICKS_CLIENT_ID",
+         "DATABRICKS_CLIENT_SECRET") # tracking store and model registry (OAuth M2M)
 REGISTRY = ("MLOPS_NB_REGISTRY", "MLOPS_NB_REGISTRY_USERNAME", "MLOPS_NB_REGISTRY_PASSWORD") # image registry
 _DATABRICKS = "--runner databricks --cluster {DATABRICKS_CLUSTER} --wheel" # the checkout's own wheel on the cluster
-BUNDLE_AUTH = ("DATABRICKS_HOST", "DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET") # what `databricks bundle` authenticates with
+# what `databricks bundle` authenticates with
+BUNDLE_AUTH = ("DATABRICKS_HOST", "DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET")
 DOCS_SITE = "_site" # the folder the docs pipeline builds the site into (git-ignored), and publishes from
 
 PIPELINES = {
     "ci": [
         Step("test", "train-test", "mlops-nb train --mode test --quiet --json", out="run", timeout=1200,
              cloud=f"mlops-nb train --mode test {_DATABRICKS} --branch {{branch}} --timeout 1200 --json",
-             cloud_env=("MLOPS_NB_TRACKING_URI", "DATABRICKS_HOST", "DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET")),
+             cloud_env=("MLOPS_NB_TRACKING_URI", "DATABRICKS_HOST", "DATABRICKS_CLIENT_ID",
+                        "DATABRICKS_CLIENT_SECRET")),
         Step("test", "test-suite", "python -m pytest -q", when="cloud", timeout=2700),
-        Step("test", "bundle-validate", "databricks bundle validate -t test", when="cloud", timeout=300, cloud_env=BUNDLE_AUTH),
+        Step("test", "bundle-validate", "databricks bundle validate -t test", when="cloud", timeout=300,
+             cloud_env=BUNDLE_AUTH),
     ],
     "train": [
-        Step("data", "generate", "mlops-nb data generate --period {period} --rows {rows} --out {data}", unless="own_data", timeout=600),
+        Step("data", "generate", "mlops-nb data generate --period {period} --rows {rows} --out {data}",
+             unless="own_data", timeout=600),
         Step("data", "check", "mlops-nb data check {data}", when="own_data", timeout=600),
-        Step("train", "train-full", "mlops-nb train --mode full --data {data} --epochs {epochs} --quiet --json", out="run", timeout=3600,
-             cloud=f"mlops-nb train --mode full {_DATABRICKS} --branch {{main}} --data {{data}} --timeout 14400 --json", cloud_env=STORE),
+        Step("train", "train-full", "mlops-nb train --mode full --data {data} --epochs {epochs} --quiet --json",
+             out="run", timeout=3600,
+             cloud=f"mlops-nb train --mode full {_DATABRICKS} --branch {{main}} --data {{data}} --timeout 14400 --json",
+             cloud_env=STORE),
         Step("select", "best", "mlops-nb models best", timeout=300, cloud_env=STORE),
         Step("select", "promote", "python pipelines/promote.py --alias champion", out="champion", timeout=300,
              cloud_env=STORE + ("MLOPS_NB_SHADOW_LOG", "MLOPS_NB_MIN_SHADOW_ROWS")), # set: a shadow period first
@@ -72,29 +79,36 @@ PIPELINES = {
     ],
     "deploy": [
         Step("test", "api-tests", "python -m pytest api -q -p no:cacheprovider", timeout=900),
-        Step("test", "local-deploy", "python pipelines/smoke.py --model champion", out="smoke", timeout=300, cloud_env=STORE),
-        Step("build", "image", "mlops-nb package --model champion --push --json", out="package", when="engine", timeout=1800,
+        Step("test", "local-deploy", "python pipelines/smoke.py --model champion", out="smoke", timeout=300,
+             cloud_env=STORE),
+        Step("build", "image", "mlops-nb package --model champion --push --json", out="package", when="engine",
+             timeout=1800,
              cloud_env=STORE + REGISTRY),
-        Step("build", "context", "mlops-nb package --model champion --context-only {home}/build/pipeline --json", out="package",
+        Step("build", "context", "mlops-nb package --model champion --context-only {home}/build/pipeline --json",
+             out="package",
              unless="engine", timeout=900),
-        Step("deploy", "rollout", "mlops-nb deploy --target kubernetes --image {package[image]} --json", when="kubeconfig", timeout=900,
+        Step("deploy", "rollout", "mlops-nb deploy --target kubernetes --image {package[image]} --json",
+             when="kubeconfig", timeout=900,
              cloud="mlops-nb deploy --target kubernetes --image {package[image]} --namespace {MLOPS_NB_NAMESPACE} "
                    "--api-key-secret {api_key_secret} --timeout 600 --json",
              cloud_env=("KUBECONFIG",)),
-        Step("deploy", "dry-run", "mlops-nb deploy --target kubernetes --image {package[image]} --dry-run", unless="kubeconfig", timeout=300),
+        Step("deploy", "dry-run", "mlops-nb deploy --target kubernetes --image {package[image]} --dry-run",
+             unless="kubeconfig", timeout=300),
         Step("deploy", "bundle", "databricks bundle deploy -t prod", when="cloud", timeout=1200, cloud_env=BUNDLE_AUTH),
     ],
     "monitor": [
-        Step("monitor", "drift", "mlops-nb monitor --reference {reference} --current {current} --window {window} --model champion --json",
+        Step("monitor", "drift", "mlops-nb monitor --reference {reference} --current {current} "
+                                 "--window {window} --model champion --json",
              out="monitor", timeout=1800,
-             cloud="mlops-nb monitor --reference {MLOPS_NB_MONITOR_REFERENCE} --current {MLOPS_NB_INFERENCE_LOG} --window {window} "
-                   "--model champion --json", cloud_env=STORE),
+             cloud="mlops-nb monitor --reference {MLOPS_NB_MONITOR_REFERENCE} --current {MLOPS_NB_INFERENCE_LOG} "
+                   "--window {window} --model champion --json", cloud_env=STORE),
         Step("trigger", "train", "pipeline:train", when="retrain"),
     ],
     "batch": [
         Step("score", "batch", "mlops-nb score --model champion --input {input} --output {output} --overwrite --json",
              out="score", timeout=3600,
-             cloud="mlops-nb score --model champion --input {MLOPS_NB_BATCH_INPUT} --output {MLOPS_NB_BATCH_OUTPUT} --overwrite --json",
+             cloud="mlops-nb score --model champion --input {MLOPS_NB_BATCH_INPUT} "
+                   "--output {MLOPS_NB_BATCH_OUTPUT} --overwrite --json",
              cloud_env=STORE),
     ],
     "docs": [
@@ -112,7 +126,8 @@ def cloud_steps(name:str # ci, train, deploy, monitor, batch or docs
                )->list[Step]:
     "The steps of pipeline `name` that run in the cloud: those whose conditions hold under `CLOUD_FACTS`."
     if name not in PIPELINES: raise PipelineError(f"pipeline {name!r} does not exist: use {', '.join(PIPELINES)}")
-    return [s for s in PIPELINES[name] if (not s.when or CLOUD_FACTS[s.when]) and not (s.unless and CLOUD_FACTS[s.unless])]
+    return [s for s in PIPELINES[name] if (not s.when or CLOUD_FACTS[s.when])
+            and not (s.unless and CLOUD_FACTS[s.unless])]
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-022
 @dataclass(frozen=True)
@@ -127,25 +142,32 @@ CLOUD_ENV = {
     "MLOPS_NB_TRACKING_URI": CloudVar("secret", "tracking"),
     "MLOPS_NB_REGISTRY_URI": CloudVar("secret", "tracking"),
     "DATABRICKS_HOST": CloudVar("secret", "tracking"),
-    "DATABRICKS_CLIENT_ID": CloudVar("variable", "tracking"), # OAuth M2M: the service principal (DATABRICKS_TOKEN works too)
+    # OAuth M2M: the service principal (DATABRICKS_TOKEN works too)
+    "DATABRICKS_CLIENT_ID": CloudVar("variable", "tracking"),
     "DATABRICKS_CLIENT_SECRET": CloudVar("secret", "tracking"),
     "DATABRICKS_CLUSTER": CloudVar("variable", "tracking"), # job-cluster JSON for the notebook runs
     "MLOPS_NB_REGISTRY": CloudVar("variable", "registry"),
     "MLOPS_NB_REGISTRY_USERNAME": CloudVar("secret", "registry"),
     "MLOPS_NB_REGISTRY_PASSWORD": CloudVar("secret", "registry"),
     "DATA_PATH": CloudVar("variable", "data"), # the refreshed training data the data job writes
-    "MLOPS_NB_MONITOR_REFERENCE": CloudVar("variable", "data"), # what monitoring compares live traffic with: the champion's training data
-    "MLOPS_NB_INFERENCE_LOG": CloudVar("variable", "data"), # the inference log's folder (serve --log-dir), as the agent reads it
-    "MLOPS_NB_BATCH_INPUT": CloudVar("variable", "data"), # the nightly batch's data to score: a file, folder or glob, as the agent reads it
+    # what monitoring compares live traffic with: the champion's training data
+    "MLOPS_NB_MONITOR_REFERENCE": CloudVar("variable", "data"),
+    # the inference log's folder (serve --log-dir), as the agent reads it
+    "MLOPS_NB_INFERENCE_LOG": CloudVar("variable", "data"),
+    # the nightly batch's data to score: a file, folder or glob, as the agent reads it
+    "MLOPS_NB_BATCH_INPUT": CloudVar("variable", "data"),
     "MLOPS_NB_BATCH_OUTPUT": CloudVar("variable", "data"), # the folder the nightly batch's scores replace
-    "MLOPS_NB_SHADOW_LOG": CloudVar("variable", "data"), # when set, promotion waits for a shadow period in this inference log
+    # when set, promotion waits for a shadow period in this inference log
+    "MLOPS_NB_SHADOW_LOG": CloudVar("variable", "data"),
     "MLOPS_NB_MIN_SHADOW_ROWS": CloudVar("variable", "data"), # the rows that shadow period asks for (default 1000)
     "KUBECONFIG": CloudVar("file", "kubeconfig", github="KUBE_CONFIG"),
     "MLOPS_NB_NAMESPACE": CloudVar("variable", "kubeconfig", default="namespace"), # deploy's namespace
 }
 CI_SUFFIX, CI_GROUP = "_CI", "ci"
-FEDERATED = "DATABRICKS_CLIENT_SECRET" # never stored with federation (GitHub, GitLab: OIDC; Azure DevOps: WIF): the job's identity replaces it
-SECRET_ENVIRONMENTS = {"ci": "ci", "production": "trusted"} # GitHub: the environment holding each credential set's secrets
+# never stored with federation (GitHub, GitLab: OIDC; Azure DevOps: WIF): the job's identity replaces it
+FEDERATED = "DATABRICKS_CLIENT_SECRET"
+# GitHub: the environment holding each credential set's secrets
+SECRET_ENVIRONMENTS = {"ci": "ci", "production": "trusted"}
 
 @dataclass(frozen=True)
 class Input:
@@ -158,7 +180,8 @@ class Input:
 INPUTS = {
     "branch": Input("BRANCH", "${{ github.head_ref }}", "$(System.PullRequest.SourceBranch)",
                     "$CI_MERGE_REQUEST_SOURCE_BRANCH_NAME"),
-    "data": Input("DATA_PATH", "${{ inputs.data_path || github.event.client_payload.data_path || vars.DATA_PATH }}", "$(DATA_PATH)"),
+    "data": Input("DATA_PATH", "${{ inputs.data_path || github.event.client_payload.data_path || vars.DATA_PATH }}",
+                  "$(DATA_PATH)"),
 }
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-025
@@ -169,7 +192,8 @@ _BRANCH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,99}")
 class PipelineSettings:
     "What differs between projects in their cloud pipelines; everything else comes from `PIPELINES` and `CLOUD`."
     name: str # the Deployment's name (the problem's); its API key Secret is `NAME-api-key`
-    prefix: str = "mlops-nb" # Azure DevOps: variable groups PREFIX-ci, -tracking, -registry, -data; the train pipeline PREFIX-train
+    # Azure DevOps: variable groups PREFIX-ci, -tracking, -registry, -data; the train pipeline PREFIX-train
+    prefix: str = "mlops-nb"
     main: str = "main" # the branch pull requests target, and that is retrained and deployed
     cron: str = "30 6 * * 1" # retraining schedule (UTC): after the data refresh
     monitor_cron: str = "0 5 * * *" # monitoring schedule (UTC)
@@ -177,23 +201,30 @@ class PipelineSettings:
     window: int = 7 # days of live traffic each monitoring run looks at
     python: str = "3.11" # Python on GitHub's runners
     optional: tuple = () # optional pipelines this project gets too (see `Cloud.requires`), e.g. ("docs",)
-    github_auth: str = "oidc" # GitHub: Databricks through OIDC federation (no stored secret), or "secret" (the OAuth M2M pair)
-    gitlab_auth: str = "oidc" # GitLab: Databricks through the job's OIDC ID token (`id_tokens`), or "secret" (the OAuth M2M pair)
-    azure_auth: str = "wif" # Azure DevOps: Databricks through a workload identity federation service connection, or "secret"
+    # GitHub: Databricks through OIDC federation (no stored secret), or "secret" (the OAuth M2M pair)
+    github_auth: str = "oidc"
+    # GitLab: Databricks through the job's OIDC ID token (`id_tokens`), or "secret" (the OAuth M2M pair)
+    gitlab_auth: str = "oidc"
+    # Azure DevOps: Databricks through a workload identity federation service connection, or "secret"
+    azure_auth: str = "wif"
     namespace: str|None = None # deploy's Kubernetes namespace, unless MLOPS_NB_NAMESPACE is set (default: name)
-    bundle: bool = False # the project has a Databricks Asset Bundle (databricks.yml): ci validates it, deploy deploys it
+    # the project has a Databricks Asset Bundle (databricks.yml): ci validates it, deploy deploys it
+    bundle: bool = False
     def __post_init__(self):
         checked = [("name", self.name, _SLUG), ("prefix", self.prefix, _SLUG), ("main", self.main, _BRANCH)]
         for what, v, pat in checked + ([("namespace", self.namespace, _SLUG)] if self.namespace is not None else []):
-            if not isinstance(v, str) or not pat.fullmatch(v): raise PipelineError(f"pipeline setting {what}={v!r} is not allowed: use {pat.pattern}")
+            if not isinstance(v, str) or not pat.fullmatch(v):
+                raise PipelineError(f"pipeline setting {what}={v!r} is not allowed: use {pat.pattern}")
         for what in ("cron", "monitor_cron", "batch_cron"):
             v = getattr(self, what)
             if not isinstance(v, str) or len(v.split()) != 5 or not re.fullmatch(r"[0-9*/,\- ]+", v):
                 raise PipelineError(f"pipeline setting {what}={v!r} is not a five-field cron expression")
         if isinstance(self.window, bool) or not isinstance(self.window, int) or not 1 <= self.window <= 366:
             raise PipelineError(f"pipeline setting window={self.window!r} is not allowed: use whole days, 1 to 366")
-        if not re.fullmatch(r"3\.\d{1,2}", self.python): raise PipelineError(f"pipeline setting python={self.python!r}: use 3.X")
-        if not isinstance(self.optional, tuple): raise PipelineError(f"pipeline setting optional={self.optional!r}: use a tuple of pipeline names")
+        if not re.fullmatch(r"3\.\d{1,2}", self.python):
+            raise PipelineError(f"pipeline setting python={self.python!r}: use 3.X")
+        if not isinstance(self.optional, tuple):
+            raise PipelineError(f"pipeline setting optional={self.optional!r}: use a tuple of pipeline names")
         for what, federated in (("github_auth", "oidc"), ("gitlab_auth", "oidc"), ("azure_auth", "wif")):
             if getattr(self, what) not in (federated, "secret"):
                 raise PipelineError(f"pipeline setting {what}={getattr(self, what)!r}: use {federated} or secret")
@@ -221,7 +252,9 @@ def cloud_command(step:Step, # a step of `cloud_steps`
         elif key in settings.literals: return shlex.quote(settings.literals[key])
         elif key in INPUTS: name, src = INPUTS[key].env, ("input", key)
         elif key in CLOUD_ENV: name, src = key, _cloud_source(key, settings)
-        else: raise PipelineError(f"step {step.label}: the cloud has no value for {{{m.group(0)[1:-1]}}} in {step.cloud or step.cmd!r}")
+        else:
+            raise PipelineError(f"step {step.label}: the cloud has no value for {{"
+                                f"{m.group(0)[1:-1]}}} in {step.cloud or step.cmd!r}")
         env[name] = src
         return f'"${name}"'
     line = _FIELD.sub(field, step.cloud or step.cmd)
@@ -242,7 +275,8 @@ class Job:
     environment: str|None = None # deployment environment whose approvals (and, on GitHub, secrets) guard the job
     actions: tuple = () # GitHub: `Action`s run after the steps; a job of actions only gets no checkout and no setup
     permissions: dict|None = None # GitHub: the job's token permissions (default: contents: read)
-    databricks_cli: bool = False # installs the Databricks CLI (pinned: `DATABRICKS_CLI`) before its `databricks bundle` steps
+    # installs the Databricks CLI (pinned: `DATABRICKS_CLI`) before its `databricks bundle` steps
+    databricks_cli: bool = False
 
 @dataclass(frozen=True)
 class Action:
@@ -257,10 +291,12 @@ ACTIONS = { # action -> (full commit SHA, the release it is); bump both together
     "actions/setup-python": ("a26af69be951a213d495a4c3e4e4022e16d87065", "v5.6.0"),
     "actions/upload-pages-artifact": ("fc324d3547104276b827a68afc52ff2a11cc49c9", "v5.0.0"),
     "actions/deploy-pages": ("cd2ce8fcbc39b97be8ca5fce6e763baed58fa128", "v5.0.0"),
-    "databricks/setup-cli": ("6bb7075f85b326f8b9ce160933dfe9bcd63c8121", "v1.13.0"), # the CLI whose bundle schema tests/ check
+    # the CLI whose bundle schema tests/ check
+    "databricks/setup-cli": ("6bb7075f85b326f8b9ce160933dfe9bcd63c8121", "v1.13.0"),
 }
 DATABRICKS_CLI = ("curl -fsSL https://raw.githubusercontent.com/databricks/setup-cli/"
-                  f"{ACTIONS['databricks/setup-cli'][0]}/install.sh | sudo sh") # Azure DevOps: the same release's install script
+                  # Azure DevOps: the same release's install script
+                  f"{ACTIONS['databricks/setup-cli'][0]}/install.sh | sudo sh")
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-039
 @dataclass(frozen=True)
@@ -275,136 +311,151 @@ class Cloud:
     event: str|None = None # GitHub: the repository_dispatch event type (the data job's) that starts it
     manual: bool = False # can be started by hand (GitHub: workflow_dispatch)
     inputs: dict = field(default_factory=dict) # manual start's inputs: name -> description
-    after: str|None = None # the pipeline whose successful run on the main branch starts this one (when its `pipeline:` step's condition is an output's, only when that output says so)
+    # the pipeline whose successful run on the main branch starts this one (when its `pipeline:` step's condition is an
+    # output's, only when that output says so)
+    after: str|None = None
     credentials: str = "production" # `ci`: only the *_CI secrets and variables (pull requests)
     checkout_main: bool = False # check out the main branch whatever started the run
     notes: dict = field(default_factory=dict) # platform (github, azure) -> more comment, with {settings} fields
     platforms: tuple = ("github", "azure", "gitlab") # where it is generated
-    requires: str|None = None # a project file its steps run: only projects with it get the pipeline (`PipelineSettings.optional`)
+    # a project file its steps run: only projects with it get the pipeline (`PipelineSettings.optional`)
+    requires: str|None = None
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-042
 CLOUD = {
     "ci": Cloud(
         "CI: every pull request to {main} runs the training notebook in test mode (seeded 5% sample, one epoch, "
-        "nothing registered) as a Databricks job in a workspace folder of its own, and the whole test suite; either failing "
-        "fails the pull request.",
+        "nothing registered) as a Databricks job in a workspace folder of its own, and the whole test suite; either "
+        "failing fails the pull request.",
         jobs=(Job("notebook-test-mode", "training notebook in test mode", ("train-test",), 30),
               Job("test-suite", "test suite", ("test-suite",), 45),
-              Job("bundle-validate", "Databricks Asset Bundle: validate the test target", ("bundle-validate",), 15, databricks_cli=True)),
+              Job("bundle-validate", "Databricks Asset Bundle: validate the test target", ("bundle-validate",), 15,
+                  databricks_cli=True)),
         pull_request=True, credentials="ci",
         notes={"github": "Make both jobs required status checks. Its secrets and variables are the *_CI ones of the "
-                         "environment ci (a CI workspace and token that reach nothing in production); the production ones "
-                         "live in the environment trusted, restricted to {main}, out of a pull request's reach. The branch "
-                         "name reaches the command only as a quoted environment variable.",
-               "gitlab": "ci: every merge request to {main} (no `changes:` filter). Its jobs read the *_CI variables (not protected, "
-                         "a CI workspace and token that reach nothing in production) under the names the steps read.",
-               "azure": "Make this pipeline a build validation of the {main} branch policy. Link only the variable group "
-                        "{prefix}-ci (the *_CI variables: a CI workspace and token that reach nothing in production) and "
-                        "never authorise the production groups for this pipeline (give them a branch control check: "
-                        "{main} only); its Databricks steps run under the service connection {prefix}-databricks-ci "
-                        "(workload identity federation, the CI service principal); the branch name reaches the command only as a quoted environment variable."}),
+                         "environment ci (a CI workspace and token that reach nothing in production); the production "
+                         "ones live in the environment trusted, restricted to {main}, out of a pull request's reach. "
+                         "The branch name reaches the command only as a quoted environment variable.",
+               "gitlab": "ci: every merge request to {main} (no `changes:` filter). Its jobs read the *_CI variables "
+                         "(not protected, a CI workspace and token that reach nothing in "
+                         "production) under the names the steps read.",
+               "azure": "Make this pipeline a build validation of the {main} branch policy. Link only the variable "
+                        "group {prefix}-ci (the *_CI variables: a CI workspace and token that reach nothing in "
+                        "production) and never authorise the production groups for this pipeline (give them a branch "
+                        "control check: {main} only); its Databricks steps run under the service connection "
+                        "{prefix}-databricks-ci (workload identity federation, the CI service principal); the branch "
+                        "name reaches the command only as a quoted environment variable."}),
     "train": Cloud(
         "Re-training: the main branch's training notebook in full mode on the refreshed data (DATA_PATH) registers a "
         "version; the best version by the problem's primary metric, among versions evaluated on the same data, is "
         "promoted to champion; a successful run then starts the deploy pipeline.",
-        jobs=(Job("retrain", "full-mode run, register, select, promote", ("check", "train-full", "best", "promote"), 260),),
+        jobs=(Job("retrain", "full-mode run, register, select, promote", ("check", "train-full", "best", "promote"),
+                  260),),
         schedule=True, event="data-refreshed", manual=True, checkout_main=True, after="monitor",
         inputs={"data_path": "data file to train on (default: the DATA_PATH variable)"},
         notes={"github": "When: on the schedule that follows the data refresh ({cron}, UTC), when the data job sends "
                          "its event, or by hand (gh workflow run train.yml -f data_path=...). The event needs a token "
                          "allowed to dispatch (contents: write):\n"
-                         "  curl -X POST -H \"Authorization: Bearer $TOKEN\" https://api.github.com/repos/OWNER/REPO/dispatches "
-                         "-d '{{\"event_type\": \"data-refreshed\", \"client_payload\": {{\"data_path\": \"abfss://...\"}}}}'\n"
-                         "Drop the schedule once the event is wired. The monitor workflow calls this one when it advises "
-                         "retraining. Secrets and variables come from the environment trusted (deployment branches: {main} "
-                         "only). The deploy job runs .github/workflows/deploy.yml.",
-               "gitlab": "train: a pipeline schedule on {main} with the variable MLOPS_NB_PIPELINE=train ({cron}, UTC), the data job's "
-                         "pipeline trigger (variables MLOPS_NB_PIPELINE=train and DATA_PATH), a run by hand with the same "
-                         "variables, or monitoring's child pipeline when it advises retraining; a successful run then runs "
-                         "deploy's jobs in the same pipeline.",
-               "azure": "When: on the schedule that follows the data refresh ({cron}, UTC). To train on the refresh itself, "
-                        "replace `schedules` with a pipeline resource trigger on the data job's pipeline. A {prefix}-monitor "
-                        "run tagged retrain starts it too. Name this "
-                        "pipeline {prefix}-train in Azure DevOps: a completed run on {main} starts the deploy pipeline. "
-                        "Variable groups {prefix}-tracking and {prefix}-data: authorised for this pipeline and deploy "
-                        "only, with a branch control check ({main}). Its Databricks steps run under the service "
-                        "connection {prefix}-databricks (workload identity federation); the notebook run may last four "
-                        "hours, longer than a federated Azure CLI login is renewed: back that connection with a managed "
-                        "identity, or set azure_auth = \"secret\" (see nbs/12c_azure_devops.ipynb)."}),
+                         "  curl -X POST -H \"Authorization: Bearer $TOKEN\" "
+                         "https://api.github.com/repos/OWNER/REPO/dispatches -d '{{\"event_type\": \"data-refreshed\", "
+                         "\"client_payload\": {{\"data_path\": \"abfss://...\"}}}}'\n"
+                         "Drop the schedule once the event is wired. The monitor workflow calls this one when it "
+                         "advises retraining. Secrets and variables come from the environment trusted (deployment "
+                         "branches: {main} only). The deploy job runs .github/workflows/deploy.yml.",
+               "gitlab": "train: a pipeline schedule on {main} with the variable MLOPS_NB_PIPELINE=train ({cron}, "
+                         "UTC), the data job's pipeline trigger (variables MLOPS_NB_PIPELINE=train and DATA_PATH), a "
+                         "run by hand with the same variables, or monitoring's child pipeline when it advises "
+                         "retraining; a successful run then runs deploy's jobs in the same pipeline.",
+               "azure": "When: on the schedule that follows the data refresh ({cron}, UTC). To train on the refresh "
+                        "itself, replace `schedules` with a pipeline resource trigger on the data job's pipeline. A "
+                        "{prefix}-monitor run tagged retrain starts it too. Name this "
+                        "pipeline {prefix}-train in Azure DevOps: a completed run on {main} starts the deploy "
+                        "pipeline. Variable groups {prefix}-tracking and {prefix}-data: authorised for this pipeline "
+                        "and deploy only, with a branch control check ({main}). Its Databricks steps run under the "
+                        "service connection {prefix}-databricks (workload identity federation); the notebook run may "
+                        "last four hours, longer than a federated Azure CLI login is renewed: back that connection "
+                        "with a managed identity, or set azure_auth = \"secret\" (see nbs/12c_azure_devops.ipynb)."}),
     "deploy": Cloud(
-        "Deployment, on every commit to main and after every successful re-training: test (the API tests, then serve the "
-        "champion and score its example), build (the champion's image, pushed to the registry), deploy (Kubernetes "
+        "Deployment, on every commit to main and after every successful re-training: test (the API tests, then serve "
+        "the champion and score its example), build (the champion's image, pushed to the registry), deploy (Kubernetes "
         "rollout of that image: waits for readiness, rolls back a version that is not ready).",
         jobs=(Job("test", "API tests and local deploy test", ("api-tests", "local-deploy"), 30),
               Job("build", "build and push the champion's image", ("image",), 45, needs="test"),
               Job("deploy", "Kubernetes rollout", ("rollout",), 30, needs="build", environment="production"),
-              Job("bundle", "deploy the Databricks Asset Bundle to prod", ("bundle",), 30, needs="test", databricks_cli=True)),
+              Job("bundle", "deploy the Databricks Asset Bundle to prod", ("bundle",), 30, needs="test",
+                  databricks_cli=True)),
         push=True, manual=True, after="train",
-        notes={"github": "Secrets reach only the steps that need them: the store's and the registry's are secrets of the "
-                         "environment trusted (deployment branches: {main} only), KUBE_CONFIG a secret of the environment "
-                         "production (required reviewers). It deploys to the namespace the variable "
+        notes={"github": "Secrets reach only the steps that need them: the store's and the registry's are secrets of "
+                         "the environment trusted (deployment branches: {main} only), KUBE_CONFIG a secret of the "
+                         "environment production (required reviewers). It deploys to the namespace the variable "
                          "MLOPS_NB_NAMESPACE names (default: {namespace}); create it, and the Secret {api_key_secret} "
                          "in it, first.",
-               "gitlab": "deploy: every push to {main}. Its rollout job runs in the environment production (protect it: required "
-                         "approvals) with resource_group production, so deployments never overlap; KUBECONFIG is a File "
-                         "variable of that environment, protected; MLOPS_NB_NAMESPACE defaults to {namespace}.",
+               "gitlab": "deploy: every push to {main}. Its rollout job runs in the environment production (protect "
+                         "it: required approvals) with resource_group production, so deployments never overlap; "
+                         "KUBECONFIG is a File variable of that environment, protected; "
+                         "MLOPS_NB_NAMESPACE defaults to {namespace}.",
                "azure": "It deploys to the namespace of the pipeline variable MLOPS_NB_NAMESPACE ({namespace}: the "
                         "project setting namespace under [tool.mlops_nb], default the Deployment's name); create it, "
                         "and the Secret {api_key_secret} in it, first. Secrets come from the variable groups "
                         "{prefix}-tracking and {prefix}-registry and the secure file kubeconfig; they reach only the "
-                        "steps that map them. Approvals and checks are configured on the production environment: add its "
-                        "Exclusive Lock check, which with this file's lockBehavior sequential lets one run at a time "
-                        "deploy, the later runs waiting in order."}),
+                        "steps that map them. Approvals and checks are configured on the production environment: add "
+                        "its Exclusive Lock check, which with this file's lockBehavior sequential lets one run at a "
+                        "time deploy, the later runs waiting in order."}),
     "monitor": Cloud(
-        "Monitoring, daily: the drift of the live traffic the server logged (its inference log, the last {window} days) from "
-        "the champion's training data, and the champion's age; when retraining is advised, the train pipeline runs.",
+        "Monitoring, daily: the drift of the live traffic the server logged (its inference log, the last {window} "
+        "days) from the champion's training data, and the champion's age; "
+        "when retraining is advised, the train pipeline runs.",
         jobs=(Job("monitor", "drift of the live traffic and the retraining verdict", ("drift",), 45),),
         schedule=True, cron="monitor_cron", manual=True, checkout_main=True,
         notes={"github": "When: {monitor_cron} (UTC), or by hand (gh workflow run monitor.yml). The variables "
-                         "MLOPS_NB_INFERENCE_LOG (the folder the Deployment's inference log volume is written to, as this "
-                         "runner reads it: a self-hosted runner with the same share mounted, or a folder a step you add "
-                         "copies there) and MLOPS_NB_MONITOR_REFERENCE (the champion's training data) and the store's "
-                         "secrets come from the environment trusted. When the verdict is retrain, the train job runs "
-                         ".github/workflows/train.yml.",
-               "gitlab": "monitor: a pipeline schedule with MLOPS_NB_PIPELINE=monitor ({monitor_cron}, UTC). Its verdict is the "
-                         "dotenv report of the monitor job; the trigger job monitor:train runs the child pipeline that "
-                         "job wrote: the train pipeline when retraining is advised, else one job saying why not.",
+                         "MLOPS_NB_INFERENCE_LOG (the folder the Deployment's inference log volume is written to, as "
+                         "this runner reads it: a self-hosted runner with the same share mounted, or a folder a step "
+                         "you add copies there) and MLOPS_NB_MONITOR_REFERENCE (the champion's training data) and the "
+                         "store's secrets come from the environment trusted. When the verdict is retrain, the train "
+                         "job runs .github/workflows/train.yml.",
+               "gitlab": "monitor: a pipeline schedule with MLOPS_NB_PIPELINE=monitor ({monitor_cron}, UTC). Its "
+                         "verdict is the dotenv report of the monitor job; the trigger job monitor:train runs the "
+                         "child pipeline that job wrote: the train pipeline when "
+                         "retraining is advised, else one job saying why not.",
                "azure": "When: {monitor_cron} (UTC). Name this pipeline {prefix}-monitor in Azure DevOps: a run whose "
-                        "verdict is retrain is tagged retrain, and the train pipeline's pipeline resource trigger starts on "
-                        "that tag. The variables MLOPS_NB_INFERENCE_LOG (the inference log's folder as the agent reads it: "
-                        "a self-hosted agent with the Deployment's log share mounted) and MLOPS_NB_MONITOR_REFERENCE live "
-                        "in the group {prefix}-data."}),
+                        "verdict is retrain is tagged retrain, and the train pipeline's pipeline resource trigger "
+                        "starts on that tag. The variables MLOPS_NB_INFERENCE_LOG (the inference log's folder as the "
+                        "agent reads it: a self-hosted agent with the Deployment's log share mounted) and "
+                        "MLOPS_NB_MONITOR_REFERENCE live in the group {prefix}-data."}),
     "batch": Cloud(
-        "Batch scoring, nightly: every row of the data to score (MLOPS_NB_BATCH_INPUT: Parquet/CSV files, a folder or a "
-        "glob) through the champion, with its key columns, prediction, model and version, into the folder "
-        "MLOPS_NB_BATCH_OUTPUT (Parquet parts, _SUCCESS, _mlops_nb_batch.json), replaced only once the new scores are complete.",
+        "Batch scoring, nightly: every row of the data to score (MLOPS_NB_BATCH_INPUT: Parquet/CSV files, a folder or "
+        "a glob) through the champion, with its key columns, prediction, model and version, into the folder "
+        "MLOPS_NB_BATCH_OUTPUT (Parquet parts, _SUCCESS, _mlops_nb_batch.json), replaced only once the new scores are "
+        "complete.",
         jobs=(Job("batch", "score the data with the champion", ("batch",), 90),),
         schedule=True, cron="batch_cron", manual=True, checkout_main=True,
         notes={"github": "When: {batch_cron} (UTC), or by hand (gh workflow run batch.yml). The variables "
-                         "MLOPS_NB_BATCH_INPUT and MLOPS_NB_BATCH_OUTPUT are paths as this runner reads them (a self-hosted "
-                         "runner with the data share mounted, or a folder a step you add copies to and from) and, with the "
-                         "store's secrets (to load the champion), come from the environment trusted. The local engine uses "
-                         "every core of the runner with bounded memory; data beyond one machine runs the batch notebook "
-                         "(nbs/batch.ipynb, engine spark) as a Databricks job instead.",
+                         "MLOPS_NB_BATCH_INPUT and MLOPS_NB_BATCH_OUTPUT are paths as this runner reads them (a "
+                         "self-hosted runner with the data share mounted, or a folder a step you add copies to and "
+                         "from) and, with the store's secrets (to load the champion), come from the environment "
+                         "trusted. The local engine uses every core of the runner with bounded memory; data beyond one "
+                         "machine runs the batch notebook (nbs/batch.ipynb, engine spark) as a Databricks job instead.",
                "gitlab": "batch: a pipeline schedule with MLOPS_NB_PIPELINE=batch ({batch_cron}, UTC).",
                "azure": "When: {batch_cron} (UTC). Name this pipeline {prefix}-batch in Azure DevOps. The variables "
-                        "MLOPS_NB_BATCH_INPUT and MLOPS_NB_BATCH_OUTPUT (paths as the agent reads them: a self-hosted agent "
-                        "with the data share mounted) live in the group {prefix}-data, the store's secrets in "
+                        "MLOPS_NB_BATCH_INPUT and MLOPS_NB_BATCH_OUTPUT (paths as the agent reads them: a self-hosted "
+                        "agent with the data share mounted) live in the group {prefix}-data, the store's secrets in "
                         "{prefix}-tracking."}),
     "docs": Cloud(
-        "Documentation, on every commit to main: build the site from the notebooks (Quarto's nbdev-docs where Quarto is "
-        f"installed, else the nbconvert fallback of scripts/docs.py), check its links, publish {DOCS_SITE}/ to GitHub Pages.",
+        "Documentation, on every commit to main: build the site from the notebooks (Quarto's nbdev-docs where Quarto "
+        "is installed, else the nbconvert fallback of scripts/docs.py), check "
+        f"its links, publish {DOCS_SITE}/ to GitHub Pages.",
         jobs=(Job("build", "build and check the documentation site", ("site",), 20,
                   actions=(Action("actions/upload-pages-artifact", {"path": DOCS_SITE}),)),
               Job("deploy", "publish to GitHub Pages", (), 10, needs="build", environment="github-pages",
-                  actions=(Action("actions/deploy-pages", id="deployment"),), permissions={"pages": "write", "id-token": "write"})),
+                  actions=(Action("actions/deploy-pages", id="deployment"),),
+                  permissions={"pages": "write", "id-token": "write"})),
         push=True, manual=True, platforms=("github",), requires="scripts/docs.py",
-        notes={"github": "Once: Settings > Pages > Source: GitHub Actions. Only the deploy job may write to Pages (pages: write, "
-                         "and id-token: write to prove to Pages which workflow it is); it checks out nothing and runs no "
-                         "code of the project, in the environment github-pages, whose deployment branches GitHub limits to "
-                         "the default branch ({main}). The build job reads the repository only and reads no secret. Pull "
-                         "requests build and check the same site in ci's test suite (tests/test_docs.py). GitHub only: "
-                         "Azure DevOps has no Pages (see nbs/12_pipeline.ipynb)."}),
+        notes={"github": "Once: Settings > Pages > Source: GitHub Actions. Only the deploy job may write to Pages "
+                         "(pages: write, and id-token: write to prove to Pages which workflow it is); it checks out "
+                         "nothing and runs no code of the project, in the environment github-pages, whose deployment "
+                         "branches GitHub limits to the default branch ({main}). The build job reads the repository "
+                         "only and reads no secret. Pull requests build and check the same site in ci's test suite "
+                         "(tests/test_docs.py). GitHub only: Azure DevOps has no Pages (see nbs/12_pipeline.ipynb)."}),
 }
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-045
@@ -414,8 +465,10 @@ def project_folder()->Path:
 
 def optional_pipelines(root:Path|str # a project folder
                       )->tuple:
-    "The optional pipelines the project at `root` gets: those whose `Cloud.requires` file it has (e.g. scripts/docs.py)."
-    return tuple(n for n, c in CLOUD.items() if c.requires and (Path(root)/c.requires).exists())  # CLOUD: declared below
+    ("The optional pipelines the project at `root` gets: those whose "
+     "`Cloud.requires` file it has (e.g. scripts/docs.py).")
+    # CLOUD: declared below
+    return tuple(n for n, c in CLOUD.items() if c.requires and (Path(root)/c.requires).exists())
 
 def project_settings(root:Path|str|None=None # the project folder (default: this project)
                     )->PipelineSettings:
@@ -424,7 +477,8 @@ def project_settings(root:Path|str|None=None # the project folder (default: this
     cfg = tomllib.loads((root/"pyproject.toml").read_text()) if (root/"pyproject.toml").exists() else {}
     optional = optional_pipelines(root)
     own = cfg.get("tool", {}).get("mlops_nb", {})
-    auth = {k: own.get(k, v) for k, v in (("github_auth", "oidc"), ("gitlab_auth", "oidc"), ("azure_auth", "wif"))}  # or "secret"
+    # or "secret"
+    auth = {k: own.get(k, v) for k, v in (("github_auth", "oidc"), ("gitlab_auth", "oidc"), ("azure_auth", "wif"))}
     name = load_problem(start=root).deployment_name
     return PipelineSettings(name, optional=optional, **auth, namespace=own.get("namespace"),
                             bundle=(root/"databricks.yml").exists())
@@ -433,10 +487,12 @@ def project_settings(root:Path|str|None=None # the project folder (default: this
 _SETUP_MINUTES = 10 # checkout and `bash scripts/setup` on a fresh agent
 
 def started_by(name:str)->tuple|None:
-    "(output, key) of `CLOUD[name].after`'s step that must be true for pipeline `name` to start; None: any successful run starts it."
+    ("(output, key) of `CLOUD[name].after`'s step that must be true for "
+     "pipeline `name` to start; None: any successful run starts it.")
     after = CLOUD[name].after
     step = next((s for s in PIPELINES[after] if s.cmd == f"pipeline:{name}"), None)
-    if step is None: raise PipelineError(f"pipeline {name} runs after {after}, but {after} has no step `pipeline:{name}`")
+    if step is None:
+        raise PipelineError(f"pipeline {name} runs after {after}, but {after} has no step `pipeline:{name}`")
     return OUTPUT_CONDITIONS.get(step.when)
 
 def cloud_plan(name:str, settings:PipelineSettings)->list[tuple[Job, list[dict]]]:
@@ -446,7 +502,8 @@ def cloud_plan(name:str, settings:PipelineSettings)->list[tuple[Job, list[dict]]
     jobs = [j for j in c.jobs if not j.steps or any(n in steps for n in j.steps)]  # no bundle: no bundle job
     placed = [n for j in jobs for n in j.steps]
     if sorted(placed) != sorted(steps) or len(set(placed)) != len(placed):
-        raise PipelineError(f"pipeline {name}: cloud jobs run {placed}, the cloud steps are {list(steps)}: each exactly once")
+        raise PipelineError(f"pipeline {name}: cloud jobs run {placed}, the cloud "
+                            f"steps are {list(steps)}: each exactly once")
     plan, produced = [], {}
     for j in jobs:
         rows = []
@@ -456,10 +513,11 @@ def cloud_plan(name:str, settings:PipelineSettings)->list[tuple[Job, list[dict]]
                 if src[0] == "output":
                     producer = produced.get(src[1])
                     if producer is None or producer[0].id != j.needs:
-                        raise PipelineError(f"step {steps[n].label} reads the output {src[1]}[{src[2]}]: it must come from "
-                                            f"the job {j.id} needs ({j.needs})")
+                        raise PipelineError(f"step {steps[n].label} reads the output {src[1]}[{src[2]}]: it must come "
+                                            f"from the job {j.id} needs ({j.needs})")
                     producer[1]["publish"].append(src[2])
-                if c.credentials == CI_GROUP and src[0] == "file": raise PipelineError(f"pipeline {name}: pull requests get no secret files")
+                if c.credentials == CI_GROUP and src[0] == "file":
+                    raise PipelineError(f"pipeline {name}: pull requests get no secret files")
             limit = re.search(r"--timeout (\d+(?:\.\d+)?)\b", line)  # the step's own limit, in seconds
             if limit and float(limit.group(1)) > (j.timeout - _SETUP_MINUTES) * 60:
                 raise PipelineError(f"step {steps[n].label}: --timeout {limit.group(1)} s does not fit in job "
@@ -469,11 +527,14 @@ def cloud_plan(name:str, settings:PipelineSettings)->list[tuple[Job, list[dict]]
             rows.append(row)
         plan.append((j, rows))
     if c.after: started_by(name)
-    for n in [n for n, o in CLOUD.items() if o.after == name]:  # a pipeline this one starts on an output: publish it, tag the run
+    # a pipeline this one starts on an output: publish it, tag the run
+    for n in [n for n, o in CLOUD.items() if o.after == name]:
         when = started_by(n)
         if when is None: continue
         row = next((r for _, rows in plan for r in rows if r["out"] == when[0]), None)
-        if row is None: raise PipelineError(f"pipeline {n} starts when {name}'s output {when[0]}[{when[1]}] is true, but no cloud step of {name} outputs {when[0]}")
+        if row is None:
+            raise PipelineError(f"pipeline {n} starts when {name}'s output {when[0]}[{when[1]}] is "
+                                f"true, but no cloud step of {name} outputs {when[0]}")
         row["publish"] += [when[1]] if when[1] not in row["publish"] else []
         row["tags"].append(when[1])
     return plan
@@ -481,16 +542,22 @@ def cloud_plan(name:str, settings:PipelineSettings)->list[tuple[Job, list[dict]]
 def check_cloud(settings:PipelineSettings # the project's settings
                )->None:
     "Raise `PipelineError` unless every pipeline's cloud declaration can be rendered safely."
-    if set(PIPELINES) != set(CLOUD): raise PipelineError(f"pipelines {sorted(PIPELINES)} but cloud declarations {sorted(CLOUD)}: one each")
+    if set(PIPELINES) != set(CLOUD):
+        raise PipelineError(f"pipelines {sorted(PIPELINES)} but cloud declarations {sorted(CLOUD)}: one each")
     bad = [n for n in settings.optional if n not in CLOUD or not CLOUD[n].requires]
-    if bad: raise PipelineError(f"pipeline setting optional: {bad} are not optional pipelines: use {', '.join(n for n, c in CLOUD.items() if c.requires)}")
+    if bad:
+        raise PipelineError(f"pipeline setting optional: {bad} are not optional pipelines: use "
+                            f"{', '.join(n for n, c in CLOUD.items() if c.requires)}")
     for name, c in CLOUD.items():
         if not c.platforms or not set(c.platforms) <= {"github", "azure", "gitlab"}:
             raise PipelineError(f"pipeline {name}: platforms {c.platforms}: use github, azure, gitlab")
         for j in c.jobs:
-            if j.actions and set(c.platforms) != {"github"}: raise PipelineError(f"pipeline {name}: job {j.id} runs GitHub actions: generate it for github only")
+            if j.actions and set(c.platforms) != {"github"}:
+                raise PipelineError(f"pipeline {name}: job {j.id} runs GitHub actions: generate it for github only")
             unpinned = [a.uses for a in j.actions if a.uses not in ACTIONS]
-            if unpinned: raise PipelineError(f"pipeline {name}: job {j.id} uses {', '.join(unpinned)}, which ACTIONS does not pin")
+            if unpinned:
+                raise PipelineError(f"pipeline {name}: job {j.id} uses "
+                                    f"{', '.join(unpinned)}, which ACTIONS does not pin")
         cloud_plan(name, settings)
 
 def generated(settings:PipelineSettings, # the project's settings
@@ -500,8 +567,9 @@ def generated(settings:PipelineSettings, # the project's settings
     return [n for n, c in CLOUD.items() if platform in c.platforms and (c.requires is None or n in settings.optional)]
 
 # %% ../nbs/12_pipeline.ipynb #12-pipeline-053
-GENERATED = ("GENERATED by mlops_nb.pipeline_files.write_pipelines from PIPELINES and CLOUD (nbs/12_pipeline.ipynb): edit those "
-             "and run `python pipelines/generate.py`, never this file; tests/test_pipelines.py fails when it differs.")
+GENERATED = ("GENERATED by mlops_nb.pipeline_files.write_pipelines from PIPELINES and CLOUD (nbs/12_pipeline.ipynb): "
+             "edit those and run `python pipelines/generate.py`, never this "
+             "file; tests/test_pipelines.py fails when it differs.")
 
 class _Dumper(yaml.SafeDumper):
     "Block YAML with indented lists, as people write pipelines."
@@ -509,13 +577,15 @@ class _Dumper(yaml.SafeDumper):
     def ignore_aliases(self, data): return True  # repeat values: anchors (&id001) are legal but nobody reads them
 
 def pipeline_text(header:list[str], doc:dict, spaced:bool=True)->str:
-    "`doc` as YAML under `header` comment lines, a blank line between top-level keys, pinned actions' versions as comments."
+    ("`doc` as YAML under `header` comment lines, a blank line between "
+     "top-level keys, pinned actions' versions as comments.")
     body = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=100_000, default_flow_style=False, allow_unicode=True)
     body = re.sub(r"\n(?=[^\s#])", "\n\n", body)  # a blank line between top-level keys...
     if spaced:  # ...and between the jobs or stages under `jobs:` or `stages:` (GitLab's jobs are top-level keys)
         head, sep, jobs = body.rpartition("\njobs:\n") if "\njobs:\n" in body else body.rpartition("\nstages:\n")
         body = head + sep + re.sub(r"\n(?=  \S)", "\n\n", jobs)
-    for action, (sha, version) in ACTIONS.items(): body = body.replace(f"uses: {action}@{sha}\n", f"uses: {action}@{sha} # {version}\n")
+    for action, (sha, version) in ACTIONS.items():
+        body = body.replace(f"uses: {action}@{sha}\n", f"uses: {action}@{sha} # {version}\n")
     lines = []
     for part in "\n".join(header).split("\n"):  # prose wrapped at 118 columns; indented lines (commands) kept whole
         lines += [part] if part.startswith("  ") else textwrap.wrap(part, 116, break_on_hyphens=False) or [""]

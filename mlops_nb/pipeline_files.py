@@ -26,10 +26,11 @@ def render_pipelines(settings:PipelineSettings # the project's settings
             **{f"pipelines/azure/{n}.yml": azure_pipeline(n, settings) for n in generated(settings, "azure")},
             **({".gitlab-ci.yml": gitlab_ci(settings)} if generated(settings, "gitlab") else {})}
 
-def write_pipelines(dest_root:Path|str, # project folder: .github/workflows/, pipelines/azure/ and .gitlab-ci.yml are written under it
-                    settings:PipelineSettings|None=None, # default: `project_settings(dest_root)`
-                    check:bool=False # write nothing: only say which files differ
-                   )->list[str]:
+def write_pipelines(
+    dest_root:Path|str, # project folder: .github/workflows/, pipelines/azure/ and .gitlab-ci.yml are written under it
+    settings:PipelineSettings|None=None, # default: `project_settings(dest_root)`
+    check:bool=False # write nothing: only say which files differ
+)->list[str]:
     "Write the cloud pipelines of the project at `dest_root`; return the paths whose content changed (or would)."
     root = Path(dest_root)
     changed = []
@@ -37,5 +38,7 @@ def write_pipelines(dest_root:Path|str, # project folder: .github/workflows/, pi
         p = root/rel
         if p.exists() and p.read_text() == text: continue
         changed.append(rel)
-        if not check: p.parent.mkdir(parents=True, exist_ok=True); p.write_text(text)
+        if not check:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(text)
     return changed

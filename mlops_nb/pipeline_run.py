@@ -23,10 +23,12 @@ def _engine_available()->bool:
     if not os.environ.get("DOCKER_HOST") and not Path("/var/run/docker.sock").exists(): return False
     try:
         from mlops_nb.package import engine
-        engine(); return True
+        engine()
+        return True
     except MlopsNbError: return False
 
-def _output_is_true(output:str, key:str): return lambda ctx: isinstance(ctx.get(output), dict) and ctx[output].get(key) is True
+def _output_is_true(output:str, key:str):
+    return lambda ctx: isinstance(ctx.get(output), dict) and ctx[output].get(key) is True
 
 CONDITIONS = {
     "engine": lambda ctx: _engine_available(),
@@ -39,7 +41,8 @@ CONDITIONS = {
 _WHY_NOT = {"engine": "no container engine answers (start one, set DOCKER_HOST)", "kubeconfig": "KUBECONFIG is not set",
             "trigger": "not triggered (trigger=False)", "own_data": "no data file given: generated data",
             "cloud": "runs in the cloud pipelines only", "retrain": "monitoring advises no retraining"}
-_WHY = {"engine": "a container engine answers", "kubeconfig": "KUBECONFIG is set", "trigger": "triggered", "own_data": "training on the given data file",
+_WHY = {"engine": "a container engine answers", "kubeconfig": "KUBECONFIG is set", "trigger": "triggered",
+        "own_data": "training on the given data file",
         "cloud": "runs here", "retrain": "retraining advised"}
 
 # %% ../nbs/12a_pipeline_run.ipynb #12a-pipeline-run-009
@@ -51,7 +54,9 @@ def _holds(step:Step, ctx:dict)->tuple[bool, str]:
 
 class _Later(dict):
     "A step output that a dry run does not have yet: renders as `<name.key>`."
-    def __init__(self, name): super().__init__(); self.name = name
+    def __init__(self, name):
+        super().__init__()
+        self.name = name
     def __missing__(self, k): return f"<{self.name}.{k}>"
 
 def render(step:Step, # the step
@@ -59,7 +64,8 @@ def render(step:Step, # the step
           )->str:
     "The step's command line with its placeholders filled in."
     try: return step.cmd.format(**ctx)
-    except (KeyError, IndexError) as e: raise PipelineError(f"step {step.label}: no value for placeholder {e} in {step.cmd!r}") from None
+    except (KeyError, IndexError) as e:
+        raise PipelineError(f"step {step.label}: no value for placeholder {e} in {step.cmd!r}") from None
 
 # %% ../nbs/12a_pipeline_run.ipynb #12a-pipeline-run-012
 def argv_of(line:str # a rendered one-line command
@@ -92,12 +98,14 @@ def check_line(line:str, # a rendered one-line command
         return
     if args[:2] == ["python", "-m"]:
         import importlib.util
-        if importlib.util.find_spec(args[2]) is None: raise PipelineError(f"{line!r}: module {args[2]} is not installed")
+        if importlib.util.find_spec(args[2]) is None:
+            raise PipelineError(f"{line!r}: module {args[2]} is not installed")
         return
     if args[0] == "python":
         script = project_folder()/args[1]
         if not script.exists(): raise PipelineError(f"{line!r}: {script} does not exist")
-        p = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60, cwd=project_folder())
+        p = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60,
+                           cwd=project_folder())
         if p.returncode: raise PipelineError(f"{line!r}: `{args[1]} --help` exited {p.returncode}")
         return
     if args[:2] == ["databricks", "bundle"]:
@@ -105,7 +113,8 @@ def check_line(line:str, # a rendered one-line command
             raise PipelineError(f"{line!r}: a bundle step is `databricks bundle validate|deploy -t TARGET`")
         f = project_folder()/"databricks.yml"
         targets = (yaml.safe_load(f.read_text()) or {}).get("targets", {}) if f.exists() else {}
-        if f.exists() and args[4] not in targets: raise PipelineError(f"{line!r}: databricks.yml has no target {args[4]!r}")
+        if f.exists() and args[4] not in targets:
+            raise PipelineError(f"{line!r}: databricks.yml has no target {args[4]!r}")
         return
     raise PipelineError(f"{line!r}: a step runs `mlops-nb ...`, `python ...` or `databricks bundle ...`, nothing else")
 
@@ -122,15 +131,21 @@ def run_step(argv:list[str], # arguments to run
     say = say or (lambda *_: None)
     tail = collections.deque(maxlen=4)
     with tempfile.TemporaryFile("w+") as out:
-        p = subprocess.Popen(argv, stdout=out, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, cwd=project_folder(),
+        p = subprocess.Popen(argv, stdout=out, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                             cwd=project_folder(),
                              start_new_session=True)
         fired = threading.Event()
-        timer = threading.Timer(timeout, lambda: (fired.set(), _kill(p))); timer.start()
+        timer = threading.Timer(timeout, lambda: (fired.set(), _kill(p)))
+        timer.start()
         try:
             for line in p.stderr:
-                if line.strip(): say("    " + line.rstrip()); tail.append(line.strip())
+                if line.strip():
+                    say("    " + line.rstrip())
+                    tail.append(line.strip())
             rc = p.wait()
-        except BaseException: _kill(p); raise
+        except BaseException:
+            _kill(p)
+            raise
         finally: timer.cancel()
         out.seek(0)
         return (124 if fired.is_set() else rc), out.read(), list(tail)
@@ -152,7 +167,8 @@ class PipelineResult:
         "One line for people."
         done = sum(s["status"] in ("ok", "checked") for s in self.steps)
         verb = "checked" if self.dry_run else "ran"
-        return f"pipeline {self.name}: FAILED: {self.error}" if self.error else f"pipeline {self.name}: {verb} {done} step(s), all ok"
+        return f"pipeline {self.name}: FAILED: {self.error}" if self.error else (f"pipeline {self.name}: {verb} {done}"
+                                                                                 " step(s), all ok")
 
 # %% ../nbs/12a_pipeline_run.ipynb #12a-pipeline-run-025
 def _generated(home:Path, period, what:str="the training data (--data PATH)")->tuple:
@@ -162,7 +178,8 @@ def _generated(home:Path, period, what:str="the training data (--data PATH)")->t
     period = problem.default_period if period is None else period
     return period, home/"data"/f"{problem.name}-{period}.parquet"
 
-def _params(name, home, period, rows, epochs, data, trigger, reference=None, current=None, window=7, input=None, output=None)->dict:
+def _params(name, home, period, rows, epochs, data, trigger, reference=None, current=None, window=7, input=None,
+            output=None)->dict:
     "The placeholder values of a run on the embedded defaults."
     home = Path(home) if home else state_dir()
     path = Path(data).expanduser().resolve() if data else None
@@ -171,14 +188,22 @@ def _params(name, home, period, rows, epochs, data, trigger, reference=None, cur
         raise PipelineError(f"window {window!r} is not allowed: use days in (0, 366]")
     out = {"home": str(home), "period": period, "rows": rows, "epochs": epochs or 10, "trigger": trigger,
            "own_data": bool(data), "data": str(path or ""), "window": f"{window:g}"}
-    if name == "monitor":  # the champion's training data (by default what the train pipeline generated), and the folder serve --log-dir writes
-        ref = Path(reference).expanduser().resolve() if reference else _generated(home, period, "the champion's training data (--reference PATH)")[1]
+    # the champion's training data (by default what the train pipeline generated), and the folder serve --log-dir writes
+    if name == "monitor":
+        ref = Path(reference).expanduser().resolve() if reference else _generated(home, period, "the champion's "
+                                                                                                "training data "
+                                                                                                "(--reference PATH)")[1]
         out["reference"] = str(ref)
-        out["current"] = str(Path(current or os.environ.get("MLOPS_NB_INFERENCE_LOG") or home/"inference-log").expanduser().resolve())
+        out["current"] = str(Path(current or os.environ.get("MLOPS_NB_INFERENCE_LOG")
+                                  or home/"inference-log").expanduser().resolve())
     if name == "batch":  # the data to score (by default what the train pipeline generated), and the scores' folder
         src = input or os.environ.get("MLOPS_NB_BATCH_INPUT")
-        out["input"] = str(Path(src).expanduser().resolve()) if src else str(_generated(home, period, "the data to score (--input PATH)")[1])
-        out["output"] = str(Path(output or os.environ.get("MLOPS_NB_BATCH_OUTPUT") or home/"batch"/"scores").expanduser().resolve())
+        out["input"] = str(Path(src).expanduser().resolve()) if src else str(_generated(home, period, "the data to "
+                                                                                                      "score "
+                                                                                                      "(--input "
+                                                                                                      "PATH)")[1])
+        out["output"] = str(Path(output or os.environ.get("MLOPS_NB_BATCH_OUTPUT")
+                                 or home/"batch"/"scores").expanduser().resolve())
     return out
 
 # %% ../nbs/12a_pipeline_run.ipynb #12a-pipeline-run-028
@@ -188,13 +213,19 @@ def run_pipeline(name:str, # ci, train, deploy, monitor, batch or docs
                  period:int|None=None, # train: period of the generated data (default: the problem's)
                  rows:int=20_000, # train: rows to generate
                  epochs:int|None=None, # train: full-run epochs (default: 10)
-                 data:str|None=None, # train: train on this file (checked) instead of generating data in the state folder
+                 # train: train on this file (checked) instead of generating data in the state folder
+                 data:str|None=None,
                  trigger:bool=False, # train: run the deploy pipeline after promoting the champion
-                 reference:str|None=None, # monitor: the champion's training data (default: `data`, else the generated data)
-                 current:str|None=None, # monitor: the inference log folder (default: MLOPS_NB_INFERENCE_LOG, else HOME/inference-log)
+                 # monitor: the champion's training data (default: `data`, else the generated data)
+                 reference:str|None=None,
+                 # monitor: the inference log folder (default: MLOPS_NB_INFERENCE_LOG, else HOME/inference-log)
+                 current:str|None=None,
                  window:float=7, # monitor: only the last `window` days of the log
-                 input:str|None=None, # batch: the data to score, a file, folder or glob (default: MLOPS_NB_BATCH_INPUT, else the generated data)
-                 output:str|None=None, # batch: the scores' folder (default: MLOPS_NB_BATCH_OUTPUT, else HOME/batch/scores)
+                 # batch: the data to score, a file, folder or glob (default: MLOPS_NB_BATCH_INPUT, else the generated
+                 # data)
+                 input:str|None=None,
+                 # batch: the scores' folder (default: MLOPS_NB_BATCH_OUTPUT, else HOME/batch/scores)
+                 output:str|None=None,
                  say=None, # called with progress lines (default: print to stderr)
                  parse=None # the CLI's `parse_args`, to check `mlops-nb` lines in a dry run
                 )->PipelineResult:
@@ -208,24 +239,33 @@ def run_pipeline(name:str, # ci, train, deploy, monitor, batch or docs
     for step in PIPELINES[name]:
         ok, why = _holds(step, ctx)
         if not ok:
-            say(f"[{name}/{step.label}] {why}"); res.steps.append({"step": step.label, "cmd": step.cmd, "status": "skipped"}); continue
+            say(f"[{name}/{step.label}] {why}")
+            res.steps.append({"step": step.label, "cmd": step.cmd, "status": "skipped"})
+            continue
         line = render(step, {**{s.out: _Later(s.out) for s in PIPELINES[name] if s.out}, **ctx} if dry_run else ctx)
         say(f"[{name}/{step.label}] {'would run: ' if dry_run else ''}{line}")
         t0 = time.time()
         if dry_run:
             try: check_line(line, parse)
-            except PipelineError as e: res.error = f"[{name}/{step.label}] {e}"; say(res.error); return res
-            res.steps.append({"step": step.label, "cmd": line, "status": "checked"}); continue
+            except PipelineError as e:
+                res.error = f"[{name}/{step.label}] {e}"
+                say(res.error)
+                return res
+            res.steps.append({"step": step.label, "cmd": line, "status": "checked"})
+            continue
         if line.startswith("pipeline:"):
-            sub = run_pipeline(line.split(":", 1)[1], period=period, rows=rows, epochs=epochs, data=data, trigger=trigger, say=say, parse=parse)
+            sub = run_pipeline(line.split(":", 1)[1], period=period, rows=rows, epochs=epochs, data=data,
+                               trigger=trigger, say=say, parse=parse)
             rc, out, tail = sub.rc, "", [sub.error or ""]
         else: rc, out, tail = run_step(argv_of(line), step.timeout, say)
         secs = round(time.time() - t0, 1)
-        res.steps.append({"step": step.label, "cmd": line, "status": "ok" if rc == 0 else "failed", "seconds": secs, "rc": rc})
+        res.steps.append({"step": step.label, "cmd": line, "status": "ok" if rc == 0 else "failed", "seconds": secs,
+                          "rc": rc})
         if rc:
             why = "timed out after {:g} s".format(step.timeout) if rc == 124 else f"exited {rc}"
             res.error = f"step {step.label} {why}: {line}" + (f"; last words: {tail[-1]}" if tail else "")
-            say(f"[{name}/{step.label}] FAILED ({secs} s): {res.error}"); return res
+            say(f"[{name}/{step.label}] FAILED ({secs} s): {res.error}")
+            return res
         if step.out:
             with contextlib.suppress(ValueError): ctx[step.out] = res.outputs[step.out] = json.loads(out)
         else:

@@ -29,7 +29,8 @@ METRICS = {"binary": {"roc_auc": True, "accuracy": True, "log_loss": False},  # 
            "multiclass": {"f1_macro": True, "accuracy": True, "log_loss": False},
            "regression": {"rmse": False, "mae": False, "r2": True}}
 DECAY_METRICS = {"binary": ["accuracy", "roc_auc"], "multiclass": ["accuracy", "f1_macro"], "regression": ["r2"]}
-MLOPS_NB_PROBLEM = EnvVar("MLOPS_NB_PROBLEM", None, "The problem declaration as `module:attribute` (default: `[tool.mlops_nb] problem` in pyproject.toml).")
+MLOPS_NB_PROBLEM = EnvVar("MLOPS_NB_PROBLEM", None, "The problem declaration as `module:attribute` (default: "
+                                                    "`[tool.mlops_nb] problem` in pyproject.toml).")
 
 # %% ../nbs/01a_problem.ipynb #01a-problem-006e
 class ProblemError(MlopsNbError):
@@ -65,7 +66,8 @@ def predict_outputs(model, # a fitted pipeline or estimator
                     kind:str # problem kind
                    )->np.ndarray:
     "What the registered model returns: per-class probabilities (n, classes), or values (n,) for regression."
-    return np.asarray(model.predict(X), dtype="float64") if kind == "regression" else np.asarray(model.predict_proba(X), dtype="float64")
+    return np.asarray(model.predict(X),
+                      dtype="float64") if kind == "regression" else np.asarray(model.predict_proba(X), dtype="float64")
 
 def metrics_of(kind:str, # problem kind
                y:np.ndarray, # true targets, encoded (`Problem.encode`)
@@ -83,8 +85,10 @@ def metrics_of(kind:str, # problem kind
         if kind == "binary" and len(np.unique(y)) < 2:
             raise DataError("the evaluation rows hold one class only: ROC AUC needs both; use more data")
         pred = out.argmax(1)
-        fns = {"accuracy": lambda: M.accuracy_score(y, pred), "log_loss": lambda: M.log_loss(y, out, labels=list(range(k))),
-               "roc_auc": lambda: M.roc_auc_score(y, out[:, 1]), "f1_macro": lambda: M.f1_score(y, pred, average="macro")}
+        fns = {"accuracy": lambda: M.accuracy_score(y, pred),
+               "log_loss": lambda: M.log_loss(y, out, labels=list(range(k))),
+               "roc_auc": lambda: M.roc_auc_score(y, out[:, 1]),
+               "f1_macro": lambda: M.f1_score(y, pred, average="macro")}
     value = lambda m: _custom_value(m, y, out) if isinstance(m, Metric) else float(fns[m]())
     return {m.name if isinstance(m, Metric) else m: value(m) for m in (names or METRICS[kind])}
 
@@ -136,9 +140,11 @@ class Problem:
     target_spec: ColumnSpec|None = None  # how files store the target (default: from the classes' type, or float)
     keys: dict = field(default_factory=dict)  # id columns of the files (carried through batch scoring; not inputs)
     extra: dict = field(default_factory=dict)  # other columns of the files: checked, never given to the model
-    derive: Callable|None = None  # DataFrame of raw inputs -> DataFrame of features (floats and strings); default: `raw_features`
+    # DataFrame of raw inputs -> DataFrame of features (floats and strings); default: `raw_features`
+    derive: Callable|None = None
     derive_record: Callable|None = None  # the same for one record (dict -> dict); enables the fast scoring path
-    estimator: Callable|None = None  # seed -> unfitted scikit-learn estimator (default: gradient boosting that grows per epoch)
+    # seed -> unfitted scikit-learn estimator (default: gradient boosting that grows per epoch)
+    estimator: Callable|None = None
     train_epoch: Callable|None = None  # (estimator, X, y, epoch) -> None: one epoch (default: see `train_epochs`)
     metrics: list|None = None  # names of `METRICS[kind]` and `Metric`s to log, primary first (default: built-in ones)
     primary_metric: str|None = None  # metric that selects the best version (default: the first of `metrics`)
@@ -151,8 +157,9 @@ class Problem:
     experiment: str|None = None  # MLflow experiment (default: `name`)
     model_name: str|None = None  # registered model (default: `name`)
     deployment: str|None = None  # Kubernetes Deployment and Service (default: `name`)
-    # classes its models hold beyond mlops_nb's list (`train.TRUSTED_TYPES`), e.g. ("mypkg.steps.Clipper",): trusted when a
-    # model is loaded; the load error names the exact line to add. Only classes: a function here lets a model file call it
+    # classes its models hold beyond mlops_nb's list (`train.TRUSTED_TYPES`), e.g. ("mypkg.steps.Clipper",): trusted
+    # when a model is loaded; the load error names the exact line to add. Only classes: a function here lets a model
+    # file call it
     trusted_types: tuple = ()
 
     def __post_init__(self): _check_problem(self)
@@ -184,7 +191,8 @@ def _check_metrics(p:Problem):
 def _check_problem(p:Problem):
     "Raise `ProblemError` naming the first field of `p` that cannot work."
     if not isinstance(p.name, str) or not _NAME.fullmatch(p.name):
-        raise ProblemError(f"problem name {p.name!r} is not allowed: use lower-case letters, digits and '-' (at most 63)")
+        raise ProblemError(f"problem name {p.name!r} is not allowed: use lower-case "
+                           "letters, digits and '-' (at most 63)")
     if p.kind not in PROBLEM_KINDS: raise _bad(p, f"kind {p.kind!r} is not allowed: use {', '.join(PROBLEM_KINDS)}")
     if not p.inputs or not all(isinstance(s, ColumnSpec) for s in p.inputs.values()):
         raise _bad(p, "inputs must map each raw input column to a ColumnSpec")
@@ -195,10 +203,14 @@ def _check_problem(p:Problem):
         if p.classes or p.labels: raise _bad(p, "a regression problem has no classes or labels")
     else:
         n = len(p.classes or [])
-        if n < 2 or len(set(map(repr, p.classes))) != n: raise _bad(p, f"a {p.kind} problem needs its distinct target classes, in order")
-        if p.kind == "binary" and n != 2: raise _bad(p, f"a binary problem has 2 classes, not {n}: use kind='multiclass'")
-        if p.kind == "multiclass" and n < 3: raise _bad(p, "a multiclass problem has 3 or more classes: use kind='binary'")
-        if p.labels is not None and len(p.labels) != n: raise _bad(p, f"labels has {len(p.labels)} names for {n} classes")
+        if n < 2 or len(set(map(repr, p.classes))) != n:
+            raise _bad(p, f"a {p.kind} problem needs its distinct target classes, in order")
+        if p.kind == "binary" and n != 2:
+            raise _bad(p, f"a binary problem has 2 classes, not {n}: use kind='multiclass'")
+        if p.kind == "multiclass" and n < 3:
+            raise _bad(p, "a multiclass problem has 3 or more classes: use kind='binary'")
+        if p.labels is not None and len(p.labels) != n:
+            raise _bad(p, f"labels has {len(p.labels)} names for {n} classes")
     _check_columns(p)
     _check_metrics(p)
     if p.primary_metric is not None and p.primary_metric not in p.metric_names:
@@ -263,7 +275,11 @@ def target_spec_(self:Problem)->ColumnSpec:
     if self.target_spec is not None: return self.target_spec
     if self.kind == "regression": return ColumnSpec("float")
     c = self.classes[0]
-    kind = "bool" if isinstance(c, (bool, np.bool_)) else "int" if isinstance(c, (int, np.integer)) else "float" if isinstance(c, float) else "str"
+    kind = (
+        "bool"
+        if isinstance(c, (bool, np.bool_))
+        else "int" if isinstance(c, (int, np.integer)) else "float" if isinstance(c, float) else "str"
+    )
     return ColumnSpec(kind)
 
 @patch
@@ -372,8 +388,8 @@ def load_problem(ref:str|None=None, # `module:attribute` (default: `problem_ref(
     if root is not None and str(root) not in sys.path: sys.path.insert(0, str(root))
     try: mod = importlib.import_module(mod_name)
     except ModuleNotFoundError as e:
-        raise ProblemError(f"problem module {mod_name!r} cannot be imported ({e}); install the project (`pip install -e .`) "
-                           "or run from its folder") from None
+        raise ProblemError(f"problem module {mod_name!r} cannot be imported ({e}); install the project (`pip install "
+                           "-e .`) or run from its folder") from None
     p = getattr(mod, attr, None)
     if not (isinstance(p, Problem) or f"{type(p).__module__}.{type(p).__qualname__}" == "mlops_nb.problem.Problem"):
         raise ProblemError(f"{ref} is not a mlops_nb.problem.Problem (found {type(p).__name__})")
@@ -395,11 +411,13 @@ def problem_from_json(d:dict # `Problem.as_json()`, as a logged model records it
                      )->Problem:
     "The declaration a logged model records, without its code: enough to validate requests, encode targets, measure."
     classes = d.get("classes")
-    inputs = {s["name"]: ColumnSpec.from_dict({k: v for k, v in s.items() if k != "name"}) for s in d["inputs"]}  # a list: order kept
+    # a list: order kept
+    inputs = {s["name"]: ColumnSpec.from_dict({k: v for k, v in s.items() if k != "name"}) for s in d["inputs"]}
     return Problem(name=d["problem"], inputs=inputs, target=d["target"],
                    kind=d["kind"], classes=classes, labels=d.get("labels") if classes is not None else None,
                    keys={c: ColumnSpec("str", required=False) for c in d.get("keys", [])}, metrics=_recorded_metrics(d),
-                   primary_metric=d.get("primary_metric"), description=d.get("description", ""), example=d.get("example"))
+                   primary_metric=d.get("primary_metric"), description=d.get("description", ""),
+                   example=d.get("example"))
 
 def _recorded_metrics(d:dict)->list:
     "The metrics a logged model records (name -> higher is better): built-in names, `Metric`s without their function."

@@ -32,7 +32,8 @@ LUT_BYTES = 256 << 20  # a worker's tables across a profile's features: fewer ce
 
 def table_cells(features:int # numeric features a caller keeps tables for
                )->int:
-    "Cells per lookup table so that `features` tables fit in `LUT_BYTES` (`LUT_CELLS` up to 85 features, 4 096 at least)."
+    ("Cells per lookup table so that `features` tables fit in `LUT_BYTES` "
+     "(`LUT_CELLS` up to 85 features, 4 096 at least).")
     return int(min(LUT_CELLS, max(1 << 12, LUT_BYTES // (12 * max(features, 1)))))
 
 def finite_values(values # a numeric column (NaN, None, text and infinities count as missing)
@@ -129,7 +130,8 @@ def level_counts(values # a text column (missing values are a level of their own
                 )->list:
     "[[level, rows], ...] of a text column, the most frequent first; a missing value's level is None."
     out = {}
-    for k, v in pd.Series(values).value_counts(dropna=False).items():  # in the column's own type (Arrow text: no objects)
+    # in the column's own type (Arrow text: no objects)
+    for k, v in pd.Series(values).value_counts(dropna=False).items():
         if v: out[_level(k)] = out.get(_level(k), 0) + int(v)  # values with the same text (1 and "1") are one level
     return sorted(([k, v] for k, v in out.items()), key=lambda kv: -kv[1])
 
@@ -167,7 +169,8 @@ class Profile:
     def from_json(cls, d:dict):
         "A profile read back from `as_json()`; a `DataError` when it is not one this mlops_nb reads."
         if not isinstance(d, dict) or d.get("version") != PROFILE_VERSION or not isinstance(d.get("features"), dict):
-            raise DataError(f"not a reference profile of version {PROFILE_VERSION}: retrain to log one, or pass --reference")
+            raise DataError(f"not a reference profile of version {PROFILE_VERSION}: "
+                            "retrain to log one, or pass --reference")
         return cls(int(d["rows"]), d["features"], d["version"], d.get("outputs"), d.get("calibration"))
 
 def profile_of(df:pd.DataFrame, # the reference rows (the training rows of a version)
@@ -191,12 +194,14 @@ def current_counts(df:pd.DataFrame, # current rows (all of them, or one partitio
     "The counts `profile_drift` needs of current rows: mergeable across partitions with `add_counts`."
     out = {"rows": len(df), "features": {}}
     for c, p in profile.features.items():
-        if c not in df.columns: raise DataError(f"current data is missing column {c!r}; add it or leave it out of the features")
+        if c not in df.columns:
+            raise DataError(f"current data is missing column {c!r}; add it or leave it out of the features")
         if p["kind"] == "numeric":
             x, missing = finite_values(df[c])
             if tables is not None and c not in tables:  # a table once the batches so far would have paid for it
                 tables[c, "seen"] = tables.get((c, "seen"), 0) + len(x)
-                if tables[c, "seen"] >= LUT_CELLS // 4: tables[c] = grid_table(p["grid"], table_cells(len(profile.features)))
+                if tables[c, "seen"] >= LUT_CELLS // 4:
+                    tables[c] = grid_table(p["grid"], table_cells(len(profile.features)))
             fine = grid_bins(x, p["grid"], tables.get(c) if tables else None)  # rows in (g[j-1], g[j]], then above
             out["features"][c] = {"n": int(len(x)), "missing": missing, "fine": fine.tolist(),
                                   "min": float(x.min()) if len(x) else None, "max": float(x.max()) if len(x) else None}
@@ -254,8 +259,10 @@ def categorical_psi(p:dict, k:dict)->float:
         cur[key] = cur.get(key, 0) + v
     if p["other"]: ref[OTHER] = p["other"]
     levels = list(dict.fromkeys([*ref, *cur]))
-    if not sum(ref.values()) or not sum(cur.values()): raise DataError("no categories to compare: pass at least one value on each side")
-    return _psi(np.array([ref.get(lv, 0) for lv in levels], "float64"), np.array([cur.get(lv, 0) for lv in levels], "float64"))
+    if not sum(ref.values()) or not sum(cur.values()):
+        raise DataError("no categories to compare: pass at least one value on each side")
+    return _psi(np.array([ref.get(lv, 0) for lv in levels], "float64"),
+                np.array([cur.get(lv, 0) for lv in levels], "float64"))
 
 # %% ../nbs/14b_reference.ipynb #14b-ref-021
 def drift_from_counts(profile:Profile, counts:dict, # the reference profile and current counts (`current_counts`)
@@ -316,7 +323,8 @@ ARROW_VALUES = 4_000_000  # values per Arrow batch a partition's Python worker g
 def arrow_batches(spark, # the session of the job
                   width:int # columns the job's Python side reads
                  ):
-    "Arrow batches of about `ARROW_VALUES` values (10 000 to 100 000 rows) in the block's jobs; Spark's default: 10 000 rows."
+    ("Arrow batches of about `ARROW_VALUES` values (10 000 to 100 000 rows) "
+     "in the block's jobs; Spark's default: 10 000 rows.")
     key = "spark.sql.execution.arrow.maxRecordsPerBatch"
     old = spark.conf.get(key)
     spark.conf.set(key, str(max(10_000, min(100_000, ARROW_VALUES // max(width, 1)))))

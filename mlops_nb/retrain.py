@@ -17,7 +17,15 @@ from .runner import LocalRunner, run_training
 from .server import free_port, start_server, swap_model
 from .serving import load_runtime, fetch_model
 from . import tracking
-from .tracking import version_for_alias, promote, client, resolve_version, metric_direction, gate_failures, SERVABLE_TAG
+from mlops_nb.tracking import (
+    version_for_alias,
+    promote,
+    client,
+    resolve_version,
+    metric_direction,
+    gate_failures,
+    SERVABLE_TAG,
+)
 pd = lazy_module("pandas")
 
 # %% auto #0
@@ -44,14 +52,17 @@ def challenge(challenger:int, # registered version trained on recent data
     champ_v = version_for_alias(alias, ch.name)
     new = score_version(ch.name, challenger, eval_df)
     old = score_version(ch.name, champ_v, eval_df) if champ_v and champ_v != challenger else None
-    fails = gate_failures(new, name=ch.name) + gate_failures(ch.metrics, name=ch.name)  # on the recent data, and as trained
+    # on the recent data, and as trained
+    fails = gate_failures(new, name=ch.name) + gate_failures(ch.metrics, name=ch.name)
     if ch.tags.get(SERVABLE_TAG) != "passed":  # registered before the check, or by another tool: `promote` refuses it
         fails.append("never shown to load and answer as `mlops-nb serve` loads it (no servable check)")
     better = not fails and (old is None or (new[metric] > old[metric] if higher else new[metric] < old[metric]))
     fp = data_fingerprint(eval_df)
     if better: promote(challenger, alias, ch.name)
     if fails: reason = f"kept v{champ_v}: challenger fails its validation gates ({'; '.join(dict.fromkeys(fails))})"
-    elif better: reason = f"promoted: {metric} {new[metric]:.4f}" + (f" vs v{champ_v} {old[metric]:.4f}" if old else " (no champion)")
+    elif better:
+        reason = f"promoted: {metric} {new[metric]:.4f}" + (f" vs v{champ_v} {old[metric]:.4f}" if old
+                                                            else " (no champion)")
     else: reason = f"kept v{champ_v}: challenger {metric} {new[metric]:.4f} is not better than {old[metric]:.4f}"
     reason += f" on {fp}"
     client().set_model_version_tag(ch.name, str(challenger), "mlops_nb.challenge", reason)
@@ -63,7 +74,9 @@ class _Client:
     "A thread that keeps calling /score and counts answers."
     def __init__(self, url, record):
         self.url, self.record, self.ok, self.failed, self.versions = url, record, 0, 0, set()
-        self.stop = threading.Event(); self.t = threading.Thread(target=self._run, daemon=True); self.t.start()
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
     def _run(self):
         host, port = self.url.split("//")[1].split(":")
         conn = http.client.HTTPConnection(host, int(port), timeout=30)
@@ -71,13 +84,19 @@ class _Client:
         while not self.stop.is_set():
             try:
                 conn.request("POST", "/score", body=body, headers={"content-type": "application/json"})
-                r = conn.getresponse(); data = json.loads(r.read())
-                if r.status == 200: self.ok += 1; self.versions.add(data["predictions"][0]["version"])
+                r = conn.getresponse()
+                data = json.loads(r.read())
+                if r.status == 200:
+                    self.ok += 1
+                    self.versions.add(data["predictions"][0]["version"])
                 else: self.failed += 1
             except Exception:
-                self.failed += 1; conn = http.client.HTTPConnection(host, int(port), timeout=30)
+                self.failed += 1
+                conn = http.client.HTTPConnection(host, int(port), timeout=30)
             time.sleep(0.005)
-    def close(self): self.stop.set(); self.t.join(10)
+    def close(self):
+        self.stop.set()
+        self.t.join(10)
 
 # %% ../nbs/15_retrain.ipynb #15-retrain-008
 @contextlib.contextmanager
@@ -86,7 +105,8 @@ def _own_store(home:Path):
     keys = ("MLOPS_NB_HOME", "MLOPS_NB_TRACKING_URI", "MLOPS_NB_REGISTRY_URI")
     saved = {k: os.environ.get(k) for k in keys}
     for k in keys[1:]: os.environ.pop(k, None)
-    os.environ["MLOPS_NB_HOME"] = str(home); tracking._clients.clear()
+    os.environ["MLOPS_NB_HOME"] = str(home)
+    tracking._clients.clear()
     try: yield
     finally:
         for k, v in saved.items():
@@ -102,19 +122,26 @@ def simulate(first_period:int|None=None, # first period (default: the problem's 
              say=print, # progress
              own_store:bool=True # work in `<out>/state`; False: the configured tracking store and registry
             )->dict:
-    "Run the closed loop over `periods` periods of generated data and write `report.html` and `report.json`; return the summary."
+    ("Run the closed loop over `periods` periods of generated data and write "
+     "`report.html` and `report.json`; return the summary.")
     problem = load_problem()
-    if problem.generate is None: raise MlopsNbError(f"problem {problem.name!r} has no data generator: simulate needs one")
+    if problem.generate is None:
+        raise MlopsNbError(f"problem {problem.name!r} has no data generator: simulate needs one")
     if periods < 2: raise ParamError(f"periods={periods!r} is not allowed: simulate at least 2 periods")
-    if rows < 100 or rows > 5_000_000: raise ParamError(f"rows={rows!r} is not allowed: use 100 to 5000000 rows a period")
+    if rows < 100 or rows > 5_000_000:
+        raise ParamError(f"rows={rows!r} is not allowed: use 100 to 5000000 rows a period")
     first = problem.default_period - 2 if first_period is None else first_period
-    out = Path(out or state_dir()/"simulation").expanduser().absolute(); (out/"data").mkdir(parents=True, exist_ok=True)
+    out = Path(out or state_dir()/"simulation").expanduser().absolute()
+    (out/"data").mkdir(parents=True, exist_ok=True)
     store = contextlib.nullcontext() if not own_store else _own_store(out/"state")
-    if own_store: say(f"simulation state (tracking store, registry) in {out/'state'}; the configured registry is not touched")
+    if own_store:
+        say(f"simulation state (tracking store, registry) in {out/'state'}; the configured registry is not touched")
     with store: summary = _simulate(problem, first, periods, rows, epochs, out, say)
     (out/"report.json").write_text(json.dumps(summary, indent=2, default=str))
     (out/"report.html").write_text(report_html(summary))
-    say(f"report: {out/'report.html'} ({summary['requests_ok']} requests answered, {summary['requests_failed']} failed)")
+    say(
+        f"report: {out/'report.html'} ({summary['requests_ok']} requests answered, {summary['requests_failed']} failed)"
+    )
     return {**summary, "report": str(out/"report.html")}
 
 def _simulate(problem, first, periods, rows, epochs, out, say)->dict:
@@ -126,16 +153,22 @@ def _simulate(problem, first, periods, rows, epochs, out, say)->dict:
     try:
         for i, period in enumerate(range(first, first + periods)):
             say(f"[{i+1}/{periods}] period {period}: new data arrives")
-            data, fresh = problem.generate(period, rows, period), problem.generate(period, max(rows // 4, 500), 10_000 + period)
+            data, fresh = problem.generate(period, rows,
+                                           period), problem.generate(period, max(rows // 4, 500), 10_000 + period)
             lp, ep = out/"data"/f"data-{period}.parquet", out/"data"/f"labelled-{period}.parquet"
-            write_table(data, lp); write_table(fresh, ep)
+            write_table(data, lp)
+            write_table(fresh, ep)
             row = {"period": period, "retrained": False, "decision": "", "drifted": [], "max_psi": None}
             if i == 0:
                 res = run_training(runner, mode="full", data_path=str(lp), eval_path=str(ep), epochs=epochs)
-                promote(res.registered_version, "champion", name); first_v, reference = res.registered_version, data
+                promote(res.registered_version, "champion", name)
+                first_v, reference = res.registered_version, data
                 server, url = start_server(fetch_model(f"models:/{name}/{res.registered_version}"), free_port(),
                                            env={"MLOPS_NB_ADMIN_TOKEN": token}, log=out/"server.log")
-                record = problem.example or json.loads(fresh[list(problem.inputs)].head(1).to_json(orient="records", date_format="iso"))[0]
+                record = (
+                    problem.example
+                    or json.loads(fresh[list(problem.inputs)].head(1).to_json(orient="records", date_format="iso"))[0]
+                )
                 client_ = _Client(url, record)
                 row.update(retrained=True, decision=f"first model v{first_v} trained, promoted and served at {url}")
                 say(f"      v{first_v} serving at {url}; a client keeps calling /score")
@@ -154,17 +187,23 @@ def _simulate(problem, first, periods, rows, epochs, out, say)->dict:
                     row.update(retrained=True, decision=d["reason"])
                     say(f"      challenger v{res.registered_version}: {d['reason']}")
                     if d["promoted"]:
-                        swap_model(url, token, fetch_model(f"models:/{name}/{res.registered_version}")); reference = data
-                        say(f"      server swapped to v{res.registered_version} (requests so far: {client_.ok} ok, {client_.failed} failed)")
+                        swap_model(url, token, fetch_model(f"models:/{name}/{res.registered_version}"))
+                        reference = data
+                        say(f"      server swapped to v{res.registered_version} (requests so "
+                            f"far: {client_.ok} ok, {client_.failed} failed)")
                 else: row["decision"] = f"kept v{champ.version}: no drift or decay over the thresholds"
             champ = resolve_version("champion", name)
-            for key, v in (("first_model", first_v), ("champion", champ.version)): row[key] = score_version(name, v, fresh)
+            for key, v in (("first_model", first_v), ("champion", champ.version)):
+                row[key] = score_version(name, v, fresh)
             row["champion_version"] = champ.version
-            say(f"      {metric} on period {period}: first model {row['first_model'][metric]:.3f}, champion v{champ.version} {row['champion'][metric]:.3f}")
+            say(f"      {metric} on period {period}: first model {row['first_model'][metric]:.3f}, champion v"
+                f"{champ.version} {row['champion'][metric]:.3f}")
             rows_out.append(row)
     finally:
         if client_: client_.close()
-        if server: server.terminate(); server.wait(15)
+        if server:
+            server.terminate()
+            server.wait(15)
     return {"problem": problem.name, "description": problem.description, "metric": metric, "periods": rows_out,
             "requests_ok": client_.ok if client_ else 0, "requests_failed": client_.failed if client_ else 0,
             "versions_served": sorted(client_.versions) if client_ else [], "seconds": round(time.time() - t0, 1)}
@@ -175,21 +214,27 @@ def _svg_chart(rows:list, metric:str, w:int=640, h:int=300)->str:
     ys = [r["period"] for r in rows]
     series = {"never retrained (first model)": ("#c0392b", [r["first_model"][metric] for r in rows]),
               "with retraining (champion)": ("#2471a3", [r["champion"][metric] for r in rows])}
-    lo = min(min(v) for _, v in series.values()) - 0.02; hi = max(max(v) for _, v in series.values()) + 0.02
+    lo = min(min(v) for _, v in series.values()) - 0.02
+    hi = max(max(v) for _, v in series.values()) + 0.02
     px = lambda i: 60 + i * (w - 90) / max(len(ys) - 1, 1)
     py = lambda a: h - 40 - (a - lo) / (hi - lo) * (h - 70)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" aria-label="{html.escape(metric)} per period">',
-             f'<line x1="60" y1="{h-40}" x2="{w-20}" y2="{h-40}" stroke="#333"/><line x1="60" y1="20" x2="60" y2="{h-40}" stroke="#333"/>']
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
+             f'role="img" aria-label="{html.escape(metric)} per period">',
+             f'<line x1="60" y1="{h-40}" x2="{w-20}" y2="{h-40}" stroke="#333"/><line x1="60" y1="20" x2="60" y2="'
+             f'{h-40}" stroke="#333"/>']
     for k in range(5):
         a = lo + k * (hi - lo) / 4
         parts.append(f'<text x="52" y="{py(a)+4:.1f}" font-size="11" text-anchor="end">{a:.2f}</text>')
-    for i, y in enumerate(ys): parts.append(f'<text x="{px(i):.1f}" y="{h-22}" font-size="11" text-anchor="middle">{y}</text>')
+    for i, y in enumerate(ys):
+        parts.append(f'<text x="{px(i):.1f}" y="{h-22}" font-size="11" text-anchor="middle">{y}</text>')
     for j, (label, (colour, vals)) in enumerate(series.items()):
         pts = " ".join(f"{px(i):.1f},{py(v):.1f}" for i, v in enumerate(vals))
         parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2.5" points="{pts}"/>')
         parts += [f'<circle cx="{px(i):.1f}" cy="{py(v):.1f}" r="3.5" fill="{colour}"/>' for i, v in enumerate(vals)]
-        parts.append(f'<text x="{w-20}" y="{34+16*j}" font-size="12" text-anchor="end" fill="{colour}">{html.escape(label)}</text>')
-    parts.append(f'<text x="14" y="{(h-40)/2:.0f}" font-size="12" transform="rotate(-90 14 {(h-40)/2:.0f})" text-anchor="middle">{html.escape(metric)}</text></svg>')
+        parts.append(f'<text x="{w-20}" y="{34+16*j}" font-size="12" '
+                     f'text-anchor="end" fill="{colour}">{html.escape(label)}</text>')
+    parts.append(f'<text x="14" y="{(h-40)/2:.0f}" font-size="12" transform="rotate(-90 14 {(h-40)/2:.0f})" '
+                 f'text-anchor="middle">{html.escape(metric)}</text></svg>')
     return "".join(parts)
 
 def report_html(summary:dict)->str:
@@ -199,7 +244,8 @@ def report_html(summary:dict)->str:
     link = lambda r: f'<a href="{e(r["monitor_report"])}">drift</a>' if r.get("monitor_report") else "-"
     tr = "".join(f"<tr><td>{r['period']}</td><td>{r['first_model'][m]:.3f}</td><td>{r['champion'][m]:.3f}</td>"
                  f"<td>v{e(r['champion_version'])}</td><td>{e(', '.join(r['drifted']) or '-')}</td>"
-                 f"<td>{'' if r['max_psi'] is None else format(r['max_psi'], '.3f')}</td><td>{e(r['decision'])}</td><td>{link(r)}</td></tr>" for r in rows)
+                 f"<td>{'' if r['max_psi'] is None else format(r['max_psi'], '.3f')}"
+                 f"</td><td>{e(r['decision'])}</td><td>{link(r)}</td></tr>" for r in rows)
     title = e(summary.get("description") or summary.get("problem", ""))
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>mlops_nb: {e(summary.get('problem', ''))} over {len(rows)} periods</title>
 <style>body{{font-family:sans-serif;max-width:70em;margin:2em auto}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}</style></head>
@@ -209,4 +255,4 @@ def report_html(summary:dict)->str:
 {_svg_chart(rows, m)}
 <h2>Periods</h2><table><tr><th>period</th><th>first model {e(m)}</th><th>champion {e(m)}</th><th>champion</th><th>drifted features</th><th>max PSI</th><th>decision</th><th>monitoring report</th></tr>{tr}</table>
 <h2>Serving</h2><p>A client called the API throughout: {summary['requests_ok']} requests answered, {summary['requests_failed']} failed;
-versions that answered: {', '.join('v' + e(v) for v in summary['versions_served'])}. Simulation time: {summary['seconds']} s.</p></body></html>"""
+versions that answered: {', '.join('v' + e(v) for v in summary['versions_served'])}. Simulation time: {summary['seconds']} s.</p></body></html>"""  # noqa: E501

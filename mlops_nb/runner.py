@@ -41,7 +41,8 @@ def notebook_failure(path:str|Path # executed notebook written by papermill
     try: nb = nbformat.read(str(path), as_version=4)
     except Exception: return "the notebook did not start (no executed notebook was written)"
     # count code cells as the author sees them: without the cell papermill injects
-    code_cells = [c for c in nb.cells if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
+    code_cells = [c for c in nb.cells if c.cell_type == "code"
+                  and "injected-parameters" not in c.metadata.get("tags", [])]
     for i, c in enumerate(code_cells, 1):
         for o in c.get("outputs", []):
             if o.get("output_type") == "error":
@@ -105,7 +106,9 @@ def _execute_child():
                             execution_timeout=a.get("execution_timeout"), kernel_manager_class=_kernel_manager_class())
     except pm.PapermillExecutionError: rc = 1  # the runner reads the failing cell from the output notebook
     except KeyboardInterrupt: rc = 130  # (the interrupted cell may also surface as an execution error above)
-    if os.getppid() != a["parent"]: _orphaned(a); rc = rc or 3  # nobody is left to read the result
+    if os.getppid() != a["parent"]:
+        _orphaned(a)
+        rc = rc or 3  # nobody is left to read the result
     sys.exit(rc)
 
 # %% ../nbs/05_runner.ipynb #05-runner-011
@@ -144,7 +147,8 @@ def wait(self:LocalRun, timeout:float|None=None # seconds before the run is canc
         res = json.loads(self.result_path.read_text())
         self._close("FINISHED")
         extra = {k: v for k, v in res.items() if k not in ("run_id", "mode", "metrics", "registered_version")}
-        return RunResult(self.run_id, res["mode"], res["metrics"], res["registered_version"], str(self.output_notebook), extra)
+        return RunResult(self.run_id, res["mode"], res["metrics"], res["registered_version"], str(self.output_notebook),
+                         extra)
     why = notebook_failure(self.output_notebook) if rc != 0 else "the notebook ended without writing its result"
     self._close("FAILED", why)
     raise RunFailed(f"training notebook failed: {why}; run {self.run_id} marked FAILED; "
@@ -158,7 +162,8 @@ def cancel(self:LocalRun, reason:str="cancelled" # recorded on the run
         self.proc.send_signal(signal.SIGINT)  # papermill stops the kernel and saves the notebook
         try: self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            self.proc.kill(); self.proc.wait()
+            self.proc.kill()
+            self.proc.wait()
     self._close("FAILED", reason)
 
 # %% ../nbs/05_runner.ipynb #05-runner-013
@@ -193,9 +198,12 @@ class LocalRunner:
             p = {**params.as_dict(), "run_id": run_id, "result_path": str(result)}
             args = {"input": str(nb), "output": str(out_nb), "parameters": p, "cwd": str(nb.parent), "parent": me,
                     "progress": self.progress, "kernel": self.kernel, "execution_timeout": self.execution_timeout}
-            proc.stdin.write(json.dumps(args) + "\n"); proc.stdin.close()
+            proc.stdin.write(json.dumps(args) + "\n")
+            proc.stdin.close()
         except BaseException:
-            proc.stdin.close(); proc.wait(); raise
+            proc.stdin.close()
+            proc.wait()
+            raise
         return LocalRun(proc, run_id, params, out_nb, result)
 
 # %% ../nbs/05_runner.ipynb #05-runner-015

@@ -40,28 +40,34 @@ def infer_column(s:pd.Series # one column of the team's table
     v = s.dropna()
     empty = f", {nulls} empty" if nulls else ""
     if len(v) == 0: raise DataError(f"column {name!r} has no values: drop it or fill it in")
-    if pd.api.types.is_bool_dtype(v): return ColumnSpec("bool", nullable=bool(nulls)), False, f"true {int(v.sum())}, false {int((~v.astype(bool)).sum())}{empty}"
+    if pd.api.types.is_bool_dtype(v):
+        return ColumnSpec("bool", nullable=bool(nulls)), False, (f"true {int(v.sum())}, false "
+                                                                 f"{int((~v.astype(bool)).sum())}{empty}")
     if pd.api.types.is_datetime64_any_dtype(v):
-        return ColumnSpec("datetime", nullable=bool(nulls)), False, f"from {v.min():%Y-%m-%d} to {v.max():%Y-%m-%d}{empty}"
+        return ColumnSpec("datetime",
+                          nullable=bool(nulls)), False, f"from {v.min():%Y-%m-%d} to {v.max():%Y-%m-%d}{empty}"
     if pd.api.types.is_numeric_dtype(v) and not pd.api.types.is_complex_dtype(v):
         x = v.astype("float64")
-        if not np.isfinite(x).all(): raise DataError(f"column {name!r} holds infinite values: replace them or drop the column")
+        if not np.isfinite(x).all():
+            raise DataError(f"column {name!r} holds infinite values: replace them or drop the column")
         whole = bool((x % 1 == 0).all()) and pd.api.types.is_integer_dtype(s)
         spec = ColumnSpec("int" if whole else "float", min=0 if x.min() >= 0 else None, nullable=bool(nulls))
         return spec, False, f"observed {_plain(v.min())} to {_plain(v.max())}{empty}"
     if v.dtype == object or pd.api.types.is_string_dtype(v):
         bad = next((x for x in v if not isinstance(x, str)), None)
         if bad is not None:
-            raise DataError(f"column {name!r} holds {type(bad).__name__} values: mlops_nb supports text, numbers, booleans and "
-                            "dates; convert or drop that column")
-        dates = pd.to_datetime(v, errors="coerce", format="ISO8601") if v.str.match(r"\d{4}-\d{2}-\d{2}").all() else None
+            raise DataError(f"column {name!r} holds {type(bad).__name__} values: mlops_nb supports text, numbers, "
+                            "booleans and dates; convert or drop that column")
+        dates = pd.to_datetime(v, errors="coerce",
+                               format="ISO8601") if v.str.match(r"\d{4}-\d{2}-\d{2}").all() else None
         if dates is not None and dates.notna().all():
             return ColumnSpec("datetime", nullable=bool(nulls)), False, f"ISO dates from {v.min()} to {v.max()}{empty}"
         k = v.nunique()
         if k == n and n > 1: return ColumnSpec("str"), True, f"different in every row: an identifier{empty}"
         cats = sorted(v.unique().tolist()) if k <= MAX_CATEGORIES else None
         return ColumnSpec("str", categories=cats, nullable=bool(nulls)), False, f"{k} distinct value(s){empty}"
-    raise DataError(f"column {name!r} has type {s.dtype}, which mlops_nb does not support: use text, numbers, booleans or dates")
+    raise DataError(f"column {name!r} has type {s.dtype}, which mlops_nb does not "
+                    "support: use text, numbers, booleans or dates")
 
 # %% ../nbs/16_scaffold.ipynb #16-scaffold-008
 def infer_target(s:pd.Series, # the target column
@@ -69,12 +75,14 @@ def infer_target(s:pd.Series, # the target column
                 )->tuple:
     "(kind, classes or None) of target column `s`; a `DataError` naming what to fix when it cannot be one."
     name = s.name
-    if kind is not None and kind not in PROBLEM_KINDS: raise MlopsNbError(f"--kind {kind!r} is not allowed: use {', '.join(PROBLEM_KINDS)}")
+    if kind is not None and kind not in PROBLEM_KINDS:
+        raise MlopsNbError(f"--kind {kind!r} is not allowed: use {', '.join(PROBLEM_KINDS)}")
     nulls = int(s.isna().sum())
     if nulls: raise DataError(f"target column {name!r} has {nulls} empty value(s): fill them in or remove those rows")
     numeric = pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
     vals = pd.unique(s)
-    if len(vals) < 2: raise DataError(f"target column {name!r} holds one value only ({_plain(vals[0])!r}): a model needs "
+    if len(vals) < 2:
+        raise DataError(f"target column {name!r} holds one value only ({_plain(vals[0])!r}): a model needs "
                                       "at least two; check the file or choose another --target")
     whole = numeric and bool((s.astype("float64") % 1 == 0).all())
     if kind is None:
@@ -82,11 +90,17 @@ def infer_target(s:pd.Series, # the target column
         elif not numeric or (whole and len(vals) <= 20): kind = "multiclass"
         else: kind = "regression"
     if kind == "regression":
-        if not numeric: raise DataError(f"target column {name!r} holds text: a regression needs numbers; use --kind binary or multiclass")
+        if not numeric:
+            raise DataError(f"target column {name!r} holds text: a regression needs "
+                            "numbers; use --kind binary or multiclass")
         return kind, None
-    if kind == "binary" and len(vals) != 2: raise DataError(f"target column {name!r} holds {len(vals)} classes: use --kind multiclass")
-    if kind == "multiclass" and len(vals) < 3: raise DataError(f"target column {name!r} holds 2 classes: use --kind binary")
-    if len(vals) > 100: raise DataError(f"target column {name!r} holds {len(vals)} classes (at most 100): use --kind regression or another --target")
+    if kind == "binary" and len(vals) != 2:
+        raise DataError(f"target column {name!r} holds {len(vals)} classes: use --kind multiclass")
+    if kind == "multiclass" and len(vals) < 3:
+        raise DataError(f"target column {name!r} holds 2 classes: use --kind binary")
+    if len(vals) > 100:
+        raise DataError(f"target column {name!r} holds {len(vals)} classes (at most "
+                        "100): use --kind regression or another --target")
     classes = sorted(_plain(v) for v in vals)
     if whole and not pd.api.types.is_bool_dtype(s): classes = [int(c) for c in classes]
     return kind, classes
@@ -100,7 +114,8 @@ def _spec_code(s:ColumnSpec)->str:
 
 def _cell(kind:str, source:str, cid:str, tags=None)->dict:
     "A notebook cell."
-    c = {"cell_type": kind, "id": cid, "metadata": {"tags": tags} if tags else {}, "source": source.splitlines(keepends=True)}
+    c = {"cell_type": kind, "id": cid, "metadata": {"tags": tags} if tags else {},
+         "source": source.splitlines(keepends=True)}
     if kind == "code": c.update(execution_count=None, outputs=[])
     return c
 
@@ -122,14 +137,19 @@ def problem_notebook(p:Problem, # the inferred declaration
                     )->dict:
     "The new project's `nbs/00_problem.ipynb`, declaring `p`."
     lines = lambda specs: "\n".join(f"    {c!r}: {_spec_code(s)},  # {notes.get(c, '')}" for c, s in specs.items())
-    cls = "" if p.classes is None else f"\n    classes={p.classes!r},  # the target's values, in the model's order\n    labels={p.class_labels!r},"
+    cls = "" if p.classes is None else (f"\n    classes={p.classes!r},  # the target's values, in the "
+                                        f"model's order\n    labels={p.class_labels!r},")
     cells = [
         _cell("markdown", f"# {p.name}: the problem\n\n> {p.description}", "problem-000"),
         _cell("code", "#| default_exp problem", "problem-001"),
-        _cell("code", "#| export\nfrom mlops_nb.data import ColumnSpec\nfrom mlops_nb.problem import Problem", "problem-002"),
-        _cell("markdown", f"`mlops-nb new` inferred this declaration from `data/{data_file}` ({rows} rows). **Review it**: the\n"
-              "kind of each input, its bounds (a request outside them is refused), its categories (a request with another\n"
-              "value is refused), which columns are inputs at all; then `nbdev-export`. What was observed is noted beside\n"
+        _cell("code", "#| export\nfrom mlops_nb.data import ColumnSpec\nfrom mlops_nb.problem import Problem",
+              "problem-002"),
+        _cell("markdown", "`mlops-nb new` inferred this declaration from `data/"
+                          f"{data_file}` ({rows} rows). **Review it**: the\n"
+              "kind of each input, its bounds (a request outside them is "
+              "refused), its categories (a request with another\n"
+              "value is refused), which columns are inputs at all; then "
+              "`nbdev-export`. What was observed is noted beside\n"
               "each column. Derived features, another estimator, metrics and validation thresholds are slots of\n"
               "`Problem` too: see the list below the declaration; so is `trusted_types`, the classes of your own an\n"
               "estimator holds that servers may construct (a model that cannot be served is never registered, and the\n"
@@ -145,18 +165,22 @@ def problem_notebook(p:Problem, # the inferred declaration
               "problem-005a"),
         _cell("markdown", "The data matches the declaration, and the example is a valid request:", "problem-006"),
         _cell("code", f"from mlops_nb.core import project_root\nfrom mlops_nb.data import check_record\n"
-              f"df = PROBLEM.load(project_root()/\"data\"/\"{data_file}\")  # wherever it runs: nbs/, the project, _proc/\n"
+              f"df = PROBLEM.load(project_root()/\"data\"/\"{data_file}\")  # "
+              "wherever it runs: nbs/, the project, _proc/\n"
               f"assert len(df) == {rows} and list(df.columns) == list(PROBLEM.schema())\n"
-              "assert check_record(PROBLEM.example, PROBLEM.inputs) == []\nPROBLEM.kind, PROBLEM.primary, len(PROBLEM.inputs)", "problem-007"),
+              "assert check_record(PROBLEM.example, PROBLEM.inputs) == "
+              "[]\nPROBLEM.kind, PROBLEM.primary, len(PROBLEM.inputs)", "problem-007"),
     ]
-    return {"cells": cells, "metadata": {"kernelspec": {"display_name": "python3", "language": "python", "name": "python3"}},
+    return {"cells": cells,
+            "metadata": {"kernelspec": {"display_name": "python3", "language": "python", "name": "python3"}},
             "nbformat": 4, "nbformat_minor": 5}
 
 def export_module(nb:dict, # a notebook
                   notebook_path:str # its path relative to the module, for the header
                  )->str:
     "The module an nbdev notebook exports (its `#| export` cells), for a project that has not run nbdev yet."
-    body = ["".join(c["source"]).split("\n", 1)[1] for c in nb["cells"] if c["cell_type"] == "code" and "".join(c["source"]).startswith("#| export")]
+    body = ["".join(c["source"]).split("\n", 1)[1] for c in nb["cells"] if c["cell_type"] == "code"
+            and "".join(c["source"]).startswith("#| export")]
     return f"# AUTOGENERATED! DO NOT EDIT! File to edit: {notebook_path}.\n\n" + "\n\n".join(body) + "\n"
 
 # %% ../nbs/16_scaffold.ipynb #16-scaffold-013
@@ -172,7 +196,8 @@ def infer_problem(df:pd.DataFrame, # the team's labelled table
     "(`Problem`, notes per column): the declaration of `df`'s problem, inferred."
     if len(df) == 0: raise DataError(f"{source} has no rows: a model needs data")
     if target not in df.columns:
-        raise DataError(f"{source} has no column {target!r}: the columns are {', '.join(map(repr, list(df.columns)[:20]))}; pass one of them as --target")
+        raise DataError(f"{source} has no column {target!r}: the columns are "
+                        f"{', '.join(map(repr, list(df.columns)[:20]))}; pass one of them as --target")
     bad = [c for c in df.columns if not isinstance(c, str) or not c.strip()]
     if bad: raise DataError(f"{source} has column(s) without a name: name every column in the header row")
     k, classes = infer_target(df[target], kind)
@@ -185,7 +210,9 @@ def infer_problem(df:pd.DataFrame, # the team's labelled table
     row = df.iloc[0]
     example = {c: _plain(row[c]) for c in inputs if _plain(row[c]) is not None}
     desc = f"Predict {target!r} ({k}) from {len(inputs)} input column(s)."
-    try: p = Problem(name=name, inputs=inputs, keys=keys, target=target, kind=k, classes=classes, example=example, description=desc)
+    try:
+        p = Problem(name=name, inputs=inputs, keys=keys, target=target, kind=k, classes=classes, example=example,
+                    description=desc)
     except ProblemError as e: raise MlopsNbError(str(e)) from None
     return p, notes
 
@@ -242,7 +269,8 @@ def new_project(dest:str|Path, # folder of the new project (must not exist, or b
     name = name or _SLUG.sub("-", dest.name.lower()).strip("-")
     package = name.replace("-", "_")
     if not re.fullmatch(r"[a-z][a-z0-9-]{0,62}", name) or not package.isidentifier():
-        raise MlopsNbError(f"--name {name!r} is not allowed: use lower-case letters, digits and '-', starting with a letter")
+        raise MlopsNbError(f"--name {name!r} is not allowed: use lower-case letters, "
+                           "digits and '-', starting with a letter")
     df = read_table(data, infer_types=True)
     p, notes = infer_problem(df, target, kind, name, source=str(data))
     say(f"{data.name}: {len(df)} rows; target {target!r} ({p.kind}); {len(p.inputs)} input(s), {len(p.keys)} key(s)")
@@ -250,16 +278,20 @@ def new_project(dest:str|Path, # folder of the new project (must not exist, or b
     say(f"mlops_nb: {VENDOR}/{wheel.name} (not from a package index: the project carries its wheel)" if wheel
         else "mlops_nb: from the package index")
     data_file = re.sub(r"[^A-Za-z0-9._-]", "_", data.name)
-    values = {"name": name, "package": package, "description": p.description, "mlops_nb_version": _pkg_version("mlops_nb"),
+    values = {"name": name, "package": package, "description": p.description,
+              "mlops_nb_version": _pkg_version("mlops_nb"),
               "data_file": data_file, "rows": len(df), "kind": p.kind,
               "target_md": _md_code(target), "target_repr": repr(target),
               "description_toml": _toml_escaped(p.description),
               "model_name": p.registered_model, "n_inputs": len(p.inputs), "metrics": ", ".join(p.metric_names),
               "classes_line": "" if p.classes is None else f", classes {', '.join(map(repr, p.class_labels))}",
-              "mlops_nb_source": f"mlops_nb comes from `{VENDOR}/{wheel.name}`, the wheel of the mlops_nb that made this\n"
-                                 f"project (it was not installed from a package index): commit `{VENDOR}/`; once mlops_nb is on\n"
+              "mlops_nb_source": f"mlops_nb comes from `{VENDOR}/{wheel.name}`, the "
+                                 "wheel of the mlops_nb that made this\n"
+                                 "project (it was not installed from a package index): "
+                                 f"commit `{VENDOR}/`; once mlops_nb is on\n"
                                  f"your package index, delete `{VENDOR}/` and setup takes mlops_nb from there." if wheel
-                                 else "mlops_nb comes from your package index, as did the mlops_nb that made this project."}
+                                 else "mlops_nb comes from your package index, as did the "
+                                      "mlops_nb that made this project."}
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.new", dir=dest.parent))
     try:
@@ -267,7 +299,8 @@ def new_project(dest:str|Path, # folder of the new project (must not exist, or b
         if dest.exists(): dest.rmdir()  # an empty folder: ours takes its place
         tmp.rename(dest)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     files = sorted(str(f.relative_to(dest)) for f in dest.rglob("*") if f.is_file())
     say(f"wrote {len(files)} files to {dest} in {time.time() - t0:.1f} s")
     return {"path": str(dest), "name": name, "package": package, "kind": p.kind, "target": target, "classes": p.classes,
@@ -279,7 +312,8 @@ def _write(root:Path, p:Problem, notes:dict, values:dict, data:Path, df, wheel:P
     "Write every file of the new project into `root`."
     pkg = values["package"]
     for src in sorted(TEMPLATES.rglob("*")):
-        if src.is_dir() or "__pycache__" in src.parts or src.name == "__init__.py": continue  # (nbdev's, not a template)
+        # (nbdev's, not a template)
+        if src.is_dir() or "__pycache__" in src.parts or src.name == "__init__.py": continue
         rel = src.relative_to(TEMPLATES)  # (Python templates end in .tmpl: they are not modules of mlops_nb)
         out = root/(".gitignore" if rel.name == "gitignore" else rel.with_suffix("") if rel.suffix == ".tmpl" else rel)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -37,11 +37,13 @@ def entry_path(path:str|Path|None=None # entry script (default: `api/score.py` o
 
 def load_entry(path:str|Path|None=None # entry script (default: `api/score.py` of the project, if there is one)
               ):
-    "Import the entry script as a module (or None): it may define `preprocess(records)` and `postprocess(answers, records, runtime)`."
+    ("Import the entry script as a module (or None): it may define "
+     "`preprocess(records)` and `postprocess(answers, records, runtime)`.")
     p = entry_path(path)
     if p is None: return None
     spec = importlib.util.spec_from_file_location(f"mlops_nb_entry_{p.stem}", p)
-    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
     bad = [f for f in ("preprocess", "postprocess") if hasattr(mod, f) and not callable(getattr(mod, f))]
     if bad: raise MlopsNbError(f"entry script {p}: {', '.join(bad)} must be a function")
     return mod
@@ -50,22 +52,28 @@ def load_entry(path:str|Path|None=None # entry script (default: `api/score.py` o
 BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 class Metrics:
-    "The server's Prometheus metrics (prometheus_client): one process's, or all workers' with `--workers` (multiprocess mode)."
+    ("The server's Prometheus metrics (prometheus_client): one process's, or "
+     "all workers' with `--workers` (multiprocess mode).")
     def __init__(self):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
         self.registry = r = CollectorRegistry()
         self.requests = Counter("mlops_nb_requests", "Requests by path and status.", ["path", "status"], registry=r)
         self.errors = Counter("mlops_nb_errors", "Error responses by status.", ["status"], registry=r)
-        self.latency = Histogram("mlops_nb_score_seconds", "Latency of scoring requests (/score, /invocations, /v2 infer).",
+        self.latency = Histogram("mlops_nb_score_seconds",
+                                 "Latency of scoring requests (/score, /invocations, /v2 infer).",
                                  buckets=BUCKETS, registry=r)
         self.batches = Counter("mlops_nb_model_calls", "Model calls (batches).", registry=r)
         self.batch_rows = Counter("mlops_nb_model_rows", "Rows scored.", registry=r)
         self.swaps = Counter("mlops_nb_model_swaps", "Models swapped in.", registry=r)
         self.shadow_rows = Counter("mlops_nb_shadow_rows", "Rows the shadow model scored.", registry=r)
-        self.shadow_errors = Counter("mlops_nb_shadow_errors", "Shadow model calls that failed (the answer was already sent).", registry=r)
-        self.info = Gauge("mlops_nb_model_info", "The served model.", ["name", "version", "run_id"], registry=r, multiprocess_mode="liveall")
-        self.log_rows = Gauge("mlops_nb_inference_log_rows_total", "Records written to the inference log.", registry=r, multiprocess_mode="livesum")
-        self.log_dropped = Gauge("mlops_nb_inference_log_dropped_total", "Records the inference log dropped (never a request).",
+        self.shadow_errors = Counter("mlops_nb_shadow_errors",
+                                     "Shadow model calls that failed (the answer was already sent).", registry=r)
+        self.info = Gauge("mlops_nb_model_info", "The served model.", ["name", "version", "run_id"], registry=r,
+                          multiprocess_mode="liveall")
+        self.log_rows = Gauge("mlops_nb_inference_log_rows_total", "Records written to the inference log.", registry=r,
+                              multiprocess_mode="livesum")
+        self.log_dropped = Gauge("mlops_nb_inference_log_dropped_total",
+                                 "Records the inference log dropped (never a request).",
                                  ["reason"], registry=r, multiprocess_mode="livesum")
 
     def observe(self, path:str, status:int, seconds:float):
@@ -86,7 +94,8 @@ class Metrics:
             self.log_rows.set(log.rows_written)
             for k, v in log.dropped.items(): self.log_dropped.labels(k).set(v)
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            reg = CollectorRegistry(); multiprocess.MultiProcessCollector(reg)
+            reg = CollectorRegistry()
+            multiprocess.MultiProcessCollector(reg)
             return generate_latest(reg)
         return generate_latest(self.registry)
 
@@ -105,11 +114,13 @@ class ScoringApp:
     "ASGI app: /score, /health, /ready, /version, /metrics, /openapi.json, /docs, and POST /admin/model to swap."
     def __init__(self, model:str|None=None, # model folder or registry reference (default: the champion)
                  entry:str|None=None, # entry script with preprocess/postprocess (default: api/score.py)
-                 api_key:str|None=None, # require `Authorization: Bearer KEY` (or `X-API-Key`) on /score, /version, /metrics
+                 # require `Authorization: Bearer KEY` (or `X-API-Key`) on /score, /version, /metrics
+                 api_key:str|None=None,
                  admin_token:str|None=None, # enables POST /admin/model with `Authorization: Bearer TOKEN`
                  max_body:int=1_048_576, # bytes; larger bodies get 413
                  max_rows:int=1000, # records per request
-                 max_batch:int|None=None, # rows per model call (default: measured at load by `serving.calibrate`, else 256)
+                 # rows per model call (default: measured at load by `serving.calibrate`, else 256)
+                 max_batch:int|None=None,
                  watch:float=0, # seconds between checks of the registry alias (0: no watching)
                  access_log:bool=False, # log every request
                  log_dir:str|None=None, # write the inference log (sampled requests and answers, Parquet) here
@@ -127,38 +138,91 @@ class ScoringApp:
         self.load_pool = ThreadPoolExecutor(1, thread_name_prefix="loader")
         self.queue, self.log, self.shadow, self.shadow_ref, self.workers = None, None, None, shadow, workers
         self.log_dir, self.log_sample = log_dir, float(log_sample)
-        if not 0 <= self.log_sample <= 1: raise MlopsNbError(f"--log-sample {log_sample} is not allowed: use a share between 0 and 1")
+        if not 0 <= self.log_sample <= 1:
+            raise MlopsNbError(f"--log-sample {log_sample} is not allowed: use a share between 0 and 1")
         self.started = time.time()
 
     def openapi(self)->dict:
         "The OpenAPI document: /score's request and answers come from the served model's problem."
         rt = self.runtime
         schema = rt.request_schema if rt else {}
-        record = {"type": "object", "additionalProperties": False, "required": [c for c, s in schema.items() if s.required],
+        record = {"type": "object", "additionalProperties": False,
+                  "required": [c for c, s in schema.items() if s.required],
                   "properties": {c: serving.json_schema(s) for c, s in schema.items()}}
         if rt and rt.problem.example: record["example"] = rt.problem.example
-        err = {"type": "object", "properties": {"error": {"type": "string"}, "detail": {"type": "array", "items": {"type": "object"}}}}
+        err = {"type": "object",
+               "properties": {"error": {"type": "string"}, "detail": {"type": "array", "items": {"type": "object"}}}}
         pred = {"type": "object", "properties": {"model": {"type": "string"}, "version": {"type": "string"}}}
         if rt and rt.kind == "regression": pred["properties"]["value"] = {"type": "number"}
         elif rt:
             pred["properties"]["label"] = {"type": "string", "enum": list(rt.labels)}
-            pred["properties"]["probabilities"] = {"type": "object", "properties": {l: {"type": "number"} for l in rt.labels}}
-            if rt.kind == "binary": pred["properties"]["probability"] = {"type": "number", "description": f"probability of {rt.labels[1]!r}"}
+            pred["properties"]["probabilities"] = {"type": "object",
+                                                   "properties": {l: {"type": "number"} for l in rt.labels}}
+            if rt.kind == "binary":
+                pred["properties"]["probability"] = {"type": "number",
+                                                     "description": f"probability of {rt.labels[1]!r}"}
         resp = lambda d, s=None: {"description": d, "content": {"application/json": {"schema": s or err}}}
         about = (rt.problem.description or rt.problem.name) if rt else "no model loaded yet"
-        return {"openapi": "3.0.3", "info": {"title": f"{rt.problem.name if rt else 'mlops_nb'} scoring API", "version": "1",
-                "description": f"{about} POST one record or a list of records."},
-                "paths": {"/score": {"post": {"summary": "Score records", "operationId": "score",
-                    "requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
-                        record, {"type": "array", "items": record, "minItems": 1, "maxItems": self.max_rows}]}}}},
-                    "responses": {"200": resp("Predictions", {"type": "object", "properties": {"predictions": {"type": "array", "items": pred}}}),
-                                  "400": resp("Invalid JSON"), "401": resp("Missing or wrong API key"),
-                                  "413": resp("Body or batch too large"), "415": resp("Not application/json"),
-                                  "422": resp("Fields that do not match the schema"), "503": resp("Model not loaded yet")}}},
-                    "/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
-                    "/ready": {"get": {"summary": "Readiness: the model is loaded", "responses": {"200": {"description": "ready"}, "503": {"description": "loading"}}}},
-                    "/version": {"get": {"summary": "The served model", "responses": {"200": {"description": "model name, version, run id, git commit"}}}},
-                    "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}}}}
+        return {
+            "openapi": "3.0.3",
+            "info": {
+                "title": f"{rt.problem.name if rt else 'mlops_nb'} scoring API",
+                "version": "1",
+                "description": f"{about} POST one record or a list of records.",
+            },
+            "paths": {
+                "/score": {
+                    "post": {
+                        "summary": "Score records",
+                        "operationId": "score",
+                        "requestBody": {
+                            "required": True,
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "oneOf": [
+                                            record,
+                                            {
+                                                "type": "array",
+                                                "items": record,
+                                                "minItems": 1,
+                                                "maxItems": self.max_rows,
+                                            },
+                                        ]
+                                    }
+                                }
+                            },
+                        },
+                        "responses": {
+                            "200": resp(
+                                "Predictions",
+                                {"type": "object", "properties": {"predictions": {"type": "array", "items": pred}}},
+                            ),
+                            "400": resp("Invalid JSON"),
+                            "401": resp("Missing or wrong API key"),
+                            "413": resp("Body or batch too large"),
+                            "415": resp("Not application/json"),
+                            "422": resp("Fields that do not match the schema"),
+                            "503": resp("Model not loaded yet"),
+                        },
+                    }
+                },
+                "/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
+                "/ready": {
+                    "get": {
+                        "summary": "Readiness: the model is loaded",
+                        "responses": {"200": {"description": "ready"}, "503": {"description": "loading"}},
+                    }
+                },
+                "/version": {
+                    "get": {
+                        "summary": "The served model",
+                        "responses": {"200": {"description": "model name, version, run id, git commit"}},
+                    }
+                },
+                "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},
+            },
+        }
 
 # %% ../nbs/08_server.ipynb #08-server-014
 @patch
@@ -170,16 +234,19 @@ def _load(self:ScoringApp, ref:str|None):
         rt = serving.load_runtime(ref).verify(self.runtime.schema if self.runtime else None)
     except Exception as e:
         self.swap_error = f"{type(e).__name__}: {e}"
-        log_event("model_load_failed", model=ref, error=self.swap_error, serving=self.runtime.info.as_dict() if self.runtime else None)
+        log_event("model_load_failed", model=ref, error=self.swap_error, serving=self.runtime.info.as_dict()
+                  if self.runtime else None)
         raise
     finally: self.loading = None
     old, self.runtime = self.runtime, rt
     self.swap_error = None
     if old is not None: self.metrics.swaps.inc()
     self.metrics.model(rt.info)
-    log_event("model_loaded", model=ref, seconds=round(time.time() - t0, 3), info=rt.info.as_dict(), fast_path=rt.fast is not None,
+    log_event("model_loaded", model=ref, seconds=round(time.time() - t0, 3), info=rt.info.as_dict(),
+              fast_path=rt.fast is not None,
               fast_path_fallback=rt.fast_reason, previous=old.info.as_dict() if old else None,
-              mlflow_imported="mlflow" in sys.modules)  # about 100 MB this process keeps: only where the registry needs it
+              # about 100 MB this process keeps: only where the registry needs it
+              mlflow_imported="mlflow" in sys.modules)
     return rt
 
 @patch
@@ -199,15 +266,19 @@ async def _batch_loop(self:ScoringApp):
         cap = self.max_batch or (rt.fast.batch_rows if rt.fast else None) or 256
         batch, n = [first], len(first[1])
         while n < cap and not self.queue.empty():
-            item = self.queue.get_nowait(); batch.append(item); n += len(item[1])
+            item = self.queue.get_nowait()
+            batch.append(item)
+            n += len(item[1])
         rows = [r for _, rs, _, _ in batch for r in rs] if len(batch) > 1 else first[1]
         try:
             probs = await loop.run_in_executor(self.model_pool, rt.predict, rows)
-            self.metrics.batches.inc(); self.metrics.batch_rows.inc(len(rows))
+            self.metrics.batches.inc()
+            self.metrics.batch_rows.inc(len(rows))
             i, parts = 0, []
             for fut, rs, _, meta in batch:
                 if not fut.done(): fut.set_result((probs[i:i+len(rs)], rt))
-                parts.append((rs, probs[i:i+len(rs)], meta)); i += len(rs)
+                parts.append((rs, probs[i:i+len(rs)], meta))
+                i += len(rs)
         except Exception as e:
             for fut, _, _, _ in batch:
                 if not fut.done(): fut.set_exception(e)
@@ -222,10 +293,12 @@ async def _log_batch(self:ScoringApp, parts:list, rt):
     shadow_out = None
     if self.shadow is not None:
         try:
-            shadow_out = await asyncio.get_running_loop().run_in_executor(self.model_pool, self.shadow.predict, [r for rs, _, _ in keep for r in rs])
+            shadow_out = await asyncio.get_running_loop().run_in_executor(self.model_pool, self.shadow.predict,
+                                                                          [r for rs, _, _ in keep for r in rs])
             self.metrics.shadow_rows.inc(len(shadow_out))
         except Exception as e:
-            self.metrics.shadow_errors.inc(); log_event("shadow_failed", error=f"{type(e).__name__}: {e}")
+            self.metrics.shadow_errors.inc()
+            log_event("shadow_failed", error=f"{type(e).__name__}: {e}")
     i, now = 0, time.time()
     for rs, out, meta in keep:
         sh = None if shadow_out is None else (self.shadow.info.version, shadow_out[i:i+len(rs)])
@@ -275,8 +348,10 @@ async def _read_body(receive, limit:int, timeout:float|None=None):
 async def _body(self:ScoringApp, receive, h, ctypes=("application/json",)):
     "(body, None), or (None, (status, error body)) when the content type or size is not allowed or no model is loaded."
     ctype = h.get("content-type", "").split(";")[0].strip().lower()
-    if ctype not in ctypes: return None, (415, _err(f"content type {ctype or 'missing'!r} is not supported: send {' or '.join(ctypes)}"))
-    if int(h.get("content-length") or 0) > self.max_body: return None, (413, _err(f"body larger than {self.max_body} bytes"))
+    if ctype not in ctypes:
+        return None, (415, _err(f"content type {ctype or 'missing'!r} is not supported: send {' or '.join(ctypes)}"))
+    if int(h.get("content-length") or 0) > self.max_body:
+        return None, (413, _err(f"body larger than {self.max_body} bytes"))
     try: body = await _read_body(receive, self.max_body, BODY_TIMEOUT)
     except TimeoutError: return None, (408, _err(f"the body took longer than {BODY_TIMEOUT:g} s to arrive"))
     if body is None: return None, (413, _err(f"body larger than {self.max_body} bytes"))
@@ -299,8 +374,11 @@ async def _score(self:ScoringApp, scope, receive, send, h, rid):
     body, err = await self._body(receive, h)
     if err: return err
     try: payload = orjson.loads(body)
-    except orjson.JSONDecodeError as e: return 400, _err("invalid JSON", [{"loc": ["body"], "msg": f"invalid JSON: {e}"}])
-    try: records, rows, outputs, used = await self._infer(serving.records_of(payload, self.runtime.schema), {"request_id": rid, "t0": scope["mlops_nb.t0"]})
+    except orjson.JSONDecodeError as e:
+        return 400, _err("invalid JSON", [{"loc": ["body"], "msg": f"invalid JSON: {e}"}])
+    try:
+        records, rows, outputs, used = await self._infer(serving.records_of(payload, self.runtime.schema),
+                                                         {"request_id": rid, "t0": scope["mlops_nb.t0"]})
     except serving.RequestError as e: return e.status, _err("invalid request", e.errors)
     answers = used.answer(rows, outputs)
     return 200, {"predictions": self.post(answers, records, used) if self.post else answers}
@@ -326,19 +404,22 @@ async def _v2_infer(self:ScoringApp, scope, receive, send, h, rid):
         length = serving.v2_header_length(h.get("inference-header-content-length"))
         records, req_id = serving.v2_records(body, length, self.runtime.schema)
         _, _, outputs, used = await self._infer(records, {"request_id": rid, "t0": scope["mlops_nb.t0"]})
-    except serving.RequestError as e: return e.status, {"error": e.errors[0]["msg"] if len(e.errors) == 1 else "invalid request", "detail": e.errors}
+    except serving.RequestError as e:
+        return e.status, {"error": e.errors[0]["msg"] if len(e.errors) == 1 else "invalid request", "detail": e.errors}
     return 200, serving.v2_response(outputs, used, req_id)
 
 # %% ../nbs/08_server.ipynb #08-server-020
 @patch
 async def _admin(self:ScoringApp, scope, receive, send, h, rid):
-    "POST /admin/model {\"model\": REF, \"wait\": true}: load a registry version or an allowed folder, verify it, swap it in."
+    ("POST /admin/model {\"model\": REF, \"wait\": true}: load a registry "
+     "version or an allowed folder, verify it, swap it in.")
     if not self.admin_token: return 404, _err("not found: set an admin token to enable /admin/model")
     if not _same_secret(h.get("authorization", ""), f"Bearer {self.admin_token}"):
         return 401, _err("admin token required: Authorization: Bearer TOKEN")
     if self.workers > 1:
-        return 409, _err(f"this server runs {self.workers} worker processes and a swap would reach only the one that answers: "
-                         "serve with --watch SECONDS (every worker follows the registry alias) or with one worker")
+        return 409, _err(f"this server runs {self.workers} worker processes and a swap would reach only the one that "
+                         "answers: serve with --watch SECONDS (every worker follows "
+                         "the registry alias) or with one worker")
     if int(h.get("content-length") or 0) > ADMIN_MAX_BODY: return 413, _err(f"body larger than {ADMIN_MAX_BODY} bytes")
     try: body = await _read_body(receive, ADMIN_MAX_BODY, BODY_TIMEOUT)
     except TimeoutError: return 408, _err(f"the body took longer than {BODY_TIMEOUT:g} s to arrive")
@@ -352,9 +433,13 @@ async def _admin(self:ScoringApp, scope, receive, send, h, rid):
     except MlopsNbError as e: return 422, _err("model reference refused", [{"loc": ["model"], "msg": str(e)}])
     if self.loading: return 409, _err(f"a model is already loading: {self.loading}")
     task = asyncio.ensure_future(self.swap(ref))
-    if req.get("wait") is not True: task.add_done_callback(lambda t: t.exception()); return 202, {"loading": ref}
+    if req.get("wait") is not True:
+        task.add_done_callback(lambda t: t.exception())
+        return 202, {"loading": ref}
     try: rt = await task
-    except Exception as e: return 409, _err(f"model {ref!r} could not be loaded; still serving {self.runtime.info.version if self.runtime else 'nothing'}",
+    except Exception as e:
+        return 409, _err(f"model {ref!r} could not be loaded; still serving "
+                         f"{self.runtime.info.version if self.runtime else 'nothing'}",
                                             [{"loc": ["model"], "msg": f"{type(e).__name__}: {e}"}])
     return 200, {"serving": rt.info.as_dict()}
 
@@ -362,10 +447,13 @@ async def _admin(self:ScoringApp, scope, receive, send, h, rid):
 # the /docs page (it fills itself from openapi.json): package data, not a string in the code
 DOCS_HTML = (importlib.resources.files("mlops_nb")/"static"/"scoring_api.html").read_text()
 
-ROUTES = {"/score": "POST", "/invocations": "POST", "/admin/model": "POST", "/health": "GET, HEAD", "/ready": "GET, HEAD",
-          "/ping": "GET, HEAD", "/version": "GET, HEAD", "/metrics": "GET, HEAD", "/openapi.json": "GET, HEAD", "/docs": "GET, HEAD",
+ROUTES = {"/score": "POST", "/invocations": "POST", "/admin/model": "POST", "/health": "GET, HEAD",
+          "/ready": "GET, HEAD",
+          "/ping": "GET, HEAD", "/version": "GET, HEAD", "/metrics": "GET, HEAD", "/openapi.json": "GET, HEAD",
+          "/docs": "GET, HEAD",
           "/v2": "GET", "/v2/health/live": "GET", "/v2/health/ready": "GET"}
-PUBLIC = {"/health", "/ready", "/ping", "/openapi.json", "/docs", "/admin/model", "/v2", "/v2/health/live", "/v2/health/ready"}
+PUBLIC = {"/health", "/ready", "/ping", "/openapi.json", "/docs", "/admin/model", "/v2", "/v2/health/live",
+          "/v2/health/ready"}
 _V2_MODEL = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?")
 # where MLflow's deployments client for an http URI posts: predict(endpoint=NAME, inputs=...)
 _ENDPOINT = re.compile(r"/endpoints/([^/]+)/invocations")
@@ -386,7 +474,9 @@ def _model_error(self:ScoringApp, name:str, version:str|None):
     names = {n for n in (rt.info.name, rt.problem.name) if n} if rt else set()
     if rt is None: return {"error": "model not loaded yet"}
     if name not in names: return {"error": f"model {name!r} not found: this server serves {' or '.join(sorted(names))}"}
-    if version is not None and version != rt.info.version: return {"error": f"version {version!r} of {name!r} not found: serving {rt.info.version or 'an unversioned folder'}"}
+    if version is not None and version != rt.info.version:
+        return {"error": f"version {version!r} of {name!r} not found: serving "
+                         f"{rt.info.version or 'an unversioned folder'}"}
     return None
 
 
@@ -417,34 +507,46 @@ async def __call__(self:ScoringApp, scope, receive, send):
             elif route == "v2/infer": status, body = await self._v2_infer(scope, receive, send, h, rid)
             elif route == "v2/ready": status, body = 200, {"name": name, "ready": True}
             else: status, body = 200, serving.v2_metadata(self.runtime)
-        elif path == "/v2": status, body = 200, {"name": "mlops_nb", "version": __version__, "extensions": ["binary_tensor_data"]}
+        elif path == "/v2":
+            status, body = 200, {"name": "mlops_nb", "version": __version__, "extensions": ["binary_tensor_data"]}
         elif path == "/v2/health/live": status, body = 200, {"live": True}
-        elif path == "/v2/health/ready": status, body = (200, {"ready": True}) if self.runtime else (503, {"ready": False})
-        elif path == "/ping": status, body, ctype = (200, b"\n", b"text/plain") if self.runtime else (503, b"\n", b"text/plain")
+        elif path == "/v2/health/ready":
+            status, body = (200, {"ready": True}) if self.runtime else (503, {"ready": False})
+        elif path == "/ping":
+            status, body, ctype = (200, b"\n", b"text/plain") if self.runtime else (503, b"\n", b"text/plain")
         elif path == "/health": status, body = 200, {"status": "ok", "uptime_s": round(time.time() - self.started, 1)}
-        elif path == "/ready": status, body = (200, {"ready": True}) if self.runtime else (503, {"ready": False, "loading": self.loading, "error": self.swap_error})
+        elif path == "/ready":
+            status, body = (200, {"ready": True}) if self.runtime else (503,
+                                                                        {"ready": False, "loading": self.loading,
+                                                                         "error": self.swap_error})
         elif path == "/version":
             rt = self.runtime
-            status, body = 200, {**(rt.info.as_dict() if rt else {}), "problem": rt.problem.name if rt else None, "kind": rt.kind if rt else None,
-                                 "fast_path": bool(rt and rt.fast), "fast_path_fallback": rt.fast_reason if rt else None,
+            status, body = 200, {**(rt.info.as_dict() if rt else {}), "problem": rt.problem.name if rt else None,
+                                 "kind": rt.kind if rt else None,
+                                 "fast_path": bool(rt and rt.fast), "fast_path_fallback": rt.fast_reason if rt
+                                 else None,
                                  # what `calibrate` measured at load: batches the forest answers, rows per model call
                                  "forest_rows": rt.fast.forest_rows if rt and rt.fast else 0,
-                                 "batch_rows": self.max_batch or (rt.fast.batch_rows if rt and rt.fast else None) or 256,
+                                 "batch_rows": self.max_batch or (rt.fast.batch_rows if rt and rt.fast else None)
+                                 or 256,
                                  "loading": self.loading, "last_swap_error": self.swap_error}
-        elif path == "/metrics": status, body, ctype = 200, self.metrics.render(self.log), b"text/plain; version=0.0.4; charset=utf-8"
+        elif path == "/metrics":
+            status, body, ctype = 200, self.metrics.render(self.log), b"text/plain; version=0.0.4; charset=utf-8"
         elif path == "/openapi.json": status, body = 200, self.openapi()
         elif path == "/docs": status, body, ctype = 200, DOCS_HTML, b"text/html; charset=utf-8"
         elif path == "/admin/model": status, body = await self._admin(scope, receive, send, h, rid)
         else: status, body = 404, _err(f"no route {path}: see /docs")
     except Exception as e:
         eid = uuid.uuid4().hex[:12]
-        log_event("error", error_id=eid, request_id=rid, path=path, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        log_event("error", error_id=eid, request_id=rid, path=path, error=f"{type(e).__name__}: {e}",
+                  traceback=traceback.format_exc())
         status, body = 500, {"error": "internal error: the server logged it under this error id", "error_id": eid}
     await _send(send, status, body, rid, ctype, allow if status == 405 else None)
     known = path in ("/score", "/invocations", "/health", "/ready", "/version", "/metrics")
     label = path if known else {"v2/infer": "/v2/infer", "endpoint": "/invocations"}.get(route, "other")
     self.metrics.observe(label, status, time.perf_counter() - t0)
-    if self.access_log: log_event("request", request_id=rid, path=path, status=status, ms=round((time.perf_counter() - t0) * 1000, 2))
+    if self.access_log:
+        log_event("request", request_id=rid, path=path, status=status, ms=round((time.perf_counter() - t0) * 1000, 2))
 
 @patch
 async def _lifespan(self:ScoringApp, receive, send):
@@ -459,14 +561,16 @@ async def _lifespan(self:ScoringApp, receive, send):
             except Exception:
                 shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR") if self.workers > 1 else None
                 if shared: (Path(shared)/STARTUP_ERROR).write_text(str(self.swap_error))  # the parent reports it
-                await send({"type": "lifespan.startup.failed", "message": self.swap_error}); return
+                await send({"type": "lifespan.startup.failed", "message": self.swap_error})
+                return
             self._tasks = [asyncio.ensure_future(self._batch_loop())]
             if self.watch: self._tasks.append(asyncio.ensure_future(self._watch_loop()))
             await send({"type": "lifespan.startup.complete"})
         elif m["type"] == "lifespan.shutdown":
             for t in self._tasks: t.cancel()
             if self.log is not None: self.log.close()
-            await send({"type": "lifespan.shutdown.complete"}); return
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 @patch
 async def _watch_loop(self:ScoringApp):
@@ -486,21 +590,32 @@ async def _start_extras(self:ScoringApp):
     "After the first model loaded: the inference log, and the shadow model (which must take the same requests)."
     rt = self.runtime
     if self.log_dir and importlib.util.find_spec("pyarrow") is None:
-        self.swap_error = "the inference log writes Parquet and needs pyarrow: build the image with `mlops-nb package --inference-log`"
+        self.swap_error = ("the inference log writes Parquet and needs pyarrow: build the "
+                           "image with `mlops-nb package --inference-log`")
         raise MlopsNbError(self.swap_error)
-    if self.log_dir: self.log = inference_log.InferenceLog(self.log_dir, rt.request_schema, rt.kind, rt.labels, self.log_sample, report=log_event)
+    if self.log_dir:
+        self.log = inference_log.InferenceLog(self.log_dir, rt.request_schema, rt.kind, rt.labels, self.log_sample,
+                                              report=log_event)
     if self.shadow_ref:
-        try: self.shadow = await asyncio.get_running_loop().run_in_executor(self.load_pool, lambda: serving.load_runtime(self.shadow_ref).verify(rt.schema))
+        try:
+            self.shadow = await asyncio.get_running_loop().run_in_executor(
+                self.load_pool, lambda: serving.load_runtime(self.shadow_ref).verify(rt.schema)
+            )
         except Exception as e:
-            self.swap_error = f"shadow model {self.shadow_ref}: {type(e).__name__}: {e}"; raise
-        if self.log is None: log_event("shadow_without_log", message="the shadow's answers go to the inference log: pass --log-dir to keep them")
+            self.swap_error = f"shadow model {self.shadow_ref}: {type(e).__name__}: {e}"
+            raise
+        if self.log is None:
+            log_event("shadow_without_log",
+                      message="the shadow's answers go to the inference log: pass --log-dir to keep them")
         log_event("shadow_loaded", model=self.shadow_ref, info=self.shadow.info.as_dict())
 
 # %% ../nbs/08_server.ipynb #08-server-022b
 MAX_HEADER_BYTES = 16_384  # request line and headers
-HEADER_TIMEOUT = float(EnvVar("MLOPS_NB_HEADER_TIMEOUT", "10", "Seconds a client may take to send the request line and headers.").get())
+HEADER_TIMEOUT = float(EnvVar("MLOPS_NB_HEADER_TIMEOUT", "10",
+                              "Seconds a client may take to send the request line and headers.").get())
 BODY_TIMEOUT = float(EnvVar("MLOPS_NB_BODY_TIMEOUT", "30", "Seconds a client may take to send a request body.").get())
-MAX_CONNECTIONS = int(EnvVar("MLOPS_NB_MAX_CONNECTIONS", "256", "Connections (and requests) a server process takes at once; more get 503.").get())
+MAX_CONNECTIONS = int(EnvVar("MLOPS_NB_MAX_CONNECTIONS", "256",
+                             "Connections (and requests) a server process takes at once; more get 503.").get())
 PRESSURE = 0.75  # share of MAX_CONNECTIONS open above which idle connections (before or between requests) are cut short
 PRESSED_HEADER_TIMEOUT = 1.0  # seconds such a connection then has to finish its headers
 PROBES = (b"/health", b"/ready", b"/ping", b"/v2/health/live", b"/v2/health/ready")  # answered even at the cap
@@ -553,7 +668,9 @@ def _protocol_class():
         def _too_slow(self):
             if self.transport is not None and not self.transport.is_closing(): self._refuse(408, "Request Timeout")
         def _refuse(self, status:int, reason:str):
-            self.transport.write(f"HTTP/1.1 {status} {reason}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".encode())
+            self.transport.write(
+                f"HTTP/1.1 {status} {reason}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".encode()
+            )
             self.transport.close()
         def _count(self, n:int):
             self._hbytes += n
@@ -612,7 +729,8 @@ def _resolve_once(cfg:dict)->dict:
     if ref and Path(ref).expanduser().exists(): return cfg
     try:
         local = tracking.local_version(ref or "champion")
-        if local is not None and local[1] is not None:  # the version's number pins it; each worker copies its local folder
+        # the version's number pins it; each worker copies its local folder
+        if local is not None and local[1] is not None:
             v = local[0]
             return cfg if cfg.get("watch") else {**cfg, "model": f"models:/{v.name}/{v.version}"}
         # downloaded once, here: workers would each download it, and race to create a fresh registry store; its folder
@@ -629,7 +747,8 @@ def serve(host:str="127.0.0.1", # interface to bind
          ):
     "Run the scoring server until interrupted."
     import uvicorn
-    kw = dict(host=host, port=port, loop="uvloop", http="mlops_nb.server:LimitedHttpTools", log_level="warning", access_log=False, lifespan="on",
+    kw = dict(host=host, port=port, loop="uvloop", http="mlops_nb.server:LimitedHttpTools", log_level="warning",
+              access_log=False, lifespan="on",
               timeout_graceful_shutdown=10, limit_concurrency=MAX_CONNECTIONS, timeout_keep_alive=5,
               ws="none")  # no WebSocket endpoint: an Upgrade header is served as plain HTTP (it was a 500)
     workers = workers or default_workers(bool(cfg.get("admin_token")))
@@ -648,14 +767,17 @@ def serve(host:str="127.0.0.1", # interface to bind
     app = ScoringApp(**cfg)
     try: uvicorn.run(app, **kw)
     except SystemExit:
-        if app.swap_error: raise MlopsNbError(f"could not load model {cfg.get('model') or 'champion'}: {app.swap_error}") from None
+        if app.swap_error:
+            raise MlopsNbError(f"could not load model {cfg.get('model') or 'champion'}: {app.swap_error}") from None
         raise
 
 # %% ../nbs/08_server.ipynb #08-server-025
 def free_port(host:str="127.0.0.1")->int:
     "A free TCP port on `host`."
     import socket
-    with socket.socket() as s: s.bind((host, 0)); return s.getsockname()[1]
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 def http_status(url:str, timeout:float=2)->int|None:
     "HTTP status of GET `url`, or None when nothing answers."
@@ -673,13 +795,16 @@ def start_server(model:str|None, # model folder or registry reference (None: the
     "Start `mlops-nb serve` as its own process and wait until it is ready; return (process, base URL)."
     import subprocess
     exe = Path(sys.executable).parent/"mlops-nb"
-    cmd = [str(exe) if exe.exists() else "mlops-nb", "serve", "--port", str(port)] + (["--model", str(model)] if model else [])
+    cmd = [str(exe) if exe.exists() else "mlops-nb", "serve", "--port",
+           str(port)] + (["--model", str(model)] if model else [])
     out = open(log, "a") if log else subprocess.DEVNULL
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                            start_new_session=True)
     url, deadline = f"http://127.0.0.1:{port}", time.time() + timeout
     while time.time() < deadline and proc.poll() is None and http_status(url + "/ready") != 200: time.sleep(0.1)
     if http_status(url + "/ready") != 200:
-        proc.kill(); raise MlopsNbError(f"the server did not become ready at {url}" + (f"; see {log}" if log else ""))
+        proc.kill()
+        raise MlopsNbError(f"the server did not become ready at {url}" + (f"; see {log}" if log else ""))
     return proc, url
 
 def swap_model(url:str, # base URL of a running server

@@ -17,7 +17,8 @@ from .data import ColumnSpec, check_record
 from .problem import ProblemError, load_problem, problem_from_json, problem_ref
 from .train import BOOSTER_TYPES, TRUSTED_TYPES, problem_modules
 from .tracking import GIT_COMMIT_TAG, local_version, model_name, resolve_version
-try: from orjson import loads as _loads  # the serve extra: request bodies parse 3-5x faster (its errors are ValueErrors)
+# the serve extra: request bodies parse 3-5x faster (its errors are ValueErrors)
+try: from orjson import loads as _loads
 except ImportError: from json import loads as _loads
 
 # %% auto #0
@@ -62,13 +63,15 @@ def read_model_dir(d:Path # model folder
     if not isinstance(meta, dict): raise ModelLoadError(f"{d}/MLmodel is not an MLmodel file")
     extra = json.loads((d/"mlops_nb_model.json").read_text()) if (d/"mlops_nb_model.json").exists() else {}
     info = ModelInfo(name=str(extra.get("name", "")), version=str(extra.get("version", "")),
-                     run_id=str(extra.get("run_id", meta.get("run_id", "") or "")), git_commit=str(extra.get("git_commit", "")),
+                     run_id=str(extra.get("run_id", meta.get("run_id", "") or "")),
+                     git_commit=str(extra.get("git_commit", "")),
                      source=str(extra.get("source", d)))
     return meta, info
 
 # %% ../nbs/07_serving.ipynb #07-serving-006b
 def _trusted()->tuple:
-    "(modules of the configured problem's own code, the types it declares trusted); empty when no problem is configured here."
+    ("(modules of the configured problem's own code, the types it declares "
+     "trusted); empty when no problem is configured here.")
     try: p = load_problem()
     except ProblemError: return set(), set()
     return problem_modules(p), set(p.trusted_types)
@@ -80,8 +83,8 @@ def _trust_fix(untrusted:list, # the types to trust
     try: p, ref = load_problem(), problem_ref()[0]
     except ProblemError: p = ref = None
     if p is None or (made_by and made_by != p.name):
-        return (f"set MLOPS_NB_PROBLEM or [tool.mlops_nb] problem to the problem that made it ({made_by or 'unknown'}); "
-                "if it is configured and the types are still refused, declare them in its trusted_types")
+        return (f"set MLOPS_NB_PROBLEM or [tool.mlops_nb] problem to the problem that made it ({made_by or 'unknown'}"
+                "); if it is configured and the types are still refused, declare them in its trusted_types")
     mod = ref.partition(":")[0]
     where = getattr(sys.modules.get(mod), "__file__", None) or mod
     names = ", ".join(f'"{t}"' for t in sorted({*p.trusted_types, *untrusted}))
@@ -93,17 +96,21 @@ def load_sklearn(d:Path, # model folder
                 ):
     "The scikit-learn model in folder `d`, loaded with skops and the types trusted in code (never a pickle)."
     sk = (meta.get("flavors") or {}).get("sklearn")
-    if not sk: raise ModelLoadError(f"{d} holds no scikit-learn model (flavors: {', '.join(meta.get('flavors') or {}) or 'none'})")
+    if not sk:
+        raise ModelLoadError(f"{d} holds no scikit-learn model (flavors: "
+                             f"{', '.join(meta.get('flavors') or {}) or 'none'})")
     if sk.get("serialization_format") != "skops":
-        raise ModelLoadError(f"{d}: the model is serialised as {sk.get('serialization_format') or 'pickle'}; mlops_nb loads only "
-                             "skops-serialised models (log it with mlops_nb.train.log_model)")
+        raise ModelLoadError(f"{d}: the model is serialised as {sk.get('serialization_format') or 'pickle'}; mlops_nb "
+                             "loads only skops-serialised models (log it with mlops_nb.train.log_model)")
     import skops.io
     path = (d/str(sk.get("pickled_model", ""))).resolve()
     if not path.is_relative_to(d.resolve()) or not path.is_file():
-        raise ModelLoadError(f"{d}: MLmodel names {sk.get('pickled_model')!r}, which is not a file inside the model folder")
+        raise ModelLoadError(f"{d}: MLmodel names {sk.get('pickled_model')!r}, which "
+                             "is not a file inside the model folder")
     mods, declared = _trusted()
     try: found = skops.io.get_untrusted_types(file=path)
-    except Exception as e: raise ModelLoadError(f"{d}: {path.name} is not a readable skops file ({type(e).__name__})") from None
+    except Exception as e:
+        raise ModelLoadError(f"{d}: {path.name} is not a readable skops file ({type(e).__name__})") from None
     trusted = set(TRUSTED_TYPES + BOOSTER_TYPES) | declared
     untrusted = [t for t in found if t not in trusted and t.rpartition(".")[0] not in mods]
     if untrusted:
@@ -127,9 +134,11 @@ def validate_payload(payload, # parsed JSON: an object or a list of objects
                     )->list:
     "The records of `payload`, checked against `schema`; raises `RequestError` naming every problem."
     records = [payload] if isinstance(payload, dict) else payload
-    if not isinstance(records, list): raise RequestError([{"loc": ["body"], "msg": "expected a JSON object (one record) or a list of them"}])
+    if not isinstance(records, list):
+        raise RequestError([{"loc": ["body"], "msg": "expected a JSON object (one record) or a list of them"}])
     if not records: raise RequestError([{"loc": ["body"], "msg": "empty list: send at least one record"}])
-    if len(records) > max_rows: raise RequestError([{"loc": ["body"], "msg": f"{len(records)} records: at most {max_rows} per request"}], 413)
+    if len(records) > max_rows:
+        raise RequestError([{"loc": ["body"], "msg": f"{len(records)} records: at most {max_rows} per request"}], 413)
     errors = []
     for i, r in enumerate(records):
         if not isinstance(r, dict): errors.append({"loc": [i], "msg": "expected a JSON object"})
@@ -140,7 +149,8 @@ def validate_payload(payload, # parsed JSON: an object or a list of objects
 
 def json_schema(s:ColumnSpec)->dict:
     "One input column as OpenAPI / JSON Schema."
-    t = {"str": {"type": "string"}, "int": {"type": "integer"}, "float": {"type": "number"}, "bool": {"type": "boolean"},
+    t = {"str": {"type": "string"}, "int": {"type": "integer"}, "float": {"type": "number"},
+         "bool": {"type": "boolean"},
          "datetime": {"type": "string", "format": "date"}}[s.kind].copy()
     if s.kind in ("int", "float"):
         if s.min is not None: t["minimum"] = s.min
@@ -174,7 +184,8 @@ def score(payload, # parsed JSON: one record or a list of records
           preprocess=None, # records -> records (an entry script's)
           postprocess=None # (answers, records, runtime) -> answers (an entry script's)
          )->dict:
-    "Validate, pre-process, score and answer one request, unbatched (Azure ML's `run`; `mlops-nb serve` batches the same steps)."
+    ("Validate, pre-process, score and answer one request, unbatched (Azure "
+     "ML's `run`; `mlops-nb serve` batches the same steps).")
     records = validate_payload(records_of(payload, rt.schema), rt.schema)
     rows = preprocess(records) if preprocess else records
     answers = rt.answer(rows, rt.predict(rows))
@@ -208,7 +219,8 @@ def records_of(payload, # parsed JSON of a request to /score (or Azure ML's run(
         if k == "input_data" and k not in schema: return _split_records(v, "input_data")
         if k == "data" and k not in schema:
             if isinstance(v, list) and v and all(isinstance(r, list) for r in v):
-                return _split_records({"columns": list(schema), "data": v}, "data")  # rows of values, in the schema's order
+                # rows of values, in the schema's order
+                return _split_records({"columns": list(schema), "data": v}, "data")
             return v
     return payload
 
@@ -270,7 +282,8 @@ def csv_records(body:bytes, # CSV text with a header row
                )->list:
     "Records of a CSV body: numbers, booleans and text typed by the schema; an empty cell is a missing value."
     import csv, io
-    try: rows = list(csv.reader(io.StringIO(body.decode("utf-8-sig"))))  # a byte order mark (Excel's CSV) is not part of the first name
+    # a byte order mark (Excel's CSV) is not part of the first name
+    try: rows = list(csv.reader(io.StringIO(body.decode("utf-8-sig"))))
     except (UnicodeDecodeError, csv.Error) as e: raise _bad(f"invalid CSV: {e}") from None
     if len(rows) < 2: raise _bad("CSV needs a header row and at least one row of values")
     head = rows[0]
@@ -292,12 +305,14 @@ def csv_records(body:bytes, # CSV text with a header row
 
 # %% ../nbs/07_serving.ipynb #07-serving-011e
 V2_DATATYPES = {"int": "INT64", "float": "FP64", "bool": "BOOL", "str": "BYTES", "datetime": "BYTES"}
-_V2_NUMPY = {"BOOL": "?", "INT8": "<i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8", "UINT8": "<u1", "UINT16": "<u2",
+_V2_NUMPY = {"BOOL": "?", "INT8": "<i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8", "UINT8": "<u1",
+             "UINT16": "<u2",
              "UINT32": "<u4", "UINT64": "<u8", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}
 _V2_WIDTH = {k: np.dtype(v).itemsize for k, v in _V2_NUMPY.items()}
 # the same values read by memoryview where this machine's byte order is the protocol's (little-endian): a few columns
 # of one row each read in a fraction of numpy's per-call cost
-_V2_NATIVE = {"INT8": "b", "INT16": "h", "INT32": "i", "INT64": "q", "UINT8": "B", "UINT16": "H", "UINT32": "I", "UINT64": "Q",
+_V2_NATIVE = {"INT8": "b", "INT16": "h", "INT32": "i", "INT64": "q", "UINT8": "B", "UINT16": "H", "UINT32": "I",
+              "UINT64": "Q",
               "FP32": "f", "FP64": "d"} if sys.byteorder == "little" else {}
 V2_OUTPUT = "predictions"
 
@@ -305,7 +320,8 @@ def v2_metadata(rt)->dict:
     "The model's metadata in the Open Inference Protocol: name, versions, platform, input and output tensors."
     out_shape = [-1] if rt.kind == "regression" else [-1, len(rt.labels)]
     return {"name": rt.info.name or rt.problem.name, "versions": [rt.info.version] if rt.info.version else [],
-            "platform": "mlops_nb", "inputs": [{"name": c, "datatype": V2_DATATYPES[s.kind], "shape": [-1]} for c, s in rt.schema.items()],
+            "platform": "mlops_nb",
+            "inputs": [{"name": c, "datatype": V2_DATATYPES[s.kind], "shape": [-1]} for c, s in rt.schema.items()],
             "outputs": [{"name": V2_OUTPUT, "datatype": "FP64", "shape": out_shape}]}
 
 def _v2_binary(buf:bytes, datatype:str, name:str)->list:
@@ -314,12 +330,15 @@ def _v2_binary(buf:bytes, datatype:str, name:str)->list:
         out, i = [], 0
         while i < len(buf):
             if i + 4 > len(buf): raise _bad(f"input {name!r}: truncated BYTES element")
-            k = int.from_bytes(buf[i:i + 4], "little"); i += 4
-            out.append(buf[i:i + k].decode("utf-8", "replace")); i += k
+            k = int.from_bytes(buf[i:i + 4], "little")
+            i += 4
+            out.append(buf[i:i + k].decode("utf-8", "replace"))
+            i += k
         return out
     if datatype not in _V2_NUMPY: raise _bad(f"input {name!r}: datatype {datatype!r} is not supported")
     width = _V2_WIDTH[datatype]
-    if len(buf) % width: raise _bad(f"input {name!r}: {len(buf)} bytes are not a whole number of {datatype} values ({width} bytes each)")
+    if len(buf) % width:
+        raise _bad(f"input {name!r}: {len(buf)} bytes are not a whole number of {datatype} values ({width} bytes each)")
     if datatype in _V2_NATIVE: return memoryview(buf).cast(_V2_NATIVE[datatype]).tolist()
     return np.frombuffer(buf, dtype=_V2_NUMPY[datatype]).tolist()
 
@@ -348,22 +367,28 @@ def v2_records(body:bytes, # the request body
         name, shape = t["name"], t["shape"]
         if name in cols: raise _bad(f"input {name!r} is sent twice: send each column once")
         params = t.get("parameters")
-        if params is not None and not isinstance(params, dict): raise _bad(f"input {name!r}: parameters must be an object")
+        if params is not None and not isinstance(params, dict):
+            raise _bad(f"input {name!r}: parameters must be an object")
         size = params.get("binary_data_size") if params else None
         if size is not None:
-            if header_length is None: raise _bad(f"input {name!r}: binary data without an Inference-Header-Content-Length header")
+            if header_length is None:
+                raise _bad(f"input {name!r}: binary data without an Inference-Header-Content-Length header")
             if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= len(body) - pos:
-                raise _bad(f"input {name!r}: binary_data_size {size!r} is not a byte count within the body ({len(body) - pos} bytes left)")
-            data = _v2_binary(body[pos:pos + size], str(t.get("datatype", "")), name); pos += size
+                raise _bad(f"input {name!r}: binary_data_size {size!r} is not a byte count "
+                           f"within the body ({len(body) - pos} bytes left)")
+            data = _v2_binary(body[pos:pos + size], str(t.get("datatype", "")), name)
+            pos += size
         else:
             data = t.get("data")
             if not isinstance(data, list): raise _bad(f"input {name!r} has no data")
             if data and isinstance(data[0], list) and all(isinstance(x, list) for x in data):  # shape [n, 1]
                 data = [x[0] if len(x) == 1 else x for x in data]
-        # [n] or [n, 1, ...]: one value a row (no generator for the usual [n]: this loop runs once per column and request)
+        # [n] or [n, 1, ...]: one value a row (no generator for the usual [n]: this loop runs once per column and
+        # request)
         if not (shape and isinstance(shape[0], int) and shape[0] == len(data)
                 and (len(shape) == 1 or all(isinstance(d, int) and d == 1 for d in shape[1:]))):
-            raise _bad(f"input {name!r}: shape {shape} does not fit its {len(data)} values; send shape [n] or [n, 1], one value a row")
+            raise _bad(f"input {name!r}: shape {shape} does not fit its {len(data)} "
+                       "values; send shape [n] or [n, 1], one value a row")
         if n is not None and len(data) != n: raise _bad(f"input {name!r} has {len(data)} rows, the others {n}")
         n, cols[name] = len(data), data
     if req.get("id") is not None and not isinstance(req["id"], str): raise _bad("'id' must be a string")
@@ -446,10 +471,13 @@ class FastModel:
         for name, enc, cols in getattr(prep, "transformers_", []):
             if enc == "drop" or not len(cols): continue
             passthrough = enc == "passthrough" or (type(enc).__name__ == "FunctionTransformer" and enc.func is None)
-            if passthrough: self.numeric += [(c, width + j) for j, c in enumerate(cols)]; width += len(cols)
+            if passthrough:
+                self.numeric += [(c, width + j) for j, c in enumerate(cols)]
+                width += len(cols)
             elif type(enc).__name__ == "OneHotEncoder" and enc.drop is None and enc.handle_unknown == "ignore":
                 for c, cats in zip(cols, enc.categories_):
-                    self.onehot.append((c, {str(v): width + j for j, v in enumerate(cats)})); width += len(cats)
+                    self.onehot.append((c, {str(v): width + j for j, v in enumerate(cats)}))
+                    width += len(cats)
             else: raise ValueError(f"its transformer {name!r} ({type(enc).__name__}) is not passthrough or one-hot")
         if width == 0: raise ValueError("its column transformer is not fitted")
         self.width = width
@@ -540,18 +568,21 @@ class Runtime:
         self.pipeline, self.meta, self.info, self.model_dir = pipeline, meta, info, Path(model_dir)
         d = (meta.get("metadata") or {}).get("mlops_nb")
         if not isinstance(d, dict) or "inputs" not in d:
-            raise ModelLoadError(f"model in {model_dir} records no problem (MLmodel metadata 'mlops_nb'): log models with "
-                                 "mlops_nb.train.log_model (models from before mlops_nb 0.2 must be retrained)")
+            raise ModelLoadError(f"model in {model_dir} records no problem (MLmodel metadata 'mlops_nb'): log models "
+                                 "with mlops_nb.train.log_model (models from before mlops_nb 0.2 must be retrained)")
         try: self.problem = problem_from_json(d)
         except (KeyError, TypeError, ValueError, MlopsNbError) as e:
-            raise ModelLoadError(f"model in {model_dir}: its recorded problem is not readable ({type(e).__name__}: {e})") from None
+            raise ModelLoadError(
+                f"model in {model_dir}: its recorded problem is not readable ({type(e).__name__}: {e})"
+            ) from None
         self.kind, self.labels, self.schema = self.problem.kind, self.problem.class_labels, self.problem.inputs
         self.request_schema = {**self.schema, **self.problem.keys}  # keys (ids) a client may send: logged, never scored
         self.hook = _postprocess_hook(self.problem.name)
         self.fast, self.max_abs_diff, self.fast_reason = self._fast_path()
 
     def example(self)->list:
-        "The logged input example as raw records, a missing value as null (MLflow writes it as NaN), as a client sends it."
+        ("The logged input example as raw records, a missing value as null "
+         "(MLflow writes it as NaN), as a client sends it.")
         p = self.model_dir/"input_example.json"
         if not p.exists(): return []
         ex = json.loads(p.read_text())
@@ -606,7 +637,8 @@ def _verified(self:Runtime, fast):
     diff = json.loads(p.read_text()).get("fast_path_max_abs_diff") if p.exists() else None
     if diff is None or diff > FAST_PATH_TOLERANCE:
         raise ModelLoadError(f"model in {self.model_dir}: pandas is not installed and the fast scoring path was not "
-                             "verified when the model was packaged; install pandas or package it with `mlops-nb package`")
+                             "verified when the model was packaged; install pandas "
+                             "or package it with `mlops-nb package`")
     rows = self.example()
     return (calibrate(fast, rows) if rows else fast), diff, None
 
@@ -627,11 +659,14 @@ def verify(self:Runtime, expect:dict|None=None # the input schema of the model i
         validate_payload(rows, self.schema)
         out = np.asarray(self.predict(rows), dtype="float64")
     except (RequestError, Exception) as e:
-        raise ModelLoadError(f"model in {self.model_dir} fails on its own input example ({type(e).__name__}: {e})") from None
+        raise ModelLoadError(
+            f"model in {self.model_dir} fails on its own input example ({type(e).__name__}: {e})"
+        ) from None
     want = (len(rows),) if self.kind == "regression" else (len(rows), len(self.labels or []))
     ok = out.shape == want and np.isfinite(out).all()
     if ok and self.kind != "regression": ok = bool(np.all(out >= 0) and np.allclose(out.sum(1), 1, atol=1e-6))
-    if not ok: raise ModelLoadError(f"model in {self.model_dir} gives no valid {self.kind} outputs for its input example")
+    if not ok:
+        raise ModelLoadError(f"model in {self.model_dir} gives no valid {self.kind} outputs for its input example")
     return self
 
 # %% ../nbs/07_serving.ipynb #07-serving-017
@@ -647,7 +682,8 @@ def _registry_version(ref:str):
     return _resolve(ref)[0]
 
 def _cache_dir(v)->Path:
-    "The serving cache folder of registry version `v`: keyed by the registry store and the version's run, not its number."
+    ("The serving cache folder of registry version `v`: keyed by the "
+     "registry store and the version's run, not its number.")
     import hashlib
     store = hashlib.sha256(registry_uri().encode()).hexdigest()[:12]
     return state_dir()/"served"/store/f"{re.sub(r'[^A-Za-z0-9._-]', '_', v.name)}-v{v.version}-{v.run_id or 'norun'}"
@@ -672,11 +708,14 @@ def fetch_model(ref:str # registry reference
                 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
                 import mlflow
                 # a models:/ URI: every registry's own artifact repository (Unity Catalog's reads the version's files
-                # through the workspace, where its raw download URI would be cloud storage this process has no credentials for)
+                # through the workspace, where its raw download URI would be cloud storage this process has no
+                # credentials for)
                 mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{v.name}/{v.version}", dst_path=str(tmp))
             d = find_model_dir(tmp)
-            (d/"mlops_nb_model.json").write_text(json.dumps({"name": v.name, "version": str(v.version), "run_id": v.run_id,
-                                                             "git_commit": v.tags.get(GIT_COMMIT_TAG, ""), "source": ref,
+            (d/"mlops_nb_model.json").write_text(json.dumps({"name": v.name, "version": str(v.version),
+                                                             "run_id": v.run_id,
+                                                             "git_commit": v.tags.get(GIT_COMMIT_TAG, ""),
+                                                             "source": ref,
                                                              "registry": redact_uri(registry_uri())}))
             try: d.rename(dest)
             except OSError:  # another process cached it in the meantime: keep theirs
@@ -702,18 +741,21 @@ def load_runtime(source:str|Path|None=None # model folder or registry reference 
     meta, info = read_model_dir(d)
     try: pipeline = load_sklearn(d, meta)
     except ModuleNotFoundError as e:  # e.g. a LightGBM or XGBoost model where that library is not installed
-        raise ModelLoadError(f"{d}: the model needs the {(e.name or '?').split('.')[0]} package, which is not installed here: "
-                             f"install the model's requirements ({d/'requirements.txt'})") from None
+        raise ModelLoadError(f"{d}: the model needs the {(e.name or '?').split('.')[0]} package, which is not "
+                             f"installed here: install the model's requirements ({d/'requirements.txt'})") from None
     return Runtime(pipeline, meta, info, d)
 
 # %% ../nbs/07_serving.ipynb #07-serving-017c
 def model_roots()->list:
-    "Folders that hot-swapped model folders must lie under: `MLOPS_NB_MODEL_ROOTS` (os.pathsep-separated), else the serving cache."
+    ("Folders that hot-swapped model folders must lie under: "
+     "`MLOPS_NB_MODEL_ROOTS` (os.pathsep-separated), else the serving cache.")
     v = MLOPS_NB_MODEL_ROOTS.get()
     roots = [Path(r).expanduser() for r in v.split(os.pathsep) if r.strip()] if v else [state_dir()/"served"]
     return [r.resolve() for r in roots]
 
-_REGISTRY_REF = re.compile(r"models:/[A-Za-z0-9._-]{1,256}(@[A-Za-z0-9_-]{1,64}|/\d{1,9})|latest|@?[A-Za-z][A-Za-z0-9_-]{0,63}|\d{1,9}|best:[A-Za-z0-9_.]{1,64}-?")
+_REGISTRY_REF = re.compile(
+    r"models:/[A-Za-z0-9._-]{1,256}(@[A-Za-z0-9_-]{1,64}|/\d{1,9})|latest|@?[A-Za-z][A-Za-z0-9_-]{0,63}|\d{1,9}|best:[A-Za-z0-9_.]{1,64}-?"  # noqa: E501
+)
 
 def check_model_source(ref, # a model reference sent by a client
                        roots:list|None=None # allowed folders (default: `model_roots()`)
@@ -724,8 +766,8 @@ def check_model_source(ref, # a model reference sent by a client
     if _REGISTRY_REF.fullmatch(ref) and not Path(ref).exists(): return ref
     p = Path(ref).expanduser()
     if not p.is_absolute() or not p.exists():
-        raise ModelLoadError(f"model reference {ref!r} is neither a registry reference (models:/NAME@ALIAS, models:/NAME/N, "
-                             "champion, latest, N, best:METRIC) nor an existing absolute folder")
+        raise ModelLoadError(f"model reference {ref!r} is neither a registry reference (models:/NAME@ALIAS, "
+                             "models:/NAME/N, champion, latest, N, best:METRIC) nor an existing absolute folder")
     real = p.resolve()
     roots = model_roots() if roots is None else [Path(r).resolve() for r in roots]
     if not any(real.is_relative_to(r) for r in roots):
@@ -741,20 +783,24 @@ def check_answers(model_dir:str|Path, # a model folder
                  )->dict:
     "Load `model_dir` as `mlops-nb serve` does and check its answers to its input example and to `records`; else raise."
     rt = load_runtime(model_dir).verify()
-    out = {"ok": True, "example_rows": len(rt.example()), "rows": 0, "max_abs_diff": 0.0, "fast_path": rt.fast is not None}
+    out = {"ok": True, "example_rows": len(rt.example()), "rows": 0, "max_abs_diff": 0.0,
+           "fast_path": rt.fast is not None}
     if not records: return out
     try: got = np.asarray(rt.predict(records), dtype="float64")
     except Exception as e:
-        raise ModelLoadError(f"the served model fails on the evaluation rows sent as records ({type(e).__name__}: {e})") from None
+        raise ModelLoadError(
+            f"the served model fails on the evaluation rows sent as records ({type(e).__name__}: {e})"
+        ) from None
     want = np.asarray(expected, dtype="float64")
-    if got.shape != want.shape: raise ModelLoadError(f"the served model answers {got.shape} outputs where training gave {want.shape}")
+    if got.shape != want.shape:
+        raise ModelLoadError(f"the served model answers {got.shape} outputs where training gave {want.shape}")
     close = np.isclose(got, want, rtol=rtol, atol=atol, equal_nan=True)
     if not close.all():
         i = int(np.flatnonzero(~close.reshape(len(got), -1).all(1))[0])
-        raise ModelLoadError(f"the served model answers evaluation row {i} with {np.round(got[i], 6).tolist()} where the "
-                             f"trained model gave {np.round(want[i], 6).tolist()}: its features must come out the same from "
-                             "records as JSON carries them (missing values as null, dates as text) as from the training table; "
-                             "check the problem's derive and derive_record")
+        raise ModelLoadError(f"the served model answers evaluation row {i} with {np.round(got[i], 6).tolist()} where "
+                             f"the trained model gave {np.round(want[i], 6).tolist()}: its features must come out the "
+                             "same from records as JSON carries them (missing values as null, dates as text) as from "
+                             "the training table; check the problem's derive and derive_record")
     return {**out, "rows": len(records), "max_abs_diff": float(np.nanmax(np.abs(got - want), initial=0))}
 
 def servable_main(request:str # path of a JSON file: {"model": folder, "records": [...], "expected": [...]}

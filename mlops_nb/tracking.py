@@ -45,7 +45,9 @@ def store_lock(uri:str|None=None # tracking URI (default: the configured one)
               ):
     "Hold an exclusive lock on a local SQLite store; a no-op for remote stores."
     db = sqlite_path(uri or tracking_uri())
-    if db is None: yield; return
+    if db is None:
+        yield
+        return
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(str(db)+".lock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -69,8 +71,9 @@ def _use_uris(t:str, r:str):
 def _unusable_store(uri:str, e:Exception)->str:
     "One line saying the store at `uri` cannot be used and why, with every credential in either hidden."
     why = redact_uri((str(e).strip().splitlines() or [type(e).__name__])[0])
-    return (f"cannot use the tracking store {redact_uri(uri)}: {type(e).__name__}: {why[:300]}; check MLOPS_NB_TRACKING_URI "
-            "(`mlops-nb config` shows it), that the store is up, and that its database driver is installed")
+    return (f"cannot use the tracking store {redact_uri(uri)}: {type(e).__name__}: {why[:300]}; check "
+            "MLOPS_NB_TRACKING_URI (`mlops-nb config` shows it), that the store "
+            "is up, and that its database driver is installed")
 
 def client():
     "An `MlflowClient` on the configured tracking and registry URIs (store created on first use, under the lock)."
@@ -102,11 +105,13 @@ _UC_PART = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 
 def uc_model_name(name:str # a registered model name for Unity Catalog
                  )->str:
-    "`name` if it is a Unity Catalog model name (`catalog.schema.model`), else a one-line `RegistryError` saying what to fix."
+    ("`name` if it is a Unity Catalog model name (`catalog.schema.model`), "
+     "else a one-line `RegistryError` saying what to fix.")
     parts = str(name).split(".")
     if len(parts) != 3 or not all(_UC_PART.fullmatch(p) for p in parts):
-        raise RegistryError(f"Unity Catalog model name {name!r} is not catalog.schema.model: use three parts of letters, "
-                            "digits and _ (e.g. dev.mlops.churn_model), or set the model registry URI to databricks (workspace registry)")
+        raise RegistryError(f"Unity Catalog model name {name!r} is not catalog.schema.model: use three parts of "
+                            "letters, digits and _ (e.g. dev.mlops.churn_model), or set the "
+                            "model registry URI to databricks (workspace registry)")
     return name
 
 def registered_name(name:str|None=None # registered model name (default: `model_name()`)
@@ -138,7 +143,8 @@ def lineage_tags(params, # `RunParams` of the run
     "Tags recording where a run came from: git commit and dirty flag, notebook, mode."
     g = git_info(notebook)
     return {GIT_COMMIT_TAG: g["commit"], GIT_DIRTY_TAG: g["dirty"], NOTEBOOK_TAG: str(notebook), MODE_TAG: params.mode,
-            "mlflow.source.git.commit": g["commit"], "mlflow.source.name": str(notebook), "mlflow.source.type": "NOTEBOOK"}
+            "mlflow.source.git.commit": g["commit"], "mlflow.source.name": str(notebook),
+            "mlflow.source.type": "NOTEBOOK"}
 
 # %% ../nbs/03_tracking.ipynb #03-tracking-014
 _RUNNER_ONLY = ("run_id", "result_path")  # plumbing, not training parameters
@@ -162,7 +168,9 @@ def _start_time(pid:int)->str:
 def owner_alive(owner:str # `process_owner()` of some process
                )->bool|None:
     "True if that process is alive, False if it is gone, None if it cannot be told from here (another host)."
-    try: host, pid, start = owner.rsplit(":", 2); pid = int(pid)
+    try:
+        host, pid, start = owner.rsplit(":", 2)
+        pid = int(pid)
     except ValueError: return None
     if host != socket.gethostname(): return None
     try: os.kill(pid, 0)
@@ -213,7 +221,9 @@ def sweep_runs(max_age_hours:float=24, # RUNNING longer than this, with an owner
             alive = owner_alive(owner)
             if alive: continue
             if alive is False: why = f"its owner {owner} is gone"
-            elif age > max_age_hours: why = f"RUNNING for {age:.1f} h (> {max_age_hours:g} h) and its owner {owner or 'unknown'} cannot be checked from here"
+            elif age > max_age_hours:
+                why = (f"RUNNING for {age:.1f} h (> {max_age_hours:g} h) and its owner "
+                       f"{owner or 'unknown'} cannot be checked from here")
             else: continue
             out.append({"run_id": r.info.run_id, "experiment_id": r.info.experiment_id, "why": why})
             if not dry_run:
@@ -257,7 +267,8 @@ def log_data_lineage(run_id:str, # the run
                     ):
     "Tag run `run_id` with the fingerprints of the data it trained and was evaluated on."
     c = client()
-    c.set_tag(run_id, DATA_FP_TAG, data_fingerprint); c.set_tag(run_id, EVAL_FP_TAG, eval_fingerprint)
+    c.set_tag(run_id, DATA_FP_TAG, data_fingerprint)
+    c.set_tag(run_id, EVAL_FP_TAG, eval_fingerprint)
     for k, v in counts.items(): c.log_param(run_id, k, str(v))
 
 # %% ../nbs/03_tracking.ipynb #03-tracking-019
@@ -280,11 +291,13 @@ class ModelVersionInfo:
         return {"name": self.name, "version": self.version, "run_id": self.run_id, "created": self.created,
                 "aliases": self.aliases, "eval_fingerprint": self.eval_fingerprint,
                 "data_fingerprint": self.tags.get(DATA_FP_TAG, ""), "git_commit": self.tags.get(GIT_COMMIT_TAG, ""),
-                "gates": self.tags.get(TAG+"gates", ""), "servable": self.tags.get(SERVABLE_TAG, ""), "metrics": self.metrics}
+                "gates": self.tags.get(TAG+"gates", ""), "servable": self.tags.get(SERVABLE_TAG, ""),
+                "metrics": self.metrics}
 
 # %% ../nbs/03_tracking.ipynb #03-tracking-019g
 def _thresholds(thresholds:dict|None, name:str)->tuple:
-    "(thresholds, metric directions, primary metric or None) for model `name`: the problem's when it is the problem's model."
+    ("(thresholds, metric directions, primary metric or None) for model "
+     "`name`: the problem's when it is the problem's model.")
     try: p = load_problem()
     except MlopsNbError: p = None
     mine = p is not None and name == (MLOPS_NB_MODEL_NAME.get() or p.registered_model)
@@ -295,7 +308,8 @@ def baseline_failure(metrics:dict, # a run's metrics, with its baseline's (`base
                      metric:str|None, # the metric that decides (the problem's primary metric)
                      higher_is_better:bool=True # its direction
                     )->str|None:
-    "Why the model of `metrics` is not better than its baseline on `metric`; None when it is, or no baseline was logged."
+    ("Why the model of `metrics` is not better than its baseline on "
+     "`metric`; None when it is, or no baseline was logged.")
     v, b = metrics.get(metric), metrics.get(f"{BASELINE_PREFIX}{metric}")
     if v is None or b is None or ((v > b) if higher_is_better else (v < b)): return None
     return f"not better than the baseline: {metric} {v:.4f} {'<=' if higher_is_better else '>='} baseline {b:.4f}"
@@ -304,7 +318,8 @@ def gate_failures(metrics:dict, # a version's metrics
                   thresholds:dict|None=None, # metric -> worst acceptable value (default: the problem's, for its model)
                   name:str|None=None # registered model name
                  )->list:
-    "Why `metrics` fail the validation gates, one line each (empty: they pass); the problem's model must beat its baseline."
+    ("Why `metrics` fail the validation gates, one line each (empty: they "
+     "pass); the problem's model must beat its baseline.")
     thresholds, directions, primary = _thresholds(thresholds, name or model_name())
     out = []
     for m, worst in thresholds.items():
@@ -324,7 +339,8 @@ def check_servable(model_uri:str, # the logged model (runs:/…, models:/…, `M
                    expected:list|None=None, # the trained model's outputs for `records` (`train.servable_rows`)
                    timeout:float=600 # seconds the fresh process may take
                   )->dict:
-    "Load the model as `mlops-nb serve` does, in a fresh process, and check its answers; a `RegistrationRefused` saying why not."
+    ("Load the model as `mlops-nb serve` does, in a fresh process, and check "
+     "its answers; a `RegistrationRefused` saying why not.")
     import mlflow
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mlops-nb-servable-") as tmp:
@@ -332,9 +348,13 @@ def check_servable(model_uri:str, # the logged model (runs:/…, models:/…, `M
         if not d.is_dir(): d = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
         req = Path(tmp)/"servable-request.json"
         req.write_text(json.dumps({"model": str(d), "records": records, "expected": expected}))
-        try: p = subprocess.run([sys.executable, "-c", _SERVABLE_CHILD, str(req)], capture_output=True, text=True, timeout=timeout)
+        try:
+            p = subprocess.run([sys.executable, "-c", _SERVABLE_CHILD, str(req)], capture_output=True, text=True,
+                               timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise RegistrationRefused(f"the model cannot be served: loading and scoring it took more than {timeout:g} s") from None
+            raise RegistrationRefused(
+                f"the model cannot be served: loading and scoring it took more than {timeout:g} s"
+            ) from None
     lines = p.stdout.strip().splitlines()
     try: out = json.loads(lines[-1]) if lines else {}
     except ValueError: out = {}
@@ -348,7 +368,8 @@ def servable_note(check:dict # what `check_servable` returned
                  )->str:
     "One line: what the servable check answered and what it cost."
     rows = f"{check.get('example_rows', 0)} example and {check.get('rows', 0)} evaluation rows"
-    return f"{rows} answered as trained (largest difference {check.get('max_abs_diff', 0):.2g}) in {check['seconds']:.1f} s"
+    return (f"{rows} answered as trained (largest difference "
+            f"{check.get('max_abs_diff', 0):.2g}) in {check['seconds']:.1f} s")
 
 # %% ../nbs/03_tracking.ipynb #03-tracking-020
 def register_model(run_id:str, # the full-mode run that logged the model
@@ -357,7 +378,8 @@ def register_model(run_id:str, # the full-mode run that logged the model
                    records:list|None=None, # evaluation rows as records, to check the served model's answers with
                    expected:list|None=None # the trained model's outputs for `records` (see `train.servable_rows`)
                   )->int:
-    "Register the model of full-mode run `run_id` as a new version of `name`, once it is shown to serve; refuse any other run."
+    ("Register the model of full-mode run `run_id` as a new version of "
+     "`name`, once it is shown to serve; refuse any other run.")
     from mlflow.exceptions import MlflowException
     name = registered_name(name)
     c = client()
@@ -365,8 +387,8 @@ def register_model(run_id:str, # the full-mode run that logged the model
     tags = run.data.tags
     mode = tags.get(MODE_TAG)
     if mode != "full":
-        raise RegistrationRefused(f"run {run_id} is a {mode or 'untagged'}-mode run: only full-mode runs register models "
-                                  "(run the notebook with mode='full', e.g. `mlops-nb train --mode full`)")
+        raise RegistrationRefused(f"run {run_id} is a {mode or 'untagged'}-mode run: only full-mode runs register "
+                                  "models (run the notebook with mode='full', e.g. `mlops-nb train --mode full`)")
     if run.info.status in ("FAILED", "KILLED"):
         raise RegistrationRefused(f"run {run_id} is {run.info.status}: a failed run registers nothing")
     if run.info.status == "RUNNING" and owner_alive(tags.get(OWNER_TAG, "")) is False:
@@ -378,7 +400,8 @@ def register_model(run_id:str, # the full-mode run that logged the model
     with store_lock():
         try: c.create_registered_model(name)
         except MlflowException as e:
-            if "already exists" not in str(e).lower() and getattr(e, "error_code", "") != "RESOURCE_ALREADY_EXISTS": raise
+            if "already exists" not in str(e).lower() and getattr(e, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+                raise
         mv = c.create_model_version(name, model_uri, run_id=run_id, tags=vtags)
     c.set_tag(run_id, VERSION_TAG, str(mv.version))
     fails = gate_failures(c.get_run(run_id).data.metrics, name=name)
@@ -393,7 +416,8 @@ def _run_metrics(run_ids):
     for i in range(0, len(ids), 100):
         chunk = ids[i:i+100]
         flt = "attributes.run_id IN (" + ",".join(f"'{r}'" for r in chunk) + ")"
-        for run in c.search_runs(exps, filter_string=flt, max_results=len(chunk)): out[run.info.run_id] = dict(run.data.metrics)
+        for run in c.search_runs(exps, filter_string=flt, max_results=len(chunk)):
+            out[run.info.run_id] = dict(run.data.metrics)
     return out
 
 def list_versions(name:str|None=None # registered model name (default: `model_name()`)
@@ -402,19 +426,23 @@ def list_versions(name:str|None=None # registered model name (default: `model_na
     from mlflow.entities.model_registry.model_version_search import ModelVersionSearch
     name = registered_name(name)
     c = client()
-    try: aliases_of = {}; rm = c.get_registered_model(name)
+    try:
+        aliases_of = {}
+        rm = c.get_registered_model(name)
     except Exception: return []
     for a, v in (rm.aliases or {}).items(): aliases_of.setdefault(int(v), []).append(a)
     mvs, token = [], None
     while True:
         page = c.search_model_versions(f"name='{name}'", max_results=1000, page_token=token)
-        mvs += list(page); token = page.token
+        mvs += list(page)
+        token = page.token
         if not token: break
     # Unity Catalog's search answers carry no tags: read each such version itself
     mvs = [c.get_model_version(name, mv.version) if isinstance(mv, ModelVersionSearch) else mv for mv in mvs]
     metrics = _run_metrics([mv.run_id for mv in mvs])
     out = [ModelVersionInfo(name, int(mv.version), mv.run_id or "", int(mv.creation_timestamp or 0),
-                            sorted(aliases_of.get(int(mv.version), [])), dict(mv.tags or {}), metrics.get(mv.run_id, {}))
+                            sorted(aliases_of.get(int(mv.version), [])), dict(mv.tags or {}),
+                            metrics.get(mv.run_id, {}))
            for mv in mvs]
     return sorted(out, key=lambda v: -v.version)
 
@@ -456,8 +484,10 @@ class Selection:
         return s
 
 def best_version(metric:str|None=None, # metric logged by the runs (default: the problem's primary metric)
-                 higher_is_better:bool|None=None, # False for losses (default: the problem's direction for it, else True)
-                 eval_fingerprint:str|None=None, # compare versions evaluated on this data (default: the latest version's)
+                 # False for losses (default: the problem's direction for it, else True)
+                 higher_is_better:bool|None=None,
+                 # compare versions evaluated on this data (default: the latest version's)
+                 eval_fingerprint:str|None=None,
                  name:str|None=None # registered model name
                 )->Selection:
     "The version with the best `metric` among versions evaluated on the same data."
@@ -467,7 +497,8 @@ def best_version(metric:str|None=None, # metric logged by the runs (default: the
     fp = eval_fingerprint or vs[0].eval_fingerprint
     compared, skipped = [], {}
     for v in vs:
-        if v.eval_fingerprint != fp: skipped[v.version] = f"evaluated on different data {v.eval_fingerprint or 'unknown'}"
+        if v.eval_fingerprint != fp:
+            skipped[v.version] = f"evaluated on different data {v.eval_fingerprint or 'unknown'}"
         elif metric not in v.metrics: skipped[v.version] = f"no '{metric}' metric"
         else: compared.append(v)
     if not compared:
@@ -482,10 +513,12 @@ def best_version(metric:str|None=None, # metric logged by the runs (default: the
 def promote(version:int, # version to point the alias at
             alias:str="champion", # alias name
             name:str|None=None, # registered model name
-            force:bool=False, # promote even if the version fails its gates (recorded; not if it never passed the servable check)
+            # promote even if the version fails its gates (recorded; not if it never passed the servable check)
+            force:bool=False,
             thresholds:dict|None=None # gates (default: the problem's)
            )->int|None:
-    "Point `alias` at `version` of `name` in one registry write, if it passes its gates; return the version it pointed at before."
+    ("Point `alias` at `version` of `name` in one registry write, if it "
+     "passes its gates; return the version it pointed at before.")
     name = registered_name(name)
     c = client()
     versions = {v.version: v for v in list_versions(name)}
@@ -493,14 +526,15 @@ def promote(version:int, # version to point the alias at
         raise RegistryError(f"model '{name}' has no version {version}: known versions are "
                             f"{', '.join(map(str, sorted(versions))) or 'none'} (see `mlops-nb models list`)")
     if versions[int(version)].tags.get(SERVABLE_TAG) != "passed":
-        raise RegistryError(f"version {version} of '{name}' was never shown to load and answer as `mlops-nb serve` loads it "
-                            "(registered by an older mlops_nb or another tool): it is not promoted, and --force does not "
-                            "override this; retrain with this mlops_nb (`mlops-nb train --mode full`)")
+        raise RegistryError(f"version {version} of '{name}' was never shown to load and answer as `mlops-nb serve` "
+                            "loads it (registered by an older mlops_nb or another tool): it is not promoted, and "
+                            "--force does not override this; retrain with this mlops_nb (`mlops-nb train --mode full`)")
     fails = gate_failures(versions[int(version)].metrics, thresholds, name)
     if fails and not force:
-        raise RegistryError(f"version {version} of '{name}' fails its validation gates ({'; '.join(fails)}): it is not promoted; "
-                            "promote it anyway with --force (recorded on the version)")
-    if fails: c.set_model_version_tag(name, str(int(version)), FORCED_TAG, f"promoted to {alias} despite: {'; '.join(fails)}")
+        raise RegistryError(f"version {version} of '{name}' fails its validation gates ({'; '.join(fails)}): it is not "
+                            "promoted; promote it anyway with --force (recorded on the version)")
+    if fails:
+        c.set_model_version_tag(name, str(int(version)), FORCED_TAG, f"promoted to {alias} despite: {'; '.join(fails)}")
     prev = version_for_alias(alias, name)
     c.set_registered_model_alias(name, alias, str(int(version)))
     return prev
@@ -523,7 +557,8 @@ def resolve_version(ref:str="latest", # latest | ALIAS | @ALIAS | VERSION | best
     if ref in ("", "latest"): return latest_version(name)
     if ref.startswith("best:"):
         m = ref[5:]
-        return best_version(m.rstrip("-") or None, higher_is_better=False if m.endswith("-") else None, name=name).version
+        return best_version(m.rstrip("-") or None, higher_is_better=False if m.endswith("-") else None,
+                            name=name).version
     if ref.isdigit():
         if int(ref) in vs: return vs[int(ref)]
         raise RegistryError(f"no version {ref} of model '{name or model_name()}': known versions are "
@@ -565,16 +600,20 @@ def local_version(ref:str="latest", # models:/NAME@ALIAS, models:/NAME/N, or lat
             if ref in ("", "latest"): version = q(f"SELECT MAX(version) {live}", name, _MV_DELETED)[0][0]
             elif ref.isdigit(): version = int(ref)
             else:
-                found = q("SELECT version FROM registered_model_aliases WHERE name = ? AND alias = ?", name, ref.lstrip("@"))
+                found = q("SELECT version FROM registered_model_aliases WHERE name = ? AND alias = ?", name,
+                          ref.lstrip("@"))
                 version = found[0][0] if found else None
             rows = q(f"SELECT run_id, creation_time, storage_location, source, status {live} AND version = ?",
                      name, _MV_DELETED, version)
-            aliases = sorted(a for a, in q("SELECT alias FROM registered_model_aliases WHERE name = ? AND version = ?", name, version))
+            aliases = sorted(a for a,
+                             in q("SELECT alias FROM registered_model_aliases WHERE name = ? AND version = ?", name,
+                                  version))
             tags = dict(q("SELECT key, value FROM model_version_tags WHERE name = ? AND version = ?", name, version))
     except sqlite3.Error: return None  # a store of another schema: MLflow reads it
     if len(rows) != 1 or rows[0][4] != "READY": return None
     run_id, created, location, source, _ = rows[0]
-    return ModelVersionInfo(name, int(version), run_id or "", int(created or 0), aliases, tags), _local_folder(location or source)
+    return ModelVersionInfo(name, int(version), run_id or "", int(created or 0), aliases,
+                            tags), _local_folder(location or source)
 
 
 # %% ../nbs/03_tracking.ipynb #03-tracking-036
@@ -582,7 +621,10 @@ def analyze_sqlite(db:Path # SQLite database file
                   ):
     "Refresh SQLite's query-planner statistics (bounded work), so metric-ordered searches use the indexes."
     con = sqlite3.connect(str(db), timeout=30)
-    try: con.execute("PRAGMA analysis_limit=1000"); con.execute("ANALYZE"); con.commit()
+    try:
+        con.execute("PRAGMA analysis_limit=1000")
+        con.execute("ANALYZE")
+        con.commit()
     finally: con.close()
 
 def best_run(metric:str, # metric to order by

@@ -71,7 +71,8 @@ def raw_record(r:dict, # one raw input record
 
 # %% ../nbs/04_train.ipynb #04-train-006
 class Features(TransformerMixin, BaseEstimator):
-    "The first step of every model: raw input records to features (floats and strings), with defaults for optional inputs."
+    ("The first step of every model: raw input records to features (floats "
+     "and strings), with defaults for optional inputs.")
     def __init__(self, kinds:dict|None=None, # input column -> column kind
                  defaults:dict|None=None, # optional input column -> the value a record that leaves it out gets
                  derive=None, # the problem's `derive` (DataFrame -> DataFrame), or None for `raw_features`
@@ -113,7 +114,8 @@ def example_frame(problem:Problem)->pd.DataFrame:
     "A one-row frame of the problem's example record (or of placeholder values when it declares none)."
     if problem.example is not None: return pd.DataFrame([problem.example])
     fill = {"str": "x", "int": 0, "float": 0.0, "bool": False, "datetime": "2020-01-01"}
-    row = {c: (s.categories[0] if s.categories else s.min if s.min is not None else fill[s.kind]) for c, s in problem.inputs.items()}
+    row = {c: (s.categories[0] if s.categories else s.min if s.min is not None else fill[s.kind]) for c,
+           s in problem.inputs.items()}
     return pd.DataFrame([row])
 
 def default_estimator(kind:str, # problem kind
@@ -206,15 +208,17 @@ def sample_rows(df:pd.DataFrame, # labelled rows
 def _split_positions(df:pd.DataFrame, problem:Problem, seed:int, eval_frac:float)->tuple:
     "Positions of a seeded train / evaluation split of `df` (see `split_rows`)."
     from sklearn.model_selection import train_test_split
-    if len(df) < 20: raise DataError(f"{len(df)} rows are too few to train and evaluate: use at least 20 (a larger file or sample_frac)")
+    if len(df) < 20:
+        raise DataError(f"{len(df)} rows are too few to train and evaluate: use at "
+                        "least 20 (a larger file or sample_frac)")
     strat = None
     if problem.kind != "regression":
         y = problem.encode(df[problem.target])
         counts = np.bincount(y, minlength=len(problem.classes))
         if counts.min() < 2:
             few = [f"{problem.class_labels[k]} ({counts[k]})" for k in range(len(counts)) if counts[k] < 2]
-            raise DataError(f"{len(df)} rows are too few to train and evaluate: class(es) {', '.join(few)} need at least 2 rows each "
-                            "(use a larger file or a larger sample_frac)")
+            raise DataError(f"{len(df)} rows are too few to train and evaluate: class(es) {', '.join(few)} need at "
+                            "least 2 rows each (use a larger file or a larger sample_frac)")
         strat = y
     return train_test_split(np.arange(len(df)), test_size=eval_frac, random_state=seed, stratify=strat)
 
@@ -270,7 +274,8 @@ def evaluate(problem:Problem, # the declared problem
              df:pd.DataFrame # labelled raw rows
             )->dict:
     "The problem's metrics of `model` on the labelled rows `df`."
-    return metrics_of(problem.kind, problem.encode(df[problem.target]), predict_outputs(model, df, problem.kind), problem.metric_specs())
+    return metrics_of(problem.kind, problem.encode(df[problem.target]), predict_outputs(model, df, problem.kind),
+                      problem.metric_specs())
 
 def check_not_constant(out:np.ndarray # `predict_outputs` on the evaluation rows
                       ):
@@ -285,8 +290,10 @@ CONTINUED_FIT = {"lightgbm.sklearn.LGBMModel": lambda est: {"init_model": est.bo
                  "xgboost.sklearn.XGBModel": lambda est: {"xgb_model": est.get_booster()}}
 
 def continued_fit(est):
-    "The function giving `fit`'s arguments that continue training `est` (from `CONTINUED_FIT`, by its type's MRO), or None."
-    return next((CONTINUED_FIT[n] for n in (f"{c.__module__}.{c.__qualname__}" for c in type(est).__mro__) if n in CONTINUED_FIT), None)
+    ("The function giving `fit`'s arguments that continue training `est` "
+     "(from `CONTINUED_FIT`, by its type's MRO), or None.")
+    return next((CONTINUED_FIT[n] for n in (f"{c.__module__}.{c.__qualname__}" for c in type(est).__mro__)
+                 if n in CONTINUED_FIT), None)
 
 # %% ../nbs/04_train.ipynb #04-train-015
 def _grow_param(est)->str|None:
@@ -307,9 +314,12 @@ def train_epochs(problem:Problem, # the declared problem
     y_train, y_val = problem.encode(train_df[problem.target]), problem.encode(val_df[problem.target])
     if problem.kind != "regression":
         missing = sorted(set(range(len(problem.classes))) - set(np.unique(y_train).tolist()))
-        if missing: raise DataError(f"the training rows have no row of class(es) {', '.join(problem.class_labels[k] for k in missing)}; use more data")
+        if missing:
+            raise DataError("the training rows have no row of class(es) "
+                            f"{', '.join(problem.class_labels[k] for k in missing)}; use more data")
     Xt, Xv = pre.fit_transform(train_df), pre.transform(val_df)
-    grow = _grow_param(est); per_epoch = est.get_params()[grow] if grow else None
+    grow = _grow_param(est)
+    per_epoch = est.get_params()[grow] if grow else None
     resume = continued_fit(est)
     threads = int(MLOPS_NB_TRAIN_THREADS.get()) or None
     history = []
@@ -319,11 +329,20 @@ def train_epochs(problem:Problem, # the declared problem
             elif grow: est.set_params(**{grow: per_epoch * e}).fit(Xt, y_train)
             elif resume: est.fit(Xt, y_train, **(resume(est) if e > 1 else {}))
             elif hasattr(est, "partial_fit"):
-                est.partial_fit(Xt, y_train, **({} if problem.kind == "regression" or e > 1 else {"classes": np.arange(len(problem.classes))}))
+                est.partial_fit(Xt, y_train,
+                                **({} if problem.kind == "regression" or e > 1
+                                   else {"classes": np.arange(len(problem.classes))}))
             elif e == 1: est.fit(Xt, y_train)
             out_t, out_v = predict_outputs(est, Xt, problem.kind), predict_outputs(est, Xv, problem.kind)
-        loss = mean_squared_error(y_train, out_t) if problem.kind == "regression" else log_loss(y_train, out_t, labels=list(range(out_t.shape[1])))
-        m = {"train_loss": float(loss), **{f"val_{k}": v for k, v in metrics_of(problem.kind, y_val, out_v, problem.metric_specs()).items()}}
+        loss = (
+            mean_squared_error(y_train, out_t)
+            if problem.kind == "regression"
+            else log_loss(y_train, out_t, labels=list(range(out_t.shape[1])))
+        )
+        m = {
+            "train_loss": float(loss),
+            **{f"val_{k}": v for k, v in metrics_of(problem.kind, y_val, out_v, problem.metric_specs()).items()},
+        }
         history.append(m)
         if on_epoch: on_epoch(e, m)
     return history
@@ -344,7 +363,8 @@ def evaluate_baseline(problem:Problem, # the declared problem
                      )->dict:
     "The problem's metrics of `baseline_outputs` on `eval_df`, named `baseline_<metric>`."
     out = baseline_outputs(problem, train_df, len(eval_df))
-    m = metrics_of(problem.kind, problem.encode(eval_df[problem.target]), out, problem.metric_specs())  # custom ones too
+    # custom ones too
+    m = metrics_of(problem.kind, problem.encode(eval_df[problem.target]), out, problem.metric_specs())
     return {f"{BASELINE_PREFIX}{k}": v for k, v in m.items()}
 
 def versus_baseline(problem:Problem, # the declared problem
@@ -466,8 +486,9 @@ def servable_rows(problem:Problem, # the declared problem
     return records, predict_outputs(model, rows.head(n), problem.kind).tolist()
 
 # %% ../nbs/04_train.ipynb #04-train-019b
-# the boosting libraries' estimators and boosters that models may hold: with LightGBM's evaluation history (an OrderedDict)
-# and, once training continued from a booster, the booster's reference to that start (a predictor saved without its handle)
+# the boosting libraries' estimators and boosters that models may hold: with LightGBM's evaluation history (an
+# OrderedDict) and, once training continued from a booster, the booster's reference to that start (a predictor saved
+# without its handle)
 BOOSTER_TYPES = ["collections.OrderedDict", "lightgbm.basic.Booster", "lightgbm.basic._InnerPredictor",
                  "lightgbm.sklearn.LGBMClassifier", "lightgbm.sklearn.LGBMRegressor",
                  "xgboost.core.Booster", "xgboost.sklearn.XGBClassifier", "xgboost.sklearn.XGBRegressor",
@@ -475,7 +496,8 @@ BOOSTER_TYPES = ["collections.OrderedDict", "lightgbm.basic.Booster", "lightgbm.
 
 def booster_requirements(types:list # the model's types (`model_types`)
                         )->list:
-    "The pinned distributions of the boosting libraries whose types the model holds (none for scikit-learn's own models)."
+    ("The pinned distributions of the boosting libraries whose types the "
+     "model holds (none for scikit-learn's own models).")
     from importlib.metadata import packages_distributions
     libs = sorted({t.split(".")[0] for t in types if t in BOOSTER_TYPES and t.split(".")[0] != "collections"})
     dists = packages_distributions()
@@ -489,8 +511,11 @@ def finish_notebook(params, # the notebook's `RunParams`
     "Write `result` for the runner, end the active tracking run, and exit the Databricks notebook with it."
     import mlflow
     if params.result_path:
-        p = Path(params.result_path); p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(".tmp"); tmp.write_text(json.dumps(result, indent=2)); tmp.replace(p)
+        p = Path(params.result_path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(p)
     if mlflow.active_run() is not None: mlflow.end_run()
     dbutils = (ns or {}).get("dbutils")
     if dbutils is not None: dbutils.notebook.exit(json.dumps(result))

@@ -7,10 +7,12 @@ import argparse, json, os, sys
 from mlops_nb.core import DataError, MlopsNbError
 
 def main(argv=None)->int:
-    "Select the best version by `--metric` (default: the problem's primary metric) among versions evaluated on the latest version's data, and promote it."
+    ("Select the best version by `--metric` (default: the problem's primary metric) among "
+     "versions evaluated on the latest version's data, and promote it.")
     p = argparse.ArgumentParser(prog="python pipelines/promote.py", description=main.__doc__)
     p.add_argument("--metric", default=None, help="metric to select by (default: the problem's primary metric)")
-    p.add_argument("--lower-is-better", action="store_true", help="pick the smallest value (default: the problem's direction)")
+    p.add_argument("--lower-is-better", action="store_true",
+                   help="pick the smallest value (default: the problem's direction)")
     p.add_argument("--alias", default="champion", help="alias to move (default: champion)")
     p.add_argument("--name", default=None, help="registered model name (default: MLOPS_NB_MODEL_NAME or the problem's)")
     p.add_argument("--after-shadow", default=os.environ.get("MLOPS_NB_SHADOW_LOG") or None, metavar="LOG_DIR",
@@ -29,7 +31,8 @@ def main(argv=None)->int:
             except DataError as e: waiting = str(e)
         prev = promote(v, "challenger" if waiting else a.alias, a.name)  # the gates are checked either way
     except MlopsNbError as e:
-        print(f"error: {e}", file=sys.stderr); return e.exit_code
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
     print(s.note, file=sys.stderr)
     if waiting: print(f"v{v} is the challenger, {a.alias} unchanged: {waiting}", file=sys.stderr)
     print(json.dumps({"alias": "challenger" if waiting else a.alias, "version": v, "previous": prev, "metric": s.metric,

@@ -11,7 +11,8 @@ def main(argv=None)->int:
     a = p.parse_args(argv)
     text = os.environ.get(a.var, "")
     if not text.strip():
-        print(f"error: {a.var} is empty or not set: store the secret as {a.var} where this pipeline can read it", file=sys.stderr)
+        print(f"error: {a.var} is empty or not set: store the secret as {a.var} where this pipeline can read it",
+              file=sys.stderr)
         return 1
     if os.path.lexists(a.path): os.unlink(a.path)  # a new file, so that mode 600 applies from the first byte
     fd = os.open(a.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

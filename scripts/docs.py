@@ -65,7 +65,8 @@ _PYPROJECT = tomllib.loads((ROOT/"pyproject.toml").read_text())
 _NBDEV = _PYPROJECT.get("tool", {}).get("nbdev", {})
 LIB = _NBDEV.get("lib_path", "mlops_nb")   # the package whose exported functions get their show_doc
 TITLE = _NBDEV.get("title", LIB)           # the site's name (brand and page titles)
-SITE_URL = str(_PYPROJECT.get("project", {}).get("urls", {}).get("Documentation", "")).rstrip("/")  # where it is published
+# where it is published
+SITE_URL = str(_PYPROJECT.get("project", {}).get("urls", {}).get("Documentation", "")).rstrip("/")
 
 _re_dir = re.compile(r"^\s*#\s*\|\s*(.*?)\s*$")
 _re_ansi = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -78,7 +79,9 @@ def directives(src: str) -> tuple[dict[str, str], str]:
     while i < len(lines):
         m = _re_dir.match(lines[i])
         if not m:
-            if lines[i].strip() == "" and ds: i += 1; continue
+            if lines[i].strip() == "" and ds:
+                i += 1
+                continue
             break
         body = m.group(1)
         key, _, val = body.partition(":") if ":" in body.split(" ")[0] else body.partition(" ")
@@ -120,7 +123,9 @@ def process(nb):
         if "default_exp" in ds: module = ds["default_exp"].split()[0] if ds["default_exp"] else module
         if "hide" in ds or _false(ds.get("include", "true")): continue
         if cell.cell_type == "markdown":
-            cell.source = src; cells.append(cell); continue
+            cell.source = src
+            cells.append(cell)
+            continue
         if {"export", "exporti", "exports"} & ds.keys() and "exports" not in ds:
             if "export" in ds:
                 for name in _public_names(body):
@@ -130,7 +135,8 @@ def process(nb):
         cell.source = body
         if _false(ds.get("output", "true")): cell.outputs = []
         for o in cell.get("outputs", []):
-            if "text" in o: o["text"] = _re_ansi.sub("", o["text"] if isinstance(o["text"], str) else "".join(o["text"]))
+            if "text" in o:
+                o["text"] = _re_ansi.sub("", o["text"] if isinstance(o["text"], str) else "".join(o["text"]))
             if "traceback" in o: o["traceback"] = [_re_ansi.sub("", t) for t in o["traceback"]]
         if _false(ds.get("echo", "true")): cell.metadata["transient"] = {"remove_source": True}
         if not body and not cell.get("outputs"): continue
@@ -202,7 +208,7 @@ main h1{margin-top:0} main h3{margin-top:2rem;border-top:1px solid #e3e7ee;paddi
 h1:hover .anchor-link,h2:hover .anchor-link,h3:hover .anchor-link{visibility:visible}
 footer{margin-top:3rem;color:#7a8496;font-size:.8rem}
 @media (max-width:800px){.layout{display:block} nav.sidebar{width:auto;height:auto;position:static}}
-"""
+"""  # noqa: E501
 
 def pygments_css() -> str:
     from pygments.formatters import HtmlFormatter
@@ -210,7 +216,8 @@ def pygments_css() -> str:
 
 class Page:
     def __init__(self, src: Path, rel: str, section: str):
-        self.src, self.rel, self.section = src, rel, section   # rel: output path under the site, e.g. "tutorials/x.html"
+        # rel: output path under the site, e.g. "tutorials/x.html"
+        self.src, self.rel, self.section = src, rel, section
         self.title = self.summary = ""
 
 def collect_pages() -> list[Page]:
@@ -229,8 +236,10 @@ def sidebar(pages: list[Page], cur: Page) -> str:
     def link(p: Page, label: str) -> str:
         cls = ' class="active" aria-current="page"' if p is cur else ""
         return f'<li><a href="{relpath(p.rel, cur.rel)}"{cls}>{html.escape(label)}</a></li>'
-    out = [f'<nav class="sidebar" aria-label="Site"><a class="brand" href="{relpath("index.html", cur.rel)}">{html.escape(TITLE)}</a>']
-    for sec, head in (("home", None), ("manual", "Manual"), ("tutorials", "Tutorials"), ("api", "API reference"), ("notebooks", "Notebooks")):
+    out = ['<nav class="sidebar" aria-label="Site"><a class="brand" href="'
+           f'{relpath("index.html", cur.rel)}">{html.escape(TITLE)}</a>']
+    for sec, head in (("home", None), ("manual", "Manual"), ("tutorials", "Tutorials"), ("api", "API reference"),
+                      ("notebooks", "Notebooks")):
         ps = [p for p in pages if p.section == sec]
         if not ps: continue
         if head: out.append(f"<h2>{head}</h2>")
@@ -257,7 +266,7 @@ def layout(pages: list[Page], cur: Page, body: str) -> str:
 {body}
 <footer>Generated from <code>{cur.src.relative_to(ROOT).as_posix()}</code> by <code>scripts/docs.py</code> (nbconvert fallback for <code>nbdev-docs</code>).</footer>
 </main></div></body></html>
-"""
+"""  # noqa: E501
 
 def read_page(src: Path):
     "A page's notebook: the notebook itself, or a markdown file (a README) as a notebook of one markdown cell."
@@ -318,7 +327,8 @@ def build_quarto(out: Path) -> None:
 # ---------------------------------------------------------------- checking the site
 class _Links(HTMLParser):
     def __init__(self):
-        super().__init__(); self.refs, self.external_assets = [], []
+        super().__init__()
+        self.refs, self.external_assets = [], []
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
         for k in ("href", "src"):
@@ -331,7 +341,8 @@ def check(out: Path, external_assets: bool = False) -> list[str]:
     "Broken relative links and (unless `external_assets`) external scripts/stylesheets in the site, as messages."
     problems = []
     for page in sorted(out.rglob("*.html")):
-        p = _Links(); p.feed(page.read_text(encoding="utf-8"))
+        p = _Links()
+        p.feed(page.read_text(encoding="utf-8"))
         rel = page.relative_to(out).as_posix()
         if not external_assets: problems += [f"{rel}: external asset {a}" for a in p.external_assets]
         for ref in p.refs:
@@ -344,17 +355,22 @@ def check(out: Path, external_assets: bool = False) -> list[str]:
     return problems
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=str(ROOT/"_site"), help="output folder (default: _site/ in the project; git-ignored)")
-    ap.add_argument("--check", action="store_true", help="check links and assets of the site (builds it first unless --no-build)")
-    ap.add_argument("--no-build", action="store_true", help="with --check: check an existing site without rebuilding it")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(ROOT/"_site"),
+                    help="output folder (default: _site/ in the project; git-ignored)")
+    ap.add_argument("--check", action="store_true",
+                    help="check links and assets of the site (builds it first unless --no-build)")
+    ap.add_argument("--no-build", action="store_true",
+                    help="with --check: check an existing site without rebuilding it")
     ap.add_argument("--engine", choices=["fallback", "quarto", "auto"], default="fallback",
-                    help="fallback: this script's nbconvert site (default); quarto: Quarto's nbdev-docs; auto: Quarto where "
-                         "`quarto` is on PATH, else the fallback")
+                    help="fallback: this script's nbconvert site (default); quarto: Quarto's nbdev-docs; auto: Quarto "
+                         "where `quarto` is on PATH, else the fallback")
     a = ap.parse_args(argv)
     out = Path(a.out).resolve()
     engine = a.engine if a.engine != "auto" else "quarto" if quarto_available() else "fallback"
-    if a.engine == "auto": print(f"engine: {engine} ({'quarto is on PATH' if engine == 'quarto' else 'quarto is not on PATH'})")
+    if a.engine == "auto":
+        print(f"engine: {engine} ({'quarto is on PATH' if engine == 'quarto' else 'quarto is not on PATH'})")
     if engine == "quarto" and not quarto_available():
         print("error: --engine quarto: quarto is not on PATH (https://quarto.org/docs/get-started/)", file=sys.stderr)
         return 2

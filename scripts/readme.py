@@ -17,7 +17,11 @@ def render(index: Path = ROOT/"nbs"/"index.ipynb") -> str:
         src = "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
         if src.lstrip().startswith("#| hide") or c["cell_type"] == "raw": continue
         parts.append(src if c["cell_type"] == "markdown" else f"```python\n{src}\n```")
-    return "<!-- Generated from nbs/index.ipynb by scripts/readme.py: edit the notebook, not this file. -->\n\n" + "\n\n".join(parts).strip() + "\n"
+    return (
+        "<!-- Generated from nbs/index.ipynb by scripts/readme.py: edit the notebook, not this file. -->\n\n"
+        + "\n\n".join(parts).strip()
+        + "\n"
+    )
 
 
 def main(argv):
@@ -25,9 +29,11 @@ def main(argv):
     text, out = render(), ROOT/"README.md"
     if "--check" in argv:
         if not out.exists() or out.read_text() != text:
-            print("README.md is out of date with nbs/index.ipynb: run `python scripts/readme.py`", file=sys.stderr); return 1
+            print("README.md is out of date with nbs/index.ipynb: run `python scripts/readme.py`", file=sys.stderr)
+            return 1
         return 0
-    out.write_text(text); return 0
+    out.write_text(text)
+    return 0
 
 
 if __name__ == "__main__": sys.exit(main(sys.argv[1:]))

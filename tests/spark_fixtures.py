@@ -1,6 +1,7 @@
 """One Spark session for every Spark test (`local[2]`, about 10 s to start): import the `spark` fixture from here.
 
-Skipped, saying why, where pyspark or Java is missing (`pip install -e '.[spark]'`; Java 17: scripts/setup installs it)."""
+Skipped, saying why, where pyspark or Java is missing (`pip install -e '.[spark]'`; Java 17: scripts/setup installs
+it)."""
 import os, shutil, sys
 import pytest
 

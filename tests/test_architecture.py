@@ -46,24 +46,28 @@ def test_the_check_catches_a_leak(tmp_path):
 
 def _graph():
     mods = {f"mlops_nb.{p.stem}": p for p in GENERIC}
-    return {m: {n if n in mods else n.rsplit(".", 1)[0] for n in _imports(p)} & set(mods) - {m} for m, p in mods.items()}
+    return {m: {n if n in mods else n.rsplit(".", 1)[0] for n in _imports(p)} & set(mods) - {m} for m,
+            p in mods.items()}
 
 
 def test_no_import_cycle():
     "Module dependencies form a DAG (imports inside functions count too: a hidden import is still a dependency)."
     g, state, path = _graph(), {}, []
     def visit(m):
-        state[m] = "open"; path.append(m)
+        state[m] = "open"
+        path.append(m)
         for n in sorted(g[m]):
             if state.get(n) == "open": raise AssertionError(" -> ".join(path[path.index(n):] + [n]))
             if n not in state: visit(n)
-        state[m] = "done"; path.pop()
+        state[m] = "done"
+        path.pop()
     for m in sorted(g):
         if m not in state: visit(m)
 
 
 def test_import_mlops_nb_loads_nothing_heavy():
     "`import mlops_nb` (and the CLI's module, for --help) must not load pandas, scikit-learn, MLflow or uvicorn."
-    code = ("import sys, mlops_nb, mlops_nb.cli; print(sorted(m for m in ('pandas', 'sklearn', 'mlflow', 'uvicorn', 'scipy') "
-            "if m in sys.modules))")
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    code = ("import sys, mlops_nb, mlops_nb.cli; print(sorted(m for m in ('pandas', 'sklearn', 'mlflow', 'uvicorn', "
+            "'scipy') if m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "[]"

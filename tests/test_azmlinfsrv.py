@@ -71,17 +71,20 @@ def server(azml_venv, model_dir, tmp_path_factory):
            if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "MLOPS_NB_MODEL") and not k.startswith("AZUREML_")}
     env.update(AZUREML_MODEL_DIR=str(model_dir), PYTHONUNBUFFERED="1", PATH=f"{azml_venv/'bin'}:{env.get('PATH', '')}")
     # gunicorn >= 27 opens a control socket at ~/.gunicorn/gunicorn.ctl, one path for every server of the user: not ours
-    if any(int(d.name.split("-")[1].split(".")[0]) >= 27 for d in azml_venv.glob("lib/python*/site-packages/gunicorn-*.dist-info")):
+    if any(int(d.name.split("-")[1].split(".")[0]) >= 27
+           for d in azml_venv.glob("lib/python*/site-packages/gunicorn-*.dist-info")):
         env["GUNICORN_CMD_ARGS"] = "--no-control-socket"
     with open(log, "wb") as f:
-        proc = subprocess.Popen([str(azml_venv/"bin"/"azmlinfsrv"), "--entry_script", "api/score.py", "--port", str(port)],
+        proc = subprocess.Popen([str(azml_venv/"bin"/"azmlinfsrv"), "--entry_script", "api/score.py", "--port",
+                                 str(port)],
                                 cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
     srv = Server(proc, port, log)
     try:
         deadline = time.monotonic() + 90
         while True:  # liveness probe: GET / answers "Healthy" once the worker has run init()
-            if proc.poll() is not None: pytest.fail(f"azmlinfsrv exited with {proc.returncode} before answering{srv.log_tail()}")
+            if proc.poll() is not None:
+                pytest.fail(f"azmlinfsrv exited with {proc.returncode} before answering{srv.log_tail()}")
             if time.monotonic() > deadline: pytest.fail(f"azmlinfsrv did not answer GET / within 90 s{srv.log_tail()}")
             try:
                 if srv.request("/", timeout=5)[0] == 200: break
@@ -152,7 +155,8 @@ def test_error_body_is_an_object(server):
     if isinstance(parsed, str):
         # AMLResponse(message, status, json_str=True) json.dumps `message` itself: score.py passes json.dumps(body),
         # so clients get a JSON string. Fix in api/score.py `_error`: `return AMLResponse(body, status, json_str=True)`.
-        pytest.xfail("api/score.py double-encodes error bodies under azmlinfsrv (AMLResponse(json.dumps(body), ..., json_str=True))")
+        pytest.xfail("api/score.py double-encodes error bodies under azmlinfsrv "
+                     "(AMLResponse(json.dumps(body), ..., json_str=True))")
     assert isinstance(parsed, dict) and parsed["error"] == "invalid request", parsed
     assert parsed["detail"][0]["loc"] == [0, "sqft"], parsed
 
@@ -168,9 +172,11 @@ def test_server_answers_itself(server):
 
 @pytest.mark.parametrize("envelope", ["input_data", "data"])
 def test_azure_ml_payloads_under_azmlinfsrv(server, score_module, envelope):
-    "Azure ML online endpoints' `{\"input_data\": {columns, index, data}}` and the older `{\"data\": [...]}`, unchanged."
+    ("Azure ML online endpoints' `{\"input_data\": {columns, index, "
+     "data}}` and the older `{\"data\": [...]}`, unchanged.")
     cols = list(GOOD)
-    body = ({"input_data": {"columns": cols, "index": [0, 1, 2], "data": [[r[c] for c in cols] for r in THREE]}} if envelope == "input_data"
+    body = ({"input_data": {"columns": cols, "index": [0, 1, 2], "data": [[r[c] for c in cols] for r in THREE]}}
+            if envelope == "input_data"
             else {"data": THREE})
     status, _, text = server.request("/score", json.dumps(body).encode())
     assert status == 200, f"{status} {text}{server.log_tail()}"

@@ -22,9 +22,12 @@ from conftest import ROOT, side_venv
 
 WS = "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.MachineLearningServices/workspaces/ws"
 ARM_URI = "azureml://canadacentral.api.azureml.ms/mlflow/v1.0" + WS  # mlFlowTrackingUri as ARM reports it
-RAW = "azureml://westeurope.api.azureml.ms/mlflow/v1.0/subscriptions/s0/resourceGroups/rg0/providers/Microsoft.MachineLearningServices/workspaces/ws0"
+RAW = "azureml://westeurope.api.azureml.ms/mlflow/v1.0/subscriptions/s0/resourceGroups/rg0/providers/Microsoft.MachineLearningServices/workspaces/ws0"  # noqa: E501
 PLUGIN = "azureml.mlflow._store."
-TRACKING_STORE, REGISTRY_STORE = PLUGIN + "tracking.store.AzureMLRestStore", PLUGIN + "model_registry.model_registry.AzureMLflowModelRegistry"
+TRACKING_STORE, REGISTRY_STORE = (
+    PLUGIN + "tracking.store.AzureMLRestStore",
+    PLUGIN + "model_registry.model_registry.AzureMLflowModelRegistry",
+)
 
 PROBE = r'''
 import json, os, socket, sys, threading, time
@@ -96,13 +99,15 @@ out["profile"] = dict(backend=prof["backend"], experiment=os.environ.get("MLOPS_
                       same_credential=store.service_context._auth is cred, outbound=outbound[:])
 srv.shutdown()
 print(json.dumps(out))
-'''
+'''  # noqa: E501
 
 
 def _lock():
     pins = {}
     for line in (ROOT/"requirements-azureml.lock").read_text().splitlines():
-        if "==" in line and not line.startswith("#"): k, v = line.split("=="); pins[k.strip().lower()] = v.strip()
+        if "==" in line and not line.startswith("#"):
+            k, v = line.split("==")
+            pins[k.strip().lower()] = v.strip()
     return pins
 
 
@@ -112,7 +117,8 @@ def test_extra_ranges_hold_the_lock():
     from packaging.utils import canonicalize_name
     project = tomllib.loads((ROOT/"pyproject.toml").read_text())["project"]
     extras, pins = project["optional-dependencies"], {canonicalize_name(k): v for k, v in _lock().items()}
-    assert "azureml" in extras and not any("azureml" in r for r in extras["dev"])  # never in the dev environment (its lock conflicts)
+    # never in the dev environment (its lock conflicts)
+    assert "azureml" in extras and not any("azureml" in r for r in extras["dev"])
     reqs = [Requirement(r) for r in project["dependencies"] + extras["azureml"] + extras["azure"]]
     assert {"azureml-mlflow", "mlflow-skinny"} <= {canonicalize_name(r.name) for r in reqs}
     for r in reqs:
@@ -131,22 +137,28 @@ def azureml_python():
 @pytest.fixture(scope="module")
 def probe(azureml_python, tmp_path_factory):
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MLOPS_NB_", "MLFLOW_", "AZURE", "AZUREML_", "ARM_", "DATABRICKS_")) and k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env.update(PYTHONPATH=str(ROOT), MLOPS_NB_HOME=str(tmp_path_factory.mktemp("azureml-home")), MLFLOW_DISABLE_TELEMETRY="true")
-    p = subprocess.run([azureml_python, "-c", PROBE, WS, ARM_URI, RAW], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+           if not k.startswith(("MLOPS_NB_", "MLFLOW_", "AZURE", "AZUREML_", "ARM_", "DATABRICKS_"))
+           and k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(PYTHONPATH=str(ROOT), MLOPS_NB_HOME=str(tmp_path_factory.mktemp("azureml-home")),
+               MLFLOW_DISABLE_TELEMETRY="true")
+    p = subprocess.run([azureml_python, "-c", PROBE, WS, ARM_URI, RAW], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     out = json.loads(p.stdout.strip().splitlines()[-1])
-    print(f"\nazureml-mlflow {out['versions']['azureml-mlflow']} with mlflow-skinny {out['versions']['mlflow-skinny']}, "
-          f"azure-ai-ml {out['versions']['azure-ai-ml']}: imports in {out['import_s']} s", file=sys.stderr)
+    print(f"\nazureml-mlflow {out['versions']['azureml-mlflow']} with mlflow-skinny {out['versions']['mlflow-skinny']}"
+          f", azure-ai-ml {out['versions']['azure-ai-ml']}: imports in {out['import_s']} s", file=sys.stderr)
     return out
 
 
 def test_imports_with_mlops_nb_as_locked(probe):
     pins = _lock()
-    assert {k: probe["versions"][k] for k in ("azureml-mlflow", "mlflow-skinny")} == {k: pins[k] for k in ("azureml-mlflow", "mlflow-skinny")}
-    assert probe["mlops_nb_file"] == str(ROOT/"mlops_nb"/"__init__.py")  # the checkout's code, not the copy installed in the venv
+    assert {k: probe["versions"][k]
+            for k in ("azureml-mlflow", "mlflow-skinny")} == {k: pins[k] for k in ("azureml-mlflow", "mlflow-skinny")}
+    # the checkout's code, not the copy installed in the venv
+    assert probe["mlops_nb_file"] == str(ROOT/"mlops_nb"/"__init__.py")
     ep = "azureml=azureml.mlflow.entry_point_loaders:azureml_"
-    assert probe["entry_points"] == {"mlflow.tracking_store": [ep + "store_builder"], "mlflow.model_registry_store": [ep + "model_registry_builder"],
+    assert probe["entry_points"] == {"mlflow.tracking_store": [ep + "store_builder"],
+                                     "mlflow.model_registry_store": [ep + "model_registry_builder"],
                                      "mlflow.artifact_repository": [ep + "artifacts_builder"]}
 
 
@@ -154,40 +166,49 @@ def test_azureml_uri_resolves_to_the_plugin(probe):
     raw = probe["raw"]
     assert raw["tracking_uri"] == raw["registry_uri"] == RAW and raw["client_uris"] == [RAW, RAW]
     assert raw["tracking_store"] == raw["client_store"] == TRACKING_STORE and raw["registry_store"] == REGISTRY_STORE
-    assert raw["context"] == {"subscription_id": "s0", "resource_group_name": "rg0", "workspace_name": "ws0", "host_url": "https://westeurope.api.azureml.ms"}
-    # with no cloud named (AZUREML_CURRENT_CLOUD), the plugin asks ARM for cloud metadata; refused here, it falls back to
-    # its built-in clouds and builds the store anyway
+    assert raw["context"] == {"subscription_id": "s0", "resource_group_name": "rg0", "workspace_name": "ws0",
+                              "host_url": "https://westeurope.api.azureml.ms"}
+    # with no cloud named (AZUREML_CURRENT_CLOUD), the plugin asks ARM for cloud metadata; refused here, it falls back
+    # to its built-in clouds and builds the store anyway
     assert set(raw["outbound"]) <= {"management.azure.com"}, raw["outbound"]
 
 
 def test_prod_profile_resolves_and_a_client_is_built(probe):
     prof = probe["profile"]
     assert prof["backend"] == "azureml" and prof["experiment"] == "ottawa-housing"
-    assert prof["arm_paths"] == [prof["arm_paths"][0]] and prof["arm_paths"][0].startswith(WS + "?api-version=")  # one GET of the workspace
+    # one GET of the workspace
+    assert prof["arm_paths"] == [prof["arm_paths"][0]] and prof["arm_paths"][0].startswith(WS + "?api-version=")
     # with the plugin installed, azure-ai-ml hands the URI to it: MLflow 3 gets the /mlflow/v2.0 form of ARM's URI
     want = ARM_URI.replace("/mlflow/v1.0/", "/mlflow/v2.0/")
     assert prof["tracking_uri"] == prof["registry_uri"] == want and prof["client_uris"] == [want, want]
     assert prof["tracking_store"] == prof["client_store"] == TRACKING_STORE and prof["registry_store"] == REGISTRY_STORE
-    assert prof["context"] == {"subscription_id": "s1", "resource_group_name": "rg", "workspace_name": "ws", "host_url": "https://canadacentral.api.azureml.ms"}
-    assert prof["same_credential"]  # the store authenticates with the credential mlops_nb gave MLClient (no interactive fallback)
+    assert prof["context"] == {"subscription_id": "s1", "resource_group_name": "rg", "workspace_name": "ws",
+                               "host_url": "https://canadacentral.api.azureml.ms"}
+    # the store authenticates with the credential mlops_nb gave MLClient (no interactive fallback)
+    assert prof["same_credential"]
     assert prof["outbound"] == []   # MLClient named the cloud, so the plugin asked nothing of the network
 
 
 def test_mlops_nb_trains_registers_and_loads_with_this_mlflow(azureml_python, tmp_path):
     "nbs/train.ipynb's code cells (full mode, a 10% sample, one epoch) on a local SQLite store in the plugin's venv."
-    cells = [c["source"] for c in json.loads((ROOT/"nbs"/"train.ipynb").read_text())["cells"] if c["cell_type"] == "code"]
+    cells = [c["source"] for c in json.loads((ROOT/"nbs"/"train.ipynb").read_text())["cells"]
+             if c["cell_type"] == "code"]
     src = [("".join(c) if isinstance(c, list) else c) for c in cells]
     script = "\n".join([src[0], 'mode, sample_frac, epochs = "full", 0.1, 1', *src[1:], """
 import json
 from mlops_nb.tracking import registered_name, list_versions
 m = mlflow.pyfunc.load_model(f"models:/{registered_name()}/{registered_version}")
-print(json.dumps({"mlflow": mlflow.__version__, "version": registered_version, "versions": [v.version for v in list_versions()],
-                  "predicted": len(m.predict(m.input_example)), "tracking_uri": mlflow.get_tracking_uri()}))
+print(json.dumps({"mlflow": mlflow.__version__, "version": registered_version,
+                  "versions": [v.version for v in list_versions()], "predicted": len(m.predict(m.input_example)),
+                  "tracking_uri": mlflow.get_tracking_uri()}))
 """])  # the parameters cell, then the values papermill would inject after it, then the rest
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_NB_", "MLFLOW_", "AZURE", "AZUREML_")) and k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_NB_", "MLFLOW_", "AZURE", "AZUREML_"))
+           and k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(PYTHONPATH=str(ROOT), MLOPS_NB_HOME=str(tmp_path/"state"), MLFLOW_DISABLE_TELEMETRY="true")
     p = subprocess.run([azureml_python, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, (p.stdout[-2000:], p.stderr[-3000:])
     out = json.loads(p.stdout.strip().splitlines()[-1])
-    assert out["mlflow"] == _lock()["mlflow-skinny"] and out["tracking_uri"].startswith("sqlite:///" + str(tmp_path/"state"))
+    assert out["mlflow"] == _lock()["mlflow-skinny"] and out["tracking_uri"].startswith(
+        "sqlite:///" + str(tmp_path / "state")
+    )
     assert out["version"] == 1 and out["versions"] == [1] and out["predicted"] > 0

@@ -1,6 +1,7 @@
 """LightGBM and XGBoost models declared with `estimator=` (mlops_nb.examples.boosters), end to end: the real training
 notebook in test and full mode (epoch by epoch), the registered model (skops, the library pinned), loaded by
-`load_runtime` on its fast path, answering through a real `mlops-nb serve` process, and batch-scored by `mlops-nb score`.
+`load_runtime` on its fast path, answering through a real `mlops-nb serve` process, and batch-scored by `mlops-nb
+score`.
 Outside CI the file is skipped when a library is missing; CI installs both with [dev]."""
 import importlib, json, os, sys
 from pathlib import Path
@@ -14,7 +15,8 @@ def _library(name:str):
     try: return importlib.import_module(name)
     except ImportError:
         if os.environ.get("CI"): raise
-        pytest.skip(f"{name} is not installed (pip install 'mlops_nb[boosting]'; CI installs it with [dev])", allow_module_level=True)
+        pytest.skip(f"{name} is not installed (pip install 'mlops_nb[boosting]'; CI installs it with [dev])",
+                    allow_module_level=True)
 
 
 lightgbm, xgboost = _library("lightgbm"), _library("xgboost")
@@ -22,7 +24,8 @@ import pandas as pd
 from test_problems import Process, post
 from conftest import CLI
 
-# (problem reference, library): every kind, both libraries (nbs/04_train checks LightGBM regression in-process, skops included)
+# (problem reference, library): every kind, both libraries (nbs/04_train checks LightGBM regression in-process, skops
+# included)
 PROBLEMS = [("mlops_nb.examples.boosters:BREAST_CANCER_LIGHTGBM", "lightgbm"),
             ("mlops_nb.examples.boosters:WINE_XGBOOST", "xgboost"),
             ("mlops_nb.examples.boosters:DIABETES_XGBOOST", "xgboost")]
@@ -48,14 +51,16 @@ def trained(request, state, tmp_path_factory):
     df.to_csv(t/"data.csv", index=False)
     env = {**os.environ, "MLOPS_NB_PROBLEM": ref}
     test = cli_json("train", "--mode", "test", "--data", t/"data.csv", "--quiet", env=env, timeout=600)
-    full = cli_json("train", "--mode", "full", "--data", t/"data.csv", "--epochs", str(EPOCHS), "--quiet", env=env, timeout=600)
+    full = cli_json("train", "--mode", "full", "--data", t/"data.csv", "--epochs", str(EPOCHS), "--quiet", env=env,
+                    timeout=600)
     return dict(problem=problem, ref=ref, library=library, t=t, df=df, env=env, test=test, full=full,
                 uri=f"models:/{problem.registered_model}/{full['registered_version']}")
 
 
 def _records(problem, df, n=40)->list:
     "The first `n` rows' raw inputs (the tables' inputs are all numbers), as a client sends them."
-    return [{k: float(v) for k, v in r.items()} for r in df[list(problem.inputs)].head(n).to_dict("records")]  # full precision
+    # full precision
+    return [{k: float(v) for k, v in r.items()} for r in df[list(problem.inputs)].head(n).to_dict("records")]
 
 
 def _outputs(problem, answers:list)->np.ndarray:
@@ -91,7 +96,8 @@ def test_registered_without_pickle_with_its_library_pinned(trained):
     assert sk["serialization_format"] == "skops" and not list(d.rglob("*.pkl"))
     assert {t for t in sk["skops_trusted_types"] if t.startswith(lib)} <= set(BOOSTER_TYPES)
     assert any(t.startswith(f"{lib}.") and t.endswith(".Booster") for t in sk["skops_trusted_types"]), sk
-    dist = {"lightgbm": "lightgbm", "xgboost": "xgboost-cpu"}[lib]  # the distribution installed here ([boosting] on Linux)
+    # the distribution installed here ([boosting] on Linux)
+    dist = {"lightgbm": "lightgbm", "xgboost": "xgboost-cpu"}[lib]
     reqs = (d/"requirements.txt").read_text().split()
     assert any(r.startswith(f"{dist}==") for r in reqs), reqs
     assert any(r.startswith(f"{dist}==") for r in image_requirements(d)), "the image built from the model installs it"
@@ -118,14 +124,16 @@ def test_served_by_a_real_server_on_the_fast_path(trained):
     finally: srv.stop()
     want = load_runtime(trained["uri"]).pipeline_predict(recs)
     assert np.abs(_outputs(p, body["predictions"]) - want).max() <= 1e-6
-    if p.kind != "regression": assert [a["label"] for a in body["predictions"]] == [p.class_labels[i] for i in want.argmax(1)]
+    if p.kind != "regression":
+        assert [a["label"] for a in body["predictions"]] == [p.class_labels[i] for i in want.argmax(1)]
 
 
 def test_batch_scored_by_mlops_nb_score(trained):
     from mlops_nb.serving import load_runtime
     p, t = trained["problem"], trained["t"]
     out = t/"scores"
-    res = json.loads(run_cli("score", "--model", trained["uri"], "--input", t/"data.csv", "--output", out, "--batch-rows", "128",
+    res = json.loads(run_cli("score", "--model", trained["uri"], "--input", t/"data.csv", "--output", out,
+                             "--batch-rows", "128",
                              "--workers", "2", "--json", env=trained["env"], check=True).stdout)
     assert res["rows"] == len(trained["df"]) and res["version"] == "1"
     got = pd.read_parquet(out)
@@ -137,8 +145,10 @@ def test_batch_scored_by_mlops_nb_score(trained):
 
 
 def test_image_context_installs_the_library(trained):
-    "The build context `mlops-nb package` writes: the library in its requirements (and its wheel), LightGBM's OpenMP link."
-    if trained["problem"].name not in PACKAGED: pytest.skip("one build context per library (collecting wheels takes a while)")
+    ("The build context `mlops-nb package` writes: the library in its "
+     "requirements (and its wheel), LightGBM's OpenMP link.")
+    if trained["problem"].name not in PACKAGED:
+        pytest.skip("one build context per library (collecting wheels takes a while)")
     lib, t = trained["library"], trained["t"]
     ctx = cli_json("package", "--model", trained["uri"], "--context-only", t/"ctx", env=trained["env"], timeout=900)
     d = Path(ctx["context"])

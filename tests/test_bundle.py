@@ -34,7 +34,8 @@ def resolve(s, target):
     "`s` with the bundle's ${var.NAME} references replaced by their values in `target` (defaults, then the target's)."
     root = load("databricks.yml")
     values = {**{k: v["default"] for k, v in root["variables"].items()}, **root["targets"][target].get("variables", {})}
-    arts = load("resources/ml_artifacts.yml")["resources"]  # ${resources.KIND.KEY.FIELD}: the declared value (no dev prefix here)
+    # ${resources.KIND.KEY.FIELD}: the declared value (no dev prefix here)
+    arts = load("resources/ml_artifacts.yml")["resources"]
     for _ in range(10):
         s = re.sub(r"\$\{resources\.(\w+)\.(\w+)\.(\w+)\}", lambda m: str(arts[m.group(1)][m.group(2)][m.group(3)]), s)
         s = re.sub(r"\$\{var\.(\w+)\}", lambda m: str(values[m.group(1)]), s)
@@ -50,11 +51,13 @@ def test_the_bundle_is_generated_from_the_pipeline_definitions():
     stale = [rel for rel, text in files.items() if not (ROOT/rel).exists() or (ROOT/rel).read_text() != text]
     assert not stale, f"{stale} differ from what mlops_nb.bundle generates: run `python pipelines/generate.py`"
     extra = sorted(p.name for p in (ROOT/"resources").glob("*.yml") if f"resources/{p.name}" not in files)
-    assert not extra, f"resources/{extra} are not generated: declared_jobs would find jobs the bundle generator does not make"
+    assert not extra, (f"resources/{extra} are not generated: declared_jobs would "
+                       "find jobs the bundle generator does not make")
 
 
 def test_generate_check_passes():
-    p = subprocess.run([sys.executable, "pipelines/generate.py", "--check"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    p = subprocess.run([sys.executable, "pipelines/generate.py", "--check"], capture_output=True, text=True, cwd=ROOT,
+                       timeout=120)
     assert p.returncode == 0, p.stderr
 
 
@@ -87,21 +90,26 @@ def test_the_bundle_parses():
 
 def _check_jsonschema(tmp_path, *files):
     exe = os.path.join(os.path.dirname(sys.executable), "check-jsonschema")
-    if not os.path.exists(exe): pytest.fail("check-jsonschema is not installed: it is in the dev extra (bash scripts/setup)")
+    if not os.path.exists(exe):
+        pytest.fail("check-jsonschema is not installed: it is in the dev extra (bash scripts/setup)")
     schema = tmp_path/"databricks-bundle.schema.json"
     schema.write_bytes(gzip.decompress(SCHEMA.read_bytes()))
-    return subprocess.run([exe, "--schemafile", str(schema), *map(str, files)], capture_output=True, text=True, timeout=120)
+    return subprocess.run([exe, "--schemafile", str(schema), *map(str, files)], capture_output=True, text=True,
+                          timeout=120)
 
 
 def test_the_bundle_matches_the_cli_schema(tmp_path):
-    "Every file of the bundle against the Databricks CLI's bundle schema (the schema holds for each configuration file)."
+    ("Every file of the bundle against the Databricks CLI's bundle schema "
+     "(the schema holds for each configuration file).")
     p = _check_jsonschema(tmp_path, *(ROOT/rel for rel in FILES))
     assert p.returncode == 0, p.stdout + p.stderr
 
 
 def test_the_schema_check_catches_real_mistakes(tmp_path):
-    "So the check above is not vacuous: a misspelt task field, an unknown pause status, a job field that does not exist."
-    bad = {"notebook_path:": "notebok_path:", "pause_status: UNPAUSED": "pause_status: RUNNING", "max_concurrent_runs:": "max_runs:"}
+    ("So the check above is not vacuous: a misspelt task field, an "
+     "unknown pause status, a job field that does not exist.")
+    bad = {"notebook_path:": "notebok_path:", "pause_status: UNPAUSED": "pause_status: RUNNING",
+           "max_concurrent_runs:": "max_runs:"}
     for i, (good, wrong) in enumerate(bad.items()):
         rel = next(r for r in FILES if good in (ROOT/r).read_text())
         f = tmp_path/f"bad{i}.yml"
@@ -131,7 +139,8 @@ def test_every_task_names_a_notebook_script_or_entry_point_that_exists():
         elif kind == "spark_python_task":
             script = (ROOT/"resources"/t[kind]["python_file"]).resolve()
             assert script.is_file(), (key, script)
-            h = subprocess.run([sys.executable, str(script), *t[kind]["parameters"], "--help"], capture_output=True, cwd=ROOT, timeout=60)
+            h = subprocess.run([sys.executable, str(script), *t[kind]["parameters"], "--help"], capture_output=True,
+                               cwd=ROOT, timeout=60)
             assert h.returncode == 0, (key, h.stderr)
         elif kind == "python_wheel_task":
             w = t[kind]
@@ -163,7 +172,8 @@ def test_the_jobs_run_the_pipelines_cloud_steps():
 
 
 def test_schedules_and_the_file_arrival_trigger():
-    "Schedules from the pipeline settings (Quartz, UTC); new data in the data location starts retraining; one trigger per job."
+    ("Schedules from the pipeline settings (Quartz, UTC); new data in the "
+     "data location starts retraining; one trigger per job.")
     st = project_settings(ROOT)
     j = {k: j for k, (_, j) in jobs().items()}
     assert j["retrain"]["schedule"]["quartz_cron_expression"] == quartz_cron(st.cron) == "0 30 6 ? * MON"
@@ -171,9 +181,11 @@ def test_schedules_and_the_file_arrival_trigger():
     assert all(s["schedule"]["timezone_id"] == "UTC" for s in j.values() if "schedule" in s)
     fa = j["retrain_on_data"]["trigger"]["file_arrival"]
     assert fa["url"] == "${var.data_location}" and fa["wait_after_last_change_seconds"] >= 60
-    assert j["retrain_on_data"]["tasks"] == [{"task_key": "retrain", "run_job_task": {"job_id": "${resources.jobs.retrain.id}"}}]
+    assert j["retrain_on_data"]["tasks"] == [{"task_key": "retrain",
+                                              "run_job_task": {"job_id": "${resources.jobs.retrain.id}"}}]
     assert "schedule" not in j["train_test"] and "trigger" not in j["train_test"]  # pull requests run it
-    assert not [k for k, x in j.items() if sum(f in x for f in ("schedule", "trigger", "continuous")) > 1]  # Databricks: one per job
+    # Databricks: one per job
+    assert not [k for k, x in j.items() if sum(f in x for f in ("schedule", "trigger", "continuous")) > 1]
 
 
 def test_targets_map_to_unity_catalog_catalogs():
@@ -193,7 +205,8 @@ def test_targets_map_to_unity_catalog_catalogs():
                 assert uc_model_name(name) == name and name.startswith(f"{target}."), (key, target, name)
                 assert resolve(c["new_cluster"]["node_type_id"], target)
     assert resolve("${var.data_location}", "prod").startswith("/Volumes/prod/")
-    prod = yaml.safe_load((ROOT/"profiles"/"prod.yaml").read_text())["databricks"]["cluster"]  # prod trains where its profile says
+    # prod trains where its profile says
+    prod = yaml.safe_load((ROOT/"profiles"/"prod.yaml").read_text())["databricks"]["cluster"]
     assert resolve("${var.node_type_id}", "prod") == prod["node_type_id"]
     assert resolve("${var.spark_version}", "prod") == prod["spark_version"]
 
@@ -207,23 +220,27 @@ def test_declared_jobs_finds_the_bundle_jobs():
 
 
 def test_run_now_a_bundle_job_through_the_cli(fake, state):  # noqa: F811
-    "`mlops-nb train --runner databricks --job KEY` (a real process) finds the deployed job by the bundle's key and runs it now."
+    ("`mlops-nb train --runner databricks --job KEY` (a real process) finds "
+     "the deployed job by the bundle's key and runs it now.")
     names = {k: j["name"] for k, (_, j) in jobs().items()}
     fake.jobs.update({701: names["train_test"], 702: names["retrain"]})
     env = {**os.environ, "DATABRICKS_HOST": fake.url, "DATABRICKS_TOKEN": TOKEN}
     fake.scenario = "SUCCESS"
     for key, job_id, extra in (("train_test", 701, ["--mode", "test"]),
-                               ("retrain", 702, ["--mode", "full", "--data", "/Volumes/staging/s/data/refresh/latest.parquet"])):
+                               ("retrain", 702,
+                                ["--mode", "full", "--data", "/Volumes/staging/s/data/refresh/latest.parquet"])):
         n = len(fake.requests)
         p = run_cli("train", "--runner", "databricks", "--job", key, "--poll-s", "0.05", *extra, "--json", env=env)
         assert p.returncode == 0, p.stderr
         assert json.loads(p.stdout)["run_id"] == "mlflow-run-1"
         sent = [(path, body) for m, path, q, body, a in fake.requests[n:] if m == "POST"]
-        assert [path for path, _ in sent] == ["/api/2.2/jobs/run-now"]  # no notebook import, no upload: the job runs as deployed
+        # no notebook import, no upload: the job runs as deployed
+        assert [path for path, _ in sent] == ["/api/2.2/jobs/run-now"]
         body = sent[0][1]
         assert body["job_id"] == job_id and body["notebook_params"]["mode"] == extra[1]
         lists = [q for m, path, q, b, a in fake.requests[n:] if path == "/api/2.2/jobs/list"]
-        assert {"name": names[key]} in [{"name": q.get("name")} for q in lists]  # looked up by the name the bundle declares
+        # looked up by the name the bundle declares
+        assert {"name": names[key]} in [{"name": q.get("name")} for q in lists]
         assert TOKEN not in p.stdout + p.stderr
     assert fake.runs[max(fake.runs)]["body"]["notebook_params"]["data_path"].endswith("latest.parquet")
 
@@ -232,7 +249,10 @@ def test_a_bundle_job_not_deployed_is_one_line(fake, state):  # noqa: F811
     env = {**os.environ, "DATABRICKS_HOST": fake.url, "DATABRICKS_TOKEN": TOKEN}
     p = run_cli("train", "--runner", "databricks", "--job", "monitor", "--mode", "test", env=env)
     assert p.returncode != 0 and "Traceback" not in p.stderr
-    assert "no job named 'monitor' in the workspace: deploy the bundle first (databricks bundle deploy -t TARGET)" in p.stderr
+    assert (
+        "no job named 'monitor' in the workspace: deploy the bundle first (databricks bundle deploy -t TARGET)"
+        in p.stderr
+    )
 
 
 # --- who runs, who sees -----------------------------------------------------------------------------------------------
@@ -241,10 +261,15 @@ def test_jobs_outside_dev_run_as_the_service_principal():
     "dev runs as the deploying user (development mode); test, staging and prod as the service principal, on every job."
     from mlops_nb.bundle import ACCESS, bundle_access
     root = load("databricks.yml")
-    assert "run_as" not in root and "run_as" not in root["targets"]["dev"] and root["targets"]["dev"]["mode"] == "development"
+    assert (
+        "run_as" not in root
+        and "run_as" not in root["targets"]["dev"]
+        and root["targets"]["dev"]["mode"] == "development"
+    )
     for t in ("test", "staging", "prod"):
         assert root["targets"][t]["run_as"] == {"service_principal_name": "${var.service_principal}"}, t
-        assert re.fullmatch(r"[0-9a-f-]{36}", resolve("${var.service_principal}", t)), t  # an application id, not a name
+        # an application id, not a name
+        assert re.fullmatch(r"[0-9a-f-]{36}", resolve("${var.service_principal}", t)), t
         assert all("run_as" not in j for _, j in jobs().values())  # no job overrides its target's identity
     assert {k: root["variables"][k]["default"] for k in ACCESS} == bundle_access(ROOT)
 
@@ -270,13 +295,19 @@ def test_the_registered_model_and_experiment_are_declared_and_the_jobs_use_them(
     problem = load_problem(start=ROOT)
     for t in TARGETS:
         uc = resolve(f"{model['catalog_name']}.{model['schema_name']}.{model['name']}", t)
-        assert uc_model_name(uc) == uc and uc.startswith(f"{t}.") and uc.endswith(re.sub(r"\W", "_", problem.model_name or problem.name))
+        assert (
+            uc_model_name(uc) == uc
+            and uc.startswith(f"{t}.")
+            and uc.endswith(re.sub(r"\W", "_", problem.model_name or problem.name))
+        )
         for key, (_, j) in jobs().items():
             for c in j.get("job_clusters", []):
                 env = c["new_cluster"]["spark_env_vars"]
-                assert resolve(env["MLOPS_NB_MODEL_NAME"], t) == uc and resolve(env["MLOPS_NB_EXPERIMENT"], t) == resolve(exp["name"], t)
+                assert resolve(env["MLOPS_NB_MODEL_NAME"], t) == uc and resolve(env["MLOPS_NB_EXPERIMENT"],
+                                                                                t) == resolve(exp["name"], t)
     env = jobs()["retrain"][1]["job_clusters"][0]["new_cluster"]["spark_env_vars"]
-    assert env["MLOPS_NB_MODEL_NAME"].startswith("${resources.registered_models.model.")  # the deployed (dev: prefixed) name
+    # the deployed (dev: prefixed) name
+    assert env["MLOPS_NB_MODEL_NAME"].startswith("${resources.registered_models.model.")
 
 
 def test_what_mlops_nb_registers_is_the_declared_model(monkeypatch):
@@ -295,6 +326,7 @@ def test_a_bad_service_principal_is_one_line(tmp_path):
         (shutil.copytree if (ROOT/rel).is_dir() else shutil.copy)(ROOT/rel, tmp_path/rel)
     f = tmp_path/"pyproject.toml"
     f.write_text(f.read_text().replace("[tool.mlops_nb]\n", '[tool.mlops_nb]\nservice_principal = "ml-deployer"\n', 1))
-    p = subprocess.run([sys.executable, str(ROOT/"pipelines"/"generate.py"), "--bundle", "--check", "--root", str(tmp_path)],
+    p = subprocess.run([sys.executable, str(ROOT/"pipelines"/"generate.py"), "--bundle", "--check", "--root",
+                        str(tmp_path)],
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert p.returncode == 2 and "service_principal='ml-deployer'" in p.stderr and "Traceback" not in p.stderr, p.stderr

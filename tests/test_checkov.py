@@ -86,10 +86,12 @@ def scanned(checkov, tmp_path_factory, model_dir, state, monkeypatch_module):
                        env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0 and "validated (strict)" in p.stderr, p.stderr[-2000:]
     # the wheels do not change the Dockerfile: skip collecting them (pip download and a wheel build)
-    monkeypatch_module.setattr(package, "collect_wheels", lambda reqs, dest, progress=None: dest.mkdir(parents=True, exist_ok=True))
+    monkeypatch_module.setattr(package, "collect_wheels", lambda reqs, dest,
+                               progress=None: dest.mkdir(parents=True, exist_ok=True))
     ctx = package.write_context(model_dir, root/"image", base_image="python:3.11-slim", registry="127.0.0.1:5000")
     (root/"scan"/"docker").mkdir()
-    (root/"scan"/"docker"/"Dockerfile").write_text((ctx.path/"Dockerfile").read_text())  # alone: the model folder holds YAML files too
+    # alone: the model folder holds YAML files too
+    (root/"scan"/"docker"/"Dockerfile").write_text((ctx.path/"Dockerfile").read_text())
     # checkov finds an Azure pipeline only under the name azure-pipelines.yml: each in a folder of its own
     for name, tree in ci_trees(tmp_path_factory).items():
         for rel in generated(tree):
@@ -111,18 +113,21 @@ def scanned(checkov, tmp_path_factory, model_dir, state, monkeypatch_module):
 
 def _judge(report, framework):
     failed = {}
-    if report is None: report = {"results": {"failed_checks": []}, "summary": {}}  # checkov omits a framework with nothing
+    # checkov omits a framework with nothing
+    if report is None: report = {"results": {"failed_checks": []}, "summary": {}}
     for c in report["results"]["failed_checks"]:
         failed.setdefault(c["check_id"], []).append(f"{c['resource']} ({c['file_path']})")
     new = {k: v for k, v in failed.items() if k not in SKIPS[framework]}
     stale = sorted(set(SKIPS[framework]) - set(failed))
     assert not new, "checkov failures to fix, or to skip in SKIPS with a reason: " + "; ".join(
-        f"{k} {next(c['check_name'] for c in report['results']['failed_checks'] if c['check_id'] == k)}: {', '.join(v)}" for k, v in new.items())
+        f"{k} {next(c['check_name'] for c in report['results']['failed_checks'] if c['check_id'] == k)}: {', '.join(v)}"
+        for k, v in new.items()
+    )
     assert not stale, f"checks in SKIPS that no longer fail (remove them): {stale}"
     s = report["summary"]
     if not s: return s
-    print(f"\ncheckov {framework}: {s['passed']} passed, {len(failed)} skipped with a reason ({', '.join(sorted(failed))}), "
-          f"{s['resource_count']} resources, checkov {s['checkov_version']}")
+    print(f"\ncheckov {framework}: {s['passed']} passed, {len(failed)} skipped with a reason ("
+          f"{', '.join(sorted(failed))}), {s['resource_count']} resources, checkov {s['checkov_version']}")
     return s
 
 
@@ -131,7 +136,8 @@ def test_kubernetes_manifests(scanned):
     assert s["parsing_errors"] == 0 and s["passed"] >= 80  # the checks ran (84 pass with checkov 3.3.30)
     results = scanned["kubernetes"]["results"]
     passed = {c["check_id"] for c in results["passed_checks"]}
-    assert {"CKV_K8S_43", "CKV2_K8S_6", "CKV_K8S_15", "CKV_K8S_35"} <= passed  # image by digest (so pulled by digest), pods covered by a NetworkPolicy, the API key a file
+    # image by digest (so pulled by digest), pods covered by a NetworkPolicy, the API key a file
+    assert {"CKV_K8S_43", "CKV2_K8S_6", "CKV_K8S_15", "CKV_K8S_35"} <= passed
     sets = lambda checks, check_id: {Path(c["file_path"]).parent.name for c in checks if c["check_id"] == check_id}
     # every set, the CLI's defaults included, has its pods covered by a NetworkPolicy
     assert sets(results["passed_checks"], "CKV2_K8S_6") == {"cli-defaults", "pipeline", "production"}

@@ -32,11 +32,14 @@ def _bad_files(d):
     from mlops_nb.examples.ottawa import generate_listings
     df = generate_listings(2021, 50, seed=1)
     df.drop(columns=["sqft"]).to_csv(d/"no_sqft.csv", index=False)
-    wrong = df.astype({"list_price": object}); wrong.loc[3, "list_price"] = "abc"; wrong.to_csv(d/"wrong_type.csv", index=False)
+    wrong = df.astype({"list_price": object})
+    wrong.loc[3, "list_price"] = "abc"
+    wrong.to_csv(d/"wrong_type.csv", index=False)
     (d/"empty.csv").write_text("")
     (d/"garbage.parquet").write_bytes(b"\x00\x01not parquet at all" * 10)
     return [("no_sqft.csv", ["sqft", "missing"]), ("wrong_type.csv", ["list_price", "abc"]),
-            ("empty.csv", ["empty"]), ("garbage.parquet", ["garbage.parquet"]), ("does_not_exist.csv", ["does_not_exist.csv"])]
+            ("empty.csv", ["empty"]), ("garbage.parquet", ["garbage.parquet"]),
+            ("does_not_exist.csv", ["does_not_exist.csv"])]
 
 
 def _assert_one_line_error(p, *words):
@@ -75,11 +78,16 @@ def test_generate_and_check(tmp_path, state):
     out = cli_json("data", "generate", "--year", "2022", "--rows", "500", "--seed", "3", "--out", tmp_path/"x.csv")
     assert out["rows"] == 500 and out["path"].endswith("x.csv") and 0 < out["class_shares"]["above_asking"] < 1
     chk = cli_json("data", "check", tmp_path/"x.csv")
-    assert chk["rows"] == 500 and chk["fingerprint"] == out["fingerprint"] and chk["class_shares"] == out["class_shares"]
-    again = cli_json("data", "generate", "--year", "2022", "--rows", "500", "--seed", "3", "--out", tmp_path/"y.parquet")
+    assert (
+        chk["rows"] == 500 and chk["fingerprint"] == out["fingerprint"] and chk["class_shares"] == out["class_shares"]
+    )
+    again = cli_json("data", "generate", "--year", "2022", "--rows", "500", "--seed", "3", "--out",
+                     tmp_path/"y.parquet")
     assert again["fingerprint"] == out["fingerprint"]  # same seed, same data, whatever the format
-    _assert_one_line_error(run_cli("data", "generate", "--year", "2022", "--rows", "0", "--out", tmp_path/"z.csv"), "--rows 0")
-    _assert_one_line_error(run_cli("data", "generate", "--year", "2022", "--rows", "5", "--out", tmp_path/"z.txt"), "z.txt")
+    _assert_one_line_error(run_cli("data", "generate", "--year", "2022", "--rows", "0", "--out", tmp_path/"z.csv"),
+                           "--rows 0")
+    _assert_one_line_error(run_cli("data", "generate", "--year", "2022", "--rows", "5", "--out", tmp_path/"z.txt"),
+                           "z.txt")
 
 
 def test_config_shows_the_embedded_default(state):
@@ -103,7 +111,8 @@ def test_config_never_prints_a_credential(tmp_path, state):
     for extra in ([], ["--json"]):
         out = run_cli("config", *extra, env=env, check=True).stdout
         assert "S3CRET" not in out and "db/mlflow" in out and "ws.example" in out, out
-    for uri in ("s3://b/p?region=x&access_key=S3CRETa", "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=S3CRETz==;x=y"):
+    for uri in ("s3://b/p?region=x&access_key=S3CRETa",
+                "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=S3CRETz==;x=y"):
         p = run_cli("config", env={**os.environ, "MLOPS_NB_TRACKING_URI": uri})
         assert p.returncode == 0 and "S3CRET" not in p.stdout + p.stderr, p.stdout + p.stderr
 
@@ -119,22 +128,30 @@ def test_default_state_is_project_local_not_cwd(tmp_path):
 def test_monitor_json_contract(tmp_path, state):
     "`monitor --json`: drift between market years, none within a year; --fail-on-retrain exits 1 with the reasons."
     for year, seed in ((2021, 0), (2021, 1), (2023, 0)):
-        cli_json("data", "generate", "--year", year, "--rows", "3000", "--seed", seed, "--out", tmp_path/f"{year}-{seed}.parquet")
+        cli_json("data", "generate", "--year", year, "--rows", "3000", "--seed", seed, "--out",
+                 tmp_path/f"{year}-{seed}.parquet")
     same = cli_json("monitor", "--reference", tmp_path/"2021-0.parquet", "--current", tmp_path/"2021-1.parquet")
-    assert same["drift"] is False and same["retrain"] is False and set(same["features"]) >= {"list_price", "neighbourhood"}
+    assert (
+        same["drift"] is False and same["retrain"] is False and set(same["features"]) >= {"list_price", "neighbourhood"}
+    )
     assert same["overlap"] == {"rows": 0, "share": 0.0, "same_data": False}
-    itself = run_cli("monitor", "--reference", tmp_path/"2021-0.parquet", "--current", tmp_path/"2021-0.parquet", check=True)
+    itself = run_cli("monitor", "--reference", tmp_path/"2021-0.parquet", "--current", tmp_path/"2021-0.parquet",
+                     check=True)
     said = [l for l in itself.stdout.splitlines() if l.startswith("overlap: ")]
     assert said == ["overlap: 3000 of 3000 current rows (100%) are the same rows as the reference: drift and decay "
                     "measured on rows the model may have been trained on say little"], itself.stdout
-    assert "overlap" not in run_cli("monitor", "--reference", tmp_path/"2021-0.parquet", "--current", tmp_path/"2021-1.parquet").stdout
+    assert "overlap" not in run_cli("monitor", "--reference", tmp_path/"2021-0.parquet", "--current",
+                                    tmp_path/"2021-1.parquet").stdout
     moved = cli_json("monitor", "--reference", tmp_path/"2021-0.parquet", "--current", tmp_path/"2023-0.parquet")
     assert moved["drift"] is True and "days_on_market" in moved["drifted"] and moved["decay"] is None
-    p = run_cli("monitor", "--reference", tmp_path/"2021-0.parquet", "--current", tmp_path/"2023-0.parquet", "--fail-on-retrain")
+    p = run_cli("monitor", "--reference", tmp_path/"2021-0.parquet", "--current", tmp_path/"2023-0.parquet",
+                "--fail-on-retrain")
     assert p.returncode == 1 and "retraining advised: feature drift: days_on_market" in p.stderr
-    p = run_cli("monitor", "--reference", tmp_path/"2021-0.parquet", "--current", tmp_path/"2023-0.parquet", "--threshold", "psi=abc")
+    p = run_cli("monitor", "--reference", tmp_path/"2021-0.parquet", "--current", tmp_path/"2023-0.parquet",
+                "--threshold", "psi=abc")
     assert p.returncode == 2 and "psi" in p.stderr and "Traceback" not in p.stderr
-    _assert_one_line_error(run_cli("monitor", "--reference", tmp_path/"2021-0.parquet", "--current", tmp_path/"2023-0.parquet",
+    _assert_one_line_error(run_cli("monitor", "--reference", tmp_path/"2021-0.parquet", "--current",
+                                   tmp_path/"2023-0.parquet",
                                    "--threshold", "psi"), "--threshold 'psi' is not allowed: use KEY=VALUE")
 
 
@@ -152,7 +169,8 @@ def test_serve_refuses_a_bad_address_before_loading_anything(args, words, state)
 def test_serve_says_when_the_port_is_taken(state):
     import socket
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0)); s.listen()
+        s.bind(("127.0.0.1", 0))
+        s.listen()
         port = s.getsockname()[1]
         _assert_one_line_error(run_cli("serve", "--port", port, "--model", "no-such-model", timeout=60),
                                f"cannot listen on 127.0.0.1:{port}", "choose another --port")
@@ -167,7 +185,8 @@ def test_a_reader_that_goes_away_is_no_error(state):
         os.close(r)  # the reader is gone before anything is written
         p = subprocess.run([CLI, *args], stdout=w, stderr=subprocess.PIPE, text=True, timeout=60)
         os.close(w)
-        assert p.returncode in (0, 141) and "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, (args, p.stderr)
+        assert p.returncode in (0,
+                                141) and "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, (args, p.stderr)
         assert p.stderr == "", p.stderr
 
 
@@ -175,7 +194,8 @@ def test_ctrl_c_outside_a_run_is_one_line(state, tmp_path):
     "SIGINT during a long command that has no run: 'interrupted', exit 130, no traceback and no claim about a run."
     import signal, subprocess, time
     from conftest import CLI
-    p = subprocess.Popen([CLI, "data", "generate", "--year", "2022", "--rows", "20000000", "--out", tmp_path/"big.parquet"],
+    p = subprocess.Popen([CLI, "data", "generate", "--year", "2022", "--rows", "20000000", "--out",
+                          tmp_path/"big.parquet"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(4)  # importing, then generating rows
     assert p.poll() is None, p.communicate()
@@ -208,7 +228,8 @@ def test_a_full_disk_is_one_line_and_loses_nothing(tmp_path, state):
     for name in ("new.csv", "new.parquet", "old.parquet"):
         out = tmp_path/name
         if name.startswith("old"): out.write_bytes(b"what the user had")
-        p = subprocess.run([CLI, "data", "generate", "--year", "2022", "--rows", "5000", "--out", out], preexec_fn=small_disk,
+        p = subprocess.run([CLI, "data", "generate", "--year", "2022", "--rows", "5000", "--out", out],
+                           preexec_fn=small_disk,
                            capture_output=True, text=True, timeout=120)
         assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
         assert p.stderr.strip().splitlines()[-1].startswith(f"error: {out}: cannot be written"), p.stderr
@@ -249,7 +270,8 @@ def test_the_second_audits_command_lines_get_one_line(tmp_path, state, model_dir
     _assert_ends_with_one_error(cli_here("new", "/proc/x/p", "--data", data, "--target", "sold_above_ask"), "/proc/x")
     _assert_ends_with_one_error(cli_here("data", "generate", "--rows", "10", "--out", "/proc/x/y.csv"), "/proc/x")
     for watch in ("-1", "nan"): _assert_one_line_error(run_cli("serve", "--watch", watch, "--port", "0"), "--watch")
-    secret = run_cli("serve", "--model", model_dir, "--port", "0", env={**os.environ, "MLOPS_NB_API_KEY_FILE": "/dev/zero"})
+    secret = run_cli("serve", "--model", model_dir, "--port", "0",
+                     env={**os.environ, "MLOPS_NB_API_KEY_FILE": "/dev/zero"})
     _assert_one_line_error(secret, "MLOPS_NB_API_KEY_FILE=/dev/zero", "not a secret file")
     for f in _zero_row_inputs(tmp_path):
         out = tmp_path/f"out-{f.suffix[1:]}"

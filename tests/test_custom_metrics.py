@@ -105,7 +105,8 @@ def test_the_challenger_is_compared_on_it(project, trained):
     promote(1)
     d = challenge(dummy, df)
     assert d["metric"] == "cost" and d["promoted"] is False and version_for_alias("champion") == 1
-    assert d["challenger_metrics"]["cost"] > d["champion_metrics"]["cost"] and d["reason"].startswith("kept v1: challenger cost")
+    assert d["challenger_metrics"]["cost"] > d["champion_metrics"]["cost"] and d["reason"].startswith("kept v1: "
+                                                                                                      "challenger cost")
     promote(dummy)
     d = challenge(1, df)
     assert d["promoted"] is True and version_for_alias("champion") == 1 and d["reason"].startswith("promoted: cost")
@@ -116,12 +117,14 @@ def test_monitoring_watches_it_for_decay(project, trained):
     d = project["dir"]
     df = pd.read_csv(project["csv"])
     df.assign(target=1 - df["target"]).to_csv(d/"flipped.csv", index=False)  # the world turned: every label is wrong
-    out = cli_json("monitor", "--reference", project["csv"], "--current", d/"flipped.csv", "--model", "models:/cancer-cost/1")
+    out = cli_json("monitor", "--reference", project["csv"], "--current", d/"flipped.csv", "--model",
+                   "models:/cancer-cost/1")
     assert out["decay"]["cost"]["drop"] > 1 and out["decay"]["cost"]["current"] > out["decay"]["cost"]["reference"]
     assert out["retrain"] is True and any(r.startswith("model decay: cost") for r in out["reasons"])
     # where the problem is not configured, the cost cannot be computed: one line says why and how
     env = {k: v for k, v in os.environ.items() if k != "MLOPS_NB_PROBLEM"}
-    p = run_cli("monitor", "--reference", project["csv"], "--current", d/"flipped.csv", "--model", "models:/cancer-cost/1",
+    p = run_cli("monitor", "--reference", project["csv"], "--current", d/"flipped.csv", "--model",
+                "models:/cancer-cost/1",
                 env=env, cwd=d)
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]

@@ -11,12 +11,14 @@ PY = sys.executable
 
 def _without_quarto():
     "PATH without any folder that holds a `quarto`."
-    return os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep) if d and not (Path(d)/"quarto").exists())
+    return os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep) if d
+                           and not (Path(d)/"quarto").exists())
 
 @pytest.fixture(scope="module")
 def site_build(tmp_path_factory):
     """The docs pipeline's one command (.github/workflows/docs.yml runs it too) where Quarto is absent, with the site
-    written elsewhere: (its arguments, its stdout, the site). One build serves every test of the site (a build is slow)."""
+    written elsewhere: (its arguments, its stdout, the site). One build serves every test of the site (a build is
+    slow)."""
     from mlops_nb.pipeline import PIPELINES
     [step] = PIPELINES["docs"]
     args = shlex.split(step.cmd)
@@ -39,13 +41,16 @@ def test_every_notebook_has_a_page(site):
     for nb in tuts: assert (site/"tutorials"/f"{nb.stem}.html").is_file(), nb.name
 
 def test_check_finds_no_broken_links(site):
-    r = subprocess.run([PY, ROOT/"scripts"/"docs.py", "--out", site, "--check", "--no-build"], capture_output=True, text=True)
+    r = subprocess.run([PY, ROOT/"scripts"/"docs.py", "--out", site, "--check", "--no-build"], capture_output=True,
+                       text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 
 def test_check_reports_a_broken_link(tmp_path, site):
-    bad = tmp_path/"s"; shutil.copytree(site, bad)
+    bad = tmp_path/"s"
+    shutil.copytree(site, bad)
     (bad/"index.html").write_text((bad/"index.html").read_text().replace("</main>", '<a href="nope.html">x</a></main>'))
-    r = subprocess.run([PY, ROOT/"scripts"/"docs.py", "--out", bad, "--check", "--no-build"], capture_output=True, text=True)
+    r = subprocess.run([PY, ROOT/"scripts"/"docs.py", "--out", bad, "--check", "--no-build"], capture_output=True,
+                       text=True)
     assert r.returncode == 1 and "index.html: broken link nope.html" in r.stderr, r.stderr
 
 def test_no_external_scripts_or_stylesheets(site):
@@ -60,7 +65,8 @@ def test_processing(site):
     assert "#|" not in core and "default_exp" not in core          # directives never shown
     assert "MlopsNbError" in core                                  # show_doc of an exported class
     assert "from fastcore.test import" not in core                  # `#| hide` cell dropped
-    assert ".ipynb" not in re.sub(r"<footer>.*?</footer>", "", (site/"tutorials"/"01_getting_started.html").read_text(), flags=re.S)
+    assert ".ipynb" not in re.sub(r"<footer>.*?</footer>", "", (site/"tutorials"/"01_getting_started.html").read_text(),
+                                  flags=re.S)
 
 # ---------------------------------------------------------------- the README and the manual
 SITE_URL = "https://mlops-nb.github.io/mlops_nb"
@@ -70,13 +76,17 @@ MOVED = [("Using the CLI", "manual/03_training.html"), ("The run-mode contract",
          ("Tracking, registry and selection", "manual/03_training.html"), ("Serving", "manual/04_serving.html"),
          ("The clients teams already have, live traffic, and the closed loop", "manual/05_protocols.html"),
          ("Packaging and rollout", "manual/06_packaging.html"), ("Pipelines", "manual/07_pipelines.html"),
-         ("Databricks", "manual/08_databricks.html"), ("Jobs as code: the Databricks Asset Bundle", "manual/08_databricks.html"),
+         ("Databricks", "manual/08_databricks.html"),
+         ("Jobs as code: the Databricks Asset Bundle", "manual/08_databricks.html"),
          ("Unity Catalog models: what was exercised against what", "manual/08_databricks.html"),
          ("Profiles and Azure ML", "manual/09_azureml.html"), ("Monitoring drift", "manual/10_monitoring.html"),
          ("The closed loop over several periods", "manual/10_monitoring.html"),
-         ("Batch scoring and drift at scale", "manual/11_batch.html"), ("Measured here (bench/bench_batch.py)", "manual/11_batch.html"),
-         ("Security", "manual/12_security.html"), ("What runs for real, and what does not yet", "manual/13_status.html"),
-         ("Performance", "manual/14_performance.html"), ("Developing: notebooks are the source", "manual/15_developing.html"),
+         ("Batch scoring and drift at scale", "manual/11_batch.html"),
+         ("Measured here (bench/bench_batch.py)", "manual/11_batch.html"),
+         ("Security", "manual/12_security.html"),
+         ("What runs for real, and what does not yet", "manual/13_status.html"),
+         ("Performance", "manual/14_performance.html"),
+         ("Developing: notebooks are the source", "manual/15_developing.html"),
          ("Docs", "manual/15_developing.html"), ("What mlops_nb does", "manual/01_overview.html"),
          ("Your own problem: the project and its declaration", "manual/02_problems.html")]
 
@@ -94,7 +104,8 @@ def test_readme_is_a_short_front_door():
     assert len(text.splitlines()) <= 200, len(text.splitlines())
     heads = re.findall(r"^## (.+)$", text, re.M)
     assert heads[:2] == ["The two commands", "Bring your own problem"] and "Where to go next" in heads, heads
-    assert re.search(r"`bash scripts/demo` takes .*\d+ (s|min)", text) and re.search(r"`bash scripts/test` about \d+ min", text)
+    assert re.search(r"`bash scripts/demo` takes .*\d+ (s|min)",
+                     text) and re.search(r"`bash scripts/test` about \d+ min", text)
     assert "bash scripts/demo --full" in text
 
 def test_every_readme_link_to_the_site_is_a_built_page(site):
@@ -123,14 +134,16 @@ def test_the_docs_pipeline_builds_and_checks_the_fallback_where_quarto_is_absent
     args, stdout, out = site_build
     assert args[:2] == ["python", "scripts/docs.py"] and {"--engine", "--check"} <= set(args)
     assert DOCS_SITE in step.cmd
-    assert "engine: fallback (quarto is not on PATH)" in stdout and re.search(r"check: \d+ pages, every relative link resolves", stdout)
+    assert "engine: fallback (quarto is not on PATH)" in stdout and re.search(r"check: \d+ pages, every "
+                                                                              r"relative link resolves", stdout)
     page = (out/"tutorials"/"06_bring_your_own_problem.html").read_text()
     assert "<title>Bring your own problem" in page and "mlops-nb new wine-cultivars" in page
     assert 'href="06_bring_your_own_problem.html"' in (out/"tutorials"/"01_getting_started.html").read_text()
 
 def _docs_module():
     spec = importlib.util.spec_from_file_location("docs_script", ROOT/"scripts"/"docs.py")
-    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
     return mod
 
 def test_auto_engine_uses_quarto_where_it_is_installed(tmp_path, monkeypatch, capsys):
@@ -138,15 +151,18 @@ def test_auto_engine_uses_quarto_where_it_is_installed(tmp_path, monkeypatch, ca
     docs = _docs_module()
     built = []
     def fake_quarto_build(out):
-        built.append(out); out.mkdir(parents=True)
-        (out/"index.html").write_text('<html><script src="https://cdn.example/quarto.js"></script><a href="x.html">x</a></html>')
+        built.append(out)
+        out.mkdir(parents=True)
+        (out/"index.html").write_text('<html><script src="https://cdn.example/quarto.js"></script><a '
+                                      'href="x.html">x</a></html>')
     monkeypatch.setattr(docs, "quarto_available", lambda: True)
     monkeypatch.setattr(docs, "build_quarto", fake_quarto_build)
     assert docs.main(["--engine", "auto", "--out", str(tmp_path/"q"), "--check"]) == 1   # x.html is missing
     assert built == [(tmp_path/"q").resolve()]
     captured = capsys.readouterr()
     assert "engine: quarto" in captured.out and "index.html: broken link x.html" in captured.err
-    assert "external asset" not in captured.err                                        # Quarto's own assets are its choice
+    # Quarto's own assets are its choice
+    assert "external asset" not in captured.err
     monkeypatch.setattr(docs, "quarto_available", lambda: False)
     assert docs.main(["--engine", "quarto", "--out", str(tmp_path/"q2")]) == 2         # insisting on Quarto without it
 
@@ -159,7 +175,8 @@ def test_quarto_settings_are_what_nbdev_writes(tmp_path):
     nbdev-readme stops without nbs/nbdev.yml)."""
     for f in QUARTO_FILES: assert (NBS/f).is_file(), f"nbs/{f} is missing: see how this test writes it, and commit it"
     if (ROOT/".git").exists() and shutil.which("git"):
-        r = subprocess.run(["git", "check-ignore", *(f"nbs/{f}" for f in QUARTO_FILES)], cwd=ROOT, capture_output=True, text=True)
+        r = subprocess.run(["git", "check-ignore", *(f"nbs/{f}" for f in QUARTO_FILES)], cwd=ROOT, capture_output=True,
+                           text=True)
         assert r.returncode == 1, f"git ignores {r.stdout.split()}: a fresh clone would not have them"
     (tmp_path/"nbs").mkdir()                                     # a copy of the project's settings, nothing else
     shutil.copy(ROOT/"pyproject.toml", tmp_path/"pyproject.toml")
@@ -168,7 +185,8 @@ def test_quarto_settings_are_what_nbdev_writes(tmp_path):
     assert r.returncode == 0, r.stderr
     for f in QUARTO_FILES:
         assert (NBS/f).read_text() == (tmp_path/"nbs"/f).read_text(), \
-            f"nbs/{f} is not what nbdev writes: delete it, run `python -c 'from nbdev.quarto import refresh_quarto_yml; refresh_quarto_yml()'`"
+            (f"nbs/{f} is not what nbdev writes: delete it, run `python -c 'from nbdev.quarto import "
+             "refresh_quarto_yml; refresh_quarto_yml()'`")
 
 def test_quarto_settings_name_this_repository():
     import tomllib
@@ -176,7 +194,10 @@ def test_quarto_settings_name_this_repository():
     nbdev_yml = yaml.safe_load((NBS/"nbdev.yml").read_text())
     site = nbdev_yml["website"]
     assert site["site-url"].rstrip("/") == urls["Documentation"].rstrip("/") == "https://mlops-nb.github.io/mlops_nb"
-    assert site["repo-url"] == urls["Repository"] == "https://github.com/mlops-nb/mlops_nb" and site["repo-branch"] == "main"
+    assert (
+        site["repo-url"] == urls["Repository"] == "https://github.com/mlops-nb/mlops_nb"
+        and site["repo-branch"] == "main"
+    )
     assert site["title"] == "mlops_nb" and nbdev_yml["project"]["output-dir"] == "_docs"
     quarto = yaml.safe_load((NBS/"_quarto.yml").read_text())
     assert quarto["project"]["type"] == "website" and quarto["metadata-files"] == ["nbdev.yml", "sidebar.yml"]
@@ -185,7 +206,8 @@ def test_quarto_settings_name_this_repository():
 
 # ---------------------------------------------------------------- the tutorials' commands
 def _tutorial_commands():
-    "(tutorial, line) of every `mlops-nb` command in the tutorials: shell blocks of markdown cells, `sh(...)` of code cells."
+    ("(tutorial, line) of every `mlops-nb` command in the tutorials: shell "
+     "blocks of markdown cells, `sh(...)` of code cells.")
     for nb in sorted((NBS/"tutorials").glob("*.ipynb")):
         for cell in json.loads(nb.read_text())["cells"]:
             src = "".join(cell["source"])
@@ -201,7 +223,8 @@ def test_every_cli_example_in_the_tutorials_parses():
     for name, line in _tutorial_commands():
         for seg in re.split(r"\s*(?:&&|\|\||;|\|)\s*", line):
             try: args = shlex.split(seg, comments=True)
-            except ValueError: continue                          # a shell line continued in prose (a JSON value spanning lines)
+            # a shell line continued in prose (a JSON value spanning lines)
+            except ValueError: continue
             if args and args[0].endswith("mlops-nb"):
                 try: a = parser().parse_args(args[1:])
                 except SystemExit: pytest.fail(f"{name}: {seg!r} does not parse with the current CLI")
@@ -220,7 +243,8 @@ def browser_bins():
         if os.geteuid() != 0 or not shutil.which("apt-get"):
             pytest.skip("chromium/chromium-driver missing and not root with apt-get: cannot install them")
         t = time.time()
-        r = subprocess.run(["apt-get", "install", "-y", "chromium", "chromium-driver"], capture_output=True, text=True, timeout=900,
+        r = subprocess.run(["apt-get", "install", "-y", "chromium", "chromium-driver"], capture_output=True, text=True,
+                           timeout=900,
                            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
         print(f"apt-get install chromium chromium-driver: rc={r.returncode} in {time.time()-t:.0f}s")
         chrome, driver = _find("chromium", "chromium-browser"), _find("chromedriver")
@@ -236,7 +260,8 @@ def server(site):
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(site)))
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown(); httpd.server_close()
+    httpd.shutdown()
+    httpd.server_close()
 
 @pytest.fixture(scope="module")
 def driver(browser_bins, tmp_path_factory):
@@ -284,6 +309,7 @@ def test_site_renders_in_chromium(driver, server, site, tmp_path):
         status = driver.execute_script(
             "const e = performance.getEntriesByType('navigation')[0]; return e ? e.responseStatus : null")
         assert status in (200, None), (href, status)
-        assert driver.find_elements(By.CSS_SELECTOR, "nav.sidebar") and driver.find_element(By.TAG_NAME, "h1").text, href
+        assert driver.find_elements(By.CSS_SELECTOR,
+                                    "nav.sidebar") and driver.find_element(By.TAG_NAME, "h1").text, href
         assert "404" not in driver.title, href
         assert not _errors(driver), (href, _errors(driver))

@@ -39,7 +39,8 @@ def test_five_years_drift(frames):
 
 def test_json_contract_finite_and_deterministic(frames, model18):
     m, ev, logged = model18
-    runtime = SimpleNamespace(pipeline=m, info=None, problem=PROBLEM)  # what load_runtime returns, as far as drift_report cares
+    # what load_runtime returns, as far as drift_report cares
+    runtime = SimpleNamespace(pipeline=m, info=None, problem=PROBLEM)
     d1 = _drift_report(ev, frames["c23"], model=runtime, reference_metrics=logged).as_dict()
     d2 = json.loads(json.dumps(drift_report(ev, frames["c23"], model=m, reference_metrics=logged).as_dict()))
     assert d1 == d2  # deterministic, and JSON round-trips unchanged
@@ -89,4 +90,5 @@ def test_bad_input(frames, cur, msg):
 
 def test_import_stays_light():
     code = "import sys, mlops_nb.drift; print(sorted(m for m in ('pandas', 'scipy', 'sklearn') if m in sys.modules))"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "[]"

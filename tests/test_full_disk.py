@@ -32,7 +32,8 @@ def test_the_inference_log_on_a_full_disk(full_disk, tmp_path, model_dir, data_d
         dropped, end = 0.0, time.time() + 30
         while dropped == 0 and time.time() < end:  # the writer meets the full disk in the background, after answering
             metrics = s.get("/metrics")[1]
-            line = [ln for ln in metrics.splitlines() if ln.startswith('mlops_nb_inference_log_dropped_total{reason="disk"}')]
+            line = [ln for ln in metrics.splitlines()
+                    if ln.startswith('mlops_nb_inference_log_dropped_total{reason="disk"}')]
             dropped = float(line[0].split()[-1]) if line else 0.0
             if dropped == 0: time.sleep(0.2)
     finally: server_log = s.stop()
@@ -47,7 +48,9 @@ def test_the_inference_log_on_a_full_disk(full_disk, tmp_path, model_dir, data_d
     # a truncated part (as an older writer could leave) beside a whole one: monitor skips it with a warning
     whole = tmp_path/"whole"
     s = Server(tmp_path, "--model", model_dir, "--log-dir", whole)
-    try: assert s.request("POST", "/score", json.dumps(recs[:50]).encode(), {"content-type": "application/json"})[0] == 200
+    try:
+        assert s.request("POST", "/score", json.dumps(recs[:50]).encode(),
+                         {"content-type": "application/json"})[0] == 200
     finally: s.stop()
     (whole/"inference-truncated.parquet").write_bytes(b"PAR1" + b"\0" * 64)
     p = run_cli("monitor", "--reference", data_dir/"2021.parquet", "--current", whole, "--json")

@@ -72,7 +72,8 @@ def check(case, response, server, phase):
     mode = case.meta.generation.mode.value if case.meta else "?"
     STATS[(phase, mode, case.operation.label, case.method.upper(), response.status_code)] += 1
     req = response.request
-    where = (f"{phase}/{mode}: {req.method} {req.url}\nrequest headers: {dict(req.headers)}\nrequest body: {req.body!r:.2000}\n"
+    where = (f"{phase}/{mode}: {req.method} {req.url}\nrequest headers: "
+             f"{dict(req.headers)}\nrequest body: {req.body!r:.2000}\n"
              f"response: {response.status_code} {dict(response.headers)}\n{response.text[:2000]}\n"
              f"reproduce: {case.as_curl_command()}\n"
              f"server log:\n{server_log_tail(server, 10, (response.headers.get('x-request-id') or [None])[0])}")
@@ -82,7 +83,8 @@ def check(case, response, server, phase):
         assert ctype.startswith("application/json"), f"error response is not JSON\n{where}"
         try: body = json.loads(response.content)
         except ValueError: pytest.fail(f"error response is not valid JSON\n{where}")
-        assert isinstance(body, dict) and isinstance(body.get("error"), str), f'error response without an "error"\n{where}'
+        assert isinstance(body, dict) and isinstance(body.get("error"),
+                                                     str), f'error response without an "error"\n{where}'
     case.validate_response(response)
 
 
@@ -99,7 +101,8 @@ def test_coverage_phase(api_schema, fuzz_server, session):
     for op in operations(api_schema):
         for case in api_schema.iter_coverage_cases(op, generation_modes=list(GenerationMode),
                                                    generation_config=api_schema.config.generation_for(operation=op)):
-            check(case, case.call(session=session, timeout=30), fuzz_server, "coverage"); n += 1
+            check(case, case.call(session=session, timeout=30), fuzz_server, "coverage")
+            n += 1
     assert n >= 100  # every operation, both modes: a few hundred cases
     assert_alive(fuzz_server)
 
@@ -116,7 +119,8 @@ def test_fuzzing_phase(api_schema, fuzz_server, session, mode):
         def fuzz(case):
             check(case, case.call(session=session, timeout=30), fuzz_server, "fuzzing")
         fuzz()
-    assert sum(v for (ph, m, label, *_), v in STATS.items() if (ph, m, label) == ("fuzzing", mode.value, "POST /score")) >= 50
+    assert sum(v for (ph, m, label, *_), v in STATS.items()
+               if (ph, m, label) == ("fuzzing", mode.value, "POST /score")) >= 50
     assert_alive(fuzz_server)
 
 

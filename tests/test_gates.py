@@ -1,4 +1,5 @@
-"""Validation gates: absolute thresholds per metric (the problem's, or a profile's `gates:`). A version that fails one is
+"""Validation gates: absolute thresholds per metric (the problem's, or a profile's `gates:`). A version that fails one
+is
 never promoted (not by `models promote` unless --force, which is recorded; not by the challenger step), and the
 verdict is recorded on the version."""
 from conftest import run_cli, cli_json
@@ -25,12 +26,17 @@ def test_a_version_that_fails_a_gate_is_not_promoted(model_dir, state):
     assert listed[good] == "passed" and listed[bad] == "failed: roc_auc 0.6000 < 0.7"
     assert cli_json("models", "promote", good)["previous"] is None
     p = run_cli("models", "promote", bad)
-    assert p.returncode == 2 and "fails its validation gates (roc_auc 0.6000 < 0.7)" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert (
+        p.returncode == 2
+        and "fails its validation gates (roc_auc 0.6000 < 0.7)" in p.stderr
+        and len(p.stderr.strip().splitlines()) == 1
+    )
     assert {v["version"]: v["aliases"] for v in cli_json("models", "list")}[good] == ["champion"]
     out = cli_json("models", "promote", bad, "--force")
     assert out["forced"] is True and out["previous"] == good
     from mlops_nb.tracking import client
-    assert "despite: roc_auc 0.6000 < 0.7" in client().get_model_version("ottawa-housing-classifier", str(bad)).tags["mlops_nb.forced"]
+    assert "despite: roc_auc 0.6000 < 0.7" in client().get_model_version("ottawa-housing-classifier",
+                                                                         str(bad)).tags["mlops_nb.forced"]
 
 
 def test_the_challenger_step_checks_the_gates_first(model_dir, state):

@@ -11,7 +11,8 @@ from test_server import Server, ADMIN
 def _admin(server, body, token=ADMIN):
     "(status, body) of POST /admin/model with raw bytes or a JSON-able body."
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return server.request("POST", "/admin/model", data, {"authorization": f"Bearer {token}", "content-type": "application/json"})[:2]
+    return server.request("POST", "/admin/model", data,
+                          {"authorization": f"Bearer {token}", "content-type": "application/json"})[:2]
 
 
 class _Exploit:
@@ -86,7 +87,8 @@ def test_only_registry_references_and_folders_under_the_roots(server, model_dir_
 
 def test_a_folder_that_is_no_fitting_model_is_refused(server, roots, tmp_path):
     "Finding 1: a folder that was no model was swapped in; valid requests then failed while /ready said 200."
-    empty = roots/"empty"; empty.mkdir()
+    empty = roots/"empty"
+    empty.mkdir()
     st, body = _admin(server, {"model": str(empty), "wait": True})
     assert st == 409 and "no MLmodel file" in json.dumps(body), body
     plain = roots/"plain-mlflow"  # a real MLflow model that does not declare its API
@@ -146,24 +148,32 @@ def test_the_model_cache_is_keyed_by_store_and_checked(state, tmp_path, monkeypa
     try:
         a = _register(tmp_path/"a.db", 800, 1)
         b = _register(tmp_path/"b.db", 900, 2)
-        os.environ["MLOPS_NB_TRACKING_URI"] = f"sqlite:///{tmp_path/'a.db'}"; tracking._clients.clear()
+        os.environ["MLOPS_NB_TRACKING_URI"] = f"sqlite:///{tmp_path/'a.db'}"
+        tracking._clients.clear()
         ra = load_runtime("models:/ottawa-housing-classifier/1")
-        os.environ["MLOPS_NB_TRACKING_URI"] = f"sqlite:///{tmp_path/'b.db'}"; tracking._clients.clear()
+        os.environ["MLOPS_NB_TRACKING_URI"] = f"sqlite:///{tmp_path/'b.db'}"
+        tracking._clients.clear()
         rb = load_runtime("models:/ottawa-housing-classifier/1")
         assert (ra.info.run_id, rb.info.run_id) == (a, b) and ra.model_dir != rb.model_dir
         # a cache folder that does not hold what the registry says is refused, not served
         meta = json.loads((rb.model_dir/"mlops_nb_model.json").read_text())
         (rb.model_dir/"mlops_nb_model.json").write_text(json.dumps({**meta, "run_id": a}))
-        with pytest.raises(ModelLoadError, match="delete that folder and retry"): load_runtime("models:/ottawa-housing-classifier/1")
+        with pytest.raises(ModelLoadError, match="delete that folder and retry"):
+            load_runtime("models:/ottawa-housing-classifier/1")
     finally:
-        os.environ.pop("MLOPS_NB_TRACKING_URI", None); tracking._clients.clear()
+        os.environ.pop("MLOPS_NB_TRACKING_URI", None)
+        tracking._clients.clear()
 
 
 def test_context_only_never_deletes_a_user_folder(state, model_dir, tmp_path):
     "Finding 3: `package --context-only DIR` deleted an existing DIR, even when the command then failed."
-    mine = tmp_path/"mine"; mine.mkdir(); (mine/"notes.txt").write_text("keep me")
+    mine = tmp_path/"mine"
+    mine.mkdir()
+    (mine/"notes.txt").write_text("keep me")
     p = run_cli("package", "--model", model_dir, "--context-only", mine)
-    assert p.returncode == 2 and "non-empty folder that mlops-nb did not write" in p.stderr and "Traceback" not in p.stderr
+    assert (
+        p.returncode == 2 and "non-empty folder that mlops-nb did not write" in p.stderr and "Traceback" not in p.stderr
+    )
     assert (mine/"notes.txt").read_text() == "keep me"
     p = run_cli("package", "--model", tmp_path/"no-such-model", "--context-only", mine)  # a failing command
     assert p.returncode == 2 and (mine/"notes.txt").read_text() == "keep me"
@@ -180,7 +190,8 @@ def test_the_wheel_build_leaves_the_project_alone(state, tmp_path, monkeypatch):
     from mlops_nb import package
     build = ROOT/"build"
     existed = build.exists()
-    build.mkdir(exist_ok=True); (build/"user-file.txt").write_text("keep me")
+    build.mkdir(exist_ok=True)
+    (build/"user-file.txt").write_text("keep me")
     # Other test workers run git in this checkout (its index is refreshed) and write pytest's cache and side venvs
     # at the same time; those entries are not the wheel build's doing, everything else must stay untouched.
     concurrent = {".git", ".pytest_cache"}
@@ -202,7 +213,8 @@ def test_the_wheel_build_leaves_the_project_alone(state, tmp_path, monkeypatch):
 
 def _runs(status=None):
     from mlops_nb.tracking import client, experiment_id
-    return [r for r in client().search_runs([experiment_id()], max_results=1000) if status is None or r.info.status == status]
+    return [r for r in client().search_runs([experiment_id()], max_results=1000) if status is None
+            or r.info.status == status]
 
 
 def _wait(cond, timeout, what):
@@ -223,7 +235,9 @@ def _descendants(pid):
             except (OSError, ValueError, IndexError): pass
     out, todo = [], [pid]
     while todo:
-        for k in kids.get(todo.pop(), []): out.append(k); todo.append(k)
+        for k in kids.get(todo.pop(), []):
+            out.append(k)
+            todo.append(k)
     return out
 
 
@@ -240,7 +254,8 @@ class Training:
         self.p = subprocess.Popen([CLI, "train", "--mode", "full", "--epochs", "500", "--data", str(data), "--quiet"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
         self.run = _wait(lambda: next((r for r in _runs("RUNNING") if r.info.run_id not in self.before
-                                       and any((state/"runs"/r.info.run_id).glob("*.ipynb"))), None), 120, "training to start")
+                                       and any((state/"runs"/r.info.run_id).glob("*.ipynb"))), None), 120,
+                         "training to start")
         time.sleep(3)
         self.tree = _descendants(self.p.pid)  # papermill's process and the kernel
 
@@ -304,16 +319,21 @@ def test_sigint_stops_a_cli_started_with_sigint_ignored(state, data_dir):
 def test_a_notebook_run_by_papermill_itself_fails_its_run(state, tmp_path):
     "Finding 11: the training notebook run with papermill's own CLI left a failing run FINISHED."
     import nbformat
-    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "python3", "language": "python"}})
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "python3",
+                                                           "language": "python"}})
     nb.cells = [nbformat.v4.new_code_cell('mode = "full"'),
-                nbformat.v4.new_code_cell("from mlops_nb.params import read_params\nfrom mlops_nb.tracking import start_notebook_run\n"
-                                          "params = read_params(globals())\nrun = start_notebook_run(params, 'by-hand.ipynb')\n"
+                nbformat.v4.new_code_cell("from mlops_nb.params import read_params\nfrom "
+                                          "mlops_nb.tracking import start_notebook_run\n"
+                                          "params = read_params(globals())\nrun = "
+                                          "start_notebook_run(params, 'by-hand.ipynb')\n"
                                           "open('run_id.txt', 'w').write(run.info.run_id)"),
                 nbformat.v4.new_code_cell("raise RuntimeError('the data went away')")]
     nb.cells[0].metadata["tags"] = ["parameters"]
     nbformat.write(nb, tmp_path/"by-hand.ipynb")
-    env = {**os.environ, "MLOPS_NB_PROBLEM": "mlops_nb.examples.ottawa:PROBLEM"}  # outside the project: name its problem
-    p = subprocess.run([str(Path(sys.executable).parent/"papermill"), "by-hand.ipynb", "out.ipynb", "--no-progress-bar"],
+    # outside the project: name its problem
+    env = {**os.environ, "MLOPS_NB_PROBLEM": "mlops_nb.examples.ottawa:PROBLEM"}
+    p = subprocess.run([str(Path(sys.executable).parent/"papermill"), "by-hand.ipynb", "out.ipynb",
+                        "--no-progress-bar"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert p.returncode == 1 and (tmp_path/"run_id.txt").exists(), p.stderr[-3000:]
     from mlops_nb.tracking import client

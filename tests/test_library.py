@@ -10,12 +10,16 @@ from conftest import ROOT
 TEMPLATES = ROOT/"mlops_nb"/"templates"
 
 
-@pytest.mark.parametrize("template,ours", [("api/score.py.tmpl", "api/score.py"), ("nbs/train.ipynb", "nbs/train.ipynb"),
+@pytest.mark.parametrize("template,ours",
+                         [("api/score.py.tmpl", "api/score.py"), ("nbs/train.ipynb", "nbs/train.ipynb"),
                                            ("scripts/docs.py.tmpl", "scripts/docs.py"),
-                                           *[(f"pipelines/{p.name}.tmpl", f"pipelines/{p.name}") for p in sorted((ROOT/"pipelines").glob("*.py"))]])
+                                           *[(f"pipelines/{p.name}.tmpl", f"pipelines/{p.name}")
+                                             for p in sorted((ROOT/"pipelines").glob("*.py"))]])
 def test_templates_are_the_files_this_project_uses(template, ours):
-    "A new project gets the same entry script, training notebook, docs builder and pipeline scripts as this one: no second copy drifts."
-    assert (TEMPLATES/template).read_text() == (ROOT/ours).read_text(), f"{template} differs from {ours}: copy one onto the other"
+    ("A new project gets the same entry script, training notebook, docs builder "
+     "and pipeline scripts as this one: no second copy drifts.")
+    assert (TEMPLATES/template).read_text() == (ROOT/ours).read_text(), (f"{template} differs from {ours}: copy "
+                                                                         "one onto the other")
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +36,8 @@ def fresh_venv(tmp_path_factory):
                         "-c", str(ROOT/"requirements.lock")], capture_output=True, text=True, timeout=1200)
     if p.returncode != 0:
         reason = (p.stderr.strip().splitlines() or ["?"])[-1]
-        if "No matching distribution" in p.stderr or "Could not fetch" in p.stderr: pytest.skip(f"no package index: {reason}")
+        if "No matching distribution" in p.stderr or "Could not fetch" in p.stderr:
+            pytest.skip(f"no package index: {reason}")
         raise AssertionError(p.stderr[-3000:])
     return venv, wheel, t
 
@@ -40,7 +45,8 @@ def fresh_venv(tmp_path_factory):
 def test_wheel_new_project_and_its_two_commands(fresh_venv):
     venv, wheel, t = fresh_venv
     from mlops_nb.examples.sklearn_tables import table
-    work = t/"outside"; work.mkdir()  # no pyproject.toml, no .git above: outside any checkout
+    work = t/"outside"
+    work.mkdir()  # no pyproject.toml, no .git above: outside any checkout
     table("breast-cancer").to_csv(work/"cells.csv", index=False)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_NB_", "VIRTUAL_ENV", "PYTHON"))}
     env["PATH"] = f"{venv/'bin'}:{env['PATH']}"
@@ -53,15 +59,19 @@ def test_wheel_new_project_and_its_two_commands(fresh_venv):
     [vendored] = (proj/"vendor").glob("mlops_nb-*.whl")
     assert vendored.name == wheel.name
     # a fresh machine: no mlops_nb installed and none on the package index; the project's setup must use vendor/
-    subprocess.run([str(venv/"bin"/"python"), "-m", "pip", "uninstall", "-y", "-q", "mlops_nb"], check=True, capture_output=True)
-    env.update(MLOPS_NB_VENV=str(venv), PIP_CONSTRAINT=str(ROOT/"requirements.lock"))  # the venv holds the other dependencies
+    subprocess.run([str(venv/"bin"/"python"), "-m", "pip", "uninstall", "-y", "-q", "mlops_nb"], check=True,
+                   capture_output=True)
+    # the venv holds the other dependencies
+    env.update(MLOPS_NB_VENV=str(venv), PIP_CONSTRAINT=str(ROOT/"requirements.lock"))
     assert not [k for k in env if k.startswith("MLOPS_NB_") and k != "MLOPS_NB_VENV"]
     def run(*cmd):
         p = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, timeout=1800)
         assert p.returncode == 0, f"{' '.join(cmd)} -> {p.returncode}\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}"
         return p.stdout
     out = run("bash", "scripts/test")  # the README's two commands, unchanged
-    direct = json.loads(next((venv/"lib").glob("python3*/site-packages/mlops_nb-*.dist-info/direct_url.json")).read_text())
+    direct = json.loads(
+        next((venv / "lib").glob("python3*/site-packages/mlops_nb-*.dist-info/direct_url.json")).read_text()
+    )
     assert direct["url"] == vendored.as_uri(), direct  # pip found mlops_nb where the project recorded it
     assert "no champion registered yet" in out  # api/ is collected; its tests wait for a champion
     run("bash", "scripts/run")
@@ -73,5 +83,6 @@ def test_wheel_new_project_and_its_two_commands(fresh_venv):
     assert "check: 3 pages, every relative link resolves" in run(str(venv/"bin"/"python"), "scripts/docs.py", "--check")
     assert {"index.html", "00_problem.html", "train.html"} <= {f.name for f in (proj/"_site").iterdir()}
     run(str(venv/"bin"/"nbdev-proc-nbs"))
-    p = subprocess.run([str(venv/"bin"/"python"), "pipelines/generate.py", "--check"], cwd=proj, env=env, capture_output=True, text=True)
+    p = subprocess.run([str(venv/"bin"/"python"), "pipelines/generate.py", "--check"], cwd=proj, env=env,
+                       capture_output=True, text=True)
     assert p.returncode == 0, p.stderr  # its pipelines are what mlops_nb generates for it

@@ -6,16 +6,19 @@ import pytest
 
 
 def _databricks_credentials():
-    "Whether the environment names a workspace and a credential the runner accepts (the pipelines use OAuth M2M or OIDC)."
+    ("Whether the environment names a workspace and a credential the "
+     "runner accepts (the pipelines use OAuth M2M or OIDC).")
     from mlops_nb.databricks import credential_kind
     return bool(os.environ.get("DATABRICKS_HOST") and credential_kind())
 
 
 databricks = pytest.mark.skipif(not _databricks_credentials(),
-                                reason="live Databricks: set DATABRICKS_HOST and a credential (DATABRICKS_CLIENT_ID and "
-                                       "DATABRICKS_CLIENT_SECRET, or DATABRICKS_TOKEN)")
-azure = pytest.mark.skipif(not all(os.environ.get(v) for v in ("AZURE_SUBSCRIPTION_ID", "AZUREML_RESOURCE_GROUP", "AZUREML_WORKSPACE")),
-                           reason="live Azure ML: set AZURE_SUBSCRIPTION_ID, AZUREML_RESOURCE_GROUP, AZUREML_WORKSPACE and a credential")
+                                reason="live Databricks: set DATABRICKS_HOST and a credential (DATABRICKS_CLIENT_ID "
+                                       "and DATABRICKS_CLIENT_SECRET, or DATABRICKS_TOKEN)")
+azure = pytest.mark.skipif(not all(os.environ.get(v)
+                                   for v in ("AZURE_SUBSCRIPTION_ID", "AZUREML_RESOURCE_GROUP", "AZUREML_WORKSPACE")),
+                           reason="live Azure ML: set AZURE_SUBSCRIPTION_ID, "
+                                  "AZUREML_RESOURCE_GROUP, AZUREML_WORKSPACE and a credential")
 
 
 @databricks
@@ -32,7 +35,8 @@ def test_databricks_workspace_answers_and_folder_is_writable():
 
 
 @databricks
-@pytest.mark.skipif(not os.environ.get("DATABRICKS_CLUSTER"), reason="live Databricks run: set DATABRICKS_CLUSTER (job-cluster JSON)")
+@pytest.mark.skipif(not os.environ.get("DATABRICKS_CLUSTER"),
+                    reason="live Databricks run: set DATABRICKS_CLUSTER (job-cluster JSON)")
 def test_databricks_test_mode_run():
     """The training notebook in test mode as a real one-time job run, with the checkout's own wheel attached, as the
     pipelines run it (`mlops-nb train --runner databricks --wheel`)."""
@@ -47,5 +51,6 @@ def test_databricks_test_mode_run():
 def test_azureml_tracking_uri():
     "The workspace's MLflow URI resolves with the environment's credential."
     from mlops_nb.backends import azureml_tracking_uri
-    uri = azureml_tracking_uri(os.environ["AZURE_SUBSCRIPTION_ID"], os.environ["AZUREML_RESOURCE_GROUP"], os.environ["AZUREML_WORKSPACE"])
+    uri = azureml_tracking_uri(os.environ["AZURE_SUBSCRIPTION_ID"], os.environ["AZUREML_RESOURCE_GROUP"],
+                               os.environ["AZUREML_WORKSPACE"])
     assert uri.startswith("azureml://") and os.environ["AZUREML_WORKSPACE"] in uri

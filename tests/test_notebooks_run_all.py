@@ -25,7 +25,8 @@ LIBRARY_NBS = sorted((ROOT/"nbs").glob("[0-9]*.ipynb")) + sorted((ROOT/"nbs"/"ex
 
 def starts_spark(nb):
     "Whether a code cell of notebook `nb` starts a local Spark session."
-    return any('spark_session("local' in c.source for c in nbformat.read(nb, as_version=4).cells if c.cell_type == "code")
+    return any('spark_session("local' in c.source for c in nbformat.read(nb, as_version=4).cells
+               if c.cell_type == "code")
 
 
 SPARK_NBS = {nb for nb in LIBRARY_NBS if starts_spark(nb)}
@@ -36,8 +37,10 @@ def cloud(tmp_path_factory):
     "A recorder on loopback (`seen`) and the environment (`env`) that sends Kubernetes and Databricks clients to it."
     rec, d = Recorder(), tmp_path_factory.mktemp("clouds")
     (d/"databrickscfg").write_text(f"[DEFAULT]\nhost = {rec.url}\ntoken = dapi-recorder\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABRICKS_", "ARM_", "AZURE_", "MLFLOW_", "MLOPS_NB_"))}
-    env.update(KUBECONFIG=str(rec.kubeconfig(d/"kubeconfig", ("prod", "staging", "dev"))), DATABRICKS_CONFIG_FILE=str(d/"databrickscfg"),
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DATABRICKS_", "ARM_", "AZURE_", "MLFLOW_", "MLOPS_NB_"))}
+    env.update(KUBECONFIG=str(rec.kubeconfig(d/"kubeconfig", ("prod", "staging", "dev"))),
+               DATABRICKS_CONFIG_FILE=str(d/"databrickscfg"),
                AZURE_CONFIG_DIR=str(d/"azure"), MLOPS_NB_HOME=str(d/"state"))
     yield SimpleNamespace(env=env, seen=rec.seen)
     rec.close()
@@ -82,7 +85,8 @@ def run_in_this_process(nb, monkeypatch):
 @pytest.mark.parametrize("nb", [pytest.param(nb, marks=pytest.mark.xdist_group("spark" if nb in SPARK_NBS else nb.name))
                                 for nb in LIBRARY_NBS], ids=lambda p: p.relative_to(ROOT/"nbs").as_posix())
 def test_library_notebook_runs_all_under_nbconvert_and_calls_no_cloud(nb, cloud, monkeypatch, request):
-    if nb in SPARK_NBS: request.getfixturevalue("spark")  # the shared session, started in this process's own environment
+    # the shared session, started in this process's own environment
+    if nb in SPARK_NBS: request.getfixturevalue("spark")
     # The kernel inherits the test process's environment: use exactly the recorder's.
     for k in list(os.environ): monkeypatch.delenv(k)
     for k, v in cloud.env.items(): monkeypatch.setenv(k, v)

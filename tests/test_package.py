@@ -16,26 +16,31 @@ def containers(monkeypatch_module):
     for line in p.stdout.splitlines():
         if line.startswith("export "):
             for part in shlex.split(line[7:]):
-                k, _, v = part.partition("="); env[k] = v
+                k, _, v = part.partition("=")
+                env[k] = v
     for k, v in env.items(): monkeypatch_module.setenv(k, v)
     from mlops_nb.package import engine
     return engine()
 
 
 def test_context_only_needs_no_engine(tmp_path, model_dir, state):
-    out = cli_json("package", "--model", model_dir, "--context-only", tmp_path/"ctx", "--registry", "reg.example:5000", "--base-image", "python:3.11-slim")
+    out = cli_json("package", "--model", model_dir, "--context-only", tmp_path/"ctx", "--registry", "reg.example:5000",
+                   "--base-image", "python:3.11-slim")
     ctx = Path(out["context"])
     assert out["tag"] == "reg.example:5000/ottawa-housing-classifier:1" and out["image_id"] is None
     df = (ctx/"Dockerfile").read_text()
     assert "USER 10001:10001" in df and "HEALTHCHECK" in df
-    assert [l for l in df.splitlines() if l.startswith("FROM")] == ["FROM python:3.11-slim AS runtime", "FROM python:3.11-slim"]  # checkov sees the tag
+    assert [l for l in df.splitlines() if l.startswith("FROM")] == ["FROM python:3.11-slim AS runtime",
+                                                                    "FROM python:3.11-slim"]  # checkov sees the tag
     copies = [l for l in df.splitlines() if l.startswith("COPY")]
     assert copies[-1] == "COPY model/ /model/"  # the model is the last layer
     reqs = (ctx/"requirements.txt").read_text().split()
-    assert not any(r.startswith(("mlflow", "pandas")) for r in reqs) and any(r.startswith("scikit-learn==") for r in reqs)
+    assert not any(r.startswith(("mlflow", "pandas")) for r in reqs) and any(r.startswith("scikit-learn==")
+                                                                             for r in reqs)
     [own] = (ctx/"wheels").glob("mlops_nb-*.whl")
     assert list((ctx/"wheels").glob("scikit_learn-*.whl"))
-    with zipfile.ZipFile(own) as z:  # the package data the server reads (its /docs page) is in the wheel the image installs
+    # the package data the server reads (its /docs page) is in the wheel the image installs
+    with zipfile.ZipFile(own) as z:
         assert "mlops_nb/static/scoring_api.html" in z.namelist()
     meta = json.loads((ctx/"model"/"mlops_nb_model.json").read_text())
     assert meta["version"] == "1" and meta["fast_path_max_abs_diff"] <= 1e-9
@@ -61,7 +66,9 @@ def built(containers, model_dir, model_dir_v2, state):
 def test_image_is_labelled_non_root_and_small(built, containers):
     img = containers.images.get(built["tag"])
     labels = img.labels
-    assert labels["io.mlops-nb.model.name"] == "ottawa-housing-classifier" and labels["io.mlops-nb.model.version"] == "1"
+    assert (
+        labels["io.mlops-nb.model.name"] == "ottawa-housing-classifier" and labels["io.mlops-nb.model.version"] == "1"
+    )
     assert labels["io.mlops-nb.model.run-id"] == "run-1" and labels["org.opencontainers.image.version"] == "1"
     assert img.attrs["Config"]["User"] == "10001:10001"
     print(f"image size {built['size_mb']} MB (target <= 300 MB)")
@@ -72,7 +79,9 @@ def test_container_answers_the_http_cases(built, containers, model_dir, monkeypa
     from mlops_nb.package import run_image
     monkeypatch.setenv("MLOPS_NB_MODEL", str(model_dir))
     spec = importlib.util.spec_from_file_location("score_ref", ROOT/"api"/"score.py")
-    ref = importlib.util.module_from_spec(spec); spec.loader.exec_module(ref); ref.init()
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)
+    ref.init()
     t0 = time.time()
     c, url = run_image(built["tag"], containers)
     print(f"container start to ready: {time.time() - t0:.2f} s")
@@ -81,10 +90,12 @@ def test_container_answers_the_http_cases(built, containers, model_dir, monkeypa
         def post(body, ctype="application/json"):
             conn = http.client.HTTPConnection(host, int(port), timeout=30)
             conn.request("POST", "/score", body=body, headers={"content-type": ctype})
-            r = conn.getresponse(); return r.status, json.loads(r.read())
+            r = conn.getresponse()
+            return r.status, json.loads(r.read())
         st, body = post(json.dumps([GOOD, {**GOOD, "property_type": "condo"}]).encode())
         want = ref.run(json.dumps([GOOD, {**GOOD, "property_type": "condo"}]))["predictions"]
-        assert st == 200 and [round(p["probability"], 9) for p in body["predictions"]] == [round(p["probability"], 9) for p in want]
+        assert st == 200 and [round(p["probability"], 9)
+                              for p in body["predictions"]] == [round(p["probability"], 9) for p in want]
         for name, raw, ctype, status, words in BAD_REQUESTS:
             st, body = post(raw, ctype)
             assert st == status, (name, body)
@@ -93,7 +104,8 @@ def test_container_answers_the_http_cases(built, containers, model_dir, monkeypa
         c.reload()
         assert c.attrs["Config"]["User"] == "10001:10001"
     finally:
-        logs = c.logs().decode(errors="replace"); c.remove(force=True)
+        logs = c.logs().decode(errors="replace")
+        c.remove(force=True)
     assert '"event": "model_loaded"' in logs
 
 
@@ -109,14 +121,18 @@ def test_push_pull_digest(built, containers):
 
 
 def test_pinned_reference_is_what_the_registry_serves(built, containers):
-    "The reference to deploy, TAG@DIGEST: the registry serves that manifest, it pulls, and kube keeps the tag as the version."
+    ("The reference to deploy, TAG@DIGEST: the registry serves that "
+     "manifest, it pulls, and kube keeps the tag as the version.")
     from mlops_nb.package import pinned_reference
     from mlops_nb.kube import render_manifests, validate_manifests
     pinned = pinned_reference(built["tag"], built["digest"])
-    assert pinned == f"{built['tag']}@{built['digest']}" == built["image"]  # `package --push --json` prints it as `image`
+    # `package --push --json` prints it as `image`
+    assert pinned == f"{built['tag']}@{built['digest']}" == built["image"]
     registry, _, repo = built["tag"].partition("/")
-    req = urllib.request.Request(f"http://{registry}/v2/{repo.rsplit(':', 1)[0]}/manifests/{built['digest']}", method="HEAD", headers={"Accept": ", ".join((
-        "application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json", "application/vnd.oci.image.index.v1+json"))})
+    req = urllib.request.Request(f"http://{registry}/v2/{repo.rsplit(':', 1)[0]}/manifests/{built['digest']}",
+                                 method="HEAD", headers={"Accept": ", ".join((
+        "application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.oci.image.index.v1+json"))})
     with urllib.request.urlopen(req, timeout=10) as r:
         assert r.status == 200 and r.headers["Docker-Content-Digest"] == built["digest"]
     img = containers.images.pull(pinned)  # NAME:TAG@DIGEST, as the manifests give it to a kubelet: the digest decides
@@ -131,7 +147,9 @@ def test_pre_stop_hook_runs_in_the_image(built, containers):
     "The rendered preStop command runs in the image as its user, on a read-only root filesystem, and waits."
     from mlops_nb.kube import render_manifests
     from mlops_nb.package import run_image
-    cmd = render_manifests(built["tag"], pre_stop_s=1)[0]["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+    cmd = render_manifests(built["tag"], pre_stop_s=1)[0]["spec"]["template"]["spec"]["containers"][0]["lifecycle"][
+        "preStop"
+    ]["exec"]["command"]
     c, _ = run_image(built["tag"], containers)
     try:
         t0 = time.time()
@@ -145,7 +163,8 @@ class _Forwarder:
     "A TCP forwarder on a free loopback port to `target`: the same registry under another name."
     def __init__(self, target):
         self.target, self.connections = target, 0
-        self.srv = socket.create_server(("127.0.0.1", 0)); self.port = self.srv.getsockname()[1]
+        self.srv = socket.create_server(("127.0.0.1", 0))
+        self.port = self.srv.getsockname()[1]
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self):
@@ -170,7 +189,8 @@ class _Forwarder:
 
 
 def test_image_policy_accepts_only_the_loopback_registry(built, containers):
-    "scripts/containers scopes /etc/containers/policy.json: the default rejects; another registry name is refused by policy."
+    ("scripts/containers scopes /etc/containers/policy.json: the default "
+     "rejects; another registry name is refused by policy.")
     pol = json.loads(open("/etc/containers/policy.json").read())
     registry = os.environ["MLOPS_NB_REGISTRY"]
     assert pol["default"] == [{"type": "reject"}]
@@ -182,7 +202,8 @@ def test_image_policy_accepts_only_the_loopback_registry(built, containers):
         other = built["tag"].replace(registry, f"127.0.0.1:{fwd.port}", 1)
         p = subprocess.run(["podman", "pull", "--tls-verify=false", other], capture_output=True, text=True, timeout=120)
         assert p.returncode != 0 and "rejected by policy" in p.stderr, p.stderr
-        assert fwd.connections >= 1  # the registry answered through the other name: the refusal is the policy's, not the network's
+        # the registry answered through the other name: the refusal is the policy's, not the network's
+        assert fwd.connections >= 1
     finally:
         fwd.close()
 
@@ -208,8 +229,11 @@ def test_deploy_local_image_replaces_only_when_ready(built, containers, model_di
     "`deploy --target local --image`: v1, then v2 on the same port; a broken image is refused and v2 keeps serving."
     import socket, urllib.request
     from mlops_nb.package import write_context, build_image
-    with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
-    version = lambda: json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/version", timeout=5).read())["version"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    version = lambda: json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/version",
+                                                        timeout=5).read())["version"]
     v2 = built["v2"]
     ctx = write_context(model_dir_v2, tmp_path/"ctx", base_image=os.environ["MLOPS_NB_BASE_IMAGE"])
     (ctx.path/"model"/"model.skops").write_bytes(b"not a model")
@@ -226,11 +250,14 @@ def test_deploy_local_image_replaces_only_when_ready(built, containers, model_di
         for c in containers.containers.list(all=True, filters={"name": "mlops-nb-test-local"}): c.remove(force=True)
 
 
-@pytest.mark.parametrize("ref", ["mlops_nb.examples.boosters:BREAST_CANCER_LIGHTGBM", "mlops_nb.examples.boosters:WINE_XGBOOST"],
+@pytest.mark.parametrize("ref",
+                         ["mlops_nb.examples.boosters:BREAST_CANCER_LIGHTGBM",
+                          "mlops_nb.examples.boosters:WINE_XGBOOST"],
                          ids=["lightgbm", "xgboost"])
 def test_boosting_library_images_answer(ref, tmp_path, containers, state, monkeypatch):
     """A LightGBM and an XGBoost model's images on the minimal base image: the library installed from the model's
-    requirements (LightGBM pointed at the venv's OpenMP runtime: the base has no libgomp), answers equal to the pipeline's."""
+    requirements (LightGBM pointed at the venv's OpenMP runtime: the base has no libgomp), answers equal to the
+    pipeline's."""
     import numpy as np
     from mlops_nb.examples.boosters import table
     from mlops_nb.package import build_image, run_image, write_context
@@ -242,7 +269,8 @@ def test_boosting_library_images_answer(ref, tmp_path, containers, state, monkey
     d = tmp_path/"model"
     save_model(d, problem=problem, data=table(problem), epochs=2)
     (d/"mlops_nb_model.json").write_text(json.dumps({"name": problem.name, "version": "1", "run_id": "run-1"}))
-    # no MLOPS_NB_PROBLEM in the image: the example module declares its problems from pandas frames, and the image has no pandas
+    # no MLOPS_NB_PROBLEM in the image: the example module declares its problems from pandas frames, and the image has
+    # no pandas
     monkeypatch.delenv("MLOPS_NB_PROBLEM", raising=False)
     monkeypatch.chdir(tmp_path)
     ctx = write_context(d, tmp_path/"ctx", registry="localhost")
@@ -250,8 +278,10 @@ def test_boosting_library_images_answer(ref, tmp_path, containers, state, monkey
     build_image(ctx, containers)
     c, url = run_image(ctx.tag, containers, timeout=120)
     try:
-        records = [{k: float(v) for k, v in r.items()} for r in table(problem)[list(problem.inputs)].head(30).to_dict("records")]
-        req = urllib.request.Request(url + "/score", data=json.dumps(records).encode(), headers={"content-type": "application/json"})
+        records = [{k: float(v) for k, v in r.items()}
+                   for r in table(problem)[list(problem.inputs)].head(30).to_dict("records")]
+        req = urllib.request.Request(url + "/score", data=json.dumps(records).encode(),
+                                     headers={"content-type": "application/json"})
         answers = json.loads(urllib.request.urlopen(req, timeout=60).read())["predictions"]
         version = json.loads(urllib.request.urlopen(url + "/version", timeout=10).read())
     finally:

@@ -62,13 +62,15 @@ def commands(text):
 @cache
 def script_help(rel):
     "Exit code of `python pipelines/x.py --help`."
-    return subprocess.run([sys.executable, str(ROOT/rel), "--help"], capture_output=True, cwd=ROOT, timeout=60).returncode
+    return subprocess.run([sys.executable, str(ROOT/rel), "--help"], capture_output=True, cwd=ROOT,
+                          timeout=60).returncode
 
 
 def tool(name):
     "A checker of the dev extra, beside this interpreter."
     exe = BIN/name
-    if not exe.exists(): pytest.fail(f"{name} is not installed: it is in the dev extra (bash scripts/setup, or pip install -e '.[dev]')")
+    if not exe.exists():
+        pytest.fail(f"{name} is not installed: it is in the dev extra (bash scripts/setup, or pip install -e '.[dev]')")
     return str(exe)
 
 
@@ -76,7 +78,8 @@ def tool(name):
 
 def test_the_files_exist():
     assert [p.name for p in AZURE] == ["batch.yml", "ci.yml", "deploy.yml", "monitor.yml", "train.yml"]
-    assert [p.name for p in GITHUB] == ["batch.yml", "ci.yml", "deploy.yml", "docs.yml", "monitor.yml", "train.yml"]  # docs: GitHub Pages, GitHub only
+    # docs: GitHub Pages, GitHub only
+    assert [p.name for p in GITHUB] == ["batch.yml", "ci.yml", "deploy.yml", "docs.yml", "monitor.yml", "train.yml"]
     assert GITLAB.exists()
 
 
@@ -90,13 +93,15 @@ def test_the_files_are_generated_from_the_one_definition():
     for rel, text in expected.items():
         have = (ROOT/rel).read_text()
         if have != text:
-            diffs += difflib.unified_diff(have.splitlines(), text.splitlines(), f"{rel} (in the repository)", f"{rel} (generated)", lineterm="")
-    assert not diffs, ("the cloud pipelines differ from mlops_nb.pipeline: edit nbs/12_pipeline.ipynb, export, then run "
-                       "`python pipelines/generate.py`\n" + "\n".join(diffs[:200]))
+            diffs += difflib.unified_diff(have.splitlines(), text.splitlines(), f"{rel} (in the repository)",
+                                          f"{rel} (generated)", lineterm="")
+    assert not diffs, ("the cloud pipelines differ from mlops_nb.pipeline: edit nbs/12_pipeline.ipynb, export, then "
+                       "run `python pipelines/generate.py`\n" + "\n".join(diffs[:200]))
 
 
 def test_generate_check_agrees():
-    p = subprocess.run([sys.executable, "pipelines/generate.py", "--check"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    p = subprocess.run([sys.executable, "pipelines/generate.py", "--check"], capture_output=True, text=True, cwd=ROOT,
+                       timeout=120)
     assert p.returncode == 0, p.stderr
     assert "up to date" in p.stderr
 
@@ -105,13 +110,15 @@ def test_generate_check_agrees():
 def test_both_platforms_run_the_definitions_steps_in_order(name):
     from mlops_nb.pipeline import cloud_steps
     want = [s.label for s in cloud_steps(name)]
-    gh = [s["name"] for j in jobs(ROOT/".github"/"workflows"/f"{name}.yml") for s in steps(j) if "run" in s and s["name"] not in ("setup", "kubeconfig")]
+    gh = [s["name"] for j in jobs(ROOT/".github"/"workflows"/f"{name}.yml") for s in steps(j) if "run" in s
+          and s["name"] not in ("setup", "kubeconfig")]
     az = [s["displayName"] for j in jobs(ROOT/"pipelines"/"azure"/f"{name}.yml") for s in steps(j)
           if text_of(s) and s["displayName"] not in ("setup", "databricks cli")]
     assert gh == az == want
 
 
-# --- structure ----------------------------------------------------------------------------------------------------------
+# --- structure
+# ----------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("path", FILES, ids=ids)
 def test_parses_and_every_job_has_a_timeout(path):
@@ -122,7 +129,8 @@ def test_parses_and_every_job_has_a_timeout(path):
         if "uses" in j:  # a call of a reusable workflow: its own jobs carry the timeouts
             assert (ROOT/j["uses"]).resolve() in GITHUB, j
             continue
-        assert isinstance(j.get(key), int) and 0 < j[key] <= 360, (path.name, j)  # 360: the longest a hosted job may run
+        # 360: the longest a hosted job may run
+        assert isinstance(j.get(key), int) and 0 < j[key] <= 360, (path.name, j)
 
 
 @pytest.mark.parametrize("path", FILES, ids=ids)
@@ -132,17 +140,20 @@ def test_every_step_is_one_line_naming_a_real_command(path):
     seen, targets = [], load(ROOT/"databricks.yml")["targets"]
     for step, text in scripts(path):
         assert "\n" not in text.strip(), f"{path.name}: a step is one line: {text!r}"
-        if text == DATABRICKS_CLI: continue  # Azure: the pinned release's install script (test_the_databricks_cli_is_pinned)
+        # Azure: the pinned release's install script (test_the_databricks_cli_is_pinned)
+        if text == DATABRICKS_CLI: continue
         for args in commands(text):
             if args[0] == "mlops-nb":
                 a = parser().parse_args(args[1:])  # SystemExit: unknown subcommand or flag
                 assert hasattr(a, "fn"), text
             elif args[:2] == ["python", "-m"]: assert importlib.util.find_spec(args[2]), text
-            elif args[:2] == ["databricks", "bundle"]: assert args[2:4] in (["validate", "-t"], ["deploy", "-t"]) and args[4] in targets, text
+            elif args[:2] == ["databricks", "bundle"]:
+                assert args[2:4] in (["validate", "-t"], ["deploy", "-t"]) and args[4] in targets, text
             elif args[0] == "python":
                 assert args[1].startswith(("pipelines/", "scripts/")) and (ROOT/args[1]).exists(), text
                 assert script_help(args[1]) == 0, f"{args[1]} --help failed"
-            else: assert args[0] in ("bash", "echo"), f"{path.name}: {text!r} is neither mlops-nb nor a pipelines/ script"
+            else:
+                assert args[0] in ("bash", "echo"), f"{path.name}: {text!r} is neither mlops-nb nor a pipelines/ script"
             seen.append(args[0])
     assert "mlops-nb" in seen or "python" in seen
 
@@ -153,24 +164,34 @@ def test_triggers():
     assert az["train.yml"]["schedules"][0]["cron"] and on(gh["train.yml"])["schedule"][0]["cron"]
     assert {"repository_dispatch", "workflow_dispatch"} <= set(on(gh["train.yml"]))
     assert [s["stage"] for s in az["deploy.yml"]["stages"]] == ["Test", "Build", "Deploy", "Bundle"]
-    assert az["deploy.yml"]["trigger"]["branches"]["include"] == ["main"] and on(gh["deploy.yml"])["push"]["branches"] == ["main"]
-    assert [j.get("needs") for j in gh["deploy.yml"]["jobs"].values()] == [None, "test", "build", "test"]  # the bundle after the tests
-    # a successful re-training deploys: GitHub calls the deploy workflow after the training job; Azure triggers on train runs of main
+    assert az["deploy.yml"]["trigger"]["branches"]["include"] == ["main"] and on(gh["deploy.yml"])["push"][
+        "branches"
+    ] == ["main"]
+    # the bundle after the tests
+    assert [j.get("needs") for j in gh["deploy.yml"]["jobs"].values()] == [None, "test", "build", "test"]
+    # a successful re-training deploys: GitHub calls the deploy workflow after the training job; Azure triggers on train
+    # runs of main
     call = gh["train.yml"]["jobs"]["deploy"]
     assert (call["needs"], call["uses"]) == (["retrain"], "./.github/workflows/deploy.yml")
     assert "workflow_call" in on(gh["deploy.yml"])
     assert az["deploy.yml"]["resources"]["pipelines"][0]["trigger"] == {"branches": {"include": ["main"]}}
-    # monitoring starts the re-training only when it advises it: GitHub calls train.yml under an if, Azure triggers on a tag
+    # monitoring starts the re-training only when it advises it: GitHub calls train.yml under an if, Azure triggers on a
+    # tag
     assert on(gh["monitor.yml"])["schedule"][0]["cron"] and az["monitor.yml"]["schedules"][0]["cron"]
     call = gh["monitor.yml"]["jobs"]["train"]
-    assert (call["needs"], call["if"], call["uses"]) == (["monitor"], "needs.monitor.outputs.retrain == 'true'", "./.github/workflows/train.yml")
+    assert (call["needs"], call["if"], call["uses"]) == (["monitor"], "needs.monitor.outputs.retrain == 'true'",
+                                                         "./.github/workflows/train.yml")
     assert "workflow_call" in on(gh["train.yml"])
     assert az["train.yml"]["resources"]["pipelines"][0] == {"pipeline": "monitor", "source": "mlops-nb-monitor",
-                                                            "trigger": {"branches": {"include": ["main"]}, "tags": ["retrain"]}}
+                                                            "trigger": {"branches": {"include": ["main"]},
+                                                                        "tags": ["retrain"]}}
     # the nightly batch: on its schedule or by hand, nothing else starts it, and it starts nothing
     assert on(gh["batch.yml"]) == {"schedule": [{"cron": "0 2 * * *"}], "workflow_dispatch": {}}
-    assert az["batch.yml"]["schedules"][0]["cron"] == "0 2 * * *" and az["batch.yml"]["schedules"][0]["branches"] == {"include": ["main"]}
-    assert (az["batch.yml"]["trigger"], az["batch.yml"]["pr"]) == ("none", "none") and "resources" not in az["batch.yml"]
+    assert az["batch.yml"]["schedules"][0]["cron"] == "0 2 * * *" and az["batch.yml"]["schedules"][0]["branches"] == {
+        "include": ["main"]
+    }
+    assert (az["batch.yml"]["trigger"], az["batch.yml"]["pr"]) == ("none",
+                                                                   "none") and "resources" not in az["batch.yml"]
     assert list(gh["batch.yml"]["jobs"]) == ["batch"] and not any("uses" in j for j in gh["batch.yml"]["jobs"].values())
     # the databricks runner for the pull-request and re-training runs
     for f in ("ci.yml", "train.yml"):
@@ -178,18 +199,26 @@ def test_triggers():
             assert any("--runner databricks" in t for _, t in scripts(path)), path
 
 
-# --- safe pipelines (finding 5) -------------------------------------------------------------------------------------------
+# --- safe pipelines (finding 5)
+# -------------------------------------------------------------------------------------------
 
 def _env_refs(text):
     "Names of the environment variables a command line expands, and whether each expansion is inside double quotes."
     refs, quoted, i = [], False, 0
     while i < len(text):
         c = text[i]
-        if c == "\\": i += 2; continue
-        if c == "'" and not quoted: i = text.index("'", i + 1) + 1; continue
+        if c == "\\":
+            i += 2
+            continue
+        if c == "'" and not quoted:
+            i = text.index("'", i + 1) + 1
+            continue
         if c == '"': quoted = not quoted
         m = re.match(r"\$\{?(\w+)", text[i:]) if c == "$" else None
-        if m: refs.append((m.group(1), quoted)); i += len(m.group(0)); continue
+        if m:
+            refs.append((m.group(1), quoted))
+            i += len(m.group(0))
+            continue
         i += 1
     return refs
 
@@ -257,10 +286,12 @@ def test_every_tracked_file_runs_ci_on_both_platforms():
 def test_no_value_is_expanded_into_a_script_only_quoted_env_vars(path):
     for step, text in scripts(path):
         assert "${{" not in text, f"{path.name}: a GitHub expression inside run: ({text!r}): map it into env"
-        assert not re.search(r"\$\(|\$\[", text), f"{path.name}: an Azure macro inside script: ({text!r}): map it into env"
+        assert not re.search(r"\$\(|\$\[",
+                             text), f"{path.name}: an Azure macro inside script: ({text!r}): map it into env"
         for name, quoted in _env_refs(text):
             assert quoted, f"{path.name}: ${name} is not double-quoted in {text!r}"
-            assert name in RUNNER_VARS or name in step.get("env", {}), f"{path.name}: ${name} is not in the step's env: {text!r}"
+            assert name in RUNNER_VARS or name in step.get("env", {}), (f"{path.name}: ${name} is not in the "
+                                                                        f"step's env: {text!r}")
 
 
 @pytest.fixture
@@ -304,7 +335,8 @@ def test_the_old_azure_step_was_injectable(stub_cli):
     "The step these files replaced: the macro pasted into bash runs the branch's command and splits the cluster's JSON."
     old = ('mlops-nb train --mode test --runner databricks --branch $(System.PullRequest.SourceBranch) '
            '--cluster "$(DATABRICKS_CLUSTER)" --library "$(MLOPS_NB_LIBRARY)" --timeout 3600 --json')
-    macros = {"System.PullRequest.SourceBranch": HOSTILE_BRANCH, "DATABRICKS_CLUSTER": CLUSTER_JSON, "MLOPS_NB_LIBRARY": "mlops_nb"}
+    macros = {"System.PullRequest.SourceBranch": HOSTILE_BRANCH, "DATABRICKS_CLUSTER": CLUSTER_JSON,
+              "MLOPS_NB_LIBRARY": "mlops_nb"}
     out = _bash(re.sub(r"\$\(([\w.]+)\)", lambda m: macros[m.group(1)], old), stub_cli, {})
     assert "INJECTED-42" in out
     args = json.loads(out.splitlines()[0])
@@ -313,7 +345,8 @@ def test_the_old_azure_step_was_injectable(stub_cli):
 
 def test_pull_requests_get_no_production_secrets():
     from mlops_nb.pipeline import CLOUD_ENV
-    production = [n for n, v in CLOUD_ENV.items() if v.kind in ("secret", "file")] + [v.github for v in CLOUD_ENV.values() if v.github]
+    production = [n for n, v in CLOUD_ENV.items()
+                  if v.kind in ("secret", "file")] + [v.github for v in CLOUD_ENV.values() if v.github]
     gh = load(ROOT/".github"/"workflows"/"ci.yml")
     text = (ROOT/".github"/"workflows"/"ci.yml").read_text()
     refs = re.findall(r"\b(secrets|vars)\.(\w+)", text)
@@ -324,7 +357,8 @@ def test_pull_requests_get_no_production_secrets():
         assert all("_CI }}" in v or v in ("${{ github.head_ref }}", "github-oidc") for v in env.values()), env
         if any("secrets." in v for v in env.values()): assert j["environment"] == "ci"
         if env.get("DATABRICKS_AUTH_TYPE") == "github-oidc":  # the identity token's subject names environment ci: the
-            assert j["environment"] == "ci" and "DATABRICKS_CLIENT_SECRET" not in env  # PR service principal's policy trusts only it
+            # PR service principal's policy trusts only it
+            assert j["environment"] == "ci" and "DATABRICKS_CLIENT_SECRET" not in env
     az = load(ROOT/"pipelines"/"azure"/"ci.yml")
     assert az["variables"] == [{"group": "mlops-nb-ci"}]
     for s in [s for j in jobs(ROOT/"pipelines"/"azure"/"ci.yml") for s in steps(j)]:
@@ -346,13 +380,19 @@ def test_production_secrets_live_in_protected_environments():
 
 
 def test_the_batch_job_reads_the_stores_secrets_only_in_its_scoring_step():
-    "Scoring loads the champion: the store's secrets, nothing of the image registry or the cluster; the data locations are variables."
+    ("Scoring loads the champion: the store's secrets, nothing of the image "
+     "registry or the cluster; the data locations are variables.")
     from mlops_nb.pipeline import CLOUD_ENV, STORE
     want = {"MLOPS_NB_BATCH_INPUT", "MLOPS_NB_BATCH_OUTPUT", *STORE}
     gh = load(ROOT/".github"/"workflows"/"batch.yml")["jobs"]["batch"]
     score = [s for s in gh["steps"] if s.get("name") == "score/batch"]
-    federated = want - {"DATABRICKS_CLIENT_SECRET"} | {"DATABRICKS_AUTH_TYPE"}  # GitHub's OIDC federation: no client secret
-    assert len(score) == 1 and set(score[0]["env"]) == federated and score[0]["env"]["DATABRICKS_AUTH_TYPE"] == "github-oidc"
+    # GitHub's OIDC federation: no client secret
+    federated = want - {"DATABRICKS_CLIENT_SECRET"} | {"DATABRICKS_AUTH_TYPE"}
+    assert (
+        len(score) == 1
+        and set(score[0]["env"]) == federated
+        and score[0]["env"]["DATABRICKS_AUTH_TYPE"] == "github-oidc"
+    )
     for s in gh["steps"]:
         if s is not score[0]: assert "env" not in s, s  # checkout, python, setup: no secret
     for var, v in score[0]["env"].items():
@@ -361,18 +401,26 @@ def test_the_batch_job_reads_the_stores_secrets_only_in_its_scoring_step():
         assert v == (f"${{{{ secrets.{var} }}}}" if kind == "secret" else f"${{{{ vars.{var} }}}}"), (var, v)
     assert CLOUD_ENV["MLOPS_NB_BATCH_INPUT"].kind == CLOUD_ENV["MLOPS_NB_BATCH_OUTPUT"].kind == "variable"
     assert gh["environment"] == "trusted" and gh["permissions"] == {"contents": "read", "id-token": "write"}
-    assert gh["steps"][0]["with"] == {"persist-credentials": False, "ref": "main"}  # a manual run from a branch scores with main's code
+    # a manual run from a branch scores with main's code
+    assert gh["steps"][0]["with"] == {"persist-credentials": False, "ref": "main"}
     az = load(ROOT/"pipelines"/"azure"/"batch.yml")
-    assert az["variables"] == [{"group": "mlops-nb-data"}, {"group": "mlops-nb-tracking"}]  # not the registry's, no secure file
+    # not the registry's, no secure file
+    assert az["variables"] == [{"group": "mlops-nb-data"}, {"group": "mlops-nb-tracking"}]
     steps_ = az["jobs"][0]["steps"]
     score = [s for s in steps_ if s.get("displayName") == "score/batch"]
     assert [s.get("task") for s in steps_ if "task" in s] == ["AzureCLI@2"] == [score[0]["task"]]  # no secure file
-    wif = want - {"DATABRICKS_CLIENT_SECRET", "DATABRICKS_CLIENT_ID"} | {"DATABRICKS_AUTH_TYPE"}  # the service connection's identity
-    assert len(score) == 1 and set(score[0]["env"]) == wif and score[0]["inputs"]["azureSubscription"] == "mlops-nb-databricks"
+    # the service connection's identity
+    wif = want - {"DATABRICKS_CLIENT_SECRET", "DATABRICKS_CLIENT_ID"} | {"DATABRICKS_AUTH_TYPE"}
+    assert (
+        len(score) == 1
+        and set(score[0]["env"]) == wif
+        and score[0]["inputs"]["azureSubscription"] == "mlops-nb-databricks"
+    )
     assert all(v == f"$({k})" for k, v in score[0]["env"].items() if k != "DATABRICKS_AUTH_TYPE")
     assert [s for s in steps_ if "env" in s] == score
     for line in (gh["steps"][-1]["run"], text_of(score[0])):
-        assert line == 'mlops-nb score --model champion --input "$MLOPS_NB_BATCH_INPUT" --output "$MLOPS_NB_BATCH_OUTPUT" --overwrite --json'
+        assert line == ('mlops-nb score --model champion --input "$MLOPS_NB_BATCH_INPUT" --output '
+                        '"$MLOPS_NB_BATCH_OUTPUT" --overwrite --json')
 
 
 def test_github_hardening():
@@ -384,15 +432,21 @@ def test_github_hardening():
             if (path.name, jid) == ("docs.yml", "deploy"): continue  # the Pages deployment: test_docs_workflow
             if "uses" in j: continue  # a call of another workflow: test_callers_grant_what_the_called_workflows_request
             federated = any(s.get("env", {}).get("DATABRICKS_AUTH_TYPE") == "github-oidc" for s in j.get("steps", []))
-            assert j["permissions"] == {"contents": "read", **({"id-token": "write"} if federated else {})}, (path.name, jid)
-            assert not any("DATABRICKS_CLIENT_SECRET" in s.get("env", {}) for s in j.get("steps", [])), (path.name, jid)  # OIDC: none stored
+            assert j["permissions"] == {"contents": "read",
+                                        **({"id-token": "write"} if federated else {})}, (path.name, jid)
+            # OIDC: none stored
+            assert not any("DATABRICKS_CLIENT_SECRET" in s.get("env", {}) for s in j.get("steps", [])), (path.name, jid)
             for s in j.get("steps", []):
-                if s.get("uses", "").startswith("actions/checkout@"): assert s["with"]["persist-credentials"] is False, (path.name, jid)
+                if s.get("uses", "").startswith("actions/checkout@"):
+                    assert s["with"]["persist-credentials"] is False, (path.name, jid)
         for line in re.findall(r"^\s*(?:- )?uses: (.*)$", text, flags=re.M):
             if line.startswith("./"): continue
             m = re.fullmatch(r"([\w.-]+/[\w.-]+)@([0-9a-f]{40}) # (v\d+\.\d+\.\d+)", line)
             assert m, f"{path.name}: {line!r} is not pinned by a full commit SHA with its version in a comment"
-            assert len(set(m.group(2))) > 4 and not re.search(r"dead|beef|placeholder", line, re.I), f"{path.name}: {line!r} looks like a placeholder SHA"
+            assert len(set(m.group(2))) > 4 and not re.search(r"dead|beef|placeholder", line, re.I), (f"{path.name}: "
+                                                                                                      f"{line!r} "
+                                                                                                      "looks like a "
+                                                                                                      "placeholder SHA")
         assert "defaults:\n  run:\n    shell: bash" in text  # bash -eo pipefail: a failing command fails its pipe
 
 
@@ -468,8 +522,12 @@ def test_a_new_projects_workflows_too(tmp_path):
     docs = {p.name: load(p) for p in sorted((proj/".github"/"workflows").glob("*.yml"))}
     assert docs["train.yml"]["jobs"]["deploy"]["uses"] == "./.github/workflows/deploy.yml"
     assert _caller_violations(docs) == []
-    assert not (proj/"databricks.yml").exists() and "bundle-validate" not in docs["ci.yml"]["jobs"]  # no bundle: no bundle jobs
-    assert "bundle" not in docs["deploy.yml"]["jobs"] and "databricks bundle" not in (proj/"pipelines"/"azure"/"deploy.yml").read_text()
+    # no bundle: no bundle jobs
+    assert not (proj/"databricks.yml").exists() and "bundle-validate" not in docs["ci.yml"]["jobs"]
+    assert (
+        "bundle" not in docs["deploy.yml"]["jobs"]
+        and "databricks bundle" not in (proj / "pipelines" / "azure" / "deploy.yml").read_text()
+    )
     gl = load(proj/".gitlab-ci.yml")  # GitLab too, from the same definitions, without the bundle's jobs
     assert "deploy:deploy" in gl and "databricks bundle" not in (proj/".gitlab-ci.yml").read_text()
     gh, az = on(docs["ci.yml"])["pull_request"], load(proj/"pipelines"/"azure"/"ci.yml")["pr"]
@@ -487,9 +545,12 @@ def test_the_pinned_shas_are_the_declared_ones():
         assert re.fullmatch(r"[0-9a-f]{40}", sha) and re.fullmatch(r"v\d+\.\d+\.\d+", version), action
     assert ACTIONS["actions/checkout"][1].startswith("v4.") and ACTIONS["actions/setup-python"][1].startswith("v5.")
     # upload-pages-artifact v5 uploads with upload-artifact v7; deploy-pages v5 (Node 24) deploys such artifacts
-    assert ACTIONS["actions/upload-pages-artifact"][1].startswith("v5.") and ACTIONS["actions/deploy-pages"][1].startswith("v5.")
+    assert ACTIONS["actions/upload-pages-artifact"][1].startswith("v5.") and ACTIONS["actions/deploy-pages"][
+        1
+    ].startswith("v5.")
     text = "".join(p.read_text() for p in GITHUB)
-    assert set(re.findall(r"uses: ([\w.-]+/[\w.-]+)@", text)) == set(ACTIONS), "every pinned action is used, every used one pinned"
+    assert set(re.findall(r"uses: ([\w.-]+/[\w.-]+)@",
+                          text)) == set(ACTIONS), "every pinned action is used, every used one pinned"
 
 
 def test_docs_workflow():
@@ -509,7 +570,8 @@ def test_docs_workflow():
     # the deployment: the only job with more than contents: read, and exactly what deploy-pages needs
     assert deploy["permissions"] == {"pages": "write", "id-token": "write"}
     assert (deploy["needs"], deploy["environment"]) == ("build", "github-pages")
-    assert deploy["steps"] == [{"id": "deployment", "uses": f"actions/deploy-pages@{ACTIONS['actions/deploy-pages'][0]}"}]
+    assert deploy["steps"] == [{"id": "deployment",
+                                "uses": f"actions/deploy-pages@{ACTIONS['actions/deploy-pages'][0]}"}]
     assert not (ROOT/"pipelines"/"azure"/"docs.yml").exists()
 
 
@@ -518,27 +580,32 @@ def test_a_project_without_the_docs_script_gets_no_docs_pipeline(tmp_path):
     from mlops_nb.pipeline_files import render_pipelines
     assert project_settings(ROOT).optional == ("docs",)
     files = render_pipelines(PipelineSettings("churn-model"))  # a project without scripts/docs.py: no optional pipeline
-    assert sorted(files) == sorted([*(f"{d}/{n}.yml" for d in (".github/workflows", "pipelines/azure") for n in ("batch", "ci", "deploy", "monitor", "train")),
+    assert sorted(files) == sorted([*(f"{d}/{n}.yml" for d in (".github/workflows", "pipelines/azure")
+                                      for n in ("batch", "ci", "deploy", "monitor", "train")),
                                     ".gitlab-ci.yml", ".github/dependabot.yml"])
 
 
 def test_the_cli_runs_every_pipeline():
-    "`mlops-nb pipeline NAME` for every pipeline of the definition (each generated file says it is the local equivalent)."
+    ("`mlops-nb pipeline NAME` for every pipeline of the definition (each "
+     "generated file says it is the local equivalent).")
     from mlops_nb.cli import parser
     from mlops_nb.pipeline import PIPELINES
-    choices = next(a for a in parser()._subparsers._group_actions[0].choices["pipeline"]._actions if a.dest == "name").choices
-    assert sorted(choices) == sorted(PIPELINES), "the choices of `mlops-nb pipeline` are a list in nbs/06_cli.ipynb: keep it equal to PIPELINES"
+    choices = next(a for a in parser()._subparsers._group_actions[0].choices["pipeline"]._actions
+                   if a.dest == "name").choices
+    assert sorted(choices) == sorted(PIPELINES), ("the choices of `mlops-nb pipeline` are a list in "
+                                                  "nbs/06_cli.ipynb: keep it equal to PIPELINES")
 
 
 def test_zizmor_finds_nothing_at_medium_or_above():
-    p = subprocess.run([tool("zizmor"), "--offline", "--format", "json", ".github/workflows/", ".github/dependabot.yml"], capture_output=True, text=True,
+    p = subprocess.run([tool("zizmor"), "--offline", "--format", "json", ".github/workflows/",
+                        ".github/dependabot.yml"], capture_output=True, text=True,
                        cwd=ROOT, timeout=120)
     findings = json.loads(p.stdout)
     serious = [(f["ident"], f["determinations"]["severity"], f["locations"][0]["symbolic"]["key"]) for f in findings
                if f["determinations"]["severity"] in ("Medium", "High")]
     assert not serious, serious
-    # what is left is below the bar and known: `uses: ./.github/workflows/deploy.yml` (self-repository, Low) is the documented
-    # form for a reusable workflow of the same repository
+    # what is left is below the bar and known: `uses: ./.github/workflows/deploy.yml` (self-repository, Low) is the
+    # documented form for a reusable workflow of the same repository
     assert {f["ident"] for f in findings} <= {"self-repository"}, findings
 
 
@@ -557,20 +624,21 @@ def _azure_scalars(x):
 
 
 def test_azure_pipelines_match_the_public_schema(tmp_path):
-    # Where the public schema is wrong for plain YAML: Azure DevOps's parser reads every scalar as a string and its schema
-    # (vendor.azure-pipelines, from the Azure Pipelines VS Code extension) types every field accordingly: `timeoutInMinutes`
-    # is a "nonEmptyString" and booleans (`always: true`, `persistCredentials: false`) are strings matching
-    # ^true$|^false$|^yes$...; a YAML 1.2 loader hands check-jsonschema integers and booleans instead, so valid pipelines
-    # (`timeoutInMinutes: 30`, as Microsoft's own documentation writes it) fail with "30 is not of type 'string'", and the
-    # deepest other branch of the job's anyOf is reported, e.g. "'runOnce' was unexpected" for a deployment job. We do not
-    # quote numbers to please the schema: we validate the documents as Azure reads them, scalars as strings, and nothing
-    # else is relaxed (an unknown key, a misplaced step or a wrong trigger still fails).
+    # Where the public schema is wrong for plain YAML: Azure DevOps's parser reads every scalar as a string and its
+    # schema (vendor.azure-pipelines, from the Azure Pipelines VS Code extension) types every field accordingly:
+    # `timeoutInMinutes` is a "nonEmptyString" and booleans (`always: true`, `persistCredentials: false`) are strings
+    # matching ^true$|^false$|^yes$...; a YAML 1.2 loader hands check-jsonschema integers and booleans instead, so valid
+    # pipelines (`timeoutInMinutes: 30`, as Microsoft's own documentation writes it) fail with "30 is not of type
+    # 'string'", and the deepest other branch of the job's anyOf is reported, e.g. "'runOnce' was unexpected" for a
+    # deployment job. We do not quote numbers to please the schema: we validate the documents as Azure reads them,
+    # scalars as strings, and nothing else is relaxed (an unknown key, a misplaced step or a wrong trigger still fails).
     files = []
     for path in AZURE:
         f = tmp_path/f"{path.stem}.json"
         f.write_text(json.dumps(_azure_scalars(load(path))))
         files.append(str(f))
-    p = subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.azure-pipelines", "--regex-variant", "python", *files],
+    p = subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.azure-pipelines", "--regex-variant",
+                        "python", *files],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
 
@@ -581,7 +649,8 @@ def test_the_azure_schema_check_catches_real_mistakes(tmp_path):
     doc["jobs"][0]["timeoutInMinute"] = doc["jobs"][0].pop("timeoutInMinutes")
     f = tmp_path/"bad.json"
     f.write_text(json.dumps(doc))
-    p = subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.azure-pipelines", "--regex-variant", "python", str(f)],
+    p = subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.azure-pipelines", "--regex-variant",
+                        "python", str(f)],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 1
 
@@ -589,21 +658,27 @@ def test_the_azure_schema_check_catches_real_mistakes(tmp_path):
 def test_publish_output_refuses_values_that_span_lines(tmp_path):
     out = tmp_path/"out"
     p = subprocess.run([sys.executable, "pipelines/publish_output.py", "tag"], input='{"tag": "r/x:1\\nother=forged"}',
-                       capture_output=True, text=True, cwd=ROOT, env={**os.environ, "GITHUB_OUTPUT": str(out)}, timeout=60)
+                       capture_output=True, text=True, cwd=ROOT, env={**os.environ, "GITHUB_OUTPUT": str(out)},
+                       timeout=60)
     assert p.returncode == 1 and "spans several lines" in p.stderr and not out.exists()
 
 
 def test_publish_output_writes_booleans_as_both_systems_compare_them_and_tags_azure_runs(tmp_path):
     out = tmp_path/"out"
-    pub = lambda env, *args: subprocess.run([sys.executable, "pipelines/publish_output.py", "retrain", *args], input='{"retrain": true, "drift": false}',
-                                            capture_output=True, text=True, cwd=ROOT, env={**os.environ, **env}, timeout=60)
+    pub = lambda env, *args: subprocess.run([sys.executable, "pipelines/publish_output.py", "retrain", *args],
+                                            input='{"retrain": true, "drift": false}',
+                                            capture_output=True, text=True, cwd=ROOT, env={**os.environ, **env},
+                                            timeout=60)
     p = pub({"GITHUB_OUTPUT": str(out)}, "--tag", "retrain")
     assert p.returncode == 0 and out.read_text() == "retrain=true\n" and "##vso" not in p.stdout
     p = pub({"TF_BUILD": "True"}, "--tag", "retrain")
-    assert p.stdout.splitlines() == ["##vso[task.setvariable variable=retrain;isOutput=true]true", "##vso[build.addbuildtag]retrain"]
-    p = subprocess.run([sys.executable, "pipelines/publish_output.py", "retrain", "--tag", "retrain"], input='{"retrain": false}',
+    assert p.stdout.splitlines() == ["##vso[task.setvariable variable=retrain;isOutput=true]true",
+                                     "##vso[build.addbuildtag]retrain"]
+    p = subprocess.run([sys.executable, "pipelines/publish_output.py", "retrain", "--tag", "retrain"],
+                       input='{"retrain": false}',
                        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "TF_BUILD": "True"}, timeout=60)
-    assert p.stdout.splitlines() == ["##vso[task.setvariable variable=retrain;isOutput=true]false"]  # no tag: nothing starts
+    # no tag: nothing starts
+    assert p.stdout.splitlines() == ["##vso[task.setvariable variable=retrain;isOutput=true]false"]
     p = pub({"TF_BUILD": "True"}, "--tag", "x]##vso[task.setvariable variable=a]b")
     assert p.returncode == 1 and "is not allowed" in p.stderr and "##vso" not in p.stdout
 
@@ -612,17 +687,20 @@ def test_secret_file_writes_a_private_file_and_prints_nothing_of_it(tmp_path):
     target = tmp_path/"kubeconfig"
     target.write_text("old")
     secret = "apiVersion: v1\nclusters: []\nusers: [{name: u, user: {token: s3cr3t}}]\n"
-    p = subprocess.run([sys.executable, "pipelines/secret_file.py", "KUBE_CONFIG", str(target)], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "pipelines/secret_file.py", "KUBE_CONFIG", str(target)], capture_output=True,
+                       text=True,
                        cwd=ROOT, env={**os.environ, "KUBE_CONFIG": secret}, timeout=60)
     assert p.returncode == 0, p.stderr
     assert target.read_text() == secret and stat.S_IMODE(target.stat().st_mode) == 0o600
     assert "s3cr3t" not in p.stdout + p.stderr
-    p = subprocess.run([sys.executable, "pipelines/secret_file.py", "KUBE_CONFIG", str(target)], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "pipelines/secret_file.py", "KUBE_CONFIG", str(target)], capture_output=True,
+                       text=True,
                        cwd=ROOT, env={k: v for k, v in os.environ.items() if k != "KUBE_CONFIG"}, timeout=60)
     assert p.returncode == 1 and "KUBE_CONFIG is empty or not set" in p.stderr
 
 
-# --- local runs -----------------------------------------------------------------------------------------------------------
+# --- local runs
+# -----------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["ci", "train", "deploy", "monitor", "batch", "docs"])
 def test_dry_run_lists_and_checks_the_commands(name, tmp_path, monkeypatch):
@@ -640,7 +718,8 @@ def test_dry_run_lists_and_checks_the_commands(name, tmp_path, monkeypatch):
 
 def test_cli_pipeline_dry_run():
     from mlops_nb.cli import parser
-    if "pipeline" not in parser()._subparsers._group_actions[0].choices: pytest.skip("mlops-nb pipeline is not wired yet")
+    if "pipeline" not in parser()._subparsers._group_actions[0].choices:
+        pytest.skip("mlops-nb pipeline is not wired yet")
     p = subprocess.run([str(BIN/"mlops-nb"), "pipeline", "train", "--dry-run"], capture_output=True,
                        text=True, cwd=ROOT, timeout=120)
     assert p.returncode == 0, p.stderr
@@ -715,14 +794,16 @@ def test_local_monitor_pipeline_retrains_on_a_drifted_week_only(trained, state, 
     assert r.rc == 0, "\n".join(lines)
     assert r.outputs["monitor"]["retrain"] is True and r.outputs["monitor"]["drift"] is True
     assert [s["status"] for s in r.steps] == ["ok", "ok"]
-    assert any(l.startswith("[train/train/train-full] ok") for l in lines) and any(l.startswith("[train/select/promote] ok") for l in lines)
+    assert any(l.startswith("[train/train/train-full] ok")
+               for l in lines) and any(l.startswith("[train/select/promote] ok") for l in lines)
     assert sorted(v.version for v in tracking.list_versions()) == [*before, before[-1] + 1]  # one more version
     assert any(l.startswith("[train/data/check]") for l in lines)  # the given data, checked: not generated
 
 
 def test_local_batch_pipeline_scores_with_the_champion(trained, state, tmp_path, monkeypatch):
     "The batch pipeline, end to end here: the champion scores every row of the given files into the output folder, a "
-    "second (nightly) run replaces the scores, and by default it scores the train pipeline's data into the state folder."
+    ("second (nightly) run replaces the scores, and by default it scores "
+     "the train pipeline's data into the state folder.")
     import pandas as pd
     from mlops_nb import tracking
     from mlops_nb.examples.ottawa import generate_listings
@@ -737,7 +818,9 @@ def test_local_batch_pipeline_scores_with_the_champion(trained, state, tmp_path,
     out = tmp_path/"scores"
     for night in (1, 2):  # the second night replaces the first night's scores
         if night == 1:  # through the CLI, the locations from the variables the cloud pipelines set
-            r = cli_json("pipeline", "batch", env={**os.environ, "MLOPS_NB_BATCH_INPUT": str(tmp_path/"in"), "MLOPS_NB_BATCH_OUTPUT": str(out)})
+            r = cli_json("pipeline", "batch",
+                         env={**os.environ, "MLOPS_NB_BATCH_INPUT": str(tmp_path/"in"),
+                              "MLOPS_NB_BATCH_OUTPUT": str(out)})
             assert r["ok"], r
             steps_, res = r["steps"], r["outputs"]["score"]
         else:
@@ -757,20 +840,29 @@ def test_local_batch_pipeline_scores_with_the_champion(trained, state, tmp_path,
     lines = []
     r = run_pipeline("batch", say=lines.append)
     assert r.rc == 0, "\n".join(lines)
-    assert r.outputs["score"]["rows"] == 1500 and r.outputs["score"]["output"] == str((state/"batch"/"scores").resolve())
+    assert r.outputs["score"]["rows"] == 1500 and r.outputs["score"]["output"] == str(
+        (state / "batch" / "scores").resolve()
+    )
     # a folder that mlops-nb score did not write is never replaced
-    (tmp_path/"mine").mkdir(); (tmp_path/"mine"/"keep.txt").write_text("keep")
+    (tmp_path/"mine").mkdir()
+    (tmp_path/"mine"/"keep.txt").write_text("keep")
     r = run_pipeline("batch", input=str(tmp_path/"in"), output=str(tmp_path/"mine"), say=lambda *_: None)
-    assert r.rc == 1 and "not an output of mlops-nb score" in r.error and (tmp_path/"mine"/"keep.txt").read_text() == "keep"
+    assert (
+        r.rc == 1
+        and "not an output of mlops-nb score" in r.error
+        and (tmp_path / "mine" / "keep.txt").read_text() == "keep"
+    )
 
 
 def test_the_bundle_is_validated_on_pull_requests_and_deployed_from_main():
     """ci validates the bundle's test target with the CI credentials; deploy deploys prod with the production ones; both
-    install the Databricks CLI pinned to one release (GitHub: the action by commit SHA; Azure: that commit's install script)."""
+    install the Databricks CLI pinned to one release (GitHub: the action by commit SHA; Azure: that commit's install
+    script)."""
     from mlops_nb.pipeline import ACTIONS, DATABRICKS_CLI
     sha = ACTIONS["databricks/setup-cli"][0]
     assert sha in DATABRICKS_CLI and DATABRICKS_CLI.endswith("/install.sh | sudo sh")
-    for name, line, creds in (("ci", "databricks bundle validate -t test", "_CI"), ("deploy", "databricks bundle deploy -t prod", "")):
+    for name, line, creds in (("ci", "databricks bundle validate -t test", "_CI"),
+                              ("deploy", "databricks bundle deploy -t prod", "")):
         gh = [j for j in jobs(ROOT/".github"/"workflows"/f"{name}.yml") if any(s.get("run") == line for s in steps(j))]
         assert len(gh) == 1, name
         uses = [s.get("uses", "") for s in steps(gh[0])]
@@ -781,7 +873,8 @@ def test_the_bundle_is_validated_on_pull_requests_and_deployed_from_main():
         assert len(az) == 1, name
         texts = [text_of(s) for s in steps(az[0])]
         assert texts.index(DATABRICKS_CLI) < texts.index(line), name
-        assert next(s for s in steps(az[0]) if text_of(s) == line)["env"]["DATABRICKS_HOST"] == f"$(DATABRICKS_HOST{creds})", name
+        assert next(s for s in steps(az[0])
+                    if text_of(s) == line)["env"]["DATABRICKS_HOST"] == f"$(DATABRICKS_HOST{creds})", name
 
 
 # --- GitLab CI/CD: one file, every pipeline ---------------------------------------------------------------------------
@@ -806,13 +899,15 @@ def test_gitlab_matches_the_public_schema(tmp_path):
     for verdict in ("true", "false"):
         d = tmp_path/verdict
         d.mkdir()
-        p = subprocess.run([sys.executable, str(ROOT/"pipelines"/"publish_output.py"), "retrain", "--name", "monitor", "--tag", "retrain"],
+        p = subprocess.run([sys.executable, str(ROOT/"pipelines"/"publish_output.py"), "retrain", "--name", "monitor",
+                            "--tag", "retrain"],
                            input=f'{{"retrain": {verdict}}}', capture_output=True, text=True, cwd=d,
                            env={**os.environ, "GITLAB_CI": "true"}, timeout=60)
         assert p.returncode == 0, p.stderr
         assert (d/"mlops-nb-outputs.env").read_text() == f"MONITOR_RETRAIN={verdict}\n"
         children.append(d/"mlops-nb-next.yml")
-    assert load(children[0]) == {"include": [{"local": ".gitlab-ci.yml"}]}  # retrain: this very file, as a child pipeline
+    # retrain: this very file, as a child pipeline
+    assert load(children[0]) == {"include": [{"local": ".gitlab-ci.yml"}]}
     assert list(load(children[1])) == ["not-started"]
     p = _schema_check(GITLAB, *children)
     assert p.returncode == 0, p.stdout + p.stderr
@@ -827,7 +922,8 @@ def test_the_gitlab_schema_check_catches_real_mistakes(tmp_path):
 
 
 def test_gitlab_runs_every_job_of_the_definitions_in_order():
-    "Every job of every pipeline's plan is a job PIPELINE:JOB in its pipeline's stage, running the plan's lines in order."
+    ("Every job of every pipeline's plan is a job PIPELINE:JOB in its "
+     "pipeline's stage, running the plan's lines in order.")
     from mlops_nb.pipeline import CLOUD, cloud_plan, generated, project_settings, started_by
     from mlops_nb.gitlab_ci import DATABRICKS_CLI_GITLAB
     s, doc = project_settings(ROOT), load(GITLAB)
@@ -839,13 +935,15 @@ def test_gitlab_runs_every_job_of_the_definitions_in_order():
         for j, rows in cloud_plan(n, s):
             job = jobs_.pop(f"{n}:{j.id}")
             assert job["stage"] == n and job["timeout"] == f"{j.timeout} minutes"
-            lines = [l.split(" | python pipelines/publish_output.py")[0] for l in job["script"] if l != DATABRICKS_CLI_GITLAB]
+            lines = [l.split(" | python pipelines/publish_output.py")[0] for l in job["script"]
+                     if l != DATABRICKS_CLI_GITLAB]
             assert lines == [r["line"] for r in rows], (n, j.id)
             if j.needs: assert job["needs"] == [f"{n}:{j.needs}"]
     # what is left: the job that starts the re-training as a child pipeline, only when monitoring advises it
     assert list(jobs_) == ["monitor:train"] and started_by("train") == ("monitor", "retrain")
     trigger = jobs_["monitor:train"]
-    assert trigger["trigger"] == {"include": [{"artifact": "mlops-nb-next.yml", "job": "monitor:monitor"}], "strategy": "depend"}
+    assert trigger["trigger"] == {"include": [{"artifact": "mlops-nb-next.yml", "job": "monitor:monitor"}],
+                                  "strategy": "depend"}
     assert trigger["variables"] == {"MLOPS_NB_PIPELINE": "train"} and trigger["needs"] == ["monitor:monitor"]
     assert doc["monitor:monitor"]["script"][-1].endswith("--name monitor --tag retrain")
     assert doc["monitor:monitor"]["artifacts"]["paths"] == ["mlops-nb-next.yml"]
@@ -872,7 +970,8 @@ def test_gitlab_production_runs_only_on_the_protected_main_branch():
     assert rollout["environment"] == {"name": "production", "deployment_tier": "production"}
     assert rollout["resource_group"] == doc["deploy:bundle"]["resource_group"] == "production"
     assert [n for n, j in gitlab_jobs(doc).items() if "resource_group" in j] == ["deploy:deploy", "deploy:bundle"]
-    assert _rules(rollout) == [f'$CI_PIPELINE_SOURCE == "push" && {PROTECTED_MAIN}', f'$MLOPS_NB_PIPELINE == "deploy" && {PROTECTED_MAIN}',
+    assert _rules(rollout) == [f'$CI_PIPELINE_SOURCE == "push" && {PROTECTED_MAIN}',
+                               f'$MLOPS_NB_PIPELINE == "deploy" && {PROTECTED_MAIN}',
                                f'$MLOPS_NB_PIPELINE == "train" && {PROTECTED_MAIN}']
 
 
@@ -891,7 +990,9 @@ def test_gitlab_no_change_skips_the_tests_and_merge_requests_get_no_production_n
         if not name.startswith("ci:"): continue
         assert job.get("environment", {"name": "ci"})["name"] == "ci", name
         for var, v in job.get("variables", {}).items():  # every value read is the *_CI one, the branch, or a constant
-            assert v in ("env-oidc", "$CI_MERGE_REQUEST_SOURCE_BRANCH_NAME") or (v == f"${var}_CI" and var in CLOUD_ENV), (name, var, v)
+            assert v in ("env-oidc",
+                         "$CI_MERGE_REQUEST_SOURCE_BRANCH_NAME") or (v == f"${var}_CI"
+                                                                     and var in CLOUD_ENV), (name, var, v)
         for token in job.get("id_tokens", {}).values(): assert token == {"aud": "$DATABRICKS_HOST_CI"}, name
 
 
@@ -905,10 +1006,12 @@ def test_gitlab_calls_databricks_with_an_id_token_not_a_secret():
     src = inspect.getsource(credentials_provider.env_oidc)
     assert '"env-oidc"' in inspect.getsource(credentials_provider) and f'env_var = "{OIDC_TOKEN}"' in src
     attr = next(a for a in config.Config.attributes() if a.name == "oidc_token_env")
-    assert (attr.env, attr.auth) == ("DATABRICKS_OIDC_TOKEN_ENV", "env-oidc")  # unset in the jobs: the default name above
+    # unset in the jobs: the default name above
+    assert (attr.env, attr.auth) == ("DATABRICKS_OIDC_TOKEN_ENV", "env-oidc")
     doc, text = load(GITLAB), GITLAB.read_text()
     assert "DATABRICKS_CLIENT_SECRET" not in text
-    callers = [n for n, j in gitlab_jobs(doc).items() if j.get("variables", {}).get("DATABRICKS_AUTH_TYPE") == "env-oidc"]
+    callers = [n for n, j in gitlab_jobs(doc).items()
+               if j.get("variables", {}).get("DATABRICKS_AUTH_TYPE") == "env-oidc"]
     assert sorted(callers) == sorted(n for n, j in gitlab_jobs(doc).items() if "id_tokens" in j)
     assert {"ci:notebook-test-mode", "train:retrain", "deploy:bundle", "batch:batch"} <= set(callers)
     for n in callers:
@@ -920,7 +1023,8 @@ def test_gitlab_calls_databricks_with_an_id_token_not_a_secret():
 
 
 def test_gitlab_scripts_expand_only_quoted_variables_the_job_has(stub_cli):
-    "Every line names a real command (as on the other platforms), and every $NAME is double-quoted and given to the job."
+    ("Every line names a real command (as on the other platforms), and "
+     "every $NAME is double-quoted and given to the job.")
     from mlops_nb.cli import parser
     from mlops_nb.gitlab_ci import DATABRICKS_CLI_GITLAB
     from mlops_nb.pipeline import CLOUD_ENV
@@ -947,7 +1051,8 @@ def test_gitlab_scripts_expand_only_quoted_variables_the_job_has(stub_cli):
     assert "INJECTED-42" not in out and args[args.index("--branch") + 1] == HOSTILE_BRANCH
 
 
-# --- shorter-lived credentials: Azure DevOps through workload identity federation, one deployment at a time, Dependabot ---
+# --- shorter-lived credentials: Azure DevOps through workload identity federation, one deployment at a time, Dependabot
+# ---
 
 def test_azure_calls_databricks_through_a_federated_service_connection_only():
     """No Azure DevOps step reads a Databricks client secret (or client id): every step that calls Databricks is an
@@ -958,10 +1063,12 @@ def test_azure_calls_databricks_through_a_federated_service_connection_only():
         for j in jobs(path):
             for s in steps(j):
                 env = s.get("env", {})
-                assert not {"DATABRICKS_CLIENT_SECRET", "DATABRICKS_CLIENT_ID"} & set(env), (path.name, s["displayName"])
+                assert not {"DATABRICKS_CLIENT_SECRET",
+                            "DATABRICKS_CLIENT_ID"} & set(env), (path.name, s["displayName"])
                 if "DATABRICKS_HOST" in env:
                     assert s["task"] == "AzureCLI@2" and env["DATABRICKS_AUTH_TYPE"] == "azure-cli", (path.name, s)
-                    assert s["inputs"] == {"azureSubscription": "mlops-nb-databricks" + ("-ci" if ci else ""), "scriptType": "bash",
+                    assert s["inputs"] == {"azureSubscription": "mlops-nb-databricks" + ("-ci" if ci else ""),
+                                           "scriptType": "bash",
                                            "scriptLocation": "inlineScript", "inlineScript": text_of(s)}
                 else: assert s.get("task") in (None, "DownloadSecureFile@1"), (path.name, s)
     # the OAuth pair stays one setting away, for connections that cannot be federated
@@ -987,9 +1094,11 @@ def test_dependabot_keeps_the_actions_and_python_dependencies_current():
     assert doc["version"] == 2
     assert [(u["package-ecosystem"], u["directory"], u["schedule"]["interval"]) for u in doc["updates"]] == [
         ("github-actions", "/", "weekly"), ("pip", "/", "weekly")]
-    p = subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.dependabot", str(ROOT/".github"/"dependabot.yml")],
+    p = subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.dependabot",
+                        str(ROOT/".github"/"dependabot.yml")],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
     doc["updates"][0]["schedule"]["interval"] = "hourly"  # the schema check is not vacuous
-    assert subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.dependabot", "-"], input=yaml.safe_dump(doc),
+    assert subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.dependabot", "-"],
+                          input=yaml.safe_dump(doc),
                           capture_output=True, text=True, timeout=120).returncode == 1

@@ -13,7 +13,9 @@ PROBLEMS = [("breast-cancer", "binary"), ("wine", "multiclass"), ("diabetes", "r
 
 
 def free_port():
-    with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run(*args, cwd, env, timeout=600):
@@ -56,7 +58,9 @@ class Process:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try: self.proc.wait(20)
-            except subprocess.TimeoutExpired: os.killpg(self.proc.pid, signal.SIGKILL); self.proc.wait()
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +91,11 @@ def project(request, home, tmp_path_factory):
 
 def test_new_then_train_test_and_full(project):
     p = project
-    assert p["new"]["kind"] == p["kind"] and p["new"]["target"] == "target" and (p["root"]/"nbs"/"00_problem.ipynb").exists()
+    assert (
+        p["new"]["kind"] == p["kind"]
+        and p["new"]["target"] == "target"
+        and (p["root"] / "nbs" / "00_problem.ipynb").exists()
+    )
     assert p["test"]["mode"] == "test" and p["test"]["registered_version"] is None
     assert p["full"]["registered_version"] == 1
     from mlops_nb.problem import METRICS
@@ -100,22 +108,31 @@ def test_new_then_train_test_and_full(project):
 
 def test_serve_monitor_package_deploy(project):
     p, env = project, project["env"]
-    srv = Process([CLI, "serve", "--model", "champion", "--port", "{port}"], p["root"], env, "/ready", p["t"]/"serve.log")
+    srv = Process([CLI, "serve", "--model", "champion", "--port", "{port}"], p["root"], env, "/ready",
+                  p["t"]/"serve.log")
     try:
         with urllib.request.urlopen(srv.url + "/openapi.json") as r: api = json.loads(r.read())
-        example = api["paths"]["/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]["oneOf"][0]["example"]
+        example = api["paths"]["/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]["oneOf"][0][
+            "example"
+        ]
         st, body = post(srv.url + "/score", example)
         assert st == 200, body
         answer = body["predictions"][0]
-        assert ("value" in answer) == (p["kind"] == "regression") and answer["model"] == p["name"] and answer["version"] == "1"
+        assert (
+            ("value" in answer) == (p["kind"] == "regression")
+            and answer["model"] == p["name"]
+            and answer["version"] == "1"
+        )
         with urllib.request.urlopen(srv.url + "/version") as r: v = json.loads(r.read())
         assert v["fast_path"] is True and v["problem"] == p["name"], v
         st, body = post(srv.url + "/score", {**example, "unknown": 1})
         assert st == 422 and body["detail"][0]["loc"] == [0, "unknown"]
     finally: srv.stop()
-    mon = cli_json("monitor", "--reference", p["data"], "--current", p["data"], "--model", "champion", cwd=p["root"], env=env)
+    mon = cli_json("monitor", "--reference", p["data"], "--current", p["data"], "--model", "champion", cwd=p["root"],
+                   env=env)
     assert mon["drift"] is False and mon["retrain"] is False and mon["decay"]
-    ctx = cli_json("package", "--model", "champion", "--context-only", p["t"]/"ctx", cwd=p["root"], env=env, timeout=900)
+    ctx = cli_json("package", "--model", "champion", "--context-only", p["t"]/"ctx", cwd=p["root"], env=env,
+                   timeout=900)
     dockerfile = (Path(ctx["context"])/"Dockerfile").read_text()
     assert f"MLOPS_NB_PROBLEM={p['name'].replace('-', '_')}.problem:PROBLEM" in dockerfile
     assert (Path(ctx["context"])/"model"/"MLmodel").exists()
@@ -133,10 +150,12 @@ def mlflow_uris(uri):
     import mlflow
     names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
     env, before = {k: os.environ.get(k) for k in names}, (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
-    mlflow.set_tracking_uri(uri); mlflow.set_registry_uri(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     try: yield
     finally:
-        mlflow.set_tracking_uri(before[0]); mlflow.set_registry_uri(before[1])
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
         for k, v in env.items():
             if v is None: os.environ.pop(k, None)
             else: os.environ[k] = v
@@ -155,8 +174,10 @@ def _three_ways(model_ref, records, kind, labels, cwd, env, log_dir):
     import mlflow, pandas as pd
     frame = pd.DataFrame(records)
     pyfunc = np.asarray(mlflow.pyfunc.load_model(model_ref).predict(frame), dtype=float)
-    ml = Process([BIN/"mlflow", "models", "serve", "-m", model_ref, "--env-manager", "local", "-h", "127.0.0.1", "-p", "{port}"],
-                 # it execs uvicorn; and MLflow 3 loads any model (skops too: it trusts the types the model lists) only when told to
+    ml = Process([BIN/"mlflow", "models", "serve", "-m", model_ref, "--env-manager", "local", "-h", "127.0.0.1", "-p",
+                  "{port}"],
+                 # it execs uvicorn; and MLflow 3 loads any model (skops too: it trusts the types the model lists) only
+                 # when told to
                  cwd, {**env, "PATH": f"{BIN}:{env.get('PATH', '')}", "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"},
                  "/ping", log_dir/"mlflow-serve.log")
     try:
@@ -169,7 +190,9 @@ def _three_ways(model_ref, records, kind, labels, cwd, env, log_dir):
         st, body = post(ours.url + "/score", records)
         assert st == 200, body
         ans = body["predictions"]
-        score = np.array([a["value"] for a in ans]) if kind == "regression" else np.array([[a["probabilities"][l] for l in labels] for a in ans])
+        score = np.array([a["value"]
+                          for a in ans]) if kind == "regression" else np.array([[a["probabilities"][l] for l in labels]
+                                                                                for a in ans])
     finally: ours.stop()
     return pyfunc, served, score
 
@@ -181,7 +204,8 @@ def test_the_registered_model_is_the_api(project):
     uri = f"sqlite:///{p['env']['MLOPS_NB_HOME']}/mlflow.db"
     env = {**p["env"], "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri}
     with mlflow_uris(uri):
-        pyfunc, served, ours = _three_ways(f"models:/{p['name']}/1", records, p["kind"], prob.class_labels, p["root"], env, p["t"])
+        pyfunc, served, ours = _three_ways(f"models:/{p['name']}/1", records, p["kind"], prob.class_labels, p["root"],
+                                           env, p["t"])
     want_shape = (len(records),) if p["kind"] == "regression" else (len(records), len(prob.classes))
     assert pyfunc.shape == served.shape == ours.shape == want_shape
     assert np.abs(pyfunc - served).max() <= 1e-6 and np.abs(pyfunc - ours).max() <= 1e-6
@@ -192,8 +216,11 @@ def test_the_ottawa_model_is_the_api_too(model_dir, tmp_path, state):
     "The example whose features are derived inside the model (dates as text, integers and floats as declared)."
     from mlops_nb.examples.ottawa import PROBLEM, generate_listings
     df = generate_listings(2022, 30, seed=5)
-    records = json.loads(df[list(PROBLEM.inputs)].assign(listing_date=df.listing_date.dt.strftime("%Y-%m-%d")).to_json(orient="records"))
-    env = {**os.environ, "MLOPS_NB_PROBLEM": "mlops_nb.examples.ottawa:PROBLEM"}  # its derive functions are trusted code
+    records = json.loads(
+        df[list(PROBLEM.inputs)].assign(listing_date=df.listing_date.dt.strftime("%Y-%m-%d")).to_json(orient="records")
+    )
+    # its derive functions are trusted code
+    env = {**os.environ, "MLOPS_NB_PROBLEM": "mlops_nb.examples.ottawa:PROBLEM"}
     pyfunc, served, ours = _three_ways(str(model_dir), records, "binary", PROBLEM.class_labels, tmp_path, env, tmp_path)
     assert pyfunc.shape == served.shape == ours.shape == (30, 2)
     assert np.abs(pyfunc - served).max() <= 1e-6 and np.abs(pyfunc - ours).max() <= 1e-6
@@ -207,9 +234,12 @@ def test_a_fast_path_that_fails_falls_back_and_says_so(tmp_path, state):
     slow = dataclasses.replace(PROBLEM, derive_record=derive)  # a slip: the DataFrame function as the per-record one
     save_model(tmp_path/"model", problem=slow)
     df = generate_listings(2022, 20, seed=2)
-    records = json.loads(df[list(PROBLEM.inputs)].assign(listing_date=df.listing_date.dt.strftime("%Y-%m-%d")).to_json(orient="records"))
+    records = json.loads(
+        df[list(PROBLEM.inputs)].assign(listing_date=df.listing_date.dt.strftime("%Y-%m-%d")).to_json(orient="records")
+    )
     env = {**os.environ, "MLOPS_NB_PROBLEM": "mlops_nb.examples.ottawa:PROBLEM"}
-    srv = Process([CLI, "serve", "--model", tmp_path/"model", "--port", "{port}"], tmp_path, env, "/ready", tmp_path/"serve.log")
+    srv = Process([CLI, "serve", "--model", tmp_path/"model", "--port", "{port}"], tmp_path, env, "/ready",
+                  tmp_path/"serve.log")
     try:
         with urllib.request.urlopen(srv.url + "/version") as r: v = json.loads(r.read())
         assert v["fast_path"] is False and v["fast_path_fallback"].startswith("fails on the input example"), v
@@ -217,7 +247,9 @@ def test_a_fast_path_that_fails_falls_back_and_says_so(tmp_path, state):
         assert st == 200
     finally: srv.stop()
     import mlflow
-    want = mlflow.pyfunc.load_model(str(tmp_path/"model")).predict(df[list(PROBLEM.inputs)].assign(listing_date=df.listing_date.dt.strftime("%Y-%m-%d")))
+    want = mlflow.pyfunc.load_model(str(tmp_path / "model")).predict(
+        df[list(PROBLEM.inputs)].assign(listing_date=df.listing_date.dt.strftime("%Y-%m-%d"))
+    )
     got = np.array([[a["probabilities"][l] for l in PROBLEM.class_labels] for a in body["predictions"]])
     assert np.abs(got - want).max() <= 1e-9
     assert '"fast_path_fallback": "fails on the input example' in Path(srv.log).read_text()

@@ -12,18 +12,22 @@ def _copy(tmp):
     dst = tmp/"proj"
     dst.mkdir()
     for f in ("pyproject.toml", "README.md"): shutil.copy(ROOT/f, dst/f)
-    for d in ("nbs", "mlops_nb"): shutil.copytree(ROOT/d, dst/d, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
+    for d in ("nbs", "mlops_nb"):
+        shutil.copytree(ROOT/d, dst/d, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
     return dst
 
 
 def _files(d):
     "Relative path -> bytes of every file under `d`."
-    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()
+            and "__pycache__" not in p.parts}
 
 
 def test_settings_live_in_pyproject():
     cfg = tomllib.loads((ROOT/"pyproject.toml").read_text())
-    assert cfg["tool"]["nbdev"]["lib_path"] == "mlops_nb" and cfg["tool"]["nbdev"]["allowed_cell_metadata_keys"] == ["tags"]
+    assert cfg["tool"]["nbdev"]["lib_path"] == "mlops_nb" and cfg["tool"]["nbdev"]["allowed_cell_metadata_keys"] == [
+        "tags"
+    ]
     assert not (ROOT/"settings.ini").exists() and not (ROOT/"setup.py").exists()
 
 
@@ -60,7 +64,8 @@ def test_parameters_tag_survives_nbdev_clean(tmp_path):
     nb_path = d/"nbs"/"train.ipynb"
     nb = json.loads(nb_path.read_text())
     for c in nb["cells"]:
-        c["metadata"]["papermill"] = {"duration": 1.0}; c["metadata"]["execution"] = {"iopub.status.busy": "2026-01-01"}
+        c["metadata"]["papermill"] = {"duration": 1.0}
+        c["metadata"]["execution"] = {"iopub.status.busy": "2026-01-01"}
     nb_path.write_text(json.dumps(nb))
     subprocess.run([BIN/"nbdev-clean"], cwd=d, check=True, capture_output=True)
     cells = json.loads(nb_path.read_text())["cells"]
@@ -79,7 +84,9 @@ def test_docs_notebooks_pass_nbdev_test(tmp_path):
     tests/test_notebooks_run_all.py, every cell under nbconvert: a superset of the cells nbdev-test runs (it skips
     `eval: false` and `slow`), so they are not run twice."""
     env = {**os.environ, "MLOPS_NB_HOME": str(tmp_path/"state")}
-    p = subprocess.run([BIN/"nbdev-test", "--do-print", "--n-workers", "2", "--path-re", r"/nbs/(index\.ipynb|tutorials/)"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    p = subprocess.run([BIN/"nbdev-test", "--do-print", "--n-workers", "2", "--path-re",
+                        r"/nbs/(index\.ipynb|tutorials/)"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
     ran = {Path(l.split()[-1]).name for l in p.stdout.splitlines() if l.startswith("- Completed")}
     assert ran == {"index.ipynb"} | {nb.name for nb in (ROOT/"nbs"/"tutorials").glob("*.ipynb")}, ran
@@ -100,6 +107,9 @@ def test_pre_commit_hooks_name_installed_commands():
 
 
 def test_license_and_changelog():
-    assert "Apache License" in (ROOT/"LICENSE").read_text() and tomllib.loads((ROOT/"pyproject.toml").read_text())["project"]["license"] == "Apache-2.0"
+    assert (
+        "Apache License" in (ROOT / "LICENSE").read_text()
+        and tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"] == "Apache-2.0"
+    )
     from mlops_nb import __version__
     assert f"## {__version__} " in (ROOT/"CHANGELOG.md").read_text()  # every released version has its entry

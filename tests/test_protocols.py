@@ -19,14 +19,17 @@ def records():
     "Twelve raw listings as a client sends them (dates as text), and /score's probabilities for them."
     from mlops_nb.examples.ottawa import PROBLEM, generate_listings
     df = generate_listings(2022, 12, seed=8)
-    return json.loads(df[list(PROBLEM.inputs)].assign(listing_date=df.listing_date.dt.strftime("%Y-%m-%d")).to_json(orient="records"))
+    return json.loads(
+        df[list(PROBLEM.inputs)].assign(listing_date=df.listing_date.dt.strftime("%Y-%m-%d")).to_json(orient="records")
+    )
 
 
 @pytest.fixture(scope="module")
 def want(server, records):
     st, body = server.score(records)
     assert st == 200
-    return np.array([[a["probabilities"]["at_or_below_asking"], a["probabilities"]["above_asking"]] for a in body["predictions"]])
+    return np.array([[a["probabilities"]["at_or_below_asking"], a["probabilities"]["above_asking"]]
+                     for a in body["predictions"]])
 
 
 def post(server, path, body, ctype="application/json", headers=None):
@@ -44,16 +47,20 @@ def test_mlflow_scoring_client(server, records, want):
     assert np.abs(np.asarray(got, dtype=float) - want).max() <= 1e-9
 
 
-@pytest.mark.parametrize("shape", ["dataframe_split", "dataframe_records", "instances", "inputs-records", "inputs-columns", "csv"])
+@pytest.mark.parametrize("shape",
+                         ["dataframe_split", "dataframe_records", "instances", "inputs-records", "inputs-columns",
+                          "csv"])
 def test_mlflow_payloads(server, records, want, shape):
     cols = list(records[0])
     body, ctype = {
-        "dataframe_split": ({"dataframe_split": {"columns": cols, "data": [[r[c] for c in cols] for r in records]}}, "application/json"),
+        "dataframe_split": ({"dataframe_split": {"columns": cols, "data": [[r[c] for c in cols] for r in records]}},
+                            "application/json"),
         "dataframe_records": ({"dataframe_records": records}, "application/json"),
         "instances": ({"instances": records}, "application/json"),
         "inputs-records": ({"inputs": records}, "application/json"),
         "inputs-columns": ({"inputs": {c: [r[c] for r in records] for c in cols}}, "application/json"),
-        "csv": (("\n".join([",".join(cols)] + [",".join(str(r[c]) for c in cols) for r in records]) + "\n").encode(), "text/csv"),
+        "csv": (("\n".join([",".join(cols)] + [",".join(str(r[c]) for c in cols) for r in records]) + "\n").encode(),
+                "text/csv"),
     }[shape]
     st, out = post(server, "/invocations", body, ctype)
     assert st == 200, out
@@ -71,13 +78,16 @@ def test_mlflow_errors_name_the_field(server, records):
 
 def test_azure_ml_payloads(server, records, want):
     cols = list(records[0])
-    for body in ({"input_data": {"columns": cols, "index": list(range(len(records))), "data": [[r[c] for c in cols] for r in records]}},
+    for body in ({"input_data": {"columns": cols, "index": list(range(len(records))),
+                                 "data": [[r[c] for c in cols] for r in records]}},
                  {"data": records}):
         st, out = post(server, "/score", body)
         assert st == 200, out
-        got = np.array([[a["probabilities"]["at_or_below_asking"], a["probabilities"]["above_asking"]] for a in out["predictions"]])
+        got = np.array([[a["probabilities"]["at_or_below_asking"], a["probabilities"]["above_asking"]]
+                        for a in out["predictions"]])
         assert np.abs(got - want).max() <= 1e-9
-    st, out = post(server, "/score", {"input_data": {"columns": cols, "data": [[r[c] for c in cols][:-1] for r in records]}})
+    st, out = post(server, "/score",
+                   {"input_data": {"columns": cols, "data": [[r[c] for c in cols][:-1] for r in records]}})
     assert st == 400 and "must be a list of" in json.dumps(out)
 
 
@@ -93,7 +103,11 @@ def test_open_inference_protocol_with_tritonclient(server, records, want, binary
     inputs = []
     for spec in meta["inputs"]:
         col = [r[spec["name"]] for r in records]
-        arr = np.array(col, dtype=object) if spec["datatype"] == "BYTES" else np.array(col, dtype={"INT64": np.int64, "FP64": np.float64}[spec["datatype"]])
+        arr = (
+            np.array(col, dtype=object)
+            if spec["datatype"] == "BYTES"
+            else np.array(col, dtype={"INT64": np.int64, "FP64": np.float64}[spec["datatype"]])
+        )
         t = tc.InferInput(spec["name"], [len(records)], spec["datatype"])
         t.set_data_from_numpy(arr, binary_data=binary)
         inputs.append(t)
@@ -112,24 +126,29 @@ def test_open_inference_protocol_errors(server, records):
                        for c, v in {**records[0], "sqft": -5}.items()]}
     st, out = post(server, "/v2/models/ottawa-housing-classifier/infer", body)
     assert st == 422 and out["detail"][0]["loc"] == [0, "sqft"]
-    st, out = post(server, "/v2/models/ottawa-housing-classifier/infer", {"inputs": [{"name": "sqft", "shape": [2], "datatype": "FP64", "data": [1.0]}]})
+    st, out = post(server, "/v2/models/ottawa-housing-classifier/infer",
+                   {"inputs": [{"name": "sqft", "shape": [2], "datatype": "FP64", "data": [1.0]}]})
     assert st == 400 and "does not fit" in out["error"]
     assert server.get("/v2/health/live") == (200, {"live": True}) and server.get("/v2/health/ready")[0] == 200
     assert server.request("GET", "/v2/models/ottawa-housing-classifier/infer")[0] == 405
 
 
 def test_malformed_requests_are_400s_never_500s(server, records):
-    "Found by bench/bench_protocols.py: binary tensors whose sizes do not fit were 500s; a BOM broke the first CSV column."
+    ("Found by bench/bench_protocols.py: binary tensors whose sizes do not "
+     "fit were 500s; a BOM broke the first CSV column.")
     url = "/v2/models/ottawa-housing-classifier/infer"
     for size, blob in ((7, b"\0" * 7), ("abc", b"\0" * 8), (1.5, b"\0" * 8), (-1, b""), (10**9, b"\0" * 8)):
-        head = json.dumps({"inputs": [{"name": "bedrooms", "shape": [1], "datatype": "INT64", "parameters": {"binary_data_size": size}}]}).encode()
+        head = json.dumps({"inputs": [{"name": "bedrooms", "shape": [1], "datatype": "INT64",
+                                       "parameters": {"binary_data_size": size}}]}).encode()
         st, out = server.request("POST", url, head + blob, {"content-type": "application/octet-stream",
                                                             "inference-header-content-length": str(len(head))})[:2]
         assert st == 400 and "bedrooms" in out["error"], (size, st, out)
-    st, out = post(server, url, {"id": {"a": 1}, "inputs": [{"name": "sqft", "shape": [1], "datatype": "FP64", "data": [1.0]}]})
+    st, out = post(server, url,
+                   {"id": {"a": 1}, "inputs": [{"name": "sqft", "shape": [1], "datatype": "FP64", "data": [1.0]}]})
     assert st == 400 and "'id' must be a string" in out["error"]
     cols = list(records[0])
-    st, out = post(server, "/score", {"input_data": {"columns": cols, "index": [0, 1, 2], "data": [[records[0][c] for c in cols]]}})
+    st, out = post(server, "/score",
+                   {"input_data": {"columns": cols, "index": [0, 1, 2], "data": [[records[0][c] for c in cols]]}})
     assert st == 400 and "index must be a list with one entry per row" in json.dumps(out)
     csv = ",".join(cols) + "\n" + ",".join(str(records[0][c]) for c in cols) + "\n"
     plain = post(server, "/invocations", csv.encode(), "text/csv")
@@ -146,12 +165,16 @@ def test_the_second_audits_protocol_bodies_are_4xx(server, records):
     st, out = post(server, "/invocations", huge.encode(), "text/csv")
     assert st == 422 and "bedrooms" in json.dumps(out) and "between -1e15 and 1e15" in json.dumps(out), (st, out)
     for params in ([1, 2], "binary", 7):
-        st, out = post(server, url, {"inputs": [{"name": "sqft", "shape": [1], "datatype": "FP64", "data": [1.0], "parameters": params}]})
+        st, out = post(server, url,
+                       {"inputs": [{"name": "sqft", "shape": [1], "datatype": "FP64", "data": [1.0],
+                                    "parameters": params}]})
         assert st == 400 and "parameters must be an object" in out["error"], (params, st, out)
     head = json.dumps({"inputs": [{"name": "sqft", "shape": [1], "datatype": "FP64", "data": [1.0]}]}).encode()
-    st, out = server.request("POST", url, head, {"content-type": "application/json", "inference-header-content-length": "²"})[:2]
+    st, out = server.request("POST", url, head,
+                             {"content-type": "application/json", "inference-header-content-length": "²"})[:2]
     assert st == 400 and "is not a byte count" in out["error"], (st, out)
-    tensors = [{"name": c, "shape": [1], "datatype": "BYTES" if isinstance(v, str) else "FP64", "data": [v]} for c, v in records[0].items()]
+    tensors = [{"name": c, "shape": [1], "datatype": "BYTES" if isinstance(v, str) else "FP64", "data": [v]} for c,
+               v in records[0].items()]
     st, out = post(server, url, {"inputs": tensors + [{**tensors[0], "data": [records[1][tensors[0]["name"]]]}]})
     assert st == 400 and "is sent twice" in out["error"], (st, out)
     twice = ",".join(cols + [cols[0]]) + "\n" + ",".join(row + [row[0]]) + "\n"

@@ -1,4 +1,5 @@
-"""`mlops-nb monitor --html`: the real monitor on an inference log written by the real writer, its page opened in headless
+"""`mlops-nb monitor --html`: the real monitor on an inference log written by the real writer, its page opened in
+headless
 Chromium (what a person sees: the verdict, the drifted feature's bar and name, the windows; no console error, no
 request), and a page of hostile names that must show them, never run or fetch them."""
 # ruff: noqa: F811  (the Chromium fixtures are imported from test_docs and named as parameters)
@@ -22,7 +23,8 @@ def _listings(year, n, seed):
 
 @pytest.fixture(scope="module")
 def monitored(tmp_path_factory, model_dir, data_dir, state):
-    "Three days of requests in an inference log (the real writer), labels for the last two, then `monitor --html --json`."
+    ("Three days of requests in an inference log (the real writer), "
+     "labels for the last two, then `monitor --html --json`.")
     from mlops_nb.examples.ottawa import TARGET
     from mlops_nb.inference_log import InferenceLog
     from mlops_nb.problem import predict_outputs
@@ -39,7 +41,9 @@ def monitored(tmp_path_factory, model_dir, data_dir, state):
                 rid, at = f"d{day}-{i}", day0 + pd.Timedelta(days=day, minutes=10 + i)
                 meta = {"request_id": rid, "time": at.timestamp(), "latency_ms": 1.0, "model": "m", "version": "1"}
                 assert log.put(recs[i*10:(i+1)*10], outputs[i*10:(i+1)*10], meta, sampled=True)
-                if day: labels += [{"request_id": rid, "row": r, TARGET: v} for r, v in enumerate(df[TARGET][i*10:(i+1)*10])]
+                if day:
+                    labels += [{"request_id": rid, "row": r, TARGET: v} for r,
+                               v in enumerate(df[TARGET][i*10:(i+1)*10])]
     finally: log.close()
     assert log.rows_written == 1200, log.dropped
     pd.DataFrame(labels).to_csv(t/"labels.csv", index=False)
@@ -100,7 +104,8 @@ def test_hostile_names_are_shown_never_run_nor_fetched(driver, tmp_path):
                  f'"><link rel="stylesheet" href="{rec.url}/css">']
         report = {"drift": True, "retrain": True, "reasons": [f"feature drift: {names[0]}"], "drifted": names,
                   "rows": {"reference": 10, "current": 10}, "thresholds": {"psi": 0.2},
-                  "features": {n: {"kind": "categorical", "psi": 0.5 + i, "drifted": True} for i, n in enumerate(names)},
+                  "features": {n: {"kind": "categorical", "psi": 0.5 + i, "drifted": True} for i,
+                               n in enumerate(names)},
                   "distributions": {n: {"kind": "categorical", "bins": [n], "reference": [1.0], "current": [1.0]}
                                     for n in names},
                   "estimated": {names[1]: {"value": 0.9, "calibration_error": 0.01, "method": names[0]}},
@@ -108,7 +113,8 @@ def test_hostile_names_are_shown_never_run_nor_fetched(driver, tmp_path):
                   "windows": [{"start": names[0], "rows": 1, "drifted": names, "notes": [names[1]]}]}
         driver.get(write_html(tmp_path/"hostile.html", report).as_uri())
         assert driver.execute_script("return window.pwned === undefined")
-        cells = [r.find_element(By.TAG_NAME, "td").text for r in driver.find_elements(By.CSS_SELECTOR, "#drift tr.feature")]
+        cells = [r.find_element(By.TAG_NAME, "td").text
+                 for r in driver.find_elements(By.CSS_SELECTOR, "#drift tr.feature")]
         assert cells == names[::-1]  # shown as text, the highest PSI first
         assert names[0] in driver.find_element(By.ID, "verdict").text
         assert not driver.find_elements(By.CSS_SELECTOR, "script, img, link, iframe")

@@ -15,19 +15,24 @@ def test_challenger_that_is_worse_keeps_the_champion(model_dir, model_dir_v2, st
     recent = generate_listings(2023, 2000, seed=77)
     d = challenge(old, recent)
     assert d["promoted"] is False and version_for_alias("champion") == new
-    assert d["challenger_metrics"]["roc_auc"] < d["champion_metrics"]["roc_auc"] and d["reason"].startswith(f"kept v{new}")
+    assert d["challenger_metrics"]["roc_auc"] < d["champion_metrics"]["roc_auc"] and d["reason"].startswith("kept v"
+                                                                                                            f"{new}")
     tag = client().get_model_version("ottawa-housing-classifier", str(old)).tags["mlops_nb.challenge"]
     assert tag == d["reason"] and d["eval_fingerprint"] in tag
     promote(old, "champion")
     d = challenge(new, recent)  # and the other way round, it wins
-    assert d["promoted"] is True and version_for_alias("champion") == new and d["reason"].startswith("promoted: roc_auc")
+    assert (
+        d["promoted"] is True and version_for_alias("champion") == new and d["reason"].startswith("promoted: roc_auc")
+    )
 
 
 def test_simulation_end_to_end(tmp_path, state):
-    "Three market years through the real runner, server and client: a report, no failed request, retrained versions served."
+    ("Three market years through the real runner, server and client: a "
+     "report, no failed request, retrained versions served.")
     from mlops_nb.tracking import list_versions
     before = [(v.version, v.aliases) for v in list_versions()]
-    out = cli_json("simulate", "--first-period", "2020", "--periods", "3", "--rows", "3000", "--epochs", "2", "--out", tmp_path/"sim", timeout=900)
+    out = cli_json("simulate", "--first-period", "2020", "--periods", "3", "--rows", "3000", "--epochs", "2", "--out",
+                   tmp_path/"sim", timeout=900)
     assert out["requests_failed"] == 0 and out["requests_ok"] > 50 and out["metric"] == "accuracy"
     periods = out["periods"]
     assert [y["period"] for y in periods] == [2020, 2021, 2022]
@@ -38,7 +43,9 @@ def test_simulation_end_to_end(tmp_path, state):
     promoted = [y for y in later if y["decision"].startswith("promoted")]
     assert len(out["versions_served"]) == 1 + len(promoted)  # every promoted version answered the client
     page = Path(out["report"]).read_text()
-    assert "<svg" in page and page.count("<polyline") == 2 and f"{out['requests_ok']} requests answered, 0 failed" in page
+    assert (
+        "<svg" in page and page.count("<polyline") == 2 and f"{out['requests_ok']} requests answered, 0 failed" in page
+    )
     for y in later:  # each later period's monitoring report, linked from the simulation's
         monitor = (tmp_path/"sim"/y["monitor_report"]).read_text()
         assert f'<a href="{y["monitor_report"]}">' in page and "<h1>Monitoring report</h1>" in monitor

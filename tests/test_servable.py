@@ -36,7 +36,7 @@ CUSTOM = Problem(name="team-custom", inputs=INPUTS, target="y", kind="binary", c
 CUSTOM_TRUSTED = dataclasses.replace(CUSTOM, trusted_types=("team_problems.Clip",))
 NOISE = Problem(name="team-noise", inputs=INPUTS, target="y", kind="regression", primary_metric="r2",
                 estimator=lambda seed: make_pipeline(SimpleImputer(), KNeighborsRegressor(n_neighbors=1)))
-'''
+'''  # noqa: E501
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,9 @@ def test_the_imputer_pipeline_registers_is_promoted_and_served(imputer_run, monk
     from mlops_nb.serving import load_runtime
     from mlops_nb.tracking import client
     v = imputer_run["registered_version"]
-    assert v == 1 and imputer_run["servable"].startswith("3 example and 60 evaluation rows answered as trained"), imputer_run
+    assert v == 1 and imputer_run["servable"].startswith(
+        "3 example and 60 evaluation rows answered as trained"
+    ), imputer_run
     assert imputer_run["baseline"]["baseline_roc_auc"] == pytest.approx(0.5)
     assert imputer_run["metrics"]["roc_auc"] > 0.8
     tags = client().get_model_version("team-imputer", "1").tags
@@ -86,7 +88,8 @@ def test_the_imputer_pipeline_registers_is_promoted_and_served(imputer_run, monk
     assert out["previous"] is None
     monkeypatch.setenv("MLOPS_NB_PROBLEM", "team_problems:IMPUTER")
     rt = load_runtime("models:/team-imputer@champion")
-    assert [type(s).__name__ for _, s in rt.pipeline[-1].steps] == ["StandardScaler", "SimpleImputer", "LogisticRegression"]
+    assert [type(s).__name__ for _, s in rt.pipeline[-1].steps] == ["StandardScaler", "SimpleImputer",
+                                                                    "LogisticRegression"]
     got = rt.predict([{"a": None, "b": 1.5, "c": 0.0}, {"a": -2.0, "b": None, "c": 0.0}])
     assert got.shape == (2, 2) and got[0, 1] > 0.5 > got[1, 1]
 
@@ -144,7 +147,8 @@ def test_a_model_worse_than_the_mean_is_registered_but_not_promoted(team):
     v = run["registered_version"]
     assert v == 1
     import nbformat
-    printed = "".join(o.get("text", "") for c in nbformat.read(run["output_notebook"], as_version=4).cells for o in c.get("outputs", []))
+    printed = "".join(o.get("text", "") for c in nbformat.read(run["output_notebook"], as_version=4).cells
+                      for o in c.get("outputs", []))
     assert f"r2: model {r2:.4f}, baseline {base:.4f}: not better than the baseline" in printed
     verdict = f"not better than the baseline: r2 {r2:.4f} <= baseline {base:.4f}"
     assert client().get_model_version("team-noise", "1").tags["mlops_nb.gates"] == f"failed: {verdict}"

@@ -9,7 +9,9 @@ ADMIN, KEY = "admin-secret-for-tests", "api-key-for-tests"
 
 def free_port():
     "A free loopback port."
-    with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class Server:
@@ -17,12 +19,15 @@ class Server:
     def __init__(self, tmp, *args, env=None):
         self.port, self.log = free_port(), tmp/f"server-{time.time_ns()}.log"
         self.proc = subprocess.Popen([CLI, "serve", "--port", str(self.port), *map(str, args)], cwd=ROOT,
-                                     stdout=open(self.log, "w"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                     stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})},
                                      start_new_session=True)
         self.t0 = time.time()
         while time.time() - self.t0 < 60:
             try:
-                if self.get("/ready")[0] == 200: self.ready_s = time.time() - self.t0; return
+                if self.get("/ready")[0] == 200:
+                    self.ready_s = time.time() - self.t0
+                    return
             except OSError: pass
             if self.proc.poll() is not None: break
             time.sleep(0.05)
@@ -32,10 +37,12 @@ class Server:
         "(status, parsed JSON or text, headers) of one request."
         c = conn or http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         c.request(method, path, body=body, headers=headers or {})
-        r = c.getresponse(); data = r.read()
+        r = c.getresponse()
+        data = r.read()
         if conn is None: c.close()
         ct = r.getheader("content-type", "")
-        return r.status, (json.loads(data) if ct.startswith("application/json") else data.decode()), dict(r.getheaders())
+        return r.status, (json.loads(data) if ct.startswith("application/json")
+                          else data.decode()), dict(r.getheaders())
 
     def get(self, path, **kw): return self.request("GET", path, **kw)[:2]
 
@@ -49,7 +56,9 @@ class Server:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try: self.proc.wait(15)
-            except subprocess.TimeoutExpired: os.killpg(self.proc.pid, signal.SIGKILL); self.proc.wait()
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
         return self.log.read_text()
 
 
@@ -67,7 +76,8 @@ def test_cold_start_and_probes(server):
     assert server.get("/health")[0] == 200
     assert server.get("/ready") == (200, {"ready": True})
     st, v = server.get("/version")
-    assert st == 200 and (v["name"], v["version"], v["run_id"]) == ("ottawa-housing-classifier", "1", "run-1") and v["fast_path"]
+    assert st == 200 and (v["name"], v["version"], v["run_id"]) == ("ottawa-housing-classifier", "1",
+                                                                    "run-1") and v["fast_path"]
 
 
 def test_scores_like_score_py(server, model_dir, monkeypatch):
@@ -75,8 +85,11 @@ def test_scores_like_score_py(server, model_dir, monkeypatch):
     import importlib.util
     monkeypatch.setenv("MLOPS_NB_MODEL", str(model_dir))
     spec = importlib.util.spec_from_file_location("score_ref", ROOT/"api"/"score.py")
-    ref = importlib.util.module_from_spec(spec); spec.loader.exec_module(ref); ref.init()
-    payloads = [GOOD, [GOOD, {**GOOD, "property_type": "condo", "sqft": 700, "lot_size": 0}], [dict(GOOD, days_on_market=d) for d in range(100)]]
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)
+    ref.init()
+    payloads = [GOOD, [GOOD, {**GOOD, "property_type": "condo", "sqft": 700, "lot_size": 0}],
+                [dict(GOOD, days_on_market=d) for d in range(100)]]
     for p in payloads:
         st, body = server.score(p)
         assert st == 200
@@ -107,24 +120,32 @@ def test_protocol_errors(server):
     st, out, hdr = server.request("DELETE", "/health")
     assert st == 405 and hdr["allow"] == "GET, HEAD"
     assert server.request("GET", "/nope")[0] == 404
-    st, out, hdr = server.request("POST", "/score", json.dumps(GOOD).encode(), {"content-type": "application/json", "x-request-id": "abc123"})
+    st, out, hdr = server.request("POST", "/score", json.dumps(GOOD).encode(),
+                                  {"content-type": "application/json", "x-request-id": "abc123"})
     assert st == 200 and hdr["x-request-id"] == "abc123"
 
 
 def test_openapi_and_docs(server):
     st, spec = server.get("/openapi.json")
     listing = spec["paths"]["/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]["oneOf"][0]
-    assert st == 200 and set(listing["required"]) == set(GOOD) and listing["properties"]["listing_date"]["format"] == "date"
+    assert (
+        st == 200
+        and set(listing["required"]) == set(GOOD)
+        and listing["properties"]["listing_date"]["format"] == "date"
+    )
     assert "Glebe" in listing["properties"]["neighbourhood"]["enum"] and listing["additionalProperties"] is False
     st, html = server.get("/docs")
     assert st == 200 and "openapi.json" in html and "<table" in html
 
 
 def test_metrics(server):
-    server.score(GOOD); server.score([])
+    server.score(GOOD)
+    server.score([])
     st, text = server.get("/metrics")
     assert st == 200
-    assert 'mlops_nb_requests_total{path="/score",status="200"}' in text and 'mlops_nb_errors_total{status="422"}' in text
+    assert (
+        'mlops_nb_requests_total{path="/score",status="200"}' in text and 'mlops_nb_errors_total{status="422"}' in text
+    )
     assert 'mlops_nb_score_seconds_bucket{le="+Inf"}' in text
     assert 'mlops_nb_model_info{name="ottawa-housing-classifier",run_id="run-1",version="1"} 1.0' in text
 
@@ -135,23 +156,26 @@ def test_admin_requires_the_token(server):
 
 
 def test_failed_swap_keeps_the_old_model(server, tmp_path):
-    (tmp_path/"broken").mkdir(); (tmp_path/"broken"/"MLmodel").write_text("flavors: {}\n")
-    st, out, _ = server.request("POST", "/admin/model", json.dumps({"model": str(tmp_path/"broken"), "wait": True}).encode(),
+    (tmp_path/"broken").mkdir()
+    (tmp_path/"broken"/"MLmodel").write_text("flavors: {}\n")
+    st, out, _ = server.request("POST", "/admin/model",
+                                json.dumps({"model": str(tmp_path/"broken"), "wait": True}).encode(),
                                 {"authorization": f"Bearer {ADMIN}"})
     assert st == 409 and "still serving 1" in out["error"] and "no scikit-learn model" in json.dumps(out)
     assert server.get("/version")[1]["version"] == "1" and server.score(GOOD)[0] == 200
     assert "no scikit-learn model" in server.get("/version")[1]["last_swap_error"]
 
 
-# the swap under concurrent load: tests/test_audit.py::test_swap_under_load_answers_wholly_old_or_new (every answer checked
-# to be wholly one version's, on the three protocols)
+# the swap under concurrent load: tests/test_audit.py::test_swap_under_load_answers_wholly_old_or_new (every answer
+# checked to be wholly one version's, on the three protocols)
 
 
 def test_api_key_and_scoring_failure(tmp_path, model_dir, state):
     "With a key configured /score needs it; a failing entry script answers 500 with an error id and keeps serving."
     entry = tmp_path/"score.py"
     entry.write_text((ROOT/"api"/"score.py").read_text().replace(
-        "def preprocess(records):\n", "def preprocess(records):\n    if records[0]['days_on_market'] == 999: raise RuntimeError('boom')\n"))
+        "def preprocess(records):\n",
+        "def preprocess(records):\n    if records[0]['days_on_market'] == 999: raise RuntimeError('boom')\n"))
     s = Server(tmp_path, "--model", model_dir, "--entry", entry, env={"MLOPS_NB_API_KEY": KEY})
     try:
         assert s.score(GOOD)[0] == 401
@@ -166,7 +190,8 @@ def test_api_key_and_scoring_failure(tmp_path, model_dir, state):
 
 
 def test_api_key_from_a_mounted_file(tmp_path, model_dir, state):
-    "MLOPS_NB_API_KEY_FILE (a Kubernetes Secret mounted as a file, as `deploy --api-key-secret` renders it) sets the key."
+    ("MLOPS_NB_API_KEY_FILE (a Kubernetes Secret mounted as a file, as "
+     "`deploy --api-key-secret` renders it) sets the key.")
     (tmp_path/"api-key").write_text(KEY + "\n")
     s = Server(tmp_path, "--model", model_dir, env={"MLOPS_NB_API_KEY_FILE": str(tmp_path/"api-key")})
     try:
@@ -175,15 +200,18 @@ def test_api_key_from_a_mounted_file(tmp_path, model_dir, state):
     finally: log = s.stop()
     assert KEY not in log
     env = {k: v for k, v in os.environ.items() if k != "MLOPS_NB_API_KEY"}
-    for extra, says in (({"MLOPS_NB_API_KEY_FILE": str(tmp_path/"missing")}, "missing: cannot read it (No such file or directory)"),
-                        ({"MLOPS_NB_API_KEY_FILE": str(tmp_path/"api-key"), "MLOPS_NB_API_KEY": KEY}, "both MLOPS_NB_API_KEY and MLOPS_NB_API_KEY_FILE")):
+    for extra, says in (({"MLOPS_NB_API_KEY_FILE": str(tmp_path/"missing")},
+                         "missing: cannot read it (No such file or directory)"),
+                        ({"MLOPS_NB_API_KEY_FILE": str(tmp_path/"api-key"), "MLOPS_NB_API_KEY": KEY},
+                         "both MLOPS_NB_API_KEY and MLOPS_NB_API_KEY_FILE")):
         p = subprocess.run([CLI, "serve", "--port", str(free_port()), "--model", str(model_dir)], env={**env, **extra},
                            capture_output=True, text=True, timeout=60)
         assert p.returncode == 2 and says in p.stderr and "Traceback" not in p.stderr and KEY not in p.stderr, p.stderr
 
 
 def test_bad_model_reference_fails_the_start(tmp_path, state):
-    p = subprocess.run([CLI, "serve", "--port", str(free_port()), "--model", str(tmp_path/"missing")], capture_output=True, text=True, timeout=60)
+    p = subprocess.run([CLI, "serve", "--port", str(free_port()), "--model", str(tmp_path/"missing")],
+                       capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "error: could not load model" in p.stderr
 
 
@@ -212,7 +240,8 @@ def test_watching_the_alias_swaps_when_it_moves(tmp_path, model_dir, model_dir_v
         assert s.get("/version")[1]["version"] == str(v1)
         promote(v2, "champion")
         # every worker (two by default here) follows the alias on its own: until each has swapped, answers mix versions
-        served = lambda: {s.score(GOOD)[1]["predictions"][0]["version"] for _ in range(8)}  # new connections, both workers
+        # new connections, both workers
+        served = lambda: {s.score(GOOD)[1]["predictions"][0]["version"] for _ in range(8)}
         deadline = time.time() + 60
         while time.time() < deadline and served() != {str(v2)}: time.sleep(0.2)
         assert served() == {str(v2)}
@@ -222,16 +251,22 @@ def test_watching_the_alias_swaps_when_it_moves(tmp_path, model_dir, model_dir_v
 
 def _loaded(log:str)->list:
     "The model_loaded events of a server log."
-    return [e for e in (json.loads(l) for l in log.splitlines() if l.startswith("{")) if e.get("event") == "model_loaded"]
+    return [e for e in (json.loads(l) for l in log.splitlines() if l.startswith("{"))
+            if e.get("event") == "model_loaded"]
 
 
-def test_registry_reference_starts_without_mlflow_and_serves_the_version_it_names(tmp_path, model_dir, model_dir_v2, state):
-    "On the local SQLite store a reference is read without MLflow, one worker or two; best:METRIC still goes through MLflow."
+def test_registry_reference_starts_without_mlflow_and_serves_the_version_it_names(
+    tmp_path, model_dir, model_dir_v2, state
+):
+    ("On the local SQLite store a reference is read without MLflow, one "
+     "worker or two; best:METRIC still goes through MLflow.")
     from mlops_nb.tracking import promote
     v1, v2 = _register(model_dir, 1), _register(model_dir_v2, 2)
-    promote(v2, "champion"); promote(v1, "previous")
+    promote(v2, "champion")
+    promote(v1, "previous")
     ref = "models:/ottawa-housing-classifier@"
-    for args, want in (([ref + "champion", "--workers", "1"], v2), ([ref + "previous"], v1)):  # one worker; the default (two here)
+    # one worker; the default (two here)
+    for args, want in (([ref + "champion", "--workers", "1"], v2), ([ref + "previous"], v1)):
         s = Server(tmp_path, "--model", *args)
         try:
             for _ in range(6):  # new connections: with two workers, both answer
@@ -253,15 +288,19 @@ def test_deploy_local_starts_then_swaps_without_engine(tmp_path_factory, tmp_pat
     from conftest import run_cli
     port = free_port()
     env = {**os.environ, "MLOPS_NB_ADMIN_TOKEN": ADMIN, "MLOPS_NB_MODEL_ROOTS": str(tmp_path_factory.getbasetemp())}
-    p = run_cli("deploy", "--target", "local", "--model", model_dir, "--port", port, "--timeout", "60", "--json", env=env)
+    p = run_cli("deploy", "--target", "local", "--model", model_dir, "--port", port, "--timeout", "60", "--json",
+                env=env)
     assert p.returncode == 0, p.stderr
     pid = json.loads(p.stdout)["pid"]
     try:
-        version = lambda: json.loads(__import__("urllib.request").request.urlopen(f"http://127.0.0.1:{port}/version").read())["version"]
+        version = lambda: json.loads(
+            __import__("urllib.request").request.urlopen(f"http://127.0.0.1:{port}/version").read()
+        )["version"]
         assert version() == "1"
         p = run_cli("deploy", "--target", "local", "--model", model_dir_v2, "--port", port, env=env)
         assert p.returncode == 0 and "now serves version 2" in p.stdout, p.stderr
-        (tmp_path/"broken").mkdir(); (tmp_path/"broken"/"MLmodel").write_text("flavors: {}\n")
+        (tmp_path/"broken").mkdir()
+        (tmp_path/"broken"/"MLmodel").write_text("flavors: {}\n")
         p = run_cli("deploy", "--target", "local", "--model", tmp_path/"broken", "--port", port, env=env)
         assert p.returncode == 2 and "swap refused (409)" in p.stderr and version() == "2"
         p = run_cli("deploy", "--target", "local", "--model", model_dir, "--port", port)  # no token: told what to do
@@ -270,7 +309,8 @@ def test_deploy_local_starts_then_swaps_without_engine(tmp_path_factory, tmp_pat
 
 
 def test_workers_share_metrics_and_refuse_a_swap_that_would_reach_one(tmp_path, model_dir, model_dir_v2, state):
-    "With --workers 2: /metrics counts every worker's requests (prometheus_client's multiprocess mode); an admin swap is refused."
+    ("With --workers 2: /metrics counts every worker's requests "
+     "(prometheus_client's multiprocess mode); an admin swap is refused.")
     s = Server(tmp_path, "--model", model_dir, "--workers", "2", env={"MLOPS_NB_ADMIN_TOKEN": ADMIN})
     try:
         for _ in range(40): assert s.score(GOOD)[0] == 200  # new connections: uvicorn spreads them over the workers
@@ -284,12 +324,14 @@ def test_workers_share_metrics_and_refuse_a_swap_that_would_reach_one(tmp_path, 
 
 def _workers(pid:int)->int:
     "Worker processes below uvicorn's parent `pid` (its multiprocessing helpers left out)."
-    kids = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(pid)], capture_output=True, text=True).stdout.splitlines()
+    kids = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(pid)], capture_output=True,
+                          text=True).stdout.splitlines()
     return sum("multiprocessing.spawn" in k and "resource_tracker" not in k for k in kids)
 
 
 def test_default_uses_every_usable_cpu_and_stays_one_process_under_a_one_cpu_affinity(tmp_path, model_dir, state):
-    "No --workers: one worker process per usable CPU (here both), each answering as one process does; with one CPU, one process."
+    ("No --workers: one worker process per usable CPU (here both), each "
+     "answering as one process does; with one CPU, one process.")
     from mlops_nb.core import usable_cpus
     s = Server(tmp_path, "--model", model_dir)
     try:
@@ -301,18 +343,23 @@ def test_default_uses_every_usable_cpu_and_stays_one_process_under_a_one_cpu_aff
         many = s.score([GOOD] * 300)  # one model call through the estimator: the same numbers as record by record
         assert many[0] == 200 and all(p == one[1]["predictions"][0] for p in many[1]["predictions"])
     finally: s.stop()
-    pinned = subprocess.run(["taskset", "-c", "0", CLI, "serve", "--port", "0", "--model", str(model_dir), "--workers", "0"],
+    pinned = subprocess.run(["taskset", "-c", "0", CLI, "serve", "--port", "0", "--model", str(model_dir), "--workers",
+                             "0"],
                             capture_output=True, text=True, timeout=60)
     assert pinned.returncode == 2 and "--workers 0 is not allowed" in pinned.stderr
     p = subprocess.Popen(["taskset", "-c", "0", CLI, "serve", "--port", str(free_port()), "--model", str(model_dir)],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try: assert "1 worker(s)" in p.stdout.readline()  # an affinity (or a cgroup quota) of one CPU: one process
-    finally: os.killpg(p.pid, signal.SIGTERM); p.wait(15)
+    finally:
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(15)
 
 
 def test_several_workers_report_a_model_that_does_not_load_as_one_process_does(tmp_path):
     "With two workers a missing model is one line and exit 2 from the parent, before any worker starts."
-    p = subprocess.run([CLI, "serve", "--port", str(free_port()), "--model", str(tmp_path/"no-such-model"), "--workers", "2"],
-                       capture_output=True, text=True, timeout=120, env={**os.environ, "MLOPS_NB_HOME": str(tmp_path/"state")})
+    p = subprocess.run([CLI, "serve", "--port", str(free_port()), "--model", str(tmp_path/"no-such-model"), "--workers",
+                        "2"],
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "MLOPS_NB_HOME": str(tmp_path/"state")})
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert p.stderr.strip().splitlines()[-1].startswith("error: "), p.stderr

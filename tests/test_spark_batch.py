@@ -16,7 +16,8 @@ pytestmark = pytest.mark.xdist_group("spark")  # one worker, one JVM for every S
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("spark-in")
     df = generate_listings(2022, 2500, seed=11)
-    df.iloc[:1500].to_parquet(d/"a.parquet", row_group_size=500); df.iloc[1500:].to_parquet(d/"b.parquet")
+    df.iloc[:1500].to_parquet(d/"a.parquet", row_group_size=500)
+    df.iloc[1500:].to_parquet(d/"b.parquet")
     return d, df
 
 
@@ -28,7 +29,8 @@ def test_spark_engine_gives_the_numbers_of_score(spark, model_dir, data, tmp_pat
     assert (tmp_path/"spark"/"_SUCCESS").exists() and (tmp_path/"spark"/"_mlops_nb_batch.json").exists()
     rt = load_runtime(model_dir)
     raw = df[list(rt.schema)].assign(listing_date=df["listing_date"].dt.strftime("%Y-%m-%d"))
-    want = score([{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in raw.iloc[:1000].to_dict("records")], rt)["predictions"]
+    want = score([{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}
+                  for r in raw.iloc[:1000].to_dict("records")], rt)["predictions"]
     head = got.iloc[:1000]
     assert head["label"].tolist() == [a["label"] for a in want]
     assert np.abs(head["probability"].to_numpy() - [a["probability"] for a in want]).max() < 1e-6
@@ -42,9 +44,11 @@ def test_spark_engine_gives_the_numbers_of_score(spark, model_dir, data, tmp_pat
 
 def test_spark_bad_input_names_file_column_and_row(spark, model_dir, data, tmp_path):  # noqa: F811
     d, df = data
-    bad = df.head(100).copy(); bad.loc[77, "bedrooms"] = 99
+    bad = df.head(100).copy()
+    bad.loc[77, "bedrooms"] = 99
     bad.to_parquet(tmp_path/"bad.parquet")
-    with pytest.raises(DataError, match=r"bad.parquet: column 'bedrooms' has values above its maximum 50, first at row 78: 99"):
+    with pytest.raises(DataError,
+                       match=r"bad.parquet: column 'bedrooms' has values above its maximum 50, first at row 78: 99"):
         score_batch(model_dir, tmp_path/"bad.parquet", tmp_path/"out", engine="spark", spark=spark)
     df.head(10).drop(columns=["sqft"]).to_parquet(tmp_path/"nocol.parquet")
     with pytest.raises(DataError, match="nocol.parquet: missing required column"):
@@ -57,7 +61,8 @@ def test_cli_score_engine_spark_uses_the_active_session(spark, model_dir, data, 
     d, df = data
     csv = tmp_path/"c.csv"
     df.head(300).to_csv(csv, index=False)
-    assert main(["score", "--engine", "spark", "--model", str(model_dir), "--input", str(csv), "--output", str(tmp_path/"o"), "--json"]) == 0
+    assert main(["score", "--engine", "spark", "--model", str(model_dir), "--input", str(csv), "--output",
+                 str(tmp_path/"o"), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["rows"] == 300 and out["engine"] == "spark"
     assert pd.read_parquet(tmp_path/"o")["listing_id"].sort_values().tolist() == sorted(df["listing_id"].head(300))

@@ -21,10 +21,13 @@ def test_cli_monitor_engine_spark_gives_the_local_report(spark, state, model_dir
     from mlops_nb.cli import main
     generate_listings(2018, 3000, seed=0).to_parquet(tmp_path/"ref.parquet")
     cur = generate_listings(2023, 2999, seed=1)
-    cur.iloc[:1500].to_csv(tmp_path/"cur-1.csv", index=False); cur.iloc[1500:].to_csv(tmp_path/"cur-2.csv", index=False)
+    cur.iloc[:1500].to_csv(tmp_path/"cur-1.csv", index=False)
+    cur.iloc[1500:].to_csv(tmp_path/"cur-2.csv", index=False)
     outs = {}
-    for engine, current in (("local", cur.to_parquet(tmp_path/"cur.parquet") or tmp_path/"cur.parquet"), ("spark", tmp_path/"cur-*.csv")):
-        assert main(["monitor", "--reference", str(tmp_path/"ref.parquet"), "--current", str(current), "--model", str(model_dir),
+    for engine, current in (("local", cur.to_parquet(tmp_path/"cur.parquet") or tmp_path/"cur.parquet"),
+                            ("spark", tmp_path/"cur-*.csv")):
+        assert main(["monitor", "--reference", str(tmp_path/"ref.parquet"), "--current", str(current), "--model",
+                     str(model_dir),
                      "--engine", engine, "--json"]) == 0
         outs[engine] = json.loads(capsys.readouterr().out)
     a, b = outs["local"], outs["spark"]
@@ -35,17 +38,22 @@ def test_cli_monitor_engine_spark_gives_the_local_report(spark, state, model_dir
         assert abs(f["psi"] - g["psi"]) < 1e-6 and f["drifted"] == g["drifted"] and decisions(f) == decisions(g), c
         if "ks_stat" in f: assert abs(f["ks_stat"] - g["ks_stat"]) <= 1 / GRID, c
     assert set(a["decay"]) == set(b["decay"]) == {"roc_auc", "accuracy", "log_loss"}
-    for m, d in a["decay"].items(): assert abs(d["current"] - b["decay"][m]["current"]) < 1e-9 and abs(d["drop"] - b["decay"][m]["drop"]) < 1e-9
-    assert main(["monitor", "--reference", str(tmp_path/"ref.parquet"), "--current", str(tmp_path/"cur.parquet"), "--engine", "dask"]) == 2
+    for m, d in a["decay"].items():
+        assert abs(d["current"] - b["decay"][m]["current"]) < 1e-9 and abs(d["drop"] - b["decay"][m]["drop"]) < 1e-9
+    assert main(["monitor", "--reference", str(tmp_path/"ref.parquet"), "--current", str(tmp_path/"cur.parquet"),
+                 "--engine", "dask"]) == 2
     assert "--engine 'dask' is not allowed" in capsys.readouterr().err
 
 
 def test_discrete_continuous_and_missing_values(spark):  # noqa: F811
     rng = np.random.default_rng(3)
     n = 20_000
-    ref = pd.DataFrame({"d": rng.integers(0, 7, n).astype(float), "c": rng.normal(0, 1, n), "s": rng.choice(list("abc"), n)})
-    cur = pd.DataFrame({"d": rng.integers(1, 7, n).astype(float), "c": rng.normal(0.05, 1.1, n), "s": rng.choice(list("abcd"), n)})
-    ref.loc[::17, "c"] = np.nan; cur.loc[::5, "d"] = np.inf
+    ref = pd.DataFrame({"d": rng.integers(0, 7, n).astype(float), "c": rng.normal(0, 1, n),
+                        "s": rng.choice(list("abc"), n)})
+    cur = pd.DataFrame({"d": rng.integers(1, 7, n).astype(float), "c": rng.normal(0.05, 1.1, n),
+                        "s": rng.choice(list("abcd"), n)})
+    ref.loc[::17, "c"] = np.nan
+    cur.loc[::5, "d"] = np.inf
     kw = dict(numeric=["d", "c"], categorical=["s"])
     local = drift_report(ref, cur, **kw)
     remote = spark_drift_report(spark.createDataFrame(ref), spark.createDataFrame(cur), **kw)
@@ -65,8 +73,10 @@ def test_drift_from_a_profile_on_spark_is_the_local_one(spark):  # noqa: F811
     counts in the same one job."""
     from mlops_nb.reference import profile_of, profile_drift, spark_counts, current_counts
     rng = np.random.default_rng(5)
-    ref = pd.DataFrame({"d": rng.integers(0, 7, 5000).astype(float), "c": rng.normal(0, 1, 5000), "s": rng.choice(list("abc"), 5000)})
-    cur = pd.DataFrame({"d": rng.integers(1, 7, 4000).astype(float), "c": rng.normal(0.2, 1.1, 4000), "s": rng.choice(list("abcd"), 4000)})
+    ref = pd.DataFrame({"d": rng.integers(0, 7, 5000).astype(float), "c": rng.normal(0, 1, 5000),
+                        "s": rng.choice(list("abc"), 5000)})
+    cur = pd.DataFrame({"d": rng.integers(1, 7, 4000).astype(float), "c": rng.normal(0.2, 1.1, 4000),
+                        "s": rng.choice(list("abcd"), 4000)})
     cur.loc[::5, "d"] = np.inf
     cur.loc[::7, "s"] = None
     prof = profile_of(ref, numeric=["d", "c"], categorical=["s"])
@@ -90,7 +100,8 @@ def test_a_reference_profiled_on_spark_is_the_local_profile_or_counts_exactly_on
     engine computes from that profile."""
     from mlops_nb.reference import profile_of, profile_drift, sketch_size, spark_profile, spark_profile_drift
     rng = np.random.default_rng(7)
-    ref = pd.DataFrame({"d": rng.integers(0, 7, 3000).astype(float), "c": rng.normal(0, 1, 3000), "s": rng.choice(list("abc"), 3000)})
+    ref = pd.DataFrame({"d": rng.integers(0, 7, 3000).astype(float), "c": rng.normal(0, 1, 3000),
+                        "s": rng.choice(list("abc"), 3000)})
     ref.loc[::11, "c"] = np.nan
     exact = {}
     prof = spark_profile(spark.createDataFrame(ref).repartition(3), ["d", "c"], ["s"], exact)
@@ -122,7 +133,9 @@ def test_counting_gets_arrow_batches_sized_by_width_and_the_session_keeps_its_se
     key = "spark.sql.execution.arrow.maxRecordsPerBatch"
     before = spark.conf.get(key)
     df = spark.range(30_000).coalesce(1).selectExpr(*[f"cast(id as double) as f{i}" for i in range(100)])
-    sizes = lambda: sorted(r["n"] for r in df.mapInPandas(lambda it: (pd.DataFrame({"n": [len(b)]}) for b in it), "n long").collect())
+    sizes = lambda: sorted(r["n"]
+                           for r in df.mapInPandas(lambda it: (pd.DataFrame({"n": [len(b)]}) for b in it),
+                                                   "n long").collect())
     with arrow_batches(spark, 100): assert sizes() == [30_000]
     assert spark.conf.get(key) == before
     with pytest.raises(ZeroDivisionError), arrow_batches(spark, 100): 1/0

@@ -40,7 +40,9 @@ def test_test_mode_is_a_seeded_stratified_5pct_sample_and_one_epoch(test_run, da
     assert test_run["train_rows"] + test_run["eval_rows"] == len(used)
     y = PROBLEM.encode(table.iloc[_fraction_rows(table, PROBLEM, 0.05, 42)][PROBLEM.target])
     counts = [int((y == k).sum()) for k in (0, 1)]
-    assert min(counts) == MIN_SAMPLE_PER_CLASS and max(counts) == round(0.05 * int((PROBLEM.encode(table[PROBLEM.target]) == 1).sum()))
+    assert min(counts) == MIN_SAMPLE_PER_CLASS and max(counts) == round(
+        0.05 * int((PROBLEM.encode(table[PROBLEM.target]) == 1).sum())
+    )
     assert test_run["epochs"] == 1
     tr, ev, note = train_eval_rows(table, PROBLEM, 0.05, 42)
     assert test_run["data_fingerprint"] == data_fingerprint(tr)  # the fingerprint of the rows actually used
@@ -56,7 +58,8 @@ def test_run_lineage_and_metrics_are_tracked(test_run):
     assert r.info.status == "FINISHED"
     t = r.data.tags
     assert t["mlops_nb.mode"] == "test" and t["mlops_nb.notebook"] == "nbs/train.ipynb"
-    assert re.fullmatch(r"[0-9a-f]{40}|unknown", t["mlops_nb.git_commit"]) and t["mlops_nb.git_dirty"] in ("true", "false", "unknown")
+    assert re.fullmatch(r"[0-9a-f]{40}|unknown",
+                        t["mlops_nb.git_commit"]) and t["mlops_nb.git_dirty"] in ("true", "false", "unknown")
     assert t["mlops_nb.data_fingerprint"] == test_run["data_fingerprint"]
     assert t["mlops_nb.eval_fingerprint"] == test_run["eval_fingerprint"]
     assert r.data.params["mode"] == "test" and r.data.params["sample_frac"] == "0.05" and r.data.params["epochs"] == "1"
@@ -84,7 +87,8 @@ def test_model_logged_with_signature_and_pinned_requirements(test_run):
     assert len(models) == 1
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=models[0].artifact_location))
     info = mlflow.models.Model.load(local/"MLmodel")
-    assert [s.name for s in info.signature.inputs.inputs] == list(PROBLEM.inputs)  # the raw inputs: the model is the API
+    # the raw inputs: the model is the API
+    assert [s.name for s in info.signature.inputs.inputs] == list(PROBLEM.inputs)
     assert info.metadata["mlops_nb"]["problem"] == "ottawa-housing"
     reqs = (local/"requirements.txt").read_text().split()
     for p in MODEL_PACKAGES: assert any(r.startswith(f"{p}==") for r in reqs), (p, reqs)
@@ -111,7 +115,9 @@ def test_full_mode_registers_a_version(full_run, data_dir):
     # the registered model takes raw records and returns the probability of each class
     from mlops_nb.examples.ottawa import PROBLEM
     raw = PROBLEM.load(data_dir/"2021.parquet", require_label=False).head(5)
-    out = mlflow.pyfunc.load_model(v.uri).predict(raw.assign(listing_date=raw.listing_date.dt.strftime("%Y-%m-%d"))[list(PROBLEM.inputs)])
+    out = mlflow.pyfunc.load_model(v.uri).predict(
+        raw.assign(listing_date=raw.listing_date.dt.strftime("%Y-%m-%d"))[list(PROBLEM.inputs)]
+    )
     assert out.shape == (5, 2) and abs(out.sum(1) - 1).max() < 1e-9
 
 
@@ -129,7 +135,9 @@ def test_monitor_needs_no_reference_data_after_a_full_run(full_run, data_dir, tm
         prof = cli_json("monitor", "--model", v, "--current", data_dir/current)
         assert prof["rows"] == rows["rows"] and (prof["drift"], prof["drifted"]) == (rows["drift"], rows["drifted"])
         for c, f in rows["features"].items():
-            assert abs(f["psi"] - prof["features"][c]["psi"]) < 1e-6 and f["reasons"] == prof["features"][c]["reasons"], c
+            assert (
+                abs(f["psi"] - prof["features"][c]["psi"]) < 1e-6 and f["reasons"] == prof["features"][c]["reasons"]
+            ), c
     from mlops_nb.tracking import client, experiment_id
     bare = client().create_run(experiment_id()).info.run_id  # as a version from before profiles would have
     from mlops_nb.reference import run_profile
@@ -141,7 +149,8 @@ def test_monitor_needs_no_reference_data_after_a_full_run(full_run, data_dir, tm
 def test_select_and_promote_through_cli(full_run, data_dir):
     "The models commands in this process (the executable runs them in test_versions_on_other_data_are_not_compared, "
     "test_gates and test_cli); the training, and the refused promotion's one line and exit code, in its own."
-    second = cli_json("train", "--mode", "full", "--epochs", "1", "--seed", "7", "--data", data_dir/"2021.parquet", "--quiet")
+    second = cli_json("train", "--mode", "full", "--epochs", "1", "--seed", "7", "--data", data_dir/"2021.parquet",
+                      "--quiet")
     assert second["eval_fingerprint"] == full_run["eval_fingerprint"]  # same data, fixed hold-out: comparable
     listed = cli_json_here("models", "list")
     assert [x["version"] for x in listed][:2] == [second["registered_version"], full_run["registered_version"]]
@@ -167,7 +176,8 @@ def test_versions_on_other_data_are_not_compared(full_run, data_dir):
 
 
 def test_two_full_runs_at_once_both_register(state, data_dir):
-    args = [CLI, "train", "--mode", "full", "--epochs", "1", "--data", str(data_dir/"2021.parquet"), "--quiet", "--json"]
+    args = [CLI, "train", "--mode", "full", "--epochs", "1", "--data", str(data_dir/"2021.parquet"), "--quiet",
+            "--json"]
     procs = [subprocess.Popen(args + ["--seed", str(s)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for s in (11, 12)]
     outs = [p.communicate(timeout=300) for p in procs]
@@ -189,7 +199,11 @@ def test_failing_cell_fails_the_run(tmp_path, state):
     p = run_cli("train", "--mode", "full", "--data", tmp_path/"tiny.parquet", "--quiet")
     assert p.returncode == 1, p.stderr
     err = [l for l in p.stderr.splitlines() if l.startswith("error:")]
-    assert len(err) == 1 and "code cell 3 (`from mlops_nb.data import data_fingerprint" in err[0] and "too few to train" in err[0]
+    assert (
+        len(err) == 1
+        and "code cell 3 (`from mlops_nb.data import data_fingerprint" in err[0]
+        and "too few to train" in err[0]
+    )
     new = [r for r in _runs() if r.info.run_id not in before]
     assert len(new) == 1 and new[0].info.status == "FAILED"
     assert "too few to train" in new[0].data.tags["mlops_nb.error"]
@@ -201,7 +215,8 @@ def test_failing_cell_fails_the_run(tmp_path, state):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_interrupt_marks_the_run_failed(sig, state, data_dir):
     before = {r.info.run_id for r in _runs()}
-    p = subprocess.Popen([CLI, "train", "--mode", "full", "--epochs", "500", "--data", str(data_dir/"2021.parquet"), "--quiet"],
+    p = subprocess.Popen([CLI, "train", "--mode", "full", "--epochs", "500", "--data", str(data_dir/"2021.parquet"),
+                          "--quiet"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until the notebook is training (its run is RUNNING and its notebook written)
@@ -239,7 +254,8 @@ def gappy(tmp_path_factory):
     d = tmp_path_factory.mktemp("gappy")
     (d/"gappy_problem.py").write_text(GAPPY)
     rng = np.random.default_rng(0)
-    df = pd.DataFrame({"a": rng.normal(size=2000), "b": rng.normal(size=2000), "colour": rng.choice(["red", "green"], 2000)})
+    df = pd.DataFrame({"a": rng.normal(size=2000), "b": rng.normal(size=2000),
+                       "colour": rng.choice(["red", "green"], 2000)})
     df.loc[rng.choice(2000, 20, replace=False), "a"] = np.nan
     df["y"] = (df.b + rng.normal(scale=0.5, size=2000) > 0).astype(int)
     df.to_csv(d/"gappy.csv", index=False)
@@ -275,18 +291,23 @@ kernel.shell_handlers["kernel_info_request"] = slow_kernel_info"""
 
 
 def test_a_successful_run_ends_without_a_kernel_error(tmp_path):
-    """jupyter_client interrupts every kernel it shuts down; papermill's last request is kernel_info, so a kernel still in
+    """jupyter_client interrupts every kernel it shuts down; papermill's last request is kernel_info, so a kernel still
+    in
     that handler logs `[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel.` at the end of a successful run. The
     runner's child shuts its kernel down without the interrupt (plain papermill shows the line: the test can fail)."""
     import nbformat
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(SLOW_KERNEL_INFO)],
-                                  metadata={"kernelspec": {"name": "python3", "display_name": "python3", "language": "python"}})
+                                  metadata={"kernelspec": {"name": "python3", "display_name": "python3",
+                                                           "language": "python"}})
     nbformat.write(nb, tmp_path/"in.ipynb")
-    args = {"input": str(tmp_path/"in.ipynb"), "output": str(tmp_path/"out.ipynb"), "parameters": {}, "cwd": str(tmp_path),
+    args = {"input": str(tmp_path/"in.ipynb"), "output": str(tmp_path/"out.ipynb"), "parameters": {},
+            "cwd": str(tmp_path),
             "parent": os.getpid(), "progress": False}
     child = subprocess.run([sys.executable, "-c", "from mlops_nb.runner import _execute_child; _execute_child()"],
                            input=json.dumps(args) + "\n", capture_output=True, text=True, timeout=120)
-    assert child.returncode == 0 and "KeyboardInterrupt" not in child.stderr and "ERROR" not in child.stderr, child.stderr
+    assert (
+        child.returncode == 0 and "KeyboardInterrupt" not in child.stderr and "ERROR" not in child.stderr
+    ), child.stderr
     plain = subprocess.run([str(Path(sys.executable).parent/"papermill"), tmp_path/"in.ipynb", tmp_path/"plain.ipynb",
                             "--no-progress-bar"], capture_output=True, text=True, timeout=120)
     assert plain.returncode == 0 and "KeyboardInterrupt caught in kernel" in plain.stderr, plain.stderr

@@ -18,12 +18,15 @@ UC_API = "/api/2.0/mlflow/unity-catalog/"
 @pytest.fixture
 def uc(fake, state, monkeypatch):  # noqa: F811
     "The registry is Unity Catalog on the stand-in (emptied), tracking the module's SQLite store; the model is NAME."
-    monkeypatch.setenv("DATABRICKS_HOST", fake.url); monkeypatch.setenv("DATABRICKS_TOKEN", TOKEN)
-    monkeypatch.setenv("MLOPS_NB_REGISTRY_URI", "databricks-uc"); monkeypatch.setenv("MLOPS_NB_MODEL_NAME", NAME)
+    monkeypatch.setenv("DATABRICKS_HOST", fake.url)
+    monkeypatch.setenv("DATABRICKS_TOKEN", TOKEN)
+    monkeypatch.setenv("MLOPS_NB_REGISTRY_URI", "databricks-uc")
+    monkeypatch.setenv("MLOPS_NB_MODEL_NAME", NAME)
     for k in ("MLFLOW_ENABLE_UC_NATIVE_MODEL_REGISTRY", "MLFLOW_USE_DATABRICKS_SDK_MODEL_ARTIFACTS_REPO_FOR_UC"):
         monkeypatch.delenv(k, raising=False)  # MLflow's default store and the workspace's own answer about uploads
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    fake.uc.clear(); fake.uc_page = 1000
+    fake.uc.clear()
+    fake.uc_page = 1000
     for p in [p for p in fake.files if p.startswith("/Models/")]: del fake.files[p]  # earlier tests' model files
     yield fake
     fake.uc_page = 1000
@@ -41,7 +44,8 @@ def _logged(model_dir, roc_auc, signature=True):
         mlflow.log_metrics({"roc_auc": roc_auc, "accuracy": 0.7, "log_loss": 0.5})
         pipeline = load_runtime(model_dir).pipeline
         if signature: info = log_model(PROBLEM, pipeline, generate_listings(2021, 5, seed=1))
-        else: info = mlflow.sklearn.log_model(pipeline, name="model", serialization_format="cloudpickle")  # no signature
+        # no signature
+        else: info = mlflow.sklearn.log_model(pipeline, name="model", serialization_format="cloudpickle")
     log_data_lineage(rid, "data-fp", "eval-fp")
     return rid, info.model_uri
 
@@ -57,7 +61,8 @@ def _uc_requests(stand_in, since):
 
 
 def test_a_unity_catalog_name_round_trips(uc, model_dir):
-    "Register two versions, list them with their tags, point champion at one then the other, resolve every kind of reference."
+    ("Register two versions, list them with their tags, point champion at "
+     "one then the other, resolve every kind of reference.")
     from mlops_nb import tracking
     n = len(uc.requests)
     (rid1, v1), (rid2, v2) = _register(model_dir, 0.8), _register(model_dir, 0.9)
@@ -67,12 +72,14 @@ def test_a_unity_catalog_name_round_trips(uc, model_dir):
     assert m["versions"]["1"]["run_id"] == rid1 and m["versions"]["1"]["tags"]["mlops_nb.mode"] == "full"
     files = uc.uc_files(NAME, "2")  # the version's own files, uploaded before it was finalized
     assert {"MLmodel", "requirements.txt"} <= set(files) and b"signature:" in files["MLmodel"]
-    assert mlflow.MlflowClient().get_run(rid2).data.tags[tracking.VERSION_TAG] == "2"  # the run (local) knows its version
+    # the run (local) knows its version
+    assert mlflow.MlflowClient().get_run(rid2).data.tags[tracking.VERSION_TAG] == "2"
 
     uc.uc_page = 1  # one version per search page: list_versions follows the pages
     vs = tracking.list_versions()
     assert [(v.name, v.version, v.run_id) for v in vs] == [(NAME, 2, rid2), (NAME, 1, rid1)]
-    assert all(v.tags["mlops_nb.gates"] == "passed" and v.eval_fingerprint == "eval-fp" for v in vs)  # tags read per version
+    # tags read per version
+    assert all(v.tags["mlops_nb.gates"] == "passed" and v.eval_fingerprint == "eval-fp" for v in vs)
     assert vs[0].metrics["roc_auc"] == 0.9 and vs[0].uri == f"models:/{NAME}/2"
 
     assert tracking.version_for_alias("champion") is None
@@ -81,7 +88,8 @@ def test_a_unity_catalog_name_round_trips(uc, model_dir):
     assert tracking.version_for_alias("champion") == 2
     assert [v.aliases for v in tracking.list_versions()] == [["champion"], []]
     assert tracking.promote(1, alias="challenger") is None
-    for ref, want in (("champion", 2), ("@champion", 2), ("challenger", 1), ("latest", 2), ("1", 1), ("best:roc_auc", 2)):
+    for ref, want in (("champion", 2), ("@champion", 2), ("challenger", 1), ("latest", 2), ("1", 1),
+                      ("best:roc_auc", 2)):
         assert tracking.resolve_version(ref).version == want, ref
     from mlops_nb.core import RegistryError
     with pytest.raises(RegistryError, match="has no version 7: known versions are 1, 2"): tracking.promote(7)
@@ -97,11 +105,13 @@ def test_a_unity_catalog_name_round_trips(uc, model_dir):
     assert rt.predict(rows[list(rt.schema)].to_dict("records")).shape == (3, len(rt.labels))
 
     sent = _uc_requests(uc, n)
-    assert sent and {(b or {}).get("name") or q.get("name") for m_, p, q, b in sent if "search" not in p and ":is-" not in p} == {NAME}
+    assert sent and {(b or {}).get("name") or q.get("name") for m_, p, q, b in sent if "search" not in p
+                     and ":is-" not in p} == {NAME}
     assert {q["filter"] for m_, p, q, b in sent if p.endswith("/model-versions/search")} == {f"name='{NAME}'"}
     # aliases only: no stage is ever read or written (MLflow's UC store has no stage calls; none was attempted)
     assert not [p for m_, p in uc.paths()[n:] if "stage" in p or "latest-versions" in p or "transition" in p]
-    assert all(mv.current_stage in (None, "", "None") for mv in mlflow.MlflowClient().search_model_versions(f"name='{NAME}'"))
+    assert all(mv.current_stage in (None, "", "None")
+               for mv in mlflow.MlflowClient().search_model_versions(f"name='{NAME}'"))
     assert all(a == f"Bearer {TOKEN}" for m_, p, q, b, a in uc.requests[n:] if p.startswith("/api/"))
 
 
@@ -120,9 +130,11 @@ def test_stages_are_refused_before_any_request(uc, model_dir):
     assert uc.uc[NAME]["aliases"] == {}
 
 
-CALLS = {"register_model": lambda t, n: t.register_model("some-run", "models:/m-1", n), "list_versions": lambda t, n: t.list_versions(n),
+CALLS = {"register_model": lambda t, n: t.register_model("some-run", "models:/m-1", n), "list_versions": lambda t,
+         n: t.list_versions(n),
          "latest_version": lambda t, n: t.latest_version(n), "promote": lambda t, n: t.promote(1, name=n),
-         "version_for_alias": lambda t, n: t.version_for_alias("champion", n), "resolve_version": lambda t, n: t.resolve_version("champion", n)}
+         "version_for_alias": lambda t, n: t.version_for_alias("champion", n), "resolve_version": lambda t,
+         n: t.resolve_version("champion", n)}
 
 
 @pytest.mark.parametrize("call", list(CALLS))
@@ -159,20 +171,23 @@ def test_signatures_are_required(uc, model_dir):
     from mlops_nb.tracking import register_model
     rid, uri = _logged(model_dir, 0.8, signature=False)
     n = len(uc.requests)
-    with pytest.raises(RegistrationRefused, match="cannot be served, so it cannot be registered: .*serialised as cloudpickle"):
+    with pytest.raises(RegistrationRefused,
+                       match="cannot be served, so it cannot be registered: .*serialised as cloudpickle"):
         register_model(rid, uri)
     assert not _uc_requests(uc, n) and NAME not in uc.uc
 
 
 def _bundle_model_name(target):
-    "The model name the bundle's jobs get for `target` (databricks.yml: ${var.catalog}.${var.schema}.${var.model_name})."
+    ("The model name the bundle's jobs get for `target` (databricks.yml: "
+     "${var.catalog}.${var.schema}.${var.model_name}).")
     doc = yaml.safe_load((ROOT/"databricks.yml").read_text())
     var = {k: v["default"] for k, v in doc["variables"].items()} | doc["targets"][target].get("variables", {})
     return f"{var['catalog']}.{var['schema']}.{var['model_name']}"
 
 
 def test_profiles_map_to_the_bundles_catalogs(uc, model_dir, monkeypatch):
-    "dev and staging register in their catalogs, under the name the bundle's target gives its jobs; a version lands there."
+    ("dev and staging register in their catalogs, under the name the "
+     "bundle's target gives its jobs; a version lands there.")
     from mlops_nb import tracking
     from mlops_nb.backends import backend_env, load_profile
     mapped = {}
@@ -182,13 +197,17 @@ def test_profiles_map_to_the_bundles_catalogs(uc, model_dir, monkeypatch):
     assert {"dev", "staging"} <= set(mapped)
     for target, env in mapped.items():
         assert env["MLOPS_NB_REGISTRY_URI"] == "databricks-uc" and env["MLOPS_NB_TRACKING_URI"] == "databricks"
-        assert env["MLOPS_NB_MODEL_NAME"] == _bundle_model_name(target) and env["MLOPS_NB_MODEL_NAME"].startswith(f"{target}.")
+        assert env["MLOPS_NB_MODEL_NAME"] == _bundle_model_name(target) and env["MLOPS_NB_MODEL_NAME"].startswith(
+            f"{target}."
+        )
     staging = mapped["staging"]["MLOPS_NB_MODEL_NAME"]
-    monkeypatch.setenv("MLOPS_NB_MODEL_NAME", staging)  # the staging profile's registry settings (tracking stays local here)
+    # the staging profile's registry settings (tracking stays local here)
+    monkeypatch.setenv("MLOPS_NB_MODEL_NAME", staging)
     _, v = _register(model_dir, 0.85)
     assert tracking.promote(v) is None and tracking.version_for_alias("champion") == v
     assert set(uc.uc) == {staging} and uc.uc[staging]["aliases"] == {"champion": "1"}
     assert uc.uc_files(staging, "1") and not uc.uc_files(NAME, "1")
     # a catalog the workspace does not have: the registry's own refusal, as MLflow reports it
     from mlflow.exceptions import MlflowException
-    with pytest.raises(MlflowException, match="Catalog 'qa' does not exist"): _register(model_dir, 0.85, "qa.ottawa_housing.m")
+    with pytest.raises(MlflowException, match="Catalog 'qa' does not exist"):
+        _register(model_dir, 0.85, "qa.ottawa_housing.m")

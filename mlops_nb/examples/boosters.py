@@ -26,7 +26,8 @@ def lightgbm_estimator(kind:str, # problem kind
     import lightgbm
     cls = lightgbm.LGBMRegressor if kind == "regression" else lightgbm.LGBMClassifier
     # colsample_bytree < 1 samples features per tree, so the seed matters; verbose=-1: no per-tree warnings
-    return cls(n_estimators=per_epoch, learning_rate=0.1, num_leaves=31, colsample_bytree=0.8, random_state=seed, verbose=-1)
+    return cls(n_estimators=per_epoch, learning_rate=0.1, num_leaves=31, colsample_bytree=0.8, random_state=seed,
+               verbose=-1)
 
 def xgboost_estimator(kind:str, # problem kind
                       seed:int, # model seed

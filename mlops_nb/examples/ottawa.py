@@ -25,7 +25,8 @@ PROPERTY_TYPES = ["detached", "semi-detached", "townhouse", "condo"]
 TARGET = "sold_above_ask"
 
 # %% ../../nbs/examples/ottawa.ipynb #ottawa-008
-# share, detached $/sqft (2020), urban axis, mean and sd of year built, detached lot (sqft), type mix (det, semi, town, condo)
+# share, detached $/sqft (2020), urban axis, mean and sd of year built, detached lot (sqft), type mix (det, semi, town,
+# condo)
 _NB = {
     "Glebe":            (0.04, 700,  1.0, 1925, 20,  3500, (0.45, 0.25, 0.10, 0.20)),
     "Westboro":         (0.06, 690,  0.8, 1955, 30,  4500, (0.45, 0.20, 0.15, 0.20)),
@@ -57,7 +58,8 @@ _CONDO = [0.3, 0.3, 0.5, 0.6, 0.5, -0.4, -0.4, -0.3, -0.9, -1.0, -0.8, -0.5, -0.
 def _market(year:int # calendar year
            )->dict:
     "Market conditions of `year`: price level, heat, and how strongly each feature drives bidding."
-    y = min(max(year, _Y0), _Y1); i = y - _Y0
+    y = min(max(year, _Y0), _Y1)
+    i = y - _Y0
     if year < _Y0: index, heat = _INDEX[0]/1.04**(_Y0 - year), _HEAT[0] + 0.7*np.sin(2*np.pi*(year - _Y0)/9)
     elif year > _Y1: index, heat = _INDEX[-1]*1.025**(year - _Y1), _HEAT[-1] + 0.9*np.sin(2*np.pi*(year - _Y1)/11)
     else: index, heat = _INDEX[i], _HEAT[i]
@@ -92,15 +94,18 @@ def generate_listings(year:int, # calendar year of the listings (1900-2200)
     if not 1900 <= year <= 2200: raise ParamError(f"year={year!r} is not allowed: use a year between 1900 and 2200")
     if rows < 0: raise ParamError(f"rows={rows!r} is not allowed: use 0 or more rows")
     m, rng = _market(year), np.random.default_rng([seed, year, rows])
-    nbs = list(_NB.values()); col = lambda j: np.array([v[j] for v in nbs])
+    nbs = list(_NB.values())
+    col = lambda j: np.array([v[j] for v in nbs])
     share = col(0)/col(0).sum()
     nb = rng.choice(len(nbs), size=rows, p=share)
-    mix = np.array([v[6] for v in nbs]); mix = np.cumsum(mix/mix.sum(1, keepdims=True), 1)
+    mix = np.array([v[6] for v in nbs])
+    mix = np.cumsum(mix/mix.sum(1, keepdims=True), 1)
     pt = (rng.random(rows)[:, None] > mix[nb]).sum(1).clip(0, 3)
     condo, det = pt == 3, pt == 0
     beds = np.where(condo, rng.integers(1, 4, rows),
                     np.where(det, rng.integers(2, 6, rows) + (rng.random(rows) < .15), rng.integers(2, 5, rows)))
-    sqft = (np.array([900, 700, 650, 350])[pt] + beds*np.array([380, 330, 320, 260])[pt])*np.exp(rng.normal(0, .15, rows))
+    sqft = (np.array([900, 700, 650, 350])[pt] + beds*np.array([380, 330, 320,
+                                                                260])[pt])*np.exp(rng.normal(0, .15, rows))
     sqft = (np.round(sqft/10)*10).astype(np.int64)
     baths = np.clip(np.round((0.5 + beds*0.45 + rng.normal(0, .45, rows))*2)/2, 1, None)
     typ_lot = col(5)[nb]*np.array([1.0, 0.55, 0.35, 0.0])[pt]
@@ -145,7 +150,8 @@ DERIVED = ["listing_month", "age", "price_per_sqft"]
 
 def derive(df:pd.DataFrame # raw listings
           )->pd.DataFrame:
-    "The model's features: the numeric inputs as floats, the listing month, the age, the price per sqft, and the categories."
+    ("The model's features: the numeric inputs as floats, the listing "
+     "month, the age, the price per sqft, and the categories.")
     d = as_dates(df["listing_date"])
     out = df[NUMERIC].astype("float64")
     out["listing_month"] = d.dt.month.astype("float64")
@@ -168,7 +174,8 @@ def derive_record(r:dict # one raw listing
 
 # %% ../../nbs/examples/ottawa.ipynb #ottawa-032
 EXAMPLE = {"listing_date": "2024-05-01", "neighbourhood": "Glebe", "property_type": "detached", "bedrooms": 3,
-           "bathrooms": 2.0, "sqft": 1800, "lot_size": 3000, "year_built": 1995, "list_price": 650000, "days_on_market": 12}
+           "bathrooms": 2.0, "sqft": 1800, "lot_size": 3000, "year_built": 1995, "list_price": 650000,
+           "days_on_market": 12}
 
 PROBLEM = Problem(
     name="ottawa-housing", model_name="ottawa-housing-classifier",

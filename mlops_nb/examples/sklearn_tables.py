@@ -36,10 +36,13 @@ def _declare(name:str, kind:str, description:str)->Problem:
     inputs = {str(c): ColumnSpec("float") for c in b.feature_names}
     example = {str(c): float(v) for c, v in b.frame[b.feature_names].iloc[0].items()}
     if kind == "regression": return Problem(name, inputs, "target", kind, example=example, description=description)
-    return Problem(name, inputs, "target", kind, classes=list(range(len(b.target_names))), labels=[str(t) for t in b.target_names],
+    return Problem(name, inputs, "target", kind, classes=list(range(len(b.target_names))),
+                   labels=[str(t) for t in b.target_names],
                    example=example, description=description)
 
 # %% ../../nbs/examples/sklearn_tables.ipynb #sk-tables-006
-BREAST_CANCER = _declare("breast-cancer", "binary", "Is a breast mass benign (or malignant), from 30 measurements of its cell nuclei?")
+BREAST_CANCER = _declare("breast-cancer", "binary",
+                         "Is a breast mass benign (or malignant), from 30 measurements of its cell nuclei?")
 WINE = _declare("wine", "multiclass", "Which of three cultivars does a wine come from, from 13 chemical measurements?")
-DIABETES = _declare("diabetes", "regression", "How far will the disease progress in a year, from 10 baseline measurements?")
+DIABETES = _declare("diabetes", "regression",
+                    "How far will the disease progress in a year, from 10 baseline measurements?")
