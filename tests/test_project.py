@@ -98,6 +98,23 @@ def test_ruff_is_clean():
     assert p.returncode == 0, p.stdout[-3000:]
 
 
+
+def test_exported_lines_are_at_most_120_characters():
+    """pyproject.toml leaves E501 off in mlops_nb/ only for the lines nbdev writes itself (the module docstring from the
+    notebook's one-line summary, `__all__`'s first line, __init__'s list of modules): every other exported line, which
+    comes from a notebook's code, is held to 120 characters (`# noqa: E501` marks literal tables, as elsewhere)."""
+    p = subprocess.run([str(BIN/"ruff"), "check", "--isolated", "--no-cache", "--select", "E501",
+                        "--line-length", "120", "--output-format", "json",
+                        *[str(f) for f in (ROOT/"mlops_nb").rglob("*.py") if f.name != "_modidx.py"]],
+                       cwd=ROOT, capture_output=True, text=True)
+    found = json.loads(p.stdout)
+    def nbdev_wrote(f):
+        line = Path(f["filename"]).read_text().splitlines()[f["location"]["row"] - 1]
+        return f["location"]["row"] == 1 or line.startswith(("__all__ = [", "- `mlops_nb."))
+    assert any(map(nbdev_wrote, found)), p.stderr  # ruff looked: nbdev's own long lines are there
+    long = [f"{f['filename']}:{f['location']['row']}" for f in found if not nbdev_wrote(f)]
+    assert not long, f"lines over 120 characters (edit the notebooks, or run python scripts/tidy.py): {long}"
+
 def test_pre_commit_hooks_name_installed_commands():
     "`.pre-commit-config.yaml` runs nbdev's hooks and ruff from the project's environment: each command exists there."
     import yaml
