@@ -12,9 +12,9 @@ TEMPLATES = ROOT/"mlops_nb"/"templates"
 
 @pytest.mark.parametrize("template,ours",
                          [("api/score.py.tmpl", "api/score.py"), ("nbs/train.ipynb", "nbs/train.ipynb"),
-                                           ("scripts/docs.py.tmpl", "scripts/docs.py"),
-                                           *[(f"pipelines/{p.name}.tmpl", f"pipelines/{p.name}")
-                                             for p in sorted((ROOT/"pipelines").glob("*.py"))]])
+                          ("scripts/docs.py.tmpl", "scripts/docs.py"),
+                          *[(f"pipelines/{p.name}.tmpl", f"pipelines/{p.name}")
+                            for p in sorted((ROOT/"pipelines").glob("*.py"))]])
 def test_templates_are_the_files_this_project_uses(template, ours):
     ("A new project gets the same entry script, training notebook, docs builder "
      "and pipeline scripts as this one: no second copy drifts.")
