@@ -35,6 +35,7 @@ def entry_path(path:str|Path|None=None # entry script (default: `api/score.py` o
     if path: raise MlopsNbError(f"entry script not found at {p}: pass --entry PATH")
     return None
 
+# %% ../nbs/08_server.ipynb #08-server-005-1
 def load_entry(path:str|Path|None=None # entry script (default: `api/score.py` of the project, if there is one)
               ):
     ("Import the entry script as a module (or None): it may define "
@@ -110,6 +111,7 @@ def _one_openmp_thread():
     from threadpoolctl import threadpool_limits
     threadpool_limits(1, user_api="openmp")
 
+# %% ../nbs/08_server.ipynb #08-server-012-1
 class ScoringApp:
     "ASGI app: /score, /health, /ready, /version, /metrics, /openapi.json, /docs, and POST /admin/model to swap."
     def __init__(self, model:str|None=None, # model folder or registry reference (default: the champion)
@@ -285,6 +287,7 @@ async def _batch_loop(self:ScoringApp):
             continue
         if self.log is not None: await self._log_batch(parts, rt)
 
+# %% ../nbs/08_server.ipynb #08-server-016-1
 @patch
 async def _log_batch(self:ScoringApp, parts:list, rt):
     "Log the batch's sampled requests, with the shadow model's answers to them when one runs (answers already sent)."
@@ -313,10 +316,12 @@ def _same_secret(given:str, expected:str)->bool:
     "Whether `given` equals `expected`, compared in constant time."
     return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape"))
 
+# %% ../nbs/08_server.ipynb #08-server-018-1
 def _headers(scope)->dict:
     "Request headers as a lower-case str dict."
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
 
+# %% ../nbs/08_server.ipynb #08-server-018-2
 async def _send(send, status:int, body, rid:str, ctype:bytes=b"application/json", allow:str|None=None):
     "Send a complete response; dicts and lists become JSON."
     data = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY) if isinstance(body, (dict, list)) else body
@@ -330,6 +335,7 @@ def _err(msg:str, detail=None)->dict:
     "An error body."
     return {"error": msg, "detail": detail or []}
 
+# %% ../nbs/08_server.ipynb #08-server-018-3
 async def _read_body(receive, limit:int, timeout:float|None=None):
     "The request body; None when it exceeds `limit` bytes; TimeoutError when it takes longer than `timeout` seconds."
     if timeout: return await asyncio.wait_for(_read_body(receive, limit), timeout)
@@ -358,6 +364,7 @@ async def _body(self:ScoringApp, receive, h, ctypes=("application/json",)):
     if self.runtime is None: return None, (503, _err("model not loaded yet: retry when /ready answers 200"))
     return body, None
 
+# %% ../nbs/08_server.ipynb #08-server-019-1
 @patch
 async def _infer(self:ScoringApp, records, meta:dict|None=None):
     "Validate `records` against the served model and score them in the next batch: (records, rows, outputs, runtime)."
@@ -368,6 +375,7 @@ async def _infer(self:ScoringApp, records, meta:dict|None=None):
     outputs, used = await fut
     return records, rows, outputs, used
 
+# %% ../nbs/08_server.ipynb #08-server-019-2
 @patch
 async def _score(self:ScoringApp, scope, receive, send, h, rid):
     "POST /score: a record, a list of records, or Azure ML's envelopes; validate, pre-process, batch-score, answer."
@@ -447,6 +455,7 @@ async def _admin(self:ScoringApp, scope, receive, send, h, rid):
 # the /docs page (it fills itself from openapi.json): package data, not a string in the code
 DOCS_HTML = (importlib.resources.files("mlops_nb")/"static"/"scoring_api.html").read_text()
 
+# %% ../nbs/08_server.ipynb #08-server-021-1
 ROUTES = {"/score": "POST", "/invocations": "POST", "/admin/model": "POST", "/health": "GET, HEAD",
           "/ready": "GET, HEAD",
           "/ping": "GET, HEAD", "/version": "GET, HEAD", "/metrics": "GET, HEAD", "/openapi.json": "GET, HEAD",
@@ -467,6 +476,7 @@ def _route(path:str)->tuple:
     if m: return "endpoint", "POST", m.group(1), None
     return None, None, None, None
 
+# %% ../nbs/08_server.ipynb #08-server-021-2
 @patch
 def _model_error(self:ScoringApp, name:str, version:str|None):
     "A 404 body when `name`/`version` is not the served model (its registered name or its problem's name), else None."
@@ -479,7 +489,7 @@ def _model_error(self:ScoringApp, name:str, version:str|None):
                          f"{rt.info.version or 'an unversioned folder'}"}
     return None
 
-
+# %% ../nbs/08_server.ipynb #08-server-021-3
 @patch
 async def __call__(self:ScoringApp, scope, receive, send):
     "The ASGI entry point."
@@ -548,6 +558,7 @@ async def __call__(self:ScoringApp, scope, receive, send):
     if self.access_log:
         log_event("request", request_id=rid, path=path, status=status, ms=round((time.perf_counter() - t0) * 1000, 2))
 
+# %% ../nbs/08_server.ipynb #08-server-021-4
 @patch
 async def _lifespan(self:ScoringApp, receive, send):
     "Start the batching task and the first model load; stop cleanly."
@@ -572,6 +583,7 @@ async def _lifespan(self:ScoringApp, receive, send):
             await send({"type": "lifespan.shutdown.complete"})
             return
 
+# %% ../nbs/08_server.ipynb #08-server-021-5
 @patch
 async def _watch_loop(self:ScoringApp):
     "Swap in the model the registry alias points at whenever it moves."
@@ -585,6 +597,7 @@ async def _watch_loop(self:ScoringApp):
                 await self.swap(self.model_ref)
         except Exception as e: log_event("watch_failed", error=f"{type(e).__name__}: {e}")
 
+# %% ../nbs/08_server.ipynb #08-server-021-6
 @patch
 async def _start_extras(self:ScoringApp):
     "After the first model loaded: the inference log, and the shadow model (which must take the same requests)."
@@ -621,6 +634,7 @@ PRESSED_HEADER_TIMEOUT = 1.0  # seconds such a connection then has to finish its
 PROBES = (b"/health", b"/ready", b"/ping", b"/v2/health/live", b"/v2/health/ready")  # answered even at the cap
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
+# %% ../nbs/08_server.ipynb #08-server-022b-1
 _PROTOCOL = []
 
 def __getattr__(name):  # PEP 562: uvicorn finds the protocol by its import string, in every worker, built on first use
@@ -628,6 +642,7 @@ def __getattr__(name):  # PEP 562: uvicorn finds the protocol by its import stri
     if not _PROTOCOL: _PROTOCOL.append(_protocol_class())
     return _PROTOCOL[0]
 
+# %% ../nbs/08_server.ipynb #08-server-022b-2
 def _protocol_class():
     """uvicorn's httptools protocol with a cap on header bytes, a deadline for the headers (short under connection
     pressure), and probes answered when the connection cap is reached."""
@@ -717,12 +732,14 @@ def app_from_env()->ScoringApp:
         (Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])/STARTUP_ERROR).write_text(f"{type(e).__name__}: {e}")
         sys.exit(3)  # uvicorn's STARTUP_FAILURE: the parent stops instead of starting the worker again
 
+# %% ../nbs/08_server.ipynb #08-server-023-1
 def default_workers(admin:bool=False, # whether /admin/model is enabled (an admin token is set)
                     cpus:int|None=None # CPUs the server may use (default: `core.usable_cpus`)
                    )->int:
     "Worker processes by default: one per usable CPU; one when /admin/model is enabled (a swap reaches one process)."
     return 1 if admin else max(1, cpus or usable_cpus())
 
+# %% ../nbs/08_server.ipynb #08-server-023-2
 def _resolve_once(cfg:dict)->dict:
     "`cfg` with its registry reference resolved once, in the parent of several workers: they all serve one version."
     ref = cfg.get("model")
@@ -740,6 +757,7 @@ def _resolve_once(cfg:dict)->dict:
         raise MlopsNbError(f"could not load model {ref or 'champion'}: {type(e).__name__}: {e}") from None
     return cfg if cfg.get("watch") else {**cfg, "model": folder}
 
+# %% ../nbs/08_server.ipynb #08-server-023-3
 def serve(host:str="127.0.0.1", # interface to bind
           port:int=8080, # port (0: any free port)
           workers:int|None=None, # worker processes (default: `default_workers`)
@@ -779,6 +797,7 @@ def free_port(host:str="127.0.0.1")->int:
         s.bind((host, 0))
         return s.getsockname()[1]
 
+# %% ../nbs/08_server.ipynb #08-server-025-1
 def http_status(url:str, timeout:float=2)->int|None:
     "HTTP status of GET `url`, or None when nothing answers."
     import urllib.request, urllib.error
@@ -786,6 +805,7 @@ def http_status(url:str, timeout:float=2)->int|None:
     except urllib.error.HTTPError as e: return e.code
     except Exception: return None
 
+# %% ../nbs/08_server.ipynb #08-server-025-2
 def start_server(model:str|None, # model folder or registry reference (None: the champion)
                  port:int, # loopback port
                  env:dict|None=None, # extra environment (e.g. the admin token)
@@ -807,6 +827,7 @@ def start_server(model:str|None, # model folder or registry reference (None: the
         raise MlopsNbError(f"the server did not become ready at {url}" + (f"; see {log}" if log else ""))
     return proc, url
 
+# %% ../nbs/08_server.ipynb #08-server-025-3
 def swap_model(url:str, # base URL of a running server
                token:str, # its admin token
                model:str, # model folder or registry reference to swap in
