@@ -63,12 +63,14 @@ class InferenceLog:
                  # how often buffered rows are written (often and small: the GIL is held briefly)
                  flush_seconds:float=0.2,
                  retry_seconds:float=5, # after a write error, rows are dropped (and counted) this long before a retry
-                 report=None # `report(event, **fields)` when dropping starts and ends (default: Python's logging)
+                 report=None, # `report(event, **fields)` when dropping starts and ends (default: Python's logging)
+                 # `counted(log)` after each round of the writer: how each worker of a server keeps its metrics current
+                 counted=None
                 ):
         if not 0 <= float(sample) <= 1:
             raise ValueError(f"sample={sample!r} is not allowed: use a share between 0 and 1")
         self.folder, self.columns, self.kind, self.labels = Path(folder), dict(columns), kind, labels
-        self.sample, self.report = float(sample), report or _log_warning
+        self.sample, self.report, self.counted = float(sample), report or _log_warning, counted
         self.rotate_rows, self.rotate_seconds, self.flush_seconds = rotate_rows, rotate_seconds, flush_seconds
         self.retry_seconds, self._retry_at, self._dropping = retry_seconds, 0.0, False
         self.q = queue.Queue(maxsize=max_queue)
@@ -204,7 +206,9 @@ class InferenceLog:
                     if self._stop.is_set(): break
             if batch: self._write(batch)
             elif self._writer is not None and time.time() - self._opened >= self.rotate_seconds: self._finish()
+            if self.counted: self.counted(self)
         self._finish()
+        if self.counted: self.counted(self)
 
     def _finish(self):
         "Close the current file; a failure keeps what reads back whole and drops the rest."

@@ -88,12 +88,15 @@ class Metrics:
         self.info.clear()
         if info: self.info.labels(info.name, info.version, info.run_id).set(1)
 
+    def log_counts(self, log):
+        "This process's inference log counts (rows written, dropped by reason) into its gauges."
+        self.log_rows.set(log.rows_written)
+        for k, v in log.dropped.items(): self.log_dropped.labels(k).set(v)
+
     def render(self, log=None)->bytes:
         "The metrics in Prometheus text format: every worker's in multiprocess mode."
         from prometheus_client import CollectorRegistry, generate_latest, multiprocess
-        if log is not None:
-            self.log_rows.set(log.rows_written)
-            for k, v in log.dropped.items(): self.log_dropped.labels(k).set(v)
+        if log is not None: self.log_counts(log)
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             reg = CollectorRegistry()
             multiprocess.MultiProcessCollector(reg)
@@ -607,8 +610,9 @@ async def _start_extras(self:ScoringApp):
                            "image with `mlops-nb package --inference-log`")
         raise MlopsNbError(self.swap_error)
     if self.log_dir:
+        # counted: every worker's log counts reach the shared metrics, not only those of the worker /metrics asks
         self.log = inference_log.InferenceLog(self.log_dir, rt.request_schema, rt.kind, rt.labels, self.log_sample,
-                                              report=log_event)
+                                              report=log_event, counted=self.metrics.log_counts)
     if self.shadow_ref:
         try:
             self.shadow = await asyncio.get_running_loop().run_in_executor(
