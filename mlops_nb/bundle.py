@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import yaml
 from .cli import command_options
-from .core import MlopsNbError, project_root
+from .core import MlopsNbError, project_root, write_changed
 from .pipeline import PIPELINES, CLOUD, PipelineError, PipelineSettings, Step, cloud_steps, project_settings
 from .problem import load_problem
 
@@ -385,12 +385,4 @@ def write_bundle(dest_root:Path|str, # project folder: databricks.yml and resour
                  files:dict|None=None # the files to write (default: `render_bundle(dest_root, settings)`)
                 )->list[str]:
     "Write the project's bundle; return the paths whose content changed (or would)."
-    root, changed = Path(dest_root), []
-    for rel, text in (files or render_bundle(root, settings)).items():
-        p = root/rel
-        if p.exists() and p.read_text() == text: continue
-        changed.append(rel)
-        if not check:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text(text)
-    return changed
+    return write_changed(dest_root, files or render_bundle(Path(dest_root), settings), check)

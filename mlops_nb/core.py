@@ -16,7 +16,7 @@ __all__ = ['SECRET_FILE_MAX', 'MLOPS_NB_HOME', 'MLOPS_NB_TRACKING_URI', 'MLOPS_N
            'MLOPS_NB_ADMIN_TOKEN', 'MLOPS_NB_MODEL_ROOTS', 'ENV_VARS', 'SECRET_VARS', 'DATABRICKS_CREDENTIALS',
            'MlopsNbError', 'DataError', 'ParamError', 'RegistryError', 'RegistrationRefused', 'RunFailed', 'EnvVar',
            'project_root', 'state_dir', 'tracking_uri', 'registry_uri', 'artifact_root', 'redact_uri', 'lazy_module',
-           'cgroup_cpu_quota', 'usable_cpus', 'git_info']
+           'cgroup_cpu_quota', 'usable_cpus', 'git_info', 'write_changed']
 
 # %% ../nbs/00_core.ipynb #00-core-005
 class MlopsNbError(Exception):
@@ -204,3 +204,19 @@ def git_info(path:Path|str|None=None # a file or folder inside the repository
     top = Path(git("rev-parse", "--show-toplevel") or cwd)
     new = git("ls-files", "--others", "--exclude-standard", "--", *(str(top/f) for f in _source_folders(top)))
     return {"commit": commit, "dirty": "true" if changed or new else "false"}
+
+# %% ../nbs/00_core.ipynb #00-core-wc
+def write_changed(root:Path|str, # folder the paths are relative to
+                  files:dict, # relative path -> text
+                  check:bool=False # write nothing: only say which files differ
+                 )->list[str]:
+    "Write each file whose text differs from what is on disk; return the paths that differ (or would)."
+    root, changed = Path(root), []
+    for rel, text in files.items():
+        p = root/rel
+        if p.exists() and p.read_text() == text: continue
+        changed.append(rel)
+        if not check:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(text)
+    return changed

@@ -8,6 +8,7 @@ Docs: https://mlops-nb.github.io/mlops_nb/pipeline_files.html.md"""
 from __future__ import annotations
 from pathlib import Path
 from .azure_devops import azure_pipeline
+from .core import write_changed
 from .github_actions import dependabot_config, github_workflow
 from .gitlab_ci import gitlab_ci
 from .pipeline import PipelineSettings, check_cloud, generated, project_settings
@@ -33,12 +34,4 @@ def write_pipelines(
 )->list[str]:
     "Write the cloud pipelines of the project at `dest_root`; return the paths whose content changed (or would)."
     root = Path(dest_root)
-    changed = []
-    for rel, text in render_pipelines(settings or project_settings(root)).items():
-        p = root/rel
-        if p.exists() and p.read_text() == text: continue
-        changed.append(rel)
-        if not check:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text(text)
-    return changed
+    return write_changed(root, render_pipelines(settings or project_settings(root)), check)
