@@ -38,8 +38,10 @@ def test_the_inference_log_on_a_full_disk(full_disk, tmp_path, model_dir, data_d
             if dropped == 0: time.sleep(0.2)
     finally: server_log = s.stop()
     events = [json.loads(line)["event"] for line in server_log.splitlines() if line.startswith("{")]
-    # said once by each worker's log (one model_loaded each), not once a flush
-    assert events.count("inference_log_dropping") == events.count("model_loaded") >= 1, server_log[-2000:]
+    # said at most once by each worker's log (one model_loaded each), not once a flush (40 flushes here); a worker
+    # that loaded after the others had answered every request never writes, so it may say nothing
+    said = events.count("inference_log_dropping")
+    assert 1 <= said <= events.count("model_loaded"), server_log[-2000:]
     assert dropped > 0, metrics  # counted in /metrics
     assert not list(log_dir.glob("*.tmp")), sorted(p.name for p in log_dir.iterdir())
     import pandas as pd
