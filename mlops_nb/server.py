@@ -58,6 +58,7 @@ class Metrics:
     def __init__(self):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
         self.registry = r = CollectorRegistry()
+        self.served = None  # the labels of the model `model` last recorded
         self.requests = Counter("mlops_nb_requests", "Requests by path and status.", ["path", "status"], registry=r)
         self.errors = Counter("mlops_nb_errors", "Error responses by status.", ["status"], registry=r)
         self.latency = Histogram("mlops_nb_score_seconds",
@@ -84,9 +85,11 @@ class Metrics:
         if path in ("/score", "/invocations", "/v2/infer"): self.latency.observe(seconds)
 
     def model(self, info):
-        "Record the served model (its labels escaped by prometheus_client)."
-        self.info.clear()
-        if info: self.info.labels(info.name, info.version, info.run_id).set(1)
+        """Record the served model (its labels escaped by prometheus_client): 1 for it, 0 for the one it replaced
+        (clearing the gauge does nothing in multiprocess mode: the replaced version would stay at 1 beside it)."""
+        if self.served: self.info.labels(*self.served).set(0)
+        self.served = (info.name, info.version, info.run_id) if info else None
+        if info: self.info.labels(*self.served).set(1)
 
     def log_counts(self, log):
         "This process's inference log counts (rows written, dropped by reason) into its gauges."
