@@ -191,22 +191,17 @@ LATE = ("test_azmlinfsrv.py", "test_checkov.py", "test_azureml_mlflow.py", "test
 HEAD = 4  # units started before any LATE one: minutes in which `bash scripts/test` builds those in the background
 
 # Seconds each work unit (a file; one notebook of test_notebooks_run_all; the Spark group) took on one worker of
-# `bash scripts/test` (2 workers, 2 cores, a loaded machine: 67 minutes then, 20 when quiet). Only the order matters;
+# `bash scripts/test` (2 workers, 2 cores, a quiet machine, bytecode compiled: pytest 1 183 s). Only the order matters;
 # units not listed count as short.
-SECONDS = {"test_problems.py": 1041, "test_library.py": 785, "test_training.py": 674, "spark": 661,
-           "test_package.py": 425, "test_hardening.py": 376, "test_docs.py": 240, "test_cli.py": 368,
-           "test_retrain.py": 366, "test_pipelines.py": 362, "test_live_traffic.py": 343, "test_batch.py": 281,
-           "test_server.py": 242, "test_kube.py": 226, "test_unity_catalog.py": 190, "test_databricks.py": 186,
-           "test_gates.py": 94, "test_azureml_mlflow.py": 93, "test_project.py": 78, "07_serving.ipynb": 77,
-           "test_fuzz.py": 64, "test_bundle.py": 63, "05_runner.ipynb": 62, "03_tracking.ipynb": 48,
-           "04_train.ipynb": 35, "test_azmlinfsrv.py": 34, "12_pipeline.ipynb": 34, "06_cli.ipynb": 34,
-           "14_drift.ipynb": 34, "test_checkov.py": 28, "test_drift.py": 21, "13_backends.ipynb": 20,
-           # test_docs (one docs build now) and test_boosters re-measured against test_problems in the same period;
-           # files added since, estimated from their authors' runs on the same loaded machine
-           "test_boosters.py": 770, "test_servable.py": 270, "test_custom_metrics.py": 240, "test_names.py": 200,
-           "test_mlflow_clients.py": 120, "test_full_disk.py": 80, "08_server.ipynb": 60,
-           "test_estimate.py": 420, "14c_estimate.ipynb": 40, "test_audit.py": 110, "test_scanners.py": 15,
-           "test_report.py": 150, "14d_report.ipynb": 30}
+SECONDS = {"test_problems.py": 228, "test_package.py": 208, "test_training.py": 199, "test_library.py": 169,
+           "test_boosters.py": 140, "test_pipelines.py": 121, "test_hardening.py": 86, "test_live_traffic.py": 78,
+           "test_server.py": 77, "test_servable.py": 75, "test_retrain.py": 75, "test_cli.py": 64, "test_batch.py": 61,
+           "spark": 60, "test_custom_metrics.py": 57, "test_gates.py": 45, "test_kube.py": 44, "test_estimate.py": 41,
+           "17_batch.ipynb": 39, "test_databricks.py": 36, "07_serving.ipynb": 32, "test_docs.py": 31,
+           "test_unity_catalog.py": 30, "03_tracking.ipynb": 27, "test_audit.py": 24, "test_fuzz.py": 17,
+           "test_azureml_mlflow.py": 16, "test_full_disk.py": 16, "test_project.py": 14, "05_runner.ipynb": 14,
+           "test_checkov.py": 14, "04_train.ipynb": 14, "test_bundle.py": 13, "test_report.py": 12,
+           "08_server.ipynb": 12, "06_cli.ipynb": 11, "test_mlflow_clients.py": 11, "test_names.py": 10}
 
 
 # as xdist reads it
