@@ -19,6 +19,7 @@ def spark_missing():
 def spark():
     "The shared local Spark session (mlops_nb's own settings: workers on this Python, UTC)."
     why = spark_missing()
+    if why and os.environ.get("CI"): pytest.fail(f"Spark cannot run here under CI: {why}")  # CI installs both
     if why: pytest.skip(why)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from mlops_nb.drift_spark import spark_session
