@@ -16,7 +16,7 @@ __all__ = ['SECRET_FILE_MAX', 'MLOPS_NB_HOME', 'MLOPS_NB_TRACKING_URI', 'MLOPS_N
            'MLOPS_NB_ADMIN_TOKEN', 'MLOPS_NB_MODEL_ROOTS', 'ENV_VARS', 'SECRET_VARS', 'DATABRICKS_CREDENTIALS',
            'MlopsNbError', 'DataError', 'ParamError', 'RegistryError', 'RegistrationRefused', 'RunFailed', 'EnvVar',
            'project_root', 'state_dir', 'tracking_uri', 'registry_uri', 'artifact_root', 'redact_uri', 'lazy_module',
-           'cgroup_cpu_quota', 'usable_cpus', 'git_info', 'write_changed']
+           'cgroup_cpu_quota', 'usable_cpus', 'die_with_parent', 'git_info', 'write_changed']
 
 # %% ../nbs/00_core.ipynb #00-core-005
 class MlopsNbError(Exception):
@@ -181,6 +181,16 @@ def usable_cpus(root:str|Path="/sys/fs/cgroup" # where the process's cgroup file
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     quota = cgroup_cpu_quota(root)
     return max(1, min(n, math.ceil(quota))) if quota else max(1, n)
+
+# %% ../nbs/00_core.ipynb #00-core-019e
+def die_with_parent(parent:int # pid of the parent the calling process must not outlive
+                   ):
+    "In a child: have Linux send it SIGTERM when `parent` dies, even by SIGKILL; exit at once when it already has."
+    try:
+        import ctypes, signal
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except Exception: pass  # not Linux: the caller's own safety net applies (e.g. `mlops-nb runs sweep`)
+    if os.getppid() != parent: os._exit(3)  # the parent died before we could ask
 
 # %% ../nbs/00_core.ipynb #00-core-021
 def _source_folders(top:Path # the repository's top folder

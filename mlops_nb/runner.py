@@ -10,7 +10,7 @@ import json, os, signal, subprocess, sys, threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from fastcore.basics import patch
-from .core import MlopsNbError, RunFailed, state_dir, project_root
+from .core import MlopsNbError, RunFailed, die_with_parent, state_dir, project_root
 from .params import RunParams, make_params
 from .problem import load_problem
 from .tracking import client, create_run, end_run
@@ -54,15 +54,6 @@ def notebook_failure(path:str|Path # executed notebook written by papermill
 def default_notebook()->Path:
     "The project's training notebook, `nbs/train.ipynb`."
     return (project_root() or Path.cwd())/"nbs"/"train.ipynb"
-
-def _die_with_parent(parent:int # pid of the runner
-                    ):
-    "In the child, before papermill starts: have Linux send SIGTERM when the runner dies, even by SIGKILL."
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-    except Exception: pass  # not Linux: the sweep (`mlops-nb runs sweep`) is the safety net
-    if os.getppid() != parent: os._exit(3)  # the runner died before we could ask
 
 def _orphaned(a:dict):
     "The runner died: stop here, keep the executed notebook with the run and mark it FAILED (nobody else will)."
@@ -188,7 +179,7 @@ class LocalRunner:
         # The child dies with the runner (SIGTERM on the runner's death), so a killed CLI never leaves a run going.
         me = os.getpid()
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, text=True, start_new_session=True,
-                                preexec_fn=lambda: _die_with_parent(me))
+                                preexec_fn=lambda: die_with_parent(me))
         try:
             root = project_root(nb.parent) or nb.parent
             run_id = create_run(params, str(nb.relative_to(root)) if nb.is_relative_to(root) else str(nb))

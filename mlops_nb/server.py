@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 from fastcore.basics import patch
 from . import __version__
-from .core import EnvVar, MlopsNbError, lazy_module, project_root, usable_cpus
+from .core import EnvVar, MlopsNbError, die_with_parent, lazy_module, project_root, usable_cpus
 # the model's side (scikit-learn, pandas, pyarrow) loads on first use: the parent of several workers serves no request
 # and stays a small process that starts them at once
 serving = lazy_module("mlops_nb.serving")
@@ -734,6 +734,8 @@ STARTUP_ERROR = "startup-error"  # file a worker that could not load the model l
 def app_from_env()->ScoringApp:
     "The app configured by `MLOPS_NB_SERVE_*` variables (how uvicorn's worker processes build it)."
     cfg = json.loads(os.environ[_ENV_PREFIX + "CONFIG"])
+    # a worker never outlives its parent: orphaned by a SIGKILL, it would keep the port and serve on alone
+    if os.environ.get(_ENV_PREFIX + "PARENT"): die_with_parent(int(os.environ[_ENV_PREFIX + "PARENT"]))
     try: return ScoringApp(**cfg)
     except Exception as e:  # e.g. a broken entry script: leave the reason for the parent, and stop every worker
         (Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])/STARTUP_ERROR).write_text(f"{type(e).__name__}: {e}")
@@ -783,6 +785,7 @@ def serve(host:str="127.0.0.1", # interface to bind
         # every worker counts into files here, and /metrics (whichever worker answers it) reads them all
         shared = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mlops-nb-metrics-")
         os.environ[_ENV_PREFIX + "CONFIG"] = json.dumps({**cfg, "workers": workers})
+        os.environ[_ENV_PREFIX + "PARENT"] = str(os.getpid())  # uvicorn's supervisor: this process
         uvicorn.run("mlops_nb.server:app_from_env", factory=True, workers=workers, **kw)
         # uvicorn stops every worker when one fails to start: say why, as one process does
         failed = Path(shared)/STARTUP_ERROR

@@ -363,3 +363,32 @@ def test_several_workers_report_a_model_that_does_not_load_as_one_process_does(t
                        env={**os.environ, "MLOPS_NB_HOME": str(tmp_path/"state")})
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert p.stderr.strip().splitlines()[-1].startswith("error: "), p.stderr
+
+
+def _children(pid:int)->set:
+    "Pids of the processes whose parent is `pid` (from /proc)."
+    kids = set()
+    for d in os.listdir("/proc"):
+        if not d.isdigit(): continue
+        try: stat = open(f"/proc/{d}/stat").read()
+        except OSError: continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid: kids.add(int(d))
+    return kids
+
+
+def test_workers_never_outlive_a_killed_server(model_dir, tmp_path):
+    "SIGKILL to the server (it cannot stop its workers): they stop anyway, and the port is free for the next one."
+    s = Server(tmp_path, "--model", model_dir, "--workers", "2")
+    try:
+        workers = _children(s.proc.pid)  # the two workers and multiprocessing's resource tracker
+        assert len([k for k in workers if "spawn_main" in open(f"/proc/{k}/cmdline").read()]) == 2, workers
+        s.proc.kill()  # the parent only: its process group is left alone
+        s.proc.wait()
+        end = time.time() + 30
+        while time.time() < end and any(os.path.exists(f"/proc/{k}") for k in workers): time.sleep(0.2)
+        alive = [k for k in workers if os.path.exists(f"/proc/{k}")]
+        assert not alive, f"processes {alive} outlived the server"
+        with socket.socket() as sock: sock.bind(("127.0.0.1", s.port))  # nobody holds the port
+    finally:
+        try: os.killpg(s.proc.pid, signal.SIGKILL)
+        except ProcessLookupError: pass
