@@ -15,7 +15,7 @@ from .core import DataError, lazy_module
 pd = lazy_module("pandas")  # loaded on first use: serving images run without pandas
 
 # %% auto #0
-__all__ = ['pd', 'KINDS', 'write_table', 'ColumnSpec', 'read_table', 'load_table', 'check_table', 'check_record',
+__all__ = ['pd', 'KINDS', 'write_table', 'ColumnSpec', 'read_table', 'load_table', 'check_table', 'check_record', 'as_dates',
            'data_fingerprint']
 
 # %% ../nbs/01_data.ipynb #01-data-026
@@ -247,6 +247,12 @@ def check_record(record:dict, # one record, e.g. parsed from JSON
         m = _value_error(record[c], s)
         if m: errors.append((c, m))
     return errors
+
+# %% ../nbs/01_data.ipynb #01-data-045e
+def as_dates(s)->pd.Series:
+    "A column of dates (datetime64, or ISO text whose first 10 characters are the date) as datetime64."
+    if pd.api.types.is_datetime64_any_dtype(s): return s.dt.tz_localize(None) if getattr(s.dt, "tz", None) else s
+    return pd.to_datetime(s.astype(str).str.slice(0, 10), errors="coerce", format="%Y-%m-%d")
 
 # %% ../nbs/01_data.ipynb #01-data-047
 def data_fingerprint(df:pd.DataFrame # the frame to fingerprint

@@ -13,25 +13,21 @@ from pathlib import Path
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin  # this module builds and loads models: scikit-learn is needed
 from .core import DataError, MLOPS_NB_TRAIN_THREADS, lazy_module
+from .data import as_dates
 from .problem import DATE_PARTS, Problem, metrics_of, predict_outputs
 from .tracking import BASELINE_PREFIX, baseline_failure
 pd = lazy_module("pandas")  # loaded on first use: serving images run without pandas
 
 # %% auto #0
 __all__ = ['pd', 'COVER_NULL_ROWS', 'COVER_CATEGORIES', 'MIN_SAMPLE_PER_CLASS', 'MIN_SAMPLE_ROWS', 'CONTINUED_FIT',
-           'MODEL_PACKAGES', 'TRUSTED_TYPES', 'SERVABLE_ROWS', 'BOOSTER_TYPES', 'as_dates', 'raw_features',
-           'raw_record', 'Features', 'features_of', 'example_frame', 'default_estimator', 'build_model',
-           'coverage_rows', 'sample_rows', 'split_rows', 'train_eval_rows', 'evaluate', 'check_not_constant',
-           'continued_fit', 'train_epochs', 'baseline_outputs', 'evaluate_baseline', 'versus_baseline',
-           'pinned_requirements', 'problem_modules', 'model_types', 'signature_of', 'input_example', 'log_model',
-           'save_model', 'code_path', 'servable_rows', 'booster_requirements', 'finish_notebook']
+           'MODEL_PACKAGES', 'TRUSTED_TYPES', 'SERVABLE_ROWS', 'BOOSTER_TYPES', 'raw_features', 'raw_record',
+           'Features', 'features_of', 'example_frame', 'default_estimator', 'build_model', 'coverage_rows',
+           'sample_rows', 'split_rows', 'train_eval_rows', 'evaluate', 'check_not_constant', 'continued_fit',
+           'train_epochs', 'baseline_outputs', 'evaluate_baseline', 'versus_baseline', 'pinned_requirements',
+           'problem_modules', 'model_types', 'signature_of', 'input_example', 'log_model', 'save_model', 'code_path',
+           'servable_rows', 'booster_requirements', 'finish_notebook']
 
 # %% ../nbs/04_train.ipynb #04-train-005
-def as_dates(s)->pd.Series:
-    "A column of dates (datetime64, or ISO text whose first 10 characters are the date) as datetime64."
-    if pd.api.types.is_datetime64_any_dtype(s): return s.dt.tz_localize(None) if getattr(s.dt, "tz", None) else s
-    return pd.to_datetime(s.astype(str).str.slice(0, 10), errors="coerce", format="%Y-%m-%d")
-
 def raw_features(X:pd.DataFrame, # raw input records
                  kinds:dict # input column -> column kind ('str', 'int', 'float', 'bool', 'datetime')
                 )->pd.DataFrame:

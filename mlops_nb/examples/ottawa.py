@@ -8,9 +8,8 @@ Docs: https://mlops-nb.github.io/mlops_nb/examples/ottawa.html.md"""
 from __future__ import annotations
 import numpy as np
 from ..core import lazy_module, ParamError
-from ..data import ColumnSpec
+from ..data import ColumnSpec, as_dates
 from ..problem import Problem
-from ..train import as_dates
 pd = lazy_module("pandas")
 
 # %% auto #0
