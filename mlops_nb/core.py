@@ -6,7 +6,7 @@ Docs: https://mlops-nb.github.io/mlops_nb/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #00-core-002
 from __future__ import annotations
-import importlib, math, os, re, subprocess, tomllib, types
+import importlib, math, os, re, signal, subprocess, tomllib, types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,7 +187,7 @@ def die_with_parent(parent:int # pid of the parent the calling process must not 
                    ):
     "In a child: have Linux send it SIGTERM when `parent` dies, even by SIGKILL; exit at once when it already has."
     try:
-        import ctypes, signal
+        import ctypes  # inside the try: an interpreter built without it still runs
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
     except Exception: pass  # not Linux: the caller's own safety net applies (e.g. `mlops-nb runs sweep`)
     if os.getppid() != parent: os._exit(3)  # the parent died before we could ask

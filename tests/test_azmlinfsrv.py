@@ -11,7 +11,7 @@ It always binds 0.0.0.0 (DEFAULT_HOST is hard-coded, no --host flag): we only ev
 import importlib.util, json, os, signal, socket, subprocess, time, urllib.error, urllib.request
 from pathlib import Path
 import pytest
-from conftest import BAD_REQUESTS, GOOD, ROOT
+from conftest import BAD_REQUESTS, GOOD, ROOT, side_venv
 
 VENV = ROOT/".venv-azml"
 
@@ -55,14 +55,8 @@ def _stop(proc):
 
 @pytest.fixture(scope="module")
 def azml_venv():
-    "The server's venv, created or updated by scripts/azml-venv (instant when up to date)."
-    p = subprocess.run(["bash", str(ROOT/"scripts"/"azml-venv")], capture_output=True, text=True, timeout=900)
-    if p.returncode != 0:
-        reason = (p.stderr.strip().splitlines() or ["no output"])[-1]
-        # as conftest.side_venv: under CI a venv that does not build fails (its skip once hid a missing dependency)
-        if os.environ.get("CI"): pytest.fail(f"scripts/azml-venv failed: {reason}")
-        pytest.skip(f"scripts/azml-venv could not build {VENV.name} (no access to PyPI?): {reason}")
-    return VENV
+    "The server's venv, created or updated by scripts/azml-venv (instant when up to date; fails under CI if it cannot)."
+    return Path(side_venv("azml-venv", VENV.name))
 
 
 @pytest.fixture(scope="module")
