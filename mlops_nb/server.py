@@ -6,7 +6,8 @@ Docs: https://mlops-nb.github.io/mlops_nb/server.html.md"""
 
 # %% ../nbs/08_server.ipynb #08-server-002
 from __future__ import annotations
-import asyncio, hmac, importlib.resources, importlib.util, json, os, random, re, sys, time, traceback, uuid
+import asyncio, hmac, importlib.resources, importlib.util, json, os, random, re, shutil, sys, time, traceback
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import orjson
@@ -586,6 +587,7 @@ async def _lifespan(self:ScoringApp, receive, send):
         elif m["type"] == "lifespan.shutdown":
             for t in self._tasks: t.cancel()
             if self.log is not None: self.log.close()
+            _orphan_cleanup()  # uvicorn ends a worker by its signal after this: no exit handler would run
             await send({"type": "lifespan.shutdown.complete"})
             return
 
@@ -731,6 +733,12 @@ def _protocol_class():
 _ENV_PREFIX = "MLOPS_NB_SERVE_"
 STARTUP_ERROR = "startup-error"  # file a worker that could not load the model leaves for the parent process
 
+def _orphan_cleanup():
+    ("In a worker shutting down: when its parent was killed (which would have removed the metrics folder it made), "
+     "remove that folder.")
+    parent, shared = os.environ.get(_ENV_PREFIX + "PARENT"), os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if parent and shared and os.getppid() != int(parent): shutil.rmtree(shared, ignore_errors=True)
+
 def app_from_env()->ScoringApp:
     "The app configured by `MLOPS_NB_SERVE_*` variables (how uvicorn's worker processes build it)."
     cfg = json.loads(os.environ[_ENV_PREFIX + "CONFIG"])
@@ -786,11 +794,13 @@ def serve(host:str="127.0.0.1", # interface to bind
         shared = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mlops-nb-metrics-")
         os.environ[_ENV_PREFIX + "CONFIG"] = json.dumps({**cfg, "workers": workers})
         os.environ[_ENV_PREFIX + "PARENT"] = str(os.getpid())  # uvicorn's supervisor: this process
-        uvicorn.run("mlops_nb.server:app_from_env", factory=True, workers=workers, **kw)
-        # uvicorn stops every worker when one fails to start: say why, as one process does
-        failed = Path(shared)/STARTUP_ERROR
-        if failed.exists():
-            raise MlopsNbError(f"could not load model {cfg.get('model') or 'champion'}: {failed.read_text()}")
+        try:
+            uvicorn.run("mlops_nb.server:app_from_env", factory=True, workers=workers, **kw)
+            # uvicorn stops every worker when one fails to start: say why, as one process does
+            failed = Path(shared)/STARTUP_ERROR
+            if failed.exists():
+                raise MlopsNbError(f"could not load model {cfg.get('model') or 'champion'}: {failed.read_text()}")
+        finally: shutil.rmtree(shared, ignore_errors=True)  # made above; a SIGKILL leaves it to the workers
         return
     app = ScoringApp(**cfg)
     try: uvicorn.run(app, **kw)

@@ -1,6 +1,7 @@
 """The scoring server as a real process over HTTP: the same cases as api/test_score.py, the endpoints, auth,
 failures that must not take it down (the swap under load: tests/test_audit.py)."""
 import http.client, json, os, signal, socket, subprocess, time
+from pathlib import Path
 import pytest
 from conftest import CLI, ROOT, GOOD, BAD_REQUESTS
 
@@ -319,7 +320,18 @@ def test_workers_share_metrics_and_refuse_a_swap_that_would_reach_one(tmp_path, 
         st, out, _ = s.request("POST", "/admin/model", json.dumps({"model": str(model_dir_v2), "wait": True}).encode(),
                                {"authorization": f"Bearer {ADMIN}"})
         assert st == 409 and "runs 2 worker processes" in out["error"] and "--watch" in out["error"]
+        shared = _metrics_folder(s.proc.pid)
+        assert shared.is_dir()
     finally: s.stop()
+    assert not shared.exists()  # the server removes the folder it made when it stops
+
+
+def _metrics_folder(pid:int)->Path:
+    "The multiprocess metrics folder of the server `pid` (PROMETHEUS_MULTIPROC_DIR, as its workers were started with)."
+    for k in _children(pid):
+        env = dict(kv.split("=", 1) for kv in open(f"/proc/{k}/environ").read().split("\0") if "=" in kv)
+        if "PROMETHEUS_MULTIPROC_DIR" in env: return Path(env["PROMETHEUS_MULTIPROC_DIR"])
+    raise AssertionError(f"no worker of {pid} has a metrics folder")
 
 
 def _workers(pid:int)->int:
@@ -382,6 +394,7 @@ def test_workers_never_outlive_a_killed_server(model_dir, tmp_path):
     try:
         workers = _children(s.proc.pid)  # the two workers and multiprocessing's resource tracker
         assert len([k for k in workers if "spawn_main" in open(f"/proc/{k}/cmdline").read()]) == 2, workers
+        shared = _metrics_folder(s.proc.pid)
         s.proc.kill()  # the parent only: its process group is left alone
         s.proc.wait()
         end = time.time() + 30
@@ -389,6 +402,7 @@ def test_workers_never_outlive_a_killed_server(model_dir, tmp_path):
         alive = [k for k in workers if os.path.exists(f"/proc/{k}")]
         assert not alive, f"processes {alive} outlived the server"
         with socket.socket() as sock: sock.bind(("127.0.0.1", s.port))  # nobody holds the port
+        assert not shared.exists()  # nor the metrics folder: the orphaned workers removed it
     finally:
         try: os.killpg(s.proc.pid, signal.SIGKILL)
         except ProcessLookupError: pass
