@@ -90,16 +90,18 @@ def _execute_child():
     line = sys.stdin.readline()
     if not line.strip(): sys.exit(3)  # the parent gave up before the run started
     a = json.loads(line)
-    rc = 0
+    rc = 1  # unless papermill returns, or ends as below
     try:
         pm.execute_notebook(a["input"], a["output"], parameters=a["parameters"], cwd=a["cwd"],
                             progress_bar=a["progress"], kernel_name=a.get("kernel"),
                             execution_timeout=a.get("execution_timeout"), kernel_manager_class=_kernel_manager_class())
+        rc = 0
     except pm.PapermillExecutionError: rc = 1  # the runner reads the failing cell from the output notebook
     except KeyboardInterrupt: rc = 130  # (the interrupted cell may also surface as an execution error above)
-    if os.getppid() != a["parent"]:
-        _orphaned(a)
-        rc = rc or 3  # nobody is left to read the result
+    finally:  # however papermill ended (an interrupt can surface as another error from inside its event loop)
+        if os.getppid() != a["parent"]:
+            _orphaned(a)
+            rc = rc or 3  # nobody is left to read the result
     sys.exit(rc)
 
 # %% ../nbs/05_runner.ipynb #05-runner-011
