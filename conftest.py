@@ -8,9 +8,30 @@ ROOT = Path(__file__).resolve().parent
 CLI = str(Path(sys.executable).parent/"mlops-nb")
 
 
+_ZYGOTE = []  # this process's zygote (tests/zygote.py), started on first use
+
+
+def _zygote():
+    "The zygote the commands of this test process fork from (a new one if it stopped); None with TEST_CLI_FORK=0."
+    if os.environ.get("TEST_CLI_FORK") == "0": return None
+    if not _ZYGOTE or not _ZYGOTE[0].alive():
+        import atexit, importlib.util
+        spec = importlib.util.spec_from_file_location("zygote", ROOT/"tests"/"zygote.py")
+        zygote = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(zygote)
+        Zygote = zygote.Zygote
+        _ZYGOTE[:] = [Zygote(os.path.join(tempfile.gettempdir(), f"mlops-nb-zygote-{os.getpid()}.log"))]
+        atexit.register(_ZYGOTE[0].close)
+    return _ZYGOTE[0]
+
+
 def run_cli(*args, env=None, cwd=ROOT, timeout=300, check=False):
-    "Run the real `mlops-nb` executable; return the CompletedProcess (text)."
-    p = subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+    """Run `mlops-nb ARGS` (in `env`, default this process's environment, and `cwd`); return the CompletedProcess
+    (text). Each command is its own process, forked from the zygote (tests/zygote.py: the executable's entry point
+    without a second of imports per command); `TEST_CLI_FORK=0` starts the executable afresh instead."""
+    argv, z, env = [CLI, *map(str, args)], _zygote(), dict(os.environ if env is None else env)
+    if z is not None and z.fits(env): p = z.run(argv, env, str(cwd), timeout, tempfile.gettempdir())
+    else: p = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
     if check and p.returncode != 0:
         raise AssertionError(f"mlops-nb {' '.join(map(str, args))} -> {p.returncode}\n{p.stderr}")
     return p

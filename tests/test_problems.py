@@ -6,7 +6,7 @@ import contextlib, json, os, signal, socket, subprocess, sys, time, urllib.reque
 from pathlib import Path
 import numpy as np
 import pytest
-from conftest import CLI
+from conftest import CLI, run_cli
 
 BIN = Path(sys.executable).parent
 PROBLEMS = [("breast-cancer", "binary"), ("wine", "multiclass"), ("diabetes", "regression")]
@@ -25,7 +25,14 @@ def run(*args, cwd, env, timeout=600):
     return p
 
 
-def cli_json(*args, cwd, env, **kw): return json.loads(run(CLI, *args, "--json", cwd=cwd, env=env, **kw).stdout)
+def cli(*args, cwd, env, timeout=600):
+    "Run `mlops-nb ARGS` of the new project (conftest.run_cli); fail with its stderr."
+    p = run_cli(*args, cwd=cwd, env=env, timeout=timeout)
+    assert p.returncode == 0, f"mlops-nb {' '.join(map(str, args))} -> {p.returncode}\n{p.stderr[-3000:]}"
+    return p
+
+
+def cli_json(*args, cwd, env, **kw): return json.loads(cli(*args, "--json", cwd=cwd, env=env, **kw).stdout)
 
 
 def post(url, body):
@@ -136,7 +143,7 @@ def test_serve_monitor_package_deploy(project):
     dockerfile = (Path(ctx["context"])/"Dockerfile").read_text()
     assert f"MLOPS_NB_PROBLEM={p['name'].replace('-', '_')}.problem:PROBLEM" in dockerfile
     assert (Path(ctx["context"])/"model"/"MLmodel").exists()
-    out = run(CLI, "deploy", "--target", "kubernetes", "--image", "127.0.0.1:5000/x:1-abc1234", "--dry-run",
+    out = cli("deploy", "--target", "kubernetes", "--image", "127.0.0.1:5000/x:1-abc1234", "--dry-run",
               "--manifests", p["t"]/"k8s", cwd=p["root"], env=env)
     assert "validated (strict)" in out.stderr and (p["t"]/"k8s").exists()
     assert any(p["name"] in f.read_text() for f in (p["t"]/"k8s").glob("*.yaml"))
