@@ -251,10 +251,13 @@ def _as_missing(records:list, schema:dict)->list:
     return records
 
 def _mlflow_shape(payload)->list:
-    "The records of a parsed body in one of MLflow's shapes."
+    ("The records of a parsed body in one of MLflow's shapes. Its `params`, when an object, are ignored, as MLflow "
+     "ignores them for a model whose signature declares no parameters (ours never do).")
     keys = [k for k in _MLFLOW_KEYS if isinstance(payload, dict) and k in payload]
-    if not isinstance(payload, dict) or len(keys) != 1 or set(payload) - {keys[0]}:
-        raise _bad(f"expected an object with exactly one of {', '.join(_MLFLOW_KEYS)} (MLflow's scoring protocol)")
+    if not isinstance(payload, dict) or len(keys) != 1 or set(payload) - {keys[0], "params"}:
+        raise _bad(f"expected an object with exactly one of {', '.join(_MLFLOW_KEYS)} (MLflow's scoring protocol)"
+                   ", and optionally params")
+    if not isinstance(payload.get("params", {}), dict): raise _bad("params must be an object (parameter -> value)")
     k, v = keys[0], payload[keys[0]]
     if k == "dataframe_split": return _split_records(v, k)
     if k == "inputs" and isinstance(v, dict):  # columnar: {column: [values]}

@@ -70,6 +70,18 @@ def test_scoring_server_client_sends_nan_and_gets_the_model_s_predictions(server
     assert got.shape == want.shape and np.abs(got - want).max() <= 1e-9
 
 
+def test_params_are_ignored_as_mlflow_ignores_them(server, frame, want):
+    ("invoke(data, params=...) sends MLflow's `params`: a model whose signature declares none answers as without them "
+     "(MLflow's own server warns and ignores them); params that are not an object are a 400.")
+    from mlflow.pyfunc.scoring_server.client import ScoringServerClient
+    c = ScoringServerClient("127.0.0.1", server.port)
+    got = np.asarray(c.invoke(frame, params={"threshold": 0.3}).get_predictions(), dtype=float)
+    assert got.shape == want.shape and np.abs(got - want).max() <= 1e-9
+    body = json.dumps({"inputs": [frame.iloc[0].to_dict()], "params": "x"}, default=str).encode()
+    st, out = server.request("POST", "/invocations", body, {"content-type": "application/json"})[:2]
+    assert st == 400 and "params must be an object" in json.dumps(out), out
+
+
 def test_nan_in_a_required_field_is_a_422_naming_it(server, frame):
     from mlflow.pyfunc.scoring_server.client import ScoringServerClient
     c = ScoringServerClient("127.0.0.1", server.port)
