@@ -34,11 +34,9 @@ def fresh_venv(tmp_path_factory):
     venv = t/"venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     # uv where scripts/setup installed it (a fifth of pip's time here; the project's own setup below still installs
-    # the vendored wheel with pip), else pip. No bytecode ahead: the project's commands run without
-    # PYTHONDONTWRITEBYTECODE, so each module is compiled once, when first imported (compiling the whole venv took 33 s
-    # of CPU, most of it for modules no command here imports)
+    # the vendored wheel with pip), with bytecode as pip would write it; else pip
     uv = Path(sys.executable).parent/"uv"
-    installer = ([str(uv), "pip", "install", "--python", str(venv/"bin"/"python")] if uv.exists()
+    installer = ([str(uv), "pip", "install", "--python", str(venv/"bin"/"python"), "--compile-bytecode"] if uv.exists()
                  else [str(venv/"bin"/"python"), "-m", "pip", "install"])
     p = subprocess.run([*installer, "-q", f"{wheel}[runner,serve,kube,project]", "-c", str(ROOT/"requirements.lock")],
                        capture_output=True, text=True, timeout=1200)
