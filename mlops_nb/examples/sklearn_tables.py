@@ -18,10 +18,10 @@ __all__ = ['pd', 'BREAST_CANCER', 'WINE', 'DIABETES', 'table']
 _LOADERS = {"breast-cancer": "load_breast_cancer", "wine": "load_wine", "diabetes": "load_diabetes"}
 _frames = {}
 
-def _bunch(name:str):
-    "The scikit-learn dataset `name`, as a frame."
+def _bunch(name:str, as_frame:bool=True):
+    "The scikit-learn dataset `name`, as a frame (or as numpy arrays)."
     import sklearn.datasets
-    return getattr(sklearn.datasets, _LOADERS[name])(as_frame=True)
+    return getattr(sklearn.datasets, _LOADERS[name])(as_frame=as_frame)
 
 def table(problem:Problem|str # one of the problems below, or its name
          )->pd.DataFrame:
@@ -32,9 +32,9 @@ def table(problem:Problem|str # one of the problems below, or its name
 
 def _declare(name:str, kind:str, description:str)->Problem:
     "A problem over the scikit-learn table `name`: every feature a float input, the target as scikit-learn gives it."
-    b = _bunch(name)
+    b = _bunch(name, as_frame=False)  # numpy only: an image serving these problems may have no pandas
     inputs = {str(c): ColumnSpec("float") for c in b.feature_names}
-    example = {str(c): float(v) for c, v in b.frame[b.feature_names].iloc[0].items()}
+    example = {str(c): float(v) for c, v in zip(b.feature_names, b.data[0])}
     if kind == "regression": return Problem(name, inputs, "target", kind, example=example, description=description)
     return Problem(name, inputs, "target", kind, classes=list(range(len(b.target_names))),
                    labels=[str(t) for t in b.target_names],
