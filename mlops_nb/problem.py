@@ -18,8 +18,8 @@ pd = lazy_module("pandas")  # loaded on first use: serving images run without pa
 
 # %% auto #0
 __all__ = ['pd', 'PROBLEM_KINDS', 'METRICS', 'DECAY_METRICS', 'MLOPS_NB_PROBLEM', 'METRIC_NEEDS', 'META', 'SHADOW', 'DATE_PARTS',
-           'ProblemError', 'Metric', 'predict_outputs', 'metrics_of', 'Problem', 'problem_slots', 'prediction_columns',
-           'problem_ref', 'load_problem', 'problem_from_json']
+           'ProblemError', 'Metric', 'predict_outputs', 'log_loss_of', 'metrics_of', 'Problem', 'problem_slots',
+           'prediction_columns', 'problem_ref', 'load_problem', 'problem_from_json']
 
 # %% ../nbs/01a_problem.ipynb #01a-problem-006
 PROBLEM_KINDS = {"binary": "two classes; the model returns the probability of each, the second is the positive one",
@@ -69,6 +69,15 @@ def predict_outputs(model, # a fitted pipeline or estimator
     return np.asarray(model.predict(X),
                       dtype="float64") if kind == "regression" else np.asarray(model.predict_proba(X), dtype="float64")
 
+def log_loss_of(y:np.ndarray, # true classes, encoded
+                out:np.ndarray # per-class probabilities (n, classes)
+               )->float:
+    ("scikit-learn's log loss of `out`, each row scaled to sum to one first: a model that computes its probabilities "
+     "in float32 (XGBoost) sums them to one only within float32's precision, and scikit-learn warned about it.")
+    from sklearn.metrics import log_loss
+    out = np.asarray(out, dtype="float64")
+    return float(log_loss(y, out / out.sum(axis=1, keepdims=True), labels=list(range(out.shape[1]))))
+
 def metrics_of(kind:str, # problem kind
                y:np.ndarray, # true targets, encoded (`Problem.encode`)
                out:np.ndarray, # `predict_outputs`
@@ -81,12 +90,11 @@ def metrics_of(kind:str, # problem kind
         fns = {"rmse": lambda: math.sqrt(M.mean_squared_error(y, out)), "mae": lambda: M.mean_absolute_error(y, out),
                "r2": lambda: M.r2_score(y, out)}
     else:
-        k = out.shape[1]
         if kind == "binary" and len(np.unique(y)) < 2:
             raise DataError("the evaluation rows hold one class only: ROC AUC needs both; use more data")
         pred = out.argmax(1)
         fns = {"accuracy": lambda: M.accuracy_score(y, pred),
-               "log_loss": lambda: M.log_loss(y, out, labels=list(range(k))),
+               "log_loss": lambda: log_loss_of(y, out),
                "roc_auc": lambda: M.roc_auc_score(y, out[:, 1]),
                "f1_macro": lambda: M.f1_score(y, pred, average="macro")}
     value = lambda m: _custom_value(m, y, out) if isinstance(m, Metric) else float(fns[m]())

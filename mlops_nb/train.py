@@ -14,7 +14,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin  # this module builds and loads models: scikit-learn is needed
 from .core import DataError, MLOPS_NB_TRAIN_THREADS, lazy_module
 from .data import as_dates
-from .problem import DATE_PARTS, Problem, metrics_of, predict_outputs
+from .problem import DATE_PARTS, Problem, log_loss_of, metrics_of, predict_outputs
 from .tracking import BASELINE_PREFIX, baseline_failure
 pd = lazy_module("pandas")  # loaded on first use: serving images run without pandas
 
@@ -304,7 +304,7 @@ def train_epochs(problem:Problem, # the declared problem
                  on_epoch=None # called as `on_epoch(epoch, metrics)` after each epoch
                 )->list:
     "Fit `model` epoch by epoch; return per-epoch `train_loss` and validation metrics."
-    from sklearn.metrics import log_loss, mean_squared_error
+    from sklearn.metrics import mean_squared_error
     from threadpoolctl import threadpool_limits
     pre, est = model[:-1], model[-1]
     y_train, y_val = problem.encode(train_df[problem.target]), problem.encode(val_df[problem.target])
@@ -333,7 +333,7 @@ def train_epochs(problem:Problem, # the declared problem
         loss = (
             mean_squared_error(y_train, out_t)
             if problem.kind == "regression"
-            else log_loss(y_train, out_t, labels=list(range(out_t.shape[1])))
+            else log_loss_of(y_train, out_t)
         )
         m = {
             "train_loss": float(loss),
