@@ -155,7 +155,11 @@ class InferenceLog:
                 stamp = time.strftime('%Y%m%dT%H%M%S', time.gmtime())
                 self._path = self.folder/f"inference-{stamp}-{os.getpid()}-{self._seq:04d}.parquet"
                 self._opened, self._file_rows = time.time(), 0
-                self._writer = pq.ParquetWriter(str(self._path) + ".tmp", table.schema)
+                tmp = str(self._path) + ".tmp"
+                try: self._writer = pq.ParquetWriter(tmp, table.schema)
+                except BaseException:  # it may have made the file before failing (a disk already full)
+                    Path(tmp).unlink(missing_ok=True)
+                    raise
             self._writer.write_table(table)
             self._file_rows += n
             self.rows_written += n

@@ -59,3 +59,29 @@ def test_the_inference_log_on_a_full_disk(full_disk, tmp_path, model_dir, data_d
     p = run_cli("monitor", "--reference", data_dir/"2021.parquet", "--current", whole, "--json")
     assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
     assert "inference-truncated.parquet: skipped" in p.stderr and json.loads(p.stdout)["rows"]["current"] == 50
+
+
+def test_a_disk_full_before_the_first_write_leaves_no_temporary(full_disk, tmp_path, model_dir):
+    "The log's first file cannot even be started (its header does not fit): no `.tmp` is left, requests are answered."
+    with open(full_disk/"filler", "wb", buffering=0) as f:  # fill the disk to the last byte
+        for size in (4096, 1):
+            try:
+                while True: f.write(b"x" * size)
+            except OSError: pass
+    log_dir = full_disk/"log"
+    log_dir.mkdir()
+    s = Server(tmp_path, "--model", model_dir, "--log-dir", log_dir, "--workers", "1")
+    _, recs = _listings(2023, 50, 6)
+    try:
+        for _ in range(5):
+            st, body = s.request("POST", "/score", json.dumps(recs).encode(), {"content-type": "application/json"})[:2]
+            assert st == 200, body
+        dropped, end = 0.0, time.time() + 30
+        while dropped == 0 and time.time() < end:
+            line = [ln for ln in s.get("/metrics")[1].splitlines()
+                    if ln.startswith('mlops_nb_inference_log_dropped_total{reason="disk"}')]
+            dropped = float(line[0].split()[-1]) if line else 0.0
+            if dropped == 0: time.sleep(0.2)
+    finally: s.stop()
+    assert dropped > 0
+    assert sorted(p.name for p in log_dir.iterdir()) == [], "the log left a file on a disk it could not write to"
