@@ -6,7 +6,7 @@ Docs: https://mlops-nb.github.io/mlops_nb/runner.html.md"""
 
 # %% ../nbs/05_runner.ipynb #05-runner-002
 from __future__ import annotations
-import json, os, signal, subprocess, sys, threading
+import json, os, signal, subprocess, sys, threading, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from fastcore.basics import patch
@@ -55,15 +55,22 @@ def default_notebook()->Path:
     "The project's training notebook, `nbs/train.ipynb`."
     return (project_root() or Path.cwd())/"nbs"/"train.ipynb"
 
-def _orphaned(a:dict):
-    "The runner died: stop here, keep the executed notebook with the run and mark it FAILED (nobody else will)."
+def _orphaned(a:dict, tries:int=20):
+    ("The runner died: stop here, keep the executed notebook with the run and mark it FAILED (nobody else will). "
+     "No signal interrupts this (the runner is gone; nobody waits), and a store still busy with the stopping kernel's "
+     "last writes is tried again for a few seconds.")
+    for s in (signal.SIGTERM, signal.SIGINT): signal.signal(s, signal.SIG_IGN)
     run_id, out = a["parameters"]["run_id"], Path(a["output"])
-    try:
-        c = client()
-        if out.exists(): c.log_artifact(run_id, str(out), "notebook")
-        c.set_tag(run_id, "mlops_nb.error", f"the runner (pid {a['parent']}) died; the notebook was stopped")
-        end_run(run_id, "FAILED")
-    except Exception as e: print(f"could not mark run {run_id} FAILED: {e}", file=sys.stderr)
+    for i in range(tries):
+        try:
+            c = client()
+            if out.exists(): c.log_artifact(run_id, str(out), "notebook")
+            c.set_tag(run_id, "mlops_nb.error", f"the runner (pid {a['parent']}) died; the notebook was stopped")
+            end_run(run_id, "FAILED")
+            return
+        except Exception as e:
+            if i == tries - 1: print(f"could not mark run {run_id} FAILED: {e}", file=sys.stderr)
+            else: time.sleep(0.5)
 
 _stop_requested = threading.Event()  # set in the child when it is told to stop: only then is its kernel interrupted
 
