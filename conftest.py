@@ -8,27 +8,46 @@ ROOT = Path(__file__).resolve().parent
 CLI = str(Path(sys.executable).parent/"mlops-nb")
 
 
-_ZYGOTE = []  # this process's zygote (tests/zygote.py), started on first use
+_ZYGOTE = []  # this process's zygote (tests/zygote.py)
 
 
 def _zygote():
-    "The zygote the commands of this test process fork from (a new one if it stopped); None with TEST_CLI_FORK=0."
-    if os.environ.get("TEST_CLI_FORK") == "0": return None
+    "The zygote the commands and kernels of this process fork from (a new one if it stopped); None with TEST_FORK=0."
+    if os.environ.get("TEST_FORK") == "0": return None
     if not _ZYGOTE or not _ZYGOTE[0].alive():
-        import atexit, importlib.util
+        import atexit, importlib.util, shutil
         spec = importlib.util.spec_from_file_location("zygote", ROOT/"tests"/"zygote.py")
         zygote = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(zygote)
-        Zygote = zygote.Zygote
-        _ZYGOTE[:] = [Zygote(os.path.join(tempfile.gettempdir(), f"mlops-nb-zygote-{os.getpid()}.log"))]
-        atexit.register(_ZYGOTE[0].close)
+        folder = tempfile.mkdtemp(prefix="mlops-nb-zygote-")
+        _ZYGOTE[:] = [zygote.Zygote(folder)]
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        atexit.register(_ZYGOTE[0].close)  # first
+        # every kernel this process's children start (papermill's, nbconvert's) forks from it too
+        path = [str(zygote.kernelspec(Path(folder)/"jupyter", _ZYGOTE[0].sock)), os.environ.get("JUPYTER_PATH")]
+        os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in path if p)
     return _ZYGOTE[0]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _zygote_started():
+    "Started before the first test: kernels may be asked of it by any process the suite starts."
+    _zygote()
+
+
+@pytest.fixture
+def real_kernels(monkeypatch):
+    "Kernels started afresh by what this test starts (`python -m ipykernel_launcher`), for a test of the process tree."
+    mine = str(Path(_ZYGOTE[0].sock).parent/"jupyter") if _ZYGOTE else None
+    path = [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p and p != mine]
+    if path: monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join(path))
+    else: monkeypatch.delenv("JUPYTER_PATH", raising=False)
 
 
 def run_cli(*args, env=None, cwd=ROOT, timeout=300, check=False):
     """Run `mlops-nb ARGS` (in `env`, default this process's environment, and `cwd`); return the CompletedProcess
     (text). Each command is its own process, forked from the zygote (tests/zygote.py: the executable's entry point
-    without a second of imports per command); `TEST_CLI_FORK=0` starts the executable afresh instead."""
+    without a second of imports per command); `TEST_FORK=0` starts the executable afresh instead."""
     argv, z, env = [CLI, *map(str, args)], _zygote(), dict(os.environ if env is None else env)
     if z is not None and z.fits(env): p = z.run(argv, env, str(cwd), timeout, tempfile.gettempdir())
     else: p = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)

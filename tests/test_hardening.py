@@ -247,6 +247,11 @@ def _running(pid):
     except OSError: return False
 
 
+def _cmdline(pid)->bytes:
+    try: return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError: return b""
+
+
 class Training:
     "A long full-mode `mlops-nb train` whose processes are all killed at the end, whatever happens."
     def __init__(self, state, data, **popen):
@@ -258,6 +263,7 @@ class Training:
                          "training to start")
         time.sleep(3)
         self.tree = _descendants(self.p.pid)  # papermill's process and the kernel
+        self.kernels = [pid for pid in self.tree if b"ipykernel_launcher" in _cmdline(pid)]
 
     def status(self):
         from mlops_nb.tracking import client
@@ -273,12 +279,12 @@ class Training:
         self.p.communicate(timeout=30)
 
 
-def test_kill_9_of_the_cli_stops_the_notebook_and_fails_its_run(state, data_dir):
+def test_kill_9_of_the_cli_stops_the_notebook_and_fails_its_run(state, data_dir, real_kernels):
     from mlops_nb.tracking import client, list_versions
     versions = len(list_versions())
     t = Training(state, data_dir/"2021.parquet")
     try:
-        assert len(t.alive()) >= 2  # papermill and the kernel
+        assert len(t.alive()) >= 2 and t.kernels  # papermill and the kernel (started afresh: `real_kernels`)
         t.p.send_signal(signal.SIGKILL)
         _wait(lambda: not t.alive(), 60, "papermill and the kernel to exit")
         assert t.status() == "FAILED"
@@ -289,7 +295,7 @@ def test_kill_9_of_the_cli_stops_the_notebook_and_fails_its_run(state, data_dir)
     finally: t.cleanup()
 
 
-def test_killing_the_whole_tree_leaves_a_run_that_sweep_fails(state, data_dir):
+def test_killing_the_whole_tree_leaves_a_run_that_sweep_fails(state, data_dir, real_kernels):
     t = Training(state, data_dir/"2021.parquet")
     try:
         for pid in [t.p.pid, *t.alive()]: os.kill(pid, signal.SIGKILL)
@@ -304,7 +310,7 @@ def test_killing_the_whole_tree_leaves_a_run_that_sweep_fails(state, data_dir):
     finally: t.cleanup()
 
 
-def test_sigint_stops_a_cli_started_with_sigint_ignored(state, data_dir):
+def test_sigint_stops_a_cli_started_with_sigint_ignored(state, data_dir, real_kernels):
     "A background job of a non-interactive shell (a CI agent) inherits SIGINT ignored."
     t = Training(state, data_dir/"2021.parquet", preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:

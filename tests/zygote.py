@@ -1,58 +1,67 @@
-"""`mlops-nb` commands for the tests, each a fork of a process that has already imported what the commands import.
+"""`mlops-nb` commands and Jupyter kernels for the tests, each a fork of a process that has already imported what they
+import.
 
 Every `mlops-nb` process spends 1.5 to 2.5 s of CPU importing MLflow, scikit-learn and pandas before it does any work,
-and the suite starts a few hundred of them on two cores. The zygote (one per test worker, started on first use) imports
-them once; each command is then a fork of it that takes the command's environment, working folder, arguments and
-output files, and runs the executable's own entry point (`mlops_nb.cli.console`, which exits with the command's code).
-It is still a process of its own: its environment, folder, exit code, stdout and stderr are the command's, and nothing
-it does reaches the test's process.
+and every kernel (a training run's, a notebook's under nbconvert) 3 s more with ipykernel; the suite starts a few
+hundred of them on two cores. The zygote (one per test worker) imports them once; each command or kernel is then a fork
+of it that takes the environment, working folder, arguments and output files it was started with, and runs the
+executable's own entry point (`mlops_nb.cli.console`; `ipykernel_launcher`). It is still a process of its own: its
+environment, folder, exit code, stdout and stderr are its own, and nothing it does reaches the test's process.
 
-What differs from `mlops-nb` started afresh: the modules below are imported before the command's environment is set
-(mlops_nb reads its settings when a command runs, never at import), and the command's parent is the zygote. Commands
-a test signals, interrupts or serves from are started as real processes (`subprocess.Popen`), as are the pipelines'
-steps, the images and a generated project's commands, so the executable's own start is exercised throughout the suite.
-`TEST_CLI_FORK=0` starts every command afresh.
+What differs from a process started afresh: the modules below are imported before its environment is set (mlops_nb
+reads its settings when a command runs, never at import), and its parent is the zygote. Commands a test signals,
+interrupts or serves from are started as real processes (`subprocess.Popen`), as are the pipelines' steps, the images
+and a generated project's commands, so the executable's own start is exercised throughout the suite; so are the kernels
+of a test that kills a training's process tree (test_hardening). `TEST_FORK=0` starts every command and kernel afresh.
 
-Protocol: one JSON object per line. The client writes {"id", "argv", "env", "cwd", "out", "err"}; the zygote answers
-{"ready": true} once, then {"id", "pid"} when it has forked and {"id", "rc"} when that child has exited."""
-import json, os, select, signal, subprocess, sys, threading, traceback
+Commands. The test worker writes one JSON object per line to the zygote's stdin: {"id", "argv", "env", "cwd", "out",
+"err"}; the zygote answers on its stdout {"ready": true} once, then {"id", "pid"} when it has forked and {"id", "rc"}
+when that child has exited.
+
+Kernels. `kernelspec()` writes a `python3` kernel spec whose command is this file's client (`zygote.py kernel SOCKET
+-f CONNECTION_FILE`), and the worker puts it first on JUPYTER_PATH for everything it starts. The client is what
+jupyter_client starts and watches: it sends its environment, folder, arguments and standard files (SCM_RIGHTS) to the
+zygote's socket, passes on every signal jupyter_client sends it (interrupt, terminate) to the kernel's process group,
+and exits as the kernel did. The kernel leads a session of its own and kills its group when the client or the
+client's parent (papermill, nbconvert: what ipykernel itself watches) is gone, SIGKILL included. A client in another
+interpreter (a side venv, a generated project's) or with other start-up variables, or without a zygote, starts
+ipykernel itself."""
+import json, os, select, signal, socket, subprocess, sys, threading, traceback
+from pathlib import Path
 
 PRELOAD = ("pandas", "sklearn.ensemble", "sklearn.metrics", "mlflow", "mlflow.sklearn", "mlops_nb.cli", "mlops_nb.core",
            "mlops_nb.data", "mlops_nb.problem", "mlops_nb.tracking", "mlops_nb.train", "mlops_nb.serving",
-           "mlops_nb.runner", "mlops_nb.examples.ottawa")
+           "mlops_nb.runner", "mlops_nb.examples.ottawa", "ipykernel.kernelapp", "ipykernel.ipkernel")
+KEEP = ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")  # applied in a fork; any other PYTHON* is read at start-up only
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
-def _child(req:dict, ctl:int, res:int):
-    "In the fork: become the command (output files, folder, environment, arguments), run it, exit with its code."
-    code = 1
+def startup(env:dict)->dict:
+    "The variables an interpreter reads from `env` when it starts, other than the two a fork applies itself."
+    return {k: v for k, v in env.items() if k.startswith("PYTHON") and k not in KEEP}
+
+
+def _become(env:dict, cwd:str, path0:str):
+    "In a fork: take the folder and environment a process was started with, and what its interpreter reads from them."
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    import tempfile
+    tempfile.tempdir = None  # read TMPDIR again
+    # the script's folder first (the current folder for `-m`), then PYTHONPATH (the zygote starts without one)
+    extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    sys.path[:1] = [path0, *extra]
+    sys.dont_write_bytecode = bool(os.environ.get("PYTHONDONTWRITEBYTECODE"))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for s in SIGNALS[1:] + (signal.SIGCHLD,): signal.signal(s, signal.SIG_DFL)
+
+
+def _exit(code:int):
+    "End a fork as an interpreter ends: wait for its threads, run its exit functions, flush; then leave."
     try:
-        os.close(ctl)
-        os.close(res)
-        for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, req["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
-                                (2, req["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
-            f = os.open(path, flags, 0o600)
-            os.dup2(f, fd)
-            os.close(f)
-        os.chdir(req["cwd"])
-        os.environ.clear()
-        os.environ.update(req["env"])
-        import tempfile
-        tempfile.tempdir = None  # read TMPDIR again
-        sys.argv = list(req["argv"])
-        # what an interpreter reads from its environment when it starts: the script's folder first, then PYTHONPATH
-        # (the zygote starts without one); bytecode writing
-        extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-        sys.path[:1] = [os.path.dirname(req["argv"][0]), *extra]
-        sys.dont_write_bytecode = bool(os.environ.get("PYTHONDONTWRITEBYTECODE"))
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        from mlops_nb.cli import console
-        console()  # exits
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        if not isinstance(e.code, (int, type(None))): print(e.code, file=sys.stderr)
-    except BaseException:
-        traceback.print_exc()
+        threading._shutdown()
+        import atexit
+        atexit._run_exitfuncs()
     finally:
         for s in (sys.stdout, sys.stderr):
             try: s.flush()
@@ -60,50 +69,198 @@ def _child(req:dict, ctl:int, res:int):
         os._exit(code)
 
 
-def serve():
-    "The zygote: import, say ready, then fork a child per request and report each child's exit code."
+def _code(e:SystemExit)->int:
+    if not isinstance(e.code, (int, type(None))): print(e.code, file=sys.stderr)
+    return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+
+
+def _command(req:dict, close:list):
+    "In the fork: become the command (output files, folder, environment, arguments), run it, exit with its code."
+    code = 1
+    try:
+        for f in close: f.close()
+        for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, req["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
+                                (2, req["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
+            f = os.open(path, flags, 0o600)
+            os.dup2(f, fd)
+            os.close(f)
+        _become(req["env"], req["cwd"], os.path.dirname(req["argv"][0]))
+        sys.argv = list(req["argv"])
+        from mlops_nb.cli import console
+        console()  # exits
+        code = 0
+    except SystemExit as e: code = _code(e)
+    except BaseException: traceback.print_exc()
+    finally: _exit(code)
+
+
+def _die_with(pids:list):
+    "Kill this session (the kernel and what it started) when any of `pids` is gone."
+    fds = []
+    for p in pids:
+        try: fds.append(os.pidfd_open(p))
+        except ProcessLookupError: os.killpg(0, signal.SIGKILL)
+    def watch():
+        select.select(fds, [], [])
+        os.killpg(0, signal.SIGKILL)
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _read_at_import():
+    "What ipykernel read from the zygote's environment when the zygote imported it: read it from the kernel's."
+    from ipykernel.kernelapp import IPKernelApp
+    for name, var in (("parent_handle", "JPY_PARENT_PID"), ("interrupt", "JPY_INTERRUPT_EVENT")):
+        IPKernelApp.class_traits()[name].default_value = int(os.environ.get(var) or 0)
+        IPKernelApp._static_immutable_initial_values[name] = int(os.environ.get(var) or 0)
+
+
+def _kernel(req:dict, fds:list, close:list):
+    "In the fork: become the kernel its client was started as (standard files, folder, environment, arguments)."
+    code = 1
+    try:
+        for f in close: f.close()
+        os.setsid()  # jupyter_client signals the kernel's group: the client passes its signals on to this one
+        for i, fd in enumerate(fds): os.dup2(fd, i)
+        for fd in fds: os.close(fd)
+        _become(req["env"], req["cwd"], req["cwd"])
+        _die_with(req["pids"])
+        _read_at_import()
+        import runpy
+        sys.argv = ["ipykernel_launcher", *req["args"]]
+        runpy.run_module("ipykernel_launcher", run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as e: code = _code(e)
+    except BaseException: traceback.print_exc()
+    finally: _exit(code)
+
+
+class _Server:
+    "The zygote's loop: commands from the worker's pipe, kernels from the socket; each child's exit code to its asker."
+    def __init__(self, sock:str):
+        self.ctl, self.res = os.fdopen(os.dup(0), "rb", buffering=0), os.fdopen(os.dup(1), "wb", buffering=0)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1): os.dup2(devnull, fd)  # nothing else may write into the answers
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.listener.bind(sock)
+        self.listener.listen(64)
+        self.children, self.buf = {}, b""  # pid -> command id or kernel client's connection
+
+    def say(self, msg:dict): self.res.write((json.dumps(msg) + "\n").encode())
+
+    def _open(self)->list: return [self.ctl, self.res, self.listener] + [c for c in self.children.values()
+                                                                       if isinstance(c, socket.socket)]
+
+    def command(self, req:dict):
+        pid = os.fork()
+        if pid == 0: _command(req, self._open())
+        self.children[pid] = req["id"]
+        self.say({"id": req["id"], "pid": pid})
+
+    def kernel(self):
+        conn, _ = self.listener.accept()
+        try:
+            msg, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
+            req = json.loads(msg)
+        except (OSError, ValueError):
+            conn.close()
+            return
+        pid = os.fork()
+        if pid == 0: _kernel(req, fds, self._open() + [conn])
+        for fd in fds: os.close(fd)
+        self.children[pid] = conn
+        conn.send(json.dumps({"pid": pid}).encode())
+
+    def reap(self):
+        while self.children:
+            try: pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError: return
+            if pid == 0: return
+            rc, asker = os.waitstatus_to_exitcode(status), self.children.pop(pid)
+            if isinstance(asker, socket.socket):
+                try: asker.send(json.dumps({"rc": rc}).encode())
+                except OSError: pass
+                asker.close()
+            else: self.say({"id": asker, "rc": rc})
+
+    def loop(self):
+        self.say({"ready": True})
+        while True:
+            readable, _, _ = select.select([self.ctl, self.listener], [], [], 0.05)
+            if self.listener in readable: self.kernel()
+            if self.ctl in readable:
+                chunk = self.ctl.read(1 << 16)
+                if not chunk: return  # the worker is gone
+                self.buf += chunk
+                while b"\n" in self.buf:
+                    line, self.buf = self.buf.split(b"\n", 1)
+                    self.command(json.loads(line))
+            self.reap()
+
+
+def serve(sock:str):
+    "The zygote: import, listen, say ready, then fork a child per request and report each child's exit code."
     import importlib
     sys.path[0] = os.path.dirname(sys.executable)  # as for a console script: not this file's folder
     for m in PRELOAD: importlib.import_module(m)
-    ctl, res = os.dup(0), os.dup(1)
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1): os.dup2(devnull, fd)  # nothing else may write into the answers
-    def say(msg): os.write(res, (json.dumps(msg) + "\n").encode())
-    say({"ready": True})
-    ids, buf = {}, b""
-    while True:
-        readable, _, _ = select.select([ctl], [], [], 0.05)
-        if readable:
-            chunk = os.read(ctl, 1 << 16)
-            if not chunk: break  # the client is gone
-            buf += chunk
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                req = json.loads(line)
-                pid = os.fork()
-                if pid == 0: _child(req, ctl, res)
-                ids[pid] = req["id"]
-                say({"id": req["id"], "pid": pid})
-        while ids:
-            try: pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError: break
-            if pid == 0: break
-            say({"id": ids.pop(pid), "rc": os.waitstatus_to_exitcode(status)})
+    _Server(sock).loop()
 
 
-# Read by the interpreter when it starts, so a command whose environment sets them differently than the zygote's
-# is started afresh (PYTHONPATH and PYTHONDONTWRITEBYTECODE are applied in the fork)
-STARTUP = ("PYTHONHASHSEED", "PYTHONWARNINGS", "PYTHONUTF8", "PYTHONIOENCODING", "PYTHONOPTIMIZE", "PYTHONSAFEPATH",
-           "PYTHONNOUSERSITE", "PYTHONUSERBASE", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONPLATLIBDIR", "PYTHONINSPECT",
-           "PYTHONDEVMODE", "PYTHONFAULTHANDLER", "PYTHONTRACEMALLOC", "PYTHONUNBUFFERED", "PYTHONVERBOSE")
+def kernel_client(sock:str, args:list):
+    "What jupyter_client starts as the kernel: the zygote's fork, watched and signalled through this process."
+    info = json.loads(Path(sock + ".json").read_text())
+    conn = None
+    if sys.prefix == info["prefix"] and startup(os.environ) == info["startup"]:
+        try:
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            conn.connect(sock)
+        except OSError: conn = None
+    if conn is None: os.execv(sys.executable, [sys.executable, "-m", "ipykernel_launcher", *args])
+    pending, kernel = [], []
+    def relay(signum, frame):
+        if not kernel: return pending.append(signum)
+        try: os.killpg(kernel[0], signum)
+        except ProcessLookupError:  # not yet the leader of its session
+            try: os.kill(kernel[0], signum)
+            except ProcessLookupError: pass
+    for s in SIGNALS: signal.signal(s, relay)
+    std = []
+    for fd in (0, 1, 2):
+        try: os.fstat(fd)
+        except OSError: fd = os.open(os.devnull, os.O_RDWR)
+        std.append(fd)
+    req = {"args": args, "env": dict(os.environ), "cwd": os.getcwd(), "pids": [os.getpid(), os.getppid()]}
+    socket.send_fds(conn, [json.dumps(req).encode()], std)
+    msg = conn.recv(1 << 16)
+    if not msg: sys.exit(1)  # the zygote stopped
+    kernel.append(json.loads(msg)["pid"])
+    for s in pending: relay(s, None)
+    msg = conn.recv(1 << 16)
+    rc = json.loads(msg)["rc"] if msg else 1
+    if rc < 0:
+        signal.signal(-rc, signal.SIG_DFL)
+        os.kill(os.getpid(), -rc)
+    sys.exit(rc)
+
+
+def kernelspec(folder:Path, sock:str)->Path:
+    "Write the `python3` kernel spec that starts kernels from the zygote at `sock`; return the folder for JUPYTER_PATH."
+    Path(sock + ".json").write_text(json.dumps({"prefix": sys.prefix, "startup": startup(os.environ)}))
+    spec = folder/"kernels"/"python3"
+    spec.mkdir(parents=True, exist_ok=True)
+    (spec/"kernel.json").write_text(json.dumps({
+        "argv": ["python", __file__, "kernel", sock, "-f", "{connection_file}"],
+        "display_name": "Python 3 (ipykernel)", "language": "python", "metadata": {"debugger": True}}))
+    return folder
 
 
 class Zygote:
-    "The client: one zygote process, and the commands waiting on it."
-    def __init__(self, log:str):
+    "The worker's side: one zygote process, and the commands waiting on it."
+    def __init__(self, folder:str):
         self.env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        self.proc = subprocess.Popen([sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=open(log, "ab"), env=self.env, start_new_session=True)
+        self.sock = f"{folder}/zygote.sock"
+        self.proc = subprocess.Popen([sys.executable, __file__, "serve", self.sock], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=open(f"{folder}/zygote.log", "ab"), env=self.env,
+                                     start_new_session=True)
         self.lock, self.next, self.waiting = threading.Lock(), 0, {}
         self.ready = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
@@ -124,7 +281,7 @@ class Zygote:
 
     def fits(self, env:dict)->bool:
         "Whether a command in `env` can be forked: the interpreter's start-up variables are the zygote's."
-        return all(env.get(k) == self.env.get(k) for k in STARTUP)
+        return startup(env) == startup(self.env)
 
     def run(self, argv:list, env:dict, cwd:str, timeout:float, tmp:str)->subprocess.CompletedProcess:
         "Run `argv` (the executable's path, then its arguments) as a fork; like `subprocess.run(capture_output=True)`."
@@ -159,4 +316,6 @@ class Zygote:
             except subprocess.TimeoutExpired: self.proc.kill()
 
 
-if __name__ == "__main__": serve()
+if __name__ == "__main__":
+    if sys.argv[1] == "serve": serve(sys.argv[2])
+    else: kernel_client(sys.argv[2], sys.argv[3:])
