@@ -256,18 +256,25 @@ def _group_name(mark): return str(mark.args[0] if mark.args else mark.kwargs.get
 UNITS = "TEST_UNITS_FILE"  # environment variable: that file's path (not MLOPS_NB_*: no setting of the toolkit)
 
 
+WHEELS = "MLOPS_NB_WHEEL_CACHE"  # one wheel cache for every state folder of the run (pip builds mlops_nb's once)
+
+
 def pytest_configure(config):
-    ("On the xdist controller of a loadgroup run: the file the workers "
-     "will write the units to (they inherit the variable).")
-    if getattr(config.option, "dist", "no") == "loadgroup" and not hasattr(config, "workerinput"):
+    ("On the controller (or the only process): one wheel cache for the whole run; on the xdist controller of a "
+     "loadgroup run, the file the workers will write the units to (the workers inherit both variables).")
+    if hasattr(config, "workerinput"): return
+    if not os.environ.get(WHEELS):
+        os.environ[WHEELS] = config._mlops_nb_wheels = tempfile.mkdtemp(prefix="mlops-nb-wheels-")
+    if getattr(config.option, "dist", "no") == "loadgroup":
         os.environ[UNITS] = str(Path(tempfile.mkdtemp(prefix="mlops-nb-units-"))/"units.json")
 
 
 def pytest_unconfigure(config):
-    "The controller removes the units' folder."
-    if os.environ.get(UNITS) and not hasattr(config, "workerinput"):
-        import shutil
-        shutil.rmtree(Path(os.environ.pop(UNITS)).parent, ignore_errors=True)
+    "The controller removes the units' folder and the wheel cache it made."
+    import shutil
+    if hasattr(config, "workerinput"): return
+    if os.environ.get(UNITS): shutil.rmtree(Path(os.environ.pop(UNITS)).parent, ignore_errors=True)
+    if getattr(config, "_mlops_nb_wheels", None): shutil.rmtree(os.environ.pop(WHEELS), ignore_errors=True)
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)  # optional: a run with `-p no:xdist` has no such hook

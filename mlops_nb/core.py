@@ -6,17 +6,18 @@ Docs: https://mlops-nb.github.io/mlops_nb/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #00-core-002
 from __future__ import annotations
-import importlib, math, os, re, signal, subprocess, tomllib, types
+import importlib, math, os, re, shutil, signal, subprocess, tomllib, types
 from dataclasses import dataclass
 from pathlib import Path
 
 # %% auto #0
 __all__ = ['SECRET_FILE_MAX', 'MLOPS_NB_HOME', 'MLOPS_NB_TRACKING_URI', 'MLOPS_NB_REGISTRY_URI', 'MLOPS_NB_EXPERIMENT',
            'MLOPS_NB_MODEL_NAME', 'MLOPS_NB_TRAIN_THREADS', 'MLOPS_NB_MODEL', 'MLOPS_NB_API_KEY',
-           'MLOPS_NB_ADMIN_TOKEN', 'MLOPS_NB_MODEL_ROOTS', 'ENV_VARS', 'SECRET_VARS', 'DATABRICKS_CREDENTIALS',
-           'MlopsNbError', 'DataError', 'ParamError', 'RegistryError', 'RegistrationRefused', 'RunFailed', 'EnvVar',
-           'project_root', 'state_dir', 'tracking_uri', 'registry_uri', 'artifact_root', 'redact_uri', 'lazy_module',
-           'cgroup_cpu_quota', 'usable_cpus', 'die_with_parent', 'git_info', 'write_changed']
+           'MLOPS_NB_ADMIN_TOKEN', 'MLOPS_NB_MODEL_ROOTS', 'MLOPS_NB_WHEEL_CACHE', 'ENV_VARS', 'SECRET_VARS',
+           'DATABRICKS_CREDENTIALS', 'MlopsNbError', 'DataError', 'ParamError', 'RegistryError', 'RegistrationRefused',
+           'RunFailed', 'EnvVar', 'project_root', 'state_dir', 'wheel_cache', 'publish_dir', 'tracking_uri',
+           'registry_uri', 'artifact_root', 'redact_uri', 'lazy_module', 'cgroup_cpu_quota', 'usable_cpus',
+           'die_with_parent', 'git_info', 'write_changed']
 
 # %% ../nbs/00_core.ipynb #00-core-005
 class MlopsNbError(Exception):
@@ -93,8 +94,11 @@ MLOPS_NB_ADMIN_TOKEN = EnvVar("MLOPS_NB_ADMIN_TOKEN", None, "When set, enables P
                                                             "or a file in MLOPS_NB_ADMIN_TOKEN_FILE.", True)
 MLOPS_NB_MODEL_ROOTS = EnvVar("MLOPS_NB_MODEL_ROOTS", None, "Folders (os.pathsep-separated) that /admin/model may load "
                                                             "model folders from. Default: the serving cache only.")
+MLOPS_NB_WHEEL_CACHE = EnvVar("MLOPS_NB_WHEEL_CACHE", None, "Folder of the wheels that image builds and new "
+                              "projects reuse (a CI cache). Default: `wheels/` in the state folder.")
 ENV_VARS = [MLOPS_NB_HOME, MLOPS_NB_TRACKING_URI, MLOPS_NB_REGISTRY_URI, MLOPS_NB_EXPERIMENT, MLOPS_NB_MODEL_NAME,
-            MLOPS_NB_TRAIN_THREADS, MLOPS_NB_MODEL, MLOPS_NB_API_KEY, MLOPS_NB_ADMIN_TOKEN, MLOPS_NB_MODEL_ROOTS]
+            MLOPS_NB_TRAIN_THREADS, MLOPS_NB_MODEL, MLOPS_NB_API_KEY, MLOPS_NB_ADMIN_TOKEN, MLOPS_NB_MODEL_ROOTS,
+            MLOPS_NB_WHEEL_CACHE]
 SECRET_VARS = {"MLOPS_NB_API_KEY", "MLOPS_NB_ADMIN_TOKEN", "DATABRICKS_TOKEN", "DATABRICKS_CLIENT_SECRET",
                "ARM_CLIENT_SECRET",
                "MLOPS_NB_REGISTRY_PASSWORD", "ACTIONS_ID_TOKEN_REQUEST_TOKEN"}  # never printed or logged
@@ -123,6 +127,23 @@ def state_dir()->Path:
     else: d = (project_root() or Path.home())/".mlops_nb"
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+# %% ../nbs/00_core.ipynb #00-core-014b
+def wheel_cache()->Path:
+    "Where built and downloaded wheels are kept: `MLOPS_NB_WHEEL_CACHE`, else `wheels/` in the state folder; created."
+    d = Path(MLOPS_NB_WHEEL_CACHE.get()).expanduser().resolve() if MLOPS_NB_WHEEL_CACHE.get() else state_dir()/"wheels"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+def publish_dir(tmp:Path, # a finished folder, beside `final`
+                final:Path # where it belongs
+               )->Path:
+    "Move `tmp` to `final` in one step; when another process published `final` first, drop `tmp`. Return `final`."
+    try: tmp.rename(final)
+    except OSError:
+        if not final.is_dir(): raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
 
 # %% ../nbs/00_core.ipynb #00-core-015
 def tracking_uri()->str:

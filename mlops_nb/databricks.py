@@ -12,7 +12,7 @@ import base64, hashlib, io, json, os, re, shutil, subprocess, sys, tempfile, tim
 from pathlib import Path
 import yaml
 from fastcore.basics import patch
-from .core import MlopsNbError, RunFailed, EnvVar, project_root, state_dir, DATABRICKS_CREDENTIALS
+from .core import MlopsNbError, RunFailed, EnvVar, project_root, publish_dir, wheel_cache, DATABRICKS_CREDENTIALS
 from .params import RunParams
 from .runner import RunResult, default_notebook
 from .tracking import UC_REGISTRY_URI, uc_model_name  # defined with the registry calls, which check names too
@@ -345,7 +345,7 @@ def build_wheel(root:Path|str|None=None, # the checkout: a folder with pyproject
     files = _build_inputs(root)
     h = hashlib.sha256()
     for f in files: h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
-    d = state_dir()/"wheels"/f"checkout-{h.hexdigest()[:16]}"
+    d = wheel_cache()/f"checkout-{h.hexdigest()[:16]}"
     if built := sorted(d.glob("*.whl")): return built[0]
     if progress: progress(f"building the wheel of {root}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -359,9 +359,10 @@ def build_wheel(root:Path|str|None=None, # the checkout: a folder with pyproject
                            capture_output=True, text=True, env=env, cwd=tmp)
         if r.returncode:
             raise DatabricksError(f"could not build the wheel of {root}: {_one_line(r.stderr.strip()[-300:])}")
-        d.mkdir(parents=True, exist_ok=True)
-        for w in Path(tmp, "out").glob("*.whl"): shutil.move(str(w), d/w.name)
-    return sorted(d.glob("*.whl"))[0]
+        out = d.with_name(f"{d.name}.tmp{os.getpid()}")  # published whole: another process may read the cache
+        shutil.copytree(Path(tmp, "out"), out)
+    if d.exists() and not list(d.glob("*.whl")): d.rmdir()
+    return sorted(publish_dir(out, d).glob("*.whl"))[0]
 
 def wheel_path(base:str, # the branch's upload folder
                wheel:Path # a local wheel

@@ -10,7 +10,7 @@ import hashlib, importlib.util, json, os, re, shutil, subprocess, sys, tempfile,
 from dataclasses import dataclass, field
 from importlib.metadata import version as _pkg_version
 from pathlib import Path
-from .core import MlopsNbError, EnvVar, project_root, state_dir
+from .core import MlopsNbError, EnvVar, project_root, publish_dir, state_dir, wheel_cache
 from .problem import ProblemError, load_problem, problem_ref
 from .server import http_status
 from .serving import load_runtime
@@ -72,7 +72,7 @@ def collect_wheels(reqs:list, # pinned requirements
                   )->Path:
     "Fill `dest` with wheels for `reqs` (and their dependencies) plus mlops_nb's own wheel, reusing a cache."
     key = hashlib.sha256(("\n".join(reqs) + sys.version).encode()).hexdigest()[:16]
-    cache = state_dir()/"wheels"/key
+    cache = wheel_cache()/key
     if not (cache/".complete").exists():
         if progress: progress(f"collecting wheels for {len(reqs)} requirements (cached after the first build)")
         tmp = cache.with_name(key + f".tmp{os.getpid()}")
@@ -84,8 +84,8 @@ def collect_wheels(reqs:list, # pinned requirements
             raise PackageError("pip could not collect wheels for the image: "
                                f"{(r.stderr.strip().splitlines() or ['?'])[-1]}")
         (tmp/".complete").touch()
-        if cache.exists(): shutil.rmtree(cache)
-        tmp.rename(cache)
+        if cache.exists() and not (cache/".complete").exists(): shutil.rmtree(cache)  # an unfinished older one
+        publish_dir(tmp, cache)
     dest.mkdir(parents=True, exist_ok=True)
     for w in cache.glob("*.whl"): _link(w, dest/w.name)
     for w in own_wheel(progress).glob("*.whl"): _link(w, dest/w.name)
@@ -107,18 +107,21 @@ def own_wheel(progress=None)->Path:
     srcs = sorted(p for p in pkg.rglob("*") if p.is_file()
                   and "__pycache__" not in p.parts) + ([root/"pyproject.toml"] if root else [])
     key = hashlib.sha256(b"".join(p.read_bytes() for p in srcs)).hexdigest()[:16]
-    d = state_dir()/"wheels"/f"mlops_nb-{key}"
+    d = wheel_cache()/f"mlops_nb-{key}"
     if list(d.glob("*.whl")): return d
     if root is None: return _repack_installed(d, progress)
     if progress: progress("building the mlops_nb wheel")
     with tempfile.TemporaryDirectory() as tmp:  # setuptools writes build/ and *.egg-info beside the sources: a copy's
         src = Path(tmp)/"src"
         shutil.copytree(root, src, ignore=_not_in_wheel(root))
-        r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(d), str(src)],
+        out = d.with_name(f"{d.name}.tmp{os.getpid()}")  # published whole: another process may read the cache
+        r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(src)],
                            capture_output=True, text=True, cwd=tmp)
     if r.returncode != 0:
+        shutil.rmtree(out, ignore_errors=True)
         raise PackageError(f"could not build the mlops_nb wheel from {root}: {r.stderr.strip()[-300:]}")
-    return d
+    if d.exists() and not list(d.glob("*.whl")): d.rmdir()
+    return publish_dir(out, d)
 
 # %% ../nbs/09_package.ipynb #09-package-032
 def _not_in_wheel(root:Path):

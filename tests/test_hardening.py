@@ -200,6 +200,7 @@ def test_the_wheel_build_leaves_the_project_alone(state, tmp_path, monkeypatch):
     before = snapshot()
     try:
         monkeypatch.setenv("MLOPS_NB_HOME", str(tmp_path/"home"))
+        monkeypatch.delenv("MLOPS_NB_WHEEL_CACHE", raising=False)  # a build, not the suite's cached wheel
         wheels = package.own_wheel()
         assert list(wheels.glob("mlops_nb-*.whl"))
         assert (build/"user-file.txt").read_text() == "keep me" and sorted((build).iterdir()) == [build/"user-file.txt"]

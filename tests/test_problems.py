@@ -85,6 +85,7 @@ def project(request, home, tmp_path_factory):
     csv = t/f"{name}.csv"
     table(name).to_csv(csv, index=False)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_NB_", "MLFLOW_"))}  # the project's own store
+    env["MLOPS_NB_WHEEL_CACHE"] = os.environ.get("MLOPS_NB_WHEEL_CACHE", str(home/"wheels"))  # the machine's cache
     env["MLOPS_NB_HOME"] = str(home)
     new = cli_json("new", t/name, "--data", csv, "--target", "target", "--kind", kind, cwd=t, env=env)
     root = Path(new["path"])

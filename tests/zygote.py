@@ -202,6 +202,8 @@ def serve(sock:str):
     import importlib
     sys.path[0] = os.path.dirname(sys.executable)  # as for a console script: not this file's folder
     for m in PRELOAD: importlib.import_module(m)
+    import gc
+    gc.freeze()  # the forks' collections leave the imported objects' pages shared
     _Server(sock).loop()
 
 
