@@ -213,38 +213,41 @@ def test_model_only_change_rebuilds_only_the_model_layer(built):
     assert len(l1) == len(l2) and l1[:-1] == l2[:-1] and l1[-1] != l2[-1]  # every layer shared but the model's
 
 
-def test_broken_model_image_never_becomes_ready(tmp_path, containers, model_dir, state):
-    "A version whose init() fails does not get ready; its logs are kept and the container is removed."
-    from mlops_nb.package import write_context, build_image, run_image, PackageError
-    ctx = write_context(model_dir, tmp_path/"ctx", base_image=os.environ["MLOPS_NB_BASE_IMAGE"])
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory, containers, model_dir, state):
+    "The tag of an image whose model file is not a model (its init() fails), built once for the tests below."
+    from mlops_nb.package import write_context, build_image
+    ctx = write_context(model_dir, tmp_path_factory.mktemp("broken")/"ctx",
+                        base_image=os.environ["MLOPS_NB_BASE_IMAGE"])
     (ctx.path/"model"/"model.skops").write_bytes(b"not a model")
     ctx.tag = ctx.tag.rsplit(":", 1)[0] + ":broken"
     build_image(ctx, containers)
+    return ctx.tag
+
+
+def test_broken_model_image_never_becomes_ready(broken, containers):
+    "A version whose init() fails does not get ready; its logs are kept and the container is removed."
+    from mlops_nb.package import run_image, PackageError
     with pytest.raises(PackageError, match="did not become ready"):
-        run_image(ctx.tag, containers, timeout=20)
-    assert not [c for c in containers.containers.list(all=True) if c.image.tags and c.image.tags[0] == ctx.tag]
+        run_image(broken, containers, timeout=20)
+    assert not [c for c in containers.containers.list(all=True) if c.image.tags and c.image.tags[0] == broken]
 
 
-def test_deploy_local_image_replaces_only_when_ready(built, containers, model_dir_v2, tmp_path, state):
+def test_deploy_local_image_replaces_only_when_ready(built, broken, containers):
     "`deploy --target local --image`: v1, then v2 on the same port; a broken image is refused and v2 keeps serving."
     import socket, urllib.request
-    from mlops_nb.package import write_context, build_image
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     version = lambda: json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/version",
                                                         timeout=5).read())["version"]
     v2 = built["v2"]
-    ctx = write_context(model_dir_v2, tmp_path/"ctx", base_image=os.environ["MLOPS_NB_BASE_IMAGE"])
-    (ctx.path/"model"/"model.skops").write_bytes(b"not a model")
-    ctx.tag = ctx.tag.rsplit(":", 1)[0] + ":broken-local"
-    build_image(ctx, containers)
     args = ["deploy", "--target", "local", "--port", port, "--name", "test-local", "--timeout", "40"]
     try:
         assert run_cli(*args, "--image", built["tag"]).returncode == 0 and version() == "1"
         p = run_cli(*args, "--image", v2)
         assert p.returncode == 0 and "now serves" in p.stdout and version() == "2", p.stderr
-        p = run_cli(*args, "--image", ctx.tag)
+        p = run_cli(*args, "--image", broken)
         assert p.returncode == 2 and "did not become ready" in p.stderr and version() == "2"
     finally:
         for c in containers.containers.list(all=True, filters={"name": "mlops-nb-test-local"}): c.remove(force=True)
