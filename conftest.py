@@ -231,17 +231,16 @@ LATE = ("test_azmlinfsrv.py", "test_checkov.py", "test_azureml_mlflow.py", "test
 HEAD = 4  # units started before any LATE one: minutes in which `bash scripts/test` builds those in the background
 
 # Seconds each work unit (a file; one notebook of test_notebooks_run_all; the Spark group) took on one worker of
-# `bash scripts/test` (2 workers, 2 cores, a quiet machine, bytecode compiled: pytest 1 183 s). Only the order matters;
-# units not listed count as short.
-SECONDS = {"test_problems.py": 228, "test_package.py": 208, "test_training.py": 199, "test_library.py": 169,
-           "test_boosters.py": 140, "test_pipelines.py": 121, "test_hardening.py": 86, "test_live_traffic.py": 78,
-           "test_server.py": 77, "test_servable.py": 75, "test_retrain.py": 75, "test_cli.py": 64, "test_batch.py": 61,
-           "spark": 60, "test_custom_metrics.py": 57, "test_gates.py": 45, "test_kube.py": 44, "test_estimate.py": 41,
-           "17_batch.ipynb": 39, "test_databricks.py": 36, "07_serving.ipynb": 32, "test_docs.py": 31,
-           "test_unity_catalog.py": 30, "03_tracking.ipynb": 27, "test_audit.py": 24, "test_fuzz.py": 17,
-           "test_azureml_mlflow.py": 16, "test_full_disk.py": 16, "test_project.py": 14, "05_runner.ipynb": 14,
-           "test_checkov.py": 14, "04_train.ipynb": 14, "test_bundle.py": 13, "test_report.py": 12,
-           "08_server.ipynb": 12, "06_cli.ipynb": 11, "test_mlflow_clients.py": 11, "test_names.py": 10}
+# `bash scripts/test` (2 workers, 2 cores, a quiet machine, commands and kernels forked: pytest 858 s). Only the order
+# matters; units not listed count as short.
+SECONDS = {"test_package.py": 217, "test_problems.py": 201, "test_training.py": 137, "test_library.py": 124,
+           "test_boosters.py": 97, "test_server.py": 79, "test_pipelines.py": 79, "test_hardening.py": 62,
+           "test_retrain.py": 52, "test_live_traffic.py": 51, "spark": 45, "test_batch.py": 41, "test_estimate.py": 37,
+           "test_custom_metrics.py": 34, "test_servable.py": 33, "test_databricks.py": 32, "test_kube.py": 31,
+           "test_unity_catalog.py": 26, "test_docs.py": 25, "test_gates.py": 23, "03_tracking.ipynb": 20,
+           "07_serving.ipynb": 18, "test_audit.py": 16, "test_cli.py": 15, "test_azureml_mlflow.py": 14,
+           "test_project.py": 12, "test_fuzz.py": 12, "test_full_disk.py": 11, "test_mlflow_clients.py": 10,
+           "05_runner.ipynb": 9, "test_checkov.py": 8, "04_train.ipynb": 8, "test_bundle.py": 6, "test_report.py": 6}
 
 
 # as xdist reads it
