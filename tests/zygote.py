@@ -158,12 +158,14 @@ class _Server:
 
     def kernel(self):
         conn, _ = self.listener.accept()
+        conn.settimeout(10)  # a client that connects and never asks must not stall the commands
         try:
             msg, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
             req = json.loads(msg)
         except (OSError, ValueError):
             conn.close()
             return
+        conn.settimeout(None)
         pid = os.fork()
         if pid == 0: _kernel(req, fds, self._open() + [conn])
         for fd in fds: os.close(fd)

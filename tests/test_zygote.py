@@ -1,0 +1,60 @@
+"""The suite's own machinery (tests/zygote.py): kernels forked from the worker's zygote behave as jupyter_client expects
+of a kernel it started. It runs the kernel it asked for, passes on an interrupt, and dies with the process
+jupyter_client watches, even by SIGKILL, leaving no kernel behind."""
+import os, signal, time
+from pathlib import Path
+import pytest
+from conftest import _zygote
+
+pytest.importorskip("jupyter_client")
+
+
+def _alive(pid):
+    try: return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError: return False
+
+
+def _ppid(pid): return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.fixture
+def kernel(tmp_path):
+    "A kernel started as papermill and nbconvert start theirs (the `python3` spec), and the facts it wrote to a file."
+    from jupyter_client.manager import start_new_kernel
+    z = _zygote()
+    if z is None: pytest.skip("TEST_FORK=0: kernels start afresh")
+    z.ready.wait(120)
+    km, kc = start_new_kernel(kernel_name="python3")
+    facts = tmp_path/"facts"
+    code = f"import os, sys; open({str(facts)!r}, 'w').write(f\"{{os.getpid()}} {{'mlflow' in sys.modules}}\")"
+    kc.execute_interactive(code, timeout=60)
+    pid, preloaded = facts.read_text().split()
+    yield km, kc, int(pid), preloaded == "True", z
+    kc.stop_channels()
+    if km.is_alive(): km.shutdown_kernel(now=True)
+
+
+def test_the_kernel_is_a_fork_of_the_zygote_and_its_client_is_what_jupyter_client_watches(kernel):
+    km, _, pid, preloaded, z = kernel
+    client = km.provisioner.process.pid
+    assert pid != client and _ppid(pid) == z.proc.pid and preloaded  # forked, with MLflow already imported
+    km.shutdown_kernel()  # the kernel's own shutdown: both end
+    assert not _alive(pid) and not _alive(client)
+
+
+def test_an_interrupt_reaches_the_kernel(kernel):
+    km, kc, pid, _, _ = kernel
+    msg_id = kc.execute("import time; time.sleep(60)")
+    time.sleep(1)
+    km.interrupt_kernel()  # SIGINT to the client's process group: passed on
+    reply = kc.get_shell_msg(timeout=30)
+    assert reply["parent_header"]["msg_id"] == msg_id and reply["content"]["ename"] == "KeyboardInterrupt"
+    assert _alive(pid)
+
+
+def test_sigkill_of_the_client_ends_the_kernel(kernel):
+    km, _, pid, _, _ = kernel
+    os.kill(km.provisioner.process.pid, signal.SIGKILL)  # what jupyter_client's kill sends to the group
+    deadline = time.time() + 10
+    while _alive(pid) and time.time() < deadline: time.sleep(0.1)
+    assert not _alive(pid)
