@@ -1,5 +1,5 @@
 """Shared pytest fixtures (tests/ and api/): an isolated state folder per module, the real CLI, data, model folders."""
-import json, os, subprocess, sys, tempfile, threading
+import atexit, importlib.util, json, os, shutil, subprocess, sys, tempfile, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 import pytest
@@ -15,7 +15,6 @@ def _zygote():
     "The zygote the commands and kernels of this process fork from (a new one if it stopped); None with TEST_FORK=0."
     if os.environ.get("TEST_FORK") == "0": return None
     if not _ZYGOTE or not _ZYGOTE[0].alive():
-        import atexit, importlib.util, shutil
         spec = importlib.util.spec_from_file_location("zygote", ROOT/"tests"/"zygote.py")
         zygote = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(zygote)
@@ -24,7 +23,7 @@ def _zygote():
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
         atexit.register(_ZYGOTE[0].close)  # first
         # every kernel this process's children start (papermill's, nbconvert's) forks from it too
-        path = [str(zygote.kernelspec(Path(folder)/"jupyter", _ZYGOTE[0].sock)), os.environ.get("JUPYTER_PATH")]
+        path = [str(_ZYGOTE[0].kernelspec()), os.environ.get("JUPYTER_PATH")]
         os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in path if p)
     return _ZYGOTE[0]
 
@@ -38,7 +37,7 @@ def _zygote_started():
 @pytest.fixture
 def real_kernels(monkeypatch):
     "Kernels started afresh by what this test starts (`python -m ipykernel_launcher`), for a test of the process tree."
-    mine = str(Path(_ZYGOTE[0].sock).parent/"jupyter") if _ZYGOTE else None
+    mine = str(_ZYGOTE[0].jupyter) if _ZYGOTE else None
     path = [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p and p != mine]
     if path: monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join(path))
     else: monkeypatch.delenv("JUPYTER_PATH", raising=False)
@@ -54,6 +53,12 @@ def run_cli(*args, env=None, cwd=ROOT, timeout=300, check=False):
     if check and p.returncode != 0:
         raise AssertionError(f"mlops-nb {' '.join(map(str, args))} -> {p.returncode}\n{p.stderr}")
     return p
+
+
+def running(pid)->bool:
+    "Whether `pid` is a live process (not a zombie)."
+    try: return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError: return False
 
 
 def side_venv(script, what):
@@ -270,7 +275,6 @@ def pytest_configure(config):
 
 def pytest_unconfigure(config):
     "The controller removes the units' folder and the wheel cache it made."
-    import shutil
     if hasattr(config, "workerinput"): return
     if os.environ.get(UNITS): shutil.rmtree(Path(os.environ.pop(UNITS)).parent, ignore_errors=True)
     if getattr(config, "_mlops_nb_wheels", None): shutil.rmtree(os.environ.pop(WHEELS), ignore_errors=True)

@@ -138,7 +138,8 @@ def wheel_cache()->Path:
 def publish_dir(tmp:Path, # a finished folder, beside `final`
                 final:Path # where it belongs
                )->Path:
-    "Move `tmp` to `final` in one step; when another process published `final` first, drop `tmp`. Return `final`."
+    ("Move `tmp` to `final` in one step (an empty `final` is replaced); when another process published `final` "
+     "first, drop `tmp`. Return `final`.")
     try: tmp.rename(final)
     except OSError:
         if not final.is_dir(): raise

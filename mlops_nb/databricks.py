@@ -361,7 +361,6 @@ def build_wheel(root:Path|str|None=None, # the checkout: a folder with pyproject
             raise DatabricksError(f"could not build the wheel of {root}: {_one_line(r.stderr.strip()[-300:])}")
         out = d.with_name(f"{d.name}.tmp{os.getpid()}")  # published whole: another process may read the cache
         shutil.copytree(Path(tmp, "out"), out)
-    if d.exists() and not list(d.glob("*.whl")): d.rmdir()
     return sorted(publish_dir(out, d).glob("*.whl"))[0]
 
 def wheel_path(base:str, # the branch's upload folder

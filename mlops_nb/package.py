@@ -120,7 +120,6 @@ def own_wheel(progress=None)->Path:
     if r.returncode != 0:
         shutil.rmtree(out, ignore_errors=True)
         raise PackageError(f"could not build the mlops_nb wheel from {root}: {r.stderr.strip()[-300:]}")
-    if d.exists() and not list(d.glob("*.whl")): d.rmdir()
     return publish_dir(out, d)
 
 # %% ../nbs/09_package.ipynb #09-package-032

@@ -21,6 +21,19 @@ def full_disk(tmp_path):
     subprocess.run(["umount", "-l", str(d)], check=False)
 
 
+def _dropped(server, timeout=30):
+    ("Rows the server's inference log dropped for lack of disk, and its /metrics: waited for up to `timeout` s, as the "
+     "writer meets the full disk in the background, after answering.")
+    dropped, end = 0.0, time.time() + timeout
+    while dropped == 0 and time.time() < end:
+        metrics = server.get("/metrics")[1]
+        line = [ln for ln in metrics.splitlines()
+                if ln.startswith('mlops_nb_inference_log_dropped_total{reason="disk"}')]
+        dropped = float(line[0].split()[-1]) if line else 0.0
+        if dropped == 0: time.sleep(0.2)
+    return dropped, metrics
+
+
 def test_the_inference_log_on_a_full_disk(full_disk, tmp_path, model_dir, data_dir, state):
     log_dir = full_disk/"log"
     s = Server(tmp_path, "--model", model_dir, "--log-dir", log_dir)
@@ -29,13 +42,7 @@ def test_the_inference_log_on_a_full_disk(full_disk, tmp_path, model_dir, data_d
         for i in range(40):  # 20 000 rows: far more than 96 KiB of Parquet holds
             st, body = s.request("POST", "/score", json.dumps(recs).encode(), {"content-type": "application/json"})[:2]
             assert st == 200, body  # the log never fails a request
-        dropped, end = 0.0, time.time() + 30
-        while dropped == 0 and time.time() < end:  # the writer meets the full disk in the background, after answering
-            metrics = s.get("/metrics")[1]
-            line = [ln for ln in metrics.splitlines()
-                    if ln.startswith('mlops_nb_inference_log_dropped_total{reason="disk"}')]
-            dropped = float(line[0].split()[-1]) if line else 0.0
-            if dropped == 0: time.sleep(0.2)
+        dropped, metrics = _dropped(s)
     finally: server_log = s.stop()
     events = [json.loads(line)["event"] for line in server_log.splitlines() if line.startswith("{")]
     # said at most once by each worker's log (one model_loaded each), not once a flush (40 flushes here); a worker
@@ -76,12 +83,7 @@ def test_a_disk_full_before_the_first_write_leaves_no_temporary(full_disk, tmp_p
         for _ in range(5):
             st, body = s.request("POST", "/score", json.dumps(recs).encode(), {"content-type": "application/json"})[:2]
             assert st == 200, body
-        dropped, end = 0.0, time.time() + 30
-        while dropped == 0 and time.time() < end:
-            line = [ln for ln in s.get("/metrics")[1].splitlines()
-                    if ln.startswith('mlops_nb_inference_log_dropped_total{reason="disk"}')]
-            dropped = float(line[0].split()[-1]) if line else 0.0
-            if dropped == 0: time.sleep(0.2)
+        dropped, _ = _dropped(s)
     finally: s.stop()
     assert dropped > 0
     assert sorted(p.name for p in log_dir.iterdir()) == [], "the log left a file on a disk it could not write to"

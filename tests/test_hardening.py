@@ -4,7 +4,7 @@ folders, and training runs left behind by killed processes."""
 import json, os, pickle, shutil, signal, subprocess, sys, time
 from pathlib import Path
 import pytest, yaml
-from conftest import CLI, ROOT, GOOD, run_cli, cli_json, save_model
+from conftest import CLI, ROOT, GOOD, run_cli, cli_json, running, save_model
 from test_server import Server, ADMIN
 
 
@@ -242,12 +242,6 @@ def _descendants(pid):
     return out
 
 
-def _running(pid):
-    "Whether `pid` is a live process (not a zombie)."
-    try: return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError: return False
-
-
 def _cmdline(pid)->bytes:
     try: return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError: return b""
@@ -270,7 +264,7 @@ class Training:
         from mlops_nb.tracking import client
         return client().get_run(self.run.info.run_id).info.status
 
-    def alive(self): return [pid for pid in self.tree if _running(pid)]
+    def alive(self): return [pid for pid in self.tree if running(pid)]
 
     def cleanup(self):
         for pid in self.alive():

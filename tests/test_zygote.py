@@ -4,14 +4,9 @@ jupyter_client watches, even by SIGKILL, leaving no kernel behind."""
 import os, signal, time
 from pathlib import Path
 import pytest
-from conftest import _zygote
+from conftest import _zygote, running
 
 pytest.importorskip("jupyter_client")
-
-
-def _alive(pid):
-    try: return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError: return False
 
 
 def _ppid(pid): return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
@@ -39,7 +34,7 @@ def test_the_kernel_is_a_fork_of_the_zygote_and_its_client_is_what_jupyter_clien
     client = km.provisioner.process.pid
     assert pid != client and _ppid(pid) == z.proc.pid and preloaded  # forked, with MLflow already imported
     km.shutdown_kernel()  # the kernel's own shutdown: both end
-    assert not _alive(pid) and not _alive(client)
+    assert not running(pid) and not running(client)
 
 
 def test_an_interrupt_reaches_the_kernel(kernel):
@@ -49,12 +44,12 @@ def test_an_interrupt_reaches_the_kernel(kernel):
     km.interrupt_kernel()  # SIGINT to the client's process group: passed on
     reply = kc.get_shell_msg(timeout=30)
     assert reply["parent_header"]["msg_id"] == msg_id and reply["content"]["ename"] == "KeyboardInterrupt"
-    assert _alive(pid)
+    assert running(pid)
 
 
 def test_sigkill_of_the_client_ends_the_kernel(kernel):
     km, _, pid, _, _ = kernel
     os.kill(km.provisioner.process.pid, signal.SIGKILL)  # what jupyter_client's kill sends to the group
     deadline = time.time() + 10
-    while _alive(pid) and time.time() < deadline: time.sleep(0.1)
-    assert not _alive(pid)
+    while running(pid) and time.time() < deadline: time.sleep(0.1)
+    assert not running(pid)

@@ -18,8 +18,8 @@ Commands. The test worker writes one JSON object per line to the zygote's stdin:
 "err"}; the zygote answers on its stdout {"ready": true} once, then {"id", "pid"} when it has forked and {"id", "rc"}
 when that child has exited.
 
-Kernels. `kernelspec()` writes a `python3` kernel spec whose command is this file's client (`zygote.py kernel SOCKET
--f CONNECTION_FILE`), and the worker puts it first on JUPYTER_PATH for everything it starts. The client is what
+Kernels. `Zygote.kernelspec()` writes a `python3` kernel spec whose command is this file's client (`zygote.py kernel
+SOCKET -f CONNECTION_FILE`), and the worker puts it first on JUPYTER_PATH for everything it starts. The client is what
 jupyter_client starts and watches: it sends its environment, folder, arguments and standard files (SCM_RIGHTS) to the
 zygote's socket, passes on every signal jupyter_client sends it (interrupt, terminate) to the kernel's process group,
 and exits as the kernel did. The kernel leads a session of its own and kills its group when the client or the
@@ -246,22 +246,11 @@ def kernel_client(sock:str, args:list):
     sys.exit(rc)
 
 
-def kernelspec(folder:Path, sock:str)->Path:
-    "Write the `python3` kernel spec that starts kernels from the zygote at `sock`; return the folder for JUPYTER_PATH."
-    Path(sock + ".json").write_text(json.dumps({"prefix": sys.prefix, "startup": startup(os.environ)}))
-    spec = folder/"kernels"/"python3"
-    spec.mkdir(parents=True, exist_ok=True)
-    (spec/"kernel.json").write_text(json.dumps({
-        "argv": ["python", __file__, "kernel", sock, "-f", "{connection_file}"],
-        "display_name": "Python 3 (ipykernel)", "language": "python", "metadata": {"debugger": True}}))
-    return folder
-
-
 class Zygote:
     "The worker's side: one zygote process, and the commands waiting on it."
     def __init__(self, folder:str):
         self.env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        self.sock = f"{folder}/zygote.sock"
+        self.sock, self.jupyter = f"{folder}/zygote.sock", Path(folder)/"jupyter"
         self.proc = subprocess.Popen([sys.executable, __file__, "serve", self.sock], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=open(f"{folder}/zygote.log", "ab"), env=self.env,
                                      start_new_session=True)
@@ -282,6 +271,16 @@ class Zygote:
         for w in list(self.waiting.values()): w["done"].set()
 
     def alive(self)->bool: return self.proc.poll() is None
+
+    def kernelspec(self)->Path:
+        "Write the `python3` kernel spec that starts kernels from this zygote; return the folder for JUPYTER_PATH."
+        Path(self.sock + ".json").write_text(json.dumps({"prefix": sys.prefix, "startup": startup(self.env)}))
+        spec = self.jupyter/"kernels"/"python3"
+        spec.mkdir(parents=True, exist_ok=True)
+        (spec/"kernel.json").write_text(json.dumps({
+            "argv": ["python", __file__, "kernel", self.sock, "-f", "{connection_file}"],
+            "display_name": "Python 3 (ipykernel)", "language": "python", "metadata": {"debugger": True}}))
+        return self.jupyter
 
     def fits(self, env:dict)->bool:
         "Whether a command in `env` can be forked: the interpreter's start-up variables are the zygote's."
