@@ -6,16 +6,17 @@ Docs: https://mlops-nb.github.io/mlops_nb/server.html.md"""
 
 # %% ../nbs/08_server.ipynb #08-server-002
 from __future__ import annotations
-import asyncio, hmac, importlib.resources, importlib.util, json, os, random, re, shutil, sys, time, traceback
-import uuid
+import asyncio, hmac, importlib.resources, importlib.util, json, multiprocessing, os, random, re, shutil, signal, sys
+import threading, time, traceback, uuid
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import orjson
 from fastcore.basics import patch
 from . import __version__
 from .core import EnvVar, MlopsNbError, die_with_parent, lazy_module, project_root, usable_cpus
-# the model's side (scikit-learn, pandas, pyarrow) loads on first use: the parent of several workers serves no request
-# and stays a small process that starts them at once
+# the model's side (scikit-learn, pandas, pyarrow) loads on first use: a server of one process imports it as it loads
+# the model, the parent of several workers once, before it forks them (`_forked_workers`)
 serving = lazy_module("mlops_nb.serving")
 tracking = lazy_module("mlops_nb.tracking")  # the parent reads a registry version through it, without MLflow
 inference_log = lazy_module("mlops_nb.inference_log")
@@ -23,9 +24,9 @@ inference_log = lazy_module("mlops_nb.inference_log")
 # %% auto #0
 __all__ = ['serving', 'tracking', 'inference_log', 'BUCKETS', 'ADMIN_MAX_BODY', 'DOCS_HTML', 'ROUTES', 'PUBLIC',
            'MAX_HEADER_BYTES', 'HEADER_TIMEOUT', 'BODY_TIMEOUT', 'MAX_CONNECTIONS', 'PRESSURE',
-           'PRESSED_HEADER_TIMEOUT', 'PROBES', 'STARTUP_ERROR', 'entry_path', 'load_entry', 'Metrics', 'log_event',
-           'ScoringApp', 'app_from_env', 'default_workers', 'serve', 'free_port', 'http_status', 'start_server',
-           'swap_model']
+           'PRESSED_HEADER_TIMEOUT', 'PROBES', 'STARTUP_ERROR', 'WORKER_MODULES', 'entry_path', 'load_entry', 'Metrics',
+           'log_event', 'ScoringApp', 'app_from_env', 'default_workers', 'serve', 'free_port', 'http_status',
+           'start_server', 'swap_model']
 
 # %% ../nbs/08_server.ipynb #08-server-005
 def entry_path(path:str|Path|None=None # entry script (default: `api/score.py` of the project, if there is one)
@@ -739,8 +740,17 @@ def _orphan_cleanup():
     parent, shared = os.environ.get(_ENV_PREFIX + "PARENT"), os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if parent and shared and os.getppid() != int(parent): shutil.rmtree(shared, ignore_errors=True)
 
+def _default_signals():
+    ("In a worker forked from uvicorn's supervisor: the signals the supervisor catches (HUP, QUIT, USR1, ...) back to "
+     "what they do in a fresh process; uvicorn's server has already taken INT and TERM for its graceful stop.")
+    if threading.current_thread() is not threading.main_thread(): return  # only it may (uvicorn builds the app there)
+    for s in (signal.SIGHUP, signal.SIGQUIT, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2,
+              signal.SIGWINCH):
+        signal.signal(s, signal.SIG_DFL)
+
 def app_from_env()->ScoringApp:
     "The app configured by `MLOPS_NB_SERVE_*` variables (how uvicorn's worker processes build it)."
+    _default_signals()
     cfg = json.loads(os.environ[_ENV_PREFIX + "CONFIG"])
     # a worker never outlives its parent: orphaned by a SIGKILL, it would keep the port and serve on alone
     if os.environ.get(_ENV_PREFIX + "PARENT"): die_with_parent(int(os.environ[_ENV_PREFIX + "PARENT"]))
@@ -774,6 +784,28 @@ def _resolve_once(cfg:dict)->dict:
         raise MlopsNbError(f"could not load model {ref or 'champion'}: {type(e).__name__}: {e}") from None
     return cfg if cfg.get("watch") else {**cfg, "model": folder}
 
+# %% ../nbs/08_server.ipynb #08-server-023-4
+# what a worker imports before it answers, beyond this module: imported once by a parent that forks its workers
+WORKER_MODULES = ("mlops_nb.serving", "mlops_nb.inference_log", "skops.io", "prometheus_client", "httptools",
+                  "uvloop", "uvicorn.loops.uvloop", "uvicorn.lifespan.on", "uvicorn.protocols.http.httptools_impl")
+
+@contextmanager
+def _forked_workers(fork:bool|None=None # fork the workers (default: when this process runs no other thread)
+                   ):
+    "Within: uvicorn's workers are forks of this process, which has imported `WORKER_MODULES` (yields whether)."
+    from uvicorn import _subprocess
+    hook = getattr(_subprocess, "spawn", None)  # the context uvicorn starts its workers with
+    if fork is None: fork = threading.active_count() == 1
+    if not fork or not isinstance(hook, multiprocessing.context.BaseContext):
+        yield False
+        return
+    for m in WORKER_MODULES: importlib.import_module(m)
+    __getattr__("LimitedHttpTools")  # the protocol class, built from the workers' configuration
+    _subprocess.spawn = multiprocessing.get_context("fork")
+    try: yield True
+    finally: _subprocess.spawn = hook
+
+
 # %% ../nbs/08_server.ipynb #08-server-023-3
 def serve(host:str="127.0.0.1", # interface to bind
           port:int=8080, # port (0: any free port)
@@ -795,7 +827,8 @@ def serve(host:str="127.0.0.1", # interface to bind
         os.environ[_ENV_PREFIX + "CONFIG"] = json.dumps({**cfg, "workers": workers})
         os.environ[_ENV_PREFIX + "PARENT"] = str(os.getpid())  # uvicorn's supervisor: this process
         try:
-            uvicorn.run("mlops_nb.server:app_from_env", factory=True, workers=workers, **kw)
+            with _forked_workers():
+                uvicorn.run("mlops_nb.server:app_from_env", factory=True, workers=workers, **kw)
             # uvicorn stops every worker when one fails to start: say why, as one process does
             failed = Path(shared)/STARTUP_ERROR
             if failed.exists():

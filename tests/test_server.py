@@ -315,8 +315,10 @@ def test_workers_share_metrics_and_refuse_a_swap_that_would_reach_one(tmp_path, 
     s = Server(tmp_path, "--model", model_dir, "--workers", "2", env={"MLOPS_NB_ADMIN_TOKEN": ADMIN})
     try:
         for _ in range(40): assert s.score(GOOD)[0] == 200  # new connections: uvicorn spreads them over the workers
-        text = s.get("/metrics")[1]
-        assert 'mlops_nb_requests_total{path="/score",status="200"} 40.0' in text, text
+        # a worker counts a request just after it has sent the answer: the other may answer /metrics before that
+        want, end = 'mlops_nb_requests_total{path="/score",status="200"} 40.0', time.time() + 10
+        while want not in (text := s.get("/metrics")[1]) and time.time() < end: time.sleep(0.05)
+        assert want in text, text
         st, out, _ = s.request("POST", "/admin/model", json.dumps({"model": str(model_dir_v2), "wait": True}).encode(),
                                {"authorization": f"Bearer {ADMIN}"})
         assert st == 409 and "runs 2 worker processes" in out["error"] and "--watch" in out["error"]
@@ -327,18 +329,22 @@ def test_workers_share_metrics_and_refuse_a_swap_that_would_reach_one(tmp_path, 
 
 
 def _metrics_folder(pid:int)->Path:
-    "The multiprocess metrics folder of the server `pid` (PROMETHEUS_MULTIPROC_DIR, as its workers were started with)."
-    for k in _children(pid):
-        env = dict(kv.split("=", 1) for kv in open(f"/proc/{k}/environ").read().split("\0") if "=" in kv)
-        if "PROMETHEUS_MULTIPROC_DIR" in env: return Path(env["PROMETHEUS_MULTIPROC_DIR"])
+    "The multiprocess metrics folder of the server `pid`: where its workers' mapped metric files are."
+    for k in _workers(pid):
+        for line in open(f"/proc/{k}/maps"):
+            f = Path(line.split(maxsplit=5)[-1].strip())
+            if f.parent.name.startswith("mlops-nb-metrics-"): return f.parent
     raise AssertionError(f"no worker of {pid} has a metrics folder")
 
 
-def _workers(pid:int)->int:
-    "Worker processes below uvicorn's parent `pid` (its multiprocessing helpers left out)."
-    kids = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(pid)], capture_output=True,
-                          text=True).stdout.splitlines()
-    return sum("multiprocessing.spawn" in k and "resource_tracker" not in k for k in kids)
+def _workers(pid:int)->set:
+    "Pids of the worker processes below uvicorn's parent `pid` (a multiprocessing helper, if any, left out)."
+    return {k for k in _children(pid) if "resource_tracker" not in open(f"/proc/{k}/cmdline").read()}
+
+
+def _forked(pid:int, of:int)->bool:
+    "Whether process `pid` is a fork of `of`: the same program and arguments, no interpreter started afresh."
+    return open(f"/proc/{pid}/cmdline").read() == open(f"/proc/{of}/cmdline").read()
 
 
 def test_default_uses_every_usable_cpu_and_stays_one_process_under_a_one_cpu_affinity(tmp_path, model_dir, state):
@@ -349,7 +355,7 @@ def test_default_uses_every_usable_cpu_and_stays_one_process_under_a_one_cpu_aff
     try:
         n = usable_cpus()
         assert f"{n} worker(s)" in s.log.read_text()
-        assert _workers(s.proc.pid) == (n if n > 1 else 0)
+        assert len(_workers(s.proc.pid)) == (n if n > 1 else 0)
         one = s.score(GOOD)
         for _ in range(20): assert s.score(GOOD) == one  # whichever worker answers, the same answer
         many = s.score([GOOD] * 300)  # one model call through the estimator: the same numbers as record by record
@@ -389,11 +395,20 @@ def _children(pid:int)->set:
 
 
 def test_workers_never_outlive_a_killed_server(model_dir, tmp_path):
-    "SIGKILL to the server (it cannot stop its workers): they stop anyway, and the port is free for the next one."
+    ("The workers are forks of the server (no interpreter started afresh) that die of SIGHUP as a fresh process does "
+     "(uvicorn starts another); SIGKILL to the server (it cannot stop its workers): they stop anyway, and the port is "
+     "free for the next one.")
     s = Server(tmp_path, "--model", model_dir, "--workers", "2")
     try:
-        workers = _children(s.proc.pid)  # the two workers and multiprocessing's resource tracker
-        assert len([k for k in workers if "spawn_main" in open(f"/proc/{k}/cmdline").read()]) == 2, workers
+        workers = _workers(s.proc.pid)
+        assert len(workers) == 2 and all(_forked(k, s.proc.pid) for k in workers), workers
+        hup = min(workers)
+        os.kill(hup, signal.SIGHUP)  # the supervisor's handler, inherited by the fork, would have kept it alive
+        end = time.time() + 30
+        while time.time() < end and (os.path.exists(f"/proc/{hup}") or len(_workers(s.proc.pid)) < 2): time.sleep(0.1)
+        workers = _workers(s.proc.pid)
+        assert hup not in workers and len(workers) == 2, workers
+        assert s.score(GOOD)[0] == 200
         shared = _metrics_folder(s.proc.pid)
         s.proc.kill()  # the parent only: its process group is left alone
         s.proc.wait()
