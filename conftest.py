@@ -25,6 +25,8 @@ def _zygote():
         # every kernel this process's children start (papermill's, nbconvert's) forks from it too
         path = [str(_ZYGOTE[0].kernelspec()), os.environ.get("JUPYTER_PATH")]
         os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in path if p)
+        # and every registration's servable check (a process of its own, which loads and scores the new version)
+        os.environ["MLOPS_NB_SERVABLE_PYTHON"] = str(_ZYGOTE[0].interpreter())
     return _ZYGOTE[0]
 
 

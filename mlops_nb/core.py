@@ -13,11 +13,11 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['SECRET_FILE_MAX', 'MLOPS_NB_HOME', 'MLOPS_NB_TRACKING_URI', 'MLOPS_NB_REGISTRY_URI', 'MLOPS_NB_EXPERIMENT',
            'MLOPS_NB_MODEL_NAME', 'MLOPS_NB_TRAIN_THREADS', 'MLOPS_NB_MODEL', 'MLOPS_NB_API_KEY',
-           'MLOPS_NB_ADMIN_TOKEN', 'MLOPS_NB_MODEL_ROOTS', 'MLOPS_NB_WHEEL_CACHE', 'ENV_VARS', 'SECRET_VARS',
-           'DATABRICKS_CREDENTIALS', 'MlopsNbError', 'DataError', 'ParamError', 'RegistryError', 'RegistrationRefused',
-           'RunFailed', 'EnvVar', 'project_root', 'state_dir', 'wheel_cache', 'publish_dir', 'tracking_uri',
-           'registry_uri', 'artifact_root', 'redact_uri', 'lazy_module', 'cgroup_cpu_quota', 'usable_cpus',
-           'die_with_parent', 'git_info', 'write_changed']
+           'MLOPS_NB_ADMIN_TOKEN', 'MLOPS_NB_MODEL_ROOTS', 'MLOPS_NB_WHEEL_CACHE', 'MLOPS_NB_SERVABLE_PYTHON',
+           'ENV_VARS', 'SECRET_VARS', 'DATABRICKS_CREDENTIALS', 'MlopsNbError', 'DataError', 'ParamError',
+           'RegistryError', 'RegistrationRefused', 'RunFailed', 'EnvVar', 'project_root', 'state_dir', 'wheel_cache',
+           'publish_dir', 'tracking_uri', 'registry_uri', 'artifact_root', 'redact_uri', 'lazy_module',
+           'cgroup_cpu_quota', 'usable_cpus', 'die_with_parent', 'git_info', 'write_changed']
 
 # %% ../nbs/00_core.ipynb #00-core-005
 class MlopsNbError(Exception):
@@ -96,9 +96,11 @@ MLOPS_NB_MODEL_ROOTS = EnvVar("MLOPS_NB_MODEL_ROOTS", None, "Folders (os.pathsep
                                                             "model folders from. Default: the serving cache only.")
 MLOPS_NB_WHEEL_CACHE = EnvVar("MLOPS_NB_WHEEL_CACHE", None, "Folder of the wheels that image builds and new "
                               "projects reuse (a CI cache). Default: `wheels/` in the state folder.")
+MLOPS_NB_SERVABLE_PYTHON = EnvVar("MLOPS_NB_SERVABLE_PYTHON", None, "Python that loads and scores a new version before "
+                                  "it registers (e.g. a venv built like the model's image). Default: the training's.")
 ENV_VARS = [MLOPS_NB_HOME, MLOPS_NB_TRACKING_URI, MLOPS_NB_REGISTRY_URI, MLOPS_NB_EXPERIMENT, MLOPS_NB_MODEL_NAME,
             MLOPS_NB_TRAIN_THREADS, MLOPS_NB_MODEL, MLOPS_NB_API_KEY, MLOPS_NB_ADMIN_TOKEN, MLOPS_NB_MODEL_ROOTS,
-            MLOPS_NB_WHEEL_CACHE]
+            MLOPS_NB_WHEEL_CACHE, MLOPS_NB_SERVABLE_PYTHON]
 SECRET_VARS = {"MLOPS_NB_API_KEY", "MLOPS_NB_ADMIN_TOKEN", "DATABRICKS_TOKEN", "DATABRICKS_CLIENT_SECRET",
                "ARM_CLIENT_SECRET",
                "MLOPS_NB_REGISTRY_PASSWORD", "ACTIONS_ID_TOKEN_REQUEST_TOKEN"}  # never printed or logged

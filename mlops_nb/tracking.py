@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse, unquote
 from .core import (MlopsNbError, RegistryError, RegistrationRefused, MLOPS_NB_EXPERIMENT, MLOPS_NB_MODEL_NAME,
-                           tracking_uri, registry_uri, artifact_root, git_info, redact_uri)
+                           MLOPS_NB_SERVABLE_PYTHON, tracking_uri, registry_uri, artifact_root, git_info, redact_uri)
 from .problem import load_problem
 
 # %% auto #0
@@ -20,9 +20,9 @@ __all__ = ['TAG', 'MODE_TAG', 'DATA_FP_TAG', 'EVAL_FP_TAG', 'GIT_COMMIT_TAG', 'G
            'UC_REGISTRY_URI', 'sqlite_path', 'store_lock', 'client', 'experiment_name', 'model_name', 'uc_model_name',
            'registered_name', 'experiment_id', 'lineage_tags', 'process_owner', 'owner_alive', 'create_run', 'end_run',
            'run_status', 'sweep_runs', 'start_notebook_run', 'log_data_lineage', 'ModelVersionInfo', 'baseline_failure',
-           'gate_failures', 'check_servable', 'servable_note', 'register_model', 'list_versions', 'latest_version',
-           'metric_direction', 'Selection', 'best_version', 'promote', 'version_for_alias', 'resolve_version',
-           'local_version', 'analyze_sqlite', 'best_run']
+           'gate_failures', 'servable_python', 'check_servable', 'servable_note', 'register_model', 'list_versions',
+           'latest_version', 'metric_direction', 'Selection', 'best_version', 'promote', 'version_for_alias',
+           'resolve_version', 'local_version', 'analyze_sqlite', 'best_run']
 
 # %% ../nbs/03_tracking.ipynb #03-tracking-005
 TAG = "mlops_nb."  # prefix of every tag this package writes
@@ -334,6 +334,16 @@ def gate_failures(metrics:dict, # a version's metrics
 # the child imports the serving module by name: serving imports this module, so this module does not import it
 _SERVABLE_CHILD = "import sys; from mlops_nb.serving import servable_main; servable_main(sys.argv[1])"
 
+def servable_python()->str:
+    "The Python the servable check runs in: `MLOPS_NB_SERVABLE_PYTHON`, else this one."
+    p = MLOPS_NB_SERVABLE_PYTHON.get()
+    if p is None: return sys.executable
+    f = Path(p).expanduser()
+    if not f.is_file() or not os.access(f, os.X_OK):
+        raise MlopsNbError(f"MLOPS_NB_SERVABLE_PYTHON={p}: no executable file there; name a Python that has mlops_nb "
+                           "installed (e.g. a venv's bin/python), or unset it to check with the training's own")
+    return str(f)
+
 def check_servable(model_uri:str, # the logged model (runs:/…, models:/…, `ModelInfo.model_uri`) or a model folder
                    records:list|None=None, # raw records as JSON carries them (default: the input example only)
                    expected:list|None=None, # the trained model's outputs for `records` (`train.servable_rows`)
@@ -342,14 +352,14 @@ def check_servable(model_uri:str, # the logged model (runs:/…, models:/…, `M
     ("Load the model as `mlops-nb serve` does, in a fresh process, and check "
      "its answers; a `RegistrationRefused` saying why not.")
     import mlflow
-    start = time.monotonic()
+    python, start = servable_python(), time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mlops-nb-servable-") as tmp:
         d = Path(model_uri).expanduser()
         if not d.is_dir(): d = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
         req = Path(tmp)/"servable-request.json"
         req.write_text(json.dumps({"model": str(d), "records": records, "expected": expected}))
         try:
-            p = subprocess.run([sys.executable, "-c", _SERVABLE_CHILD, str(req)], capture_output=True, text=True,
+            p = subprocess.run([python, "-c", _SERVABLE_CHILD, str(req)], capture_output=True, text=True,
                                timeout=timeout)
         except subprocess.TimeoutExpired:
             raise RegistrationRefused(

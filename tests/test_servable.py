@@ -52,6 +52,8 @@ def team(state, tmp_path_factory, monkeypatch_module):
     df.assign(y=(signal > 0).astype(int)).to_csv(t/"labels.csv", index=False)
     df.assign(y=rng.normal(size=300)).to_csv(t/"noise.csv", index=False)  # a target nothing predicts
     sys.path.insert(0, str(t))
+    # the servable checks of this module in a Python started afresh, as users run them (not the suite's forks)
+    monkeypatch_module.delenv("MLOPS_NB_SERVABLE_PYTHON", raising=False)
     monkeypatch_module.setenv("PYTHONPATH", os.pathsep.join([str(t), *filter(None, [os.environ.get("PYTHONPATH")])]))
     yield t
     sys.path.remove(str(t))

@@ -1,7 +1,8 @@
 """The suite's own machinery (tests/zygote.py): kernels forked from the worker's zygote behave as jupyter_client expects
 of a kernel it started. It runs the kernel it asked for, passes on an interrupt, and dies with the process
-jupyter_client watches, even by SIGKILL, leaving no kernel behind."""
-import os, signal, time
+jupyter_client watches, even by SIGKILL, leaving no kernel behind. The servable check's `python` runs `-c CODE` as a
+fork the same way (its arguments, folder, output and exit code its own) and anything else as Python itself."""
+import json, os, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
 from conftest import _zygote, running
@@ -50,6 +51,30 @@ def test_an_interrupt_reaches_the_kernel(kernel):
 def test_sigkill_of_the_client_ends_the_kernel(kernel):
     km, _, pid, _, _ = kernel
     os.kill(km.provisioner.process.pid, signal.SIGKILL)  # what jupyter_client's kill sends to the group
+    deadline = time.time() + 10
+    while running(pid) and time.time() < deadline: time.sleep(0.1)
+    assert not running(pid)
+
+
+def test_the_servable_python_runs_code_as_a_fork_and_anything_else_afresh(tmp_path):
+    z = _zygote()
+    if z is None: pytest.skip("TEST_FORK=0: checks start afresh")
+    z.ready.wait(120)
+    py = os.environ["MLOPS_NB_SERVABLE_PYTHON"]  # what every registration's check runs in this suite
+    code = ("import json, os, sys; print(json.dumps([os.getppid(), 'mlflow' in sys.modules, sys.argv, os.getcwd()]));"
+            "sys.exit(3)")
+    p = subprocess.run([py, "-c", code, "a b", "c"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    ppid, preloaded, argv, cwd = json.loads(p.stdout)
+    assert (p.returncode, ppid, preloaded, argv, cwd) == (3, z.proc.pid, True, ["-c", "a b", "c"], str(tmp_path))
+    p = subprocess.run([py, "-c", "import sys; sys.exit('no such model')"], capture_output=True, text=True, timeout=60)
+    assert (p.returncode, p.stderr) == (1, "no such model\n")  # as Python reports a SystemExit with a message
+    p = subprocess.run([py, "-V"], capture_output=True, text=True, timeout=60)
+    assert p.stdout.strip() == f"Python {sys.version.split()[0]}"  # not -c: Python itself
+    # a check that runs past its timeout: subprocess.run kills the client, and the fork ends with it
+    with pytest.raises(subprocess.TimeoutExpired) as e:
+        subprocess.run([py, "-c", "import os, time; print(os.getpid(), flush=True); time.sleep(60)"],
+                       capture_output=True, text=True, timeout=5)
+    pid = int(e.value.stdout)
     deadline = time.time() + 10
     while running(pid) and time.time() < deadline: time.sleep(0.1)
     assert not running(pid)

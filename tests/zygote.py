@@ -25,7 +25,12 @@ zygote's socket, passes on every signal jupyter_client sends it (interrupt, term
 and exits as the kernel did. The kernel leads a session of its own and kills its group when the client or the
 client's parent (papermill, nbconvert: what ipykernel itself watches) is gone, SIGKILL included. A client in another
 interpreter (a side venv, a generated project's) or with other start-up variables, or without a zygote, starts
-ipykernel itself."""
+ipykernel itself.
+
+The servable check. `Zygote.interpreter()` writes an executable `python` that the worker names in
+`MLOPS_NB_SERVABLE_PYTHON`: the training's registration runs `python -c CODE MODEL` through it to load and score the
+new version in a process of its own (`tracking.check_servable`); the same client asks the zygote for a fork that runs
+the code (anything but `-c` starts this Python itself). test_servable keeps fresh interpreters for its checks."""
 import json, os, select, signal, socket, subprocess, sys, threading, traceback
 from pathlib import Path
 
@@ -114,20 +119,25 @@ def _read_at_import():
         IPKernelApp._static_immutable_initial_values[name] = int(os.environ.get(var) or 0)
 
 
-def _kernel(req:dict, fds:list, close:list):
-    "In the fork: become the kernel its client was started as (standard files, folder, environment, arguments)."
+def _launched(req:dict, fds:list, close:list):
+    """In the fork: become what its client was started as (standard files, folder, environment, arguments): a kernel
+    (`ipykernel_launcher ARGS`), or `python -c CODE ARGS`."""
     code = 1
     try:
         for f in close: f.close()
         os.setsid()  # jupyter_client signals the kernel's group: the client passes its signals on to this one
         for i, fd in enumerate(fds): os.dup2(fd, i)
         for fd in fds: os.close(fd)
-        _become(req["env"], req["cwd"], req["cwd"])
+        _become(req["env"], req["cwd"], req["cwd"] if req["kind"] == "kernel" else "")
         _die_with(req["pids"])
-        _read_at_import()
-        import runpy
-        sys.argv = ["ipykernel_launcher", *req["args"]]
-        runpy.run_module("ipykernel_launcher", run_name="__main__", alter_sys=True)
+        if req["kind"] == "kernel":
+            _read_at_import()
+            import runpy
+            sys.argv = ["ipykernel_launcher", *req["args"]]
+            runpy.run_module("ipykernel_launcher", run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = ["-c", *req["args"][2:]]
+            exec(compile(req["args"][1], "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
         code = 0
     except SystemExit as e: code = _code(e)
     except BaseException: traceback.print_exc()
@@ -167,7 +177,7 @@ class _Server:
             return
         conn.settimeout(None)
         pid = os.fork()
-        if pid == 0: _kernel(req, fds, self._open() + [conn])
+        if pid == 0: _launched(req, fds, self._open() + [conn])
         for fd in fds: os.close(fd)
         self.children[pid] = conn
         conn.send(json.dumps({"pid": pid}).encode())
@@ -209,16 +219,19 @@ def serve(sock:str):
     _Server(sock).loop()
 
 
-def kernel_client(sock:str, args:list):
-    "What jupyter_client starts as the kernel: the zygote's fork, watched and signalled through this process."
+def client(sock:str, kind:str, args:list):
+    """What jupyter_client starts as the kernel (`kind` "kernel"), or the servable check as Python ("python", for
+    `-c CODE ARGS`): the zygote's fork, watched and signalled through this process."""
     info = json.loads(Path(sock + ".json").read_text())
     conn = None
-    if sys.prefix == info["prefix"] and startup(os.environ) == info["startup"]:
+    fits = kind == "kernel" or args[:1] == ["-c"] and len(args) > 1
+    if fits and sys.prefix == info["prefix"] and startup(os.environ) == info["startup"]:
         try:
             conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             conn.connect(sock)
         except OSError: conn = None
-    if conn is None: os.execv(sys.executable, [sys.executable, "-m", "ipykernel_launcher", *args])
+    if conn is None:
+        os.execv(sys.executable, [sys.executable, *(["-m", "ipykernel_launcher"] if kind == "kernel" else []), *args])
     pending, kernel = [], []
     def relay(signum, frame):
         if not kernel: return pending.append(signum)
@@ -232,7 +245,8 @@ def kernel_client(sock:str, args:list):
         try: os.fstat(fd)
         except OSError: fd = os.open(os.devnull, os.O_RDWR)
         std.append(fd)
-    req = {"args": args, "env": dict(os.environ), "cwd": os.getcwd(), "pids": [os.getpid(), os.getppid()]}
+    req = {"kind": kind, "args": args, "env": dict(os.environ), "cwd": os.getcwd(),
+           "pids": [os.getpid(), os.getppid()]}
     socket.send_fds(conn, [json.dumps(req).encode()], std)
     msg = conn.recv(1 << 16)
     if not msg: sys.exit(1)  # the zygote stopped
@@ -250,7 +264,7 @@ class Zygote:
     "The worker's side: one zygote process, and the commands waiting on it."
     def __init__(self, folder:str):
         self.env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        self.sock, self.jupyter = f"{folder}/zygote.sock", Path(folder)/"jupyter"
+        self.sock, self.jupyter, self.python = f"{folder}/zygote.sock", Path(folder)/"jupyter", Path(folder)/"python"
         self.proc = subprocess.Popen([sys.executable, __file__, "serve", self.sock], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=open(f"{folder}/zygote.log", "ab"), env=self.env,
                                      start_new_session=True)
@@ -274,13 +288,24 @@ class Zygote:
 
     def kernelspec(self)->Path:
         "Write the `python3` kernel spec that starts kernels from this zygote; return the folder for JUPYTER_PATH."
-        Path(self.sock + ".json").write_text(json.dumps({"prefix": sys.prefix, "startup": startup(self.env)}))
+        self._describe()
         spec = self.jupyter/"kernels"/"python3"
         spec.mkdir(parents=True, exist_ok=True)
         (spec/"kernel.json").write_text(json.dumps({
             "argv": ["python", __file__, "kernel", self.sock, "-f", "{connection_file}"],
             "display_name": "Python 3 (ipykernel)", "language": "python", "metadata": {"debugger": True}}))
         return self.jupyter
+
+    def _describe(self):
+        "What a client checks before it asks for a fork: the interpreter and start-up variables the zygote has."
+        Path(self.sock + ".json").write_text(json.dumps({"prefix": sys.prefix, "startup": startup(self.env)}))
+
+    def interpreter(self)->Path:
+        "Write an executable that runs `python -c CODE ARGS` as a fork (else as this Python); return its path."
+        self._describe()
+        self.python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{__file__}" python "{self.sock}" "$@"\n')
+        self.python.chmod(0o755)
+        return self.python
 
     def fits(self, env:dict)->bool:
         "Whether a command in `env` can be forked: the interpreter's start-up variables are the zygote's."
@@ -321,4 +346,4 @@ class Zygote:
 
 if __name__ == "__main__":
     if sys.argv[1] == "serve": serve(sys.argv[2])
-    else: kernel_client(sys.argv[2], sys.argv[3:])
+    else: client(sys.argv[2], sys.argv[1], sys.argv[3:])
