@@ -57,6 +57,15 @@ def run_cli(*args, env=None, cwd=ROOT, timeout=300, check=False):
     return p
 
 
+def launched(argv:list, env:dict|None=None)->list:
+    """What to start with `subprocess.Popen` for the long-running command `argv` (a server): the command forked from
+    the zygote through its client (tests/zygote.py), which Popen waits on, signals and reads as the command itself;
+    `argv` itself for anything but `mlops-nb`, with TEST_FORK=0, or in another interpreter's start-up variables."""
+    z = _zygote()
+    if z is None or str(argv[0]) != CLI or not z.fits(dict(os.environ if env is None else env)): return list(argv)
+    return z.launcher(argv)
+
+
 def running(pid)->bool:
     "Whether `pid` is a live process (not a zombie)."
     try: return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"

@@ -6,7 +6,7 @@ import contextlib, json, os, signal, socket, subprocess, sys, time, urllib.reque
 from pathlib import Path
 import numpy as np
 import pytest
-from conftest import CLI, run_cli
+from conftest import CLI, launched, run_cli
 
 BIN = Path(sys.executable).parent
 PROBLEMS = [("breast-cancer", "binary"), ("wine", "multiclass"), ("diabetes", "regression")]
@@ -48,7 +48,8 @@ class Process:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        self.proc = subprocess.Popen([str(a).replace("{port}", str(self.port)) for a in args], cwd=cwd, env=env,
+        argv = launched([str(a).replace("{port}", str(self.port)) for a in args], env)  # a server: forked
+        self.proc = subprocess.Popen(argv, cwd=cwd, env=env,
                                      stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 120
         while time.time() < deadline:

@@ -3,7 +3,7 @@ failures that must not take it down (the swap under load: tests/test_audit.py)."
 import http.client, json, os, signal, socket, subprocess, time
 from pathlib import Path
 import pytest
-from conftest import CLI, ROOT, GOOD, BAD_REQUESTS
+from conftest import CLI, ROOT, GOOD, BAD_REQUESTS, launched
 
 ADMIN, KEY = "admin-secret-for-tests", "api-key-for-tests"
 
@@ -16,10 +16,12 @@ def free_port():
 
 
 class Server:
-    "`mlops-nb serve` in its own process group, with its log kept."
-    def __init__(self, tmp, *args, env=None):
+    """`mlops-nb serve` in its own process group, with its log kept: forked from the zygote through its client, or
+    started afresh (`real`) for a test of its process tree."""
+    def __init__(self, tmp, *args, env=None, real=False):
         self.port, self.log = free_port(), tmp/f"server-{time.time_ns()}.log"
-        self.proc = subprocess.Popen([CLI, "serve", "--port", str(self.port), *map(str, args)], cwd=ROOT,
+        argv = [CLI, "serve", "--port", str(self.port), *map(str, args)]
+        self.proc = subprocess.Popen(argv if real else launched(argv, {**os.environ, **(env or {})}), cwd=ROOT,
                                      stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})},
                                      start_new_session=True)
@@ -268,7 +270,7 @@ def test_registry_reference_starts_without_mlflow_and_serves_the_version_it_name
     ref = "models:/ottawa-housing-classifier@"
     # one worker; the default (two here)
     for args, want in (([ref + "champion", "--workers", "1"], v2), ([ref + "previous"], v1)):
-        s = Server(tmp_path, "--model", *args)
+        s = Server(tmp_path, "--model", *args, real=True)  # real: a fork of the zygote has MLflow imported already
         try:
             for _ in range(6):  # new connections: with two workers, both answer
                 st, body = s.score(GOOD)
@@ -312,7 +314,7 @@ def test_deploy_local_starts_then_swaps_without_engine(tmp_path_factory, tmp_pat
 def test_workers_share_metrics_and_refuse_a_swap_that_would_reach_one(tmp_path, model_dir, model_dir_v2, state):
     ("With --workers 2: /metrics counts every worker's requests "
      "(prometheus_client's multiprocess mode); an admin swap is refused.")
-    s = Server(tmp_path, "--model", model_dir, "--workers", "2", env={"MLOPS_NB_ADMIN_TOKEN": ADMIN})
+    s = Server(tmp_path, "--model", model_dir, "--workers", "2", env={"MLOPS_NB_ADMIN_TOKEN": ADMIN}, real=True)
     try:
         for _ in range(40): assert s.score(GOOD)[0] == 200  # new connections: uvicorn spreads them over the workers
         # a worker counts a request just after it has sent the answer: the other may answer /metrics before that
@@ -351,7 +353,7 @@ def test_default_uses_every_usable_cpu_and_stays_one_process_under_a_one_cpu_aff
     ("No --workers: one worker process per usable CPU (here both), each "
      "answering as one process does; with one CPU, one process.")
     from mlops_nb.core import usable_cpus
-    s = Server(tmp_path, "--model", model_dir)
+    s = Server(tmp_path, "--model", model_dir, real=True)
     try:
         n = usable_cpus()
         assert f"{n} worker(s)" in s.log.read_text()
@@ -398,7 +400,7 @@ def test_workers_never_outlive_a_killed_server(model_dir, tmp_path):
     ("The workers are forks of the server (no interpreter started afresh) that die of SIGHUP as a fresh process does "
      "(uvicorn starts another); SIGKILL to the server (it cannot stop its workers): they stop anyway, and the port is "
      "free for the next one.")
-    s = Server(tmp_path, "--model", model_dir, "--workers", "2")
+    s = Server(tmp_path, "--model", model_dir, "--workers", "2", real=True)
     try:
         workers = _workers(s.proc.pid)
         assert len(workers) == 2 and all(_forked(k, s.proc.pid) for k in workers), workers

@@ -1,11 +1,12 @@
 """The suite's own machinery (tests/zygote.py): kernels forked from the worker's zygote behave as jupyter_client expects
 of a kernel it started. It runs the kernel it asked for, passes on an interrupt, and dies with the process
 jupyter_client watches, even by SIGKILL, leaving no kernel behind. The servable check's `python` runs `-c CODE` as a
-fork the same way (its arguments, folder, output and exit code its own) and anything else as Python itself."""
+fork the same way (its arguments, folder, output and exit code its own) and anything else as Python itself; a server a
+test starts (`conftest.launched`) is a fork too, and stops with its client's process group as a server does."""
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
-from conftest import _zygote, running
+from conftest import CLI, _zygote, launched, running
 
 pytest.importorskip("jupyter_client")
 
@@ -78,3 +79,26 @@ def test_the_servable_python_runs_code_as_a_fork_and_anything_else_afresh(tmp_pa
     deadline = time.time() + 10
     while running(pid) and time.time() < deadline: time.sleep(0.1)
     assert not running(pid)
+
+
+def _children(pid): return [int(d) for d in os.listdir("/proc") if d.isdigit() and running(d) and _ppid(d) == pid]
+
+
+def test_a_launched_server_is_a_fork_and_stops_with_its_clients_group(tmp_path, model_dir):
+    import urllib.request
+    from mlops_nb.server import free_port, http_status
+    z = _zygote()
+    if z is None: pytest.skip("TEST_FORK=0: servers start afresh")
+    port = free_port()
+    argv = [CLI, "serve", "--port", str(port), "--model", str(model_dir), "--workers", "2"]
+    p = subprocess.Popen(launched(argv), stdout=open(tmp_path/"log", "w"), stderr=subprocess.STDOUT,
+                         start_new_session=True)
+    deadline = time.time() + 60
+    while http_status(f"http://127.0.0.1:{port}/ready") != 200 and time.time() < deadline: time.sleep(0.1)
+    [server] = _children(z.proc.pid)  # the server, forked; its workers forked from it
+    kids = [k for k in _children(server) if "resource_tracker" not in Path(f"/proc/{k}/cmdline").read_text()]
+    assert len(kids) == 2, [Path(f"/proc/{k}/cmdline").read_text() for k in _children(server)]
+    assert json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/version").read())["version"] == "1"
+    os.killpg(p.pid, signal.SIGTERM)  # how the tests stop a server: the client passes it on to the server's group
+    assert p.wait(30) == 0, (tmp_path/"log").read_text()  # a graceful stop, as `mlops-nb serve` exits on SIGTERM
+    assert not running(server)

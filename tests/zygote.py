@@ -9,10 +9,12 @@ executable's own entry point (`mlops_nb.cli.console`; `ipykernel_launcher`). It 
 environment, folder, exit code, stdout and stderr are its own, and nothing it does reaches the test's process.
 
 What differs from a process started afresh: the modules below are imported before its environment is set (mlops_nb
-reads its settings when a command runs, never at import), and its parent is the zygote. Commands a test signals,
-interrupts or serves from are started as real processes (`subprocess.Popen`), as are the pipelines' steps, the images
-and a generated project's commands, so the executable's own start is exercised throughout the suite; so are the kernels
-of a test that kills a training's process tree (test_hardening). `TEST_FORK=0` starts every command and kernel afresh.
+reads its settings when a command runs, never at import), and its parent is the zygote. The servers the tests start
+with `subprocess.Popen` run as forks through a client (`Zygote.launcher`, like a kernel's below); commands a test
+interrupts or kills, the servers whose process tree a test inspects (test_server), the servers mlops-nb starts
+itself (a local deploy, the simulation), the pipelines' steps, the images and a generated project's commands are
+started afresh, so the executable's own start is exercised throughout the suite; so are the kernels of a test that
+kills a training's process tree (test_hardening). `TEST_FORK=0` starts every command and kernel afresh.
 
 Commands. The test worker writes one JSON object per line to the zygote's stdin: {"id", "argv", "env", "cwd", "out",
 "err"}; the zygote answers on its stdout {"ready": true} once, then {"id", "pid"} when it has forked and {"id", "rc"}
@@ -121,23 +123,28 @@ def _read_at_import():
 
 def _launched(req:dict, fds:list, close:list):
     """In the fork: become what its client was started as (standard files, folder, environment, arguments): a kernel
-    (`ipykernel_launcher ARGS`), or `python -c CODE ARGS`."""
+    (`ipykernel_launcher ARGS`), `python -c CODE ARGS`, or an `mlops-nb` command."""
     code = 1
     try:
         for f in close: f.close()
         os.setsid()  # jupyter_client signals the kernel's group: the client passes its signals on to this one
         for i, fd in enumerate(fds): os.dup2(fd, i)
         for fd in fds: os.close(fd)
-        _become(req["env"], req["cwd"], req["cwd"] if req["kind"] == "kernel" else "")
+        path0 = {"kernel": req["cwd"], "python": ""}.get(req["kind"]) or os.path.dirname(req["args"][0])
+        _become(req["env"], req["cwd"], path0)
         _die_with(req["pids"])
         if req["kind"] == "kernel":
             _read_at_import()
             import runpy
             sys.argv = ["ipykernel_launcher", *req["args"]]
             runpy.run_module("ipykernel_launcher", run_name="__main__", alter_sys=True)
-        else:
+        elif req["kind"] == "python":
             sys.argv = ["-c", *req["args"][2:]]
             exec(compile(req["args"][1], "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+        else:
+            sys.argv = list(req["args"])
+            from mlops_nb.cli import console
+            console()  # exits
         code = 0
     except SystemExit as e: code = _code(e)
     except BaseException: traceback.print_exc()
@@ -220,16 +227,18 @@ def serve(sock:str):
 
 
 def client(sock:str, kind:str, args:list):
-    """What jupyter_client starts as the kernel (`kind` "kernel"), or the servable check as Python ("python", for
-    `-c CODE ARGS`): the zygote's fork, watched and signalled through this process."""
+    """What jupyter_client starts as the kernel (`kind` "kernel"), the servable check as Python ("python", for
+    `-c CODE ARGS`) or a test as a long-running `mlops-nb` command ("command", ARGS its executable and arguments): the
+    zygote's fork, watched and signalled through this process."""
     info = json.loads(Path(sock + ".json").read_text())
     conn = None
-    fits = kind == "kernel" or args[:1] == ["-c"] and len(args) > 1
+    fits = kind == "kernel" or kind == "command" and len(args) > 0 or args[:1] == ["-c"] and len(args) > 1
     if fits and sys.prefix == info["prefix"] and startup(os.environ) == info["startup"]:
         try:
             conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             conn.connect(sock)
         except OSError: conn = None
+    if conn is None and kind == "command": os.execv(args[0], args)
     if conn is None:
         os.execv(sys.executable, [sys.executable, *(["-m", "ipykernel_launcher"] if kind == "kernel" else []), *args])
     pending, kernel = [], []
@@ -306,6 +315,12 @@ class Zygote:
         self.python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{__file__}" python "{self.sock}" "$@"\n')
         self.python.chmod(0o755)
         return self.python
+
+    def launcher(self, argv:list)->list:
+        """`argv` (an `mlops-nb` command a test starts with `subprocess.Popen` and signals, e.g. a server) as a fork
+        through the client: Popen waits on, signals and reads the client as it would the command itself."""
+        self._describe()
+        return [sys.executable, __file__, "command", self.sock, *map(str, argv)]
 
     def fits(self, env:dict)->bool:
         "Whether a command in `env` can be forked: the interpreter's start-up variables are the zygote's."
