@@ -95,9 +95,10 @@ def test_a_launched_server_is_a_fork_and_stops_with_its_clients_group(tmp_path, 
                          start_new_session=True)
     deadline = time.time() + 60
     while http_status(f"http://127.0.0.1:{port}/ready") != 200 and time.time() < deadline: time.sleep(0.1)
-    [server] = _children(z.proc.pid)  # the server, forked; its workers forked from it
+    [server] = _children(z.proc.pid)  # the server, forked; its workers forked from it (it runs no other thread)
     kids = [k for k in _children(server) if "resource_tracker" not in Path(f"/proc/{k}/cmdline").read_text()]
-    assert len(kids) == 2, [Path(f"/proc/{k}/cmdline").read_text() for k in _children(server)]
+    assert len(kids) == 2 and all(_ppid(k) == server for k in kids), kids
+    assert all(Path(f"/proc/{k}/cmdline").read_text() == Path(f"/proc/{server}/cmdline").read_text() for k in kids)
     assert json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/version").read())["version"] == "1"
     os.killpg(p.pid, signal.SIGTERM)  # how the tests stop a server: the client passes it on to the server's group
     assert p.wait(30) == 0, (tmp_path/"log").read_text()  # a graceful stop, as `mlops-nb serve` exits on SIGTERM

@@ -24,7 +24,7 @@ Kernels. `Zygote.kernelspec()` writes a `python3` kernel spec whose command is t
 SOCKET -f CONNECTION_FILE`), and the worker puts it first on JUPYTER_PATH for everything it starts. The client is what
 jupyter_client starts and watches: it sends its environment, folder, arguments and standard files (SCM_RIGHTS) to the
 zygote's socket, passes on every signal jupyter_client sends it (interrupt, terminate) to the kernel's process group,
-and exits as the kernel did. The kernel leads a session of its own and kills its group when the client or the
+and exits as the kernel did. The kernel leads a session of its own, which the zygote kills when the client or the
 client's parent (papermill, nbconvert: what ipykernel itself watches) is gone, SIGKILL included. A client in another
 interpreter (a side venv, a generated project's) or with other start-up variables, or without a zygote, starts
 ipykernel itself.
@@ -101,18 +101,6 @@ def _command(req:dict, close:list):
     finally: _exit(code)
 
 
-def _die_with(pids:list):
-    "Kill this session (the kernel and what it started) when any of `pids` is gone."
-    fds = []
-    for p in pids:
-        try: fds.append(os.pidfd_open(p))
-        except ProcessLookupError: os.killpg(0, signal.SIGKILL)
-    def watch():
-        select.select(fds, [], [])
-        os.killpg(0, signal.SIGKILL)
-    threading.Thread(target=watch, daemon=True).start()
-
-
 def _read_at_import():
     "What ipykernel read from the zygote's environment when the zygote imported it: read it from the kernel's."
     from ipykernel.kernelapp import IPKernelApp
@@ -132,7 +120,6 @@ def _launched(req:dict, fds:list, close:list):
         for fd in fds: os.close(fd)
         path0 = {"kernel": req["cwd"], "python": ""}.get(req["kind"]) or os.path.dirname(req["args"][0])
         _become(req["env"], req["cwd"], path0)
-        _die_with(req["pids"])
         if req["kind"] == "kernel":
             _read_at_import()
             import runpy
@@ -161,6 +148,9 @@ class _Server:
         self.listener.bind(sock)
         self.listener.listen(64)
         self.children, self.buf = {}, b""  # pid -> command id or kernel client's connection
+        # pidfd of a client (or its parent) -> the fork that dies with it: the zygote watches, so that the fork runs
+        # no thread of its own (a server with threads would not fork its workers)
+        self.watched = {}
 
     def say(self, msg:dict): self.res.write((json.dumps(msg) + "\n").encode())
 
@@ -188,6 +178,21 @@ class _Server:
         for fd in fds: os.close(fd)
         self.children[pid] = conn
         conn.send(json.dumps({"pid": pid}).encode())
+        for p in req["pids"]:
+            try: self.watched[os.pidfd_open(p)] = pid
+            except ProcessLookupError: self._kill(pid)
+
+    def _kill(self, pid:int):
+        "SIGKILL to the session fork `pid` leads (to the fork alone before it has made one)."
+        try: os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            try: os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError: pass
+
+    def unwatch(self, pid:int):
+        for fd in [fd for fd, p in self.watched.items() if p == pid]:
+            os.close(fd)
+            del self.watched[fd]
 
     def reap(self):
         while self.children:
@@ -195,6 +200,7 @@ class _Server:
             except ChildProcessError: return
             if pid == 0: return
             rc, asker = os.waitstatus_to_exitcode(status), self.children.pop(pid)
+            self.unwatch(pid)
             if isinstance(asker, socket.socket):
                 try: asker.send(json.dumps({"rc": rc}).encode())
                 except OSError: pass
@@ -204,7 +210,8 @@ class _Server:
     def loop(self):
         self.say({"ready": True})
         while True:
-            readable, _, _ = select.select([self.ctl, self.listener], [], [], 0.05)
+            readable, _, _ = select.select([self.ctl, self.listener, *self.watched], [], [], 0.05)
+            for fd in [fd for fd in readable if fd in self.watched]: self._kill(self.watched[fd])  # its client is gone
             if self.listener in readable: self.kernel()
             if self.ctl in readable:
                 chunk = self.ctl.read(1 << 16)
