@@ -1,5 +1,5 @@
 """Shared pytest fixtures (tests/ and api/): an isolated state folder per module, the real CLI, data, model folders."""
-import atexit, importlib.util, json, os, shutil, subprocess, sys, tempfile, threading
+import atexit, importlib.util, json, os, shutil, subprocess, sys, tempfile, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 import pytest
@@ -278,6 +278,7 @@ def pytest_configure(config):
     ("On the controller (or the only process): one wheel cache for the whole run; on the xdist controller of a "
      "loadgroup run, the file the workers will write the units to (the workers inherit both variables).")
     if hasattr(config, "workerinput"): return
+    config._mlops_nb_started = int(time.time())
     if not os.environ.get(WHEELS):
         os.environ[WHEELS] = config._mlops_nb_wheels = tempfile.mkdtemp(prefix="mlops-nb-wheels-")
     if getattr(config.option, "dist", "no") == "loadgroup":
@@ -285,10 +286,34 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
-    "The controller removes the units' folder and the wheel cache it made."
+    "The controller removes the units' folder and the wheel cache it made, and the images the run built."
     if hasattr(config, "workerinput"): return
     if os.environ.get(UNITS): shutil.rmtree(Path(os.environ.pop(UNITS)).parent, ignore_errors=True)
     if getattr(config, "_mlops_nb_wheels", None): shutil.rmtree(os.environ.pop(WHEELS), ignore_errors=True)
+    _remove_images_built_since(config._mlops_nb_started)
+
+
+# what the run's images carry (`package.write_context`); the base image and anything not built by mlops-nb do not
+IMAGE_SOURCE = "org.opencontainers.image.source=mlops_nb"
+_REMOVE_IMAGES = f"""
+import sys, docker
+client = docker.DockerClient(base_url=sys.argv[1], timeout=120)
+for i in client.api.images(filters={{"label": {IMAGE_SOURCE!r}}}):
+    if i["Created"] >= int(sys.argv[2]):
+        try: client.api.remove_image(i["Id"], force=True)
+        except docker.errors.APIError: pass
+"""
+
+
+def _remove_images_built_since(start:int):
+    """Remove the images mlops-nb built in the machine's container engine (scripts/containers) since `start`: a run
+    builds a dozen, and podman's builds slow down as its store grows (every build step looks through every image). In
+    a process of its own, not waited for: the run's time is not spent on it."""
+    p = subprocess.run(["bash", str(ROOT/"scripts"/"containers"), "env"], capture_output=True, text=True)
+    if p.returncode != 0: return  # not up: nothing was built
+    env = dict(line.removeprefix("export ").split("=", 1) for line in p.stdout.splitlines() if "=" in line)
+    subprocess.Popen([sys.executable, "-c", _REMOVE_IMAGES, env["DOCKER_HOST"], str(start)], start_new_session=True,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)  # optional: a run with `-p no:xdist` has no such hook
