@@ -284,6 +284,7 @@ class Zygote:
         self.proc = subprocess.Popen([sys.executable, __file__, "serve", self.sock], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=open(f"{folder}/zygote.log", "ab"), env=self.env,
                                      start_new_session=True)
+        self._describe()
         self.lock, self.next, self.waiting = threading.Lock(), 0, {}
         self.ready = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
@@ -304,7 +305,6 @@ class Zygote:
 
     def kernelspec(self)->Path:
         "Write the `python3` kernel spec that starts kernels from this zygote; return the folder for JUPYTER_PATH."
-        self._describe()
         spec = self.jupyter/"kernels"/"python3"
         spec.mkdir(parents=True, exist_ok=True)
         (spec/"kernel.json").write_text(json.dumps({
@@ -318,7 +318,6 @@ class Zygote:
 
     def interpreter(self)->Path:
         "Write an executable that runs `python -c CODE ARGS` as a fork (else as this Python); return its path."
-        self._describe()
         self.python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{__file__}" python "{self.sock}" "$@"\n')
         self.python.chmod(0o755)
         return self.python
@@ -326,7 +325,6 @@ class Zygote:
     def launcher(self, argv:list)->list:
         """`argv` (an `mlops-nb` command a test starts with `subprocess.Popen` and signals, e.g. a server) as a fork
         through the client: Popen waits on, signals and reads the client as it would the command itself."""
-        self._describe()
         return [sys.executable, __file__, "command", self.sock, *map(str, argv)]
 
     def fits(self, env:dict)->bool:
