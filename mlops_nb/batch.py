@@ -370,17 +370,29 @@ def score_local(bm:BatchModel, # the model
                 workers:int|None=None, # processes (default: one per core)
                 csv_bytes:int=CSV_RANGE_BYTES # bytes of CSV per task
                )->tuple:
-    ("Score `files` into `tmp` with a pool of processes; return (rows, "
+    ("Score `files` into `tmp` with a pool of processes (one: in this process); return (rows, "
      "why the columnar fast path was not used, or None).")
     check_columns(files, bm.problem)
     tasks = plan_tasks(files, csv_bytes)
     if not tasks: raise DataError(f"{files[0]}: no rows to score")
     n = min(workers or usable_cpus(), len(tasks))
+    args = dict(columns=list(batch_schema(bm.problem)), batch_rows=batch_rows, out_dir=str(tmp))
+    done = _score_here(bm, tasks, args) if n == 1 else _score_in_pool(bm, tasks, args, n)
+    reasons = sorted({r for _, r in done if r})
+    return sum(n for n, _ in done), "; ".join(reasons) or None
+
+def _score_here(bm:BatchModel, tasks:list, args:dict)->list:
+    "The tasks one after another in this process: a worker process would cost an interpreter's start for nothing."
+    _WORKER["scorer"] = ColumnarModel(load_runtime(bm.path))
+    try: return [_run_task(asdict(t), **args) for t in tasks]
+    finally: _WORKER.pop("scorer", None)
+
+def _score_in_pool(bm:BatchModel, tasks:list, args:dict, n:int)->list:
+    "The tasks spread over `n` spawned worker processes, each with the model loaded once."
     pool = multiprocessing.get_context("spawn").Pool(n, _exported("_init_worker"), (str(bm.path),))
     err = None
     try:
-        run = partial(_exported("_run_task"), columns=list(batch_schema(bm.problem)), batch_rows=batch_rows,
-                      out_dir=str(tmp))
+        run = partial(_exported("_run_task"), **args)
         # plain data: a notebook's classes cannot be sent
         done = list(pool.imap_unordered(run, [asdict(t) for t in tasks]))
         pool.close()
@@ -392,8 +404,7 @@ def score_local(bm:BatchModel, # the model
     # its semaphores to the resource tracker's warnings
     pool = run = None
     if err is not None: raise err.with_traceback(None)
-    reasons = sorted({r for _, r in done if r})
-    return sum(n for n, _ in done), "; ".join(reasons) or None
+    return done
 
 # %% ../nbs/17_batch.ipynb #17-batch-033
 def _spark_scorer(name:str, problem_env:dict)->ColumnarModel:

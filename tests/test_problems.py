@@ -88,6 +88,8 @@ def project(request, home, tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_NB_", "MLFLOW_"))}  # the project's own store
     env["MLOPS_NB_WHEEL_CACHE"] = os.environ.get("MLOPS_NB_WHEEL_CACHE", str(home/"wheels"))  # the machine's cache
     env["MLOPS_NB_HOME"] = str(home)
+    if "MLOPS_NB_SERVABLE_PYTHON" in os.environ:  # the suite's: each registration's check as a fork (conftest)
+        env["MLOPS_NB_SERVABLE_PYTHON"] = os.environ["MLOPS_NB_SERVABLE_PYTHON"]
     new = cli_json("new", t/name, "--data", csv, "--target", "target", "--kind", kind, cwd=t, env=env)
     root = Path(new["path"])
     data = f"data/{name}.csv"

@@ -36,9 +36,15 @@ the code (anything but `-c` starts this Python itself). test_servable keeps fres
 import json, os, select, signal, socket, subprocess, sys, threading, traceback
 from pathlib import Path
 
+# what commands and kernels import, and what they import on first use: MLflow's SQL stores and skops (0.9 and 0.5 s of
+# CPU in every fork that opens the store or saves or loads a model), GitPython (a run's source commit), the debugger a
+# kernel loads
 PRELOAD = ("pandas", "sklearn.ensemble", "sklearn.metrics", "mlflow", "mlflow.sklearn", "mlops_nb.cli", "mlops_nb.core",
            "mlops_nb.data", "mlops_nb.problem", "mlops_nb.tracking", "mlops_nb.train", "mlops_nb.serving",
-           "mlops_nb.runner", "mlops_nb.examples.ottawa", "ipykernel.kernelapp", "ipykernel.ipkernel")
+           "mlops_nb.runner", "mlops_nb.examples.ottawa", "ipykernel.kernelapp", "ipykernel.ipkernel",
+           "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store", "skops.io",
+           "nbformat", "git", "ipykernel.debugger", "mlops_nb.drift", "mlops_nb.reference", "mlops_nb.estimate",
+           "mlops_nb.batch")
 KEEP = ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")  # applied in a fork; any other PYTHON* is read at start-up only
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
