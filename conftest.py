@@ -247,16 +247,18 @@ LATE = ("test_azmlinfsrv.py", "test_checkov.py", "test_azureml_mlflow.py", "test
 HEAD = 4  # units started before any LATE one: minutes in which `bash scripts/test` builds those in the background
 
 # Seconds each work unit (a file; one notebook of test_notebooks_run_all; the Spark group) took on one worker of
-# `bash scripts/test` (2 workers, 2 cores, a quiet machine, commands and kernels forked: pytest 858 s). Only the order
-# matters; units not listed count as short.
-SECONDS = {"test_package.py": 217, "test_problems.py": 201, "test_training.py": 137, "test_library.py": 124,
-           "test_boosters.py": 97, "test_server.py": 79, "test_pipelines.py": 79, "test_hardening.py": 62,
-           "test_retrain.py": 52, "test_live_traffic.py": 51, "spark": 45, "test_batch.py": 41, "test_estimate.py": 37,
-           "test_custom_metrics.py": 34, "test_servable.py": 33, "test_databricks.py": 32, "test_kube.py": 31,
-           "test_unity_catalog.py": 26, "test_docs.py": 25, "test_gates.py": 23, "03_tracking.ipynb": 20,
-           "07_serving.ipynb": 18, "test_audit.py": 16, "test_cli.py": 15, "test_azureml_mlflow.py": 14,
-           "test_project.py": 12, "test_fuzz.py": 12, "test_full_disk.py": 11, "test_mlflow_clients.py": 10,
-           "05_runner.ipynb": 9, "test_checkov.py": 8, "04_train.ipynb": 8, "test_bundle.py": 6, "test_report.py": 6}
+# `bash scripts/test` (2 workers, 2 cores, a quiet machine, commands and kernels forked, one library thread per
+# worker: pytest 547 s). Only the order matters; units not listed count as short.
+SECONDS = {"test_package.py": 124, "test_library.py": 86, "test_problems.py": 82, "test_training.py": 69,
+           "test_pipelines.py": 53, "spark": 41, "test_hardening.py": 39, "test_batch.py": 37, "test_server.py": 36,
+           "test_kube.py": 32, "test_boosters.py": 31, "test_databricks.py": 31, "test_docs.py": 31,
+           "test_live_traffic.py": 25, "test_servable.py": 20, "17_batch.ipynb": 18, "test_retrain.py": 17,
+           "07_serving.ipynb": 17, "03_tracking.ipynb": 17, "test_unity_catalog.py": 16, "test_project.py": 15,
+           "test_azureml_mlflow.py": 13, "test_audit.py": 13, "test_cli.py": 13, "test_estimate.py": 12,
+           "test_custom_metrics.py": 11, "test_fuzz.py": 10, "16_scaffold.ipynb": 10, "test_bundle.py": 9,
+           "test_zygote.py": 9, "06_cli.ipynb": 8, "test_checkov.py": 7, "test_gates.py": 7,
+           "08a_inference_log.ipynb": 7, "04_train.ipynb": 6, "test_names.py": 6, "test_report.py": 6,
+           "08_server.ipynb": 5, "12a_pipeline_run.ipynb": 5, "05_runner.ipynb": 5}
 
 
 # as xdist reads it

@@ -34,9 +34,11 @@ def fresh_venv(tmp_path_factory):
     venv = t/"venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     # uv where scripts/setup installed it (a fifth of pip's time here; the project's own setup below still installs
-    # the vendored wheel with pip), with bytecode as pip would write it; else pip
+    # the vendored wheel with pip), else pip. No bytecode ahead (uv's --compile-bytecode: 15 s, every module of every
+    # package): the project's commands run without PYTHONDONTWRITEBYTECODE (below), so each module is compiled once,
+    # by the first process that imports it
     uv = Path(sys.executable).parent/"uv"
-    installer = ([str(uv), "pip", "install", "--python", str(venv/"bin"/"python"), "--compile-bytecode"] if uv.exists()
+    installer = ([str(uv), "pip", "install", "--python", str(venv/"bin"/"python")] if uv.exists()
                  else [str(venv/"bin"/"python"), "-m", "pip", "install"])
     p = subprocess.run([*installer, "-q", f"{wheel}[runner,serve,kube,project]", "-c", str(ROOT/"requirements.lock")],
                        capture_output=True, text=True, timeout=1200)
