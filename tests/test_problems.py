@@ -43,24 +43,32 @@ def post(url, body):
 
 
 class Process:
-    "A server process in its own session, waited for until `ready_path` answers 200, always stopped."
+    """A server process in its own session, waited for until `ready_path` answers 200, always stopped. A port another
+    process took between `free_port` and the server's bind (the other worker's connections draw from the same range)
+    is tried again with another."""
     def __init__(self, args, cwd, env, ready_path, log):
+        self.log = log
+        for _ in range(3):
+            if self._start(args, cwd, env, ready_path): return
+            if "address already in use" not in Path(log).read_text(): break
+        raise AssertionError(f"{args[0]} did not become ready:\n{Path(log).read_text()[-3000:]}")
+
+    def _start(self, args, cwd, env, ready_path)->bool:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
         argv = launched([str(a).replace("{port}", str(self.port)) for a in args], env)  # a server: forked
         self.proc = subprocess.Popen(argv, cwd=cwd, env=env,
-                                     stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+                                     stdout=open(self.log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 120
         while time.time() < deadline:
             try:
                 with urllib.request.urlopen(self.url + ready_path, timeout=2) as r:
-                    if r.status == 200: return
+                    if r.status == 200 and self.proc.poll() is None: return True  # ours, not a squatter
             except Exception: pass
             if self.proc.poll() is not None: break
             time.sleep(0.2)
         self.stop()
-        raise AssertionError(f"{args[0]} did not become ready:\n{Path(log).read_text()[-3000:]}")
+        return False
 
     def stop(self):
         if self.proc.poll() is None:
