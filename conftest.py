@@ -1,5 +1,5 @@
 """Shared pytest fixtures (tests/ and api/): an isolated state folder per module, the real CLI, data, model folders."""
-import atexit, importlib.util, json, os, shutil, subprocess, sys, tempfile, threading, time
+import atexit, importlib.util, json, os, shlex, shutil, subprocess, sys, tempfile, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 import pytest
@@ -307,13 +307,23 @@ for i in client.api.images(filters={{"label": {IMAGE_SOURCE!r}}}):
 """
 
 
+def container_services(action:str, timeout:float=1500)->tuple:
+    "Run `scripts/containers ACTION` (up, env); return its CompletedProcess and the variables its `export` lines set."
+    p = subprocess.run(["bash", str(ROOT/"scripts"/"containers"), action], capture_output=True, text=True,
+                       timeout=timeout)
+    env = {}
+    for line in p.stdout.splitlines():
+        if line.startswith("export "):
+            env.update(part.split("=", 1) for part in shlex.split(line[len("export "):]) if "=" in part)
+    return p, env
+
+
 def _remove_images_built_since(start:int):
     """Remove the images mlops-nb built in the machine's container engine (scripts/containers) since `start`: a run
     builds a dozen, and podman's builds slow down as its store grows (every build step looks through every image). In
     a process of its own, not waited for: the run's time is not spent on it."""
-    p = subprocess.run(["bash", str(ROOT/"scripts"/"containers"), "env"], capture_output=True, text=True)
+    p, env = container_services("env", timeout=60)
     if p.returncode != 0: return  # not up: nothing was built
-    env = dict(line.removeprefix("export ").split("=", 1) for line in p.stdout.splitlines() if "=" in line)
     subprocess.Popen([sys.executable, "-c", _REMOVE_IMAGES, env["DOCKER_HOST"], str(start)], start_new_session=True,
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

@@ -1,23 +1,17 @@
 """Images for real: podman's Docker-compatible service and a registry on loopback (started by scripts/containers),
 the build context, build, run and HTTP-test the container, push, pull back by digest, the image policy."""
-import json, os, shlex, socket, subprocess, threading, time, urllib.request, zipfile
+import json, os, socket, subprocess, threading, time, urllib.request, zipfile
 from pathlib import Path
 import pytest
-from conftest import ROOT, GOOD, BAD_REQUESTS, cli_json, run_cli
+from conftest import ROOT, GOOD, BAD_REQUESTS, cli_json, container_services, run_cli
 
 
 @pytest.fixture(scope="module")
 def containers(monkeypatch_module):
     "Start (or reuse) the engine and registry; skip the module with the script's reason where they cannot run."
-    p = subprocess.run(["bash", str(ROOT/"scripts"/"containers"), "up"], capture_output=True, text=True, timeout=1500)
+    p, env = container_services("up")
     if p.returncode == 3: pytest.skip(f"no container engine here: {p.stderr.strip().splitlines()[-1]}")
     assert p.returncode == 0, p.stderr[-3000:]
-    env = {}
-    for line in p.stdout.splitlines():
-        if line.startswith("export "):
-            for part in shlex.split(line[7:]):
-                k, _, v = part.partition("=")
-                env[k] = v
     for k, v in env.items(): monkeypatch_module.setenv(k, v)
     from mlops_nb.package import engine
     return engine()
